@@ -1,0 +1,5 @@
+import sys
+
+from fedattack.cli import main
+
+sys.exit(main())

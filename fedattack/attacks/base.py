@@ -1,0 +1,70 @@
+"""What an attack is: a function of an Observation, its own parameters, and a context.
+
+    @register_attack("dlg", params=DLGParams, paper="Zhu et al., Deep Leakage from Gradients, NeurIPS 2019")
+    def dlg(obs: Observation, params: DLGParams, ctx: AttackContext) -> Reconstruction: ...
+
+The signature is the threat model: the attack gets what the server holds and nothing of the
+client's data (see fedattack.threat).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from fedattack.registry import Registry
+from fedattack.threat import Observation, Reconstruction
+
+
+@dataclass
+class AttackContext:
+    """Run-time context of one attack job (not part of the threat model)."""
+
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    seed: int = 0
+    labels: str = "auto"  # label-recovery method for attacks that need labels first
+    adaptive: bool = False  # model the known defense in the attack's objective
+    log: Callable[[str], None] = lambda msg: None
+
+    def generator(self, offset: int = 0) -> torch.Generator:
+        g = torch.Generator(device="cpu")
+        g.manual_seed(self.seed + offset)
+        return g
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    name: str
+    fn: Callable[[Observation, Any, AttackContext], Reconstruction]
+    params: type
+    paper: str
+    scope: str = "client"  # client: one client's update; aggregate: a sum over clients; any
+    needs_malicious: bool = False  # needs server.mode=malicious (it changes the model sent)
+    model_extension: str | None = None  # what a malicious server adds to the model it sends
+
+    def __call__(self, obs: Observation, params: Any, ctx: AttackContext) -> Reconstruction:
+        return self.fn(obs, params, ctx)
+
+    @property
+    def __doc__(self) -> str:  # type: ignore[override]
+        return self.paper
+
+
+@dataclass
+class NoParams:
+    """An attack or defense without parameters."""
+
+
+ATTACKS: Registry[AttackSpec] = Registry("attack", "audit.attacks")
+
+
+def register_attack(name: str, *, params: type = NoParams, paper: str, scope: str = "client",
+                    needs_malicious: bool = False, model_extension: str | None = None) -> Callable:
+    def deco(fn: Callable) -> Callable:
+        spec = AttackSpec(name, fn, params, paper, scope, needs_malicious, model_extension)
+        ATTACKS.register(name, spec, doc=paper)
+        return fn
+
+    return deco

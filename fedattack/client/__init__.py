@@ -1,0 +1,1 @@
+"""Flower client: realistic local training under client-side defenses."""

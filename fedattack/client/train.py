@@ -1,0 +1,108 @@
+"""Local training as FL clients do it: SGD for S steps (or E epochs) of batch B, then defenses.
+
+The round's samples are drawn from the client's partition with a generator seeded by
+(seed, round, client), so a run is reproducible. In step mode each sample is used once when
+the partition is large enough (the realistic FedAvg "a few local steps" setting).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedattack.config import Config
+from fedattack.data import ImageData
+from fedattack.defenses import DEFENSES, DefenseContext
+from fedattack.models import float_params
+
+
+@dataclass
+class TrainResult:
+    update: dict[str, torch.Tensor]  # new float params - sent float params, after defenses
+    indices: list[int]  # distinct dataset indices trained on (audit-only)
+    steps: int
+    loss: float
+    num_examples: int  # distinct samples trained on (what FedAvg weights by)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def schedule(partition: np.ndarray, cfg: Config, rnd: int, client: int) -> list[np.ndarray]:
+    """The batches of one round: lists of dataset indices."""
+    rng = np.random.default_rng([cfg.seed, rnd, client])
+    b = cfg.client.batch_size
+    if cfg.client.local_steps > 0:
+        need = cfg.client.local_steps * b
+        order = np.concatenate([rng.permutation(partition) for _ in range(-(-need // len(partition)))])[:need]
+        return [order[i * b:(i + 1) * b] for i in range(cfg.client.local_steps)]
+    batches = []
+    for _ in range(cfg.client.local_epochs):
+        order = rng.permutation(partition)
+        batches.extend(order[i:i + b] for i in range(0, len(order), b))
+    return batches
+
+
+def soft_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for hard (N,) or soft (N, C) targets."""
+    return F.cross_entropy(logits, y)
+
+
+def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, cfg: Config, rnd: int,
+                client: int) -> TrainResult:
+    """Train `model` in place on the client's data and return the defended update."""
+    specs = [(DEFENSES.get(d), cfg.defense(d)) for d in cfg.client.defenses]
+    batches = schedule(partition, cfg, rnd, client)
+    used = np.unique(np.concatenate(batches))
+    x_all, y_all = data.get(used)
+    pos = {int(i): k for k, i in enumerate(used)}
+    gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, rnd, client, 1]).integers(2**31)))
+    ctx = DefenseContext(model=model, images=x_all, labels=y_all, num_classes=data.spec.num_classes,
+                         generator=gen, round=rnd, steps=len(batches))
+
+    sent = float_params(model)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.client.lr, momentum=cfg.client.momentum)
+    loader = [(x_all[[pos[int(i)] for i in b]], y_all[[pos[int(i)] for i in b]]) for b in batches]
+    for spec, params in specs:
+        if spec.on_train is not None:
+            model, optimizer, loader = spec.on_train(model, optimizer, loader, params, ctx)
+    losses = []
+    for x, y in loader:
+        for spec, params in specs:
+            if spec.on_batch is not None:
+                x, y = spec.on_batch(x, y, params, ctx)
+        optimizer.zero_grad(set_to_none=True)
+        loss = soft_cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    new = {k: v.detach() for k, v in _unwrap(model).named_parameters()}
+    update = {k: new[k] - sent[k] for k in sent}
+    for spec, params in specs:
+        if spec.on_update is not None:
+            update = spec.on_update(update, params, ctx)
+    return TrainResult(update=update, indices=[int(i) for i in used], steps=len(batches),
+                       loss=float(np.mean(losses)) if losses else float("nan"),
+                       num_examples=len(used), metrics=dict(ctx.metrics))
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The user's module behind a wrapper (Opacus's GradSampleModule keeps it as `_module`)."""
+    return getattr(model, "_module", model)
+
+
+def evaluate(model: torch.nn.Module, data: ImageData, batch_size: int = 256,
+             limit: int | None = None) -> tuple[float, float]:
+    """(loss, accuracy) of `model` on `data`."""
+    model.eval()
+    n = len(data) if limit is None else min(limit, len(data))
+    total_loss, correct = 0.0, 0
+    with torch.no_grad():
+        for start in range(0, n, batch_size):
+            x, y = data.get(range(start, min(n, start + batch_size)))
+            logits = model(x)
+            total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+    return total_loss / max(n, 1), correct / max(n, 1)

@@ -1,0 +1,56 @@
+"""What a defense is: a parameter dataclass plus the hooks where a deployment applies it.
+
+Hooks (each optional):
+- `on_batch(x, y, params, ctx) -> (x, y)`: data-side, inside local training (mixup, ATS);
+  `y` may come back as soft labels (N, num_classes).
+- `on_train(model, optimizer, loader, params, ctx) -> (model, optimizer, loader)`: wraps
+  local training (DP-SGD through Opacus).
+- `on_update(update, params, ctx) -> update`: on the model update before it is sent
+  (noise, clipping, top-k, pruning, quantization, Soteria).
+- `protocol`: a name the simulation handles in the protocol itself (SecAgg+, Flower DP).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+
+from fedattack.registry import Registry
+
+
+@dataclass
+class DefenseContext:
+    """What a client-side hook may use: the client's own model, data and randomness."""
+
+    model: torch.nn.Module | None = None
+    images: torch.Tensor | None = None  # the samples trained on this round (model space)
+    labels: torch.Tensor | None = None
+    num_classes: int = 0
+    generator: torch.Generator | None = None
+    metrics: dict[str, float] = field(default_factory=dict)  # reported back (e.g. epsilon)
+    round: int = 0
+    steps: int = 0
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    name: str
+    params: type
+    paper: str
+    where: str  # training | update | protocol | model
+    main_param: str | None = None  # the parameter a sweep varies by default
+    on_batch: Callable[..., Any] | None = None
+    on_train: Callable[..., Any] | None = None
+    on_update: Callable[..., Any] | None = None
+    protocol: str | None = None
+    model_extension: str | None = None  # a model change the defense needs (PRECODE)
+
+
+DEFENSES: Registry[DefenseSpec] = Registry("defense", "client.defenses")
+
+
+def register_defense(spec: DefenseSpec) -> DefenseSpec:
+    DEFENSES.register(spec.name, spec, doc=spec.paper)
+    return spec

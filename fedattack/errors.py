@@ -1,0 +1,15 @@
+"""Errors a user can act on: each names the config field and what is allowed."""
+
+
+class FedattackError(Exception):
+    """An error reported to the user as one line, exit code 2."""
+
+
+class ConfigError(FedattackError):
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class DataError(FedattackError):
+    """A dataset is configured but cannot be loaded (missing root, bad files)."""

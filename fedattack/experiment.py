@@ -1,0 +1,73 @@
+"""Everything a config determines before training starts: data, partitions, model.
+
+Clients and the server build the same `Experiment` from the same config (the server sends
+it with every training message), so a seed fixes partitions and initial weights everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from fedattack.config import Config, from_json
+from fedattack.data import ImageData, load_dataset, partition
+from fedattack.data.datasets import Splits
+from fedattack.threat import DefenseSetting, ModelSpec
+
+
+@dataclass
+class Experiment:
+    cfg: Config
+    splits: Splits
+    partitions: list[np.ndarray]
+    model_spec: ModelSpec
+
+    @property
+    def train(self) -> ImageData:
+        return self.splits.train
+
+    @property
+    def test(self) -> ImageData:
+        return self.splits.test
+
+    def initial_model(self) -> torch.nn.Module:
+        return self.model_spec.build(seed=self.cfg.seed)
+
+    def defense_settings(self) -> tuple[DefenseSetting, ...]:
+        return tuple(DefenseSetting(d, asdict(self.cfg.defense(d))) for d in self.cfg.client.defenses)
+
+
+def model_spec(cfg: Config, splits: Splits) -> ModelSpec:
+    from fedattack.attacks import ATTACKS
+    from fedattack.defenses import DEFENSES
+
+    extensions = []
+    for d in cfg.client.defenses:
+        ext = getattr(DEFENSES.get(d), "model_extension", None)
+        if ext:
+            extensions.append((ext, json.dumps(asdict(cfg.defense(d)), sort_keys=True)))
+    if cfg.server.mode == "malicious":
+        for a in cfg.audit.attacks:
+            ext = getattr(ATTACKS.get(a), "model_extension", None)
+            if ext:
+                extensions.append((ext, json.dumps(asdict(cfg.attack(a)), sort_keys=True)))
+    spec = splits.train.spec
+    return ModelSpec(name=cfg.model.name, activation=cfg.model.activation, num_classes=spec.num_classes,
+                     in_shape=spec.shape, width=cfg.model.width, init=cfg.model.init,
+                     init_scale=cfg.model.init_scale, extensions=tuple(extensions))
+
+
+def build(cfg: Config) -> Experiment:
+    splits = load_dataset(cfg.data, cfg.seed)
+    parts = partition(splits.train.targets, cfg.fl.num_clients, cfg.partition, cfg.seed)
+    return Experiment(cfg, splits, parts, model_spec(cfg, splits))
+
+
+@lru_cache(maxsize=2)
+def from_config_json(text: str) -> Experiment:
+    """Per-process cache: a client process builds its experiment once per config."""
+    return build(from_json(text))

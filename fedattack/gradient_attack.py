@@ -1,0 +1,74 @@
+"""`fedattack attack`: one simulated client update, every configured attack, one table.
+
+The victim trains `client.local_steps` steps of `client.batch_size` at `client.lr` on
+`victim.indices` of the training split (drawn by seed when unset); each attack in
+`audit.attacks` runs on the resulting update, exactly as the audit of a run would.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fedattack.client.train import local_train
+from fedattack.config import Config
+from fedattack.errors import ConfigError
+from fedattack.experiment import Experiment, build
+from fedattack.models import float_params
+from fedattack.report.console import Progress
+from fedattack.server.audit import Auditor
+from fedattack.server.dispatch import LocalDispatcher
+from fedattack.server.jobs import JobResult
+from fedattack.server.app import run_header
+
+
+def victim_indices(exp: Experiment) -> np.ndarray:
+    cfg = exp.cfg
+    n = len(exp.train)
+    if cfg.victim.indices is not None:
+        bad = [i for i in cfg.victim.indices if i >= n]
+        if bad:
+            raise ConfigError("victim.indices", f"index {bad[0]} is outside the training split (0..{n - 1})")
+        return np.asarray(cfg.victim.indices, dtype=np.int64)
+    need = max(1, cfg.client.local_steps) * cfg.client.batch_size
+    rng = np.random.default_rng(cfg.seed)
+    return np.sort(rng.choice(n, size=min(need, n), replace=False))
+
+
+def run_attack(cfg: Config, out_dir: str | Path | None = None, progress: Progress | None = None) -> list[JobResult]:
+    from fedattack.report.store import RunStore
+
+    progress = progress or Progress()
+    exp = build(cfg)
+    idx = victim_indices(exp)
+    store = RunStore(out_dir, cfg.to_yaml(), run_header(cfg)) if out_dir else None
+    model = exp.initial_model()
+    sent = {**dict(model.state_dict()), **float_params(model)}
+    sent = {k: v.detach().clone() for k, v in sent.items()}
+    result = local_train(model, exp.train, idx, cfg, rnd=1, client=cfg.victim.client)
+    received = {k: sent[k] + result.update[k] if k in result.update else v for k, v in sent.items()}
+    results: list[JobResult] = []
+
+    def on_result(res: JobResult) -> None:
+        results.append(res)
+        progress.result(res)
+        if store:
+            store.add_result(res, cfg.audit.save_images)
+
+    auditor = Auditor(exp, LocalDispatcher(max_workers=1), on_result)
+    obs = auditor.observation(sent, received, {"num-examples": result.num_examples, "local_steps": result.steps})
+    progress.print(f"victim: {len(result.indices)} images {result.indices[:16]}{' ...' if len(result.indices) > 16 else ''}, "
+                   f"{result.steps} local steps of batch {cfg.client.batch_size} at lr {cfg.client.lr}")
+    auditor.submit(1, cfg.victim.client, obs, exp.train.truth(result.indices))
+    auditor.finish()
+    if store:
+        store.add_round({"round": 1, "train_loss": result.loss, "replies": 1, "errors": 0, "audited_clients": 1,
+                         "jobs": len(results), "scope": "client"})
+        summary = store.finish()
+    else:
+        from fedattack.report.store import summarize
+
+        summary = summarize([r.row() | {"success": str(r.success), "adaptive": str(r.adaptive)} for r in results], [])
+    progress.summary_table(summary, title="fedattack attack")
+    return results

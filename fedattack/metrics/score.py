@@ -1,0 +1,42 @@
+"""Scoring a reconstruction against the ground truth of one update."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedattack.metrics.images import ImageScores, match_and_score
+from fedattack.metrics.labels import label_accuracy
+from fedattack.threat import DataSpec, Reconstruction, Truth
+
+
+@dataclass
+class Score:
+    psnr: float = float("nan")
+    ssim: float = float("nan")
+    mse: float = float("nan")
+    label_acc: float = float("nan")
+    recovered: int = 0  # ground-truth images matched with SSIM >= threshold
+    num_images: int = 0
+    per_image: ImageScores | None = field(default=None, repr=False)
+
+    @property
+    def success(self) -> bool:
+        """A leak: at least one private image reconstructed above the SSIM threshold."""
+        return self.recovered > 0
+
+
+def score(recon: Reconstruction, truth: Truth, spec: DataSpec, success_ssim: float = 0.5) -> Score:
+    """Unnormalize to [0, 1], match images optimally, and compute the leakage metrics."""
+    out = Score(num_images=len(truth.labels))
+    if recon.labels is not None:
+        out.label_acc = label_accuracy(recon.labels.cpu().numpy(), truth.labels.cpu().numpy())
+    if recon.images is not None and len(recon.images):
+        r = spec.to_pixels(recon.images.detach().float().cpu()).numpy()
+        t = spec.to_pixels(truth.images.detach().float().cpu()).numpy()
+        s = match_and_score(r, t)
+        out.per_image = s
+        out.psnr, out.ssim, out.mse = float(s.psnr.mean()), float(s.ssim.mean()), float(s.mse.mean())
+        out.recovered = int(np.sum(s.ssim >= success_ssim))
+    return out

@@ -1,0 +1,104 @@
+"""report.html: leakage and accuracy over rounds (matplotlib), per-attack table, galleries."""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from fedattack.report.store import read_csv
+
+
+def _num(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def plot_rounds(run_dir: Path) -> list[str]:
+    """Write plots/*.png; return their relative paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    leak, rounds = read_csv(run_dir / "leakage.csv"), read_csv(run_dir / "rounds.csv")
+    (run_dir / "plots").mkdir(exist_ok=True)
+    out = []
+    series: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+    for r in leak:
+        if r["status"] != "ok":
+            continue
+        name = r["attack"] + (" (adaptive)" if r.get("adaptive") == "True" else "")
+        series[name][int(r["round"])].append((_num(r["psnr"]), _num(r["ssim"])))
+    if series:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+        for name, per_round in sorted(series.items()):
+            rs = sorted(per_round)
+            for ax, k in zip(axes, (0, 1)):
+                ax.plot(rs, [np.nanmean([v[k] for v in per_round[x]]) for x in rs], marker="o", label=name)
+        axes[0].set(xlabel="round", ylabel="PSNR (dB)", title="Reconstruction PSNR")
+        axes[1].set(xlabel="round", ylabel="SSIM", title="Reconstruction SSIM", ylim=(0, 1))
+        axes[1].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(run_dir / "plots" / "leakage.png", dpi=100)
+        plt.close(fig)
+        out.append("plots/leakage.png")
+    pts = [(int(r["round"]), _num(r["test_acc"]), _num(r["train_loss"])) for r in rounds]
+    if pts:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="test accuracy")
+        ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="s", label="train loss")
+        ax.set(xlabel="round", title="Training")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(run_dir / "plots" / "training.png", dpi=100)
+        plt.close(fig)
+        out.append("plots/training.png")
+    return out
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render(run_dir: str | Path) -> Path:
+    run_dir = Path(run_dir)
+    plots = plot_rounds(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
+    leak = read_csv(run_dir / "leakage.csv")
+    attack_rows = [{"attack": k, **v} for k, v in summary.get("attacks", {}).items()]
+    images = sorted((run_dir / "images").glob("*.png")) if (run_dir / "images").is_dir() else []
+    mode = summary.get("server_mode", "honest")
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>fedattack report</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
+        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
+        "figure{display:inline-block;margin:6px}img{image-rendering:pixelated}</style>",
+        "<h1>fedattack leakage report</h1>",
+        f"<p>Server mode: <b>{html.escape(str(mode))}</b>"
+        + (" &mdash; the server modified the model it sent (malicious threat model)." if mode == "malicious" else
+           " &mdash; honest-but-curious: the protocol as configured, updates observed.") + "</p>",
+        f"<p>Defense in force: <b>{html.escape(str(summary.get('defense')))}</b>. Rounds: {summary.get('rounds')}. "
+        f"Final test accuracy: {summary.get('final_test_acc')}. Client errors: {summary.get('client_errors')}.</p>",
+        "<h2>Per attack</h2>",
+        _table(attack_rows, ["attack", "jobs", "failed", "psnr", "ssim", "label_acc", "success_rate", "seconds",
+                             "scope"]),
+        "".join(f"<p><img src='{p}'></p>" for p in plots),
+        "<h2>All audited updates</h2>",
+        _table(leak, ["round", "client", "attack", "adaptive", "scope", "status", "psnr", "ssim", "label_acc",
+                      "success", "recovered", "num_images", "seconds", "error"]),
+        "<h2>Galleries</h2><p>Top row: the client's private images; bottom row: the matched reconstruction.</p>",
+        "".join(f"<figure><img src='images/{p.name}'><figcaption>{html.escape(p.stem)}</figcaption></figure>"
+                for p in images),
+    ]
+    path = run_dir / "report.html"
+    path.write_text("\n".join(parts))
+    return path

@@ -1,0 +1,66 @@
+"""`fedattack run`: an audited Flower simulation (run_simulation on Ray)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from fedattack.config import Config
+from fedattack.experiment import build
+from fedattack.report.console import Progress
+from fedattack.report.store import RunStore
+from fedattack.server.dispatch import ATTACK_RESOURCE
+
+
+def init_ray(cfg: Config, verbose: bool = False) -> None:
+    """Start (or join, with ray.address) the Ray cluster clients and attack jobs share."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    common = {"include_dashboard": False, "logging_level": logging.INFO if verbose else logging.ERROR,
+              "log_to_driver": verbose, "configure_logging": True}
+    if cfg.ray.address:
+        ray.init(address=cfg.ray.address, **common)
+    else:
+        ray.init(resources={ATTACK_RESOURCE: cfg.audit.max_concurrent}, **common)
+
+
+def run(cfg: Config, out_dir: str | Path, progress: Progress | None = None, verbose: bool = False) -> dict:
+    """Run the audited simulation described by cfg; write the run directory; return the summary."""
+    import ray
+    from flwr.serverapp import ServerApp
+    from flwr.simulation import run_simulation
+
+    from fedattack.client.app import app as client_app
+    from fedattack.server.app import run_audit, run_header
+
+    progress = progress or Progress()
+    exp = build(cfg)  # fails here, before any file is written, on a missing dataset
+    if not verbose:
+        for name in ("flwr", "flwr.simulation"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    store = RunStore(out_dir, cfg.to_yaml(), run_header(cfg))
+    progress.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} rounds of {cfg.fl.strategy}, "
+                   f"{cfg.fl.clients_per_round} per round; auditing with {', '.join(cfg.audit.attacks) or 'nothing'}; "
+                   f"run directory {store.dir}")
+    server_app = ServerApp()
+
+    @server_app.main()
+    def _main(grid, context) -> None:
+        run_audit(grid, exp, store, progress)
+
+    init_ray(cfg, verbose)
+    try:
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=cfg.fl.num_clients,
+            backend_config={"client_resources": {"num_cpus": cfg.fl.client_cpus, "num_gpus": cfg.fl.client_gpus}},
+            verbose_logging=verbose,
+        )
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        summary = store.finish()
+    return summary

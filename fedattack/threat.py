@@ -1,0 +1,134 @@
+"""The threat model, in types.
+
+What an attack may use is an `Observation`: the model architecture, the global weights the
+server sent, the update it received back, and the protocol it configured. What happened on
+the client (its images and labels) is a `Truth`, built only by the simulation for scoring;
+no attack signature accepts one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Public facts about the data: input shape, classes, normalization."""
+
+    shape: tuple[int, int, int]  # (C, H, W)
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def normalize(self, x01: torch.Tensor) -> torch.Tensor:
+        m = torch.tensor(self.mean, dtype=x01.dtype, device=x01.device).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, dtype=x01.dtype, device=x01.device).view(1, -1, 1, 1)
+        return (x01 - m) / s
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Model-input space -> [0, 1] pixels."""
+        m = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+        return (x * s + m).clamp(0, 1)
+
+    def bounds(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lower/upper bounds of valid inputs in model space (pixels in [0, 1])."""
+        m = torch.tensor(self.mean, device=device).view(1, -1, 1, 1)
+        s = torch.tensor(self.std, device=device).view(1, -1, 1, 1)
+        return (0 - m) / s, (1 - m) / s
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The architecture the server distributes; `build()` makes a fresh module."""
+
+    name: str
+    activation: str
+    num_classes: int
+    in_shape: tuple[int, int, int]
+    width: int | None = None
+    init: str = "default"
+    init_scale: float = 0.5
+    # model extensions in order, each (name, JSON of its parameters): a defense's
+    # (PRECODE's bottleneck) or a malicious server's (Robbing the Fed's imprint block)
+    extensions: tuple[tuple[str, str], ...] = ()
+
+    def build(self, seed: int | None = None) -> torch.nn.Module:
+        from fedattack.models import build_model
+
+        return build_model(self, seed=seed)
+
+
+@dataclass(frozen=True)
+class DefenseSetting:
+    """A client-side defense the server knows is in force (the protocol is public)."""
+
+    name: str
+    params: dict
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """The local-training protocol the server configured."""
+
+    lr: float
+    local_steps: int  # steps actually taken by the client
+    local_epochs: int
+    batch_size: int
+    num_examples: int  # as reported by the client
+    momentum: float = 0.0
+    defenses: tuple[DefenseSetting, ...] = ()
+
+    def defense(self, name: str) -> DefenseSetting | None:
+        return next((d for d in self.defenses if d.name == name), None)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything the (honest-but-curious or malicious) server holds about one update."""
+
+    model: ModelSpec
+    data: DataSpec
+    global_params: dict[str, torch.Tensor]  # float parameters sent to the client
+    update: dict[str, torch.Tensor]  # returned parameters minus global_params
+    protocol: Protocol
+    buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. BatchNorm stats
+    num_clients: int = 1  # > 1: the update is an aggregate over that many clients (SecAgg)
+    server_mode: str = "honest"
+    malicious: dict[str, Any] = field(default_factory=dict)  # what a malicious server changed
+
+    def gradient_estimate(self) -> dict[str, torch.Tensor]:
+        """The update read as one averaged gradient: -update / (lr * steps)."""
+        scale = -1.0 / (self.protocol.lr * max(1, self.protocol.local_steps))
+        return {k: v * scale for k, v in self.update.items()}
+
+    def to(self, device: torch.device | str) -> "Observation":
+        from dataclasses import replace
+
+        return replace(
+            self,
+            global_params={k: v.to(device) for k, v in self.global_params.items()},
+            update={k: v.to(device) for k, v in self.update.items()},
+            buffers={k: v.to(device) for k, v in self.buffers.items()},
+        )
+
+
+@dataclass
+class Reconstruction:
+    """An attack's output: images in model-input space, recovered labels, diagnostics."""
+
+    images: torch.Tensor | None  # (N, C, H, W) normalized like model inputs; None: labels only
+    labels: torch.Tensor | None = None  # (N,) class ids
+    info: dict[str, Any] = field(default_factory=dict)  # iterations, final loss, ...
+
+
+@dataclass(frozen=True)
+class Truth:
+    """Ground truth for scoring only: the client's private images and labels that round."""
+
+    images: torch.Tensor  # (N, C, H, W) in model-input space
+    labels: torch.Tensor  # (N,)
+    indices: tuple[int, ...] = ()

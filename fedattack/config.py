@@ -81,7 +81,7 @@ class AuditConfig:
     gpus_per_job: float = 0.0
     max_concurrent: int = 2
     labels: str = "auto"
-    adaptive: bool = False
+    adaptive: str = "off"  # off | on | both: defense-aware variants of attacks that support it
     success_ssim: float = 0.5
     save_images: bool = True
     threads_per_job: int = 1
@@ -402,6 +402,7 @@ def validate(cfg: Config) -> None:
         if ":" not in a:
             _choice(a, attacks.names(), "audit.attacks")
         cfg.attack(a)
+    _choice(cfg.audit.adaptive, ["off", "on", "both"], "audit.adaptive")
     _positive(cfg.audit.every, "audit.every", allow_zero=True)
     _positive(cfg.audit.max_clients, "audit.max_clients", allow_zero=True)
     _positive(cfg.audit.gpus_per_job, "audit.gpus_per_job", allow_zero=True)

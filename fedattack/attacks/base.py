@@ -43,6 +43,7 @@ class AttackSpec:
     scope: str = "client"  # client: one client's update; aggregate: a sum over clients; any
     needs_malicious: bool = False  # needs server.mode=malicious (it changes the model sent)
     model_extension: str | None = None  # what a malicious server adds to the model it sends
+    adaptive: bool = False  # can model the known defense (runs again under audit.adaptive)
 
     def __call__(self, obs: Observation, params: Any, ctx: AttackContext) -> Reconstruction:
         return self.fn(obs, params, ctx)
@@ -61,9 +62,10 @@ ATTACKS: Registry[AttackSpec] = Registry("attack", "audit.attacks")
 
 
 def register_attack(name: str, *, params: type = NoParams, paper: str, scope: str = "client",
-                    needs_malicious: bool = False, model_extension: str | None = None) -> Callable:
+                    needs_malicious: bool = False, model_extension: str | None = None,
+                    adaptive: bool = False) -> Callable:
     def deco(fn: Callable) -> Callable:
-        spec = AttackSpec(name, fn, params, paper, scope, needs_malicious, model_extension)
+        spec = AttackSpec(name, fn, params, paper, scope, needs_malicious, model_extension, adaptive)
         ATTACKS.register(name, spec, doc=paper)
         return fn
 

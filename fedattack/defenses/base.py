@@ -8,6 +8,10 @@ Hooks (each optional):
 - `on_update(update, params, ctx) -> update`: on the model update before it is sent
   (noise, clipping, top-k, pruning, quantization, Soteria).
 - `protocol`: a name the simulation handles in the protocol itself (SecAgg+, Flower DP).
+- `adapt(trial, observed, params) -> trial`: the attacker's differentiable model of the
+  defense, applied to its simulated update when an attack runs with adaptive=true (GGL's
+  adaptive attack, the Bayes adversary): same clipping bound, same pruning mask read off
+  the observed zeros, Soteria's mask, ... (noise is modelled in the attack's likelihood).
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ class DefenseSpec:
     on_update: Callable[..., Any] | None = None
     protocol: str | None = None
     model_extension: str | None = None  # a model change the defense needs (PRECODE)
+    adapt: Callable[..., Any] | None = None
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense", "client.defenses")
@@ -54,3 +59,14 @@ DEFENSES: Registry[DefenseSpec] = Registry("defense", "client.defenses")
 def register_defense(spec: DefenseSpec) -> DefenseSpec:
     DEFENSES.register(spec.name, spec, doc=spec.paper)
     return spec
+
+
+def adapt_update(trial: dict[str, torch.Tensor], observed: dict[str, torch.Tensor], defenses) -> dict[str, torch.Tensor]:
+    """Apply the known defenses' `adapt` hooks, in order, to an attacker's simulated update.
+
+    `defenses` is the Protocol's tuple of DefenseSetting (name, params dict)."""
+    for setting in defenses:
+        spec = DEFENSES.get(setting.name)
+        if spec.adapt is not None:
+            trial = spec.adapt(trial, observed, spec.params(**setting.params))
+    return trial

@@ -98,17 +98,25 @@ class Auditor:
                     metrics: dict[str, Any], num_clients: int = 1) -> Observation:
         return make_observation(self.exp, self.param_names, sent, received, metrics, num_clients)
 
+    def variants(self, name: str) -> list[bool]:
+        """adaptive flags to run attack `name` with, per audit.adaptive."""
+        mode = self.cfg.audit.adaptive
+        if mode == "off" or not ATTACKS.get(name).adaptive:
+            return [False]
+        return [True] if mode == "on" else [False, True]
+
     def submit(self, rnd: int, client: int | str, obs: Observation, truth: Truth, scope: str = "client") -> int:
         n = 0
+        cid = client if isinstance(client, int) else 0
         for k, name in enumerate(self.attacks_for(scope)):
-            cid = client if isinstance(client, int) else 0
-            job = AttackJob(round=rnd, client=client, attack=name, params=self.cfg.attack(name), observation=obs,
-                            seed=self.cfg.seed * 1_000_003 + rnd * 1009 + cid * 31 + k,
-                            labels=self.cfg.audit.labels, adaptive=self.cfg.audit.adaptive, defense=self.defense,
-                            threads=self.cfg.audit.threads_per_job, success_ssim=self.cfg.audit.success_ssim)
-            self.dispatcher.submit(job, truth)
-            self.on_submit(rnd, client, name)
-            n += 1
+            for adaptive in self.variants(name):
+                job = AttackJob(round=rnd, client=client, attack=name, params=self.cfg.attack(name), observation=obs,
+                                seed=self.cfg.seed * 1_000_003 + rnd * 1009 + cid * 31 + k,
+                                labels=self.cfg.audit.labels, adaptive=adaptive, defense=self.defense,
+                                threads=self.cfg.audit.threads_per_job, success_ssim=self.cfg.audit.success_ssim)
+                self.dispatcher.submit(job, truth)
+                self.on_submit(rnd, client, name)
+                n += 1
         self.submitted += n
         return n
 

@@ -138,7 +138,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 def _register_extra_commands() -> None:
     import importlib
 
-    for module in ("fedattack.sweep", "fedattack.attacks.generator"):
+    for module in ("fedattack.sweep", "fedattack.generator"):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -59,6 +59,7 @@ def run_audit(grid: Grid, exp: Experiment, store: RunStore, progress: Progress) 
         progress.round_done(row, auditor.completed, auditor.submitted)
         return MetricRecord({"test_loss": loss, "test_acc": acc}) if loss == loss else None
 
+    auditor.start_polling()
     try:
         audited.start(grid, ArrayRecord(model.state_dict()), num_rounds=cfg.fl.rounds, timeout=cfg.fl.timeout,
                       train_config=ConfigRecord({CONFIG_KEY: cfg.to_json()}), evaluate_fn=evaluate_fn)

@@ -12,6 +12,7 @@ attack jobs, and hands the replies to the wrapped strategy's `aggregate_train`.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -80,10 +81,17 @@ class Auditor:
         self.on_submit = on_submit
         model = exp.initial_model()
         self.param_names = [n for n, _ in model.named_parameters()]
+        # a malicious server re-sends its crafted blocks (e.g. the imprint block) every round
+        prefixes = tuple(f"{ATTACKS.get(a).model_extension}." for a in self.cfg.audit.attacks
+                         if self.cfg.server.mode == "malicious" and ATTACKS.get(a).model_extension)
+        self.malicious_state = {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
         self.defense = describe_defenses(exp)
         self.rounds: dict[int, RoundStats] = {}
         self.submitted = 0
         self.completed = 0
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
 
     # -- what to audit ------------------------------------------------------------
     def audits_round(self, rnd: int) -> bool:
@@ -122,6 +130,10 @@ class Auditor:
 
     def observe(self, rnd: int, sent: dict[int, ArrayRecord], replies: list[Message]) -> list[Message]:
         """Audit one round's train replies; return them with audit records removed."""
+        with self._lock:
+            return self._observe(rnd, sent, replies)
+
+    def _observe(self, rnd: int, sent: dict[int, ArrayRecord], replies: list[Message]) -> list[Message]:
         stats = self.rounds.setdefault(rnd, RoundStats(rnd, time.perf_counter()))
         good = [r for r in replies if not r.has_error()]
         stats.replies, stats.errors = len(good), len(replies) - len(good)
@@ -155,14 +167,29 @@ class Auditor:
         return replies
 
     def poll(self) -> None:
-        for res in self.dispatcher.poll():
-            self.completed += 1
-            self.on_result(res)
+        with self._lock:
+            for res in self.dispatcher.poll():
+                self.completed += 1
+                self.on_result(res)
+
+    def start_polling(self, interval: float = 0.5) -> None:
+        """Collect results in the background while training blocks on the grid."""
+
+        def loop() -> None:
+            while not self._stop.wait(interval):
+                self.poll()
+
+        self._poller = threading.Thread(target=loop, name="fedattack-audit-poller", daemon=True)
+        self._poller.start()
 
     def finish(self) -> None:
-        for res in self.dispatcher.drain():
-            self.completed += 1
-            self.on_result(res)
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
+        with self._lock:
+            for res in self.dispatcher.drain():
+                self.completed += 1
+                self.on_result(res)
 
 
 def _arrays(msg: Message) -> ArrayRecord:
@@ -192,6 +219,8 @@ class AuditStrategy(Strategy):
                         grid: Grid) -> Iterable[Message]:
         self.auditor.poll()
         self.auditor.rounds[server_round] = RoundStats(server_round, time.perf_counter())
+        if self.auditor.malicious_state:
+            arrays = ArrayRecord({**arrays.to_torch_state_dict(), **self.auditor.malicious_state})
         messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
         self._sent = {m.metadata.dst_node_id: _arrays(m) for m in messages if m.content.array_records}
         return messages

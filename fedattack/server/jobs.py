@@ -76,8 +76,17 @@ def _r(x: float, nd: int = 2) -> float | str:
 
 
 def _device() -> torch.device:
-    # Under Ray, a task without GPUs sees no CUDA devices; one with num_gpus sees its own.
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    """The GPU a Ray task was assigned (num_gpus > 0), else the CPU; outside Ray, any GPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    try:
+        import ray
+
+        if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+            return torch.device("cuda") if ray.get_gpu_ids() else torch.device("cpu")
+    except (ImportError, AttributeError):
+        pass
+    return torch.device("cuda")
 
 
 def run_job(job: AttackJob, truth: Truth) -> JobResult:

@@ -1,0 +1,15 @@
+"""A user's own Flower strategy, as a user would write it: a FedAvg subclass overriding aggregate_train."""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import FedAvg
+
+SEEN: list[dict] = []
+
+
+class RecordingFedAvg(FedAvg):
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        SEEN.append({"round": server_round, "n": len(replies),
+                     "keys": sorted(set().union(*(set(r.content.keys()) for r in replies if not r.has_error())))})
+        return super().aggregate_train(server_round, replies)

@@ -1,0 +1,46 @@
+"""A small audited Flower simulation end to end, and the run directory it leaves."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+
+from fedattack import config as fconfig
+from fedattack.simulate import run
+
+
+@pytest.mark.slow
+def test_audited_simulation_writes_a_complete_run_directory(tmp_path):
+    from tests.plugins import user_strategy
+
+    user_strategy.SEEN.clear()
+    cfg = fconfig.load(None, [
+        "fl.num_clients=3", "fl.clients_per_round=2", "fl.rounds=2", "partition.alpha=1.0",
+        "fl.strategy=tests.plugins.user_strategy:RecordingFedAvg",
+        "audit.attacks=[idlg,dlg]", "idlg.iterations=5", "dlg.iterations=5", "audit.max_concurrent=1",
+    ])
+    out = tmp_path / "run"
+    summary = run(cfg, out)
+    for name in ("config.yaml", "leakage.csv", "rounds.csv", "summary.json", "report.html"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader((out / "leakage.csv").open()))
+    # every sampled client of every round, by every attack
+    assert len(rows) == 2 * 2 * 2
+    assert {r["attack"] for r in rows} == {"idlg", "dlg"}
+    assert {int(r["round"]) for r in rows} == {1, 2}
+    for r in rows:
+        assert r["status"] == "ok", r["error"]
+        assert -1 <= float(r["ssim"]) <= 1 and float(r["psnr"]) > 0
+        assert r["defense"] == "none"
+    rounds = list(csv.DictReader((out / "rounds.csv").open()))
+    assert [int(r["round"]) for r in rounds] == [1, 2]
+    assert all(int(r["errors"]) == 0 and int(r["replies"]) == 2 for r in rounds)
+    assert 0 <= float(rounds[-1]["test_acc"]) <= 1
+    assert len(list((out / "images").glob("*.png"))) == len(rows)
+    assert json.loads((out / "summary.json").read_text())["attacks"]["dlg"]["jobs"] == 4
+    assert summary["server_mode"] == "honest"
+    # the user's strategy ran unchanged and never saw the audit-only record
+    assert [s["round"] for s in user_strategy.SEEN] == [1, 2]
+    assert all(s["n"] == 2 and "audit" not in s["keys"] for s in user_strategy.SEEN)

@@ -83,6 +83,11 @@ def main(grid: Grid, context: Context) -> None:
 
     rc = context.run_config
     cfg = load(str(rc.get("config") or "") or None, shlex.split(str(rc.get("overrides", ""))))
+    nodes = len(list(grid.get_node_ids()))
+    if nodes and nodes != cfg.fl.num_clients:  # the federation decides how many clients exist
+        Progress().print(f"fedattack: the federation has {nodes} nodes; using fl.num_clients={nodes}")
+        cfg.fl.num_clients = nodes
+        cfg.fl.clients_per_round = min(cfg.fl.clients_per_round, nodes)
     exp = build(cfg)
     store = RunStore(str(rc.get("out") or "") or default_out_dir(), cfg.to_yaml(), run_header(cfg))
     try:

@@ -26,6 +26,12 @@ def init_ray(cfg: Config, verbose: bool = False) -> None:
         ray.init(resources={ATTACK_RESOURCE: cfg.audit.max_concurrent}, **common)
 
 
+def uses_secagg(cfg: Config) -> bool:
+    from fedattack.defenses import DEFENSES
+
+    return any(DEFENSES.get(d).protocol == "secagg" for d in cfg.client.defenses)
+
+
 def run(cfg: Config, out_dir: str | Path, progress: Progress | None = None, verbose: bool = False) -> dict:
     """Run the audited simulation described by cfg; write the run directory; return the summary."""
     import ray
@@ -34,6 +40,7 @@ def run(cfg: Config, out_dir: str | Path, progress: Progress | None = None, verb
 
     from fedattack.client.app import app as client_app
     from fedattack.server.app import run_audit, run_header
+    from fedattack.server.secagg import client_app as secagg_client_app, run_secagg_audit
 
     progress = progress or Progress()
     exp = build(cfg)  # fails here, before any file is written, on a missing dataset
@@ -45,16 +52,20 @@ def run(cfg: Config, out_dir: str | Path, progress: Progress | None = None, verb
                    f"{cfg.fl.clients_per_round} per round; auditing with {', '.join(cfg.audit.attacks) or 'nothing'}; "
                    f"run directory {store.dir}")
     server_app = ServerApp()
+    secagg = uses_secagg(cfg)
 
     @server_app.main()
     def _main(grid, context) -> None:
-        run_audit(grid, exp, store, progress)
+        if secagg:
+            run_secagg_audit(grid, context, exp, store, progress)
+        else:
+            run_audit(grid, exp, store, progress)
 
     init_ray(cfg, verbose)
     try:
         run_simulation(
             server_app=server_app,
-            client_app=client_app,
+            client_app=secagg_client_app if secagg else client_app,
             num_supernodes=cfg.fl.num_clients,
             backend_config={"client_resources": {"num_cpus": cfg.fl.client_cpus, "num_gpus": cfg.fl.client_gpus}},
             verbose_logging=verbose,

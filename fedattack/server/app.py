@@ -20,7 +20,7 @@ from fedattack.config import Config, load
 from fedattack.experiment import Experiment, build
 from fedattack.report.console import Progress
 from fedattack.report.store import RunStore
-from fedattack.server.audit import Auditor, AuditStrategy
+from fedattack.server.audit import Auditor, AuditStrategy, RoundStats
 from fedattack.server.dispatch import make_dispatcher
 from fedattack.server.strategies import build_strategy
 
@@ -49,12 +49,7 @@ def run_audit(grid: Grid, exp: Experiment, store: RunStore, progress: Progress) 
             loss, acc = evaluate(test_model, exp.test)
         if rnd == 0:
             return None
-        stats = auditor.rounds.get(rnd)
-        row = {"round": rnd, "train_loss": stats.train_loss if stats else float("nan"), "test_loss": loss,
-               "test_acc": acc, "replies": stats.replies if stats else 0, "errors": stats.errors if stats else 0,
-               "audited_clients": stats.audited_clients if stats else 0, "jobs": stats.jobs if stats else 0,
-               "scope": stats.scope if stats else "client",
-               "seconds": time.perf_counter() - stats.started if stats else float("nan")}
+        row = round_row(auditor, rnd, loss, acc)
         store.add_round(row)
         progress.round_done(row, auditor.completed, auditor.submitted)
         return MetricRecord({"test_loss": loss, "test_acc": acc}) if loss == loss else None
@@ -67,6 +62,14 @@ def run_audit(grid: Grid, exp: Experiment, store: RunStore, progress: Progress) 
         if auditor.dispatcher.pending():
             progress.print(f"waiting for {auditor.dispatcher.pending()} attack jobs ...")
         auditor.finish()
+
+
+def round_row(auditor: Auditor, rnd: int, test_loss: float, test_acc: float) -> dict:
+    """One rounds.csv row from the auditor's round statistics and the test metrics."""
+    stats = auditor.rounds.get(rnd) or RoundStats(rnd, time.perf_counter())
+    return {"round": rnd, "train_loss": stats.train_loss, "test_loss": test_loss, "test_acc": test_acc,
+            "replies": stats.replies, "errors": stats.errors, "audited_clients": stats.audited_clients,
+            "jobs": stats.jobs, "scope": stats.scope, "seconds": time.perf_counter() - stats.started}
 
 
 def run_header(cfg: Config) -> dict:

@@ -274,9 +274,9 @@ def from_dict(raw: dict) -> Config:
             cfg.seed = _coerce(value, int, "seed")
         elif key in SECTIONS:
             setattr(cfg, key, _build_section(SECTIONS[key], value, key))
-        elif key in attacks.names():
+        elif key in attacks.names() or (":" in key and key in ((raw.get("audit") or {}).get("attacks") or [])):
             cfg.attack_params[key] = _build_section(attacks.get(key).params, value, key)
-        elif key in defenses.names():
+        elif key in defenses.names() or (":" in key and key in ((raw.get("client") or {}).get("defenses") or [])):
             cfg.defense_params[key] = _build_section(defenses.get(key).params, value, key)
         else:
             allowed = ["seed", *SECTIONS, "<attack name>", "<defense name>"]

@@ -67,6 +67,6 @@ def register_attack(name: str, *, params: type = NoParams, paper: str, scope: st
     def deco(fn: Callable) -> Callable:
         spec = AttackSpec(name, fn, params, paper, scope, needs_malicious, model_extension, adaptive)
         ATTACKS.register(name, spec, doc=paper)
-        return fn
+        return spec  # callable like the function; importable as `module:name` for plug-ins
 
     return deco

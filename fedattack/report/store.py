@@ -19,9 +19,9 @@ import numpy as np
 from fedattack.server.jobs import JobResult
 
 LEAKAGE_FIELDS = ["round", "client", "attack", "defense", "adaptive", "scope", "status", "psnr", "ssim", "mse",
-                  "label_acc", "success", "recovered", "num_images", "seconds", "device", "error"]
+                  "label_acc", "success", "recovered", "num_images", "seconds", "device", "epsilon", "error"]
 ROUND_FIELDS = ["round", "train_loss", "test_loss", "test_acc", "replies", "errors", "audited_clients", "jobs",
-                "scope", "seconds"]
+                "scope", "epsilon", "seconds"]
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -112,7 +112,10 @@ def summarize(leakage: list[dict], rounds: list[dict]) -> dict:
             "scope": sorted({r["scope"] for r in rows}),
         }
     final = rounds[-1] if rounds else {}
+    eps = [_num(r.get("epsilon")) for r in rounds]
+    eps = [e for e in eps if not math.isnan(e)]
     return {
+        "epsilon": max(eps) if eps else None,
         "attacks": attacks,
         "rounds": len([r for r in rounds if int(_num(r["round"]) or 0) > 0]),
         "final_test_acc": _num(final.get("test_acc")) if final else None,

@@ -69,7 +69,8 @@ def round_row(auditor: Auditor, rnd: int, test_loss: float, test_acc: float) -> 
     stats = auditor.rounds.get(rnd) or RoundStats(rnd, time.perf_counter())
     return {"round": rnd, "train_loss": stats.train_loss, "test_loss": test_loss, "test_acc": test_acc,
             "replies": stats.replies, "errors": stats.errors, "audited_clients": stats.audited_clients,
-            "jobs": stats.jobs, "scope": stats.scope, "seconds": time.perf_counter() - stats.started}
+            "jobs": stats.jobs, "scope": stats.scope, "epsilon": stats.epsilon,
+            "seconds": time.perf_counter() - stats.started}
 
 
 def run_header(cfg: Config) -> dict:

@@ -51,6 +51,7 @@ class RoundStats:
     audited_clients: int = 0
     jobs: int = 0
     scope: str = "client"  # client | aggregate (SecAgg: the server saw the sum only)
+    epsilon: float = float("nan")  # DP-SGD / DP: the largest epsilon reported this round
     extra: dict = field(default_factory=dict)
 
 
@@ -113,7 +114,8 @@ class Auditor:
             return [False]
         return [True] if mode == "on" else [False, True]
 
-    def submit(self, rnd: int, client: int | str, obs: Observation, truth: Truth, scope: str = "client") -> int:
+    def submit(self, rnd: int, client: int | str, obs: Observation, truth: Truth, scope: str = "client",
+               epsilon: float = float("nan")) -> int:
         n = 0
         cid = client if isinstance(client, int) else 0
         for k, name in enumerate(self.attacks_for(scope)):
@@ -121,7 +123,8 @@ class Auditor:
                 job = AttackJob(round=rnd, client=client, attack=name, params=self.cfg.attack(name), observation=obs,
                                 seed=self.cfg.seed * 1_000_003 + rnd * 1009 + cid * 31 + k,
                                 labels=self.cfg.audit.labels, adaptive=adaptive, defense=self.defense,
-                                threads=self.cfg.audit.threads_per_job, success_ssim=self.cfg.audit.success_ssim)
+                                threads=self.cfg.audit.threads_per_job, success_ssim=self.cfg.audit.success_ssim,
+                                epsilon=epsilon)
                 self.dispatcher.submit(job, truth)
                 self.on_submit(rnd, client, name)
                 n += 1
@@ -148,6 +151,9 @@ class Auditor:
         if losses:
             v, w = np.array(losses).T
             stats.train_loss = float(np.average(v, weights=w)) if w.sum() > 0 else float(np.mean(v))
+        eps = [float(m["epsilon"]) for m in (_metrics(r) for r, _ in records) if "epsilon" in m]
+        if eps:  # DP: the largest privacy loss among this round's clients
+            stats.epsilon = max(eps)
         if not self.audits_round(rnd):
             return replies
         chosen = sorted(records, key=lambda ra: int(ra[1]["partition-id"]) if ra[1] is not None else 1 << 30)
@@ -162,7 +168,8 @@ class Auditor:
             obs = self.observation(arrays.to_torch_state_dict(), _arrays(reply).to_torch_state_dict(),
                                    _metrics(reply))
             truth = self.exp.train.truth(list(audit["indices"]))
-            stats.jobs += self.submit(rnd, int(audit["partition-id"]), obs, truth)
+            stats.jobs += self.submit(rnd, int(audit["partition-id"]), obs, truth,
+                                      epsilon=float(_metrics(reply).get("epsilon", float("nan"))))
             stats.audited_clients += 1
         return replies
 

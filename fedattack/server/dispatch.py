@@ -26,7 +26,7 @@ class Dispatcher(Protocol):
 
 def _failed(job: AttackJob, error: str, seconds: float = 0.0) -> JobResult:
     return JobResult(round=job.round, client=job.client, attack=job.attack, defense=job.defense, status="failed",
-                     seconds=seconds, adaptive=job.adaptive, error=error[:300],
+                     seconds=seconds, adaptive=job.adaptive, error=error[:300], epsilon=job.epsilon,
                      scope="aggregate" if job.observation.num_clients > 1 else "client")
 
 

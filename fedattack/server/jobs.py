@@ -33,6 +33,7 @@ class AttackJob:
     defense: str = "none"
     threads: int = 1
     success_ssim: float = 0.5
+    epsilon: float = float("nan")  # the client's reported DP epsilon (report metadata only)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class JobResult:
     adaptive: bool = False
     scope: str = "client"  # client | aggregate
     device: str = "cpu"
+    epsilon: float = float("nan")
     error: str = ""
     info: dict = field(default_factory=dict)
     truth_pixels: np.ndarray | None = None  # (N, C, H, W) in [0, 1], for galleries
@@ -67,7 +69,8 @@ class JobResult:
             "adaptive": self.adaptive, "scope": self.scope, "status": self.status,
             "psnr": _r(self.psnr), "ssim": _r(self.ssim, 4), "mse": _r(self.mse, 5), "label_acc": _r(self.label_acc, 4),
             "success": self.success, "recovered": self.recovered, "num_images": self.num_images,
-            "seconds": _r(self.seconds, 2), "device": self.device, "error": self.error,
+            "seconds": _r(self.seconds, 2), "device": self.device, "epsilon": _r(self.epsilon, 4),
+            "error": self.error,
         }
 
 
@@ -97,7 +100,7 @@ def run_job(job: AttackJob, truth: Truth) -> JobResult:
     ctx = AttackContext(device=device, seed=job.seed, labels=job.labels, adaptive=job.adaptive)
     base = dict(round=job.round, client=job.client, attack=job.attack, defense=job.defense,
                 adaptive=job.adaptive, scope="aggregate" if job.observation.num_clients > 1 else "client",
-                device=str(device), num_images=len(truth.labels))
+                device=str(device), num_images=len(truth.labels), epsilon=job.epsilon)
     t0 = time.perf_counter()
     try:
         recon = spec(job.observation.to(device), job.params, ctx)

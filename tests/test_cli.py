@@ -83,3 +83,16 @@ def test_refuses_a_non_empty_out_dir(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
     assert main(["attack", "audit.attacks=[idlg]", "--out", str(tmp_path), "--quiet"]) == 2
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_failing_attacks_are_recorded_and_the_audit_goes_on(tmp_path):
+    out = tmp_path / "fail"
+    code = main(["attack", "audit.attacks=[tests.plugins.failing:boom,tests.plugins.failing:nan,idlg]",
+                 "idlg.iterations=3", "--out", str(out), "--quiet"])
+    assert code == 0
+    rows = {r["attack"]: r for r in csv.DictReader((out / "leakage.csv").open())}
+    assert rows["tests.plugins.failing:boom"]["status"] == "failed"
+    assert "exploded" in rows["tests.plugins.failing:boom"]["error"]
+    assert rows["tests.plugins.failing:nan"]["status"] == "failed"
+    assert "NaN" in rows["tests.plugins.failing:nan"]["error"]
+    assert rows["idlg"]["status"] == "ok"

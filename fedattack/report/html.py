@@ -25,6 +25,7 @@ def plot_rounds(run_dir: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     leak, rounds = read_csv(run_dir / "leakage.csv"), read_csv(run_dir / "rounds.csv")
     (run_dir / "plots").mkdir(exist_ok=True)
@@ -42,8 +43,10 @@ def plot_rounds(run_dir: Path) -> list[str]:
             for ax, k in zip(axes, (0, 1)):
                 ax.plot(rs, [np.nanmean([v[k] for v in per_round[x]]) for x in rs], marker="o", label=name)
         axes[0].set(xlabel="round", ylabel="PSNR (dB)", title="Reconstruction PSNR")
-        axes[1].set(xlabel="round", ylabel="SSIM", title="Reconstruction SSIM", ylim=(0, 1))
+        axes[1].set(xlabel="round", ylabel="SSIM", title="Reconstruction SSIM", ylim=(-0.1, 1))
         axes[1].legend(fontsize=8)
+        for ax in axes:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         fig.tight_layout()
         fig.savefig(run_dir / "plots" / "leakage.png", dpi=100)
         plt.close(fig)
@@ -54,6 +57,7 @@ def plot_rounds(run_dir: Path) -> list[str]:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="test accuracy")
         ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="s", label="train loss")
         ax.set(xlabel="round", title="Training")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(run_dir / "plots" / "training.png", dpi=100)

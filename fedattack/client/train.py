@@ -45,21 +45,33 @@ def schedule(partition: np.ndarray, cfg: Config, rnd: int, client: int) -> list[
 
 
 def soft_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy for hard (N,) or soft (N, C) targets."""
+    """Cross-entropy for hard (N,) class ids or soft (N, C) class probabilities (mixup).
+
+    An empty batch (DP-SGD's Poisson sampling can draw one) has loss 0 with zero gradients."""
+    if logits.shape[0] == 0:
+        return logits.sum() * 0.0
+    if y.dim() == 2:
+        return F.cross_entropy(logits, y.to(logits.dtype))
     return F.cross_entropy(logits, y)
 
 
 def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, cfg: Config, rnd: int,
-                client: int) -> TrainResult:
-    """Train `model` in place on the client's data and return the defended update."""
+                client: int, protocol_defenses: bool = True) -> TrainResult:
+    """Train `model` in place on the client's data and return the defended update.
+
+    Defenses run in the order of `client.defenses`, each at its hooks. `protocol_defenses`
+    False leaves out the client-side step of protocol-level defenses (Flower's DP mods),
+    which the ClientApp applies through Flower's own mods around this function."""
     specs = [(DEFENSES.get(d), cfg.defense(d)) for d in cfg.client.defenses]
+    if not protocol_defenses:
+        specs = [(s, p) for s, p in specs if s.where != "protocol"]
     batches = schedule(partition, cfg, rnd, client)
     used = np.unique(np.concatenate(batches))
     x_all, y_all = data.get(used)
     pos = {int(i): k for k, i in enumerate(used)}
     gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, rnd, client, 1]).integers(2**31)))
     ctx = DefenseContext(model=model, images=x_all, labels=y_all, num_classes=data.spec.num_classes,
-                         generator=gen, round=rnd, steps=len(batches))
+                         generator=gen, round=rnd, steps=len(batches), lr=cfg.client.lr, data=data.spec)
 
     sent = float_params(model)
     model.train()
@@ -75,6 +87,11 @@ def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, 
                 x, y = spec.on_batch(x, y, params, ctx)
         optimizer.zero_grad(set_to_none=True)
         loss = soft_cross_entropy(model(x), y)
+        for spec, params in specs:
+            if spec.loss is not None:
+                extra = spec.loss(model, params, ctx)
+                if extra is not None:
+                    loss = loss + extra
         loss.backward()
         optimizer.step()
         losses.append(float(loss.detach()))

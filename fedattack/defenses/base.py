@@ -7,11 +7,18 @@ Hooks (each optional):
   local training (DP-SGD through Opacus).
 - `on_update(update, params, ctx) -> update`: on the model update before it is sent
   (noise, clipping, top-k, pruning, quantization, Soteria).
+- `loss(model, params, ctx) -> tensor`: a term added to the training loss after each
+  forward pass (PRECODE's KL term).
 - `protocol`: a name the simulation handles in the protocol itself (SecAgg+, Flower DP).
-- `adapt(trial, observed, params) -> trial`: the attacker's differentiable model of the
-  defense, applied to its simulated update when an attack runs with adaptive=true (GGL's
+  Such a defense may also give `on_update`: the same client-side step, applied where local
+  training runs outside the ClientApp (`fedattack attack`); the ClientApp applies Flower's
+  mods instead.
+- `adapt(trial, observed, params, scale) -> trial`: the attacker's differentiable model of
+  the defense, applied to its simulated update when an attack runs with adaptive=true (GGL's
   adaptive attack, the Bayes adversary): same clipping bound, same pruning mask read off
   the observed zeros, Soteria's mask, ... (noise is modelled in the attack's likelihood).
+  `trial` and `observed` are updates (new - sent weights); `scale` = lr * local steps, the
+  factor between gradient units (where noise and clipping are configured) and update units.
 """
 
 from __future__ import annotations
@@ -36,6 +43,14 @@ class DefenseContext:
     metrics: dict[str, float] = field(default_factory=dict)  # reported back (e.g. epsilon)
     round: int = 0
     steps: int = 0
+    lr: float = 0.0  # local learning rate: update = -lr * steps * gradient
+    data: Any = None  # the DataSpec (normalization) of the client's images
+    state: dict[str, Any] = field(default_factory=dict)  # hooks of one defense share state here
+
+    @property
+    def scale(self) -> float:
+        """Update units per gradient unit: lr * steps."""
+        return self.lr * max(1, self.steps)
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,7 @@ class DefenseSpec:
     on_batch: Callable[..., Any] | None = None
     on_train: Callable[..., Any] | None = None
     on_update: Callable[..., Any] | None = None
+    loss: Callable[..., Any] | None = None
     protocol: str | None = None
     model_extension: str | None = None  # a model change the defense needs (PRECODE)
     adapt: Callable[..., Any] | None = None
@@ -61,12 +77,20 @@ def register_defense(spec: DefenseSpec) -> DefenseSpec:
     return spec
 
 
-def adapt_update(trial: dict[str, torch.Tensor], observed: dict[str, torch.Tensor], defenses) -> dict[str, torch.Tensor]:
+def adapt_update(trial: dict[str, torch.Tensor], observed: dict[str, torch.Tensor], defenses,
+                 scale: float | None = None) -> dict[str, torch.Tensor]:
     """Apply the known defenses' `adapt` hooks, in order, to an attacker's simulated update.
 
-    `defenses` is the Protocol's tuple of DefenseSetting (name, params dict)."""
+    `trial` and `observed` are updates (new - sent weights). `defenses` is the Observation's
+    Protocol (preferred: it also gives lr and steps) or its tuple of DefenseSetting (name,
+    params dict); `scale` = lr * local steps converts gradient units (clip.bound) to update
+    units and is read off the Protocol when one is given."""
+    if hasattr(defenses, "defenses"):  # a Protocol
+        if scale is None:
+            scale = defenses.lr * max(1, defenses.local_steps)
+        defenses = defenses.defenses
     for setting in defenses:
         spec = DEFENSES.get(setting.name)
         if spec.adapt is not None:
-            trial = spec.adapt(trial, observed, spec.params(**setting.params))
+            trial = spec.adapt(trial, observed, spec.params(**setting.params), scale)
     return trial

@@ -24,7 +24,7 @@ def build_strategy(cfg: Config) -> fs.Strategy:
     """Instantiate the configured strategy with partial participation set from `fl.*`."""
     target = STRATEGIES.get(cfg.fl.strategy)
     if isinstance(target, fs.Strategy):
-        return target
+        return with_protocol_defenses(target, cfg)
     n, k = cfg.fl.num_clients, cfg.fl.clients_per_round
     kwargs = {
         "fraction_train": k / n,
@@ -42,4 +42,11 @@ def build_strategy(cfg: Config) -> fs.Strategy:
         raise ConfigError("fl.strategy_args", f"cannot build {cfg.fl.strategy}: {exc}") from None
     if not isinstance(strategy, fs.Strategy):
         raise ConfigError("fl.strategy", f"'{cfg.fl.strategy}' did not produce a flwr Strategy")
-    return strategy
+    return with_protocol_defenses(strategy, cfg)
+
+
+def with_protocol_defenses(strategy: fs.Strategy, cfg: Config) -> fs.Strategy:
+    """The server side of protocol-level defenses: Flower's DP strategy wrapper for `flowerdp`."""
+    from fedattack.defenses.flower_dp import server_strategy
+
+    return server_strategy(strategy, cfg)

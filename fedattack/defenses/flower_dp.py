@@ -1,0 +1,252 @@
+"""Flower's own differential privacy, as a deployment would switch it on.
+
+- `flowerdp`: central DP with client-side fixed clipping (McMahan et al., Learning
+  Differentially Private Recurrent Language Models, ICLR 2018). Each client clips its whole
+  model update to `clipping_norm` (L2, parameter units, all arrays) with Flower's
+  `fixedclipping_mod`; the server wraps its strategy in Flower's
+  `DifferentialPrivacyClientSideFixedClipping`, which adds Gaussian noise of std
+  noise_multiplier * clipping_norm / (clients per round) to the aggregate. The noise protects
+  the released model, not single updates: the audited server sees clipped, noise-free updates.
+  Privacy is accounted per round as one Gaussian release (client-level DP, add/remove one
+  client, no amplification by sampling: the model Flower's accounting supports for fixed
+  clipping) with an RDP accountant; epsilon at `delta` is reported in the round's aggregated
+  train metrics ("flowerdp_epsilon").
+- `localdp`: Flower's `LocalDpMod`: the client clips its update to `clipping_norm` and adds
+  Gaussian noise of std sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon to the parameters it
+  sends (the Gaussian mechanism, (epsilon, delta)-DP per round for that sensitivity); the
+  client reports that epsilon as "localdp_epsilon".
+
+In a simulation the ClientApp applies Flower's mods on its train messages (see
+fedattack.client.app). Where local training runs outside the ClientApp (`fedattack
+attack`), `on_update` applies the same Flower functions to the update. Both are seeded from
+the client's generator (Flower draws from NumPy's global generator).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from flwr.app import MetricRecord
+from flwr.serverapp import GaussianPrivacyEvent
+from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+
+from fedattack.config import check_range
+from fedattack.defenses.base import DefenseContext, DefenseSpec, register_defense
+from fedattack.errors import ConfigError
+
+
+def _check_unit(name: str, key: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise ConfigError(f"{name}.{key}", f"must be in (0, 1), got {value}")
+
+
+@dataclass
+class FlowerDPParams:
+    noise_multiplier: float = 1.0  # server noise std / clipping_norm
+    clipping_norm: float = 1.0  # L2 bound on each client's model update (parameter units)
+    delta: float = 1e-5  # delta at which the server reports epsilon
+
+    def validate(self, name: str) -> None:
+        check_range(name, "noise_multiplier", self.noise_multiplier, lo=0.0)
+        check_range(name, "clipping_norm", self.clipping_norm, lo=0.0, lo_open=True)
+        _check_unit(name, "delta", self.delta)
+
+
+@dataclass
+class LocalDPParams:
+    clipping_norm: float = 1.0  # L2 bound on the client's model update (parameter units)
+    sensitivity: float = 1.0  # sensitivity the Gaussian mechanism's noise is calibrated to
+    epsilon: float = 1.0  # per-round privacy budget
+    delta: float = 1e-5
+
+    def validate(self, name: str) -> None:
+        check_range(name, "clipping_norm", self.clipping_norm, lo=0.0, lo_open=True)
+        check_range(name, "sensitivity", self.sensitivity, lo=0.0)
+        check_range(name, "epsilon", self.epsilon, lo=0.0, lo_open=True)
+        _check_unit(name, "delta", self.delta)
+
+
+def localdp_std(params: LocalDPParams) -> float:
+    """The noise std LocalDpMod adds (the Gaussian mechanism's calibration)."""
+    return params.sensitivity * math.sqrt(2 * math.log(1.25 / params.delta)) / params.epsilon
+
+
+# -- client side ------------------------------------------------------------------
+
+def client_mods(cfg) -> list:
+    """Flower mods for the configured protocol-level DP defenses, innermost first
+    (the first configured defense acts first on the reply)."""
+    from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
+
+    mods = []
+    for name in cfg.client.defenses:
+        if name == "flowerdp":
+            mods.append(fixedclipping_mod)
+        elif name == "localdp":
+            p = cfg.defense("localdp")
+            mods.append(LocalDpMod(p.clipping_norm, p.sensitivity, p.epsilon, p.delta))
+    return mods
+
+
+@contextmanager
+def numpy_seed(seed: int):
+    """Seed NumPy's global generator (which Flower's DP functions draw from), then restore it."""
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
+def _apply_flower(update: dict[str, torch.Tensor], ctx: DefenseContext, clipping_norm: float,
+                  noise_std: float) -> dict[str, torch.Tensor]:
+    """What Flower's mods do to a reply, applied to an update: clip (sent + update) - sent
+    with Flower's compute_clip_model_update, then add Flower's Gaussian noise."""
+    from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_clip_model_update
+
+    keys = list(update)
+    new = {k: v.detach() for k, v in (getattr(ctx.model, "_module", ctx.model)).named_parameters()}
+    sent = [(new[k] - update[k]).double().cpu().numpy() for k in keys]
+    received = [new[k].double().cpu().numpy() for k in keys]
+    compute_clip_model_update(received, sent, clipping_norm)
+    if noise_std > 0:
+        with numpy_seed(int(torch.randint(0, 2**31, (1,), generator=ctx.generator))):
+            add_gaussian_noise_inplace(received, noise_std)
+    return {k: torch.as_tensor(r - s, dtype=update[k].dtype) for k, r, s in zip(keys, received, sent)}
+
+
+def flowerdp_update(update, params: FlowerDPParams, ctx: DefenseContext):
+    return _apply_flower(update, ctx, params.clipping_norm, 0.0)
+
+
+def localdp_update(update, params: LocalDPParams, ctx: DefenseContext):
+    ctx.metrics["localdp_epsilon"] = params.epsilon
+    return _apply_flower(update, ctx, params.clipping_norm, localdp_std(params))
+
+
+def clip_norm_adapt(bound_of):
+    def adapt(trial, observed, params, scale=None):
+        from fedattack.defenses.clipping import clip_to
+
+        return clip_to(trial, bound_of(params))
+
+    return adapt
+
+
+# -- server side ------------------------------------------------------------------
+
+class OpacusRdpAccountant:
+    """flwr's PrivacyAccountant protocol on Opacus's RDP analysis (used when flwr[dp]'s
+    dp-accounting backend is not installed). Gaussian releases without amplification."""
+
+    def __init__(self, config):
+        from opacus.accountants import RDPAccountant
+
+        self._config = config
+        self._rdp = RDPAccountant()
+        self._releases = 0
+
+    @property
+    def config(self):
+        return self._config
+
+    @property
+    def num_releases(self) -> int:
+        return self._releases
+
+    def compose(self, event, count: int = 1) -> None:
+        for _ in range(count):
+            self._rdp.step(noise_multiplier=event.noise_multiplier, sample_rate=1.0)
+        self._releases += count
+
+    def get_epsilon(self, delta: float) -> float:
+        return float(self._rdp.get_epsilon(delta)) if self._releases else 0.0
+
+    def get_delta(self, epsilon: float) -> float:
+        raise NotImplementedError("delta for a given epsilon is not supported by this accountant")
+
+    def get_privacy_spent(self, delta: float | None = None):
+        from flwr.serverapp import PrivacySpent
+
+        delta = self._config.target_delta if delta is None else delta
+        eps, order = self._rdp.get_privacy_spent(delta=delta) if self._releases else (0.0, None)
+        return PrivacySpent(epsilon=float(eps), delta=delta, num_releases=self._releases,
+                            accounting_method="rdp (opacus)", optimal_order=order)
+
+    def would_exceed(self, event, max_epsilon: float | None = None, count: int = 1) -> bool:
+        from opacus.accountants import RDPAccountant
+
+        limit = max_epsilon if max_epsilon is not None else self._config.max_epsilon
+        probe = RDPAccountant()
+        probe.history = list(self._rdp.history)
+        for _ in range(count):
+            probe.step(noise_multiplier=event.noise_multiplier, sample_rate=1.0)
+        return bool(probe.get_epsilon(self._config.target_delta) > limit)
+
+    def state_dict(self) -> dict:
+        return {"history": list(self._rdp.history), "releases": self._releases}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._rdp.history = list(state["history"])
+        self._releases = int(state["releases"])
+
+
+def make_accountant(population: int, delta: float):
+    """Flower's RDP accountant (flwr[dp]) when installed, else the Opacus-backed one."""
+    from flwr.serverapp import NeighboringRelation, PrivacyConfig, SamplingMethod
+
+    config = PrivacyConfig(target_delta=delta, population_size=population,
+                           neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+                           sampling_method=SamplingMethod.NO_AMPLIFICATION)
+    try:
+        from flwr.serverapp import RdpAccountant
+
+        return RdpAccountant(config)
+    except ImportError:
+        return OpacusRdpAccountant(config)
+
+
+class AccountedClientSideFixedClipping(DifferentialPrivacyClientSideFixedClipping):
+    """Flower's DifferentialPrivacyClientSideFixedClipping; every noised aggregate is composed
+    into `privacy` (a flwr PrivacyAccountant) and its epsilon added to the aggregated train
+    metrics. (Flower's own accounted mode would also demand equal client weights.)"""
+
+    def __init__(self, strategy, noise_multiplier: float, clipping_norm: float, num_sampled_clients: int,
+                 privacy) -> None:
+        super().__init__(strategy, noise_multiplier, clipping_norm, num_sampled_clients)
+        self.privacy = privacy
+
+    def aggregate_train(self, server_round, replies):
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is not None and self.noise_multiplier > 0:
+            self.privacy.compose(GaussianPrivacyEvent(self.noise_multiplier, self.num_sampled_clients,
+                                                      self.privacy.config.population_size))
+            metrics = metrics if metrics is not None else MetricRecord()
+            metrics["flowerdp_epsilon"] = float(self.privacy.get_epsilon(self.privacy.config.target_delta))
+        return arrays, metrics
+
+
+def server_strategy(strategy, cfg):
+    """Wrap the configured strategy for the server side of `flowerdp` (else return it)."""
+    if "flowerdp" not in cfg.client.defenses:
+        return strategy
+    p = cfg.defense("flowerdp")
+    return AccountedClientSideFixedClipping(strategy, p.noise_multiplier, p.clipping_norm, cfg.fl.clients_per_round,
+                                            make_accountant(cfg.fl.num_clients, p.delta))
+
+
+register_defense(DefenseSpec(
+    name="flowerdp", params=FlowerDPParams, where="protocol", protocol="flowerdp", main_param="noise_multiplier",
+    on_update=flowerdp_update, adapt=clip_norm_adapt(lambda p: p.clipping_norm),
+    paper="McMahan et al., Learning Differentially Private Recurrent Language Models, ICLR 2018 "
+          "(Flower DifferentialPrivacyClientSideFixedClipping + fixedclipping_mod)"))
+register_defense(DefenseSpec(
+    name="localdp", params=LocalDPParams, where="protocol", protocol="localdp", main_param="epsilon",
+    on_update=localdp_update, adapt=clip_norm_adapt(lambda p: p.clipping_norm),
+    paper="Dwork and Roth, The Algorithmic Foundations of Differential Privacy, 2014 (Gaussian mechanism; "
+          "Flower LocalDpMod)"))

@@ -1,0 +1,96 @@
+"""`precode`: Scheliga et al., PRECODE - A Generic Model Extension to Prevent Deep Gradient
+Leakage, WACV 2022.
+
+A variational bottleneck inserted before the classifier head: the features z (the input of
+the Linear layer `fc`) are encoded to (mu, log-variance) of a K-dimensional Gaussian
+(`precode.encoder`: features -> 2K), a sample mu + exp(logvar / 2) * eps is decoded back
+to the feature size (`precode.decoder`: K -> features), and `fc` reads the decoded features.
+Training adds beta * KL(N(mu, sigma^2) || N(0, I)) (mean over the batch) to the loss, as the
+authors' training code adds the bottleneck's loss to the cross-entropy. In eval mode the
+bottleneck decodes mu (no sampling).
+
+The extension is registered as "precode" in fedattack.models.EXTENSIONS, so the server and
+every client build the same extended model; parameters are named `precode.encoder.weight`,
+`precode.decoder.weight`, ... beside the model's own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from fedattack.config import check_range
+from fedattack.defenses.base import DefenseContext, DefenseSpec, register_defense
+from fedattack.errors import ConfigError
+from fedattack.models import EXTENSIONS
+
+
+@dataclass
+class PrecodeParams:
+    size: int = 256  # K, the bottleneck dimension (the paper's default)
+    beta: float = 1e-3  # weight of the KL term in the training loss
+
+    def validate(self, name: str) -> None:
+        check_range(name, "size", self.size, lo=1)
+        check_range(name, "beta", self.beta, lo=0.0)
+
+
+class VariationalBottleneck(nn.Module):
+    def __init__(self, features: int, size: int):
+        super().__init__()
+        self.size = size
+        self.encoder = nn.Linear(features, 2 * size)
+        self.decoder = nn.Linear(size, features)
+        self.kl: torch.Tensor | None = None  # KL term of the last forward pass in train mode
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        stats = self.encoder(z)
+        mu, logvar = stats[:, :self.size], stats[:, self.size:]
+        if self.training:
+            code = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+            self.kl = kl.mean() if len(kl) else kl.sum()
+        else:
+            code = mu
+        return self.decoder(code)
+
+    def __getstate__(self):  # copies and pickles drop the last KL term (it holds an autograd graph)
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state["kl"] = None
+        return state
+
+    def pre_hook(self, module: nn.Module, args: tuple) -> tuple:
+        """Forward pre-hook of the head: it reads the bottleneck's output instead of the features."""
+        return (self(args[0]),)
+
+
+def head_of(model: nn.Module) -> nn.Linear:
+    head = getattr(model, "fc", None)
+    if not isinstance(head, nn.Linear):
+        raise ConfigError("precode", "needs a model whose classifier head is a Linear attribute 'fc' "
+                                     "(fedattack's lenet, convnet, mlp, resnet18)")
+    return head
+
+
+@EXTENSIONS.register("precode", doc="PRECODE variational bottleneck before the classifier head (Scheliga et al.)")
+def precode_extension(model: nn.Module, in_shape, num_classes, size: int = 256, beta: float = 1e-3) -> nn.Module:
+    head = head_of(model)
+    model.precode = VariationalBottleneck(head.in_features, size)
+    head.register_forward_pre_hook(model.precode.pre_hook)
+    return model
+
+
+def precode_loss(model: nn.Module, params: PrecodeParams, ctx: DefenseContext) -> torch.Tensor | None:
+    block = getattr(getattr(model, "_module", model), "precode", None)
+    if block is None:
+        raise ConfigError("precode", "the model lacks the PRECODE block: build it from the experiment's model spec")
+    return None if block.kl is None else params.beta * block.kl
+
+
+register_defense(DefenseSpec(
+    name="precode", params=PrecodeParams, where="model", model_extension="precode", main_param="size",
+    loss=precode_loss,
+    paper="Scheliga et al., PRECODE - A Generic Model Extension to Prevent Deep Gradient Leakage, WACV 2022"))

@@ -17,7 +17,7 @@ class Score:
     ssim: float = float("nan")
     mse: float = float("nan")
     label_acc: float = float("nan")
-    recovered: int = 0  # ground-truth images matched with SSIM >= threshold
+    recovered: int = 0  # true images whose match reaches the SSIM threshold and beats a flat guess
     num_images: int = 0
     per_image: ImageScores | None = field(default=None, repr=False)
 
@@ -25,6 +25,17 @@ class Score:
     def success(self) -> bool:
         """A leak: at least one private image reconstructed above the SSIM threshold."""
         return self.recovered > 0
+
+
+def flat_baseline(truth: np.ndarray, levels: int = 21) -> np.ndarray:
+    """The best SSIM any constant grey image reaches against each true image.
+
+    Smooth images score a high SSIM against a flat guess, so a reconstruction must beat the
+    best flat guess to count as recovered."""
+    from fedattack.metrics.images import ssim
+
+    grid = np.linspace(0, 1, levels)
+    return np.array([max(ssim(np.full_like(t, v), t) for v in grid) for t in truth])
 
 
 def score(recon: Reconstruction, truth: Truth, spec: DataSpec, success_ssim: float = 0.5) -> Score:
@@ -38,5 +49,5 @@ def score(recon: Reconstruction, truth: Truth, spec: DataSpec, success_ssim: flo
         s = match_and_score(r, t)
         out.per_image = s
         out.psnr, out.ssim, out.mse = float(s.psnr.mean()), float(s.ssim.mean()), float(s.mse.mean())
-        out.recovered = int(np.sum(s.ssim >= success_ssim))
+        out.recovered = int(np.sum((s.ssim >= success_ssim) & (s.ssim > flat_baseline(t))))
     return out

@@ -51,6 +51,7 @@ def plan(cfg: Config) -> list[tuple[str, Config]]:
         c = cfg.copy()
         if s.defense not in c.client.defenses:
             c.client.defenses = [*c.client.defenses, s.defense]
+        c.defense(s.defense)
         raw = c.to_dict()
         raw[s.defense][param] = v
         raw["sweep"] = {"defense": None, "param": None, "values": [], "parallel": 1}
@@ -116,7 +117,8 @@ def plot(rows: list[dict], path: Path, defense: str) -> None:
     axes[0].set(xlabel="mean SSIM of reconstructions (leakage)", ylabel="test accuracy (utility)",
                 title=f"{defense}: privacy-utility frontier")
     axes[1].set(xlabel="mean PSNR of reconstructions (dB)", ylabel="test accuracy")
-    axes[0].legend(fontsize=8, title="red circle: breaking point")
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8, title="red circle: breaking point")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -129,7 +131,8 @@ def run_sweep(cfg: Config, out_dir: Path, quiet: bool = False) -> list[dict]:
     runs = plan(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(cfg.to_yaml())
-    dirs = [out_dir / "runs" / f"{i:02d}_{label.replace('/', '_')}" for i, (label, _) in enumerate(runs)]
+    safe = [label.replace("=", "-").replace("/", "_").replace(" ", "") for label, _ in runs]
+    dirs = [out_dir / "runs" / f"{i:02d}_{name}" for i, name in enumerate(safe)]
     progress.print(f"sweep: {len(runs)} audited simulations, {cfg.sweep.parallel} at a time; {out_dir}")
 
     def one(i: int) -> int:

@@ -201,6 +201,7 @@ def test_precode_model_builds_and_trains(small_cfg):
     assert exp.model_spec.extensions[0][0] == "precode"
     names = [n for n, _ in model.named_parameters()]
     assert {"precode.encoder.weight", "precode.decoder.weight", "fc.weight"} <= set(names)
+    assert names[-2:] == ["fc.weight", "fc.bias"]  # the head stays the last layer
     assert model.precode.encoder.out_features == 32 and model.precode.decoder.in_features == 16
     assert float(result.update["precode.encoder.weight"].abs().sum()) > 0
     x, _ = exp.train.get(range(2))
@@ -397,7 +398,7 @@ def test_localdp_mod_noise_std_in_the_client_app(small_cfg, flower_task):
     std = localdp_std(LocalDPParams(0.000001, 0.01, 2.0, 0.001))
     assert std == pytest.approx(0.01 * math.sqrt(2 * math.log(1.25 / 0.001)) / 2.0)
     assert abs(float(noise.std()) / std - 1) < 0.05
-    assert metrics["localdp_epsilon"] == 2.0
+    assert metrics["localdp_epsilon"] == 2.0 and metrics["epsilon"] == 2.0
     _, again, _ = _client_call(small_cfg(*over))
     assert all(torch.equal(received[k], again[k]) for k in sent)  # seeded per (seed, round, client)
 
@@ -451,3 +452,16 @@ def test_flowerdp_server_wraps_strategy_adds_noise_and_accounts(small_cfg, flowe
     assert eps[2] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
     assert eps[0] < eps[1] < eps[2]
     assert not isinstance(build_strategy(small_cfg()), DifferentialPrivacyClientSideFixedClipping)
+
+
+def test_mixup_partners_come_from_the_client_dataset(small_cfg):
+    from fedattack.defenses.mixup import MixupParams, mixup_batch
+
+    exp = build(small_cfg())
+    t = exp.train.targets
+    part = np.asarray([*np.flatnonzero(t == 0)[:5], *np.flatnonzero(t == 1)[:5]])
+    x, y = exp.train.get(part[:1])  # a one-image round still gets mixed
+    ctx = _ctx(images=x, labels=y, num_classes=2, dataset=exp.train, partition=part)
+    mixed = [mixup_batch(x, y, MixupParams(alpha=1.0), ctx) for _ in range(6)]
+    assert any(not torch.allclose(xm, x) for xm, _ in mixed)
+    assert any(bool(((ym > 0.05) & (ym < 0.95)).any()) for _, ym in mixed)

@@ -79,7 +79,10 @@ def defense_mods(msg: Message, context: Context, call_next) -> Message:
     with numpy_seed(seed):  # Flower's DP noise draws from NumPy's global generator
         reply = handler(msg, context)
     if "localdp" in cfg.client.defenses and not reply.has_error():
-        reply.content["metrics"]["localdp_epsilon"] = float(cfg.defense("localdp").epsilon)
+        metrics = reply.content["metrics"]
+        metrics["localdp_epsilon"] = float(cfg.defense("localdp").epsilon)
+        if "epsilon" not in metrics:  # DP-SGD's, when both are in force, stays the reported one
+            metrics["epsilon"] = metrics["localdp_epsilon"]
     return reply
 
 

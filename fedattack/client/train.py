@@ -71,7 +71,8 @@ def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, 
     pos = {int(i): k for k, i in enumerate(used)}
     gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, rnd, client, 1]).integers(2**31)))
     ctx = DefenseContext(model=model, images=x_all, labels=y_all, num_classes=data.spec.num_classes,
-                         generator=gen, round=rnd, steps=len(batches), lr=cfg.client.lr, data=data.spec)
+                         generator=gen, round=rnd, steps=len(batches), lr=cfg.client.lr, data=data.spec,
+                         dataset=data, partition=np.asarray(partition))
 
     sent = float_params(model)
     model.train()

@@ -45,6 +45,8 @@ class DefenseContext:
     steps: int = 0
     lr: float = 0.0  # local learning rate: update = -lr * steps * gradient
     data: Any = None  # the DataSpec (normalization) of the client's images
+    dataset: Any = None  # the client's local dataset (ImageData) and its indices, e.g. for mixup partners
+    partition: Any = None
     state: dict[str, Any] = field(default_factory=dict)  # hooks of one defense share state here
 
     @property

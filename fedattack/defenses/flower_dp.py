@@ -14,7 +14,7 @@
 - `localdp`: Flower's `LocalDpMod`: the client clips its update to `clipping_norm` and adds
   Gaussian noise of std sensitivity * sqrt(2 ln(1.25 / delta)) / epsilon to the parameters it
   sends (the Gaussian mechanism, (epsilon, delta)-DP per round for that sensitivity); the
-  client reports that epsilon as "localdp_epsilon".
+  client reports that epsilon as "localdp_epsilon", and as "epsilon" unless DP-SGD's is there.
 
 In a simulation the ClientApp applies Flower's mods on its train messages (see
 fedattack.client.app). Where local training runs outside the ClientApp (`fedattack
@@ -126,6 +126,7 @@ def flowerdp_update(update, params: FlowerDPParams, ctx: DefenseContext):
 
 def localdp_update(update, params: LocalDPParams, ctx: DefenseContext):
     ctx.metrics["localdp_epsilon"] = params.epsilon
+    ctx.metrics.setdefault("epsilon", params.epsilon)
     return _apply_flower(update, ctx, params.clipping_norm, localdp_std(params))
 
 

@@ -2,10 +2,11 @@
 defense against gradient inversion as in InstaHide-style evaluations (Huang et al.,
 Evaluating Gradient Inversion Attacks and Defenses in Federated Learning, NeurIPS 2021).
 
-Each training image is mixed with a partner drawn uniformly from the client's samples of
-the round: x = lam * x_i + (1 - lam) * x_j, with one lam ~ Beta(alpha, alpha) per batch, and
-the target becomes the soft label lam * onehot(y_i) + (1 - lam) * onehot(y_j) (local
-training's loss takes (N, C) class probabilities).
+Each training image is mixed with a partner drawn uniformly from the client's local dataset
+(InstaHide's private pool; the round's samples when no dataset is at hand):
+x = lam * x_i + (1 - lam) * x_j, with one lam ~ Beta(alpha, alpha) per batch, and the target
+becomes the soft label lam * onehot(y_i) + (1 - lam) * onehot(y_j) (local training's loss
+takes (N, C) class probabilities).
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ def mixup_batch(x: torch.Tensor, y: torch.Tensor, params: MixupParams, ctx: Defe
         return x, soft(y, ctx.num_classes)
     rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=ctx.generator)))
     lam = float(rng.beta(params.alpha, params.alpha))
-    pool_x, pool_y = ctx.images, ctx.labels
-    j = torch.as_tensor(rng.integers(0, len(pool_x), size=len(x)))
-    xm = lam * x + (1 - lam) * pool_x[j].to(x.dtype)
-    ym = lam * soft(y, ctx.num_classes) + (1 - lam) * soft(pool_y[j], ctx.num_classes)
+    if ctx.dataset is not None and ctx.partition is not None and len(ctx.partition):
+        px, py = ctx.dataset.get(ctx.partition[rng.integers(0, len(ctx.partition), size=len(x))])
+    else:
+        j = torch.as_tensor(rng.integers(0, len(ctx.images), size=len(x)))
+        px, py = ctx.images[j], ctx.labels[j]
+    xm = lam * x + (1 - lam) * px.to(x.device, x.dtype)
+    ym = lam * soft(y, ctx.num_classes) + (1 - lam) * soft(py.to(y.device), ctx.num_classes)
     return xm, ym
 
 

@@ -4,7 +4,8 @@ Leakage, WACV 2022.
 A variational bottleneck inserted before the classifier head: the features z (the input of
 the Linear layer `fc`) are encoded to (mu, log-variance) of a K-dimensional Gaussian
 (`precode.encoder`: features -> 2K), a sample mu + exp(logvar / 2) * eps is decoded back
-to the feature size (`precode.decoder`: K -> features), and `fc` reads the decoded features.
+to the feature size (`precode.decoder`: K -> features), and `fc` reads the decoded features
+(the block's parameters come just before the head's, which stays the last layer).
 Training adds beta * KL(N(mu, sigma^2) || N(0, I)) (mean over the batch) to the loss, as the
 authors' training code adds the bottleneck's loss to the cross-entropy. In eval mode the
 bottleneck decodes mu (no sampling).
@@ -78,8 +79,16 @@ def head_of(model: nn.Module) -> nn.Linear:
 @EXTENSIONS.register("precode", doc="PRECODE variational bottleneck before the classifier head (Scheliga et al.)")
 def precode_extension(model: nn.Module, in_shape, num_classes, size: int = 256, beta: float = 1e-3) -> nn.Module:
     head = head_of(model)
-    model.precode = VariationalBottleneck(head.in_features, size)
-    head.register_forward_pre_hook(model.precode.pre_hook)
+    block = VariationalBottleneck(head.in_features, size)
+    # register the block just before the head, so parameters keep the forward order and the
+    # classification layer stays the last one (label recovery reads the last layer)
+    children = list(model._modules.items())
+    model._modules.clear()
+    for name, child in children:
+        if name == "fc":
+            model._modules["precode"] = block
+        model._modules[name] = child
+    head.register_forward_pre_hook(block.pre_hook)
     return model
 
 

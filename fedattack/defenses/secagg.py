@@ -19,9 +19,12 @@ from fedattack.errors import ConfigError
 class SecAggParams:
     num_shares: int | float = 1.0  # nodes each secret is shared with (int > 2) or a fraction (float)
     reconstruction_threshold: int | float = 0.5  # shares needed to reconstruct (int) or a fraction of num_shares
+    clipping_range: float = 8.0  # updates are clipped to [-range, range] before quantization (Flower's default)
 
     def validate(self, name: str) -> None:
         n, t = self.num_shares, self.reconstruction_threshold
+        if self.clipping_range <= 0:
+            raise ConfigError(f"{name}.clipping_range", f"must be > 0, got {self.clipping_range}")
         if isinstance(n, int) and n != 1 and n <= 2:
             raise ConfigError(f"{name}.num_shares", f"as an integer must be greater than 2 (or a fraction in (0, 1]), got {n}")
         if n <= 0:

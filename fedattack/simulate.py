@@ -13,17 +13,55 @@ from fedattack.server.dispatch import ATTACK_RESOURCE
 
 
 def init_ray(cfg: Config, verbose: bool = False) -> None:
-    """Start (or join, with ray.address) the Ray cluster clients and attack jobs share."""
+    """Start a private local Ray instance, or join the cluster at `ray.address`.
+
+    Local: the instance declares the `fedattack_attack` resource (capacity audit.max_concurrent)
+    and, as Flower does when it starts Ray itself, passes this process's sys.path to its workers.
+    Joined (`host:port`, or `auto` for Ray's own discovery): nothing about the cluster changes;
+    clients go where the cluster has CPUs, attack jobs where it offers `fedattack_attack` (the
+    dispatcher warns and falls back where it offers none). Flower's `ray.shutdown()` at the end of
+    the simulation only disconnects this driver: the cluster keeps running for the next run.
+    """
+    import os
+    import sys
+
     import ray
 
     if ray.is_initialized():
         return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine unless asked
     common = {"include_dashboard": False, "logging_level": logging.INFO if verbose else logging.ERROR,
               "log_to_driver": verbose, "configure_logging": True}
     if cfg.ray.address:
-        ray.init(address=cfg.ray.address, **common)
-    else:
-        ray.init(resources={ATTACK_RESOURCE: cfg.audit.max_concurrent}, **common)
+        from fedattack.errors import ConfigError
+
+        address = cfg.ray.address
+        problem = _unreachable(address)
+        if problem is None:
+            try:
+                ray.init(address=address, **common)
+                return
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError("ray.address", f"cannot join the Ray cluster at {address} ({problem}); start one with "
+                                         "`ray start --head`, or leave ray.address unset for a local instance")
+    paths = [p for p in sys.path if p] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    ray.init(address="local", resources={ATTACK_RESOURCE: cfg.audit.max_concurrent},
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}, **common)
+
+
+def _unreachable(address: str, timeout: float = 10.0) -> str | None:
+    """Why nothing answers at `host:port` (None if something does, or for `auto`)."""
+    import socket
+
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return None
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
 
 
 def uses_secagg(cfg: Config) -> bool:

@@ -78,28 +78,36 @@ def run(cfg: Config, out_dir: str | Path, progress: Progress | None = None, verb
 
     from fedattack.client.app import app as client_app
     from fedattack.server.app import run_audit, run_header
-    from fedattack.server.secagg import client_app as secagg_client_app, run_secagg_audit
+    from fedattack.server.secagg import check_strategy, client_app as secagg_client_app, run_secagg_audit
+    from fedattack.server.strategies import build_strategy
 
     progress = progress or Progress()
-    exp = build(cfg)  # fails here, before any file is written, on a missing dataset
+    secagg = uses_secagg(cfg)
+    # everything that can fail on bad input fails here, before any file is written
+    exp = build(cfg)
+    check_strategy(cfg) if secagg else build_strategy(cfg)
     if not verbose:
         for name in ("flwr", "flwr.simulation"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    init_ray(cfg, verbose)
     store = RunStore(out_dir, cfg.to_yaml(), run_header(cfg))
     progress.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} rounds of {cfg.fl.strategy}, "
                    f"{cfg.fl.clients_per_round} per round; auditing with {', '.join(cfg.audit.attacks) or 'nothing'}; "
                    f"run directory {store.dir}")
     server_app = ServerApp()
-    secagg = uses_secagg(cfg)
+    errors: list[BaseException] = []
 
     @server_app.main()
     def _main(grid, context) -> None:
-        if secagg:
-            run_secagg_audit(grid, context, exp, store, progress)
-        else:
-            run_audit(grid, exp, store, progress)
+        try:
+            if secagg:
+                run_secagg_audit(grid, context, exp, store, progress)
+            else:
+                run_audit(grid, exp, store, progress)
+        except BaseException as exc:  # surfaced after Flower has shut down
+            errors.append(exc)
+            raise
 
-    init_ray(cfg, verbose)
     try:
         run_simulation(
             server_app=server_app,
@@ -112,4 +120,6 @@ def run(cfg: Config, out_dir: str | Path, progress: Progress | None = None, verb
         if ray.is_initialized():
             ray.shutdown()
         summary = store.finish()
+    if errors:
+        raise errors[0]
     return summary

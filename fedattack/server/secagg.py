@@ -121,14 +121,18 @@ class SecAggAudit(legacy.Strategy):
         return self.strategy.evaluate(server_round, parameters)
 
 
+def check_strategy(cfg) -> None:
+    if ":" in cfg.fl.strategy or cfg.fl.strategy not in LEGACY_STRATEGIES.names():
+        allowed = ", ".join(LEGACY_STRATEGIES.names())
+        raise ConfigError("fl.strategy", f"with secagg the strategy runs in Flower's legacy workflow; allowed: {allowed}")
+
+
 def run_secagg_audit(grid: Grid, context: Context, exp: Experiment, store: RunStore, progress: Progress) -> None:
     """The audited run under SecAgg+: same rounds, same store, aggregate-only audit."""
     from fedattack.server.app import round_row
 
     cfg = exp.cfg
-    if ":" in cfg.fl.strategy or cfg.fl.strategy not in LEGACY_STRATEGIES.names():
-        allowed = ", ".join(LEGACY_STRATEGIES.names())
-        raise ConfigError("fl.strategy", f"with secagg the strategy runs in Flower's legacy workflow; allowed: {allowed}")
+    check_strategy(cfg)
     dispatcher = make_dispatcher(cfg.audit.gpus_per_job, cfg.audit.max_concurrent)
 
     def on_result(res):

@@ -38,7 +38,7 @@ def clip_update(update, params: ClipParams, ctx: DefenseContext):
     return clip_to(update, params.bound * ctx.scale)
 
 
-def clip_adapt(trial, observed, params: ClipParams, scale: float | None):
+def clip_adapt(trial, observed, params: ClipParams, scale: float | None = None):
     if scale is None:
         raise ValueError("clip's adaptive model needs scale = lr * local steps: pass the Observation's protocol")
     return clip_to(trial, params.bound * scale)

@@ -36,6 +36,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
 
 from fedattack.config import check_range
 from fedattack.defenses.base import DefenseContext, DefenseSpec, register_defense
+from fedattack.defenses.clipping import clip_to
 from fedattack.errors import ConfigError
 
 
@@ -130,13 +131,9 @@ def localdp_update(update, params: LocalDPParams, ctx: DefenseContext):
     return _apply_flower(update, ctx, params.clipping_norm, localdp_std(params))
 
 
-def clip_norm_adapt(bound_of):
-    def adapt(trial, observed, params, scale=None):
-        from fedattack.defenses.clipping import clip_to
-
-        return clip_to(trial, bound_of(params))
-
-    return adapt
+def clip_norm_adapt(trial, observed, params, scale=None):
+    """The attacker's model: the same clipping of the update (parameter units)."""
+    return clip_to(trial, params.clipping_norm)
 
 
 # -- server side ------------------------------------------------------------------
@@ -243,11 +240,11 @@ def server_strategy(strategy, cfg):
 
 register_defense(DefenseSpec(
     name="flowerdp", params=FlowerDPParams, where="protocol", protocol="flowerdp", main_param="noise_multiplier",
-    on_update=flowerdp_update, adapt=clip_norm_adapt(lambda p: p.clipping_norm),
+    on_update=flowerdp_update, adapt=clip_norm_adapt,
     paper="McMahan et al., Learning Differentially Private Recurrent Language Models, ICLR 2018 "
           "(Flower DifferentialPrivacyClientSideFixedClipping + fixedclipping_mod)"))
 register_defense(DefenseSpec(
     name="localdp", params=LocalDPParams, where="protocol", protocol="localdp", main_param="epsilon",
-    on_update=localdp_update, adapt=clip_norm_adapt(lambda p: p.clipping_norm),
+    on_update=localdp_update, adapt=clip_norm_adapt,
     paper="Dwork and Roth, The Algorithmic Foundations of Differential Privacy, 2014 (Gaussian mechanism; "
           "Flower LocalDpMod)"))

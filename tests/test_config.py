@@ -89,3 +89,8 @@ def test_malformed_yaml_and_missing_file(tmp_path):
 def test_user_strategy_by_import_path_is_accepted():
     cfg = fconfig.load(None, ["audit.attacks=[]", "fl.strategy=flwr.serverapp.strategy:FedAvg"])
     assert cfg.fl.strategy.endswith(":FedAvg")
+
+
+def test_scientific_notation_without_a_dot_is_a_number():
+    cfg = fconfig.load(None, ["audit.attacks=[idlg]", "client.lr=1e-3"])
+    assert cfg.client.lr == 0.001

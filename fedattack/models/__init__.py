@@ -119,6 +119,9 @@ def build_model(spec, seed: int | None = None) -> nn.Module:
         with torch.no_grad():
             for p in model.parameters():
                 p.uniform_(-spec.init_scale, spec.init_scale)
+    if spec.extensions:  # extensions are registered by attack and defense modules (also in Ray workers)
+        import fedattack.attacks  # noqa: F401
+        import fedattack.defenses  # noqa: F401
     for name, params_json in spec.extensions:
         import json
 

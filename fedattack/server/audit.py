@@ -236,7 +236,10 @@ class AuditStrategy(Strategy):
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = self.auditor.observe(server_round, self._sent, list(replies))
         self.auditor.poll()
-        return self.strategy.aggregate_train(server_round, replies)
+        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        if metrics is not None and "flowerdp_epsilon" in metrics:  # central DP: the server's accountant
+            self.auditor.rounds[server_round].epsilon = float(metrics["flowerdp_epsilon"])
+        return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:

@@ -157,9 +157,79 @@ def test_feasible_needs_one_alive_node_with_everything():
     assert feasible([_node(CPU=1)], {"num_cpus": 0, "num_gpus": 0})
 
 
+class _FakeRay:
+    """Just enough of the ray module for RayDispatcher's bookkeeping: tasks never finish."""
+
+    def __init__(self, nodes):
+        self.node_list, self.launched, self.cancelled = nodes, [], []
+
+    def nodes(self):
+        return self.node_list
+
+    def remote(self, fn):
+        fake = self
+
+        class Remote:
+            def options(self, **opts):
+                fake.opts = opts
+                return self
+
+            def remote(self, *args):
+                fake.launched.append(args[0].client)
+                return object()
+
+        return Remote()
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        time.sleep(min(timeout or 0, 0.01))
+        return [], list(refs)
+
+    def cancel(self, ref, force=False):
+        self.cancelled.append(ref)
+
+
+def _fake_dispatcher(nodes, **kw):
+    from types import SimpleNamespace
+
+    from fedattack.server.jobs import AttackJob
+
+    d = RayDispatcher(**kw, on_warning=lambda msg: None)
+    d._ray = _FakeRay(nodes)
+    jobs = [AttackJob(round=1, client=c, attack="idlg", params=None, observation=SimpleNamespace(num_clients=1))
+            for c in range(3)]
+    return d, jobs
+
+
+def test_without_attack_slots_the_dispatcher_keeps_max_concurrent_in_flight():
+    d, jobs = _fake_dispatcher([_node(CPU=2)], max_concurrent=2)
+    for job in jobs:
+        d.submit(job, truth=None)
+    assert d._ray.launched == [0, 1] and d.pending() == 3 and d.max_in_flight == 2
+    d2, jobs = _fake_dispatcher([_node(CPU=2), _node(fedattack_attack=1)], max_concurrent=2)
+    for job in jobs:
+        d2.submit(job, truth=None)
+    assert d2._ray.launched == [0, 1, 2] and d2.max_in_flight is None  # the resource caps them in Ray
+
+
+def test_drain_fails_pending_jobs_once_no_node_can_run_them():
+    d, jobs = _fake_dispatcher([_node(CPU=2), _node(fedattack_attack=1)], max_concurrent=2, stall_grace=0.2)
+    for job in jobs:
+        d.submit(job, truth=None)
+    d._ray.node_list = [_node(CPU=2), _node(alive=False, fedattack_attack=1)]  # the attack node is gone
+    results = d.drain()
+    assert sorted(r.client for r in results) == [0, 1, 2] and d.pending() == 0
+    assert all(r.status == "failed" and "no alive Ray node can run attack jobs (fedattack_attack=1)" in r.error
+               for r in results)
+    assert len(d._ray.cancelled) == 3
+
+
 def test_unreachable_address_is_a_one_line_config_error():
+    import ray
+
     from fedattack.simulate import init_ray
 
+    if ray.is_initialized():
+        ray.shutdown()
     cfg = fconfig.load(None, ["audit.attacks=[]", f"ray.address=127.0.0.1:{_free_port()}"])
     with pytest.raises(ConfigError, match=r"^ray\.address: cannot join the Ray cluster at 127\.0\.0\.1:\d+"):
         init_ray(cfg)

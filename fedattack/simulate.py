@@ -12,7 +12,7 @@ from fedattack.report.store import RunStore
 from fedattack.server.dispatch import ATTACK_RESOURCE
 
 
-def init_ray(cfg: Config, verbose: bool = False) -> None:
+def init_ray(cfg: Config, verbose: bool = False, num_cpus: int | None = None) -> None:
     """Start a private local Ray instance, or join the cluster at `ray.address`.
 
     Local: the instance declares the `fedattack_attack` resource (capacity audit.max_concurrent)
@@ -21,6 +21,8 @@ def init_ray(cfg: Config, verbose: bool = False) -> None:
     clients go where the cluster has CPUs, attack jobs where it offers `fedattack_attack` (the
     dispatcher warns and falls back where it offers none). Flower's `ray.shutdown()` at the end of
     the simulation only disconnects this driver: the cluster keeps running for the next run.
+    `num_cpus` (local only): CPUs the instance offers Flower's clients (default: all cores); attack
+    jobs ask for none, so cores left out stay free for them.
     """
     import os
     import sys
@@ -46,7 +48,7 @@ def init_ray(cfg: Config, verbose: bool = False) -> None:
         raise ConfigError("ray.address", f"cannot join the Ray cluster at {address} ({problem}); start one with "
                                          "`ray start --head`, or leave ray.address unset for a local instance")
     paths = [p for p in sys.path if p] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    ray.init(address="local", resources={ATTACK_RESOURCE: cfg.audit.max_concurrent},
+    ray.init(address="local", num_cpus=num_cpus, resources={ATTACK_RESOURCE: cfg.audit.max_concurrent},
              runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}, **common)
 
 

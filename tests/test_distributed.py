@@ -1,0 +1,332 @@
+"""Attack jobs on real Ray clusters started on this machine with `ray start`.
+
+A "head" node holds one CPU (Flower's clients); an "attack" node holds no CPU and the
+`fedattack_attack` resource, as a GPU worker of docker/compose.yaml does. Every cluster runs
+in its own temp dir (so no other `ray.init()` on this machine finds it) and is stopped by
+killing the process groups this module started, never with a machine-wide `ray stop`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from fedattack import config as fconfig
+from fedattack.errors import ConfigError
+from fedattack.server.dispatch import ATTACK_RESOURCE, RayDispatcher, feasible, task_options
+
+ROOT = Path(__file__).resolve().parent.parent
+RAY = Path(sys.executable).parent / "ray"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    """Ray nodes started by `ray start --block`, each in its own process group."""
+
+    def __init__(self) -> None:
+        self.temp_dir = tempfile.mkdtemp(prefix="fa-ray-", dir="/tmp")  # short: Unix socket paths
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
+                    "RAY_USAGE_STATS_ENABLED": "0",
+                    "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
+
+    def _start(self, name: str, args: list[str]) -> None:
+        log = Path(self.temp_dir) / f"{name}.log"
+        cmd = [str(RAY), "start", *args, "--disable-usage-stats", "--object-store-memory=100000000",
+               f"--dashboard-agent-listen-port={_free_port()}", "--block"]
+        proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, start_new_session=True,
+                                stdout=log.open("w"), stderr=subprocess.STDOUT)
+        self.procs.append((proc, log))
+        deadline = time.monotonic() + 90
+        while "Ray runtime started" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start ({name}) failed:\n{log.read_text()[-2000:]}")
+            time.sleep(0.2)
+
+    def start_head(self, cpus: int, resources: dict | None = None) -> None:
+        self._start("head", ["--head", f"--port={self.port}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
+                             "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={self.temp_dir}",
+                             f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}",
+                             *([f"--resources={json.dumps(resources)}"] if resources else [])])
+
+    def add_node(self, cpus: int, resources: dict | None = None) -> None:
+        self._start(f"node{len(self.procs)}", [f"--address={self.address}", "--node-ip-address=127.0.0.1",
+                                               f"--num-cpus={cpus}", "--num-gpus=0",
+                                               *([f"--resources={json.dumps(resources)}"] if resources else [])])
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for p, _ in self.procs)
+
+    def stop(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        for p, _ in reversed(self.procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p, _ in reversed(self.procs):
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:  # whatever of the group is left (raylet, workers, agents)
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+        subprocess.run(["rm", "-rf", self.temp_dir], check=False)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Head with one CPU for clients; an attack node with no CPU and two attack slots."""
+    c = LocalCluster()
+    try:
+        c.start_head(cpus=1)
+        c.add_node(cpus=0, resources={ATTACK_RESOURCE: 2})
+        yield c
+    finally:
+        c.stop()
+
+
+def _rows(out: Path) -> list[dict]:
+    with (out / "leakage.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+FAULTS = "tests.plugins.ray_faults"  # test plug-ins, by import path (clients and workers import them)
+
+
+def _run_cfg(address: str, attacks: list[str], **sections: dict):
+    """3 clients, 2 audited per round, 1 round; `sections`: plug-in name -> its parameters."""
+    raw = fconfig.apply_overrides(fconfig.read_yaml(fconfig.DEFAULT_CONFIG), [
+        "fl.num_clients=3", "fl.clients_per_round=2", "fl.rounds=1", "partition.alpha=1.0", "idlg.iterations=5",
+        f"ray.address={address}"])
+    raw["audit"]["attacks"] = attacks
+    raw.update(sections)
+    return fconfig.from_dict(raw)
+
+
+# -- task options without a cluster ----------------------------------------------------
+
+def _node(alive=True, **res):
+    return {"Alive": alive, "Resources": res}
+
+
+def test_task_options_use_the_attack_resource_where_a_node_offers_it():
+    opts, notes = task_options([_node(CPU=4), _node(GPU=2, fedattack_attack=2)], gpus_per_job=1)
+    assert opts == {"num_cpus": 0, "num_gpus": 1, "max_retries": 1, "resources": {ATTACK_RESOURCE: 1}}
+    assert notes == []
+
+
+def test_task_options_fall_back_with_a_warning_each():
+    opts, notes = task_options([_node(CPU=4), _node(alive=False, GPU=1, fedattack_attack=1)], gpus_per_job=0.5)
+    assert "resources" not in opts and opts["num_gpus"] == 0 and opts["num_cpus"] == 0
+    assert len(notes) == 2
+    assert "fedattack_attack" in notes[0] and "audit.max_concurrent" in notes[0]
+    assert "audit.gpus_per_job=0.5" in notes[1] and "CPU" in notes[1]
+    # GPUs only on a node without attack slots: the attack tasks could never start
+    opts, notes = task_options([_node(CPU=4, GPU=1), _node(fedattack_attack=1)], gpus_per_job=1)
+    assert opts["num_gpus"] == 0 and opts["resources"] == {ATTACK_RESOURCE: 1} and len(notes) == 1
+
+
+def test_feasible_needs_one_alive_node_with_everything():
+    opts = {"num_cpus": 0, "num_gpus": 1, "resources": {ATTACK_RESOURCE: 1}}
+    assert feasible([_node(GPU=1, fedattack_attack=1)], opts)
+    assert not feasible([_node(GPU=1), _node(fedattack_attack=1)], opts)
+    assert not feasible([_node(alive=False, GPU=1, fedattack_attack=1)], opts)
+    assert feasible([_node(CPU=1)], {"num_cpus": 0, "num_gpus": 0})
+
+
+class _FakeRay:
+    """Just enough of the ray module for RayDispatcher's bookkeeping: tasks never finish."""
+
+    def __init__(self, nodes):
+        self.node_list, self.launched, self.cancelled = nodes, [], []
+
+    def nodes(self):
+        return self.node_list
+
+    def remote(self, fn):
+        fake = self
+
+        class Remote:
+            def options(self, **opts):
+                fake.opts = opts
+                return self
+
+            def remote(self, *args):
+                fake.launched.append(args[0].client)
+                return object()
+
+        return Remote()
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        time.sleep(min(timeout or 0, 0.01))
+        return [], list(refs)
+
+    def cancel(self, ref, force=False):
+        self.cancelled.append(ref)
+
+
+def _fake_dispatcher(nodes, **kw):
+    from types import SimpleNamespace
+
+    from fedattack.server.jobs import AttackJob
+
+    d = RayDispatcher(**kw, on_warning=lambda msg: None)
+    d._ray = _FakeRay(nodes)
+    jobs = [AttackJob(round=1, client=c, attack="idlg", params=None, observation=SimpleNamespace(num_clients=1))
+            for c in range(3)]
+    return d, jobs
+
+
+def test_without_attack_slots_the_dispatcher_keeps_max_concurrent_in_flight():
+    d, jobs = _fake_dispatcher([_node(CPU=2)], max_concurrent=2)
+    for job in jobs:
+        d.submit(job, truth=None)
+    assert d._ray.launched == [0, 1] and d.pending() == 3 and d.max_in_flight == 2
+    d2, jobs = _fake_dispatcher([_node(CPU=2), _node(fedattack_attack=1)], max_concurrent=2)
+    for job in jobs:
+        d2.submit(job, truth=None)
+    assert d2._ray.launched == [0, 1, 2] and d2.max_in_flight is None  # the resource caps them in Ray
+
+
+def test_drain_fails_pending_jobs_once_no_node_can_run_them():
+    d, jobs = _fake_dispatcher([_node(CPU=2), _node(fedattack_attack=1)], max_concurrent=2, stall_grace=0.2)
+    for job in jobs:
+        d.submit(job, truth=None)
+    d._ray.node_list = [_node(CPU=2), _node(alive=False, fedattack_attack=1)]  # the attack node is gone
+    results = d.drain()
+    assert sorted(r.client for r in results) == [0, 1, 2] and d.pending() == 0
+    assert all(r.status == "failed" and "no alive Ray node can run attack jobs (fedattack_attack=1)" in r.error
+               for r in results)
+    assert len(d._ray.cancelled) == 3
+
+
+def test_unreachable_address_is_a_one_line_config_error():
+    import ray
+
+    from fedattack.simulate import init_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    cfg = fconfig.load(None, ["audit.attacks=[]", f"ray.address=127.0.0.1:{_free_port()}"])
+    with pytest.raises(ConfigError, match=r"^ray\.address: cannot join the Ray cluster at 127\.0\.0\.1:\d+"):
+        init_ray(cfg)
+
+
+# -- real clusters ---------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_audited_run_on_a_joined_cluster_attacks_on_the_attack_node(cluster, tmp_path):
+    import ray
+
+    from fedattack.simulate import run
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = tmp_path / "run"
+    where = f"{FAULTS}:where"
+    run(_run_cfg(cluster.address, ["idlg", where], **{where: {"marker_dir": str(markers)}}), out)
+
+    rows = _rows(out)
+    assert sorted((r["attack"], r["status"]) for r in rows) == [("idlg", "ok")] * 2 + [(where, "ok")] * 2, rows
+    assert len({r["client"] for r in rows}) == 2
+    idlg = [r for r in rows if r["attack"] == "idlg"]
+    assert all(float(r["label_acc"]) >= 0.5 and float(r["psnr"]) > 0 for r in idlg)  # labels from the update
+    records = [json.loads(p.read_text()) for p in markers.glob("where-*.json")]
+    assert len(records) == 2
+    for rec in records:  # each attack held one attack slot, on the CPU-less node that offers them
+        assert rec["assigned"] == {ATTACK_RESOURCE: 1.0}
+        assert rec["node_resources"].get(ATTACK_RESOURCE) == 2 and not rec["node_resources"].get("CPU")
+    # Flower's ray.shutdown() disconnected this driver only: the cluster runs on
+    assert not ray.is_initialized() and cluster.alive()
+
+
+@pytest.mark.slow
+def test_killed_workers_are_retried_once_and_cost_no_other_result(cluster, tmp_path):
+    from fedattack.simulate import run
+
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    out = tmp_path / "run"
+    once, always = f"{FAULTS}:die_once", f"{FAULTS}:die_always"
+    cfg = _run_cfg(cluster.address, [once, always, "idlg"], **{a: {"marker_dir": str(markers)} for a in (once, always)})
+    cfg.audit.max_clients = 1  # one audited client: three jobs
+    run(cfg, out)
+
+    rows = {r["attack"]: r for r in _rows(out)}
+    assert sorted(rows) == sorted([once, always, "idlg"])
+    assert rows[once]["status"] == "ok" and rows["idlg"]["status"] == "ok", rows
+    assert rows[always]["status"] == "failed" and "WorkerCrashedError" in rows[always]["error"], rows[always]
+    assert float(rows["idlg"]["label_acc"]) >= 0.5
+    # die_once died on its first attempt and succeeded on the retry; die_always died twice, then counted as failed
+    assert len(list(markers.glob("die_once-*"))) == 1
+    assert len(list(markers.glob("die_always-*"))) == 2
+    assert cluster.alive()
+
+
+@pytest.mark.slow
+def test_cluster_without_attack_slots_warns_and_caps_jobs_itself(tmp_path, capfd):
+    import ray
+
+    from fedattack.experiment import build
+    from fedattack.server.audit import make_observation
+    from fedattack.server.dispatch import make_dispatcher
+    from fedattack.server.jobs import AttackJob
+    from fedattack.simulate import init_ray
+
+    from tests.plugins.ray_faults import FaultParams  # registers `where` in this process only
+
+    c = LocalCluster()
+    try:
+        c.start_head(cpus=1)
+        cfg = fconfig.load(None, ["audit.attacks=[]", f"ray.address={c.address}", "audit.gpus_per_job=1",
+                                  "audit.max_concurrent=1"])
+        init_ray(cfg)
+        exp = build(cfg)
+        state = exp.initial_model().state_dict()
+        names = [n for n, _ in exp.initial_model().named_parameters()]
+        obs = make_observation(exp, names, state, state, {"num-examples": 2})
+        truth = exp.train.truth([0, 1])
+        dispatcher = make_dispatcher(cfg.audit.gpus_per_job, cfg.audit.max_concurrent)
+        assert isinstance(dispatcher, RayDispatcher)
+        params = FaultParams(marker_dir=str(tmp_path), hold=1.0)
+        for seed in range(3):
+            dispatcher.submit(AttackJob(round=1, client=seed, attack="where", params=params,
+                                        observation=obs, seed=seed), truth)
+        err = capfd.readouterr().err
+        assert "fedattack: warning: no Ray node offers the 'fedattack_attack' resource" in err
+        assert "fedattack: warning: audit.gpus_per_job=1 but no Ray node has that many GPUs" in err
+        assert dispatcher.options == {"num_cpus": 0, "num_gpus": 0, "max_retries": 1}
+        assert dispatcher.pending() == 3
+        results = dispatcher.drain()
+        assert [r.status for r in results] == ["ok"] * 3, [r.error for r in results]
+        spans = sorted((rec["started"], rec["ended"]) for rec in
+                       (json.loads(p.read_text()) for p in tmp_path.glob("where-*.json")))
+        assert len(spans) == 3
+        assert all(prev[1] <= nxt[0] for prev, nxt in zip(spans, spans[1:]))  # one at a time
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        c.stop()

@@ -1,7 +1,16 @@
 """Label recovery from the last layer's gradient, one registry entry per method.
 
 Each method: `fn(obs: Observation, n: int) -> LongTensor (n,)`, the labels of the n
-samples behind the update (as a multiset; order carries no meaning).
+samples behind the update, as a sorted multiset (a batch carries no order).
+
+Notation: the classification layer maps features h (F,) to logits with W (C, F) and
+b (C,). For softmax cross-entropy averaged over U sample uses (U = n for one local step,
+steps x batch size for several; the update read as one gradient averages them all), with
+p the softmax output and y the one-hot label,
+
+    dL/db_c = 1/U sum_u (p_uc - y_uc),    dL/dW_c = 1/U sum_u (p_uc - y_uc) h_u,
+
+so a class present in the batch pulls its row negative in proportion to its count.
 """
 
 from __future__ import annotations
@@ -15,25 +24,179 @@ from fedattack.threat import Observation
 
 LABELS: Registry[Callable[[Observation, int], torch.Tensor]] = Registry("label method", "audit.labels")
 
+DUMMY_INPUTS = 64  # dummy images used to estimate mean class probabilities and features
+
+
+def last_layer_name(obs: Observation) -> str:
+    """Name of the classification layer's weight: the last 2-D weight with num_classes rows."""
+    c = obs.data.num_classes
+    return next(k for k in reversed(list(obs.global_params))
+                if k.endswith("weight") and obs.global_params[k].ndim == 2 and obs.global_params[k].shape[0] == c)
+
 
 def last_layer(obs: Observation) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(dW, db) of the classification layer, read as a gradient (-update / lr / steps)."""
     grad = obs.gradient_estimate()
-    names = list(grad)
-    w_name = next(n for n in reversed(names) if n.endswith("weight") and grad[n].ndim == 2)
-    b_name = w_name[: -len("weight")] + "bias"
-    return grad[w_name], grad.get(b_name)
+    w_name = last_layer_name(obs)
+    return grad[w_name], grad.get(w_name[: -len("weight")] + "bias")
 
 
-@LABELS.register("idlg", doc="Zhao et al. (iDLG): the sign of the last layer's gradient, batch 1")
+def _multiset(classes: torch.Tensor) -> torch.Tensor:
+    return torch.sort(classes.long()).values
+
+
+def _ranked(score: torch.Tensor, n: int) -> torch.Tensor:
+    """The n lowest-scoring classes, cycling through the ranking when n > classes."""
+    order = torch.argsort(score)
+    return _multiset(order[torch.arange(n, device=order.device) % len(order)])
+
+
+def apportion(expected: torch.Tensor, n: int) -> torch.Tensor:
+    """Integer counts per class summing to n from real-valued expected counts
+    (negative estimates count as zero; largest remainders get the leftover units)."""
+    k = expected.detach().double().clamp(min=0)
+    k = torch.ones_like(k) if float(k.sum()) <= 0 else k
+    k = k * n / k.sum()
+    counts = torch.floor(k)
+    left = int(n - counts.sum())
+    if left > 0:
+        counts[torch.argsort(k - counts, descending=True)[:left]] += 1
+    return counts.long()
+
+
+def counts_to_labels(counts: torch.Tensor) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts)
+
+
+@LABELS.register("idlg", doc="Zhao et al., iDLG (2020): the one negative entry of the last layer's gradient")
 def idlg(obs: Observation, n: int) -> torch.Tensor:
+    """Exact for one sample (non-negative features or a bias); for n > 1, the n most
+    negative classes."""
     dw, db = last_layer(obs)
-    score = db if db is not None else dw.sum(1)
-    return torch.argsort(score)[:n] if n <= len(score) else score.argmin().repeat(n)
+    return _ranked(db if db is not None else dw.sum(1), n)
+
+
+@LABELS.register("yin", doc="Yin et al., See through Gradients (GradInversion), CVPR 2021: row minima of dW")
+def yin(obs: Observation, n: int) -> torch.Tensor:
+    """Classes ranked by the minimum of their weight-gradient row; assumes distinct labels."""
+    dw, _ = last_layer(obs)
+    return _ranked(dw.min(dim=1).values, n)
+
+
+@LABELS.register("llg", doc="Wainakh et al., User-Level Label Leakage from Gradients in FL, PETS 2022 (LLG)")
+def llg(obs: Observation, n: int) -> torch.Tensor:
+    """LLG: every class with a negative row sum of dW is present; its estimated impact m
+    (the negative mass per sample) is then removed repeatedly from the most negative class."""
+    dw, _ = last_layer(obs)
+    g = dw.sum(1).double().clone()
+    c = len(g)
+    m = g.clamp(max=0).sum() * (1 + 1 / c) / n
+    chosen: list[int] = []
+    for cls in torch.nonzero(g < 0).flatten().tolist()[:n]:
+        chosen.append(cls)
+        g[cls] -= m
+    while len(chosen) < n:
+        cls = int(torch.argmin(g))
+        chosen.append(cls)
+        g[cls] -= m
+    return _multiset(torch.tensor(chosen, device=dw.device))
+
+
+def dummy_statistics(obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean softmax output (C,) and mean last-layer input (F,) of the observed model on
+    random images (uniform pixels), the attacker's stand-in for the unknown batch."""
+    from fedattack.attacks.common import victim
+
+    v = victim(obs)
+    device = next(iter(v.params.values())).device
+    layer = v.module.get_submodule(last_layer_name(obs)[: -len(".weight")])
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    gen = torch.Generator().manual_seed(0)
+    x01 = torch.rand((DUMMY_INPUTS, *obs.data.shape), generator=gen).to(device)
+    try:
+        with torch.no_grad():
+            probs = torch.softmax(v.logits(v.params, obs.data.normalize(x01)), dim=-1)
+    finally:
+        handle.remove()
+    return probs.mean(0), seen[-1].flatten(1).mean(0)
+
+
+def geng_counts(obs: Observation, n: int) -> torch.Tensor:
+    """Expected label counts (C,) of the n samples, real-valued. Row sums of dW give
+    1/U sum_u (p_uc - y_uc) s_u with s_u = sum_f h_uf; with p and s replaced by their
+    dummy-image means, count_c = n (p_c - sum_f dW_cf / s). (Over several steps each sample
+    is used U / n times, and the per-use counts scale back to n.)"""
+    dw, _ = last_layer(obs)
+    p, h = dummy_statistics(obs)
+    return n * (p - dw.sum(1) / h.sum())
+
+
+def bias_counts(obs: Observation, n: int) -> torch.Tensor:
+    """Expected label counts (C,) from the bias gradient: count_c = n (p_c - db_c)."""
+    _, db = last_layer(obs)
+    if db is None:
+        return geng_counts(obs, n)
+    p, _ = dummy_statistics(obs)
+    return n * (p - db)
+
+
+COUNT_ESTIMATES: dict[str, Callable[[Observation, int], torch.Tensor]] = {"geng": geng_counts, "bias": bias_counts}
+
+
+@LABELS.register("geng", doc="Geng et al., Towards General Deep Leakage in Federated Learning, 2021: "
+                             "counts from dW with probabilities and features estimated on dummy images")
+def geng(obs: Observation, n: int) -> torch.Tensor:
+    return counts_to_labels(apportion(geng_counts(obs, n), n))
+
+
+@LABELS.register("bias", doc="counts from the bias gradient: count_c = U (p_c - db_c), p estimated on dummy "
+                             "images (the bias form of Geng et al.'s count estimate)")
+def bias(obs: Observation, n: int) -> torch.Tensor:
+    return counts_to_labels(apportion(bias_counts(obs, n), n))
+
+
+def nearby_counts(expected: torch.Tensor, n: int, k: int) -> list[torch.Tensor]:
+    """Up to k integer count vectors summing to n, closest to `expected` first: the rounded
+    estimate, then the vectors one or two unit moves away, by squared distance."""
+    e = expected.detach().double().cpu().clamp(min=0)
+    e = e * n / e.sum() if float(e.sum()) > 0 else torch.full_like(e, n / len(e))
+    base = apportion(e, n).cpu()
+    found = {tuple(base.tolist())}
+    frontier = [base]
+    for _ in range(2):
+        nxt = []
+        for c in frontier:
+            for a in torch.nonzero(c > 0).flatten().tolist():
+                for b in range(len(c)):
+                    if b != a:
+                        m = c.clone()
+                        m[a] -= 1
+                        m[b] += 1
+                        if tuple(m.tolist()) not in found:
+                            found.add(tuple(m.tolist()))
+                            nxt.append(m)
+        frontier = nxt
+    ranked = sorted(found, key=lambda t: (float(((torch.tensor(t, dtype=torch.float64) - e) ** 2).sum()), t))
+    ranked.remove(tuple(base.tolist()))
+    return [base] + [torch.tensor(t) for t in ranked[: max(0, k - 1)]]
+
+
+def label_hypotheses(obs: Observation, n: int, method: str = "auto", k: int = 1) -> tuple[list[torch.Tensor], str]:
+    """Up to k candidate label multisets, most plausible first (the method's own answer).
+
+    Count methods (bias, geng) rank nearby integer counts by distance to their real-valued
+    estimate; the others give their answer only. An attack that can score candidates (by its
+    final gradient mismatch) spreads its restarts over them."""
+    labels, method = recover_labels(obs, n, method)
+    if k <= 1 or method not in COUNT_ESTIMATES:
+        return [labels], method
+    device = labels.device
+    return [counts_to_labels(c).to(device) for c in nearby_counts(COUNT_ESTIMATES[method](obs, n), n, k)], method
 
 
 def recover_labels(obs: Observation, n: int, method: str = "auto") -> tuple[torch.Tensor, str]:
-    """Labels for n samples; `auto` picks iDLG for one sample and the best count method else."""
+    """Labels for n samples; `auto` picks iDLG for one sample and count estimation for more."""
     if method == "auto":
-        method = "idlg" if n == 1 else next((m for m in ("llg", "yin") if m in LABELS.names()), "idlg")
+        method = "idlg" if n == 1 else "bias"
     return LABELS.get(method)(obs, n), method

@@ -1,0 +1,69 @@
+"""Benchmark cases: one simulated client update as the audit sees it (Observation + Truth)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fedattack import config as fconfig
+from fedattack.client.train import local_train
+from fedattack.experiment import build
+from fedattack.models import float_params
+from fedattack.server.audit import make_observation
+from fedattack.threat import Observation, Truth
+
+
+def observed_update(*overrides: str, indices: list[int] | None = None) -> tuple[Observation, Truth]:
+    """Train the victim client on `indices` (default: drawn by seed) and observe its update."""
+    cfg = fconfig.load(None, ["audit.attacks=[]", *overrides])
+    exp = build(cfg)
+    model = exp.initial_model()
+    sent = {**dict(model.state_dict()), **float_params(model)}
+    sent = {k: v.detach().clone() for k, v in sent.items()}
+    if indices is None:
+        need = max(1, cfg.client.local_steps) * cfg.client.batch_size
+        indices = list(np.sort(np.random.default_rng(cfg.seed).choice(len(exp.train), need, replace=False)))
+    result = local_train(model, exp.train, np.asarray(indices), cfg, rnd=1, client=0)
+    received = {k: sent[k] + result.update[k] if k in result.update else v for k, v in sent.items()}
+    names = [n for n, _ in exp.initial_model().named_parameters()]
+    obs = make_observation(exp, names, sent, received,
+                           {"num-examples": result.num_examples, "local_steps": result.steps})
+    return obs, exp.train.truth(result.indices)
+
+
+def psnr_ssim(images: torch.Tensor, truth: Truth, obs: Observation) -> tuple[float, float]:
+    from fedattack.metrics.images import match_and_score
+
+    s = match_and_score(obs.data.to_pixels(images.detach().cpu()).numpy(),
+                        obs.data.to_pixels(truth.images).numpy())
+    return float(s.psnr.mean()), float(s.ssim.mean())
+
+
+def synthetic_update(labels: list[int], num_classes: int = 10, model: str = "lenet", activation: str = "sigmoid",
+                     steps: int = 1, lr: float = 0.01, shape: tuple[int, int, int] = (3, 32, 32), seed: int = 0,
+                     init: str = "default") -> tuple[Observation, Truth]:
+    """An update of `steps` local SGD steps on random images with the given labels (a
+    many-class case for label recovery, where no real data set is at hand offline)."""
+    from fedattack.threat import DataSpec, ModelSpec, Protocol
+
+    spec = DataSpec(shape=shape, num_classes=num_classes, mean=(0.5,) * shape[0], std=(0.25,) * shape[0])
+    mspec = ModelSpec(name=model, activation=activation, num_classes=num_classes, in_shape=shape, init=init)
+    net = mspec.build(seed=seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    x = spec.normalize(torch.rand((len(labels), *shape), generator=gen))
+    y = torch.tensor(labels)
+    sent = float_params(net)
+    opt = torch.optim.SGD(net.parameters(), lr=lr)
+    net.train()
+    b = -(-len(labels) // steps)
+    for s in range(steps):
+        idx = list(range(s * b, min(len(labels), (s + 1) * b)))
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
+        opt.step()
+    update = {k: v.detach() - sent[k] for k, v in net.named_parameters()}
+    buffers = {k: v.detach() for k, v in mspec.build(seed=seed).named_buffers()}
+    obs = Observation(model=mspec, data=spec, global_params=sent, update=update, buffers=buffers,
+                      protocol=Protocol(lr=lr, local_steps=steps, local_epochs=1, batch_size=b,
+                                        num_examples=len(labels)))
+    return obs, Truth(images=x, labels=y)

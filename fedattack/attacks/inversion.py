@@ -1,0 +1,223 @@
+"""Gradient inversion by optimization: the engine behind DLG, iDLG and Inverting Gradients.
+
+A `Matching` problem compares what the client would have sent for dummy data with what the
+server observed. The dummy update comes from simulating the configured local training
+(`simulate_update`: one step is plain gradient matching; several steps unroll local SGD, as
+in Geiping et al.'s FedAvg attack); with `adaptive`, the known defenses' `adapt` hooks are
+applied to it. Matching happens in gradient units (update / (-lr * steps)), where the
+squared-L2 loss of DLG has the scale of the paper.
+
+Restarts are a batch dimension: Adam (elementwise) runs all of them at once through vmap;
+L-BFGS couples its coordinates, so its restarts run one after another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from fedattack.attacks.common import (DISTANCES, Params, Victim, restart_losses, simulate_update,
+                                      total_variation)
+from fedattack.threat import Observation, Protocol
+
+
+@dataclass
+class Matching:
+    """One gradient-matching problem: the model, the protocol, the observed target."""
+
+    victim: Victim
+    protocol: Protocol
+    target: Params  # observed update in gradient units: -update / (lr * steps)
+    distance: Callable[[Params, Params], torch.Tensor]
+    observed_update: Params = field(default_factory=dict)
+    defenses: tuple = ()  # DefenseSettings to model (adaptive attacks); () for none
+    tv: float = 0.0
+
+    def trial(self, x: torch.Tensor, y: torch.Tensor) -> Params:
+        """What the client would have sent for (x, y), in gradient units."""
+        upd = simulate_update(self.victim, x, y, self.protocol)
+        if self.defenses:
+            from fedattack.defenses.base import adapt_update
+
+            upd = adapt_update(upd, self.observed_update, self.defenses)
+        scale = -1.0 / (self.protocol.lr * max(1, self.protocol.local_steps))
+        return {k: u * scale for k, u in upd.items()}
+
+    def mismatch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.distance(self.trial(x, y), self.target)
+
+    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        loss = self.mismatch(x, y)
+        return loss + self.tv * total_variation(x) if self.tv else loss
+
+
+def matching(obs: Observation, victim: Victim, loss: str, tv: float = 0.0, adaptive: bool = False) -> Matching:
+    target = {k: g.detach() for k, g in obs.gradient_estimate().items()}
+    return Matching(victim=victim, protocol=obs.protocol, target=target, distance=DISTANCES[loss],
+                    observed_update={k: u.detach() for k, u in obs.update.items()},
+                    defenses=tuple(obs.protocol.defenses) if adaptive else (), tv=tv)
+
+
+@dataclass
+class Unknowns:
+    """The attacker's variables for R restarts: images (R, N, C, H, W) and either label
+    logits (R, N, classes), optimized too (DLG), or fixed labels (R, N), one arrangement of
+    the recovered labels per restart."""
+
+    x: torch.Tensor
+    y_logits: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+
+    def variables(self) -> list[torch.Tensor]:
+        return [self.x] if self.y_logits is None else [self.x, self.y_logits]
+
+    def targets(self, r: int) -> torch.Tensor:
+        """Labels fed to the model for restart r: fixed ones, or softmax of the logits."""
+        return self.labels[r] if self.y_logits is None else torch.softmax(self.y_logits[r], dim=-1)
+
+    def final_labels(self, r: int) -> torch.Tensor:
+        return self.labels[r] if self.y_logits is None else self.y_logits[r].detach().argmax(-1)
+
+
+def arrangements(labels: torch.Tensor, protocol: Protocol, k: int, gen: torch.Generator) -> list[torch.Tensor]:
+    """Up to k distinct arrangements of a label multiset over the dummy samples, the given
+    order first. Over several local steps it matters which labels share a step (the model
+    moves between steps); one step has a single grouping."""
+    from fedattack.attacks.common import schedule
+
+    steps = schedule(len(labels), protocol.batch_size, protocol.local_steps, protocol.local_epochs)
+
+    def key(lab: torch.Tensor) -> tuple:
+        return tuple(tuple(sorted(lab[idx].tolist())) for idx in steps)
+
+    out, seen = [labels], {key(labels)}
+    for _ in range(20 * k):
+        if len(out) >= k:
+            break
+        cand = labels[torch.randperm(len(labels), generator=gen)]
+        if key(cand) not in seen:
+            seen.add(key(cand))
+            out.append(cand)
+    return out
+
+
+def label_plan(hypotheses: list[torch.Tensor], protocol: Protocol, k: int, gen: torch.Generator) -> torch.Tensor:
+    """Up to k distinct fixed-label candidates (K, N): the candidate multisets (most
+    plausible first) and their arrangements over steps, in order of combined rank."""
+    per = [arrangements(h.cpu(), protocol, k, gen) for h in hypotheses]
+    pairs = sorted(((i + j, i, j) for i, arr in enumerate(per) for j in range(len(arr))))
+    return torch.stack([per[i][j] for _, i, j in pairs[:k]])
+
+
+def init_unknowns(obs: Observation, n: int, restarts: int, labels: torch.Tensor | None, gen: torch.Generator,
+                  device: torch.device) -> Unknowns:
+    """Random images for R restarts, and either fixed labels or random label logits.
+
+    `labels`: one multiset (N,), shared by all restarts, or per-candidate labels (K, N)
+    assigned to restarts in turn (different image initializations tell repeats apart)."""
+    x = torch.randn((restarts, n, *obs.data.shape), generator=gen).to(device).requires_grad_(True)
+    if labels is not None:
+        plan = labels[None] if labels.ndim == 1 else labels
+        return Unknowns(x=x, labels=plan[torch.arange(restarts) % len(plan)].to(device))
+    y = torch.randn((restarts, n, obs.data.num_classes), generator=gen).to(device).requires_grad_(True)
+    return Unknowns(x=x, y_logits=y)
+
+
+def subset(u: Unknowns, keep: torch.Tensor) -> Unknowns:
+    """The restarts `keep` of u, as fresh leaves."""
+    return Unknowns(x=u.x.detach()[keep].clone().requires_grad_(True),
+                    y_logits=None if u.y_logits is None else u.y_logits.detach()[keep].clone().requires_grad_(True),
+                    labels=None if u.labels is None else u.labels[keep])
+
+
+def batched_objective(problem: Matching, u: Unknowns, which: str = "objective") -> torch.Tensor:
+    """Per-restart losses (R,) for all restarts at once."""
+    fn = getattr(problem, which)
+    if u.y_logits is None:
+        return restart_losses(fn, u.x, u.labels)
+    return restart_losses(lambda x, yl: fn(x, torch.softmax(yl, dim=-1)), u.x, u.y_logits)
+
+
+@dataclass
+class AdamSchedule:
+    iterations: int
+    lr: float = 0.1
+    signed: bool = True  # step on the sign of the gradient (Geiping et al.)
+    boxed: bool = True  # keep pixels in [0, 1]
+    decay: bool = True  # lr x 0.1 at 3/8, 5/8, 7/8 of the iterations
+
+
+def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[torch.Tensor, torch.Tensor]
+             ) -> torch.Tensor:
+    """Optimize all restarts jointly; returns the final per-restart mismatch (R,)."""
+    opt = torch.optim.Adam(u.variables(), lr=sched.lr)
+    marks = [int(sched.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if sched.decay else []
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=marks, gamma=0.1)
+    lo, hi = bounds
+    for _ in range(sched.iterations):
+        opt.zero_grad(set_to_none=True)
+        losses = batched_objective(problem, u)
+        losses.sum().backward()
+        if sched.signed:
+            for t in u.variables():
+                t.grad.sign_()
+        opt.step()
+        scheduler.step()
+        if sched.boxed:
+            with torch.no_grad():
+                u.x.clamp_(min=lo, max=hi)
+    with torch.no_grad():
+        return batched_objective(problem, u, "mismatch").detach()
+
+
+def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float) -> torch.Tensor:
+    """L-BFGS per restart (as DLG); returns the final per-restart mismatch (R,), inf where it
+    diverged.
+
+    The run length is the iteration budget alone (no gradient or change tolerance: matching
+    losses are tiny in absolute terms). torch's L-BFGS sizes its first step as the raw
+    gradient when that gradient's L1 norm is below 1, after which it is scale-invariant; the
+    objective is therefore scaled so that its initial gradient has L1 norm >= 1. The scale
+    is a positive constant and leaves the minimizer unchanged.
+    """
+    final = torch.full((u.x.shape[0],), float("inf"))
+    for r in range(u.x.shape[0]):
+        xr = u.x[r].detach().clone().requires_grad_(True)
+        yr = None if u.y_logits is None else u.y_logits[r].detach().clone().requires_grad_(True)
+        variables = [xr] if yr is None else [xr, yr]
+
+        def labels() -> torch.Tensor:
+            return u.labels[r] if yr is None else torch.softmax(yr, dim=-1)
+
+        first = torch.autograd.grad(problem.objective(xr, labels()), variables)
+        l1 = float(sum(g.abs().sum() for g in first))
+        scale = 1.0 / l1 if 0 < l1 < 1 else 1.0
+        opt = torch.optim.LBFGS(variables, lr=lr, max_iter=1, history_size=100, tolerance_grad=0,
+                                tolerance_change=0)
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = scale * problem.objective(xr, labels())
+            loss.backward()
+            return loss
+
+        ok = True
+        for _ in range(iterations):
+            if not torch.isfinite(opt.step(closure)):
+                ok = False
+                break
+        with torch.no_grad():
+            u.x.data[r] = xr.detach()
+            if yr is not None:
+                u.y_logits.data[r] = yr.detach()
+            value = problem.mismatch(xr, labels()).detach().cpu()
+        final[r] = value if ok and torch.isfinite(value) else float("inf")
+    return final
+
+
+def best_restart(final: torch.Tensor) -> int:
+    if not torch.isfinite(final).any():
+        raise FloatingPointError("every restart diverged")
+    return int(torch.argmin(torch.nan_to_num(final, nan=float("inf"))))

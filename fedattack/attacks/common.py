@@ -142,10 +142,3 @@ def num_images(obs: Observation) -> int:
     """How many private samples the observed update covers (the client reports it)."""
     return max(1, obs.protocol.num_examples or obs.protocol.batch_size)
 
-
-def sample_uses(obs: Observation) -> int:
-    """How many (sample, step) pairs went into the update: the divisor behind
-    `gradient_estimate`'s average, and the count label recovery works in."""
-    n = num_images(obs)
-    return sum(len(b) for b in schedule(n, obs.protocol.batch_size, obs.protocol.local_steps,
-                                        obs.protocol.local_epochs))

@@ -73,10 +73,6 @@ class Unknowns:
     def variables(self) -> list[torch.Tensor]:
         return [self.x] if self.y_logits is None else [self.x, self.y_logits]
 
-    def targets(self, r: int) -> torch.Tensor:
-        """Labels fed to the model for restart r: fixed ones, or softmax of the logits."""
-        return self.labels[r] if self.y_logits is None else torch.softmax(self.y_logits[r], dim=-1)
-
     def final_labels(self, r: int) -> torch.Tensor:
         return self.labels[r] if self.y_logits is None else self.y_logits[r].detach().argmax(-1)
 

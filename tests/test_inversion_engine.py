@@ -1,0 +1,94 @@
+"""The simulation behind the optimization attacks matches the real client, and vmapped
+restarts compute exactly what a loop over restarts does."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks._cases import observed_update
+from fedattack import config as fconfig
+from fedattack.attacks.common import cosine_distance, schedule, simulate_update, victim
+from fedattack.attacks.inversion import Unknowns, batched_objective, label_plan, matching
+from fedattack.client.train import schedule as client_schedule
+from fedattack.experiment import build
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(_torch_threads):
+    torch.set_num_threads(1)
+
+
+def client_order(overrides: list[str], truth) -> list[int]:
+    """Positions in truth of the samples in the order the client's steps used them."""
+    cfg = fconfig.load(None, ["audit.attacks=[]", *overrides])
+    idx = list(truth.indices)
+    batches = client_schedule(np.asarray(idx), cfg, 1, 0)
+    first_epoch = batches[: len(batches) // max(1, cfg.client.local_epochs)] if cfg.client.local_steps == 0 else batches
+    return [idx.index(int(i)) for b in first_epoch for i in b]
+
+
+@pytest.mark.parametrize("overrides", [
+    ["client.batch_size=3", "client.local_steps=3"],
+    ["client.local_steps=0", "client.local_epochs=2", "client.batch_size=2", "victim.client=0"],
+    ["client.momentum=0.9", "client.local_steps=3", "client.lr=0.05"],
+    ["model.name=convnet", "model.activation=relu", "model.width=8"],
+], ids=["steps", "epochs", "momentum", "batchnorm"])
+def test_simulated_update_reproduces_the_client(overrides):
+    obs, truth = observed_update("seed=3", *overrides)
+    order = client_order(["seed=3", *overrides], truth)
+    v = victim(obs)
+    sim = simulate_update(v, truth.images[order], truth.labels[order], obs.protocol)
+    rel = torch.sqrt(sum(((sim[k] - obs.update[k]) ** 2).sum() for k in sim)
+                     / sum((obs.update[k] ** 2).sum() for k in sim))
+    assert float(rel) < 1e-4
+    # the grouping of samples into steps is information the simulation uses
+    if obs.protocol.local_steps > 1 and obs.protocol.local_epochs == 1:
+        shuffled = list(reversed(order))
+        other = simulate_update(v, truth.images[shuffled], truth.labels[shuffled], obs.protocol)
+        assert float(cosine_distance(other, obs.update)) > 1e3 * float(cosine_distance(sim, obs.update)) + 1e-9
+
+
+def test_batchnorm_is_simulated_in_training_mode():
+    obs, truth = observed_update("seed=3", "model.name=convnet", "model.activation=relu", "model.width=8")
+    order = client_order(["seed=3", "model.name=convnet", "model.width=8"], truth)
+    x, y = truth.images[order], truth.labels[order]
+    train = cosine_distance(simulate_update(victim(obs), x, y, obs.protocol), obs.update)
+    frozen = cosine_distance(simulate_update(victim(obs, train_mode=False), x, y, obs.protocol), obs.update)
+    assert float(train) < 1e-5 < 0.1 < float(frozen)
+
+
+def test_schedule_step_and_epoch_modes():
+    assert schedule(4, 2, 2) == [[0, 1], [2, 3]]
+    assert schedule(3, 2, 3) == [[0, 1], [2, 0], [1, 2]]  # step mode wraps around
+    assert schedule(5, 2, 6, epochs=2) == [[0, 1], [2, 3], [4]] * 2  # epoch mode, last batch smaller
+    assert schedule(1, 4, 1) == [[0]]
+
+
+def test_vmapped_restarts_equal_a_loop():
+    obs, truth = observed_update("seed=1", "client.batch_size=2", "client.local_steps=2")
+    problem = matching(obs, victim(obs), "cosine", tv=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn((3, 4, *obs.data.shape), generator=gen).requires_grad_(True)
+    labels = torch.stack([truth.labels, truth.labels.flip(0), truth.labels])
+    u = Unknowns(x=x, labels=labels)
+    batched = batched_objective(problem, u)
+    (gx,) = torch.autograd.grad(batched.sum(), x)
+    for r in range(3):
+        xr = x[r].detach().clone().requires_grad_(True)
+        loss = problem.objective(xr, labels[r])
+        (gr,) = torch.autograd.grad(loss, xr)
+        assert torch.allclose(batched[r], loss, rtol=1e-4, atol=1e-7)
+        assert torch.allclose(gx[r], gr, rtol=1e-3, atol=1e-9)
+
+
+def test_label_plan_tries_distinct_groupings_first():
+    obs, _ = observed_update("seed=1", "client.batch_size=2", "client.local_steps=2")
+    plan = label_plan([torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 1])], obs.protocol, 6,
+                      torch.Generator().manual_seed(0))
+    groupings = {tuple(tuple(sorted(p[list(b)].tolist())) for b in ([0, 1], [2, 3])) for p in plan}
+    assert len(groupings) == len(plan) == 5  # 3 groupings of {0,0,1,1} into two steps, 2 of {0,1,1,1}
+    assert plan[0].tolist() == [0, 0, 1, 1]
+    one_step = observed_update("seed=1", "client.batch_size=4", "client.local_steps=1")[0]
+    assert len(label_plan([torch.tensor([0, 0, 1, 1])], one_step.protocol, 6, torch.Generator())) == 1

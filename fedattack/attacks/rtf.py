@@ -33,7 +33,7 @@ from fedattack.models import EXTENSIONS
 from fedattack.threat import Observation, Reconstruction
 
 PREFIX = "imprint."
-MEASURE_SCALE = 1e-3
+MEASURE_SCALE = 1e-2
 
 
 @dataclass
@@ -71,9 +71,11 @@ class ImprintBlock(nn.Module):
     def reset_malicious(self) -> None:
         num_bins, mean, std = self.stat
         d = self.linear0.in_features
-        # Row k computes MEASURE_SCALE * (average(x) - edge_k). The gradients of this layer do not
-        # depend on MEASURE_SCALE, but the float32 rounding of the sent weights does: small
-        # weights keep the client's update (new - sent) exact to many digits.
+        # Row k computes MEASURE_SCALE * (average(x) - edge_k). Its gradients do not depend on
+        # MEASURE_SCALE, but two things do: the float32 rounding of the sent weights (small
+        # weights keep the update new - sent exact to more digits) and how far one local SGD
+        # step turns the rows away from the shared measurement (small weights move more).
+        # 1e-2 keeps both harmless for the models here, over one and several local steps.
         self.linear0.weight.fill_(MEASURE_SCALE / d)
         self.linear0.bias.copy_(-MEASURE_SCALE * bin_edges(num_bins, mean, std))
         # Identical columns: every row passes the same gradient back, so row differences are clean.

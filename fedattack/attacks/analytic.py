@@ -1,0 +1,106 @@
+"""Exact input recovery from a fully connected layer (Phong et al. 2017; Geiping et al. 2020).
+
+For a linear layer z = W h + b seen by one sample, dL/dW = (dL/dz) h^T and dL/db = dL/dz,
+so every row i with dL/db_i != 0 gives the layer's input exactly: h = dW_i / db_i. Over all
+rows the least-squares estimate h = sum_i db_i dW_i / sum_i db_i^2 weighs rows by how much
+signal they carry, which is what makes the read-off robust to noise and float rounding.
+This holds for any number of local steps as long as the layer's input does not change
+between them, which is true of the first layer (its input is the image itself).
+
+The layer is found by parameter names: the first 2-D `*.weight` whose input size is the
+flattened image (for `model.name=mlp`, the first hidden layer), and, when the model carries
+PRECODE's bottleneck (Scheliga et al., WACV 2022), `precode.encoder`, whose input is the
+feature vector the bottleneck was meant to hide.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from fedattack.attacks.base import AttackContext, register_attack
+from fedattack.attacks.labels import recover_labels
+from fedattack.config import check_range
+from fedattack.errors import ConfigError
+from fedattack.threat import Observation, Reconstruction
+
+PRECODE_ENCODER = "precode.encoder"
+
+
+@dataclass
+class AnalyticParams:
+    layer: str = "auto"  # auto: first fully connected layer on the flattened input; or a layer name, e.g. body.1
+    feature_layer: str = "auto"  # auto: precode.encoder when present; "none"; or a layer name
+    rel_threshold: float = 1e-6  # rows with |db_i| below this fraction of max |db| are left out
+
+    def validate(self, name: str) -> None:
+        check_range(name, "rel_threshold", self.rel_threshold, 0, 1)
+        for key in ("layer", "feature_layer"):
+            if not getattr(self, key):
+                raise ConfigError(f"{name}.{key}", "must be 'auto' or a layer name, got an empty string")
+
+
+def linear_layers(params: dict[str, torch.Tensor]) -> list[str]:
+    """Names (without .weight) of fully connected layers that have a bias, in model order."""
+    return [n[: -len(".weight")] for n, p in params.items()
+            if n.endswith(".weight") and p.ndim == 2 and n[: -len("weight")] + "bias" in params]
+
+
+def input_layer(obs: Observation) -> str | None:
+    """The first fully connected layer whose input is the flattened image, if any."""
+    d = math.prod(obs.data.shape)
+    return next((n for n in linear_layers(obs.global_params) if obs.global_params[n + ".weight"].shape[1] == d), None)
+
+
+def layer_gradient(obs: Observation, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    grad = obs.gradient_estimate()
+    if layer + ".weight" not in grad or layer + ".bias" not in grad:
+        raise ValueError(f"no fully connected layer '{layer}' with weight and bias; "
+                         f"linear layers: {', '.join(linear_layers(obs.global_params)) or 'none'}")
+    return grad[layer + ".weight"].double(), grad[layer + ".bias"].double()
+
+
+def solve_input(dw: torch.Tensor, db: torch.Tensor, rel_threshold: float = 1e-6) -> tuple[torch.Tensor, int]:
+    """Least-squares h with dW ~= db h^T over the rows that carry signal; (h, rows used)."""
+    scale = db.abs().max()
+    if not torch.isfinite(scale) or scale == 0:
+        raise ValueError("the layer's bias gradient is zero: nothing to read the input from")
+    rows = db.abs() > rel_threshold * scale
+    w = db[rows]
+    return (w @ dw[rows]) / (w @ w), int(rows.sum())
+
+
+def _resolve(name: str, auto: str | None) -> str | None:
+    return None if name == "none" else auto if name == "auto" else name
+
+
+@register_attack("analytic", params=AnalyticParams,
+                 paper="Phong et al., Privacy-Preserving Deep Learning via Additively Homomorphic Encryption, "
+                       "IEEE TIFS 2018 (arXiv 2017); Geiping et al., Inverting Gradients, NeurIPS 2020 (Sec. 4)",
+                 scope="client")
+def analytic(obs: Observation, params: AnalyticParams, ctx: AttackContext) -> Reconstruction:
+    names = linear_layers(obs.global_params)
+    precode = next((n for n in names if n.endswith(PRECODE_ENCODER)), None)
+    image_layer = _resolve(params.layer, input_layer(obs))
+    feature_layer = _resolve(params.feature_layer, precode)
+    if image_layer is None and feature_layer is None:
+        raise ValueError("analytic needs a fully connected layer on the flattened input (model.name=mlp) "
+                         "or a named feature layer (analytic.feature_layer)")
+    info: dict = {}
+    images = None
+    if image_layer is not None:
+        dw, db = layer_gradient(obs, image_layer)
+        h, used = solve_input(dw, db, params.rel_threshold)
+        if h.numel() != math.prod(obs.data.shape):
+            raise ValueError(f"layer '{image_layer}' takes {h.numel()} inputs, not an image of shape {obs.data.shape}")
+        images = h.float().view(1, *obs.data.shape)
+        info.update(layer=image_layer, rows_used=used)
+    if feature_layer is not None:
+        dw, db = layer_gradient(obs, feature_layer)
+        h, used = solve_input(dw, db, params.rel_threshold)
+        info.update(feature_layer=feature_layer, feature_rows_used=used, features=h.float()[None])
+    labels, method = recover_labels(obs, 1, ctx.labels)
+    info["label_method"] = method
+    return Reconstruction(images=images, labels=labels, info=info)

@@ -161,7 +161,7 @@ class _FakeRay:
     """Just enough of the ray module for RayDispatcher's bookkeeping: tasks never finish."""
 
     def __init__(self, nodes):
-        self.node_list, self.launched, self.cancelled = nodes, [], []
+        self.node_list, self.launched, self.cancelled, self.puts = nodes, [], [], []
 
     def nodes(self):
         return self.node_list
@@ -187,6 +187,10 @@ class _FakeRay:
     def cancel(self, ref, force=False):
         self.cancelled.append(ref)
 
+    def put(self, obj):
+        self.puts.append(obj)
+        return object()
+
 
 def _fake_dispatcher(nodes, **kw):
     from types import SimpleNamespace
@@ -195,8 +199,8 @@ def _fake_dispatcher(nodes, **kw):
 
     d = RayDispatcher(**kw, on_warning=lambda msg: None)
     d._ray = _FakeRay(nodes)
-    jobs = [AttackJob(round=1, client=c, attack="idlg", params=None, observation=SimpleNamespace(num_clients=1))
-            for c in range(3)]
+    obs = SimpleNamespace(num_clients=1)  # one update, three attacks on it
+    jobs = [AttackJob(round=1, client=c, attack="idlg", params=None, observation=obs) for c in range(3)]
     return d, jobs
 
 
@@ -205,6 +209,7 @@ def test_without_attack_slots_the_dispatcher_keeps_max_concurrent_in_flight():
     for job in jobs:
         d.submit(job, truth=None)
     assert d._ray.launched == [0, 1] and d.pending() == 3 and d.max_in_flight == 2
+    assert len(d._ray.puts) == 3  # the observation, the truth and the attack's spec, once each
     d2, jobs = _fake_dispatcher([_node(CPU=2), _node(fedattack_attack=1)], max_concurrent=2)
     for job in jobs:
         d2.submit(job, truth=None)

@@ -18,6 +18,7 @@ import sys
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any, Callable, Protocol
 
 from fedattack.server.jobs import AttackJob, JobResult, run_job
@@ -112,17 +113,19 @@ def feasible(nodes: list[dict], opts: dict) -> bool:
     return False
 
 
-def run_remote(job: AttackJob, truth: Truth, spec: Any) -> JobResult:
+def run_remote(job: AttackJob, observation: Any, truth: Truth, spec: Any) -> JobResult:
     """The Ray task: make sure this worker knows the attack, then run the job.
 
     The driver ships the attack's spec with the job, so an attack registered outside
     fedattack.attacks (a user's module, a script) runs on workers that never imported it.
+    The observation travels apart from the job: every attack on one update shares one copy
+    in Ray's object store.
     """
     from fedattack.attacks import ATTACKS
 
     if ":" not in job.attack and job.attack not in ATTACKS.names():
         ATTACKS.register(job.attack, spec, doc=spec.paper)
-    return run_job(job, truth)
+    return run_job(replace(job, observation=observation), truth)
 
 
 class RayDispatcher:
@@ -145,8 +148,9 @@ class RayDispatcher:
         self.options: dict | None = None  # decided at the first submission
         self.max_in_flight: int | None = None  # None: the custom resource caps concurrency
         self._remote: Any = None
-        self._queue: deque[tuple[AttackJob, Truth, Any]] = deque()
+        self._queue: deque[tuple[AttackJob, tuple]] = deque()  # job, its task arguments
         self._refs: dict[Any, tuple[AttackJob, float]] = {}
+        self._shared: dict[str, tuple[Any, Any]] = {}  # what consecutive jobs share -> (object, its ref)
 
     def _setup(self) -> None:
         opts, notes = task_options(self._ray.nodes(), self.gpus_per_job, self.max_retries)
@@ -161,13 +165,22 @@ class RayDispatcher:
 
         if self.options is None:
             self._setup()
-        self._queue.append((job, truth, ATTACKS.get(job.attack)))
+        args = (replace(job, observation=None), self._put("observation", job.observation), self._put("truth", truth),
+                self._put(f"spec:{job.attack}", ATTACKS.get(job.attack)))
+        self._queue.append((job, args))
         self._fill()
+
+    def _put(self, key: str, obj: Any) -> Any:
+        """Ray object ref of `obj`, put once while consecutive jobs pass the same object."""
+        held = self._shared.get(key)
+        if held is None or held[0] is not obj:
+            held = self._shared[key] = (obj, self._ray.put(obj))
+        return held[1]
 
     def _fill(self) -> None:
         while self._queue and (self.max_in_flight is None or len(self._refs) < self.max_in_flight):
-            job, truth, spec = self._queue.popleft()
-            self._refs[self._remote.remote(job, truth, spec)] = (job, time.perf_counter())
+            job, args = self._queue.popleft()
+            self._refs[self._remote.remote(*args)] = (job, time.perf_counter())
 
     def _result(self, ref: Any) -> JobResult:
         job, started = self._refs.pop(ref)
@@ -224,7 +237,7 @@ class RayDispatcher:
                 pass
             out.append(_failed(job, reason, time.perf_counter() - started))
         self._refs.clear()
-        out += [_failed(job, reason) for job, _, _ in self._queue]
+        out += [_failed(job, reason) for job, _ in self._queue]
         self._queue.clear()
         return out
 

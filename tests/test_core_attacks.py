@@ -78,7 +78,7 @@ def head_dropping_defense():
     """A stand-in defense that withholds the classifier's weight update, with its adapt hook."""
     name = "test-drop-head"
     DEFENSES.register(name, DefenseSpec(name=name, params=_NoParams, paper="test", where="update",
-                                        on_update=_drop_head, adapt=lambda trial, observed, p: _drop_head(trial, p)))
+                                        on_update=_drop_head, adapt=lambda trial, observed, p, scale=None: _drop_head(trial, p)))
     yield name
     DEFENSES._items.pop(name)
     DEFENSES._docs.pop(name, None)

@@ -141,7 +141,7 @@ def adapt_trial(trial: Params, observed: Params, obs: Observation) -> Params:
         return trial
     from fedattack.defenses.base import adapt_update
 
-    return adapt_update(trial, observed, settings)
+    return adapt_update(trial, observed, settings, scale=1.0)  # trial and observed are in gradient units
 
 
 def blas_single_thread():

@@ -41,7 +41,8 @@ class Matching:
         if self.defenses:
             from fedattack.defenses.base import adapt_update
 
-            upd = adapt_update(upd, self.observed_update, self.defenses)
+            upd = adapt_update(upd, self.observed_update, self.defenses,
+                               scale=self.protocol.lr * max(1, self.protocol.local_steps))
         scale = -1.0 / (self.protocol.lr * max(1, self.protocol.local_steps))
         return {k: u * scale for k, u in upd.items()}
 

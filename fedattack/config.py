@@ -101,6 +101,7 @@ class ServerConfig:
 @dataclass
 class RayConfig:
     address: str | None = None
+    num_cpus: int | None = None  # local instance: CPUs offered to clients (None: all cores)
 
 
 @dataclass
@@ -420,6 +421,8 @@ def validate(cfg: Config) -> None:
     if not 0 <= cfg.audit.success_ssim <= 1:
         raise ConfigError("audit.success_ssim", f"must be in [0, 1], got {cfg.audit.success_ssim}")
     _choice(cfg.server.mode, ["honest", "malicious"], "server.mode")
+    if cfg.ray.num_cpus is not None:
+        _positive(cfg.ray.num_cpus, "ray.num_cpus")
     if cfg.victim.indices is not None:
         if not cfg.victim.indices:
             raise ConfigError("victim.indices", "must list at least one dataset index")

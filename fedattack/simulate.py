@@ -91,7 +91,7 @@ def run(cfg: Config, out_dir: str | Path, progress: Progress | None = None, verb
     if not verbose:
         for name in ("flwr", "flwr.simulation"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    init_ray(cfg, verbose)
+    init_ray(cfg, verbose, num_cpus=cfg.ray.num_cpus)
     store = RunStore(out_dir, cfg.to_yaml(), run_header(cfg))
     progress.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} rounds of {cfg.fl.strategy}, "
                    f"{cfg.fl.clients_per_round} per round; auditing with {', '.join(cfg.audit.attacks) or 'nothing'}; "

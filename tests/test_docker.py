@@ -37,20 +37,27 @@ def _flag(argv: list[str], name: str) -> str | None:
     return next((a.split("=", 1)[1] for a in argv if a.startswith(f"--{name}=")), None)
 
 
+def _compose_cli() -> list[str] | None:
+    """`docker compose` (the plugin) or the standalone `docker-compose`, where installed."""
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    return None
+
+
 def _compose_plugin() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    return _compose_cli() is not None
 
 
 def _config() -> dict:
-    """The compose model: from `docker compose config` where the plugin exists, else the YAML."""
-    if _compose_plugin():
-        res = subprocess.run(["docker", "compose", "-f", str(COMPOSE), "--profile", "run", "config", "--format",
-                              "json"], capture_output=True, text=True, cwd=ROOT,
-                             env={k: v for k, v in os.environ.items() if k not in ("HEAD_CPUS", "ATTACK_SLOTS")})
+    """The compose model: validated by `docker compose config` where a compose CLI exists, else the YAML."""
+    cli = _compose_cli()
+    if cli:
+        res = subprocess.run([*cli, "-f", str(COMPOSE), "--profile", "run", "config"], capture_output=True, text=True,
+                             cwd=ROOT, env={k: v for k, v in os.environ.items() if k not in ("HEAD_CPUS", "ATTACK_SLOTS")})
         assert res.returncode == 0, res.stderr
-        return json.loads(res.stdout)
+        return yaml.safe_load(res.stdout)
     return yaml.safe_load(_interpolate(COMPOSE.read_text()))
 
 

@@ -81,3 +81,20 @@ def test_hypotheses_contain_the_truth_on_real_faces():
 def test_unknown_label_method_is_a_config_error():
     with pytest.raises(ConfigError, match="audit.labels"):
         fconfig.load(None, ["audit.labels=nosuch"])
+
+
+def test_dimitrov_counts_over_many_local_steps():
+    # 32 samples with skewed labels, 8 local steps: the model's softmax drifts during local
+    # training, which the start-to-end interpolation follows and the start-only bias estimate misses
+    dim, bias = [], []
+    for seed in range(4):
+        rng = np.random.default_rng(seed)
+        labels = [int(v) for v in rng.choice(10, 32, p=[.4, .2, .1, .1, .05, .05, .05, .05, 0, 0])]
+        obs, truth = synthetic_update(labels, model="convnet", activation="relu", steps=8, lr=0.05, seed=seed)
+        for method, acc in (("dimitrov", dim), ("bias", bias)):
+            acc.append(label_accuracy(LABELS.get(method)(obs, 32).numpy(), truth.labels.numpy()))
+    assert np.mean(dim) >= 0.9 and np.mean(dim) >= np.mean(bias) + 0.05
+
+
+def test_dimitrov_single_step_matches_bias_form():
+    assert accuracy("dimitrov", [7, 2, 5, 0, 9, 4], activation="relu", seed=1) >= 5 / 6

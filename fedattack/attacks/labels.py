@@ -200,3 +200,41 @@ def recover_labels(obs: Observation, n: int, method: str = "auto") -> tuple[torc
     if method == "auto":
         method = "idlg" if n == 1 else "bias"
     return LABELS.get(method)(obs, n), method
+
+
+def _dummy_statistics_at(obs: Observation, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """`dummy_statistics` of the model with the given float parameters."""
+    from dataclasses import replace
+
+    moved = replace(obs, global_params={k: params.get(k, v) for k, v in obs.global_params.items()})
+    return dummy_statistics(moved)
+
+
+def dimitrov_counts(obs: Observation, n: int) -> torch.Tensor:
+    """Expected label counts (C,) over a multi-step local training (Dimitrov et al.).
+
+    The server knows the model at both ends of local training: the global model and
+    global + update. The mean softmax output p_t (and last-layer input h_t) at each local
+    step t = 0..T-1 is estimated on dummy images at the two ends and interpolated linearly,
+    p_t = (1 - t/T) p_start + t/T p_end. With the bias: count_c = n (mean_t p_tc - db_c);
+    without: count_c = n (mean_t p_tc s_t - sum_f dW_cf) / mean_t s_t, s_t = sum_f h_tf."""
+    dw, db = last_layer(obs)
+    end = {k: v + obs.update[k].to(v.device) if k in obs.update else v for k, v in obs.global_params.items()}
+    p0, h0 = dummy_statistics(obs)
+    p1, h1 = _dummy_statistics_at(obs, end)
+    steps = max(1, obs.protocol.local_steps)
+    a = torch.arange(steps, dtype=p0.dtype, device=p0.device) / steps
+    p = (1 - a)[:, None] * p0 + a[:, None] * p1.to(p0.device)  # (T, C)
+    if db is not None:
+        return n * (p.mean(0) - db.to(p.device))
+    s = (1 - a) * h0.sum() + a * h1.to(h0.device).sum()  # (T,)
+    return n * ((p * s[:, None]).mean(0) - dw.sum(1).to(p.device)) / s.mean()
+
+
+COUNT_ESTIMATES["dimitrov"] = dimitrov_counts
+
+
+@LABELS.register("dimitrov", doc="Dimitrov et al., Data Leakage in Federated Averaging, TMLR 2022: counts from "
+                                 "the last layer's update, softmax interpolated between the start and end models")
+def dimitrov(obs: Observation, n: int) -> torch.Tensor:
+    return counts_to_labels(apportion(dimitrov_counts(obs, n), n))

@@ -1,0 +1,349 @@
+"""Wall time of fedattack's DLG and Inverting Gradients against naive reference loops.
+
+The references are written here in the style of the published implementations:
+- DLG (Zhu et al., NeurIPS 2019): torch.optim.LBFGS at its defaults (lr 1, 20 evaluations
+  per step) with a closure taking autograd.grad(create_graph=True) of the model's loss,
+  restarts one after another;
+- Inverting Gradients (Geiping et al., NeurIPS 2020): a Python loop over restarts, each
+  running signed Adam with the 3/8, 5/8, 7/8 step decay and boxed pixels; the trial update
+  is autograd.grad(create_graph=True) on the module (one step) or local SGD unrolled with
+  autograd on functional parameters (several steps).
+Both sides start from the same random images (and label logits) and match the same target;
+Inverting Gradients' reference is given the labels fedattack recovers.
+
+Rows:
+- time-to-target: wall seconds until the reconstruction reaches the PSNR target, checked
+  every K objective evaluations; the check's own time is excluded. "not reached" gives the
+  best PSNR seen within the budget. it/s = objective evaluations per second.
+- scaling: wall seconds of a fixed number of evaluations per restart, as restarts, batch
+  size and image size grow (DLG setting otherwise), fedattack against the reference.
+- quality: invgrad at its defaults on the 8-image multi-step case (mean PSNR / SSIM).
+Timings are single runs on the device torch picks, torch threads in the `threads` column;
+on a shared CPU they are noisy.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import replace
+from unittest import mock
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from benchmarks._cases import observed_update, psnr_ssim
+from fedattack.attacks import ATTACKS, AttackContext
+from fedattack.attacks import inversion
+from fedattack.attacks.labels import label_hypotheses
+
+TARGET_DB = 30.0
+CHECK_EVERY = 10
+THREADS = 1
+DLG_SETTING = ("model.init=uniform", "data.channels=3", "client.batch_size=1", "client.local_steps=1")
+MULTI_STEP = ("model.init=uniform", "data.channels=3", "client.batch_size=2", "client.local_steps=2")
+
+
+class Reached(Exception):
+    pass
+
+
+class Exhausted(Exception):
+    pass
+
+
+class Monitor:
+    """Counts objective evaluations; every `every` of them scores the current images
+    against the truth (timed apart) and stops the run at the target or the budget."""
+
+    def __init__(self, obs, truth, every: int, evals: int, seconds: float, target: float = TARGET_DB):
+        self.obs, self.truth, self.every, self.evals, self.seconds, self.target = obs, truth, every, evals, seconds, target
+        self.calls, self.check_s, self.best, self.hit = 0, 0.0, -math.inf, None
+        self.t0 = time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0 - self.check_s
+
+    def __call__(self, x: torch.Tensor) -> None:
+        self.calls += 1
+        if self.every and self.calls % self.every == 0:
+            _sync()
+            t = time.perf_counter()
+            psnr, _ = psnr_ssim(x.detach().reshape(-1, *self.obs.data.shape), self.truth, self.obs)
+            self.best = max(self.best, psnr)
+            self.check_s += time.perf_counter() - t
+            if psnr >= self.target:
+                self.hit = self.elapsed()
+                raise Reached
+        if self.calls >= self.evals or self.elapsed() > self.seconds:
+            raise Exhausted
+
+
+def _device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- naive references
+
+def _module(obs, device):
+    net = obs.model.build().to(device)
+    net.load_state_dict({**obs.buffers, **obs.global_params}, strict=False)
+    return net
+
+
+def naive_dlg(obs, x0: torch.Tensor, y0: torch.Tensor, evals: int, hook=None) -> None:
+    """Zhu et al.'s loop: per restart, L-BFGS over (image, soft label) on the squared L2
+    distance of gradients; `evals` closure evaluations per restart."""
+    device = x0.device
+    net = _module(obs, device)
+    target = [obs.gradient_estimate()[k].to(device) for k, _ in net.named_parameters()]
+    for r in range(x0.shape[0]):
+        dummy_data = x0[r].clone().requires_grad_(True)
+        dummy_label = y0[r].clone().requires_grad_(True)
+        optimizer = torch.optim.LBFGS([dummy_data, dummy_label])
+        count = [0]
+
+        def closure():
+            if hook is not None:
+                hook(dummy_data)
+            count[0] += 1
+            if count[0] > evals:
+                raise Exhausted
+            optimizer.zero_grad()
+            pred = net(dummy_data)
+            onehot = F.softmax(dummy_label, dim=-1)
+            loss = torch.mean(torch.sum(-onehot * F.log_softmax(pred, dim=-1), dim=-1))
+            dy_dx = torch.autograd.grad(loss, net.parameters(), create_graph=True)
+            grad_diff = sum(((gx - gy) ** 2).sum() for gx, gy in zip(dy_dx, target))
+            grad_diff.backward()
+            return grad_diff
+
+        try:
+            for _ in range(evals):
+                optimizer.step(closure)
+        except Exhausted:
+            pass
+    _sync()
+
+
+def naive_invgrad(obs, x0: torch.Tensor, labels: torch.Tensor, iterations: int, hook=None, tv: float = 1e-6,
+                  lr: float = 0.1, budget: int | None = None) -> None:
+    """Geiping et al.'s loop: per restart, signed Adam on cosine distance + TV; several
+    local steps unrolled with autograd on functional parameters."""
+    device = x0.device
+    net = _module(obs, device)
+    names = [k for k, _ in net.named_parameters()]
+    target = [obs.update[k].to(device) for k in names]
+    lo, hi = obs.data.bounds(device)
+    p = obs.protocol
+    steps, b = max(1, p.local_steps), p.batch_size
+    n = x0.shape[1]
+
+    def trial_update(x):
+        if steps == 1:
+            loss = F.cross_entropy(net(x), labels)
+            return [-g for g in torch.autograd.grad(loss, net.parameters(), create_graph=True)]
+        params = dict(net.named_parameters())
+        start = dict(params)
+        for s in range(steps):
+            idx = [(s * b + j) % n for j in range(b)]
+            loss = F.cross_entropy(functional_call(net, params, (x[idx],)), labels[idx])
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+            params = {k: v - p.lr * g for (k, v), g in zip(params.items(), grads)}
+        return [params[k] - start[k] for k in names]
+
+    for r in range(x0.shape[0]):
+        x = x0[r].clone().requires_grad_(True)
+        optimizer = torch.optim.Adam([x], lr=lr)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, milestones=[int(iterations / 2.667), int(iterations / 1.6), int(iterations / 1.142)], gamma=0.1)
+        try:
+            for it in range(budget or iterations):
+                def closure():
+                    if hook is not None:
+                        hook(x)
+                    optimizer.zero_grad()
+                    net.zero_grad()
+                    trial = trial_update(x)
+                    dot = sum((t * o).sum() for t, o in zip(trial, target))
+                    norm = sum((t ** 2).sum() for t in trial).sqrt() * sum((o ** 2).sum() for o in target).sqrt()
+                    loss = 1 - dot / norm
+                    loss = loss + tv * (torch.mean(torch.abs(x[..., :, :-1] - x[..., :, 1:]))
+                                        + torch.mean(torch.abs(x[..., :-1, :] - x[..., 1:, :])))
+                    loss.backward()
+                    x.grad.sign_()
+                    return loss
+
+                optimizer.step(closure)
+                scheduler.step()
+                with torch.no_grad():
+                    x.data = torch.max(torch.min(x, hi), lo)
+        except Exhausted:
+            pass
+    _sync()
+
+
+# ---------------------------------------------------------------- fedattack side
+
+@contextmanager
+def _watch(attack: str, hook):
+    """Call `hook(images)` before each objective evaluation of fedattack's optimizer."""
+    if attack == "dlg":
+        original = inversion.Matching.objective
+
+        def objective(self, x, y):
+            hook(x)
+            return original(self, x, y)
+
+        with mock.patch.object(inversion.Matching, "objective", objective):
+            yield
+    else:
+        original = inversion.batched_objective
+
+        def batched(problem, u, which="objective"):
+            if which == "objective":
+                hook(u.x[0])
+            return original(problem, u, which)
+
+        with mock.patch.object(inversion, "batched_objective", batched):
+            yield
+
+
+def _fedattack(attack: str, obs, iterations: int, restarts: int, hook=None, **extra) -> None:
+    spec = ATTACKS.get(attack)
+    params = replace(spec.params(), iterations=iterations, restarts=restarts, **extra)
+    ctx = AttackContext(device=_device(), seed=0)
+    if hook is None:
+        spec(obs, params, ctx)
+    else:
+        with _watch(attack, hook):
+            try:
+                spec(obs, params, ctx)
+            except (Reached, Exhausted):
+                pass
+    _sync()
+
+
+def _start(obs, restarts: int, with_logits: bool):
+    """The initial unknowns fedattack draws (ctx.generator(), seed 0): images, then logits."""
+    gen = AttackContext(seed=0).generator()
+    n = max(1, obs.protocol.num_examples or obs.protocol.batch_size)
+    x = torch.randn((restarts, n, *obs.data.shape), generator=gen).to(_device())
+    y = torch.randn((restarts, n, obs.data.num_classes), generator=gen).to(_device()) if with_logits else None
+    return x, y
+
+
+def _labels(obs):
+    hyps, _ = label_hypotheses(obs, max(1, obs.protocol.num_examples), "auto", k=1)
+    return hyps[0].to(_device())
+
+
+# ---------------------------------------------------------------- rows
+
+def _reach_row(case: str, attack: str, obs, truth, evals: int, seconds: float) -> dict:
+    obs = obs.to(_device())
+    truth = truth
+    runs = {}
+    for side in ("fedattack", "naive"):
+        mon = Monitor(obs, truth, CHECK_EVERY, evals, seconds)
+        try:
+            if side == "fedattack":
+                extra = {"candidates": 1} if attack == "invgrad" else {}
+                _fedattack(attack, obs, evals, 1, hook=mon, **extra)
+            elif attack == "dlg":
+                x0, y0 = _start(obs, 1, True)
+                naive_dlg(obs, x0, y0, evals, hook=mon)
+            else:
+                x0, _ = _start(obs, 1, False)
+                naive_invgrad(obs, x0, _labels(obs), evals, hook=mon)
+        except (Reached, Exhausted):
+            pass
+        runs[side] = mon
+    f, n = runs["fedattack"], runs["naive"]
+
+    def shown(m):
+        return m.hit if m.hit is not None else "not reached"
+
+    return {"table": "time to PSNR target", "case": case, "attack": attack, "target_db": TARGET_DB,
+            "fedattack_s": shown(f), "naive_s": shown(n),
+            "ratio_naive/fed": n.hit / f.hit if f.hit and n.hit else "",
+            "fed_best_db": f.best, "naive_best_db": n.best,
+            "fed_evals": f.calls, "naive_evals": n.calls,
+            "fed_it/s": f.calls / max(f.elapsed() if f.hit is None else f.hit, 1e-9),
+            "naive_it/s": n.calls / max(n.elapsed() if n.hit is None else n.hit, 1e-9),
+            "check_s_excluded": f.check_s + n.check_s, "threads": torch.get_num_threads()}
+
+
+def _timed(fn) -> float:
+    _sync()
+    t0 = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - t0
+
+
+def _scaling_row(axis: str, value, attack: str, obs, restarts: int, evals: int) -> dict:
+    obs = obs.to(_device())
+    if attack == "dlg":
+        fed = _timed(lambda: _fedattack("dlg", obs, evals, restarts))
+        x0, y0 = _start(obs, restarts, True)
+        naive = _timed(lambda: naive_dlg(obs, x0, y0, evals))
+    else:
+        fed = _timed(lambda: _fedattack("invgrad", obs, evals, restarts, candidates=1))
+        x0, _ = _start(obs, restarts, False)
+        labels = _labels(obs)
+        naive = _timed(lambda: naive_invgrad(obs, x0, labels, evals))
+    return {"table": f"scaling: {axis}", "case": f"{axis}={value}", "attack": attack, "evals": evals,
+            "fedattack_s": fed, "naive_s": naive, "ratio_naive/fed": naive / fed,
+            "threads": torch.get_num_threads()}
+
+
+def quality_rows(quick: bool) -> list[dict]:
+    obs, truth = observed_update("seed=0", "client.batch_size=2", "client.local_steps=4", "client.lr=0.01")
+    obs = obs.to(_device())
+    rows = []
+    spec = ATTACKS.get("invgrad")
+    for iterations in ([100] if quick else [spec.params().iterations, 2000]):
+        params = replace(spec.params(), iterations=iterations)
+        t0 = time.perf_counter()
+        rec = spec(obs, params, AttackContext(device=_device(), seed=0))
+        _sync()
+        sec = time.perf_counter() - t0
+        psnr, ssim = psnr_ssim(rec.images, truth, obs)
+        rows.append({"table": "invgrad quality", "case": "8 img, 4 steps of 2, lr 0.01, lenet/sigmoid default "
+                     "init, lfw-subset 32 px", "attack": f"invgrad iterations={iterations}",
+                     "fedattack_s": sec, "psnr": psnr, "ssim": ssim, "threads": torch.get_num_threads()})
+    return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    torch.set_num_threads(THREADS)
+    rows = []
+    dlg_evals, inv_evals, seconds = (100, 200, 5.0) if quick else (600, 1000, 20.0)
+    obs, truth = observed_update("seed=0", *DLG_SETTING)
+    rows.append(_reach_row("DLG setting (1 img, 1 step)", "dlg", obs, truth, dlg_evals, seconds))
+    rows.append(_reach_row("DLG setting (1 img, 1 step)", "invgrad", obs, truth, inv_evals, seconds))
+    if not quick:
+        mobs, mtruth = observed_update("seed=0", *MULTI_STEP)
+        rows.append(_reach_row("4 img, 2 steps of 2", "invgrad", mobs, mtruth, inv_evals, seconds))
+    n_evals = 10 if quick else 30
+    restarts = [1, 4] if quick else [1, 4, 16]
+    batches = [1, 2] if quick else [1, 2, 4, 8]
+    sizes = [16, 32] if quick else [16, 32, 64]
+    for attack in ("dlg", "invgrad"):
+        for r in restarts:
+            rows.append(_scaling_row("restarts", r, attack, obs, r, n_evals))
+        for b in batches:
+            bobs, _ = observed_update("seed=0", *DLG_SETTING[:-2], f"client.batch_size={b}", "client.local_steps=1")
+            rows.append(_scaling_row("batch", b, attack, bobs, 1, n_evals))
+        for s in sizes:
+            sobs, _ = observed_update("seed=0", *DLG_SETTING, f"data.image_size={s}")
+            rows.append(_scaling_row("image size", s, attack, sobs, 1, n_evals))
+    return rows + quality_rows(quick)

@@ -124,7 +124,7 @@ def grnn(obs: Observation, params: GRNNParams, ctx: AttackContext) -> Reconstruc
     if h != w:
         raise ValueError(f"grnn: square images only, got {h}x{w}")
     module, mparams, buffers = model_parts(obs, device)
-    trial_fn = trial_gradient_fn(obs, module, mparams, buffers)
+    trial_fn = trial_gradient_fn(obs, module, mparams, buffers, functional=False)
     target = {k: v.detach().to(device) for k, v in obs.gradient_estimate().items()}
     tv = params.tv if params.tv is not None else (1e-6 if obs.model.name.startswith("resnet") else 1e-3)
     fixed_labels, method = None, "generated"

@@ -156,7 +156,8 @@ def run(quick: bool = False) -> list[dict]:
         path = Path(tmp) / "faces.pt"
         info = train_face_generator(victims, 150 if quick else 1000, path)
         rows.append({"setting": "train-generator (dcgan, lfw faces minus victims)", "attack": "-",
-                     "images": info["images"], "steps": info["generator_steps"], "seconds": info["seconds"]})
+                     "images": info["images"], "steps": info["generator_steps"], "seconds": info["seconds"],
+                     "cpu_seconds": info["cpu_seconds"]})
         budget = 1000 if quick else 5000
         params = GGLParams(generator=str(path), budget=budget)
         models = [("lenet-relu", ["model.activation=relu"])]

@@ -137,6 +137,7 @@ def test_train_generator_command_writes_a_loadable_checkpoint(tmp_path):
     (["--exclude", "100000"], "--exclude"),
     (["--split", "test", "--exclude", "1"], "--exclude"),
     (["--loss", "vae"], "--loss"),
+    (["--threads", "0"], "--threads"),
     (["data.name=nope"], "data.name"),
 ])
 def test_train_generator_bad_input_is_one_line_exit_2(tmp_path, capsys, args, field):
@@ -230,6 +231,8 @@ def test_bayes_likelihood_follows_the_known_defense():
     assert _noise_model(obs_with(DefenseSetting("gaussian", {"sigma": 0.3})), p) == ("gaussian", 0.3)
     assert _noise_model(obs_with(DefenseSetting("laplacian", {"scale": 0.1})), p) == ("laplacian", 0.1)
     assert _noise_model(obs_with(), p) == ("gaussian", p.sigma)
+    dp = DefenseSetting("dpsgd", {"noise_multiplier": 1.0, "max_grad_norm": 2.0})
+    assert _noise_model(obs_with(dp), p) == ("gaussian", pytest.approx(2.0))  # z C / (B sqrt(steps)), B = 1
     assert _noise_model(obs_with(DefenseSetting("laplacian", {"scale": 0.1})), BayesParams(likelihood="l2"))[0] == "l2"
     target = {"w": torch.tensor([1.0, 0.0, -2.0, 0.0])}
     trial = {"w": torch.tensor([0.0, 5.0, -1.0, 5.0])}

@@ -11,6 +11,9 @@ unrolled). The likelihood follows the defenses in `obs.protocol.defenses`, by na
 
 - gaussian (sigma):   -log p = ||g_obs - g(x)||^2 / (2 sigma^2)
 - laplacian (scale):  -log p = ||g_obs - g(x)||_1 / b
+- dpsgd:              Gaussian with the std its noise has on the averaged gradient,
+                      noise_multiplier * max_grad_norm / (batch_size * sqrt(steps))
+                      (per-sample clipping is not modelled)
 - prune / topk:       the same, on the kept entries only (the mask is read off the observed
                       zeros: pruned entries carry no information about x)
 - none of these:      Gaussian with sigma = `bayes.sigma` (exact matching in the limit)
@@ -92,6 +95,12 @@ def _noise_model(obs: Observation, params: BayesParams) -> tuple[str, float]:
             return "gaussian", float(d.params["sigma"])
         if d.name == "laplacian" and "scale" in d.params:
             return "laplacian", float(d.params["scale"])
+        if d.name == "dpsgd" and {"noise_multiplier", "max_grad_norm"} <= set(d.params):
+            # per step N(0, (z C)^2) on the sum of clipped per-sample gradients, divided by the
+            # batch size; the update averages `steps` such steps
+            p = obs.protocol
+            std = float(d.params["noise_multiplier"]) * float(d.params["max_grad_norm"]) / max(1, p.batch_size)
+            return "gaussian", std / math.sqrt(max(1, p.local_steps))
     return "gaussian", params.sigma
 
 

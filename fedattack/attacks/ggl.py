@@ -62,12 +62,6 @@ class GGLParams:
 
         from fedattack.errors import ConfigError
 
-        if not self.generator:
-            raise ConfigError(f"{name}.generator", "required: a generator checkpoint (train one with "
-                                                   "`fedattack train-generator ... --out gen.pt`)")
-        if not Path(self.generator).expanduser().is_file():
-            raise ConfigError(f"{name}.generator", f"generator checkpoint not found: {self.generator} (train one "
-                                                   "with `fedattack train-generator ... --out PATH`)")
         check_choice(name, "optimizer", self.optimizer, ["cmaes", "adam"])
         check_range(name, "budget", self.budget, 1)
         check_range(name, "batch", self.batch, 2)
@@ -77,6 +71,12 @@ class GGLParams:
         check_range(name, "kl", self.kl, 0)
         check_choice(name, "loss", self.loss, ["l2", "cosine"])
         check_range(name, "restarts", self.restarts, 1)
+        if not self.generator:
+            raise ConfigError(f"{name}.generator", "required: a generator checkpoint (train one with "
+                                                   "`fedattack train-generator ... --out gen.pt`)")
+        if not Path(self.generator).expanduser().is_file():
+            raise ConfigError(f"{name}.generator", f"generator checkpoint not found: {self.generator} (train one "
+                                                   "with `fedattack train-generator ... --out PATH`)")
 
 
 # -- shared pieces (also used by the other generative attacks) -------------------------------
@@ -95,31 +95,45 @@ def model_parts(obs: Observation, device: torch.device) -> tuple[torch.nn.Module
     return module, params, buffers
 
 
-def trial_gradient_fn(obs: Observation, module: torch.nn.Module, params: Params, buffers: Params
-                      ) -> Callable[[torch.Tensor, torch.Tensor], Params]:
+def trial_gradient_fn(obs: Observation, module: torch.nn.Module, params: Params, buffers: Params,
+                      functional: bool = True) -> Callable[[torch.Tensor, torch.Tensor], Params]:
     """x (N, C, H, W), y (N,) or (N, K) -> the update the client would send, in gradient units.
 
     One local step: the gradient of the mean loss over the batch. Several: the known local
     SGD unrolled on the batch (batch_size samples per step, in order, wrapping around),
-    returned as -(update) / (lr * steps). Differentiable, and composable with vmap."""
+    returned as -(update) / (lr * steps). Differentiable in x and y. `functional=True`
+    builds it from torch.func.grad, so it composes with vmap; `False` uses autograd with
+    create_graph (about 1.5x faster for a single candidate)."""
     steps = max(1, obs.protocol.local_steps)
     lr, b = obs.protocol.lr, obs.protocol.batch_size
 
     def loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ce_loss(functional_call(module, {**buffers, **p}, (x,)), y)
 
-    g = grad(loss)
-    if steps == 1:
-        return lambda x, y: g(params, x, y)
+    if functional:
+        g = grad(loss)
+        start = params
+    else:
+        start = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+
+        def g(p: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
+            out = torch.autograd.grad(loss(p, x, y), list(p.values()), create_graph=True)
+            return dict(zip(p, out))
 
     def unrolled(x: torch.Tensor, y: torch.Tensor) -> Params:
+        with (nullcontext() if functional else torch.enable_grad()):
+            return _unrolled(x, y)
+
+    def _unrolled(x: torch.Tensor, y: torch.Tensor) -> Params:
+        if steps == 1:
+            return g(start, x, y)
         n = x.shape[0]
-        p = dict(params)
+        p = dict(start)
         for s in range(steps):
             idx = torch.tensor([(s * b + j) % n for j in range(min(b, n))], device=x.device)
             gs = g(p, x[idx], y[idx])
             p = {k: p[k] - lr * gs[k] for k in p}
-        return {k: (p[k] - params[k]) / (-lr * steps) for k in p}
+        return {k: (p[k] - start[k]) / (-lr * steps) for k in p}
 
     return unrolled
 
@@ -246,8 +260,8 @@ def _adam(objective, shape: tuple[int, int], params: GGLParams, seed: int, devic
         loss = objective(z)[0]
         if not torch.isfinite(loss):
             break
-        if float(loss) < best[0]:
-            best = (float(loss), z.detach().clone())
+        if float(loss.detach()) < best[0]:
+            best = (float(loss.detach()), z.detach().clone())
         loss.backward()
         opt.step()
     with torch.no_grad():

@@ -124,7 +124,7 @@ def grnn(obs: Observation, params: GRNNParams, ctx: AttackContext) -> Reconstruc
     if h != w:
         raise ValueError(f"grnn: square images only, got {h}x{w}")
     module, mparams, buffers = model_parts(obs, device)
-    trial_fn = trial_gradient_fn(obs, module, mparams, buffers)
+    trial_fn = trial_gradient_fn(obs, module, mparams, buffers, functional=False)
     target = {k: v.detach().to(device) for k, v in obs.gradient_estimate().items()}
     tv = params.tv if params.tv is not None else (1e-6 if obs.model.name.startswith("resnet") else 1e-3)
     fixed_labels, method = None, "generated"
@@ -132,8 +132,9 @@ def grnn(obs: Observation, params: GRNNParams, ctx: AttackContext) -> Reconstruc
         fixed_labels, method = recover_labels(obs, n, ctx.labels)
         fixed_labels = fixed_labels.to(device)
 
-    torch.manual_seed(ctx.seed)  # the generator's initial weights
-    gen = GRNNGenerator(params.latent_dim, c, h, obs.data.num_classes, params.width).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded initial weights, global RNG untouched
+        torch.manual_seed(ctx.seed)
+        gen = GRNNGenerator(params.latent_dim, c, h, obs.data.num_classes, params.width).to(device)
     v = torch.randn((n, params.latent_dim), generator=ctx.generator()).to(device)
     opt = torch.optim.RMSprop(gen.parameters(), lr=params.lr, momentum=params.momentum)
 
@@ -145,7 +146,6 @@ def grnn(obs: Observation, params: GRNNParams, ctx: AttackContext) -> Reconstruc
         loss = l2 + wasserstein(trial, target, params.wd) + tv * squared_tv(px)
         return loss, px, soft
 
-    best: tuple[float, torch.Tensor, torch.Tensor] | None = None
     for _ in range(params.iterations):
         opt.zero_grad(set_to_none=True)
         loss, px, soft = objective()
@@ -158,6 +158,5 @@ def grnn(obs: Observation, params: GRNNParams, ctx: AttackContext) -> Reconstruc
     if not torch.isfinite(loss):
         raise FloatingPointError("the GRNN generator diverged")
     labels = fixed_labels if fixed_labels is not None else soft.argmax(1)
-    best = (float(loss), obs.data.normalize(px.detach()), labels)
-    return Reconstruction(images=best[1], labels=best[2],
-                          info={"loss": best[0], "label_method": method, "iterations": params.iterations, "tv": tv})
+    return Reconstruction(images=obs.data.normalize(px.detach()), labels=labels,
+                          info={"loss": float(loss), "label_method": method, "iterations": params.iterations, "tv": tv})

@@ -5,7 +5,7 @@ Labels first, from the last layer's gradient (Yin's rule: classes ranked by the 
 their weight-gradient row). Then a group of G dummy batches started from different seeds
 is optimized together:
 
-    min_x  grad * ||g(x) - g_obs||^2
+    min_x  grad * sum_l ||g_l(x) - g_obs,l||_2
          + bn * sum_l ||mu_l(x) - mean_l||_2 + ||var_l(x) - var_l||_2     (BatchNorm prior)
          + tv * TV(x) + l2 * ||x||^2                                     (image fidelity)
          + group * ||x - mean_g(x_g)||^2                                 (group consistency)
@@ -31,10 +31,11 @@ from typing import Iterator
 
 import torch
 import torch.nn as nn
+from torch.func import vmap
 
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.common import num_images, total_variation
-from fedattack.attacks.ggl import adapt_trial, model_parts, trial_gradient_fn
+from fedattack.attacks.ggl import adapt_trial, known_defenses, model_parts, trial_gradient_fn
 from fedattack.attacks.labels import LABELS, last_layer, recover_labels
 from fedattack.config import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
@@ -47,9 +48,9 @@ class SeeThroughParams:
     iterations: int = 2000  # paper: 20k
     lr: float = 0.1
     warmup: int = 50
-    grad: float = 1.0  # weight of the gradient-matching term (squared L2 over all entries)
-    bn: float = 0.01  # BatchNorm statistics prior
-    tv: float = 1e-4 * 100  # total variation (mean absolute differences)
+    grad: float = 1.0  # weight of the gradient-matching term (sum over layers of L2 norms)
+    bn: float = 1.0  # BatchNorm statistics prior
+    tv: float = 0.01  # total variation (mean absolute differences)
     l2: float = 1e-6  # image norm
     group: float = 0.01  # pull toward the group mean
     group_size: int = 4  # seeds optimized together (G)
@@ -121,7 +122,7 @@ def recording_bn_inputs(module: nn.Module, names: list[str]) -> Iterator[dict[st
 
 
 def bn_loss(record: dict[str, torch.Tensor], targets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-    total = torch.zeros(())
+    total = 0.0
     for name, (mean, var) in targets.items():
         a = record[name]
         dims = [0] + list(range(2, a.dim()))
@@ -150,27 +151,35 @@ def seethrough(obs: Observation, params: SeeThroughParams, ctx: AttackContext) -
     trial_fn = trial_gradient_fn(obs, module, mparams, buffers)
     target = {k: v.detach().to(device) for k, v in obs.gradient_estimate().items()}
     targets = bn_targets(obs, module) if params.bn > 0 else {}
+    adapt = bool(known_defenses(obs))
     lo, hi = (b.to(device) for b in obs.data.bounds(device))
     gen = ctx.generator()
     G = params.group_size
     x = torch.randn((G, n, *obs.data.shape), generator=gen).to(device).requires_grad_(True)
     opt = torch.optim.Adam([x], lr=params.lr)
 
+    def member(xg: torch.Tensor) -> tuple[Params, torch.Tensor]:
+        """One group member's simulated update and BatchNorm prior (vmapped over the group)."""
+        trial = trial_fn(xg, labels)
+        if not targets:
+            return trial, xg.new_zeros(())
+        with recording_bn_inputs(module, list(targets)) as record:
+            torch.func.functional_call(module, {**buffers, **mparams}, (xg,))
+        return trial, bn_loss(record, targets)
+
+    members = vmap(member)
+
     def member_losses(x: torch.Tensor, with_group: bool) -> torch.Tensor:
-        losses = []
-        center = x.detach().mean(0)
-        for g in range(G):
-            trial = adapt_trial(trial_fn(x[g], labels), target, obs)
-            loss = params.grad * sum(((trial[k] - target[k]) ** 2).sum() for k in target)
-            if targets:
-                with recording_bn_inputs(module, list(targets)) as record:
-                    torch.func.functional_call(module, {**buffers, **mparams}, (x[g],))
-                loss = loss + params.bn * bn_loss(record, targets).to(device)
-            loss = loss + params.tv * total_variation(x[g]) + params.l2 * (x[g] ** 2).sum()
-            if with_group and G > 1:
-                loss = loss + params.group * ((x[g] - center) ** 2).sum()
-            losses.append(loss)
-        return torch.stack(losses)
+        trial, prior = members(x)
+        if adapt:  # defense models may be data-dependent: one member at a time
+            each = [adapt_trial({k: v[g] for k, v in trial.items()}, target, obs) for g in range(G)]
+            trial = {k: torch.stack([e[k] for e in each]) for k in trial}
+        match = sum(torch.linalg.vector_norm((trial[k] - target[k]).flatten(1), dim=1) for k in target)
+        tv = torch.stack([total_variation(x[g]) for g in range(G)])
+        loss = params.grad * match + params.bn * prior + params.tv * tv + params.l2 * (x**2).flatten(1).sum(1)
+        if with_group and G > 1:
+            loss = loss + params.group * ((x - x.detach().mean(0)) ** 2).flatten(1).sum(1)
+        return loss
 
     for it in range(params.iterations):
         lr = _step_size(params, it)

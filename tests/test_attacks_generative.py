@@ -195,7 +195,7 @@ def test_ggl_adaptive_applies_known_defense_hooks_and_skips_unknown_ones(tmp_pat
 
     calls = []
 
-    def adapt(trial, observed, params):
+    def adapt(trial, observed, params, scale=None):
         calls.append(1)
         return {k: v * (observed[k] != 0) for k, v in trial.items()}
 

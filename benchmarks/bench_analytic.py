@@ -13,34 +13,18 @@ import numpy as np
 import torch
 
 from fedattack import config as fconfig
+from fedattack.gradient_attack import simulated_round
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.client.train import local_train
 from fedattack.experiment import build
 from fedattack.metrics import score
 from fedattack.models import float_params
-from fedattack.server.audit import make_observation
 
 
 def observe(overrides: list[str], indices, clients: int = 1):
-    """One simulated round: each client trains on its share of `indices`; the server sees the
-    example-weighted mean of their updates (an aggregate when clients > 1). (obs, truth, exp)."""
-    cfg = fconfig.load(None, ["audit.attacks=[]", *overrides])
-    exp = build(cfg)
-    model = exp.initial_model()
-    names = [n for n, _ in model.named_parameters()]
-    sent = {k: v.detach().clone() for k, v in {**model.state_dict(), **float_params(model)}.items()}
-    updates, used, steps = [], [], 1
-    for c, idx in enumerate(np.array_split(np.asarray(indices), clients)):
-        res = local_train(exp.initial_model(), exp.train, idx, cfg, rnd=1, client=c)
-        updates.append((res.update, res.num_examples))
-        used += res.indices
-        steps = res.steps
-    total = sum(n for _, n in updates)
-    mean = {k: sum(u[k] * n for u, n in updates) / total for k in updates[0][0]}
-    received = {k: sent[k] + mean[k] if k in mean else v for k, v in sent.items()}
-    obs = make_observation(exp, names, sent, received, {"num-examples": total, "local_steps": steps},
-                           num_clients=clients)
-    return obs, exp.train.truth(used), exp
+    """One simulated round (see fedattack.gradient_attack.simulated_round)."""
+    obs, truth, exp = simulated_round(fconfig.load(None, ["audit.attacks=[]", *overrides]), indices, clients)
+    return obs, truth, exp
 
 
 def run_attack(name: str, obs, overrides: list[str] = (), seed: int = 0):

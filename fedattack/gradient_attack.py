@@ -17,7 +17,8 @@ from fedattack.errors import ConfigError
 from fedattack.experiment import Experiment, build
 from fedattack.models import float_params
 from fedattack.report.console import Progress
-from fedattack.server.audit import Auditor
+from fedattack.server.audit import Auditor, make_observation
+from fedattack.threat import Observation, Truth
 from fedattack.server.dispatch import LocalDispatcher
 from fedattack.server.jobs import JobResult
 from fedattack.server.app import run_header
@@ -34,6 +35,28 @@ def victim_indices(exp: Experiment) -> np.ndarray:
     need = max(1, cfg.client.local_steps) * cfg.client.batch_size
     rng = np.random.default_rng(cfg.seed)
     return np.sort(rng.choice(n, size=min(need, n), replace=False))
+
+
+def simulated_round(cfg: Config, indices, clients: int = 1) -> tuple[Observation, Truth, Experiment]:
+    """One simulated round without Flower: each of `clients` clients trains on its share of
+    `indices` from the same global model; the server sees the example-weighted mean of their
+    updates (an aggregate, as SecAgg reveals, when clients > 1). For experiments and benchmarks."""
+    exp = build(cfg)
+    model = exp.initial_model()
+    names = [n for n, _ in model.named_parameters()]
+    sent = {k: v.detach().clone() for k, v in {**model.state_dict(), **float_params(model)}.items()}
+    updates, used, steps = [], [], 1
+    for c, idx in enumerate(np.array_split(np.asarray(indices), clients)):
+        res = local_train(exp.initial_model(), exp.train, idx, cfg, rnd=1, client=c)
+        updates.append((res.update, res.num_examples))
+        used += res.indices
+        steps = res.steps
+    total = sum(n for _, n in updates)
+    mean = {k: sum(u[k] * n for u, n in updates) / total for k in updates[0][0]}
+    received = {k: sent[k] + mean[k] if k in mean else v for k, v in sent.items()}
+    obs = make_observation(exp, names, sent, received, {"num-examples": total, "local_steps": steps},
+                           num_clients=clients)
+    return obs, exp.train.truth(used), exp
 
 
 def run_attack(cfg: Config, out_dir: str | Path | None = None, progress: Progress | None = None) -> list[JobResult]:

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 
 from fedattack import config as fconfig
+from fedattack.gradient_attack import simulated_round
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.cpl import seed_images
 from fedattack.attacks.rtf import bin_edges
@@ -16,39 +17,14 @@ from fedattack.errors import ConfigError
 from fedattack.experiment import build
 from fedattack.metrics import score
 from fedattack.models import EXTENSIONS, float_params
-from fedattack.server.audit import make_observation
 from fedattack.threat import DataSpec, ModelSpec, Observation, Protocol, Truth
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These cases are small: one thread avoids thread thrash on a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def observe(overrides: list[str], indices, clients: int = 1):
-    """One round: each client trains on its share of `indices`; the server sees the
-    example-weighted mean update (an aggregate when clients > 1)."""
-    cfg = fconfig.load(None, ["audit.attacks=[]", *overrides])
-    exp = build(cfg)
-    model = exp.initial_model()
-    names = [n for n, _ in model.named_parameters()]
-    sent = {k: v.detach().clone() for k, v in {**model.state_dict(), **float_params(model)}.items()}
-    updates, used, steps = [], [], 1
-    for c, idx in enumerate(np.array_split(np.asarray(indices), clients)):
-        res = local_train(exp.initial_model(), exp.train, idx, cfg, rnd=1, client=c)
-        updates.append((res.update, res.num_examples))
-        used += res.indices
-        steps = res.steps
-    total = sum(n for _, n in updates)
-    mean = {k: sum(u[k] * n for u, n in updates) / total for k in updates[0][0]}
-    received = {k: sent[k] + mean[k] if k in mean else v for k, v in sent.items()}
-    obs = make_observation(exp, names, sent, received, {"num-examples": total, "local_steps": steps},
-                           num_clients=clients)
-    return obs, exp.train.truth(used)
+    """One simulated round (see fedattack.gradient_attack.simulated_round)."""
+    obs, truth, exp = simulated_round(fconfig.load(None, ["audit.attacks=[]", *overrides]), indices, clients)
+    return obs, truth
 
 
 def attack(name: str, obs, *overrides: str, seed: int = 0):

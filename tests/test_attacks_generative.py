@@ -14,14 +14,6 @@ from fedattack.metrics import score
 from fedattack.threat import DefenseSetting, Observation, Protocol, Truth
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These cases are tiny: one thread is faster than two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 # -- helpers ----------------------------------------------------------------------------
 

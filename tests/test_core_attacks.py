@@ -19,10 +19,6 @@ from fedattack.threat import DefenseSetting
 ONE_IMAGE = ("client.batch_size=1", "client.local_steps=1")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_torch_threads):
-    torch.set_num_threads(1)
-
 
 def attack(name: str, params, obs, seed: int = 0, adaptive: bool = False):
     return ATTACKS.get(name)(obs, params, AttackContext(seed=seed, adaptive=adaptive))

@@ -15,10 +15,6 @@ from fedattack.client.train import schedule as client_schedule
 from fedattack.experiment import build
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_torch_threads):
-    torch.set_num_threads(1)
-
 
 def client_order(overrides: list[str], truth) -> list[int]:
     """Positions in truth of the samples in the order the client's steps used them."""

@@ -13,10 +13,6 @@ from fedattack.errors import ConfigError
 from fedattack.metrics.labels import label_accuracy
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(_torch_threads):
-    torch.set_num_threads(1)
-
 
 def accuracy(method: str, labels: list[int], **kw) -> float:
     obs, truth = synthetic_update(labels, **kw)

@@ -4,6 +4,8 @@ Figures (Wei et al., ESORICS 2020):
 1. convergence: iterations until the gradient loss reaches 1e-5; cpl in at most half of
    DLG's. Both count one L-BFGS step with one gradient evaluation as an iteration (DLG's
    registry setting), with the same budget and seeds; cpl runs with `cpl.max_iter=1`.
+   Beside them, cpl with its other seeds (one colour; Gaussian noise, i.e. DLG's start with
+   CPL's fixed labels).
 2. attack success rate (SSIM >= 0.5) over 20 faces, from the same runs.
 3. batches of 1, 2, 4, 8 faces (the authors' recipe: 300 L-BFGS steps of up to 20
    iterations): mean PSNR and success rate per batch size, beside DLG at its defaults.
@@ -40,17 +42,22 @@ def dlg_iterations_to(obs, budget: int, seed: int, full_loss: float, resolution:
 def convergence(quick: bool) -> list[dict]:
     budget = 1000 if quick else 1500
     faces = FACES[:3] if quick else FACES[:20]
-    per = {"cpl": [], "dlg": []}
+    variants = {"cpl": ["cpl.init=patch"], "dlg": None}
+    if not quick:  # the seed ablation: one colour, and DLG's Gaussian noise with CPL's fixed labels
+        variants.update({"cpl color": ["cpl.init=color"], "cpl randn": ["cpl.init=randn"]})
+    per: dict[str, list] = {name: [] for name in variants}
     for seed, face in enumerate(faces):
         obs, truth, _ = observe([*LENET, "client.batch_size=1", "client.local_steps=1"], [face])
-        rec, sec = run_attack("cpl", obs, ["cpl.max_iter=1", f"cpl.iterations={budget}", f"cpl.tol={TOL:.1e}"],
-                              seed=seed)
-        s = score(rec, truth, obs.data)
-        reached = rec.info["loss"] <= TOL
-        per["cpl"].append((rec.info["iterations"] if reached else None, s.psnr, s.ssim, sec))
-        rec, sec = run_attack("dlg", obs, [f"dlg.iterations={budget}"], seed=seed)
-        s = score(rec, truth, obs.data)
-        per["dlg"].append((dlg_iterations_to(obs, budget, seed, rec.info["loss"]), s.psnr, s.ssim, sec))
+        for name, init in variants.items():
+            if init is None:
+                rec, sec = run_attack("dlg", obs, [f"dlg.iterations={budget}"], seed=seed)
+                its = dlg_iterations_to(obs, budget, seed, rec.info["loss"])
+            else:
+                rec, sec = run_attack("cpl", obs, [*init, "cpl.max_iter=1", f"cpl.iterations={budget}",
+                                                   f"cpl.tol={TOL:.1e}"], seed=seed)
+                its = rec.info["iterations"] if rec.info["loss"] <= TOL else None
+            s = score(rec, truth, obs.data)
+            per[name].append((its, s.psnr, s.ssim, sec))
     rows = []
     for name, runs in per.items():
         its = [r[0] for r in runs if r[0] is not None]
@@ -77,7 +84,7 @@ def batches(quick: bool) -> list[dict]:
     cpl_over = ["cpl.iterations=30"] if quick else []
     for b in sizes:
         for name, over in (("cpl", cpl_over), ("dlg", [])):
-            psnr, ssim, secs = [], [], []
+            psnr, ssim, secs, labels = [], [], [], []
             for j in range(per_size // b):
                 idx = FACES[20 + j * b: 20 + (j + 1) * b]
                 obs, truth, _ = observe([*LENET, f"client.batch_size={b}", "client.local_steps=1"], idx)
@@ -86,9 +93,11 @@ def batches(quick: bool) -> list[dict]:
                 psnr += list(s.per_image.psnr)
                 ssim += list(s.per_image.ssim)
                 secs.append(sec)
+                labels.append(s.label_acc)
             rows.append({"case": f"32px x{b}", "attack": name, "images": len(psnr),
                          "success": float(np.mean(np.array(ssim) >= 0.5)), "psnr": float(np.mean(psnr)),
-                         "ssim": float(np.mean(ssim)), "s/run": float(np.mean(secs))})
+                         "ssim": float(np.mean(ssim)), "labels": float(np.mean(labels)),
+                         "s/run": float(np.mean(secs))})
     return rows
 
 

@@ -101,6 +101,40 @@ def _generated_target(gen, seed: int = 1) -> tuple[Observation, Truth, torch.Ten
     return obs, Truth(images=x, labels=y), other
 
 
+# -- the simulated client update ---------------------------------------------------------
+
+@pytest.mark.parametrize("momentum, steps, n, b, epochs", [(0.0, 2, 4, 2, 1), (0.9, 3, 4, 2, 1), (0.0, 4, 3, 2, 2)])
+def test_trial_update_matches_real_local_sgd(momentum, steps, n, b, epochs):
+    """The attacks' simulated update (BatchNorm in training mode, momentum, step and epoch
+    schedules) equals what torch.optim.SGD does on the same samples."""
+    from fedattack.attacks.ggl import local_batches, model_parts, trial_gradient_fn
+    from fedattack.experiment import build
+
+    exp = build(fconfig.load(None, ["audit.attacks=[]", "data.image_size=16", "model.name=convnet",
+                                    "model.width=4"]))
+    model = exp.initial_model().train()
+    x, y = exp.train.get(range(n))
+    glob = {k: v.detach().clone() for k, v in model.named_parameters()}
+    buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
+    batches = local_batches(n, b, steps if epochs == 1 else epochs * -(-n // b), epochs)
+    for idx in batches:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    update = {k: v.detach() - glob[k] for k, v in model.named_parameters()}
+    obs = Observation(model=exp.model_spec, data=exp.train.spec, global_params=glob, update=update, buffers=buffers,
+                      protocol=Protocol(lr=0.1, local_steps=len(batches), local_epochs=epochs, batch_size=b,
+                                        num_examples=n, momentum=momentum))
+    before = {k: v.clone() for k, v in obs.buffers.items()}
+    module, params, bufs = model_parts(obs, torch.device("cpu"))
+    observed = obs.gradient_estimate()
+    for functional in (True, False):
+        trial = trial_gradient_fn(obs, module, params, bufs, functional)(x, y)
+        assert all(torch.allclose(trial[k], observed[k], atol=1e-6) for k in observed)
+    assert before and all(torch.equal(before[k], obs.buffers[k]) for k in before)  # BatchNorm stats untouched
+
+
 # -- train-generator --------------------------------------------------------------------
 
 def test_train_generator_command_writes_a_loadable_checkpoint(tmp_path):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from fedattack.attacks.base import AttackContext, register_attack
-from fedattack.attacks.common import ce_loss, num_images
+from fedattack.attacks.common import num_images
 from fedattack.attacks.labels import recover_labels
 from fedattack.config import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
@@ -95,20 +95,39 @@ def model_parts(obs: Observation, device: torch.device) -> tuple[torch.nn.Module
     return module, params, buffers
 
 
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy with hard (N,) or soft (N, K) labels."""
+    if y.dtype in (torch.long, torch.int64, torch.int32):
+        return F.cross_entropy(logits, y)
+    return torch.mean(torch.sum(-y * F.log_softmax(logits, dim=-1), dim=-1))
+
+
+def local_batches(n: int, batch_size: int, steps: int, epochs: int = 1) -> list[list[int]]:
+    """Which of the n samples each local step uses. Epoch mode (`epochs` passes of
+    ceil(n / B) steps, the last one smaller) is recognized from the step count; otherwise
+    each step takes B samples in order, wrapping around. The client's shuffle is unknown and
+    immaterial: dummy samples are interchangeable."""
+    b = max(1, min(batch_size, n))
+    per_epoch = -(-n // b)
+    if n % b and steps == max(1, epochs) * per_epoch:
+        return [list(range(i, min(i + b, n))) for _ in range(max(1, epochs)) for i in range(0, n, b)]
+    return [[(s * b + j) % n for j in range(b)] for s in range(max(1, steps))]
+
+
 def trial_gradient_fn(obs: Observation, module: torch.nn.Module, params: Params, buffers: Params,
                       functional: bool = True) -> Callable[[torch.Tensor, torch.Tensor], Params]:
     """x (N, C, H, W), y (N,) or (N, K) -> the update the client would send, in gradient units.
 
     One local step: the gradient of the mean loss over the batch. Several: the known local
-    SGD unrolled on the batch (batch_size samples per step, in order, wrapping around),
-    returned as -(update) / (lr * steps). Differentiable in x and y. `functional=True`
-    builds it from torch.func.grad, so it composes with vmap; `False` uses autograd with
-    create_graph (about 1.5x faster for a single candidate)."""
-    steps = max(1, obs.protocol.local_steps)
-    lr, b = obs.protocol.lr, obs.protocol.batch_size
+    SGD (with momentum, if configured) unrolled on the batch, returned as
+    -(update) / (lr * steps). Differentiable in x and y. `functional=True` builds it from
+    torch.func.grad, so it composes with vmap; `False` uses autograd with create_graph
+    (about 1.5x faster for a single candidate)."""
+    protocol = obs.protocol
+    steps, lr, momentum = max(1, protocol.local_steps), protocol.lr, protocol.momentum
 
     def loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return ce_loss(functional_call(module, {**buffers, **p}, (x,)), y)
+        return cross_entropy(functional_call(module, {**buffers, **p}, (x,)), y)
 
     if functional:
         g = grad(loss)
@@ -125,15 +144,18 @@ def trial_gradient_fn(obs: Observation, module: torch.nn.Module, params: Params,
             return _unrolled(x, y)
 
     def _unrolled(x: torch.Tensor, y: torch.Tensor) -> Params:
-        if steps == 1:
+        batches = local_batches(x.shape[0], protocol.batch_size, steps, protocol.local_epochs)
+        if len(batches) == 1 and len(batches[0]) == x.shape[0]:
             return g(start, x, y)
-        n = x.shape[0]
-        p = dict(start)
-        for s in range(steps):
-            idx = torch.tensor([(s * b + j) % n for j in range(min(b, n))], device=x.device)
-            gs = g(p, x[idx], y[idx])
+        p, buf = dict(start), None
+        for idx in batches:
+            index = torch.tensor(idx, device=x.device)
+            gs = g(p, x[index], y[index])
+            if momentum:
+                buf = gs if buf is None else {k: momentum * buf[k] + gs[k] for k in gs}
+                gs = buf
             p = {k: p[k] - lr * gs[k] for k in p}
-        return {k: (p[k] - start[k]) / (-lr * steps) for k in p}
+        return {k: (p[k] - start[k]) / (-lr * len(batches)) for k in p}
 
     return unrolled
 

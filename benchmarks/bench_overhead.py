@@ -13,8 +13,14 @@ Settings:
   shared    Ray offers every core to Flower's clients; attack jobs (num_cpus=0) compete with
             them and with the server for the same cores.
   reserved  Ray offers Flower's clients all cores but audit.max_concurrent x
-            audit.threads_per_job; those are the attack workers' own ("free attack workers").
-            With a GPU, attack jobs also take audit.gpus_per_job=1 (on this machine's GPU).
+            audit.threads_per_job; those are the attack workers' own. With a GPU, attack
+            jobs also take audit.gpus_per_job=1 (on this machine's GPU). Nothing stops the
+            operating system from running the attack on the clients' cores, though.
+  cluster   "attack workers are free", as deployed: a two-node Ray cluster on loopback
+            (fedattack.localcluster), `fedattack run` joining it with `ray.address`. The head
+            (server, Flower's clients) is pinned to all cores but the last, the attack node
+            (no CPU for clients, the `fedattack_attack` resource) to the last core, as an
+            attack machine of docker/compose.yaml would be a machine of its own.
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ def _timed_observe(spent: list[float]):
         Auditor.observe = original
 
 
-def _one_run(overrides: list[str], num_cpus: int | None) -> dict:
+def _one_run(overrides: list[str], num_cpus: int | None = None) -> dict:
     from fedattack import config as fconfig
     from fedattack.report.console import Progress
     from fedattack.simulate import init_ray, run
@@ -108,12 +114,40 @@ def run(quick: bool) -> list[dict]:
     for name, (num_cpus, extra) in settings.items():
         off = _one_run([*base, "audit.attacks=[]"], num_cpus)
         on = _one_run([*base, f"audit.attacks=[{','.join(attacks)}]", *iters, *extra], num_cpus)
-        rows.append({"setting": name, "cores": cores, "client_cpus": num_cpus or cores, "gpu": gpu,
-                     "attacks": "+".join(attacks), "rounds": rounds,
-                     "round_off_s": off["round_s"], "round_on_s": on["round_s"],
-                     "round_ratio": on["round_s"] / off["round_s"],
-                     "audit_ms_per_round": 1000 * on["observe_s"],
-                     "ratio_without_contention": (off["round_s"] + on["observe_s"]) / off["round_s"],
-                     "wall_off_s": off["wall_s"], "wall_on_s": on["wall_s"], "jobs": on["jobs"],
-                     "failed": on["failed"], "s_per_job": on["job_s"]})
+        rows.append(_row(name, cores, num_cpus or cores, gpu, attacks, rounds, off, on))
+    if cores >= 2:
+        off, on = _on_cluster(cores, [*base, "audit.attacks=[]"],
+                              [*base, f"audit.attacks=[{','.join(attacks)}]", *iters])
+        rows.append(_row("cluster", cores, cores - 1, False, attacks, rounds, off, on))
     return rows
+
+
+def _on_cluster(cores: int, off_overrides: list[str], on_overrides: list[str]) -> tuple[dict, dict]:
+    """(off, on) runs on a loopback head + attack node, each pinned to its own cores."""
+    from fedattack.localcluster import LocalCluster
+    from fedattack.server.dispatch import ATTACK_RESOURCE
+
+    head_cores, attack_cores = list(range(cores - 1)), [cores - 1]
+    before = os.sched_getaffinity(0)
+    cluster = LocalCluster()
+    try:
+        cluster.start_head(cpus=len(head_cores), pin=head_cores)
+        cluster.add_node(cpus=0, resources={ATTACK_RESOURCE: 1}, pin=attack_cores)
+        os.sched_setaffinity(0, head_cores)  # the server runs in this process
+        joined = [f"ray.address={cluster.address}"]
+        return _one_run([*off_overrides, *joined]), _one_run([*on_overrides, *joined])
+    finally:
+        os.sched_setaffinity(0, before)
+        cluster.stop()
+
+
+def _row(name: str, cores: int, client_cpus: int, gpu: bool, attacks: list[str], rounds: int, off: dict,
+         on: dict) -> dict:
+    return {"setting": name, "cores": cores, "client_cpus": client_cpus, "gpu": gpu,
+            "attacks": "+".join(attacks), "rounds": rounds,
+            "round_off_s": off["round_s"], "round_on_s": on["round_s"],
+            "round_ratio": on["round_s"] / off["round_s"],
+            "audit_ms_per_round": 1000 * on["observe_s"],
+            "ratio_without_contention": (off["round_s"] + on["observe_s"]) / off["round_s"],
+            "wall_off_s": off["wall_s"], "wall_on_s": on["wall_s"], "jobs": on["jobs"],
+            "failed": on["failed"], "s_per_job": on["job_s"]}

@@ -10,12 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,83 +17,16 @@ import pytest
 
 from fedattack import config as fconfig
 from fedattack.errors import ConfigError
+from fedattack.localcluster import LocalCluster, free_port
 from fedattack.server.dispatch import ATTACK_RESOURCE, RayDispatcher, feasible, task_options
 
 ROOT = Path(__file__).resolve().parent.parent
-RAY = Path(sys.executable).parent / "ray"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class LocalCluster:
-    """Ray nodes started by `ray start --block`, each in its own process group."""
-
-    def __init__(self) -> None:
-        self.temp_dir = tempfile.mkdtemp(prefix="fa-ray-", dir="/tmp")  # short: Unix socket paths
-        self.port = _free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
-                    "RAY_USAGE_STATS_ENABLED": "0",
-                    "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        self.procs: list[tuple[subprocess.Popen, Path]] = []
-
-    def _start(self, name: str, args: list[str]) -> None:
-        log = Path(self.temp_dir) / f"{name}.log"
-        cmd = [str(RAY), "start", *args, "--disable-usage-stats", "--object-store-memory=100000000",
-               f"--dashboard-agent-listen-port={_free_port()}", "--block"]
-        proc = subprocess.Popen(cmd, env=self.env, cwd=ROOT, start_new_session=True,
-                                stdout=log.open("w"), stderr=subprocess.STDOUT)
-        self.procs.append((proc, log))
-        deadline = time.monotonic() + 90
-        while "Ray runtime started" not in log.read_text():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray start ({name}) failed:\n{log.read_text()[-2000:]}")
-            time.sleep(0.2)
-
-    def start_head(self, cpus: int, resources: dict | None = None) -> None:
-        self._start("head", ["--head", f"--port={self.port}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
-                             "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={self.temp_dir}",
-                             f"--ray-client-server-port={_free_port()}", f"--dashboard-port={_free_port()}",
-                             *([f"--resources={json.dumps(resources)}"] if resources else [])])
-
-    def add_node(self, cpus: int, resources: dict | None = None) -> None:
-        self._start(f"node{len(self.procs)}", [f"--address={self.address}", "--node-ip-address=127.0.0.1",
-                                               f"--num-cpus={cpus}", "--num-gpus=0",
-                                               *([f"--resources={json.dumps(resources)}"] if resources else [])])
-
-    def alive(self) -> bool:
-        return all(p.poll() is None for p, _ in self.procs)
-
-    def stop(self) -> None:
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
-        for p, _ in reversed(self.procs):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for p, _ in reversed(self.procs):
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:  # whatever of the group is left (raylet, workers, agents)
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait()
-        subprocess.run(["rm", "-rf", self.temp_dir], check=False)
 
 
 @pytest.fixture(scope="module")
 def cluster():
     """Head with one CPU for clients; an attack node with no CPU and two attack slots."""
-    c = LocalCluster()
+    c = LocalCluster(pythonpath=[ROOT], cwd=ROOT)
     try:
         c.start_head(cpus=1)
         c.add_node(cpus=0, resources={ATTACK_RESOURCE: 2})
@@ -235,7 +162,7 @@ def test_unreachable_address_is_a_one_line_config_error():
 
     if ray.is_initialized():
         ray.shutdown()
-    cfg = fconfig.load(None, ["audit.attacks=[]", f"ray.address=127.0.0.1:{_free_port()}"])
+    cfg = fconfig.load(None, ["audit.attacks=[]", f"ray.address=127.0.0.1:{free_port()}"])
     with pytest.raises(ConfigError, match=r"^ray\.address: cannot join the Ray cluster at 127\.0\.0\.1:\d+"):
         init_ray(cfg)
 
@@ -303,7 +230,7 @@ def test_cluster_without_attack_slots_warns_and_caps_jobs_itself(tmp_path, capfd
 
     from tests.plugins.ray_faults import FaultParams  # registers `where` in this process only
 
-    c = LocalCluster()
+    c = LocalCluster(pythonpath=[ROOT], cwd=ROOT)
     try:
         c.start_head(cpus=1)
         cfg = fconfig.load(None, ["audit.attacks=[]", f"ray.address={c.address}", "audit.gpus_per_job=1",

@@ -134,7 +134,10 @@ def restart_losses(objective: Callable[..., torch.Tensor], *batched: torch.Tenso
     """Evaluate `objective(*one_restart)` for every restart at once: inputs carry a leading
     restart dimension R, the result has shape (R,). Summing it and back-propagating gives
     each restart its own gradient, so elementwise optimizers (Adam, signed steps) run R
-    independent attacks in one batch."""
+    independent attacks in one batch. A single restart is evaluated directly: vmap's
+    batching rules cost about a quarter more per evaluation on CPU for nothing."""
+    if batched[0].shape[0] == 1:
+        return objective(*(b[0] for b in batched)).unsqueeze(0)
     return vmap(objective)(*batched)
 
 

@@ -169,7 +169,7 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
         return batched_objective(problem, u, "mismatch").detach()
 
 
-def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float) -> torch.Tensor:
+def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_iter: int = 1) -> torch.Tensor:
     """L-BFGS per restart (as DLG); returns the final per-restart mismatch (R,), inf where it
     diverged.
 
@@ -191,7 +191,7 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float) -> tor
         first = torch.autograd.grad(problem.objective(xr, labels()), variables)
         l1 = float(sum(g.abs().sum() for g in first))
         scale = 1.0 / l1 if 0 < l1 < 1 else 1.0
-        opt = torch.optim.LBFGS(variables, lr=lr, max_iter=1, history_size=100, tolerance_grad=0,
+        opt = torch.optim.LBFGS(variables, lr=lr, max_iter=max_iter, history_size=100, tolerance_grad=0,
                                 tolerance_change=0)
 
         def closure() -> torch.Tensor:

@@ -33,6 +33,17 @@ def test_dlg_and_idlg_recover_a_single_image(name):
     assert rec.labels.tolist() == truth.labels.tolist()
 
 
+def test_dlg_in_its_own_setting_stops_at_tol_on_the_matching_iterate():
+    # Zhu et al.'s setting (sigmoid LeNet, U(-0.5, 0.5) weights, one 16 px face), their L-BFGS
+    # recipe (20 evaluations per step): the run stops once the gradient loss reaches tol and
+    # returns that iterate, not wherever L-BFGS would have wandered next.
+    obs, truth = observed_update("seed=0", "model.init=uniform", "data.image_size=16", *ONE_IMAGE, indices=[3])
+    rec = attack("dlg", DLGParams(iterations=300, tol=1e-5), obs)
+    psnr, _ = psnr_ssim(rec.images, truth, obs)
+    assert rec.info["loss"] <= 1e-5 and rec.info["iterations"] < 300
+    assert psnr > 30
+
+
 def test_dlg_with_adam_restarts_runs_batched():
     obs, truth = observed_update("seed=0", *ONE_IMAGE)
     rec = attack("dlg", DLGParams(iterations=30, optimizer="adam", lr=0.1, restarts=3), obs)

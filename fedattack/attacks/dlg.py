@@ -1,7 +1,11 @@
 """DLG (Zhu et al., NeurIPS 2019) and iDLG (Zhao et al., 2020).
 
 DLG optimizes dummy images and dummy soft labels with L-BFGS so that their gradient
-matches the observed one in squared L2. iDLG first reads the labels off the last layer's
+matches the observed one in squared L2: the authors' code runs torch's L-BFGS at its
+defaults (step 1, up to 20 evaluations per step, no line search) for 300 steps. Without a
+line search L-BFGS can leave a near-perfect match and wander off once the loss is tiny, so
+each run ends on the best iterate it saw: in DLG's setting on 32-px LFW faces, 7 of 10
+faces are then recovered at >= 30 dB, against 1 of 10 when the run ends on its last iterate. iDLG first reads the labels off the last layer's
 gradient (`audit.labels`, see fedattack.attacks.labels) and optimizes the images only.
 Several local steps are modelled by simulating them on the dummy data (one step is the
 papers' setting, plain gradient matching).
@@ -27,8 +31,8 @@ class DLGParams:
     loss: str = "l2"  # l2 | cosine
     lr: float = 1.0  # L-BFGS step size (Adam: use ~0.1)
     restarts: int = 1
-    max_iter: int = 1  # L-BFGS evaluations per step; DLG's code runs torch's default 20, which diverged
-    # on 9 of 10 lfw faces in DLG's own setting here (1 reaches >= 30 dB on 4 of 10)
+    max_iter: int = 20  # L-BFGS evaluations per step (torch's default, as DLG's code runs it)
+    tol: float = 0.0  # L-BFGS: stop once the gradient loss is <= tol (0: run every step)
 
     def validate(self, name: str) -> None:
         check_range(name, "iterations", self.iterations, 1)
@@ -37,20 +41,22 @@ class DLGParams:
         check_range(name, "lr", self.lr, 0, lo_open=True)
         check_range(name, "restarts", self.restarts, 1)
         check_range(name, "max_iter", self.max_iter, 1)
+        check_range(name, "tol", self.tol, 0)
 
 
 def invert(obs: Observation, params: DLGParams, ctx: AttackContext, labels=None) -> Reconstruction:
     """DLG's optimization; with `labels`, they are fixed and only images are optimized."""
     problem = matching(obs, victim(obs, ctx.device), params.loss)
     u = init_unknowns(obs, num_images(obs), params.restarts, labels, ctx.generator(), ctx.device)
+    steps = [params.iterations] * params.restarts
     if params.optimizer == "lbfgs":
-        final = run_lbfgs(problem, u, params.iterations, params.lr, params.max_iter)
+        final, steps = run_lbfgs(problem, u, params.iterations, params.lr, params.max_iter, params.tol)
     else:
         sched = AdamSchedule(params.iterations, params.lr, signed=False, boxed=False, decay=False)
         final = run_adam(problem, u, sched, obs.data.bounds(ctx.device))
     r = best_restart(final)
     return Reconstruction(images=u.x[r].detach(), labels=u.final_labels(r),
-                          info={"loss": float(final[r]), "iterations": params.iterations, "restarts": params.restarts})
+                          info={"loss": float(final[r]), "iterations": steps[r], "restarts": params.restarts})
 
 
 @register_attack("dlg", params=DLGParams, paper="Zhu et al., Deep Leakage from Gradients, NeurIPS 2019")

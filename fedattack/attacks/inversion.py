@@ -13,6 +13,7 @@ L-BFGS couples its coordinates, so its restarts run one after another.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -169,17 +170,21 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
         return batched_objective(problem, u, "mismatch").detach()
 
 
-def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_iter: int = 1) -> torch.Tensor:
-    """L-BFGS per restart (as DLG); returns the final per-restart mismatch (R,), inf where it
-    diverged.
+def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_iter: int = 1, tol: float = 0.0
+              ) -> tuple[torch.Tensor, list[int]]:
+    """L-BFGS per restart (as DLG): `iterations` steps of up to `max_iter` evaluations each.
+    Returns the final per-restart mismatch (R,), inf where it diverged from the start, and
+    the steps each restart took: all of them, or fewer where the mismatch fell to `tol` or a
+    step diverged. Each restart ends on the best iterate it saw: L-BFGS without a line
+    search can leave a near-perfect match and wander off (or blow up) once the loss is tiny.
 
-    The run length is the iteration budget alone (no gradient or change tolerance: matching
-    losses are tiny in absolute terms). torch's L-BFGS sizes its first step as the raw
-    gradient when that gradient's L1 norm is below 1, after which it is scale-invariant; the
-    objective is therefore scaled so that its initial gradient has L1 norm >= 1. The scale
-    is a positive constant and leaves the minimizer unchanged.
+    torch's L-BFGS sizes its first step as the raw gradient when that gradient's L1 norm is
+    below 1, after which it is scale-invariant; the objective is therefore scaled so that its
+    initial gradient has L1 norm >= 1. The scale is a positive constant and leaves the
+    minimizer unchanged.
     """
     final = torch.full((u.x.shape[0],), float("inf"))
+    taken: list[int] = []
     for r in range(u.x.shape[0]):
         xr = u.x[r].detach().clone().requires_grad_(True)
         yr = None if u.y_logits is None else u.y_logits[r].detach().clone().requires_grad_(True)
@@ -200,18 +205,27 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_it
             loss.backward()
             return loss
 
-        ok = True
-        for _ in range(iterations):
-            if not torch.isfinite(opt.step(closure)):
-                ok = False
+        steps, best, best_at = 0, math.inf, [v.detach().clone() for v in variables]
+        while steps < iterations:
+            before = [v.detach().clone() for v in variables]
+            loss = float(opt.step(closure).detach())  # the objective at `before`
+            if math.isfinite(loss) and loss < best:
+                best, best_at = loss, before
+            if not math.isfinite(loss) or (tol and loss / scale <= tol):
                 break
+            steps += 1
+        taken.append(steps)
         with torch.no_grad():
+            last = float(scale * problem.objective(xr, labels())) if steps == iterations else math.inf
+            if not last < best:  # the best iterate seen (L-BFGS without line search can leave it)
+                for v, b in zip(variables, best_at):
+                    v.copy_(b)
             u.x.data[r] = xr.detach()
             if yr is not None:
                 u.y_logits.data[r] = yr.detach()
             value = problem.mismatch(xr, labels()).detach().cpu()
-        final[r] = value if ok and torch.isfinite(value) else float("inf")
-    return final
+        final[r] = value if torch.isfinite(value) else float("inf")
+    return final, taken
 
 
 def best_restart(final: torch.Tensor) -> int:

@@ -75,7 +75,8 @@ def run(quick: bool = False) -> list[dict]:
     for name, vals in results.items():
         arr = np.array(vals, dtype=float)
         tv = variants[name].tv if name in variants else ""
-        rows.append({"attack": name, "images": len(vals), "tv": tv, "iterations": iterations,
+        its = variants[name].iterations if name in variants else others[name][1].iterations
+        rows.append({"attack": name, "images": len(vals), "tv": tv, "iterations": its,
                      "psnr": float(np.nanmean(arr[:, 0])), "median_psnr": float(np.nanmedian(arr[:, 0])),
                      "bayes_wins": "" if name == "bayes (laplacian)" else f"{int(np.sum(ours > arr[:, 0]))}/{len(vals)}",
                      "ssim": float(np.nanmean(arr[:, 1])),

@@ -1,9 +1,9 @@
 """Attack jobs on real Ray clusters started on this machine with `ray start`.
 
 A "head" node holds one CPU (Flower's clients); an "attack" node holds no CPU and the
-`fedattack_attack` resource, as a GPU worker of docker/compose.yaml does. Every cluster runs
-in its own temp dir (so no other `ray.init()` on this machine finds it) and is stopped by
-killing the process groups this module started, never with a machine-wide `ray stop`.
+`fedattack_attack` resource, as a GPU worker of docker/compose.yaml does. The clusters are
+fedattack.localcluster's: each in its own temp dir, stopped by killing exactly the process
+groups it started, never with a machine-wide `ray stop`.
 """
 
 from __future__ import annotations

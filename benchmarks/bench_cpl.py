@@ -4,7 +4,8 @@ Figures (Wei et al., ESORICS 2020):
 1. convergence: L-BFGS steps until the gradient loss reaches 1e-5 (`tol`); cpl in at most
    half of DLG's. Two protocols, the same budget and seeds for both attacks: the published
    recipe (torch's L-BFGS defaults, up to 20 evaluations per step, 300 steps, as both
-   papers' code runs it) and one evaluation per step (fedattack's dlg default, 1500 steps).
+   papers' code runs it) and one evaluation per step for 1500 steps (as
+   configs/default.yaml runs dlg).
    The median counts a run that never reaches 1e-5 as beyond the budget. Beside them, cpl
    with its other seeds (one colour; Gaussian noise, i.e. DLG's start with CPL's fixed labels).
 2. attack success rate (SSIM >= 0.5) over 20 faces, from the same runs.
@@ -30,7 +31,7 @@ FACES = list(range(80))  # the training split's faces (label 1) come first in lf
 
 PROTOCOLS = {  # name: (L-BFGS evaluations per step, budget in steps)
     "published recipe": (20, 300),  # both papers' code: torch's L-BFGS defaults, 300 steps
-    "one evaluation per step": (1, 1500),  # fedattack's dlg default
+    "one evaluation per step": (1, 1500),  # as configs/default.yaml runs dlg
 }
 
 

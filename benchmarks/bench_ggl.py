@@ -96,6 +96,24 @@ def scores(rec: Reconstruction, truth: Truth, obs: Observation):
     return score(rec, truth, obs.data)
 
 
+def variant_means(name: str, variants: dict, observed) -> dict[str, dict]:
+    """Run attack `name` with each of `variants` (label -> params) on every (obs, truth) of
+    `observed`; per variant the number of updates and the mean PSNR, SSIM, label accuracy and
+    seconds."""
+    acc: dict[str, list] = {}
+    for obs, truth in observed:
+        for label, params in variants.items():
+            rec, dt = attack(name, obs, params)
+            s = scores(rec, truth, obs)
+            acc.setdefault(label, []).append((s.psnr, s.ssim, s.label_acc, dt))
+    out = {}
+    for label, vals in acc.items():
+        arr = np.array(vals)
+        out[label] = {"updates": len(vals), "psnr": float(arr[:, 0].mean()), "ssim": float(arr[:, 1].mean()),
+                      "label_acc": float(arr[:, 2].mean()), "seconds": float(arr[:, 3].mean())}
+    return out
+
+
 def invgrad_reference(obs: Observation, seed: int = 0) -> tuple[Reconstruction, float, str]:
     """The registry's invgrad with its defaults, or a stand-in with Geiping et al.'s recipe."""
     from fedattack.attacks import ATTACKS
@@ -182,4 +200,4 @@ def run(quick: bool = False) -> list[dict]:
     return rows
 
 
-__all__ = ["run", "simulate", "attack", "scores", "invgrad_reference", "VICTIMS"]
+__all__ = ["run", "simulate", "attack", "scores", "variant_means", "invgrad_reference", "VICTIMS"]

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
-from benchmarks.bench_ggl import attack, scores, simulate
+from benchmarks.bench_ggl import simulate, variant_means
 
 SINGLES = [[7], [20], [130], [150]]
 PAIRS = [[7, 130], [20, 150]]
@@ -29,16 +27,8 @@ def run(quick: bool = False) -> list[dict]:
         cases.append(("batch 2, 32 px", PAIRS, {"grnn": base}))
     rows: list[dict] = []
     for label, batches, variants in cases:
-        acc: dict[str, list] = {}
-        for batch in batches:
-            obs, truth = simulate(["model.init=uniform"], batch)
-            for name, p in variants.items():
-                rec, dt = attack("grnn", obs, p)
-                s = scores(rec, truth, obs)
-                acc.setdefault(name, []).append((s.psnr, s.ssim, s.label_acc, dt))
-        for name, vals in acc.items():
-            arr = np.array(vals)
-            rows.append({"setting": label, "attack": name, "updates": len(vals), "iterations": base.iterations,
-                         "psnr": float(arr[:, 0].mean()), "ssim": float(arr[:, 1].mean()),
-                         "label_acc": float(arr[:, 2].mean()), "seconds": float(arr[:, 3].mean())})
+        means = variant_means("grnn", variants, (simulate(["model.init=uniform"], b) for b in batches))
+        for name, m in means.items():
+            rows.append({"setting": label, "attack": name, "updates": m["updates"], "iterations": base.iterations,
+                         **{k: m[k] for k in ("psnr", "ssim", "label_acc", "seconds")}})
     return rows

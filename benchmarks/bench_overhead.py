@@ -111,13 +111,13 @@ def run(quick: bool) -> list[dict]:
     rows = []
     settings = {"shared": (None, []),
                 "reserved": (max(1, cores - 1), ["audit.gpus_per_job=1"] if gpu else [])}
+    audit_off, audit_on = [*base, "audit.attacks=[]"], [*base, f"audit.attacks=[{','.join(attacks)}]", *iters]
     for name, (num_cpus, extra) in settings.items():
-        off = _one_run([*base, "audit.attacks=[]"], num_cpus)
-        on = _one_run([*base, f"audit.attacks=[{','.join(attacks)}]", *iters, *extra], num_cpus)
+        off = _one_run(audit_off, num_cpus)
+        on = _one_run([*audit_on, *extra], num_cpus)
         rows.append(_row(name, cores, num_cpus or cores, gpu, attacks, rounds, off, on))
     if cores >= 2:
-        off, on = _on_cluster(cores, [*base, "audit.attacks=[]"],
-                              [*base, f"audit.attacks=[{','.join(attacks)}]", *iters])
+        off, on = _on_cluster(cores, audit_off, audit_on)
         rows.append(_row("cluster", cores, cores - 1, False, attacks, rounds, off, on))
     return rows
 

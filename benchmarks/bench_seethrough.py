@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
-from benchmarks.bench_ggl import attack, scores, simulate
+from benchmarks.bench_ggl import attack, scores, simulate, variant_means
 
 BATCHES = [[7, 20, 130, 150], [3, 41, 95, 120], [12, 60, 88, 140]]  # training-split indices
 
@@ -32,18 +30,10 @@ def run(quick: bool = False) -> list[dict]:
         full = SeeThroughParams(iterations=iterations)
         variants = {"seethrough": full, "no BN prior": replace(full, bn=0.0), "no group (G=1)": replace(full, group_size=1),
                     "gradient matching only": replace(full, bn=0.0, tv=0.0, group_size=1, noise=0.0)}
-        acc: dict[str, list] = {}
-        for batch in batches:
-            obs, truth = simulate(overrides, batch, warm_bn=True)
-            for name, p in variants.items():
-                rec, dt = attack("seethrough", obs, p)
-                s = scores(rec, truth, obs)
-                acc.setdefault(name, []).append((s.psnr, s.ssim, s.label_acc, dt))
-        for name, vals in acc.items():
-            arr = np.array(vals)
-            rows.append({"setting": label, "attack": name, "batches": len(vals), "iterations": iterations,
-                         "psnr": float(arr[:, 0].mean()), "ssim": float(arr[:, 1].mean()),
-                         "label_acc": float(arr[:, 2].mean()), "seconds": float(arr[:, 3].mean())})
+        means = variant_means("seethrough", variants, (simulate(overrides, b, warm_bn=True) for b in batches))
+        for name, m in means.items():
+            rows.append({"setting": label, "attack": name, "batches": m["updates"], "iterations": iterations,
+                         **{k: m[k] for k in ("psnr", "ssim", "label_acc", "seconds")}})
     if not quick:  # ResNet-18 runs too; a short budget, for its cost
         obs, truth = simulate(["model.name=resnet18", "model.activation=relu", "data.image_size=16"], [7, 130],
                               warm_bn=True)

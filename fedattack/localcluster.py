@@ -4,8 +4,8 @@ It stands in for the distributed setup (a head for Flower's clients, attack node
 the `fedattack_attack` resource, as in docker/compose.yaml) where there are no machines:
 the distributed tests and the overhead benchmark use it. Each node runs in its own process
 group and temp dir (so no other `ray.init()` on this machine finds it) and `stop()` kills
-exactly those groups, never a machine-wide `ray stop`. `cpus` pins a node and every process
-it starts to those cores (`taskset`), so nodes do not compete for one another's cores.
+exactly those groups, never a machine-wide `ray stop`. `pin=` puts a node and every process
+it starts on the given cores (`taskset`), so nodes do not compete for one another's cores.
 """
 
 from __future__ import annotations
@@ -99,5 +99,3 @@ class LocalCluster:
                 pass
             p.wait()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-

@@ -5,8 +5,9 @@ matches the observed one in squared L2: the authors' code runs torch's L-BFGS at
 defaults (step 1, up to 20 evaluations per step, no line search) for 300 steps. Without a
 line search L-BFGS can leave a near-perfect match and wander off once the loss is tiny, so
 each run ends on the best iterate it saw: in DLG's setting on 32-px LFW faces, 7 of 10
-faces are then recovered at >= 30 dB, against 1 of 10 when the run ends on its last iterate. iDLG first reads the labels off the last layer's
-gradient (`audit.labels`, see fedattack.attacks.labels) and optimizes the images only.
+faces are then recovered at >= 30 dB, against 1 of 10 when the run ends on its last iterate.
+iDLG first reads the labels off the last layer's gradient (`audit.labels`, see
+fedattack.attacks.labels) and optimizes the images only.
 Several local steps are modelled by simulating them on the dummy data (one step is the
 papers' setting, plain gradient matching).
 """

@@ -14,7 +14,10 @@ Inverting Gradients' reference is given the labels fedattack recovers.
 Rows:
 - time-to-target: wall seconds until the reconstruction reaches the PSNR target, checked
   every K objective evaluations; the check's own time is excluded. "not reached" gives the
-  best PSNR seen within the budget. it/s = objective evaluations per second.
+  best PSNR seen within the budget. it/s = objective evaluations per second. In DLG's
+  setting also dlg with a strong-Wolfe line search, and R-GAP (Zhu & Blaschko, ICLR 2021),
+  which solves for the image in closed form: its time is the whole attack's, its "evals"
+  the conjugate-gradient iterations over all layers.
 - scaling: wall seconds of a fixed number of evaluations per restart, as restarts, batch
   size and image size grow (DLG setting otherwise), fedattack against the reference.
 - quality: invgrad at its defaults on the 8-image multi-step case (mean PSNR / SSIM).
@@ -61,11 +64,16 @@ class Monitor:
 
     def __init__(self, obs, truth, every: int, evals: int, seconds: float, target: float = TARGET_DB):
         self.obs, self.truth, self.every, self.evals, self.seconds, self.target = obs, truth, every, evals, seconds, target
-        self.calls, self.check_s, self.best, self.hit = 0, 0.0, -math.inf, None
+        self.calls, self.check_s, self.best, self.hit, self.wall = 0, 0.0, -math.inf, None, None
         self.t0 = time.perf_counter()
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0 - self.check_s
+
+    def stop(self) -> "Monitor":
+        """Fix the run's wall time (checks excluded) at its end."""
+        self.wall = self.elapsed()
+        return self
 
     def __call__(self, x: torch.Tensor) -> None:
         self.calls += 1
@@ -252,38 +260,69 @@ def _labels(obs):
 
 # ---------------------------------------------------------------- rows
 
-def _reach_row(case: str, attack: str, obs, truth, evals: int, seconds: float) -> dict:
-    obs = obs.to(_device())
-    truth = truth
-    runs = {}
-    for side in ("fedattack", "naive"):
-        mon = Monitor(obs, truth, CHECK_EVERY, evals, seconds)
-        try:
-            if side == "fedattack":
-                extra = {"candidates": 1} if attack == "invgrad" else {}
-                _fedattack(attack, obs, evals, 1, hook=mon, **extra)
-            elif attack == "dlg":
-                x0, y0 = _start(obs, 1, True)
-                naive_dlg(obs, x0, y0, evals, hook=mon)
-            else:
-                x0, _ = _start(obs, 1, False)
-                naive_invgrad(obs, x0, _labels(obs), evals, hook=mon)
-        except (Reached, Exhausted):
-            pass
-        runs[side] = mon
-    f, n = runs["fedattack"], runs["naive"]
+def _reach(side: str, attack: str, obs, truth, evals: int, seconds: float, **extra) -> Monitor:
+    """One run to the PSNR target: fedattack's attack (with `extra` params) or the naive loop."""
+    mon = Monitor(obs, truth, CHECK_EVERY, evals, seconds)
+    try:
+        if side == "fedattack":
+            _fedattack(attack, obs, evals, 1, hook=mon, **extra)
+        elif attack == "dlg":
+            x0, y0 = _start(obs, 1, True)
+            naive_dlg(obs, x0, y0, evals, hook=mon)
+        else:
+            x0, _ = _start(obs, 1, False)
+            naive_invgrad(obs, x0, _labels(obs), evals, hook=mon)
+    except (Reached, Exhausted):
+        pass
+    return mon.stop()
 
+
+def _rgap_reach(obs, truth) -> Monitor:
+    """R-GAP runs to its own end; the target counts as reached at its wall time if its result
+    is there. `calls` = CGLS iterations over all layers."""
+    spec = ATTACKS.get("rgap")
+    mon = Monitor(obs, truth, 0, 1, math.inf)
+    rec = spec(obs, spec.params(), AttackContext(device=_device(), seed=0))
+    _sync()
+    mon.stop()
+    mon.best, _ = psnr_ssim(rec.images, truth, obs)
+    mon.calls = sum(rec.info["iterations"])
+    mon.hit = mon.wall if mon.best >= mon.target else None
+    return mon
+
+
+def _reach_row(case: str, attack: str, fed: Monitor, naive: Monitor) -> dict:
     def shown(m):
         return m.hit if m.hit is not None else "not reached"
 
     return {"table": "time to PSNR target", "case": case, "attack": attack, "target_db": TARGET_DB,
-            "fedattack_s": shown(f), "naive_s": shown(n),
-            "ratio_naive/fed": n.hit / f.hit if f.hit and n.hit else "",
-            "fed_best_db": f.best, "naive_best_db": n.best,
-            "fed_evals": f.calls, "naive_evals": n.calls,
-            "fed_it/s": f.calls / max(f.elapsed() if f.hit is None else f.hit, 1e-9),
-            "naive_it/s": n.calls / max(n.elapsed() if n.hit is None else n.hit, 1e-9),
-            "check_s_excluded": f.check_s + n.check_s, "threads": torch.get_num_threads()}
+            "fedattack_s": shown(fed), "naive_s": shown(naive),
+            "ratio_naive/fed": naive.hit / fed.hit if fed.hit and naive.hit else "",
+            "fed_best_db": fed.best, "naive_best_db": naive.best,
+            "fed_evals": fed.calls, "naive_evals": naive.calls,
+            "fed_it/s": fed.calls / max(fed.wall if fed.hit is None else fed.hit, 1e-9),
+            "naive_it/s": naive.calls / max(naive.wall if naive.hit is None else naive.hit, 1e-9),
+            "check_s_excluded": fed.check_s + naive.check_s, "threads": torch.get_num_threads()}
+
+
+def dlg_setting_rows(face: int, evals: int, seconds: float) -> list[dict]:
+    """DLG's setting on one face: dlg as the authors run it, dlg with a strong-Wolfe line
+    search, and R-GAP's closed-form recursion, each against the naive DLG loop."""
+    obs, truth = observed_update("seed=0", *DLG_SETTING, indices=[face])
+    obs = obs.to(_device())
+    case = f"DLG setting (1 img, 1 step), face {face}"
+    naive = _reach("naive", "dlg", obs, truth, evals, seconds)
+    return [_reach_row(case, "dlg", _reach("fedattack", "dlg", obs, truth, evals, seconds), naive),
+            _reach_row(case, "dlg line_search=strong_wolfe",
+                       _reach("fedattack", "dlg", obs, truth, evals, seconds, line_search="strong_wolfe",
+                              max_iter=20), naive),
+            _reach_row(case, "rgap", _rgap_reach(obs, truth), naive)]
+
+
+def invgrad_row(case: str, obs, truth, evals: int, seconds: float) -> dict:
+    obs = obs.to(_device())
+    return _reach_row(case, "invgrad", _reach("fedattack", "invgrad", obs, truth, evals, seconds, candidates=1),
+                      _reach("naive", "invgrad", obs, truth, evals, seconds))
 
 
 def _timed(fn) -> float:
@@ -332,6 +371,7 @@ def _warm_up(obs) -> None:
     """One short run of each side first, so that no timed row pays the process's first calls."""
     _fedattack("dlg", obs, 3, 1)
     _fedattack("invgrad", obs, 3, 1, candidates=1)
+    ATTACKS.get("rgap")(obs, ATTACKS.get("rgap").params(), AttackContext(device=_device()))
     x0, y0 = _start(obs, 1, True)
     naive_dlg(obs, x0, y0, 3)
     naive_invgrad(obs, x0, _labels(obs), 3)
@@ -344,12 +384,11 @@ def run(quick: bool = False) -> list[dict]:
     obs, truth = observed_update("seed=0", *DLG_SETTING)
     _warm_up(obs)
     for face in (DLG_FACES[:1] if quick else DLG_FACES):  # DLG's full budget: 300 steps x 20
-        fobs, ftruth = observed_update("seed=0", *DLG_SETTING, indices=[face])
-        rows.append(_reach_row(f"DLG setting (1 img, 1 step), face {face}", "dlg", fobs, ftruth, dlg_evals, seconds))
-    rows.append(_reach_row("DLG setting (1 img, 1 step)", "invgrad", obs, truth, inv_evals, seconds))
+        rows += dlg_setting_rows(face, dlg_evals, seconds)
+    rows.append(invgrad_row("DLG setting (1 img, 1 step)", obs, truth, inv_evals, seconds))
     if not quick:
         mobs, mtruth = observed_update("seed=0", *MULTI_STEP)
-        rows.append(_reach_row("4 img, 2 steps of 2", "invgrad", mobs, mtruth, inv_evals, seconds))
+        rows.append(invgrad_row("4 img, 2 steps of 2", mobs, mtruth, inv_evals, seconds))
     n_evals = 10 if quick else 30
     restarts = [1, 4] if quick else [1, 4, 16]
     batches = [1, 2] if quick else [1, 2, 4, 8]

@@ -96,6 +96,41 @@ def test_analytic_says_what_it_needs_on_a_conv_model():
         attack("analytic", obs)
 
 
+# -- rgap -----------------------------------------------------------------------------------
+
+DLG_SETTING = ["model.name=lenet", "model.activation=sigmoid", "model.init=uniform", "client.batch_size=1",
+               "client.local_steps=1"]
+
+
+@pytest.mark.parametrize("model", [DLG_SETTING, ["model.name=lenet", "model.activation=tanh", "client.batch_size=1",
+                                                 "client.local_steps=1"],
+                                   ["model.name=mlp", "model.activation=relu", "client.batch_size=1",
+                                    "client.local_steps=1"]], ids=["lenet-sigmoid-dlg", "lenet-tanh", "mlp-relu"])
+def test_rgap_solves_layer_by_layer_down_to_the_image(model):
+    obs, truth = observe(model, [3])
+    rec = attack("rgap", obs)
+    s = score(rec, truth, obs.data)
+    assert s.psnr >= 40 and s.ssim > 0.99, (s.psnr, s.ssim)
+    assert s.label_acc == 1.0
+    assert len(rec.info["iterations"]) == (2 if "model.name=mlp" in model else 3)
+
+
+def test_rgap_stopped_early_is_worse():
+    obs, truth = observe(DLG_SETTING, [3])
+    full = score(attack("rgap", obs), truth, obs.data).psnr
+    cut = score(attack("rgap", obs, "rgap.iterations=20"), truth, obs.data).psnr
+    assert cut < full - 10, (cut, full)
+
+
+def test_rgap_refuses_what_it_cannot_invert():
+    obs, _ = observe([*DLG_SETTING[:-2], "client.batch_size=2", "client.local_steps=1"], [3, 4])
+    with pytest.raises(ValueError, match="one sample"):
+        attack("rgap", obs)
+    obs, _ = observe(["model.name=convnet", "model.width=4", "client.batch_size=1", "client.local_steps=1"], [3])
+    with pytest.raises(ValueError, match="BatchNorm2d"):
+        attack("rgap", obs)
+
+
 # -- rtf ------------------------------------------------------------------------------------
 
 def test_rtf_extension_puts_the_imprint_block_in_front():
@@ -196,12 +231,15 @@ def test_params_are_validated():
         fconfig.load(None, ["audit.attacks=[rtf]", "rtf.num_bins=1"])
     with pytest.raises(ConfigError, match="cpa.scale"):
         fconfig.load(None, ["audit.attacks=[cpa]", "cpa.scale=guess"])
+    with pytest.raises(ConfigError, match="rgap.tol"):
+        fconfig.load(None, ["audit.attacks=[rgap]", "rgap.tol=2"])
     with pytest.raises(ConfigError, match="analytic.rel_threshold"):
         fconfig.load(None, ["audit.attacks=[analytic]", "analytic.rel_threshold=2"])
 
 
 def test_each_attack_is_listed_with_its_paper():
-    for name, author in [("cpl", "Wei"), ("rtf", "Fowl"), ("analytic", "Phong"), ("cpa", "Kariyappa")]:
+    for name, author in [("cpl", "Wei"), ("rtf", "Fowl"), ("analytic", "Phong"), ("cpa", "Kariyappa"),
+                         ("rgap", "Blaschko")]:
         assert author in ATTACKS.doc(name)
     spec = ATTACKS.get("rtf")
     assert spec.needs_malicious and spec.model_extension == "imprint" and spec.scope == "any"

@@ -44,6 +44,14 @@ def test_dlg_in_its_own_setting_stops_at_tol_on_the_matching_iterate():
     assert psnr > 30
 
 
+def test_dlg_with_a_strong_wolfe_line_search():
+    obs, truth = observed_update("seed=0", "model.init=uniform", "data.image_size=16", *ONE_IMAGE, indices=[3])
+    rec = attack("dlg", DLGParams(iterations=300, tol=1e-5, line_search="strong_wolfe"), obs)
+    assert rec.info["loss"] <= 1e-5 and psnr_ssim(rec.images, truth, obs)[0] > 30
+    with pytest.raises(ConfigError, match=r"dlg\.max_iter: must be >= 2"):  # torch's L-BFGS stalls at 1
+        fconfig.load(None, ["dlg.line_search=strong_wolfe", "dlg.max_iter=1"])
+
+
 def test_dlg_with_adam_restarts_runs_batched():
     obs, truth = observed_update("seed=0", *ONE_IMAGE)
     rec = attack("dlg", DLGParams(iterations=30, optimizer="adam", lr=0.1, restarts=3), obs)
@@ -107,6 +115,7 @@ def test_adaptive_invgrad_models_a_known_defense(head_dropping_defense):
     ("invgrad.loss=manhattan", "invgrad.loss"),
     ("invgrad.tv=-1", "invgrad.tv"),
     ("dlg.optimizer=sgd", "dlg.optimizer"),
+    ("dlg.line_search=armijo", "dlg.line_search"),
     ("idlg.lr=0", "idlg.lr"),
 ])
 def test_bad_parameters_are_config_errors(override, field):

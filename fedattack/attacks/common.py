@@ -64,9 +64,24 @@ def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def gradient(v: Victim, params: Params, x: torch.Tensor, y: torch.Tensor, create_graph: bool = True) -> Params:
     """d loss(x, y) / d params; differentiable in x (and in soft labels y) unless
-    create_graph=False, which returns detached tensors."""
-    g = grad(lambda p: ce_loss(v.logits(p, x), y))(params)
+    create_graph=False, which returns detached tensors.
+
+    Under a torch.func transform (vmap over restarts, func.grad) this is torch.func.grad;
+    otherwise plain autograd, which builds the same graph with less dispatch overhead (about
+    a fifth of an evaluation on CPU for DLG's LeNet)."""
+    if _transformed(x) or _transformed(y):
+        g = grad(lambda p: ce_loss(v.logits(p, x), y))(params)
+    else:
+        with torch.enable_grad():
+            leaves = {k: t if t.requires_grad else t.detach().requires_grad_(True) for k, t in params.items()}
+            loss = ce_loss(v.logits(leaves, x), y)
+            g = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph)))
     return g if create_graph else {k: t.detach() for k, t in g.items()}
+
+
+def _transformed(t: torch.Tensor) -> bool:
+    """Whether t is wrapped by a torch.func transform (vmap, grad, jvp)."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
 
 
 def schedule(n: int, batch_size: int, steps: int, epochs: int = 1) -> list[list[int]]:

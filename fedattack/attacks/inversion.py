@@ -19,8 +19,8 @@ from typing import Callable
 
 import torch
 
-from fedattack.attacks.common import (DISTANCES, Params, Victim, restart_losses, simulate_update,
-                                      total_variation)
+from fedattack.attacks.common import (DISTANCES, Params, Victim, gradient, restart_losses, schedule,
+                                      simulate_update, total_variation)
 from fedattack.threat import Observation, Protocol
 
 
@@ -38,6 +38,9 @@ class Matching:
 
     def trial(self, x: torch.Tensor, y: torch.Tensor) -> Params:
         """What the client would have sent for (x, y), in gradient units."""
+        if not self.defenses and schedule(x.shape[0], self.protocol.batch_size, self.protocol.local_steps,
+                                          self.protocol.local_epochs) == [list(range(x.shape[0]))]:
+            return gradient(self.victim, self.victim.params, x, y)  # one step on all samples: the gradient
         upd = simulate_update(self.victim, x, y, self.protocol)
         if self.defenses:
             from fedattack.defenses.base import adapt_update

@@ -131,6 +131,27 @@ def test_rgap_refuses_what_it_cannot_invert():
         attack("rgap", obs)
 
 
+class Residual(nn.Module):
+    """Only Conv2d, sigmoid and Linear leaves, but the forward is not their chain."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.act, self.fc = nn.Conv2d(3, 3, 3, padding=1), nn.Sigmoid(), nn.Linear(3 * 8 * 8, 2)
+
+    def forward(self, x):
+        return self.fc((x + self.act(self.conv(x))).flatten(1))
+
+
+def test_rgap_checks_the_chain_against_the_forward():
+    from fedattack.attacks.rgap import chain
+
+    with pytest.raises(ValueError, match="not the chain"):
+        chain(Residual().double(), (3, 8, 8))
+    pairs = chain(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Sigmoid(), nn.Flatten(),
+                                nn.Linear(3 * 8 * 8, 2)).double(), (3, 8, 8))
+    assert [type(act).__name__ if act else None for _, act in pairs] == ["Sigmoid", None]
+
+
 # -- rtf ------------------------------------------------------------------------------------
 
 def test_rtf_extension_puts_the_imprint_block_in_front():

@@ -69,7 +69,7 @@ def gradient(v: Victim, params: Params, x: torch.Tensor, y: torch.Tensor, create
     Under a torch.func transform (vmap over restarts, func.grad) this is torch.func.grad;
     otherwise plain autograd, which builds the same graph with less dispatch overhead (about
     a fifth of an evaluation on CPU for DLG's LeNet)."""
-    if _transformed(x) or _transformed(y):
+    if any(map(_transformed, (x, y, *params.values()))):
         g = grad(lambda p: ce_loss(v.logits(p, x), y))(params)
     else:
         with torch.enable_grad():

@@ -95,79 +95,82 @@ INVERSES: dict[type, Callable[[torch.Tensor, float, nn.Module], tuple[torch.Tens
 
 @dataclass
 class Layer:
-    """A weight layer as the linear maps of its input u (shape `in_shape`, batch of one):
-    forward W u and its adjoint, and the weight gradient delta (x) u and its adjoint."""
+    """A weight layer as linear maps of its input u (shape `in_shape`, a batch of one): forward
+    W u and its adjoint, the weight gradient delta (x) u and its adjoint (given delta), and the
+    squared column norms of both (given the forward rows' weights and delta) for the Jacobi
+    preconditioner, shaped like u."""
 
-    module: nn.Module
     name: str
+    module: nn.Module
     in_shape: torch.Size
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        m = self.module
-        if isinstance(m, nn.Conv2d):
-            return F.conv2d(u, m.weight, None, m.stride, m.padding)
-        return u @ m.weight.T
-
-    def forward_t(self, v: torch.Tensor) -> torch.Tensor:
-        m = self.module
-        if isinstance(m, nn.Conv2d):
-            return conv2d_input(self.in_shape, m.weight, v, m.stride, m.padding)
-        return v @ m.weight
-
-    def weight_grad(self, u: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        m = self.module
-        if isinstance(m, nn.Conv2d):
-            return conv2d_weight(u, m.weight.shape, delta, m.stride, m.padding)
-        return delta.T @ u
-
-    def weight_grad_t(self, g: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        m = self.module
-        if isinstance(m, nn.Conv2d):
-            return conv2d_input(self.in_shape, g, delta, m.stride, m.padding)
-        return delta @ g
-
-    def column_norms2(self, rows: torch.Tensor, delta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Squared column norms of diag(rows) W and of the weight-gradient map (for the
-        Jacobi preconditioner), each shaped like the input."""
-        m = self.module
-        w2, ones = m.weight ** 2, torch.ones_like(m.weight)
-        if isinstance(m, nn.Conv2d):
-            return (conv2d_input(self.in_shape, w2, rows ** 2, m.stride, m.padding),
-                    conv2d_input(self.in_shape, ones, delta ** 2, m.stride, m.padding))
-        return rows ** 2 @ w2, delta ** 2 @ ones
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    forward_t: Callable[[torch.Tensor], torch.Tensor]
+    weight_grad: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    weight_grad_t: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    column_norms2: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def _conv(name: str, m: nn.Conv2d, in_shape: torch.Size) -> Layer:
+    if m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
+        raise ValueError(f"rgap handles plain convolutions; '{name}' is grouped, dilated or padded another way")
+    w, st, pad = m.weight, m.stride, m.padding
+    return Layer(
+        name, m, in_shape,
+        forward=lambda u: F.conv2d(u, w, None, st, pad),
+        forward_t=lambda v: conv2d_input(in_shape, w, v, st, pad),
+        weight_grad=lambda u, delta: conv2d_weight(u, w.shape, delta, st, pad),
+        weight_grad_t=lambda g, delta: conv2d_input(in_shape, g, delta, st, pad),
+        column_norms2=lambda rows, delta: (conv2d_input(in_shape, w ** 2, rows ** 2, st, pad),
+                                           conv2d_input(in_shape, torch.ones_like(w), delta ** 2, st, pad)))
+
+
+def _linear(name: str, m: nn.Linear, in_shape: torch.Size) -> Layer:
+    w = m.weight
+    return Layer(
+        name, m, in_shape,
+        forward=lambda u: u @ w.T,
+        forward_t=lambda v: v @ w,
+        weight_grad=lambda u, delta: delta.T @ u,
+        weight_grad_t=lambda g, delta: delta @ g,
+        column_norms2=lambda rows, delta: (rows ** 2 @ w ** 2, delta ** 2 @ torch.ones_like(w)))
+
+
+# weight-layer type -> (its Layer's builder, whether the layer takes its input flattened)
+LAYERS: dict[type, tuple[Callable[[str, nn.Module, torch.Size], Layer], bool]] = {
+    nn.Conv2d: (_conv, False),
+    nn.Linear: (_linear, True),
+}
+
+
+@torch.no_grad()
 def chain(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[Layer, nn.Module | None]]:
     """The model as (weight layer, activation after it) pairs, checked against its forward."""
-    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
     pairs: list[tuple[Layer, nn.Module | None]] = []
-    h = torch.randn(1, *in_shape, dtype=torch.float64)
-    x0 = h
-    for name, m in leaves:
+    param = next(model.parameters())
+    x = torch.randn(1, *in_shape, dtype=param.dtype, generator=torch.Generator().manual_seed(0)).to(param.device)
+    h = x
+    for name, m in ((n, m) for n, m in model.named_modules() if not list(m.children())):
         if isinstance(m, nn.Flatten):
             h = h.flatten(1)
-        elif isinstance(m, (nn.Conv2d, nn.Linear)):
-            if isinstance(m, nn.Conv2d) and (m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros"
-                                             or isinstance(m.padding, str)):
-                raise ValueError(f"rgap handles plain convolutions; '{name}' is grouped, dilated or padded "
-                                 f"in another mode")
-            if isinstance(m, nn.Linear):
-                h = h.flatten(1)
-            pairs.append((Layer(m, name, h.shape), None))
+        elif type(m) in LAYERS:
+            build, flat = LAYERS[type(m)]
+            h = h.flatten(1) if flat else h
+            pairs.append((build(name, m, h.shape), None))
             h = m(h)
         elif type(m) in INVERSES:
             if not pairs or pairs[-1][1] is not None:
-                raise ValueError(f"rgap needs one activation after each weight layer; '{name}' is not")
+                raise ValueError(f"rgap needs at most one activation after each weight layer; '{name}' is not")
             pairs[-1] = (pairs[-1][0], m)
             h = m(h)
         else:
             raise ValueError(f"rgap handles a chain of Conv2d/Linear layers and activations "
                              f"({', '.join(t.__name__ for t in INVERSES)}); '{name}' is {type(m).__name__}")
-    with torch.no_grad():
-        if not pairs or not torch.allclose(model(x0), h.reshape(model(x0).shape), rtol=1e-6, atol=1e-8):
-            raise ValueError("rgap handles a chain of Conv2d/Linear layers and activations; this model's "
-                             "forward is not the chain of its layers")
-    if not isinstance(pairs[-1][0].module, nn.Linear) or pairs[-1][1] is not None or pairs[-1][0].module.bias is None:
+    out = model(x)
+    if not pairs or h.numel() != out.numel() or not torch.allclose(out, h.reshape(out.shape), rtol=1e-6, atol=1e-8):
+        raise ValueError("rgap handles a chain of Conv2d/Linear layers and activations; this model's forward "
+                         "is not the chain of its layers")
+    head, act = pairs[-1]
+    if not isinstance(head.module, nn.Linear) or act is not None or head.module.bias is None:
         raise ValueError("rgap needs the model to end in a fully connected layer with a bias")
     return pairs
 
@@ -234,13 +237,12 @@ def rgap(obs: Observation, params: RGAPParams, ctx: AttackContext) -> Reconstruc
     model.eval()
     pairs = chain(model, obs.data.shape)
     grad = {k: v.double().to(ctx.device) for k, v in obs.gradient_estimate().items()}
-
-    head = pairs[-1][0]
-    a, _ = solve_input(grad[head.name + ".weight"], grad[head.name + ".bias"])
-    a = a.view(head.in_shape)
-    d_a = grad[head.name + ".bias"][None] @ head.module.weight  # dL/d(head's input)
     iterations = []
     with torch.no_grad():
+        head = pairs[-1][0]
+        a, _ = solve_input(grad[head.name + ".weight"], grad[head.name + ".bias"])
+        a = a.view(head.in_shape)
+        d_a = grad[head.name + ".bias"][None] @ head.module.weight  # dL/d(head's input)
         for layer, act in reversed(pairs[:-1]):  # act: read back the output a of `layer`
             out_shape = layer.forward(torch.zeros(layer.in_shape, dtype=a.dtype, device=a.device)).shape
             a, d_a = a.reshape(out_shape), d_a.reshape(out_shape)

@@ -1,15 +1,17 @@
-"""Wall time of fedattack's DLG and Inverting Gradients against naive reference loops.
+"""Wall time of fedattack's DLG, CPL and Inverting Gradients against naive reference loops.
 
 The references are written here in the style of the published implementations:
 - DLG (Zhu et al., NeurIPS 2019): torch.optim.LBFGS at its defaults (lr 1, 20 evaluations
   per step) with a closure taking autograd.grad(create_graph=True) of the model's loss,
   restarts one after another;
+- CPL (Wei et al., ESORICS 2020): the same loop from CPL's seed images, with the labels read
+  off the gradient and fixed;
 - Inverting Gradients (Geiping et al., NeurIPS 2020): a Python loop over restarts, each
   running signed Adam with the 3/8, 5/8, 7/8 step decay and boxed pixels; the trial update
   is autograd.grad(create_graph=True) on the module (one step) or local SGD unrolled with
   autograd on functional parameters (several steps).
-Both sides start from the same random images (and label logits) and match the same target;
-Inverting Gradients' reference is given the labels fedattack recovers.
+Both sides start from the same images (and label logits) and match the same target; the CPL
+and Inverting Gradients references are given the labels fedattack recovers.
 
 Rows:
 - time-to-target: wall seconds until the reconstruction reaches the PSNR target, checked
@@ -39,6 +41,7 @@ from torch.func import functional_call
 
 from benchmarks._cases import observed_update, psnr_ssim
 from fedattack.attacks import ATTACKS, AttackContext
+from fedattack.attacks import cpl as cpl_module
 from fedattack.attacks import inversion
 from fedattack.attacks.labels import label_hypotheses
 
@@ -107,16 +110,19 @@ def _module(obs, device):
     return net
 
 
-def naive_dlg(obs, x0: torch.Tensor, y0: torch.Tensor, evals: int, hook=None) -> None:
+def naive_dlg(obs, x0: torch.Tensor, y0: torch.Tensor | None, evals: int, hook=None,
+              labels: torch.Tensor | None = None) -> None:
     """Zhu et al.'s loop: per restart, L-BFGS over (image, soft label) on the squared L2
-    distance of gradients; `evals` closure evaluations per restart."""
+    distance of gradients; `evals` closure evaluations per restart. With `labels` (Wei et
+    al.'s CPL loop, started from its seed images), the labels are fixed and only the images
+    are optimized."""
     device = x0.device
     net = _module(obs, device)
     target = [obs.gradient_estimate()[k].to(device) for k, _ in net.named_parameters()]
     for r in range(x0.shape[0]):
         dummy_data = x0[r].clone().requires_grad_(True)
-        dummy_label = y0[r].clone().requires_grad_(True)
-        optimizer = torch.optim.LBFGS([dummy_data, dummy_label])
+        dummy_label = None if labels is not None else y0[r].clone().requires_grad_(True)
+        optimizer = torch.optim.LBFGS([dummy_data] if labels is not None else [dummy_data, dummy_label])
         count = [0]
 
         def closure():
@@ -127,8 +133,11 @@ def naive_dlg(obs, x0: torch.Tensor, y0: torch.Tensor, evals: int, hook=None) ->
                 raise Exhausted
             optimizer.zero_grad()
             pred = net(dummy_data)
-            onehot = F.softmax(dummy_label, dim=-1)
-            loss = torch.mean(torch.sum(-onehot * F.log_softmax(pred, dim=-1), dim=-1))
+            if labels is not None:
+                loss = F.cross_entropy(pred, labels)
+            else:
+                onehot = F.softmax(dummy_label, dim=-1)
+                loss = torch.mean(torch.sum(-onehot * F.log_softmax(pred, dim=-1), dim=-1))
             dy_dx = torch.autograd.grad(loss, net.parameters(), create_graph=True)
             grad_diff = sum(((gx - gy) ** 2).sum() for gx, gy in zip(dy_dx, target))
             grad_diff.backward()
@@ -213,6 +222,15 @@ def _watch(attack: str, hook):
 
         with mock.patch.object(inversion.Matching, "objective", objective):
             yield
+    elif attack == "cpl":
+        original = cpl_module.gradient
+
+        def gradient(v, params, x, y, *args, **kwargs):
+            hook(x)
+            return original(v, params, x, y, *args, **kwargs)
+
+        with mock.patch.object(cpl_module, "gradient", gradient):
+            yield
     else:
         original = inversion.batched_objective
 
@@ -226,10 +244,10 @@ def _watch(attack: str, hook):
 
 
 def _fedattack(attack: str, obs, iterations: int, restarts: int, hook=None, **extra) -> None:
-    """fedattack's attack for `iterations` objective evaluations per restart (dlg: one per
-    L-BFGS step, the same run as DLG's 20 per step, evaluation for evaluation)."""
+    """fedattack's attack for `iterations` objective evaluations per restart (dlg and cpl: one
+    per L-BFGS step, the same run as the authors' 20 per step, evaluation for evaluation)."""
     spec = ATTACKS.get(attack)
-    if attack == "dlg":
+    if attack in ("dlg", "cpl"):
         extra.setdefault("max_iter", 1)
     params = replace(spec.params(), iterations=iterations, restarts=restarts, **extra)
     ctx = AttackContext(device=_device(), seed=0)
@@ -253,6 +271,26 @@ def _start(obs, restarts: int, with_logits: bool):
     return x, y
 
 
+def _cpl_start(obs, restarts: int) -> torch.Tensor:
+    """The seed images fedattack's cpl starts restart r from (ctx.generator(r), seed 0)."""
+    n = max(1, obs.protocol.num_examples or obs.protocol.batch_size)
+    init = ATTACKS.get("cpl").params().init
+    return torch.stack([cpl_module.seed_images(init, n, obs.data, AttackContext(seed=0).generator(r))
+                        for r in range(restarts)]).to(_device())
+
+
+def _naive(attack: str, obs, restarts: int, evals: int, hook=None) -> None:
+    """The naive reference loop of `attack`, from the same starting point as fedattack's."""
+    if attack == "dlg":
+        x0, y0 = _start(obs, restarts, True)
+        naive_dlg(obs, x0, y0, evals, hook=hook)
+    elif attack == "cpl":
+        naive_dlg(obs, _cpl_start(obs, restarts), None, evals, hook=hook, labels=_labels(obs))
+    else:
+        x0, _ = _start(obs, restarts, False)
+        naive_invgrad(obs, x0, _labels(obs), evals, hook=hook)
+
+
 def _labels(obs):
     hyps, _ = label_hypotheses(obs, max(1, obs.protocol.num_examples), "auto", k=1)
     return hyps[0].to(_device())
@@ -266,12 +304,8 @@ def _reach(side: str, attack: str, obs, truth, evals: int, seconds: float, **ext
     try:
         if side == "fedattack":
             _fedattack(attack, obs, evals, 1, hook=mon, **extra)
-        elif attack == "dlg":
-            x0, y0 = _start(obs, 1, True)
-            naive_dlg(obs, x0, y0, evals, hook=mon)
         else:
-            x0, _ = _start(obs, 1, False)
-            naive_invgrad(obs, x0, _labels(obs), evals, hook=mon)
+            _naive(attack, obs, 1, evals, hook=mon)
     except (Reached, Exhausted):
         pass
     return mon.stop()
@@ -307,7 +341,8 @@ def _reach_row(case: str, attack: str, fed: Monitor, naive: Monitor) -> dict:
 
 def dlg_setting_rows(face: int, evals: int, seconds: float) -> list[dict]:
     """DLG's setting on one face: dlg as the authors run it, dlg with a strong-Wolfe line
-    search, and R-GAP's closed-form recursion, each against the naive DLG loop."""
+    search and R-GAP's closed-form recursion, each against the naive DLG loop; cpl against
+    the naive CPL loop."""
     obs, truth = observed_update("seed=0", *DLG_SETTING, indices=[face])
     obs = obs.to(_device())
     case = f"DLG setting (1 img, 1 step), face {face}"
@@ -316,7 +351,9 @@ def dlg_setting_rows(face: int, evals: int, seconds: float) -> list[dict]:
             _reach_row(case, "dlg line_search=strong_wolfe",
                        _reach("fedattack", "dlg", obs, truth, evals, seconds, line_search="strong_wolfe",
                               max_iter=20), naive),
-            _reach_row(case, "rgap", _rgap_reach(obs, truth), naive)]
+            _reach_row(case, "rgap", _rgap_reach(obs, truth), naive),
+            _reach_row(case, "cpl", _reach("fedattack", "cpl", obs, truth, evals, seconds),
+                       _reach("naive", "cpl", obs, truth, evals, seconds))]
 
 
 def invgrad_row(case: str, obs, truth, evals: int, seconds: float) -> dict:
@@ -335,15 +372,9 @@ def _timed(fn) -> float:
 
 def _scaling_row(axis: str, value, attack: str, obs, restarts: int, evals: int) -> dict:
     obs = obs.to(_device())
-    if attack == "dlg":
-        fed = _timed(lambda: _fedattack("dlg", obs, evals, restarts))
-        x0, y0 = _start(obs, restarts, True)
-        naive = _timed(lambda: naive_dlg(obs, x0, y0, evals))
-    else:
-        fed = _timed(lambda: _fedattack("invgrad", obs, evals, restarts, candidates=1))
-        x0, _ = _start(obs, restarts, False)
-        labels = _labels(obs)
-        naive = _timed(lambda: naive_invgrad(obs, x0, labels, evals))
+    extra = {"candidates": 1} if attack == "invgrad" else {}
+    fed = _timed(lambda: _fedattack(attack, obs, evals, restarts, **extra))
+    naive = _timed(lambda: _naive(attack, obs, restarts, evals))
     return {"table": f"scaling: {axis}", "case": f"{axis}={value}", "attack": attack, "evals": evals,
             "fedattack_s": fed, "naive_s": naive, "ratio_naive/fed": naive / fed,
             "threads": torch.get_num_threads()}
@@ -372,9 +403,9 @@ def _warm_up(obs) -> None:
     _fedattack("dlg", obs, 3, 1)
     _fedattack("invgrad", obs, 3, 1, candidates=1)
     ATTACKS.get("rgap")(obs, ATTACKS.get("rgap").params(), AttackContext(device=_device()))
-    x0, y0 = _start(obs, 1, True)
-    naive_dlg(obs, x0, y0, 3)
-    naive_invgrad(obs, x0, _labels(obs), 3)
+    _fedattack("cpl", obs, 3, 1)
+    for attack in ("dlg", "invgrad", "cpl"):
+        _naive(attack, obs, 1, 3)
 
 
 def run(quick: bool = False) -> list[dict]:
@@ -393,7 +424,7 @@ def run(quick: bool = False) -> list[dict]:
     restarts = [1, 4] if quick else [1, 4, 16]
     batches = [1, 2] if quick else [1, 2, 4, 8]
     sizes = [16, 32] if quick else [16, 32, 64]
-    for attack in ("dlg", "invgrad"):
+    for attack in ("dlg", "invgrad", "cpl"):
         for r in restarts:
             rows.append(_scaling_row("restarts", r, attack, obs, r, n_evals))
         for b in batches:

@@ -372,7 +372,8 @@ def _timed(fn) -> float:
 
 def _scaling_row(axis: str, value, attack: str, obs, restarts: int, evals: int) -> dict:
     obs = obs.to(_device())
-    extra = {"candidates": 1} if attack == "invgrad" else {}
+    # invgrad: one label candidate, as the reference; cpl: L-BFGS at every size, as the reference
+    extra = {"invgrad": {"candidates": 1}, "cpl": {"optimizer": "lbfgs"}}.get(attack, {})
     fed = _timed(lambda: _fedattack(attack, obs, evals, restarts, **extra))
     naive = _timed(lambda: _naive(attack, obs, restarts, evals))
     return {"table": f"scaling: {axis}", "case": f"{axis}={value}", "attack": attack, "evals": evals,

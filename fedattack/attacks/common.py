@@ -67,8 +67,8 @@ def gradient(v: Victim, params: Params, x: torch.Tensor, y: torch.Tensor, create
     create_graph=False, which returns detached tensors.
 
     Under a torch.func transform (vmap over restarts, func.grad) this is torch.func.grad;
-    otherwise plain autograd, which builds the same graph with less dispatch overhead (about
-    a fifth of an evaluation on CPU for DLG's LeNet)."""
+    otherwise plain autograd, which builds the same graph with a little less dispatch overhead
+    (a few percent of an evaluation on CPU for DLG's LeNet)."""
     if any(map(_transformed, (x, y, *params.values()))):
         g = grad(lambda p: ce_loss(v.logits(p, x), y))(params)
     else:

@@ -6,7 +6,7 @@ defaults (step 1, up to 20 evaluations per step, no line search) for 300 steps. 
 line search L-BFGS can leave a near-perfect match and wander off once the loss is tiny, so
 each run ends on the best iterate it saw: in DLG's setting on 32-px LFW faces, 7 of 10
 faces are then recovered at >= 30 dB, against 1 of 10 when the run ends on its last iterate.
-`line_search=strong_wolfe` (not the authors' choice) needs about 2.4x fewer evaluations there.
+`line_search=strong_wolfe` (not the authors' choice) needs 1.9-2.7x fewer evaluations there.
 iDLG first reads the labels off the last layer's gradient (`audit.labels`, see
 fedattack.attacks.labels) and optimizes the images only.
 Several local steps are modelled by simulating them on the dummy data (one step is the

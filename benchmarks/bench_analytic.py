@@ -9,16 +9,12 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import torch
 
 from fedattack import config as fconfig
 from fedattack.gradient_attack import simulated_round
 from fedattack.attacks import ATTACKS, AttackContext
-from fedattack.client.train import local_train
-from fedattack.experiment import build
 from fedattack.metrics import score
-from fedattack.models import float_params
 
 
 def observe(overrides: list[str], indices, clients: int = 1):

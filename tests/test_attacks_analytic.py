@@ -12,11 +12,10 @@ from fedattack.gradient_attack import simulated_round
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.cpl import seed_images
 from fedattack.attacks.rtf import bin_edges
-from fedattack.client.train import local_train
 from fedattack.errors import ConfigError
 from fedattack.experiment import build
 from fedattack.metrics import score
-from fedattack.models import EXTENSIONS, float_params
+from fedattack.models import EXTENSIONS
 from fedattack.threat import DataSpec, ModelSpec, Observation, Protocol, Truth
 
 

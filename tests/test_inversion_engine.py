@@ -12,7 +12,6 @@ from fedattack import config as fconfig
 from fedattack.attacks.common import cosine_distance, schedule, simulate_update, victim
 from fedattack.attacks.inversion import Unknowns, batched_objective, label_plan, matching
 from fedattack.client.train import schedule as client_schedule
-from fedattack.experiment import build
 
 
 

@@ -14,7 +14,7 @@ Each layer's stacked system is solved in least squares by CGLS on the layers' ow
 formed as a dense matrix. The forward rows are weighted by the activation's slope at each
 unit (the Gauss-Newton weight): where a sigmoid saturates, z read back from a is unreliable,
 and where a ReLU is off, z is unknown and its row drops out. In DLG's setting (LeNet with
-sigmoids, one 32 px image) the image comes back at 50-60 dB in a fraction of a second.
+sigmoids, one 32 px image) the image comes back at about 50-60 dB in a fraction of a second.
 
 Applies to one sample and one local step, on a plain chain of Conv2d/Linear layers and
 invertible activations (sigmoid, tanh, leaky ReLU; ReLU loses what is switched off), with a
@@ -23,7 +23,6 @@ bias on the last layer. Anything else is refused with the reason.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -75,13 +74,14 @@ def _relu(a: torch.Tensor, eps: float, m: nn.Module) -> tuple[torch.Tensor, torc
     return a, on
 
 
+RELU_OFF = 1e-4  # a ReLU unit read back below this fraction of the layer's largest is taken as off
+
+
 def _identity(a: torch.Tensor, eps: float, m: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return a, torch.ones_like(a)
 
 
-RELU_OFF = 1e-4  # a ReLU unit read back below this fraction of the layer's largest is taken as off
-
-# activation type -> (its output a, eps, module) -> (pre-activation z, slope dz/da^-1 at z)
+# activation type -> fn(its output a, eps, module) -> (pre-activation z, the activation's slope at z)
 INVERSES: dict[type, Callable[[torch.Tensor, float, nn.Module], tuple[torch.Tensor, torch.Tensor]]] = {
     nn.Sigmoid: _sigmoid,
     nn.Tanh: _tanh,

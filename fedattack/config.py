@@ -85,6 +85,7 @@ class AuditConfig:
     success_ssim: float = 0.5
     save_images: bool = True
     threads_per_job: int = 1
+    tf32: bool = False  # let attack jobs on a GPU use TF32 matmuls and convolutions
 
 
 @dataclass

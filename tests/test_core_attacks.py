@@ -131,3 +131,20 @@ def test_attacks_run_through_the_audit_job():
     results = run_attack(cfg)
     assert {r.attack for r in results} == {"idlg", "dlg", "invgrad"}
     assert all(r.status == "ok" for r in results), [r.error for r in results]
+
+
+@pytest.mark.parametrize("tf32", [False, True])
+def test_attack_jobs_set_tf32_as_configured(tf32):
+    from fedattack.server.jobs import AttackJob, run_job
+
+    obs, truth = observed_update("seed=0", *ONE_IMAGE)
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not tf32
+    try:
+        job = AttackJob(round=1, client=0, attack="rgap", params=ATTACKS.get("rgap").params(), observation=obs,
+                        tf32=tf32)
+        assert run_job(job, truth).status == "ok"
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (tf32, tf32)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+    assert fconfig.load(None, []).audit.tf32 is False

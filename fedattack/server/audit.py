@@ -123,7 +123,8 @@ class Auditor:
                 job = AttackJob(round=rnd, client=client, attack=name, params=self.cfg.attack(name), observation=obs,
                                 seed=self.cfg.seed * 1_000_003 + rnd * 1009 + cid * 31 + k,
                                 labels=self.cfg.audit.labels, adaptive=adaptive, defense=self.defense,
-                                threads=self.cfg.audit.threads_per_job, success_ssim=self.cfg.audit.success_ssim,
+                                threads=self.cfg.audit.threads_per_job, tf32=self.cfg.audit.tf32,
+                                success_ssim=self.cfg.audit.success_ssim,
                                 epsilon=epsilon)
                 self.dispatcher.submit(job, truth)
                 self.on_submit(rnd, client, name)

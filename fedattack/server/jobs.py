@@ -32,6 +32,7 @@ class AttackJob:
     adaptive: bool = False
     defense: str = "none"
     threads: int = 1
+    tf32: bool = False  # TF32 matmuls and convolutions on a GPU
     success_ssim: float = 0.5
     epsilon: float = float("nan")  # the client's reported DP epsilon (report metadata only)
 
@@ -92,9 +93,18 @@ def _device() -> torch.device:
     return torch.device("cuda")
 
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 for CUDA matmuls and cuDNN convolutions. PyTorch allows it in cuDNN by default;
+    gradient matching differentiates twice and compares tiny gradient differences, so attack
+    jobs run in full float32 unless `audit.tf32` asks otherwise (no effect on CPU)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 def run_job(job: AttackJob, truth: Truth) -> JobResult:
     """Run one attack and score it; never raises."""
     torch.set_num_threads(max(1, job.threads))
+    set_tf32(job.tf32)
     spec = ATTACKS.get(job.attack)
     device = _device()
     ctx = AttackContext(device=device, seed=job.seed, labels=job.labels, adaptive=job.adaptive)

@@ -26,7 +26,7 @@ from dataclasses import replace
 import torch
 
 from benchmarks._cases import observed_update, psnr_ssim
-from benchmarks.bench_speed import _device, _labels, _start, _sync, naive_invgrad
+from benchmarks.bench_speed import _device, _labels, _start, _sync, _timed, naive_invgrad
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.server.jobs import set_tf32
 
@@ -98,9 +98,3 @@ def run(quick: bool) -> list[dict]:
                  f"{PUBLISHED_ITERATIONS} it, naive (s)": PUBLISHED_ITERATIONS * naive})
     return rows
 
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    _sync()
-    return time.perf_counter() - t0

@@ -107,7 +107,8 @@ def _generated_target(gen, seed: int = 1) -> tuple[Observation, Truth, torch.Ten
 def test_trial_update_matches_real_local_sgd(momentum, steps, n, b, epochs):
     """The attacks' simulated update (BatchNorm in training mode, momentum, step and epoch
     schedules) equals what torch.optim.SGD does on the same samples."""
-    from fedattack.attacks.ggl import local_batches, model_parts, trial_gradient_fn
+    from fedattack.attacks.common import schedule
+    from fedattack.attacks.ggl import model_parts, trial_gradient_fn
     from fedattack.experiment import build
 
     exp = build(fconfig.load(None, ["audit.attacks=[]", "data.image_size=16", "model.name=convnet",
@@ -117,7 +118,7 @@ def test_trial_update_matches_real_local_sgd(momentum, steps, n, b, epochs):
     glob = {k: v.detach().clone() for k, v in model.named_parameters()}
     buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=momentum)
-    batches = local_batches(n, b, steps if epochs == 1 else epochs * -(-n // b), epochs)
+    batches = schedule(n, b, steps if epochs == 1 else epochs * -(-n // b), epochs)
     for idx in batches:
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from fedattack.attacks.base import AttackContext, register_attack
-from fedattack.attacks.common import num_images
+from fedattack.attacks.common import ce_loss, num_images, schedule
 from fedattack.attacks.labels import recover_labels
 from fedattack.config import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
@@ -95,25 +95,6 @@ def model_parts(obs: Observation, device: torch.device) -> tuple[torch.nn.Module
     return module, params, buffers
 
 
-def cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy with hard (N,) or soft (N, K) labels."""
-    if y.dtype in (torch.long, torch.int64, torch.int32):
-        return F.cross_entropy(logits, y)
-    return torch.mean(torch.sum(-y * F.log_softmax(logits, dim=-1), dim=-1))
-
-
-def local_batches(n: int, batch_size: int, steps: int, epochs: int = 1) -> list[list[int]]:
-    """Which of the n samples each local step uses. Epoch mode (`epochs` passes of
-    ceil(n / B) steps, the last one smaller) is recognized from the step count; otherwise
-    each step takes B samples in order, wrapping around. The client's shuffle is unknown and
-    immaterial: dummy samples are interchangeable."""
-    b = max(1, min(batch_size, n))
-    per_epoch = -(-n // b)
-    if n % b and steps == max(1, epochs) * per_epoch:
-        return [list(range(i, min(i + b, n))) for _ in range(max(1, epochs)) for i in range(0, n, b)]
-    return [[(s * b + j) % n for j in range(b)] for s in range(max(1, steps))]
-
-
 def trial_gradient_fn(obs: Observation, module: torch.nn.Module, params: Params, buffers: Params,
                       functional: bool = True) -> Callable[[torch.Tensor, torch.Tensor], Params]:
     """x (N, C, H, W), y (N,) or (N, K) -> the update the client would send, in gradient units.
@@ -127,7 +108,7 @@ def trial_gradient_fn(obs: Observation, module: torch.nn.Module, params: Params,
     steps, lr, momentum = max(1, protocol.local_steps), protocol.lr, protocol.momentum
 
     def loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return cross_entropy(functional_call(module, {**buffers, **p}, (x,)), y)
+        return ce_loss(functional_call(module, {**buffers, **p}, (x,)), y)
 
     if functional:
         g = grad(loss)
@@ -144,7 +125,7 @@ def trial_gradient_fn(obs: Observation, module: torch.nn.Module, params: Params,
             return _unrolled(x, y)
 
     def _unrolled(x: torch.Tensor, y: torch.Tensor) -> Params:
-        batches = local_batches(x.shape[0], protocol.batch_size, steps, protocol.local_epochs)
+        batches = schedule(x.shape[0], protocol.batch_size, steps, protocol.local_epochs)
         if len(batches) == 1 and len(batches[0]) == x.shape[0]:
             return g(start, x, y)
         p, buf = dict(start), None

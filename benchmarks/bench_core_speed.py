@@ -22,8 +22,8 @@ import torch
 
 from benchmarks._cases import observed_update
 from fedattack.attacks import ATTACKS, AttackContext
-from fedattack.attacks.common import ce_loss, cosine_distance, victim
-from fedattack.attacks.inversion import Unknowns, batched_objective, matching
+from fedattack.attacks.engine import ce_loss, cosine_distance, functional_model, matching
+from fedattack.attacks.optimize import Unknowns, batched_objective
 
 PROTOCOLS = {
     "1 step x 1 img": ("client.batch_size=1", "client.local_steps=1"),
@@ -67,7 +67,7 @@ def restart_rows(quick: bool, device: torch.device) -> list[dict]:
     for proto in (["2 steps x 2 img"] if quick else ["1 step x 1 img", "2 steps x 2 img"]):
         obs, truth = observed_update("seed=0", *PROTOCOLS[proto])
         obs = obs.to(device)
-        problem = matching(obs, victim(obs, device), "cosine", tv=1e-6)
+        problem = matching(obs, device, "cosine", {"tv": 1e-6})
         n = len(truth.labels)
         for r in ([1, 4, 8] if quick else [1, 4, 8, 16, 32]):
             x = torch.randn((r, n, *obs.data.shape), device=device).requires_grad_(True)
@@ -90,8 +90,8 @@ def restart_rows(quick: bool, device: torch.device) -> list[dict]:
 def gradient_rows(quick: bool, device: torch.device) -> list[dict]:
     obs, truth = observed_update("seed=0", *PROTOCOLS["1 step x 1 img"])
     obs = obs.to(device)
-    v = victim(obs, device)
-    problem = matching(obs, v, "cosine")
+    v = functional_model(obs, device)
+    problem = matching(obs, device, "cosine")
     x = torch.randn_like(truth.images, device=device).requires_grad_(True)
     y = truth.labels.to(device)
 

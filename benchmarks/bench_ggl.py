@@ -128,12 +128,10 @@ def invgrad_reference(obs: Observation, seed: int = 0) -> tuple[Reconstruction, 
 
 def _geiping_style(obs: Observation, iterations: int = 1000, tv: float = 0.01, seed: int = 0) -> Reconstruction:
     """Cosine matching + TV, Adam on signed gradients, box constraint, step decay at 3/8, 5/8, 7/8."""
-    from fedattack.attacks.common import num_images, total_variation
-    from fedattack.attacks.ggl import grad_distance, model_parts, trial_gradient_fn
+    from fedattack.attacks.engine import cosine_distance, num_images, total_variation, trial_update
     from fedattack.attacks.labels import recover_labels
 
-    module, params, buffers = model_parts(obs, torch.device("cpu"))
-    trial = trial_gradient_fn(obs, module, params, buffers, functional=False)
+    trial = trial_update(obs, torch.device("cpu"))
     target = obs.gradient_estimate()
     n = num_images(obs)
     y, _ = recover_labels(obs, n, "auto")
@@ -143,7 +141,7 @@ def _geiping_style(obs: Observation, iterations: int = 1000, tv: float = 0.01, s
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)], 0.1)
     for _ in range(iterations):
         opt.zero_grad(set_to_none=True)
-        loss = grad_distance(trial(x, y), target, "cosine") + tv * total_variation(x)
+        loss = cosine_distance(trial(x, y), target) + tv * total_variation(x)
         loss.backward()
         x.grad.sign_()
         opt.step()

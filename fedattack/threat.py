@@ -81,6 +81,9 @@ class Protocol:
     num_examples: int  # as reported by the client
     momentum: float = 0.0
     defenses: tuple[DefenseSetting, ...] = ()
+    optimizer: str = "sgd"  # the client's local optimizer: sgd | adam (torch.optim semantics)
+    weight_decay: float = 0.0
+    nesterov: bool = False
 
     def defense(self, name: str) -> DefenseSetting | None:
         return next((d for d in self.defenses if d.name == name), None)

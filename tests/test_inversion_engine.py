@@ -9,8 +9,8 @@ import torch
 
 from benchmarks._cases import observed_update
 from fedattack import config as fconfig
-from fedattack.attacks.common import cosine_distance, schedule, simulate_update, victim
-from fedattack.attacks.inversion import Unknowns, batched_objective, label_plan, matching
+from fedattack.attacks.engine import cosine_distance, functional_model, matching, replay, schedule
+from fedattack.attacks.optimize import Unknowns, batched_objective, label_plan
 from fedattack.client.train import schedule as client_schedule
 
 
@@ -33,15 +33,15 @@ def client_order(overrides: list[str], truth) -> list[int]:
 def test_simulated_update_reproduces_the_client(overrides):
     obs, truth = observed_update("seed=3", *overrides)
     order = client_order(["seed=3", *overrides], truth)
-    v = victim(obs)
-    sim = simulate_update(v, truth.images[order], truth.labels[order], obs.protocol)
+    v = functional_model(obs)
+    sim = replay(v, truth.images[order], truth.labels[order], obs.protocol)
     rel = torch.sqrt(sum(((sim[k] - obs.update[k]) ** 2).sum() for k in sim)
                      / sum((obs.update[k] ** 2).sum() for k in sim))
     assert float(rel) < 1e-4
     # the grouping of samples into steps is information the simulation uses
     if obs.protocol.local_steps > 1 and obs.protocol.local_epochs == 1:
         shuffled = list(reversed(order))
-        other = simulate_update(v, truth.images[shuffled], truth.labels[shuffled], obs.protocol)
+        other = replay(v, truth.images[shuffled], truth.labels[shuffled], obs.protocol)
         assert float(cosine_distance(other, obs.update)) > 1e3 * float(cosine_distance(sim, obs.update)) + 1e-9
 
 
@@ -49,8 +49,8 @@ def test_batchnorm_is_simulated_in_training_mode():
     obs, truth = observed_update("seed=3", "model.name=convnet", "model.activation=relu", "model.width=8")
     order = client_order(["seed=3", "model.name=convnet", "model.width=8"], truth)
     x, y = truth.images[order], truth.labels[order]
-    train = cosine_distance(simulate_update(victim(obs), x, y, obs.protocol), obs.update)
-    frozen = cosine_distance(simulate_update(victim(obs, train_mode=False), x, y, obs.protocol), obs.update)
+    train = cosine_distance(replay(functional_model(obs), x, y, obs.protocol), obs.update)
+    frozen = cosine_distance(replay(functional_model(obs, train_mode=False), x, y, obs.protocol), obs.update)
     assert float(train) < 1e-5 < 0.1 < float(frozen)
 
 
@@ -63,7 +63,7 @@ def test_schedule_step_and_epoch_modes():
 
 def test_vmapped_restarts_equal_a_loop():
     obs, truth = observed_update("seed=1", "client.batch_size=2", "client.local_steps=2")
-    problem = matching(obs, victim(obs), "cosine", tv=1e-3)
+    problem = matching(obs, distance="cosine", priors={"tv": 1e-3})
     gen = torch.Generator().manual_seed(0)
     x = torch.randn((3, 4, *obs.data.shape), generator=gen).requires_grad_(True)
     labels = torch.stack([truth.labels, truth.labels.flip(0), truth.labels])

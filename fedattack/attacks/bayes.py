@@ -48,13 +48,11 @@ import torch
 from torch.func import vmap
 
 from fedattack.attacks.base import AttackContext, register_attack
-from fedattack.attacks.common import num_images
-from fedattack.attacks.ggl import adapt_trial, known_defenses, model_parts, trial_gradient_fn
+from fedattack.attacks.engine import Params, num_images, target, trial_update
 from fedattack.attacks.labels import recover_labels
 from fedattack.config import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction, Truth
 
-Params = dict[str, torch.Tensor]
 LIKELIHOODS = ["auto", "gaussian", "laplacian", "l2", "cosine"]
 
 
@@ -152,19 +150,17 @@ def optimize(obs: Observation, params: BayesParams, ctx: AttackContext, labels: 
     Candidates are a batch dimension (torch.func.vmap): returns images (W, n, C, H, W) and
     the final objective (W,), the best restart per weight."""
     device = ctx.device
-    module, mparams, buffers = model_parts(obs, device)
     n, w, r = labels.shape[0], len(weights), params.restarts
+    single = trial_update(obs, device, adaptive=True)  # the Bayes adversary knows the defense
     if w * r == 1:  # one candidate: plain autograd is faster than vmap
-        single = trial_gradient_fn(obs, module, mparams, buffers, functional=False)
 
         def trial_fn(x: torch.Tensor, y: torch.Tensor) -> Params:
             return {k: v[None] for k, v in single(x[0], y).items()}
     else:
-        trial_fn = vmap(trial_gradient_fn(obs, module, mparams, buffers), in_dims=(0, None))
-    target = {k: v.detach().to(device) for k, v in obs.gradient_estimate().items()}
+        trial_fn = vmap(single, in_dims=(0, None))
+    observed = target(obs, device)
     kind, scale = _noise_model(obs, params)
-    mask = kept_entries(obs, target)
-    adapt = bool(known_defenses(obs))
+    mask = kept_entries(obs, observed)
     lo, hi = (b.to(device) for b in obs.data.bounds(device))
     tv = torch.tensor([float(v) for v in weights for _ in range(r)], device=device)
     starts = [torch.randn((n, *obs.data.shape), generator=ctx.generator(i)) for i in range(r)]
@@ -174,11 +170,7 @@ def optimize(obs: Observation, params: BayesParams, ctx: AttackContext, labels: 
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=params.lr_decay)
 
     def objective(fac: float = 1.0) -> torch.Tensor:
-        trial = trial_fn(x, labels)
-        if adapt:  # defense models may be data-dependent: one candidate at a time
-            each = [adapt_trial({k: v[i] for k, v in trial.items()}, target, obs) for i in range(x.shape[0])]
-            trial = {k: torch.stack([e[k] for e in each]) for k in trial}
-        return fac * neg_log_likelihood(trial, target, kind, scale, mask) + tv * tv_per_candidate(x)
+        return fac * neg_log_likelihood(trial_fn(x, labels), observed, kind, scale, mask) + tv * tv_per_candidate(x)
 
     ramp = max(1, params.iterations // 2)
     for it in range(params.iterations):

@@ -37,7 +37,7 @@ import torch
 
 from fedattack.attacks.analytic import input_layer, layer_gradient, linear_layers
 from fedattack.attacks.base import AttackContext, register_attack
-from fedattack.attacks.common import num_images, total_variation, victim
+from fedattack.attacks.engine import functional_model, num_images, total_variation
 from fedattack.config import check_choice, check_range
 from fedattack.threat import DataSpec, Observation, Reconstruction
 
@@ -178,7 +178,7 @@ def next_layer(obs: Observation, layer: str) -> str | None:
 def consistency_signs(obs: Observation, layer2: str, s: torch.Tensor, start: torch.Tensor,
                       device: torch.device, sweeps: int = 4) -> torch.Tensor:
     """Greedy sign flips that lower the part of layer2's gradient the candidates' activations leave unexplained."""
-    v = victim(obs, device)
+    v = functional_model(obs, device)
     dw2, db2 = layer_gradient(obs, layer2)
     target = torch.cat([dw2, db2[:, None]], dim=1).to(device)
     seen: dict[str, torch.Tensor] = {}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from fedattack.attacks.base import AttackContext, register_attack
-from fedattack.attacks.common import DISTANCES, gradient, num_images, victim
+from fedattack.attacks.engine import DISTANCES, functional_model, gradient, num_images, target
 from fedattack.attacks.labels import recover_labels
 from fedattack.config import check_choice, check_range
 from fedattack.threat import DataSpec, Observation, Reconstruction
@@ -112,9 +112,9 @@ def _optimize(loss_fn, x: torch.Tensor, params: CPLParams, use_lbfgs: bool) -> t
                  paper="Wei et al., A Framework for Evaluating Gradient Leakage Attacks in Federated Learning, "
                        "ESORICS 2020")
 def cpl(obs: Observation, params: CPLParams, ctx: AttackContext) -> Reconstruction:
-    v = victim(obs, ctx.device)
+    v = functional_model(obs, ctx.device)
     weights = {k: p.detach().requires_grad_(True) for k, p in v.params.items()}
-    target = {k: g.detach() for k, g in obs.gradient_estimate().items()}
+    observed = target(obs, ctx.device)
     dist = DISTANCES[params.loss]
     n = num_images(obs)
     labels, method = recover_labels(obs, n, ctx.labels)
@@ -125,7 +125,7 @@ def cpl(obs: Observation, params: CPLParams, ctx: AttackContext) -> Reconstructi
     def loss_fn(x: torch.Tensor) -> torch.Tensor:
         if not use_lbfgs:  # the authors' AdamW runs see the image clipped to valid pixels
             x = torch.maximum(torch.minimum(x, hi), lo)
-        return dist(gradient(v, weights, x, labels), target)
+        return dist(gradient(v, weights, x, labels), observed)
 
     best: tuple[float, torch.Tensor, int, int] | None = None
     for r in range(params.restarts):

@@ -18,9 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fedattack.attacks.base import AttackContext, register_attack
-from fedattack.attacks.common import DISTANCES, num_images, victim
-from fedattack.attacks.inversion import (AdamSchedule, best_restart, init_unknowns, matching, run_adam,
-                                         run_lbfgs)
+from fedattack.attacks.engine import DISTANCES, matching, num_images
+from fedattack.attacks.optimize import AdamSchedule, best_restart, init_unknowns, run_adam, run_lbfgs
 from fedattack.attacks.labels import recover_labels
 from fedattack.config import check_choice, check_range
 from fedattack.errors import ConfigError
@@ -54,8 +53,8 @@ class DLGParams:
 
 def invert(obs: Observation, params: DLGParams, ctx: AttackContext, labels=None) -> Reconstruction:
     """DLG's optimization; with `labels`, they are fixed and only images are optimized."""
-    problem = matching(obs, victim(obs, ctx.device), params.loss)
-    u = init_unknowns(obs, num_images(obs), params.restarts, labels, ctx.generator(), ctx.device)
+    problem = matching(obs, ctx.device, params.loss)
+    u = init_unknowns(obs.data, num_images(obs), params.restarts, labels, ctx.generator(), ctx.device)
     steps = [params.iterations] * params.restarts
     if params.optimizer == "lbfgs":
         final, steps = run_lbfgs(problem, u, params.iterations, params.lr, params.max_iter, params.tol,

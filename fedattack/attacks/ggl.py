@@ -13,7 +13,8 @@ search is gradient-free by default: CMA-ES through nevergrad, in rounds of `batc
 candidates evaluated together (the authors ask 50 candidates per round for 500 rounds);
 `ggl.optimizer=adam` optimizes z by gradient descent instead (lr 0.1, Adam).
 
-The generator is a checkpoint (`ggl.generator=PATH`) written by `fedattack
+The trial update is the engine's (fedattack.attacks.engine): the known local training
+replayed on each candidate batch. The generator is a checkpoint (`ggl.generator=PATH`) written by `fedattack
 train-generator` (see fedattack.generator). Adaptive variant (audit.adaptive): the known
 defenses' `adapt` hooks (clipping bound, pruning mask read off the observed zeros, ...)
 are applied to every trial gradient, as the authors' adaptive attack does; additive noise
@@ -33,15 +34,14 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.func import functional_call, grad, vmap
+from torch.func import vmap
 
 from fedattack.attacks.base import AttackContext, register_attack
-from fedattack.attacks.common import ce_loss, num_images, schedule
+from fedattack.attacks.engine import DISTANCES, Params, num_images, target, trial_update
 from fedattack.attacks.labels import recover_labels
 from fedattack.config import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
-Params = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -79,87 +79,7 @@ class GGLParams:
                                                    "with `fedattack train-generator ... --out PATH`)")
 
 
-# -- shared pieces (also used by the other generative attacks) -------------------------------
-
-def model_parts(obs: Observation, device: torch.device) -> tuple[torch.nn.Module, Params, Params]:
-    """The server's model as a pure function, in training mode (as the client trains it).
-
-    BatchNorm layers use batch statistics and keep no running statistics, so the model can
-    be evaluated under torch.func.vmap; BatchNorm's running buffers are left out."""
-    module = obs.model.build().to(device)
-    module.train()
-    torch.func.replace_all_batch_norm_modules_(module)
-    params = {k: v.detach().to(device) for k, v in obs.global_params.items()}
-    bn = ("running_mean", "running_var", "num_batches_tracked")
-    buffers = {k: v.detach().clone().to(device) for k, v in obs.buffers.items() if not k.endswith(bn)}
-    return module, params, buffers
-
-
-def trial_gradient_fn(obs: Observation, module: torch.nn.Module, params: Params, buffers: Params,
-                      functional: bool = True) -> Callable[[torch.Tensor, torch.Tensor], Params]:
-    """x (N, C, H, W), y (N,) or (N, K) -> the update the client would send, in gradient units.
-
-    One local step: the gradient of the mean loss over the batch. Several: the known local
-    SGD (with momentum, if configured) unrolled on the batch, returned as
-    -(update) / (lr * steps). Differentiable in x and y. `functional=True` builds it from
-    torch.func.grad, so it composes with vmap; `False` uses autograd with create_graph
-    (about 1.5x faster for a single candidate)."""
-    protocol = obs.protocol
-    steps, lr, momentum = max(1, protocol.local_steps), protocol.lr, protocol.momentum
-
-    def loss(p: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return ce_loss(functional_call(module, {**buffers, **p}, (x,)), y)
-
-    if functional:
-        g = grad(loss)
-        start = params
-    else:
-        start = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-
-        def g(p: Params, x: torch.Tensor, y: torch.Tensor) -> Params:
-            out = torch.autograd.grad(loss(p, x, y), list(p.values()), create_graph=True)
-            return dict(zip(p, out))
-
-    def unrolled(x: torch.Tensor, y: torch.Tensor) -> Params:
-        with (nullcontext() if functional else torch.enable_grad()):
-            return _unrolled(x, y)
-
-    def _unrolled(x: torch.Tensor, y: torch.Tensor) -> Params:
-        batches = schedule(x.shape[0], protocol.batch_size, steps, protocol.local_epochs)
-        if len(batches) == 1 and len(batches[0]) == x.shape[0]:
-            return g(start, x, y)
-        p, buf = dict(start), None
-        for idx in batches:
-            index = torch.tensor(idx, device=x.device)
-            gs = g(p, x[index], y[index])
-            if momentum:
-                buf = gs if buf is None else {k: momentum * buf[k] + gs[k] for k in gs}
-                gs = buf
-            p = {k: p[k] - lr * gs[k] for k in p}
-        return {k: (p[k] - start[k]) / (-lr * len(batches)) for k in p}
-
-    return unrolled
-
-
-def known_defenses(obs: Observation) -> tuple:
-    """The protocol's defenses that have a registered spec (others are skipped)."""
-    try:
-        from fedattack.defenses import DEFENSES
-    except ImportError:  # pragma: no cover - the package always exists
-        return ()
-    names = set(DEFENSES.names())
-    return tuple(d for d in obs.protocol.defenses if d.name in names)
-
-
-def adapt_trial(trial: Params, observed: Params, obs: Observation) -> Params:
-    """Apply the known defenses' differentiable models to a trial gradient (adaptive attacks)."""
-    settings = known_defenses(obs)
-    if not settings:
-        return trial
-    from fedattack.defenses.base import adapt_update
-
-    return adapt_update(trial, observed, settings, scale=1.0)  # trial and observed are in gradient units
-
+# -- pieces -------------------------------------------------------------------------
 
 def blas_single_thread():
     """numpy's BLAS threads fight torch's on small machines; CMA-ES's eigendecompositions are
@@ -171,16 +91,12 @@ def blas_single_thread():
     return threadpool_limits(1, user_api="blas")
 
 
-def grad_distance(trial: Params, target: Params, kind: str) -> torch.Tensor:
-    """D over parameter tensors; trial entries may carry a leading candidate dimension."""
-    names = list(target)
-    if kind == "l2":
-        return sum(((trial[k] - target[k]) ** 2).flatten(trial[k].dim() - target[k].dim()).sum(-1)
-                   for k in names) / len(names)
-    dot = sum((trial[k] * target[k]).flatten(trial[k].dim() - target[k].dim()).sum(-1) for k in names)
-    nt = torch.sqrt(sum((trial[k] ** 2).flatten(trial[k].dim() - target[k].dim()).sum(-1) for k in names))
-    no = torch.sqrt(sum((target[k] ** 2).sum() for k in names))
-    return 1 - dot / (nt * no + 1e-12)
+def grad_distance(trial: Params, observed: Params, kind: str) -> torch.Tensor:
+    """D per candidate: trial entries carry a leading candidate dimension (P, ...); squared L2
+    over the L parameter tensors divided by L (the authors' scaling), or cosine distance."""
+    per = DISTANCES[kind]
+    scale = 1.0 / len(observed) if kind == "l2" else 1.0
+    return vmap(lambda t: per(t, observed))(trial) * scale
 
 
 def latent_kl(z: torch.Tensor) -> torch.Tensor:
@@ -208,19 +124,12 @@ def generated_images(gen: torch.nn.Module, meta: dict, z: torch.Tensor, obs: Obs
 def _objective(obs: Observation, params: GGLParams, ctx: AttackContext, gen: torch.nn.Module, meta: dict,
                labels: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """z (P, n, d) -> loss (P,), differentiable."""
-    module, mparams, buffers = model_parts(obs, ctx.device)
-    trial_fn = trial_gradient_fn(obs, module, mparams, buffers)
-    target = {k: v.detach().to(ctx.device) for k, v in obs.gradient_estimate().items()}
-    batched = vmap(trial_fn, in_dims=(0, None))
+    trial = vmap(trial_update(obs, ctx.device, adaptive=ctx.adaptive), in_dims=(0, None))
+    observed = target(obs, ctx.device)
 
     def objective(z: torch.Tensor) -> torch.Tensor:
         x = generated_images(gen, meta, z, obs)
-        trial = batched(x, labels)
-        if ctx.adaptive and known_defenses(obs):
-            # defense models may be data-dependent (masks, norms): apply them per candidate
-            each = [adapt_trial({k: v[i] for k, v in trial.items()}, target, obs) for i in range(z.shape[0])]
-            trial = {k: torch.stack([t[k] for t in each]) for k in trial}
-        return grad_distance(trial, target, params.loss) + params.kl * latent_kl(z)
+        return grad_distance(trial(x, labels), observed, params.loss) + params.kl * latent_kl(z)
 
     return objective
 

@@ -27,13 +27,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from fedattack.attacks.base import AttackContext, register_attack
-from fedattack.attacks.common import num_images
-from fedattack.attacks.ggl import adapt_trial, model_parts, trial_gradient_fn
+from fedattack.attacks.engine import Params, l2_distance, num_images, target, trial_update
 from fedattack.attacks.labels import recover_labels
 from fedattack.config import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
-Params = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -123,9 +121,8 @@ def grnn(obs: Observation, params: GRNNParams, ctx: AttackContext) -> Reconstruc
     c, h, w = obs.data.shape
     if h != w:
         raise ValueError(f"grnn: square images only, got {h}x{w}")
-    module, mparams, buffers = model_parts(obs, device)
-    trial_fn = trial_gradient_fn(obs, module, mparams, buffers, functional=False)
-    target = {k: v.detach().to(device) for k, v in obs.gradient_estimate().items()}
+    trial_fn = trial_update(obs, device, adaptive=True)  # the known defenses, modelled
+    observed = target(obs, device)
     tv = params.tv if params.tv is not None else (1e-6 if obs.model.name.startswith("resnet") else 1e-3)
     fixed_labels, method = None, "generated"
     if params.labels == "recover":
@@ -141,9 +138,9 @@ def grnn(obs: Observation, params: GRNNParams, ctx: AttackContext) -> Reconstruc
     def objective() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         px, soft = gen(v)
         y = fixed_labels if fixed_labels is not None else soft
-        trial = adapt_trial(trial_fn(obs.data.normalize(px), y), target, obs)
-        l2 = sum(((trial[k] - target[k]) ** 2).sum() for k in target)
-        loss = l2 + wasserstein(trial, target, params.wd) + tv * squared_tv(px)
+        trial = trial_fn(obs.data.normalize(px), y)
+        l2 = l2_distance(trial, observed)
+        loss = l2 + wasserstein(trial, observed, params.wd) + tv * squared_tv(px)
         return loss, px, soft
 
     for _ in range(params.iterations):

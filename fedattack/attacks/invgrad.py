@@ -1,18 +1,18 @@
 """Inverting Gradients (Geiping et al., NeurIPS 2020), single- and multi-step.
 
 Images are optimized so that the update they would produce points the same way as the
-observed one (cosine distance), under a total-variation prior, with signed Adam steps,
-a step-size decay at 3/8, 5/8 and 7/8 of the run and pixels boxed to [0, 1]. With several
-local steps the client's local SGD is unrolled on the dummy data (the paper's FedAvg
-attack); one step is gradient matching. With `audit.adaptive`, the known defenses are
-modelled on the simulated update.
+observed one, under a total-variation prior, with signed Adam steps, a step-size decay at
+3/8, 5/8 and 7/8 of the run and pixels boxed to [0, 1]. With several local steps or epochs
+the client's local training is unrolled on the dummy data (the paper's FedAvg attack); one
+step is gradient matching. With `audit.adaptive`, the known defenses are modelled on the
+simulated update.
 
 Labels are recovered first (`audit.labels`). A count estimate leaves some doubt about the
 multiset, and over several steps the grouping of labels into steps matters too; the
 attack therefore screens up to `candidates` (multiset, grouping) pairs, most plausible
 first, for a tenth of the iterations, and continues the `restarts` with the lowest
-gradient mismatch. All restarts run as one vmapped batch; the one with the lowest final
-mismatch is returned.
+gradient mismatch. All restarts run as one vmapped batch; the output is the restart with
+the lowest final mismatch, or (`output=consensus`) the mean of all restarts aligned to it.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from dataclasses import dataclass
 import torch
 
 from fedattack.attacks.base import AttackContext, register_attack
-from fedattack.attacks.common import DISTANCES, num_images, victim
-from fedattack.attacks.inversion import (AdamSchedule, best_restart, init_unknowns, label_plan, matching,
-                                         run_adam, subset)
+from fedattack.attacks.engine import DISTANCES, matching, num_images
 from fedattack.attacks.labels import label_hypotheses
+from fedattack.attacks.optimize import (INITS, AdamSchedule, best_restart, consensus, init_unknowns, label_plan,
+                                        run_adam, subset)
 from fedattack.config import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
@@ -37,7 +37,9 @@ class InvGradParams:
     tv: float = 1e-6  # weight of total variation (mean absolute neighbour difference)
     restarts: int = 2
     candidates: int = 16  # label candidates screened when the labels are in doubt
-    loss: str = "cosine"  # cosine | l2
+    loss: str = "cosine"  # cosine | layer-cosine | l2 | l1
+    init: str = "randn"  # randn | uniform | mean
+    output: str = "best"  # best (lowest mismatch) | consensus (mean of the aligned restarts)
     signed: bool = True
     boxed: bool = True
     lr_decay: bool = True
@@ -49,6 +51,8 @@ class InvGradParams:
         check_range(name, "restarts", self.restarts, 1)
         check_range(name, "candidates", self.candidates, 1)
         check_choice(name, "loss", self.loss, sorted(DISTANCES))
+        check_choice(name, "init", self.init, list(INITS))
+        check_choice(name, "output", self.output, ["best", "consensus"])
 
 
 @register_attack("invgrad", params=InvGradParams, adaptive=True,
@@ -60,20 +64,25 @@ def invgrad(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
     k = max(params.restarts, params.candidates)
     hypotheses, method = label_hypotheses(obs, n, ctx.labels, k=k)
     plan = label_plan(hypotheses, obs.protocol, k, gen)
-    problem = matching(obs, victim(obs, ctx.device), params.loss, tv=params.tv, adaptive=ctx.adaptive)
+    problem = matching(obs, ctx.device, params.loss, {"tv": params.tv}, adaptive=ctx.adaptive)
     bounds = obs.data.bounds(ctx.device)
     screened = len(plan) > params.restarts
     if screened:
-        u = init_unknowns(obs, n, len(plan), plan, gen, ctx.device)
+        u = init_unknowns(obs.data, n, len(plan), plan, gen, ctx.device, params.init)
         screen = AdamSchedule(max(1, params.iterations // 10), params.lr, params.signed, params.boxed, decay=False)
         mismatch = run_adam(problem, u, screen, bounds)
         u = subset(u, torch.argsort(torch.nan_to_num(mismatch.cpu(), nan=float("inf")))[: params.restarts])
     else:
-        u = init_unknowns(obs, n, params.restarts, plan, gen, ctx.device)
+        u = init_unknowns(obs.data, n, params.restarts, plan, gen, ctx.device, params.init)
     sched = AdamSchedule(params.iterations, params.lr, params.signed, params.boxed, params.lr_decay)
     final = run_adam(problem, u, sched, bounds)
     r = best_restart(final)
-    return Reconstruction(images=u.x[r].detach(), labels=u.final_labels(r),
+    images = u.x[r].detach()
+    if params.output == "consensus" and u.x.shape[0] > 1:
+        same = [i for i in range(u.x.shape[0]) if torch.equal(u.labels[i].sort().values, u.labels[r].sort().values)
+                and torch.isfinite(final[i])]
+        images = consensus(u.x.detach()[[r] + [i for i in same if i != r]])
+    return Reconstruction(images=images, labels=u.final_labels(r),
                           info={"loss": float(final[r]), "iterations": params.iterations, "restarts": params.restarts,
                                 "label_method": method, "label_candidates": len(plan) if screened else 1,
                                 "local_steps": max(1, obs.protocol.local_steps)})

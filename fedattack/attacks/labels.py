@@ -105,7 +105,7 @@ def llg(obs: Observation, n: int) -> torch.Tensor:
 def dummy_statistics(obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean softmax output (C,) and mean last-layer input (F,) of the observed model on
     random images (uniform pixels), the attacker's stand-in for the unknown batch."""
-    from fedattack.attacks.common import victim
+    from fedattack.attacks.engine import functional_model as victim
 
     v = victim(obs)
     device = next(iter(v.params.values())).device

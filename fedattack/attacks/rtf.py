@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from fedattack.attacks.base import AttackContext, register_attack
-from fedattack.attacks.common import num_images
+from fedattack.attacks.engine import num_images
 from fedattack.attacks.labels import recover_labels
 from fedattack.config import check_range
 from fedattack.models import EXTENSIONS

@@ -34,13 +34,11 @@ import torch.nn as nn
 from torch.func import vmap
 
 from fedattack.attacks.base import AttackContext, register_attack
-from fedattack.attacks.common import num_images, total_variation
-from fedattack.attacks.ggl import adapt_trial, known_defenses, model_parts, trial_gradient_fn
+from fedattack.attacks.engine import Params, num_images, target, total_variation, trial_update
 from fedattack.attacks.labels import LABELS, last_layer, recover_labels
 from fedattack.config import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
-Params = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -147,11 +145,10 @@ def seethrough(obs: Observation, params: SeeThroughParams, ctx: AttackContext) -
     n = num_images(obs)
     labels, method = labels_for(obs, n, ctx.labels)
     labels = labels.to(device)
-    module, mparams, buffers = model_parts(obs, device)
-    trial_fn = trial_gradient_fn(obs, module, mparams, buffers)
-    target = {k: v.detach().to(device) for k, v in obs.gradient_estimate().items()}
-    targets = bn_targets(obs, module) if params.bn > 0 else {}
-    adapt = bool(known_defenses(obs))
+    trial_fn = trial_update(obs, device, adaptive=True)  # the known defenses, modelled
+    fm = trial_fn.model
+    observed = target(obs, device)
+    targets = bn_targets(obs, fm.module) if params.bn > 0 else {}
     lo, hi = (b.to(device) for b in obs.data.bounds(device))
     gen = ctx.generator()
     G = params.group_size
@@ -163,18 +160,15 @@ def seethrough(obs: Observation, params: SeeThroughParams, ctx: AttackContext) -
         trial = trial_fn(xg, labels)
         if not targets:
             return trial, xg.new_zeros(())
-        with recording_bn_inputs(module, list(targets)) as record:
-            torch.func.functional_call(module, {**buffers, **mparams}, (xg,))
+        with recording_bn_inputs(fm.module, list(targets)) as record:
+            fm.logits(fm.params, xg)
         return trial, bn_loss(record, targets)
 
     members = vmap(member)
 
     def member_losses(x: torch.Tensor, with_group: bool) -> torch.Tensor:
         trial, prior = members(x)
-        if adapt:  # defense models may be data-dependent: one member at a time
-            each = [adapt_trial({k: v[g] for k, v in trial.items()}, target, obs) for g in range(G)]
-            trial = {k: torch.stack([e[k] for e in each]) for k in trial}
-        match = sum(torch.linalg.vector_norm((trial[k] - target[k]).flatten(1), dim=1) for k in target)
+        match = sum(torch.linalg.vector_norm((trial[k] - observed[k]).flatten(1), dim=1) for k in observed)
         tv = torch.stack([total_variation(x[g]) for g in range(G)])
         loss = params.grad * match + params.bn * prior + params.tv * tv + params.l2 * (x**2).flatten(1).sum(1)
         if with_group and G > 1:

@@ -1,73 +1,26 @@
-"""Gradient inversion by optimization: the engine behind DLG, iDLG and Inverting Gradients.
-
-A `Matching` problem compares what the client would have sent for dummy data with what the
-server observed. The dummy update comes from simulating the configured local training
-(`simulate_update`: one step is plain gradient matching; several steps unroll local SGD, as
-in Geiping et al.'s FedAvg attack); with `adaptive`, the known defenses' `adapt` hooks are
-applied to it. Matching happens in gradient units (update / (-lr * steps)), where the
-squared-L2 loss of DLG has the scale of the paper.
+"""The attacker's variables and the optimizers that drive them, over a Matching problem.
 
 Restarts are a batch dimension: Adam (elementwise) runs all of them at once through vmap;
-L-BFGS couples its coordinates, so its restarts run one after another.
+L-BFGS couples its coordinates, so its restarts run one after another. Label candidates
+(multisets and their arrangements over local steps) ride on the same dimension.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from scipy.optimize import linear_sum_assignment
 
-from fedattack.attacks.common import (DISTANCES, Params, Victim, gradient, restart_losses, schedule,
-                                      simulate_update, total_variation)
-from fedattack.threat import Observation, Protocol
-
-
-@dataclass
-class Matching:
-    """One gradient-matching problem: the model, the protocol, the observed target."""
-
-    victim: Victim
-    protocol: Protocol
-    target: Params  # observed update in gradient units: -update / (lr * steps)
-    distance: Callable[[Params, Params], torch.Tensor]
-    observed_update: Params = field(default_factory=dict)
-    defenses: tuple = ()  # DefenseSettings to model (adaptive attacks); () for none
-    tv: float = 0.0
-
-    def trial(self, x: torch.Tensor, y: torch.Tensor) -> Params:
-        """What the client would have sent for (x, y), in gradient units."""
-        if not self.defenses and schedule(x.shape[0], self.protocol.batch_size, self.protocol.local_steps,
-                                          self.protocol.local_epochs) == [list(range(x.shape[0]))]:
-            return gradient(self.victim, self.victim.params, x, y)  # one step on all samples: the gradient
-        upd = simulate_update(self.victim, x, y, self.protocol)
-        if self.defenses:
-            from fedattack.defenses.base import adapt_update
-
-            upd = adapt_update(upd, self.observed_update, self.defenses,
-                               scale=self.protocol.lr * max(1, self.protocol.local_steps))
-        scale = -1.0 / (self.protocol.lr * max(1, self.protocol.local_steps))
-        return {k: u * scale for k, u in upd.items()}
-
-    def mismatch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.distance(self.trial(x, y), self.target)
-
-    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = self.mismatch(x, y)
-        return loss + self.tv * total_variation(x) if self.tv else loss
-
-
-def matching(obs: Observation, victim: Victim, loss: str, tv: float = 0.0, adaptive: bool = False) -> Matching:
-    target = {k: g.detach() for k, g in obs.gradient_estimate().items()}
-    return Matching(victim=victim, protocol=obs.protocol, target=target, distance=DISTANCES[loss],
-                    observed_update={k: u.detach() for k, u in obs.update.items()},
-                    defenses=tuple(obs.protocol.defenses) if adaptive else (), tv=tv)
+from fedattack.attacks.engine import Matching, finite_or_inf, restart_losses, schedule
+from fedattack.threat import DataSpec, Protocol
 
 
 @dataclass
 class Unknowns:
-    """The attacker's variables for R restarts: images (R, N, C, H, W) and either label
+    """The attacker's variables for R restarts: images (R, [E,] N, C, H, W) and either label
     logits (R, N, classes), optimized too (DLG), or fixed labels (R, N), one arrangement of
     the recovered labels per restart."""
 
@@ -86,8 +39,6 @@ def arrangements(labels: torch.Tensor, protocol: Protocol, k: int, gen: torch.Ge
     """Up to k distinct arrangements of a label multiset over the dummy samples, the given
     order first. Over several local steps it matters which labels share a step (the model
     moves between steps); one step has a single grouping."""
-    from fedattack.attacks.common import schedule
-
     steps = schedule(len(labels), protocol.batch_size, protocol.local_steps, protocol.local_epochs)
 
     def key(lab: torch.Tensor) -> tuple:
@@ -112,17 +63,37 @@ def label_plan(hypotheses: list[torch.Tensor], protocol: Protocol, k: int, gen: 
     return torch.stack([per[i][j] for _, i, j in pairs[:k]])
 
 
-def init_unknowns(obs: Observation, n: int, restarts: int, labels: torch.Tensor | None, gen: torch.Generator,
-                  device: torch.device) -> Unknowns:
+def init_images(how: str, shape: tuple[int, ...], data: DataSpec, gen: torch.Generator) -> torch.Tensor:
+    """Starting images of `shape` (..., C, H, W) in model-input space.
+
+    randn: N(0, 1) in model-input units (Geiping et al.'s and DLG's start); uniform: uniform
+    pixels in [0, 1]; mean: the dataset mean with a little noise (std 0.1 in model-input
+    units), so that directions the update does not constrain start, and stay, smooth."""
+    if how == "randn":
+        return torch.randn(shape, generator=gen)
+    if how == "uniform":
+        return data.normalize(torch.rand(shape, generator=gen).reshape(-1, *shape[-3:])).reshape(shape)
+    if how == "mean":
+        return 0.1 * torch.randn(shape, generator=gen)
+    raise ValueError(f"unknown image initialization '{how}'")
+
+
+INITS = ("randn", "uniform", "mean")
+
+
+def init_unknowns(data: DataSpec, n: int, restarts: int, labels: torch.Tensor | None, gen: torch.Generator,
+                  device: torch.device, init: str = "randn", copies: int = 0) -> Unknowns:
     """Random images for R restarts, and either fixed labels or random label logits.
 
     `labels`: one multiset (N,), shared by all restarts, or per-candidate labels (K, N)
-    assigned to restarts in turn (different image initializations tell repeats apart)."""
-    x = torch.randn((restarts, n, *obs.data.shape), generator=gen).to(device).requires_grad_(True)
+    assigned to restarts in turn (different image initializations tell repeats apart).
+    `copies` > 0: that many copies of the images per restart (one per local epoch)."""
+    lead = (restarts, copies) if copies else (restarts,)
+    x = init_images(init, (*lead, n, *data.shape), data, gen).to(device).requires_grad_(True)
     if labels is not None:
         plan = labels[None] if labels.ndim == 1 else labels
         return Unknowns(x=x, labels=plan[torch.arange(restarts) % len(plan)].to(device))
-    y = torch.randn((restarts, n, obs.data.num_classes), generator=gen).to(device).requires_grad_(True)
+    y = torch.randn((restarts, n, data.num_classes), generator=gen).to(device).requires_grad_(True)
     return Unknowns(x=x, y_logits=y)
 
 
@@ -136,9 +107,18 @@ def subset(u: Unknowns, keep: torch.Tensor) -> Unknowns:
 def batched_objective(problem: Matching, u: Unknowns, which: str = "objective") -> torch.Tensor:
     """Per-restart losses (R,) for all restarts at once."""
     fn = getattr(problem, which)
+    labels = _labels_for(u)
     if u.y_logits is None:
-        return restart_losses(fn, u.x, u.labels)
-    return restart_losses(lambda x, yl: fn(x, torch.softmax(yl, dim=-1)), u.x, u.y_logits)
+        return restart_losses(lambda x, y: fn(x, labels(y)), u.x, u.labels)
+    return restart_losses(lambda x, yl: fn(x, labels(torch.softmax(yl, dim=-1))), u.x, u.y_logits)
+
+
+def _labels_for(u: Unknowns) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Per-epoch copies of the images share their labels: tile them over the epoch axis."""
+    if u.x.dim() == 6:
+        copies = u.x.shape[1]
+        return lambda y: y.unsqueeze(0).expand(copies, *y.shape)
+    return lambda y: y
 
 
 @dataclass
@@ -150,14 +130,14 @@ class AdamSchedule:
     decay: bool = True  # lr x 0.1 at 3/8, 5/8, 7/8 of the iterations
 
 
-def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[torch.Tensor, torch.Tensor]
-             ) -> torch.Tensor:
+def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[torch.Tensor, torch.Tensor],
+             on_step: Callable[[int], None] | None = None) -> torch.Tensor:
     """Optimize all restarts jointly; returns the final per-restart mismatch (R,)."""
     opt = torch.optim.Adam(u.variables(), lr=sched.lr)
     marks = [int(sched.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if sched.decay else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=marks, gamma=0.1)
     lo, hi = bounds
-    for _ in range(sched.iterations):
+    for it in range(sched.iterations):
         opt.zero_grad(set_to_none=True)
         losses = batched_objective(problem, u)
         losses.sum().backward()
@@ -169,6 +149,8 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
         if sched.boxed:
             with torch.no_grad():
                 u.x.clamp_(min=lo, max=hi)
+        if on_step is not None:
+            on_step(it)
     with torch.no_grad():
         return batched_objective(problem, u, "mismatch").detach()
 
@@ -235,4 +217,23 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_it
 def best_restart(final: torch.Tensor) -> int:
     if not torch.isfinite(final).any():
         raise FloatingPointError("every restart diverged")
-    return int(torch.argmin(torch.nan_to_num(final, nan=float("inf"))))
+    return int(torch.argmin(finite_or_inf(final.cpu())))
+
+
+def align(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """images (M, C, H, W) reordered to match reference (M, C, H, W) one to one, by optimal
+    assignment on mean squared difference (dummy samples come out in any order)."""
+    cost = ((images[:, None] - reference[None]) ** 2).flatten(2).mean(-1)  # (M images, M reference)
+    rows, cols = linear_sum_assignment(cost.detach().cpu().numpy())
+    order = torch.empty(len(cols), dtype=torch.long)
+    order[torch.as_tensor(cols)] = torch.as_tensor(rows)
+    return images[order.to(images.device)]
+
+
+def consensus(images: torch.Tensor, reference: int = 0) -> torch.Tensor:
+    """The mean of several reconstructions of the same samples (K, M, C, H, W), each aligned
+    to the reference one first. What the update determines agrees across reconstructions and
+    survives the mean; what it leaves open differs and averages out toward a smooth image
+    (Dimitrov et al. average their per-epoch reconstructions the same way)."""
+    ref = images[reference]
+    return torch.stack([ref if k == reference else align(images[k], ref) for k in range(len(images))]).mean(0)

@@ -1,0 +1,372 @@
+"""The trial-update engine: what the client would have sent, for dummy data.
+
+Every optimization attack (dlg, idlg, invgrad, fedavg, cpl, ggl, bayes, grnn, seethrough) is
+a distance and a prior on top of one object, `TrialUpdate`, in the spirit of breaching's
+single gradient-loss object:
+
+- the server's copy of the model as a pure function of its parameters (`FunctionalModel`,
+  torch.func): BatchNorm normalizes with the batch's own statistics as in the client's
+  training, dropout is off (its masks are the client's private randomness);
+- the client's protocol replayed on dummy images and labels (`replay`): one gradient step,
+  several steps, or whole epochs of batches, with the client's optimizer (SGD with momentum,
+  Nesterov and weight decay, or Adam), optionally with one copy of the dummy data per epoch
+  (the FedAvg attack of Dimitrov et al., where each epoch's batch order is unknown);
+- with `adaptive`, the known defenses' differentiable models applied to the replayed update;
+- the result in gradient units, -update / (lr * steps), the scale at which the papers state
+  their losses.
+
+`Matching` combines a TrialUpdate with the observed update, a distance (`DISTANCES`) and
+weighted priors (`PRIORS`). Everything is differentiable in the dummy data and vectorizes
+with torch.func.vmap, which is how restarts and label candidates run as one batch dimension
+(`restart_losses`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, grad, vmap
+
+from fedattack.defenses.base import DEFENSES, adapt_update
+from fedattack.threat import Observation, Protocol
+
+Params = dict[str, torch.Tensor]
+
+
+# -- the model as a function ----------------------------------------------------------------
+
+@dataclass
+class FunctionalModel:
+    """The server's copy of the model, as a pure function of (params, x)."""
+
+    module: torch.nn.Module
+    params: Params  # the global float parameters (detached)
+    buffers: Params
+
+    def logits(self, params: Params, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(self.module, {**self.buffers, **params}, (x,))
+
+
+def functional_model(obs: Observation, device: torch.device | None = None, train_mode: bool = True
+                     ) -> FunctionalModel:
+    """The observed model as a function.
+
+    train_mode=True (default) computes as the client's local training does: BatchNorm
+    normalizes with the batch's own statistics (and keeps no running statistics, so the
+    function is pure and vectorizes); dropout stays off, since its masks are the client's
+    private randomness. train_mode=False uses the running statistics the server sent."""
+    device = device or next(iter(obs.global_params.values())).device
+    module = obs.model.build().to(device)
+    module.eval()
+    if train_mode:
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.train()
+        torch.func.replace_all_batch_norm_modules_(module)
+    kept = dict(module.named_buffers())
+    params = {k: v.detach().to(device) for k, v in obs.global_params.items()}
+    buffers = {k: v.detach().to(device) for k, v in obs.buffers.items() if k in kept}
+    return FunctionalModel(module, params, buffers)
+
+
+def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with hard (N,) or soft/probability (N, C) targets, mean over the batch."""
+    if y.dtype in (torch.long, torch.int64, torch.int32):
+        return F.cross_entropy(logits, y)
+    return torch.mean(torch.sum(-y * F.log_softmax(logits, dim=-1), dim=-1))
+
+
+def gradient(model: FunctionalModel, params: Params, x: torch.Tensor, y: torch.Tensor,
+             create_graph: bool = True) -> Params:
+    """d loss(x, y) / d params; differentiable in x (and in soft labels y) unless
+    create_graph=False, which returns detached tensors.
+
+    Under a torch.func transform (vmap over restarts, func.grad) this is torch.func.grad;
+    otherwise plain autograd, which builds the same graph with less dispatch overhead."""
+    if any(map(_transformed, (x, y, *params.values()))):
+        g = grad(lambda p: ce_loss(model.logits(p, x), y))(params)
+    else:
+        with torch.enable_grad():
+            leaves = {k: t if t.requires_grad else t.detach().requires_grad_(True) for k, t in params.items()}
+            loss = ce_loss(model.logits(leaves, x), y)
+            g = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph)))
+    return g if create_graph else {k: t.detach() for k, t in g.items()}
+
+
+def _transformed(t: torch.Tensor) -> bool:
+    """Whether t is wrapped by a torch.func transform (vmap, grad, jvp)."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+
+
+# -- the client's protocol --------------------------------------------------------------
+
+def schedule(n: int, batch_size: int, steps: int, epochs: int = 1) -> list[list[int]]:
+    """Which of the n samples each local step uses, as the client's training draws them.
+
+    Epoch mode (the client ran `epochs` passes over its n samples, `ceil(n / B)` steps
+    each, the last one smaller) is recognized from the step count; otherwise the steps
+    take B samples each in order, wrapping around (step mode). The client's shuffle is
+    unknown and immaterial within one epoch: dummy samples are interchangeable.
+    """
+    b = max(1, min(batch_size, n))
+    per_epoch = -(-n // b)
+    if steps == max(1, epochs) * per_epoch:
+        return [list(range(i, min(i + b, n))) for _ in range(max(1, epochs)) for i in range(0, n, b)]
+    return [[(s * b + j) % n for j in range(b)] for s in range(max(1, steps))]
+
+
+def epoch_of_step(n: int, protocol: Protocol) -> list[int]:
+    """The epoch each local step belongs to (all 0 in step mode)."""
+    steps = schedule(n, protocol.batch_size, protocol.local_steps, protocol.local_epochs)
+    per_epoch = -(-n // max(1, min(protocol.batch_size, n)))
+    if len(steps) == max(1, protocol.local_epochs) * per_epoch:
+        return [s // per_epoch for s in range(len(steps))]
+    return [0] * len(steps)
+
+
+@dataclass(frozen=True)
+class ClientOptimizer:
+    """One local optimizer the engine replays, as torch.optim defines it."""
+
+    name: str
+    init: Callable[[Params], dict]
+    step: Callable[[Params, Params, dict, Protocol, int], tuple[Params, dict]]
+
+
+def _sgd_init(params: Params) -> dict:
+    return {"buf": None}
+
+
+def _sgd_step(p: Params, g: Params, state: dict, protocol: Protocol, t: int) -> tuple[Params, dict]:
+    """torch.optim.SGD: weight decay, momentum (dampening 0), Nesterov."""
+    if protocol.weight_decay:
+        g = {k: g[k] + protocol.weight_decay * p[k] for k in g}
+    if protocol.momentum:
+        buf = g if state["buf"] is None else {k: protocol.momentum * state["buf"][k] + g[k] for k in g}
+        state = {"buf": buf}
+        g = {k: g[k] + protocol.momentum * buf[k] for k in g} if protocol.nesterov else buf
+    return {k: p[k] - protocol.lr * g[k] for k in p}, state
+
+
+def _adam_init(params: Params) -> dict:
+    return {"m": {k: torch.zeros_like(v) for k, v in params.items()},
+            "v": {k: torch.zeros_like(v) for k, v in params.items()}}
+
+
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
+
+
+def _adam_step(p: Params, g: Params, state: dict, protocol: Protocol, t: int) -> tuple[Params, dict]:
+    """torch.optim.Adam at its default betas and eps (L2 weight decay as torch adds it)."""
+    b1, b2 = ADAM_BETAS
+    if protocol.weight_decay:
+        g = {k: g[k] + protocol.weight_decay * p[k] for k in g}
+    m = {k: b1 * state["m"][k] + (1 - b1) * g[k] for k in g}
+    v = {k: b2 * state["v"][k] + (1 - b2) * g[k] ** 2 for k in g}
+    c1, c2 = 1 - b1 ** t, 1 - b2 ** t
+    new = {k: p[k] - protocol.lr * (m[k] / c1) / (torch.sqrt(v[k] / c2 + 1e-30) + ADAM_EPS) for k in p}
+    return new, {"m": m, "v": v}
+
+
+CLIENT_OPTIMIZERS: dict[str, ClientOptimizer] = {
+    "sgd": ClientOptimizer("sgd", _sgd_init, _sgd_step),
+    "adam": ClientOptimizer("adam", _adam_init, _adam_step),
+}
+
+
+def replay(model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, protocol: Protocol,
+           params: Params | None = None) -> Params:
+    """The client's local training run on dummy data (x, y); returns new - start parameters.
+
+    x is (n, C, H, W) with labels y (n,) or (n, classes), every epoch drawing its batches
+    from the same samples; or (E, n, C, H, W) with y (E, n[, classes]): one copy of the
+    samples per epoch (the FedAvg attack's per-epoch reconstructions). Differentiable in
+    (x, y) and vmappable over a leading restart dimension."""
+    start = model.params if params is None else params
+    apart = x.dim() == 5
+    n = x.shape[1] if apart else x.shape[0]
+    opt = CLIENT_OPTIMIZERS[protocol.optimizer]
+    steps = schedule(n, protocol.batch_size, protocol.local_steps, protocol.local_epochs)
+    epochs = epoch_of_step(n, protocol)
+    p, state = dict(start), opt.init(start)
+    for t, (idx, e) in enumerate(zip(steps, epochs), start=1):
+        xb, yb = (x[e], y[e]) if apart else (x, y)
+        g = gradient(model, p, xb[idx], yb[idx])
+        p, state = opt.step(p, g, state, protocol, t)
+    return {k: p[k] - start[k] for k in p}
+
+
+def update_scale(protocol: Protocol) -> float:
+    """Update units per gradient unit: lr * steps (-update / scale reads as one gradient)."""
+    return protocol.lr * max(1, protocol.local_steps)
+
+
+# -- the trial update -------------------------------------------------------------------------
+
+@dataclass
+class TrialUpdate:
+    """What the client would have sent for (x, y), in gradient units: the replayed local
+    training, with the known defenses' `adapt` models applied when `defenses` is set."""
+
+    model: FunctionalModel
+    protocol: Protocol
+    defenses: tuple = ()  # DefenseSettings to model (adaptive attacks); () for none
+    observed_update: Params = field(default_factory=dict)  # what the defenses' masks are read off
+
+    def __post_init__(self) -> None:
+        self.scale = update_scale(self.protocol)
+
+    def one_gradient(self, n: int) -> bool:
+        """Whether the protocol is one SGD step over all n samples (the update is a gradient)."""
+        p = self.protocol
+        return (not self.defenses and p.optimizer == "sgd" and not p.weight_decay
+                and schedule(n, p.batch_size, p.local_steps, p.local_epochs) == [list(range(n))])
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Params:
+        if x.dim() == 4 and self.one_gradient(x.shape[0]):
+            return gradient(self.model, self.model.params, x, y)
+        upd = replay(self.model, x, y, self.protocol)
+        if self.defenses:
+            upd = adapt_update(upd, self.observed_update, self.defenses, scale=self.scale)
+        return {k: u * (-1.0 / self.scale) for k, u in upd.items()}
+
+
+def modelled_defenses(obs: Observation) -> tuple:
+    """The protocol's defenses that have a differentiable model (`adapt`); the others (noise
+    among them, and defenses this installation does not know) act on the update as
+    identities for an attacker's trial."""
+    known = set(DEFENSES.names())
+    return tuple(d for d in obs.protocol.defenses if d.name in known and DEFENSES.get(d.name).adapt is not None)
+
+
+def trial_update(obs: Observation, device: torch.device | None = None, adaptive: bool = False,
+                 train_mode: bool = True) -> TrialUpdate:
+    """The TrialUpdate of an observation: its model, its protocol and, when adaptive, the
+    differentiable models of the defenses the protocol declares."""
+    return TrialUpdate(model=functional_model(obs, device, train_mode), protocol=obs.protocol,
+                       defenses=modelled_defenses(obs) if adaptive else (),
+                       observed_update={k: u.detach().to(device or u.device) for k, u in obs.update.items()})
+
+
+def target(obs: Observation, device: torch.device | None = None) -> Params:
+    """The observed update in gradient units, -update / (lr * steps)."""
+    return {k: g.detach().to(device or g.device) for k, g in obs.gradient_estimate().items()}
+
+
+# -- distances ------------------------------------------------------------------------------
+
+def l2_distance(a: Params, b: Params) -> torch.Tensor:
+    """Squared L2 over all entries (DLG)."""
+    return sum(((a[k] - b[k]) ** 2).sum() for k in b)
+
+
+def l1_distance(a: Params, b: Params) -> torch.Tensor:
+    return sum((a[k] - b[k]).abs().sum() for k in b)
+
+
+def cosine_distance(a: Params, b: Params) -> torch.Tensor:
+    """1 - cosine similarity of the two parameter-shaped vectors (Geiping et al.)."""
+    dot = sum((a[k] * b[k]).sum() for k in b)
+    na = torch.sqrt(sum((a[k] ** 2).sum() for k in b))
+    nb = torch.sqrt(sum((b[k] ** 2).sum() for k in b))
+    return 1 - dot / (na * nb + 1e-12)
+
+
+def layer_cosine_distance(a: Params, b: Params) -> torch.Tensor:
+    """Mean over parameter tensors of 1 - their cosine similarity: every layer counts the
+    same, whatever the scale of its gradient (a global cosine is carried by the layers with
+    the largest gradients, often the classifier, and barely sees the first layer's, which
+    holds the pixels)."""
+    total = 0.0
+    for k in b:
+        dot = (a[k] * b[k]).sum()
+        total = total + 1 - dot / (torch.sqrt((a[k] ** 2).sum() * (b[k] ** 2).sum()) + 1e-12)
+    return total / len(b)
+
+
+DISTANCES: dict[str, Callable[[Params, Params], torch.Tensor]] = {
+    "l2": l2_distance, "l1": l1_distance, "cosine": cosine_distance, "layer-cosine": layer_cosine_distance,
+}
+
+
+# -- priors -----------------------------------------------------------------------------------
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Anisotropic TV, mean absolute difference of neighbouring pixels (Geiping et al.)."""
+    dx = torch.mean(torch.abs(x[..., :, :-1] - x[..., :, 1:]))
+    dy = torch.mean(torch.abs(x[..., :-1, :] - x[..., 1:, :]))
+    return dx + dy
+
+
+def squared_norm(x: torch.Tensor) -> torch.Tensor:
+    """Mean squared value (in model-input units: a pull toward the dataset mean)."""
+    return torch.mean(x ** 2)
+
+
+def epoch_invariance(x: torch.Tensor) -> torch.Tensor:
+    """Dimitrov et al.'s epoch-order-invariant prior on per-epoch copies x (E, n, C, H, W):
+    every epoch trains on the same set of samples, so a permutation-invariant summary of each
+    copy (the mean image) must agree across epochs; mean squared difference over epoch pairs."""
+    if x.dim() != 5 or x.shape[0] < 2:
+        return x.new_zeros(())
+    means = x.mean(1)  # (E, C, H, W)
+    return torch.mean((means[:, None] - means[None, :]) ** 2) * x.shape[0] / (x.shape[0] - 1)
+
+
+PRIORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tv": total_variation, "l2": squared_norm, "epoch-invariance": epoch_invariance,
+}
+
+
+# -- the matching objective ---------------------------------------------------------------
+
+@dataclass
+class Matching:
+    """One gradient-matching problem: a trial update, the observed target, a distance and
+    weighted priors on the images."""
+
+    trial: TrialUpdate
+    target: Params  # observed update in gradient units
+    distance: Callable[[Params, Params], torch.Tensor]
+    priors: tuple[tuple[float, Callable[[torch.Tensor], torch.Tensor]], ...] = ()
+
+    def mismatch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.distance(self.trial(x, y), self.target)
+
+    def prior(self, x: torch.Tensor) -> torch.Tensor | float:
+        return sum((w * fn(x) for w, fn in self.priors if w), 0.0)
+
+    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.mismatch(x, y) + self.prior(x)
+
+
+def matching(obs: Observation, device: torch.device | None = None, distance: str = "cosine",
+             priors: dict[str, float] | None = None, adaptive: bool = False) -> Matching:
+    """The matching problem of an observation: `distance` by name, priors as {name: weight}."""
+    return Matching(trial=trial_update(obs, device, adaptive=adaptive), target=target(obs, device),
+                    distance=DISTANCES[distance],
+                    priors=tuple((float(w), PRIORS[name]) for name, w in (priors or {}).items() if w))
+
+
+def restart_losses(objective: Callable[..., torch.Tensor], *batched: torch.Tensor) -> torch.Tensor:
+    """Evaluate `objective(*one_restart)` for every restart at once: inputs carry a leading
+    restart dimension R, the result has shape (R,). Summing it and back-propagating gives
+    each restart its own gradient, so elementwise optimizers (Adam, signed steps) run R
+    independent attacks in one batch. A single restart is evaluated directly: vmap's
+    batching rules cost about a quarter more per evaluation on CPU for nothing."""
+    if batched[0].shape[0] == 1:
+        return objective(*(b[0] for b in batched)).unsqueeze(0)
+    return vmap(objective)(*batched)
+
+
+def num_images(obs: Observation) -> int:
+    """How many private samples the observed update covers (the client reports it)."""
+    return max(1, obs.protocol.num_examples or obs.protocol.batch_size)
+
+
+def finite_or_inf(t: torch.Tensor) -> torch.Tensor:
+    return torch.nan_to_num(t, nan=math.inf, posinf=math.inf)

@@ -51,7 +51,8 @@ from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.common import num_images
 from fedattack.attacks.ggl import adapt_trial, known_defenses, model_parts, trial_gradient_fn
 from fedattack.attacks.labels import recover_labels
-from fedattack.config import check_choice, check_range
+from fedattack.metrics import score
+from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction, Truth
 
 Params = dict[str, torch.Tensor]
@@ -213,8 +214,6 @@ def bayes(obs: Observation, params: BayesParams, ctx: AttackContext) -> Reconstr
 
 def _psnr_per_weight(obs: Observation, truth: Truth, params: BayesParams, ctx: AttackContext,
                      weights: list[float]) -> list[float]:
-    from fedattack.metrics import score
-
     labels, _ = recover_labels(obs, num_images(obs), ctx.labels)
     images, _ = optimize(obs, params, ctx, labels.to(ctx.device), weights)
     return [float(score(Reconstruction(images=img, labels=labels), truth, obs.data).psnr) for img in images]

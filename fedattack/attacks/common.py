@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+from fedattack.models import build_model
 from fedattack.threat import Observation, Protocol
 
 Params = dict[str, torch.Tensor]
@@ -42,7 +43,7 @@ def victim(obs: Observation, device: torch.device | None = None, train_mode: boo
     the client's private randomness. train_mode=False uses the sent running statistics.
     """
     device = device or next(iter(obs.global_params.values())).device
-    module = obs.model.build().to(device)
+    module = build_model(obs.model).to(device)
     module.eval()
     if train_mode:
         for m in module.modules():

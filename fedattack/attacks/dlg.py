@@ -22,7 +22,7 @@ from fedattack.attacks.common import DISTANCES, num_images, victim
 from fedattack.attacks.inversion import (AdamSchedule, best_restart, init_unknowns, matching, run_adam,
                                          run_lbfgs)
 from fedattack.attacks.labels import recover_labels
-from fedattack.config import check_choice, check_range
+from fedattack.validate import check_choice, check_range
 from fedattack.errors import ConfigError
 from fedattack.threat import Observation, Reconstruction
 

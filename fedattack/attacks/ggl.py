@@ -38,7 +38,11 @@ from torch.func import functional_call, grad, vmap
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.common import ce_loss, num_images, schedule
 from fedattack.attacks.labels import recover_labels
-from fedattack.config import check_choice, check_range
+from fedattack.defenses.base import adapt_update
+from fedattack.errors import ConfigError
+from fedattack.models import build_model
+from fedattack.models.generator import load_generator, to_pixels
+from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
 Params = dict[str, torch.Tensor]
@@ -59,8 +63,6 @@ class GGLParams:
 
     def validate(self, name: str) -> None:
         from pathlib import Path
-
-        from fedattack.errors import ConfigError
 
         check_choice(name, "optimizer", self.optimizer, ["cmaes", "adam"])
         check_range(name, "budget", self.budget, 1)
@@ -86,7 +88,7 @@ def model_parts(obs: Observation, device: torch.device) -> tuple[torch.nn.Module
 
     BatchNorm layers use batch statistics and keep no running statistics, so the model can
     be evaluated under torch.func.vmap; BatchNorm's running buffers are left out."""
-    module = obs.model.build().to(device)
+    module = build_model(obs.model).to(device)
     module.train()
     torch.func.replace_all_batch_norm_modules_(module)
     params = {k: v.detach().to(device) for k, v in obs.global_params.items()}
@@ -156,8 +158,6 @@ def adapt_trial(trial: Params, observed: Params, obs: Observation) -> Params:
     settings = known_defenses(obs)
     if not settings:
         return trial
-    from fedattack.defenses.base import adapt_update
-
     return adapt_update(trial, observed, settings, scale=1.0)  # trial and observed are in gradient units
 
 
@@ -191,8 +191,6 @@ def latent_kl(z: torch.Tensor) -> torch.Tensor:
 
 def generated_images(gen: torch.nn.Module, meta: dict, z: torch.Tensor, obs: Observation) -> torch.Tensor:
     """z (..., n, d) -> images (..., n, C, H, W) in the model's input space."""
-    from fedattack.generator import to_pixels
-
     lead = z.shape[:-1]
     px = to_pixels(gen(z.reshape(-1, z.shape[-1])))
     c, h, w = obs.data.shape
@@ -278,8 +276,6 @@ def _adam(objective, shape: tuple[int, int], params: GGLParams, seed: int, devic
                  paper="Li et al., Auditing Privacy Defenses in Federated Learning via Generative Gradient "
                        "Leakage, CVPR 2022")
 def ggl(obs: Observation, params: GGLParams, ctx: AttackContext) -> Reconstruction:
-    from fedattack.generator import load_generator
-
     gen, meta = load_generator(params.generator, "ggl.generator", ctx.device)
     for p in gen.parameters():
         p.requires_grad_(False)

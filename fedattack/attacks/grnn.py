@@ -30,7 +30,7 @@ from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.common import num_images
 from fedattack.attacks.ggl import adapt_trial, model_parts, trial_gradient_fn
 from fedattack.attacks.labels import recover_labels
-from fedattack.config import check_choice, check_range
+from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
 Params = dict[str, torch.Tensor]

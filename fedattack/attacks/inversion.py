@@ -21,6 +21,7 @@ import torch
 
 from fedattack.attacks.common import (DISTANCES, Params, Victim, gradient, restart_losses, schedule,
                                       simulate_update, total_variation)
+from fedattack.defenses.base import adapt_update
 from fedattack.threat import Observation, Protocol
 
 
@@ -43,8 +44,6 @@ class Matching:
             return gradient(self.victim, self.victim.params, x, y)  # one step on all samples: the gradient
         upd = simulate_update(self.victim, x, y, self.protocol)
         if self.defenses:
-            from fedattack.defenses.base import adapt_update
-
             upd = adapt_update(upd, self.observed_update, self.defenses,
                                scale=self.protocol.lr * max(1, self.protocol.local_steps))
         scale = -1.0 / (self.protocol.lr * max(1, self.protocol.local_steps))
@@ -86,8 +85,6 @@ def arrangements(labels: torch.Tensor, protocol: Protocol, k: int, gen: torch.Ge
     """Up to k distinct arrangements of a label multiset over the dummy samples, the given
     order first. Over several local steps it matters which labels share a step (the model
     moves between steps); one step has a single grouping."""
-    from fedattack.attacks.common import schedule
-
     steps = schedule(len(labels), protocol.batch_size, protocol.local_steps, protocol.local_epochs)
 
     def key(lab: torch.Tensor) -> tuple:

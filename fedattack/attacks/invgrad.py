@@ -26,7 +26,7 @@ from fedattack.attacks.common import DISTANCES, num_images, victim
 from fedattack.attacks.inversion import (AdamSchedule, best_restart, init_unknowns, label_plan, matching,
                                          run_adam, subset)
 from fedattack.attacks.labels import label_hypotheses
-from fedattack.config import check_choice, check_range
+from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
 

@@ -37,7 +37,7 @@ from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.common import num_images, total_variation
 from fedattack.attacks.ggl import adapt_trial, known_defenses, model_parts, trial_gradient_fn
 from fedattack.attacks.labels import LABELS, last_layer, recover_labels
-from fedattack.config import check_choice, check_range
+from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
 Params = dict[str, torch.Tensor]

@@ -20,10 +20,10 @@ from dataclasses import replace
 
 import torch
 
-from benchmarks._cases import observed_update
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.common import ce_loss, cosine_distance, victim
 from fedattack.attacks.inversion import Unknowns, batched_objective, matching
+from fedattack.testing.cases import observed_update
 
 PROTOCOLS = {
     "1 step x 1 img": ("client.batch_size=1", "client.local_steps=1"),

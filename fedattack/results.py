@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-NAN = float("nan")
+NAN = math.nan  # one object: results read back compare equal to the ones written
 
 # decimals the run directory keeps of each number of a job result
 DIGITS = {"psnr": 2, "ssim": 4, "mse": 5, "label_acc": 4, "seconds": 2, "epsilon": 4}

@@ -13,7 +13,7 @@ import csv
 import math
 from pathlib import Path
 
-from fedattack.results import JobResult, RoundResult, Score
+from fedattack.results import NAN, JobResult, RoundResult, Score
 
 LEAKAGE_FIELDS = ["round", "client", "attack", "defense", "adaptive", "scope", "status", "psnr", "ssim", "mse",
                   "label_acc", "success", "recovered", "num_images", "seconds", "device", "epsilon", "error",
@@ -27,7 +27,7 @@ def _cell(x: float) -> float | str:
 
 
 def _float(text: str | None) -> float:
-    return float(text) if text not in (None, "") else float("nan")
+    return float(text) if text not in (None, "") else NAN
 
 
 def _int(text: str | None) -> int:

@@ -86,9 +86,21 @@ def test_malformed_yaml_and_missing_file(tmp_path):
         fconfig.load(tmp_path / "missing.yaml")
 
 
-def test_user_strategy_by_import_path_is_accepted():
-    cfg = fconfig.load(None, ["audit.attacks=[]", "fl.strategy=flwr.serverapp.strategy:FedAvg"])
-    assert cfg.fl.strategy.endswith(":FedAvg")
+def test_user_strategy_by_import_path_is_built_with_the_configured_participation():
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedattack.server.strategies import build_strategy
+
+    cfg = fconfig.load(None, ["audit.attacks=[]", "fl.strategy=flwr.serverapp.strategy:FedAvg", "fl.num_clients=5",
+                              "fl.clients_per_round=2"])
+    strategy = build_strategy(cfg)
+    assert type(strategy) is FedAvg
+    assert (strategy.fraction_train, strategy.min_train_nodes, strategy.min_available_nodes) == (0.4, 2, 5)
+    assert strategy.fraction_evaluate == 0.0  # evaluation is centralized, on the server's test split
+    # an import path is named at load time and imported where the strategy is built
+    bad = fconfig.load(None, ["audit.attacks=[]", "fl.strategy=no_such_module:Strategy"])
+    with pytest.raises(ConfigError, match=r"^fl\.strategy: cannot import 'no_such_module:Strategy'"):
+        build_strategy(bad)
 
 
 def test_scientific_notation_without_a_dot_is_a_number():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ def _table(rows: list[dict], cols: list[str], links: dict[str, str] | None = Non
 def render(run_dir: str | Path, *, results: list[JobResult], rounds: list[RoundResult], summary: Summary) -> Path:
     run_dir = Path(run_dir)
     plots = plot_rounds(run_dir, results, rounds)
-    attack_rows = [{"attack": k, **v.__dict__} for k, v in summary.attacks.items()]
+    attack_rows = [{"attack": k, **asdict(v)} for k, v in summary.attacks.items()]
     leak_rows = [tables.leakage_row(r, traceback_file=f"errors/{r.row_id}.txt" if r.traceback else "")
                  for r in results]
     images = sorted((run_dir / "images").glob("*.png")) if (run_dir / "images").is_dir() else []

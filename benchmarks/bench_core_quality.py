@@ -14,9 +14,9 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from benchmarks._cases import observed_update, psnr_ssim
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.metrics.labels import label_accuracy
+from fedattack.testing.cases import observed_update, psnr_ssim
 
 PROTOCOLS = {
     "1 image, 1 step": ("client.batch_size=1", "client.local_steps=1"),

@@ -20,10 +20,10 @@ from dataclasses import replace
 
 import torch
 
-from benchmarks._cases import observed_update
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.engine import ce_loss, cosine_distance, functional_model, matching
 from fedattack.attacks.optimize import Unknowns, batched_objective
+from fedattack.testing.cases import observed_update
 
 PROTOCOLS = {
     "1 step x 1 img": ("client.batch_size=1", "client.local_steps=1"),

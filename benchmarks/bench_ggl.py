@@ -1,6 +1,6 @@
 """GGL vs invgrad under Gaussian noise (Li et al., CVPR 2022, the paper's audit of noise).
 
-A generator is trained (`fedattack.generator.train_generator`, the code behind
+A generator is trained (`fedattack.models.generator.train_generator`, the code behind
 `fedattack train-generator`) on the lfw-subset training faces minus the victims; each victim
 face is the client's single private image (batch 1, one local step, lr 0.01, 32 px). The
 observed update gets Gaussian noise of std sigma in gradient units (-update / lr), added
@@ -152,10 +152,11 @@ def _geiping_style(obs: Observation, iterations: int = 1000, tv: float = 0.01, s
 
 
 def train_face_generator(victims: list[int], epochs: int, out: Path) -> dict:
-    from fedattack.generator import TrainSettings, make_meta, save_generator, train_generator, training_images
+    from fedattack.models.generator import TrainSettings, make_meta, save_generator, train_generator
+    from fedattack.train_generator import training_images
 
     cfg = fconfig.load(None, ["audit.attacks=[]"])
-    pixels, dropped = training_images(cfg, "train", labels=[1], exclude=victims)
+    pixels, dropped = training_images(cfg, split="train", labels=[1], exclude=victims)
     settings = TrainSettings(epochs=epochs, batch_size=32, width=16, latent_dim=64)
     G, stats = train_generator(pixels, settings, seed=0)
     save_generator(out, G, make_meta(G, settings, pixels.shape[1], dataset="lfw-subset", labels=[1],

@@ -13,9 +13,9 @@ import time
 import numpy as np
 import torch
 
-from benchmarks._cases import observed_update, synthetic_update
 from fedattack.attacks.labels import LABELS
 from fedattack.metrics.labels import label_accuracy
+from fedattack.testing.cases import observed_update, synthetic_update
 
 SYNTHETIC = [  # (name, batch, local steps, distinct labels, model, activation)
     ("8 distinct, 1 step", 8, 1, True, "lenet", "sigmoid"),

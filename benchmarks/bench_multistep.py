@@ -25,10 +25,10 @@ from dataclasses import replace
 
 import torch
 
-from benchmarks._cases import observed_update, psnr_ssim
 from benchmarks.bench_speed import _device, _labels, _start, _sync, _timed, naive_invgrad
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.server.jobs import set_tf32
+from fedattack.testing.cases import observed_update, psnr_ssim
 
 PUBLISHED_DB, PUBLISHED_ITERATIONS = 20.8, 24_000
 BUDGET_GPU_S = 180.0

@@ -17,7 +17,7 @@ Settings:
             jobs also take audit.gpus_per_job=1 (on this machine's GPU). Nothing stops the
             operating system from running the attack on the clients' cores, though.
   cluster   "attack workers are free", as deployed: a two-node Ray cluster on loopback
-            (fedattack.localcluster), `fedattack run` joining it with `ray.address`. The head
+            (fedattack.testing.cluster), `fedattack run` joining it with `ray.address`. The head
             (server, Flower's clients) is pinned to all cores but the last, the attack node
             (no CPU for clients, the `fedattack_attack` resource) to the last core, as an
             attack machine of docker/compose.yaml would be a machine of its own.
@@ -86,7 +86,7 @@ def _one_run(overrides: list[str], num_cpus: int | None = None) -> dict:
         out = Path(d) / "run"
         t0 = time.perf_counter()
         init_ray(cfg, num_cpus=num_cpus)
-        run(cfg, out, Progress(quiet=True))
+        run(cfg, out_dir=out, progress=Progress(quiet=True))
         wall = time.perf_counter() - t0
         with (out / "rounds.csv").open() as f:
             rounds = [float(r["seconds"]) for r in csv.DictReader(f)]
@@ -124,8 +124,8 @@ def run(quick: bool) -> list[dict]:
 
 def _on_cluster(cores: int, off_overrides: list[str], on_overrides: list[str]) -> tuple[dict, dict]:
     """(off, on) runs on a loopback head + attack node, each pinned to its own cores."""
-    from fedattack.localcluster import LocalCluster
     from fedattack.server.dispatch import ATTACK_RESOURCE
+    from fedattack.testing.cluster import LocalCluster
 
     head_cores, attack_cores = list(range(cores - 1)), [cores - 1]
     before = os.sched_getaffinity(0)

@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from benchmarks._cases import observed_update, psnr_ssim
-from fedattack.attacks import ATTACKS, AttackContext
+from fedattack.attacks import ATTACKS, AttackContext, inversion
 from fedattack.attacks import cpl as cpl_module
-from fedattack.attacks import inversion
 from fedattack.attacks.labels import label_hypotheses
+from fedattack.models import build_model
+from fedattack.testing.cases import observed_update, psnr_ssim
 
 TARGET_DB = 30.0
 CHECK_EVERY = 10
@@ -105,7 +105,7 @@ def _sync() -> None:
 # ---------------------------------------------------------------- naive references
 
 def _module(obs, device):
-    net = obs.model.build().to(device)
+    net = build_model(obs.model).to(device)
     net.load_state_dict({**obs.buffers, **obs.global_params}, strict=False)
     return net
 

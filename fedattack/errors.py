@@ -13,3 +13,11 @@ class ConfigError(FedattackError):
 
 class DataError(FedattackError):
     """A dataset is configured but cannot be loaded (missing root, bad files)."""
+
+
+class AttackFailure(FedattackError):
+    """An attack cannot reconstruct from this observation (the model lacks what it reads,
+    nothing leaked into the layer it inverts, the optimization diverged).
+
+    The audit records it as a failed job and goes on; any other exception from an attack is
+    recorded as an error (a bug), or raised where jobs run strict (see fedattack.server.jobs)."""

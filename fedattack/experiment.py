@@ -13,9 +13,13 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from fedattack.config import Config, from_json
+from fedattack.attacks import ATTACKS
+from fedattack.config import from_json
 from fedattack.data import ImageData, load_dataset, partition
 from fedattack.data.datasets import Splits
+from fedattack.defenses import DEFENSES
+from fedattack.models import build_model
+from fedattack.schema import Config
 from fedattack.threat import DefenseSetting, ModelSpec
 
 
@@ -35,24 +39,23 @@ class Experiment:
         return self.splits.test
 
     def initial_model(self) -> torch.nn.Module:
-        return self.model_spec.build(seed=self.cfg.seed)
+        return build_model(self.model_spec, seed=self.cfg.seed)
 
     def defense_settings(self) -> tuple[DefenseSetting, ...]:
         return tuple(DefenseSetting(d, asdict(self.cfg.defense(d))) for d in self.cfg.client.defenses)
 
 
 def model_spec(cfg: Config, splits: Splits) -> ModelSpec:
-    from fedattack.attacks import ATTACKS
-    from fedattack.defenses import DEFENSES
-
+    """The model the server distributes, with the extensions the configured defenses (and a
+    malicious server's attacks) name."""
     extensions = []
     for d in cfg.client.defenses:
-        ext = getattr(DEFENSES.get(d), "model_extension", None)
+        ext = DEFENSES.get(d).model_extension
         if ext:
             extensions.append((ext, json.dumps(asdict(cfg.defense(d)), sort_keys=True)))
     if cfg.server.mode == "malicious":
         for a in cfg.audit.attacks:
-            ext = getattr(ATTACKS.get(a), "model_extension", None)
+            ext = ATTACKS.get(a).model_extension
             if ext:
                 extensions.append((ext, json.dumps(asdict(cfg.attack(a)), sort_keys=True)))
     spec = splits.train.spec
@@ -62,8 +65,8 @@ def model_spec(cfg: Config, splits: Splits) -> ModelSpec:
 
 
 def build(cfg: Config) -> Experiment:
-    splits = load_dataset(cfg.data, cfg.seed)
-    parts = partition(splits.train.targets, cfg.fl.num_clients, cfg.partition, cfg.seed)
+    splits = load_dataset(cfg.data, seed=cfg.seed)
+    parts = partition(splits.train.targets, num_clients=cfg.fl.num_clients, cfg=cfg.partition, seed=cfg.seed)
     return Experiment(cfg, splits, parts, model_spec(cfg, splits))
 
 

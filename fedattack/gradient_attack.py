@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 
 from fedattack.client.train import local_train
-from fedattack.config import Config
 from fedattack.errors import ConfigError
 from fedattack.experiment import Experiment, build
 from fedattack.models import float_params
 from fedattack.report.console import Progress
+from fedattack.report.store import RunStore
+from fedattack.report.summary import summarize
+from fedattack.results import JobResult, RoundResult, RunHeader
+from fedattack.schema import Config
 from fedattack.server.audit import Auditor, make_observation
-from fedattack.threat import Observation, Truth
 from fedattack.server.dispatch import LocalDispatcher
-from fedattack.server.jobs import JobResult
-from fedattack.server.app import run_header
+from fedattack.threat import Observation, Truth
 
 
 def victim_indices(exp: Experiment) -> np.ndarray:
@@ -37,7 +38,7 @@ def victim_indices(exp: Experiment) -> np.ndarray:
     return np.sort(rng.choice(n, size=min(need, n), replace=False))
 
 
-def simulated_round(cfg: Config, indices, clients: int = 1) -> tuple[Observation, Truth, Experiment]:
+def simulated_round(cfg: Config, indices, *, clients: int = 1) -> tuple[Observation, Truth, Experiment]:
     """One simulated round without Flower: each of `clients` clients trains on its share of
     `indices` from the same global model; the server sees the example-weighted mean of their
     updates (an aggregate, as SecAgg reveals, when clients > 1). For experiments and benchmarks."""
@@ -59,13 +60,13 @@ def simulated_round(cfg: Config, indices, clients: int = 1) -> tuple[Observation
     return obs, exp.train.truth(used), exp
 
 
-def run_attack(cfg: Config, out_dir: str | Path | None = None, progress: Progress | None = None) -> list[JobResult]:
-    from fedattack.report.store import RunStore
-
+def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Progress | None = None
+               ) -> list[JobResult]:
+    """Train the victim, run every configured attack on its update; with `out_dir`, write a run directory."""
     progress = progress or Progress()
     exp = build(cfg)
     idx = victim_indices(exp)
-    store = RunStore(out_dir, cfg.to_yaml(), run_header(cfg)) if out_dir else None
+    store = RunStore(out_dir, cfg=cfg) if out_dir else None
     model = exp.initial_model()
     sent = {**dict(model.state_dict()), **float_params(model)}
     sent = {k: v.detach().clone() for k, v in sent.items()}
@@ -77,21 +78,19 @@ def run_attack(cfg: Config, out_dir: str | Path | None = None, progress: Progres
         results.append(res)
         progress.result(res)
         if store:
-            store.add_result(res, cfg.audit.save_images)
+            store.add_result(res)
 
-    auditor = Auditor(exp, LocalDispatcher(max_workers=1), on_result)
+    auditor = Auditor(exp, LocalDispatcher(max_workers=1), on_result=on_result)
     obs = auditor.observation(sent, received, {"num-examples": result.num_examples, "local_steps": result.steps})
     progress.print(f"victim: {len(result.indices)} images {result.indices[:16]}{' ...' if len(result.indices) > 16 else ''}, "
                    f"{result.steps} local steps of batch {cfg.client.batch_size} at lr {cfg.client.lr}")
     auditor.submit(1, cfg.victim.client, obs, exp.train.truth(result.indices))
     auditor.finish()
     if store:
-        store.add_round({"round": 1, "train_loss": result.loss, "replies": 1, "errors": 0, "audited_clients": 1,
-                         "jobs": len(results), "scope": "client"})
+        store.add_round(RoundResult(round=1, train_loss=result.loss, replies=1, errors=0, audited_clients=1,
+                                    jobs=len(results), scope="client"))
         summary = store.finish()
     else:
-        from fedattack.report.store import summarize
-
-        summary = summarize([r.row() | {"success": str(r.success), "adaptive": str(r.adaptive)} for r in results], [])
+        summary = summarize(results, [], RunHeader.from_config(cfg.to_dict()))
     progress.summary_table(summary, title="fedattack attack")
     return results

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar
 
@@ -16,7 +19,9 @@ class Registry(Generic[T]):
     """A named collection of plug-ins (attacks, defenses, datasets, models, strategies).
 
     Entries are registered by name; `get` also accepts `package.module:attr`, so a user's
-    own object plugs in without being registered.
+    own object plugs in without being registered. An unknown name is a ConfigError naming
+    the config field the registry serves (`field_name`), so `get` is also the validation of
+    that field.
     """
 
     kind: str
@@ -24,7 +29,9 @@ class Registry(Generic[T]):
     _items: dict[str, T] = field(default_factory=dict)
     _docs: dict[str, str] = field(default_factory=dict)
 
-    def register(self, name: str, obj: T | None = None, doc: str = "") -> Any:
+    def register(self, name: str, obj: T | None = None, *, doc: str = "") -> Any:
+        """Register `obj` under `name`; without `obj`, a decorator that registers what it decorates."""
+
         def add(o: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
@@ -34,23 +41,39 @@ class Registry(Generic[T]):
 
         return add(obj) if obj is not None else add
 
+    def unregister(self, name: str) -> T:
+        """Remove and return the entry `name` (KeyError if there is none)."""
+        self._docs.pop(name, None)
+        return self._items.pop(name)
+
+    @contextmanager
+    def temporarily(self, name: str, obj: T, *, doc: str = "") -> Iterator[T]:
+        """Register `obj` as `name` for the duration of a with-block (tests, experiments)."""
+        self.register(name, obj, doc=doc)
+        try:
+            yield obj
+        finally:
+            self.unregister(name)
+
     def names(self) -> list[str]:
         return sorted(self._items)
 
     def doc(self, name: str) -> str:
         return self._docs.get(name, "")
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._items or ":" in name
+    def check(self, name: str) -> None:
+        """Validate `name` without importing anything: registered, or a `module:attr` path."""
+        if name not in self._items and ":" not in name:
+            raise ConfigError(
+                self.field_name, f"unknown {self.kind} '{name}'; allowed: {', '.join(self.names())} or module:attr"
+            )
 
     def get(self, name: str) -> T:
+        """The entry `name`, or the object at import path `module:attr`."""
+        self.check(name)
         if name in self._items:
             return self._items[name]
-        if ":" in name:
-            return import_path(name, self.field_name)
-        raise ConfigError(
-            self.field_name, f"unknown {self.kind} '{name}'; allowed: {', '.join(self.names())} or module:attr"
-        )
+        return import_path(name, self.field_name)
 
 
 def import_path(path: str, field_name: str) -> Any:
@@ -67,8 +90,6 @@ def import_path(path: str, field_name: str) -> Any:
 
 def call_with_known(fn: Callable[..., T], kwargs: dict[str, Any]) -> T:
     """Call fn with the subset of kwargs its signature accepts."""
-    import inspect
-
     sig = inspect.signature(fn)
     if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
         return fn(**kwargs)

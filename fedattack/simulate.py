@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import sys
 from pathlib import Path
 
-from fedattack.config import Config
+from flwr.serverapp import ServerApp
+
+from fedattack.client.app import app as client_app
+from fedattack.defenses import DEFENSES
+from fedattack.errors import ConfigError
 from fedattack.experiment import build
 from fedattack.report.console import Progress
 from fedattack.report.store import RunStore
+from fedattack.report.summary import Summary
+from fedattack.schema import Config
+from fedattack.server.app import run_audit
 from fedattack.server.dispatch import ATTACK_RESOURCE
+from fedattack.server.secagg import check_strategy, run_secagg_audit
+from fedattack.server.secagg import client_app as secagg_client_app
+from fedattack.server.strategies import build_strategy
 
 
-def init_ray(cfg: Config, verbose: bool = False, num_cpus: int | None = None) -> None:
+def init_ray(cfg: Config, *, verbose: bool = False, num_cpus: int | None = None) -> None:
     """Start a private local Ray instance, or join the cluster at `ray.address`.
 
     Local: the instance declares the `fedattack_attack` resource (capacity audit.max_concurrent)
@@ -24,9 +37,6 @@ def init_ray(cfg: Config, verbose: bool = False, num_cpus: int | None = None) ->
     `num_cpus` (local only): CPUs the instance offers Flower's clients (default: all cores); attack
     jobs ask for none, so cores left out stay free for them.
     """
-    import os
-    import sys
-
     import ray
 
     if ray.is_initialized():
@@ -35,8 +45,6 @@ def init_ray(cfg: Config, verbose: bool = False, num_cpus: int | None = None) ->
     common = {"include_dashboard": False, "logging_level": logging.INFO if verbose else logging.ERROR,
               "log_to_driver": verbose, "configure_logging": True}
     if cfg.ray.address:
-        from fedattack.errors import ConfigError
-
         address = cfg.ray.address
         problem = _unreachable(address)
         if problem is None:
@@ -54,8 +62,6 @@ def init_ray(cfg: Config, verbose: bool = False, num_cpus: int | None = None) ->
 
 def _unreachable(address: str, timeout: float = 10.0) -> str | None:
     """Why nothing answers at `host:port` (None if something does, or for `auto`)."""
-    import socket
-
     host, sep, port = address.rpartition(":")
     if address == "auto" or "://" in address or not sep or not port.isdigit():
         return None
@@ -67,21 +73,13 @@ def _unreachable(address: str, timeout: float = 10.0) -> str | None:
 
 
 def uses_secagg(cfg: Config) -> bool:
-    from fedattack.defenses import DEFENSES
-
     return any(DEFENSES.get(d).protocol == "secagg" for d in cfg.client.defenses)
 
 
-def run(cfg: Config, out_dir: str | Path, progress: Progress | None = None, verbose: bool = False) -> dict:
+def run(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None, verbose: bool = False) -> Summary:
     """Run the audited simulation described by cfg; write the run directory; return the summary."""
     import ray
-    from flwr.serverapp import ServerApp
     from flwr.simulation import run_simulation
-
-    from fedattack.client.app import app as client_app
-    from fedattack.server.app import run_audit, run_header
-    from fedattack.server.secagg import check_strategy, client_app as secagg_client_app, run_secagg_audit
-    from fedattack.server.strategies import build_strategy
 
     progress = progress or Progress()
     secagg = uses_secagg(cfg)
@@ -91,8 +89,8 @@ def run(cfg: Config, out_dir: str | Path, progress: Progress | None = None, verb
     if not verbose:
         for name in ("flwr", "flwr.simulation"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    init_ray(cfg, verbose, num_cpus=cfg.ray.num_cpus)
-    store = RunStore(out_dir, cfg.to_yaml(), run_header(cfg))
+    init_ray(cfg, verbose=verbose, num_cpus=cfg.ray.num_cpus)
+    store = RunStore(out_dir, cfg=cfg)
     progress.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} rounds of {cfg.fl.strategy}, "
                    f"{cfg.fl.clients_per_round} per round; auditing with {', '.join(cfg.audit.attacks) or 'nothing'}; "
                    f"run directory {store.dir}")

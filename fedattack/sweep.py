@@ -13,16 +13,23 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import fields
 from pathlib import Path
 
-from fedattack.config import Config
+from rich.table import Table
+
+from fedattack.arguments import add_config_args, load_config
+from fedattack.config import from_dict
+from fedattack.defenses import DEFENSES
 from fedattack.errors import ConfigError, FedattackError
+from fedattack.report.console import Progress
+from fedattack.report.store import check_out, default_out_dir, load_run
+from fedattack.schema import Config
 
 SWEEP_FIELDS = ["value", "attack", "test_acc", "psnr", "ssim", "label_acc", "success_rate", "epsilon", "jobs",
                 "failed", "breaking_point", "run_dir"]
@@ -30,10 +37,6 @@ SWEEP_FIELDS = ["value", "attack", "test_acc", "psnr", "ssim", "label_acc", "suc
 
 def plan(cfg: Config) -> list[tuple[str, Config]]:
     """One config per sweep value: the defense switched on with its parameter set."""
-    from dataclasses import fields
-
-    from fedattack.defenses import DEFENSES
-
     s = cfg.sweep
     if not s.defense:
         raise ConfigError("sweep.defense", f"name the defense to sweep; allowed: {', '.join(DEFENSES.names())}")
@@ -48,15 +51,11 @@ def plan(cfg: Config) -> list[tuple[str, Config]]:
         raise ConfigError("sweep.parallel", f"must be >= 1, got {s.parallel}")
     out = []
     for v in s.values:
-        c = cfg.copy()
-        if s.defense not in c.client.defenses:
-            c.client.defenses = [*c.client.defenses, s.defense]
-        c.defense(s.defense)
-        raw = c.to_dict()
-        raw[s.defense][param] = v
+        raw = cfg.to_dict()
+        if s.defense not in raw["client"]["defenses"]:
+            raw["client"]["defenses"] = [*raw["client"]["defenses"], s.defense]
+        raw.setdefault(s.defense, {})[param] = v
         raw["sweep"] = {"defense": None, "param": None, "values": [], "parallel": 1}
-        from fedattack.config import from_dict
-
         out.append((f"{s.defense}.{param}={v}", from_dict(raw)))  # validates each value's range
     return out
 
@@ -78,18 +77,18 @@ def _num(x) -> float:
 
 
 def collect(values: list, run_dirs: list[Path]) -> list[dict]:
+    """sweep.csv's rows: per value and attack, the summary of that value's run."""
     rows = []
     for v, d in zip(values, run_dirs):
-        summary_path = d / "summary.json"
-        if not summary_path.is_file():
+        if not (d / "summary.json").is_file():  # written last: the run did not finish
             rows.append({"value": v, "attack": "(run failed)", "run_dir": str(d)})
             continue
-        summary = json.loads(summary_path.read_text())
-        for attack, a in summary.get("attacks", {}).items():
-            rows.append({"value": v, "attack": attack, "test_acc": summary.get("final_test_acc"),
-                         "psnr": a["psnr"], "ssim": a["ssim"], "label_acc": a["label_acc"],
-                         "success_rate": a["success_rate"], "epsilon": summary.get("epsilon"), "jobs": a["jobs"],
-                         "failed": a["failed"], "run_dir": str(d)})
+        summary = load_run(d).summary()
+        for attack, a in summary.attacks.items():
+            rows.append({"value": v, "attack": attack, "test_acc": summary.final_test_acc,
+                         "psnr": a.psnr, "ssim": a.ssim, "label_acc": a.label_acc,
+                         "success_rate": a.success_rate, "epsilon": summary.epsilon, "jobs": a.jobs,
+                         "failed": a.failed, "run_dir": str(d)})
     for attack in {r["attack"] for r in rows}:
         mine = [r for r in rows if r["attack"] == attack]
         broken = next((r["value"] for r in mine if r.get("success_rate") is not None and r["success_rate"] == 0), None)
@@ -124,9 +123,7 @@ def plot(rows: list[dict], path: Path, defense: str) -> None:
     plt.close(fig)
 
 
-def run_sweep(cfg: Config, out_dir: Path, quiet: bool = False) -> list[dict]:
-    from fedattack.report.console import Progress
-
+def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> list[dict]:
     progress = Progress(quiet=quiet)
     runs = plan(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -154,9 +151,7 @@ def run_sweep(cfg: Config, out_dir: Path, quiet: bool = False) -> list[dict]:
     return rows
 
 
-def print_table(rows: list[dict], title: str, progress) -> None:
-    from rich.table import Table
-
+def print_table(rows: list[dict], title: str, progress: Progress) -> None:
     def f(x, fmt):
         return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
@@ -171,22 +166,14 @@ def print_table(rows: list[dict], title: str, progress) -> None:
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:
-    from fedattack.cli import _check_out, _load
-
-    cfg = _load(ns)
-    out = Path(ns.out or Path("runs") / f"sweep-{time.strftime('%Y%m%d-%H%M%S')}")
-    _check_out(str(out))
+    cfg = load_config(ns)
+    out = Path(ns.out or default_out_dir("sweep-"))
+    check_out(out)
     plan(cfg)  # validate every value before anything is written
-    rows = run_sweep(cfg, out, quiet=ns.quiet)
+    rows = run_sweep(cfg, out_dir=out, quiet=ns.quiet)
     if any(r["attack"] == "(run failed)" for r in rows):
         raise FedattackError(f"sweep: some runs failed; see the logs under {out / 'runs'}")
     return 0
 
 
-def _args(p: argparse.ArgumentParser) -> None:
-    from fedattack.cli import _add_config_args
-
-    _add_config_args(p)
-
-
-COMMANDS = {"sweep": ("privacy-utility frontier: one audited run per defense setting", _args, cmd_sweep)}
+COMMANDS = {"sweep": ("privacy-utility frontier: one audited run per defense setting", add_config_args, cmd_sweep)}

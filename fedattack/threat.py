@@ -8,7 +8,7 @@ no attack signature accepts one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -43,7 +43,7 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """The architecture the server distributes; `build()` makes a fresh module."""
+    """The architecture the server distributes (plain data; fedattack.models.build_model builds it)."""
 
     name: str
     activation: str
@@ -55,11 +55,6 @@ class ModelSpec:
     # model extensions in order, each (name, JSON of its parameters): a defense's
     # (PRECODE's bottleneck) or a malicious server's (Robbing the Fed's imprint block)
     extensions: tuple[tuple[str, str], ...] = ()
-
-    def build(self, seed: int | None = None) -> torch.nn.Module:
-        from fedattack.models import build_model
-
-        return build_model(self, seed=seed)
 
 
 @dataclass(frozen=True)
@@ -109,8 +104,6 @@ class Observation:
         return {k: v * scale for k, v in self.update.items()}
 
     def to(self, device: torch.device | str) -> "Observation":
-        from dataclasses import replace
-
         return replace(
             self,
             global_params={k: v.to(device) for k, v in self.global_params.items()},

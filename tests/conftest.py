@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny configs that run in seconds on 2 CPU cores."""
+"""Shared fixtures: tiny configs that run in seconds on 2 CPU cores, strict attack jobs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,18 @@ import pytest
 import torch
 
 from fedattack import config as fconfig
+from fedattack.server.jobs import STRICT_ENV
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _strict_attack_jobs():
+    """Attack jobs made during the tests are strict: an exception that is not an expected
+    attack failure (a programming error) raises instead of becoming an "error" row. The
+    variable reaches Ray workers and `fedattack` subprocesses through the environment; a test
+    of the recorded form sets it to 0 with monkeypatch."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(STRICT_ENV, "1")
+        yield
 
 
 @pytest.fixture(autouse=True)

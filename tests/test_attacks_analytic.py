@@ -8,21 +8,20 @@ import torch
 import torch.nn as nn
 
 from fedattack import config as fconfig
-from fedattack.gradient_attack import simulated_round
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.cpl import seed_images
-from fedattack.attacks.rtf import bin_edges
 from fedattack.errors import ConfigError
 from fedattack.experiment import build
+from fedattack.gradient_attack import simulated_round
 from fedattack.metrics import score
 from fedattack.models import EXTENSIONS
+from fedattack.models.imprint import bin_edges
 from fedattack.threat import DataSpec, ModelSpec, Observation, Protocol, Truth
-
 
 
 def observe(overrides: list[str], indices, clients: int = 1):
     """One simulated round (see fedattack.gradient_attack.simulated_round)."""
-    obs, truth, exp = simulated_round(fconfig.load(None, ["audit.attacks=[]", *overrides]), indices, clients)
+    obs, truth, exp = simulated_round(fconfig.load(None, ["audit.attacks=[]", *overrides]), indices, clients=clients)
     return obs, truth
 
 

@@ -13,8 +13,6 @@ from fedattack.errors import ConfigError
 from fedattack.metrics import score
 from fedattack.threat import DefenseSetting, Observation, Protocol, Truth
 
-
-
 # -- helpers ----------------------------------------------------------------------------
 
 def _observe(overrides: list[str], indices: list[int], noise: tuple[str, float] | None = None,
@@ -69,7 +67,7 @@ def _run(name: str, obs: Observation, params, adaptive: bool = False, seed: int 
 
 def _tiny_generator(path, latent_dim: int = 8, size: int = 16):
     """An untrained generator with a widened output layer, so its images differ strongly."""
-    from fedattack.generator import Generator, save_generator
+    from fedattack.models.generator import Generator, save_generator
 
     torch.manual_seed(0)
     gen = Generator(latent_dim, 1, size, 8).eval()
@@ -83,7 +81,7 @@ def _tiny_generator(path, latent_dim: int = 8, size: int = 16):
 def _generated_target(gen, seed: int = 1) -> tuple[Observation, Truth, torch.Tensor]:
     """The gradient of one image the generator itself produced (LeNet-ReLU, 16 px)."""
     from fedattack.experiment import build
-    from fedattack.generator import to_pixels
+    from fedattack.models.generator import to_pixels
 
     cfg = fconfig.load(None, ["audit.attacks=[]", "data.image_size=16", "model.activation=relu"])
     exp = build(cfg)
@@ -140,7 +138,7 @@ def test_trial_update_matches_real_local_sgd(momentum, steps, n, b, epochs):
 # -- train-generator --------------------------------------------------------------------
 
 def test_train_generator_command_writes_a_loadable_checkpoint(tmp_path):
-    from fedattack.generator import load_generator, to_pixels
+    from fedattack.models.generator import load_generator, to_pixels
 
     out = tmp_path / "gen.pt"
     rc = main(["train-generator", "audit.attacks=[]", "data.image_size=16", "--labels", "1", "--exclude", "1,3",
@@ -178,7 +176,7 @@ def test_train_generator_bad_input_is_one_line_exit_2(tmp_path, capsys, args, fi
 
 
 def test_missing_generator_is_a_config_error_naming_the_field(tmp_path):
-    from fedattack.generator import load_generator
+    from fedattack.models.generator import load_generator
 
     with pytest.raises(ConfigError, match="ggl.generator"):
         fconfig.load(None, ["audit.attacks=[ggl]"])
@@ -217,9 +215,9 @@ def test_ggl_finds_the_latent_of_a_generated_target(tmp_path, optimizer):
 
 
 def test_ggl_adaptive_applies_known_defense_hooks_and_skips_unknown_ones(tmp_path):
-    from fedattack.attacks.ggl import GGLParams
     from fedattack.attacks.base import NoParams
-    from fedattack.defenses import DEFENSES, DefenseSpec, register_defense
+    from fedattack.attacks.ggl import GGLParams
+    from fedattack.defenses import DEFENSES, DefenseSpec
 
     calls = []
 
@@ -227,11 +225,6 @@ def test_ggl_adaptive_applies_known_defense_hooks_and_skips_unknown_ones(tmp_pat
         calls.append(1)
         return {k: v * (observed[k] != 0) for k, v in trial.items()}
 
-    if "test-mask" not in DEFENSES.names():
-        register_defense(DefenseSpec(name="test-mask", params=NoParams, paper="test", where="update", adapt=adapt))
-    else:  # the spec is frozen; reuse it with this test's counter
-        DEFENSES._items["test-mask"] = DefenseSpec(name="test-mask", params=NoParams, paper="test",
-                                                   where="update", adapt=adapt)
     gen = _tiny_generator(tmp_path / "g.pt")
     obs, truth, _ = _generated_target(gen)
     from dataclasses import replace
@@ -239,15 +232,14 @@ def test_ggl_adaptive_applies_known_defense_hooks_and_skips_unknown_ones(tmp_pat
     obs = replace(obs, protocol=replace(obs.protocol, defenses=(
         DefenseSetting("test-mask", {}), DefenseSetting("not-a-registered-defense", {"x": 1}))))
     params = GGLParams(generator=str(tmp_path / "g.pt"), budget=80, batch=40, kl=0.0)
-    try:
+    spec = DefenseSpec(name="test-mask", params=NoParams, paper="test", where="update", adapt=adapt)
+    with DEFENSES.temporarily(spec.name, spec):  # other tests enumerate the registry
         _run("ggl", obs, params, adaptive=False)
         assert calls == []
         rec = _run("ggl", obs, params, adaptive=True)
         # the hook runs on every evaluated batch of candidates (vmapped: one call per batch of 40)
         assert len(calls) >= 80 // 40 and rec.images.shape == truth.images.shape
-    finally:  # other tests enumerate the registry
-        DEFENSES._items.pop("test-mask", None)
-        DEFENSES._docs.pop("test-mask", None)
+    assert "test-mask" not in DEFENSES.names()
 
 
 # -- bayes ------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -85,14 +86,44 @@ def test_refuses_a_non_empty_out_dir(tmp_path, capsys):
     assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
+FAILING = "tests.plugins.failing"
+
+
 def test_failing_attacks_are_recorded_and_the_audit_goes_on(tmp_path):
     out = tmp_path / "fail"
-    code = main(["attack", "audit.attacks=[tests.plugins.failing:boom,tests.plugins.failing:nan,idlg]",
+    code = main(["attack", f"audit.attacks=[{FAILING}:boom,{FAILING}:nan,idlg]",
                  "idlg.iterations=3", "--out", str(out), "--quiet"])
     assert code == 0
     rows = {r["attack"]: r for r in csv.DictReader((out / "leakage.csv").open())}
-    assert rows["tests.plugins.failing:boom"]["status"] == "failed"
-    assert "exploded" in rows["tests.plugins.failing:boom"]["error"]
-    assert rows["tests.plugins.failing:nan"]["status"] == "failed"
-    assert "NaN" in rows["tests.plugins.failing:nan"]["error"]
+    boom, nan = rows[f"{FAILING}:boom"], rows[f"{FAILING}:nan"]
+    assert boom["status"] == "failed" and boom["error"] == "AttackFailure: the optimizer exploded"
+    assert nan["status"] == "failed" and "NaN" in nan["error"]
+    assert rows["idlg"]["status"] == "ok" and rows["idlg"]["traceback"] == ""
+    # leakage.csv keeps one line; the run directory keeps the whole traceback beside it
+    story = (out / boom["traceback"]).read_text()
+    assert boom["traceback"].startswith("errors/") and "Traceback (most recent call last)" in story
+    assert "failing.py" in story and story.rstrip().endswith("AttackFailure: the optimizer exploded")
+    assert main(["report", str(out)]) == 0  # the typed read-back finds the traceback again
+    assert "errors/" in (out / "report.html").read_text()
+
+
+def test_a_bug_in_an_attack_is_an_error_with_its_traceback_not_a_failure(tmp_path, monkeypatch):
+    from fedattack.server.jobs import STRICT_ENV
+
+    monkeypatch.setenv(STRICT_ENV, "0")  # as a user's run records it
+    out = tmp_path / "bug"
+    assert main(["attack", f"audit.attacks=[{FAILING}:bug,idlg]", "idlg.iterations=3", "--out", str(out),
+                 "--quiet"]) == 0
+    rows = {r["attack"]: r for r in csv.DictReader((out / "leakage.csv").open())}
+    bug = rows[f"{FAILING}:bug"]
+    assert bug["status"] == "error" and bug["error"] == "KeyError: 'no such layer'"
+    assert 'obs.update["no such layer"]' in (out / bug["traceback"]).read_text()
     assert rows["idlg"]["status"] == "ok"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["attacks"][f"{FAILING}:bug"]["failed"] == 1
+
+
+def test_strict_jobs_raise_a_bug_in_an_attack(tmp_path):
+    # the test suite runs strict (tests/conftest.py): a programming error cannot pass for a failed attack
+    with pytest.raises(KeyError, match="no such layer"):
+        main(["attack", f"audit.attacks=[{FAILING}:bug]", "--out", str(tmp_path / "strict"), "--quiet"])

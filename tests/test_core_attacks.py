@@ -7,13 +7,13 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
-from benchmarks._cases import observed_update, psnr_ssim
 from fedattack import config as fconfig
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.dlg import DLGParams
 from fedattack.attacks.invgrad import InvGradParams
 from fedattack.defenses.base import DEFENSES, DefenseSpec
 from fedattack.errors import ConfigError
+from fedattack.testing.cases import observed_update, psnr_ssim
 from fedattack.threat import DefenseSetting
 
 ONE_IMAGE = ("client.batch_size=1", "client.local_steps=1")
@@ -92,11 +92,10 @@ def _drop_head(update, params, ctx=None):
 def head_dropping_defense():
     """A stand-in defense that withholds the classifier's weight update, with its adapt hook."""
     name = "test-drop-head"
-    DEFENSES.register(name, DefenseSpec(name=name, params=_NoParams, paper="test", where="update",
-                                        on_update=_drop_head, adapt=lambda trial, observed, p, scale=None: _drop_head(trial, p)))
-    yield name
-    DEFENSES._items.pop(name)
-    DEFENSES._docs.pop(name, None)
+    spec = DefenseSpec(name=name, params=_NoParams, paper="test", where="update", on_update=_drop_head,
+                       adapt=lambda trial, observed, p, scale=None: _drop_head(trial, p))
+    with DEFENSES.temporarily(name, spec):
+        yield name
 
 
 def test_adaptive_invgrad_models_a_known_defense(head_dropping_defense):

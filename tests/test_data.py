@@ -18,7 +18,7 @@ def _cfg(*overrides):
 
 
 def test_lfw_subset_is_bundled_and_normalized():
-    splits = load_dataset(_cfg().data, 0)
+    splits = load_dataset(_cfg().data, seed=0)
     assert len(splits.train) + len(splits.test) == 200
     x, y = splits.train.get([0, 1, 2])
     assert x.shape == (3, 1, 32, 32)
@@ -43,7 +43,7 @@ def _write_idx(root, folder, n_train=12, n_test=6, size=28):
 @pytest.mark.parametrize("name, folder", [("mnist", "MNIST"), ("fashion-mnist", "FashionMNIST")])
 def test_mnist_family_from_idx_files(tmp_path, name, folder):
     _write_idx(tmp_path, folder)
-    splits = load_dataset(_cfg(f"data.name={name}", f"data.root={tmp_path}").data, 0)
+    splits = load_dataset(_cfg(f"data.name={name}", f"data.root={tmp_path}").data, seed=0)
     assert len(splits.train) == 12 and len(splits.test) == 6
     assert splits.train.spec.num_classes == 10
     x, y = splits.train.get([0, 5])
@@ -66,7 +66,7 @@ def test_cifar10_from_pickled_batches(tmp_path, monkeypatch):
             pickle.dump(batch, f)
     with open(base / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
-    splits = load_dataset(_cfg("data.name=cifar10", f"data.root={tmp_path}").data, 0)
+    splits = load_dataset(_cfg("data.name=cifar10", f"data.root={tmp_path}").data, seed=0)
     assert len(splits.train) == 20 and len(splits.test) == 4
     x, _ = splits.train.get([0])
     assert x.shape == (1, 3, 32, 32)
@@ -80,7 +80,7 @@ def test_imagefolder(tmp_path):
         (tmp_path / cls).mkdir()
         for i in range(5):
             Image.fromarray(rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
-    splits = load_dataset(_cfg("data.name=imagefolder", f"data.root={tmp_path}", "data.image_size=16").data, 0)
+    splits = load_dataset(_cfg("data.name=imagefolder", f"data.root={tmp_path}", "data.image_size=16").data, seed=0)
     assert len(splits.train) + len(splits.test) == 10
     assert splits.train.spec.num_classes == 2
     x, _ = splits.train.get([0])
@@ -89,29 +89,29 @@ def test_imagefolder(tmp_path):
 
 def test_missing_root_is_a_clear_error(tmp_path):
     with pytest.raises(DataError, match="data.root"):
-        load_dataset(_cfg("data.name=mnist", f"data.root={tmp_path / 'nowhere'}").data, 0)
+        load_dataset(_cfg("data.name=mnist", f"data.root={tmp_path / 'nowhere'}").data, seed=0)
     with pytest.raises(DataError, match="MNIST"):
-        load_dataset(_cfg("data.name=mnist", f"data.root={tmp_path}").data, 0)
+        load_dataset(_cfg("data.name=mnist", f"data.root={tmp_path}").data, seed=0)
     with pytest.raises(ConfigError, match="data.root"):
-        load_dataset(_cfg("data.name=cifar10").data, 0)
+        load_dataset(_cfg("data.name=cifar10").data, seed=0)
 
 
 @pytest.mark.parametrize("name", ["iid", "dirichlet", "shards"])
 def test_partitions_cover_disjointly_and_are_reproducible(name):
     targets = np.repeat(np.arange(5), 40)
     cfg = _cfg(f"partition.name={name}", "partition.alpha=0.3").partition
-    parts = partition(targets, 8, cfg, seed=1)
+    parts = partition(targets, num_clients=8, cfg=cfg, seed=1)
     allidx = np.concatenate(parts)
     assert len(parts) == 8 and len(allidx) == len(set(allidx.tolist())) == len(targets)
     assert all(len(p) >= 2 for p in parts)
-    again = partition(targets, 8, cfg, seed=1)
+    again = partition(targets, num_clients=8, cfg=cfg, seed=1)
     assert all((a == b).all() for a, b in zip(parts, again))
 
 
 def test_dirichlet_small_alpha_is_skewed():
     targets = np.repeat(np.arange(4), 100)
-    skewed = partition(targets, 4, _cfg("partition.alpha=0.05").partition, seed=0)
-    even = partition(targets, 4, _cfg("partition.alpha=100").partition, seed=0)
+    skewed = partition(targets, num_clients=4, cfg=_cfg("partition.alpha=0.05").partition, seed=0)
+    even = partition(targets, num_clients=4, cfg=_cfg("partition.alpha=100").partition, seed=0)
 
     def mean_max_share(parts):
         return np.mean([np.bincount(targets[p], minlength=4).max() / len(p) for p in parts])

@@ -2,7 +2,7 @@
 
 A "head" node holds one CPU (Flower's clients); an "attack" node holds no CPU and the
 `fedattack_attack` resource, as a GPU worker of docker/compose.yaml does. The clusters are
-fedattack.localcluster's: each in its own temp dir, stopped by killing exactly the process
+fedattack.testing.cluster's: each in its own temp dir, stopped by killing exactly the process
 groups it started, never with a machine-wide `ray stop`.
 """
 
@@ -17,8 +17,8 @@ import pytest
 
 from fedattack import config as fconfig
 from fedattack.errors import ConfigError
-from fedattack.localcluster import LocalCluster, free_port
 from fedattack.server.dispatch import ATTACK_RESOURCE, RayDispatcher, feasible, task_options
+from fedattack.testing.cluster import LocalCluster, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -179,7 +179,7 @@ def test_audited_run_on_a_joined_cluster_attacks_on_the_attack_node(cluster, tmp
     markers.mkdir()
     out = tmp_path / "run"
     where = f"{FAULTS}:where"
-    run(_run_cfg(cluster.address, ["idlg", where], **{where: {"marker_dir": str(markers)}}), out)
+    run(_run_cfg(cluster.address, ["idlg", where], **{where: {"marker_dir": str(markers)}}), out_dir=out)
 
     rows = _rows(out)
     assert sorted((r["attack"], r["status"]) for r in rows) == [("idlg", "ok")] * 2 + [(where, "ok")] * 2, rows
@@ -205,7 +205,7 @@ def test_killed_workers_are_retried_once_and_cost_no_other_result(cluster, tmp_p
     once, always = f"{FAULTS}:die_once", f"{FAULTS}:die_always"
     cfg = _run_cfg(cluster.address, [once, always, "idlg"], **{a: {"marker_dir": str(markers)} for a in (once, always)})
     cfg.audit.max_clients = 1  # one audited client: three jobs
-    run(cfg, out)
+    run(cfg, out_dir=out)
 
     rows = {r["attack"]: r for r in _rows(out)}
     assert sorted(rows) == sorted([once, always, "idlg"])
@@ -227,7 +227,6 @@ def test_cluster_without_attack_slots_warns_and_caps_jobs_itself(tmp_path, capfd
     from fedattack.server.dispatch import make_dispatcher
     from fedattack.server.jobs import AttackJob
     from fedattack.simulate import init_ray
-
     from tests.plugins.ray_faults import FaultParams  # registers `where` in this process only
 
     c = LocalCluster(pythonpath=[ROOT], cwd=ROOT)
@@ -241,7 +240,7 @@ def test_cluster_without_attack_slots_warns_and_caps_jobs_itself(tmp_path, capfd
         names = [n for n, _ in exp.initial_model().named_parameters()]
         obs = make_observation(exp, names, state, state, {"num-examples": 2})
         truth = exp.train.truth([0, 1])
-        dispatcher = make_dispatcher(cfg.audit.gpus_per_job, cfg.audit.max_concurrent)
+        dispatcher = make_dispatcher(gpus_per_job=cfg.audit.gpus_per_job, max_concurrent=cfg.audit.max_concurrent)
         assert isinstance(dispatcher, RayDispatcher)
         params = FaultParams(marker_dir=str(tmp_path), hold=1.0)
         for seed in range(3):

@@ -7,14 +7,17 @@ service joining the head) is checked on the parsed YAML in every case.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
 from fedattack.server.dispatch import ATTACK_RESOURCE
@@ -101,18 +104,105 @@ def test_run_command_overrides_parse_as_a_fedattack_config():
     assert cfg.ray.address == "head:6379" and cfg.audit.gpus_per_job > 0
 
 
-def test_dockerfile_is_a_cuda_image_that_installs_the_package_the_readme_way():
-    text = (DOCKER / "Dockerfile").read_text()
-    base = re.search(r"ARG BASE_IMAGE=(\S+)", text)
-    assert base and base.group(1).startswith("nvidia/cuda:") and "FROM ${BASE_IMAGE}" in text
-    assert re.search(r"pip install (-e \"\.\[dev\]\"|\.)", text)
-    assert "COPY . /app" in text and "WORKDIR /app" in text
-    ignored = (DOCKER / "Dockerfile.dockerignore").read_text().split()
-    assert ".venv" in ignored and ".git" in ignored
+def _instructions(path: Path) -> list[tuple[str, str]]:
+    """A Dockerfile as (INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    out, current = [], ""
+    for line in path.read_text().splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current += line.rstrip()[:-1] + " " if line.rstrip().endswith("\\") else line
+        if not line.rstrip().endswith("\\"):
+            word, _, rest = current.strip().partition(" ")
+            out.append((word.upper(), " ".join(rest.split())))
+            current = ""
+    return out
 
 
-def test_join_script_is_valid_shell_that_joins_then_runs_the_command():
-    script = DOCKER / "join.sh"
-    assert subprocess.run(["sh", "-n", str(script)]).returncode == 0
-    text = script.read_text()
-    assert "ray start --address=" in text and "--num-cpus=0" in text and '"$@"' in text
+def _readme_setup_commands() -> list[str]:
+    """The commands of the README's set-up block (```bash after "## Set up")."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## Set up", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in block.splitlines() if line.strip()]
+
+
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether Docker leaves `path` (relative to the build context) out, for these patterns."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        if any(fnmatch.fnmatch(p, pattern) or fnmatch.fnmatch(p, f"**/{pattern}") or
+               (pattern.startswith("**/") and fnmatch.fnmatch(p.rsplit("/", 1)[-1], pattern[3:])) for p in prefixes):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerfile_builds_a_cuda_image_that_installs_the_package_the_readme_way():
+    steps = _instructions(DOCKER / "Dockerfile")
+    args = dict(a.split("=", 1) for kind, a in steps if kind == "ARG" and "=" in a)
+    assert args["BASE_IMAGE"].startswith("nvidia/cuda:") and ("FROM", "${BASE_IMAGE}") in steps
+    kinds = [k for k, _ in steps]
+    workdir, copy = kinds.index("WORKDIR"), steps.index(("COPY", ". /app"))
+    assert steps[workdir] == ("WORKDIR", "/app") and workdir < copy
+    install = _readme_setup_commands()[0]  # pip install -e ".[dev]"
+    runs = [i for i, (k, a) in enumerate(steps) if k == "RUN" and install in a]
+    assert runs and runs[0] > copy, f"no RUN with the README's `{install}` after COPY"
+    # the image's default command is the console script the package declares, and it works
+    cmd = json.loads(next(a for k, a in steps if k == "CMD"))
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert cmd[0] in scripts and scripts[cmd[0]] == "fedattack.cli:main"
+    from fedattack.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(cmd[1:])
+    assert info.value.code == 0
+
+
+def test_build_context_holds_what_the_install_needs_and_not_the_local_environment():
+    patterns = [line.strip() for line in (DOCKER / "Dockerfile.dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    needed = ["pyproject.toml", project["readme"], "fedattack/__init__.py", "fedattack/cli.py",
+              "configs/default.yaml", "docker/join.sh"]
+    assert all((ROOT / p).is_file() for p in needed)
+    assert [p for p in needed if _dockerignored(p, patterns)] == []
+    for local in (".venv/bin/python", ".git/HEAD", "runs/20260101-000000/leakage.csv", "fedattack/__pycache__/x.pyc",
+                  "fedattack.egg-info/PKG-INFO", "build/lib/fedattack/cli.py"):
+        assert _dockerignored(local, patterns), local
+
+
+def _join(tmp_path: Path, command: list[str], ray_exit: int = 0, **env: str) -> tuple[int, list[str]]:
+    """Run docker/join.sh with a stand-in `ray` that logs its calls; returns (exit code, calls)."""
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir(exist_ok=True)
+    log.write_text("")
+    ray = bin_dir / "ray"
+    ray.write_text(f'#!/bin/sh\necho "ray $*" >> "{log}"\n[ "$1" = start ] && exit {ray_exit}\nexit 0\n')
+    ray.chmod(0o755)
+    base = {k: v for k, v in os.environ.items() if k != "RAY_HEAD"}
+    res = subprocess.run(["sh", str(DOCKER / "join.sh"), *command], capture_output=True, text=True, timeout=60,
+                         env={**base, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "CALLS": str(log), **env})
+    return res.returncode, log.read_text().splitlines()
+
+
+def test_join_script_joins_the_head_runs_the_command_and_leaves(tmp_path):
+    command = ["sh", "-c", 'echo "command $0" >> "$CALLS"; exit 3', "fedattack"]
+    code, calls = _join(tmp_path, command)
+    assert calls == ["ray start --address=head:6379 --num-cpus=0 --num-gpus=0 --disable-usage-stats",
+                     "command fedattack", "ray stop"]
+    assert code == 3  # the command's own exit code
+    _, calls = _join(tmp_path, ["true"], RAY_HEAD="10.0.0.5:6380")
+    assert calls[0].startswith("ray start --address=10.0.0.5:6380 ") and calls[-1] == "ray stop"
+    code, calls = _join(tmp_path, command, ray_exit=1)  # no cluster to join: the command never runs
+    assert code != 0 and not any(c.startswith("command") for c in calls)
+
+
+def test_the_run_service_joins_the_head_it_names():
+    services = _config()["services"]
+    run = services["fedattack"]
+    address = next(a.split("=", 1)[1] for a in _argv(run["command"]) if a.startswith("ray.address="))
+    assert run["environment"]["RAY_HEAD"] == address  # join.sh joins the cluster the run drives
+    host, port = address.split(":")
+    assert host in services and _flag(_argv(services[host]["command"]), "port") == port

@@ -7,12 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks._cases import observed_update
 from fedattack import config as fconfig
 from fedattack.attacks.engine import cosine_distance, functional_model, matching, replay, schedule
 from fedattack.attacks.optimize import Unknowns, batched_objective, label_plan
 from fedattack.client.train import schedule as client_schedule
-
+from fedattack.testing.cases import observed_update
 
 
 def client_order(overrides: list[str], truth) -> list[int]:

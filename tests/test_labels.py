@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks._cases import observed_update, synthetic_update
 from fedattack import config as fconfig
 from fedattack.attacks.labels import LABELS, apportion, label_hypotheses, nearby_counts, recover_labels
 from fedattack.errors import ConfigError
 from fedattack.metrics.labels import label_accuracy
-
+from fedattack.testing.cases import observed_update, synthetic_update
 
 
 def accuracy(method: str, labels: list[int], **kw) -> float:

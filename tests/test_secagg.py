@@ -17,7 +17,7 @@ def test_secagg_run_attacks_only_the_aggregate(tmp_path):
         "audit.attacks=[idlg,tests.plugins.aggregate_probe:aggregate_probe]", "idlg.iterations=3",
     ])
     out = tmp_path / "secagg"
-    run(cfg, out)
+    run(cfg, out_dir=out)
     rows = list(csv.DictReader((out / "leakage.csv").open()))
     # no per-client row can be computed: only the aggregate-scope attack ran, once per round
     assert len(rows) == 2

@@ -22,7 +22,7 @@ def test_audited_simulation_writes_a_complete_run_directory(tmp_path):
         "audit.attacks=[idlg,dlg]", "idlg.iterations=5", "dlg.iterations=5", "audit.max_concurrent=1",
     ])
     out = tmp_path / "run"
-    summary = run(cfg, out)
+    summary = run(cfg, out_dir=out)
     for name in ("config.yaml", "leakage.csv", "rounds.csv", "summary.json", "report.html"):
         assert (out / name).is_file(), name
     rows = list(csv.DictReader((out / "leakage.csv").open()))
@@ -40,7 +40,7 @@ def test_audited_simulation_writes_a_complete_run_directory(tmp_path):
     assert 0 <= float(rounds[-1]["test_acc"]) <= 1
     assert len(list((out / "images").glob("*.png"))) == len(rows)
     assert json.loads((out / "summary.json").read_text())["attacks"]["dlg"]["jobs"] == 4
-    assert summary["server_mode"] == "honest"
+    assert summary.header.server_mode == "honest" and summary.attacks["dlg"].jobs == 4
     # the user's strategy ran unchanged and never saw the audit-only record
     assert [s["round"] for s in user_strategy.SEEN] == [1, 2]
     assert all(s["n"] == 2 and "audit" not in s["keys"] for s in user_strategy.SEEN)

@@ -22,7 +22,7 @@ import torch
 
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.labels import recover_labels
-from fedattack.config import check_range
+from fedattack.validate import check_range
 from fedattack.errors import ConfigError
 from fedattack.threat import Observation, Reconstruction
 

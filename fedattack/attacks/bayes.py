@@ -50,7 +50,8 @@ from torch.func import vmap
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.engine import Params, num_images, target, trial_update
 from fedattack.attacks.labels import recover_labels
-from fedattack.config import check_choice, check_range
+from fedattack.metrics import score
+from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction, Truth
 
 LIKELIHOODS = ["auto", "gaussian", "laplacian", "l2", "cosine"]
@@ -205,8 +206,6 @@ def bayes(obs: Observation, params: BayesParams, ctx: AttackContext) -> Reconstr
 
 def _psnr_per_weight(obs: Observation, truth: Truth, params: BayesParams, ctx: AttackContext,
                      weights: list[float]) -> list[float]:
-    from fedattack.metrics import score
-
     labels, _ = recover_labels(obs, num_images(obs), ctx.labels)
     images, _ = optimize(obs, params, ctx, labels.to(ctx.device), weights)
     return [float(score(Reconstruction(images=img, labels=labels), truth, obs.data).psnr) for img in images]

@@ -38,7 +38,7 @@ import torch
 from fedattack.attacks.analytic import input_layer, layer_gradient, linear_layers
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.engine import functional_model, num_images, total_variation
-from fedattack.config import check_choice, check_range
+from fedattack.validate import check_choice, check_range
 from fedattack.threat import DataSpec, Observation, Reconstruction
 
 EPS = 1e-12

@@ -26,7 +26,7 @@ import torch
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.engine import DISTANCES, functional_model, gradient, num_images, target
 from fedattack.attacks.labels import recover_labels
-from fedattack.config import check_choice, check_range
+from fedattack.validate import check_choice, check_range
 from fedattack.threat import DataSpec, Observation, Reconstruction
 
 

@@ -21,7 +21,7 @@ from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.engine import DISTANCES, matching, num_images
 from fedattack.attacks.optimize import AdamSchedule, best_restart, init_unknowns, run_adam, run_lbfgs
 from fedattack.attacks.labels import recover_labels
-from fedattack.config import check_choice, check_range
+from fedattack.validate import check_choice, check_range
 from fedattack.errors import ConfigError
 from fedattack.threat import Observation, Reconstruction
 

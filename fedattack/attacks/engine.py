@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from fedattack.defenses.base import DEFENSES, adapt_update
+from fedattack.models import build_model
 from fedattack.threat import Observation, Protocol
 
 Params = dict[str, torch.Tensor]
@@ -60,7 +61,7 @@ def functional_model(obs: Observation, device: torch.device | None = None, train
     function is pure and vectorizes); dropout stays off, since its masks are the client's
     private randomness. train_mode=False uses the running statistics the server sent."""
     device = device or next(iter(obs.global_params.values())).device
-    module = obs.model.build().to(device)
+    module = build_model(obs.model).to(device)
     module.eval()
     if train_mode:
         for m in module.modules():

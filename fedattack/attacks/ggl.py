@@ -15,7 +15,7 @@ candidates evaluated together (the authors ask 50 candidates per round for 500 r
 
 The trial update is the engine's (fedattack.attacks.engine): the known local training
 replayed on each candidate batch. The generator is a checkpoint (`ggl.generator=PATH`) written by `fedattack
-train-generator` (see fedattack.generator). Adaptive variant (audit.adaptive): the known
+train-generator` (see fedattack.models.generator). Adaptive variant (audit.adaptive): the known
 defenses' `adapt` hooks (clipping bound, pruning mask read off the observed zeros, ...)
 are applied to every trial gradient, as the authors' adaptive attack does; additive noise
 is not simulated, since zero-mean noise on the trial leaves the expected L2 objective's
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -39,7 +40,9 @@ from torch.func import vmap
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.engine import DISTANCES, Params, num_images, target, trial_update
 from fedattack.attacks.labels import recover_labels
-from fedattack.config import check_choice, check_range
+from fedattack.errors import ConfigError
+from fedattack.models.generator import load_generator, to_pixels
+from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
 
@@ -58,10 +61,6 @@ class GGLParams:
     restarts: int = 1  # independent searches, best by loss
 
     def validate(self, name: str) -> None:
-        from pathlib import Path
-
-        from fedattack.errors import ConfigError
-
         check_choice(name, "optimizer", self.optimizer, ["cmaes", "adam"])
         check_range(name, "budget", self.budget, 1)
         check_range(name, "batch", self.batch, 2)
@@ -107,8 +106,6 @@ def latent_kl(z: torch.Tensor) -> torch.Tensor:
 
 def generated_images(gen: torch.nn.Module, meta: dict, z: torch.Tensor, obs: Observation) -> torch.Tensor:
     """z (..., n, d) -> images (..., n, C, H, W) in the model's input space."""
-    from fedattack.generator import to_pixels
-
     lead = z.shape[:-1]
     px = to_pixels(gen(z.reshape(-1, z.shape[-1])))
     c, h, w = obs.data.shape
@@ -187,8 +184,6 @@ def _adam(objective, shape: tuple[int, int], params: GGLParams, seed: int, devic
                  paper="Li et al., Auditing Privacy Defenses in Federated Learning via Generative Gradient "
                        "Leakage, CVPR 2022")
 def ggl(obs: Observation, params: GGLParams, ctx: AttackContext) -> Reconstruction:
-    from fedattack.generator import load_generator
-
     gen, meta = load_generator(params.generator, "ggl.generator", ctx.device)
     for p in gen.parameters():
         p.requires_grad_(False)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.engine import Params, l2_distance, num_images, target, trial_update
 from fedattack.attacks.labels import recover_labels
-from fedattack.config import check_choice, check_range
+from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
 

@@ -26,7 +26,7 @@ from fedattack.attacks.engine import DISTANCES, matching, num_images
 from fedattack.attacks.labels import label_hypotheses
 from fedattack.attacks.optimize import (INITS, AdamSchedule, best_restart, consensus, init_unknowns, label_plan,
                                         run_adam, subset)
-from fedattack.config import check_choice, check_range
+from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
 

@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+from fedattack.attacks.engine import functional_model
 from fedattack.registry import Registry
 from fedattack.threat import Observation
 
@@ -105,9 +106,7 @@ def llg(obs: Observation, n: int) -> torch.Tensor:
 def dummy_statistics(obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean softmax output (C,) and mean last-layer input (F,) of the observed model on
     random images (uniform pixels), the attacker's stand-in for the unknown batch."""
-    from fedattack.attacks.engine import functional_model as victim
-
-    v = victim(obs)
+    v = functional_model(obs)
     device = next(iter(v.params.values())).device
     layer = v.module.get_submodule(last_layer_name(obs)[: -len(".weight")])
     seen: list[torch.Tensor] = []

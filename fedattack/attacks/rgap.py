@@ -34,7 +34,8 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 from fedattack.attacks.analytic import solve_input
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.labels import recover_labels
-from fedattack.config import check_range
+from fedattack.models import build_model
+from fedattack.validate import check_range
 from fedattack.threat import Observation, Reconstruction
 
 
@@ -232,7 +233,7 @@ def rgap(obs: Observation, params: RGAPParams, ctx: AttackContext) -> Reconstruc
     if n != 1 or max(1, obs.protocol.local_steps) != 1:
         raise ValueError(f"rgap inverts one sample's gradient; this update covers {n} examples in "
                          f"{obs.protocol.local_steps} local steps")
-    model = obs.model.build().double().to(ctx.device)
+    model = build_model(obs.model).double().to(ctx.device)
     model.load_state_dict({**obs.buffers, **obs.global_params}, strict=False)
     model.eval()
     pairs = chain(model, obs.data.shape)

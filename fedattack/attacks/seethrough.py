@@ -35,8 +35,8 @@ from torch.func import vmap
 
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.engine import Params, num_images, target, total_variation, trial_update
-from fedattack.attacks.labels import LABELS, last_layer, recover_labels
-from fedattack.config import check_choice, check_range
+from fedattack.attacks.labels import recover_labels
+from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
 
@@ -67,26 +67,9 @@ class SeeThroughParams:
 
 # -- labels -------------------------------------------------------------------------
 
-def yin_labels(obs: Observation, n: int) -> torch.Tensor:
-    """Yin et al.'s rule: classes ranked by the minimum entry of their row of dW (the rows of
-    classes in the batch have negative entries for non-negative features). With more samples
-    than such classes, the negative classes repeat in rank order."""
-    dw, _ = last_layer(obs)
-    score = dw.min(dim=1).values
-    order = torch.argsort(score)
-    if n <= len(order):
-        return order[:n]
-    present = order[score[order] < 0]
-    pool = present if len(present) else order[:1]
-    return pool[torch.arange(n) % len(pool)]
-
-
 def labels_for(obs: Observation, n: int, method: str) -> tuple[torch.Tensor, str]:
-    if method != "auto":
-        return recover_labels(obs, n, method)
-    if "yin" in LABELS.names():
-        return recover_labels(obs, n, "yin")
-    return yin_labels(obs, n), "yin"
+    """Yin et al.'s rule (fedattack.attacks.labels' `yin`) unless audit.labels names another method."""
+    return recover_labels(obs, n, "yin" if method == "auto" else method)
 
 
 # -- BatchNorm statistics -------------------------------------------------------------

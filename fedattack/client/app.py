@@ -22,6 +22,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedattack.client.train import evaluate, local_train
+from fedattack.data import ImageData
+from fedattack.defenses.flower_dp import client_mods, numpy_seed
 from fedattack.errors import ConfigError
 from fedattack.experiment import from_config_json
 
@@ -52,8 +54,6 @@ def _round(msg: Message) -> int:
 
 def defense_mods(msg: Message, context: Context, call_next) -> Message:
     """Run Flower's DP mods for the protocol-level defenses configured in the message."""
-    from fedattack.defenses.flower_dp import client_mods, numpy_seed
-
     record = msg.content["config"] if "config" in msg.content else None
     if record is None or CONFIG_KEY not in record:
         return call_next(msg, context)
@@ -103,7 +103,7 @@ def train(msg: Message, context: Context) -> Message:
     exp, model = _setup(msg)
     pid = _partition_id(context)
     rnd = _round(msg)
-    result = local_train(model, exp.train, exp.partitions[pid], exp.cfg, rnd, pid, protocol_defenses=False)
+    result = local_train(model, exp.train, exp.partitions[pid], exp.cfg, rnd=rnd, client=pid, protocol_defenses=False)
     with torch.no_grad():  # send global + defended update, BatchNorm buffers as trained
         state = {k: v.clone() for k, v in model.state_dict().items()}
         sent = msg.content["arrays"].to_torch_state_dict()
@@ -126,8 +126,6 @@ def evaluate_local(msg: Message, context: Context) -> Message:
     exp, model = _setup(msg)
     pid = _partition_id(context)
     idx = exp.partitions[pid]
-    from fedattack.data.datasets import ImageData
-
     part = ImageData(fetch=lambda i: exp.train.fetch(int(idx[i])), targets=exp.train.targets[idx],
                      spec=exp.train.spec)
     loss, acc = evaluate(model, part)

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedattack.config import Config
 from fedattack.data import ImageData
 from fedattack.defenses import DEFENSES, DefenseContext
 from fedattack.models import float_params
+from fedattack.schema import Config
 
 
 @dataclass
@@ -55,7 +55,7 @@ def soft_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
 
 
-def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, cfg: Config, rnd: int,
+def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, cfg: Config, *, rnd: int,
                 client: int, protocol_defenses: bool = True) -> TrainResult:
     """Train `model` in place on the client's data and return the defended update.
 

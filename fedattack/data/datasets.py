@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from fedattack.errors import ConfigError, DataError
 from fedattack.registry import Registry
+from fedattack.schema import DataConfig
 from fedattack.threat import DataSpec, Truth
 
 DATASETS: Registry[Callable[..., "Splits"]] = Registry("dataset", "data.name")
@@ -197,17 +198,7 @@ def imagefolder(cfg, seed: int) -> Splits:
 
 
 @lru_cache(maxsize=4)
-def _load_cached(key: str, seed: int) -> Splits:
-    from fedattack.config import DataConfig
-    import json
-
-    cfg = DataConfig(**json.loads(key))
+def load_dataset(cfg: DataConfig, *, seed: int = 0) -> Splits:
+    """Load the configured dataset's train and test splits; cached per process under
+    (cfg, seed), a frozen DataConfig being its own key."""
     return DATASETS.get(cfg.name)(cfg, seed)
-
-
-def load_dataset(cfg, seed: int = 0) -> Splits:
-    """Load (and cache per process) the configured dataset's train and test splits."""
-    import json
-    from dataclasses import asdict
-
-    return _load_cached(json.dumps(asdict(cfg), sort_keys=True), seed)

@@ -8,6 +8,7 @@ import numpy as np
 
 from fedattack.errors import ConfigError
 from fedattack.registry import Registry
+from fedattack.schema import PartitionConfig
 
 PARTITIONERS: Registry[Callable[..., list[np.ndarray]]] = Registry("partitioner", "partition.name")
 
@@ -46,7 +47,7 @@ def shards(targets: np.ndarray, num_clients: int, cfg, rng: np.random.Generator)
     return [np.sort(np.concatenate([pieces[s] for s in row])) for row in deal]
 
 
-def partition(targets: np.ndarray, num_clients: int, cfg, seed: int) -> list[np.ndarray]:
+def partition(targets: np.ndarray, *, num_clients: int, cfg: PartitionConfig, seed: int) -> list[np.ndarray]:
     """Split dataset indices among clients; the same seed gives the same split."""
     if num_clients > len(targets):
         raise ConfigError("fl.num_clients", f"{num_clients} clients for {len(targets)} training samples")

@@ -1,12 +1,17 @@
-"""Client-side defenses. Every module in this package registers its defenses on import."""
+"""Client-side defenses. Each module below registers its defenses in `DEFENSES` on import."""
 
-import importlib
-import pkgutil
-
+from fedattack.defenses import (  # noqa: F401 (register their defenses)
+    ats,
+    clipping,
+    compression,
+    dpsgd,
+    flower_dp,
+    mixup,
+    noise,
+    precode,
+    secagg,
+    soteria,
+)
 from fedattack.defenses.base import DEFENSES, DefenseContext, DefenseSpec, register_defense
-
-for _mod in pkgutil.iter_modules(__path__):
-    if not _mod.name.startswith("_") and _mod.name not in ("base",):
-        importlib.import_module(f"{__name__}.{_mod.name}")
 
 __all__ = ["DEFENSES", "DefenseContext", "DefenseSpec", "register_defense"]

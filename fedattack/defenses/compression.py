@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedattack.config import check_choice, check_range
 from fedattack.defenses.base import DefenseContext, DefenseSpec, register_defense
+from fedattack.validate import check_choice, check_range
 
 
 @dataclass

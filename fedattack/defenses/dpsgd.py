@@ -26,10 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedattack.config import check_choice, check_range
 from fedattack.defenses.base import DefenseContext, DefenseSpec, register_defense
 from fedattack.errors import ConfigError
-
+from fedattack.validate import check_choice, check_range
 
 # Opacus's hooks on the first layer fire without input gradients; harmless for training
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")

@@ -31,18 +31,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from flwr.app import MetricRecord
-from flwr.serverapp import GaussianPrivacyEvent
+from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
+from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
+from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_clip_model_update
 
-from fedattack.config import check_range
 from fedattack.defenses.base import DefenseContext, DefenseSpec, register_defense
 from fedattack.defenses.clipping import clip_to
-from fedattack.errors import ConfigError
-
-
-def _check_unit(name: str, key: str, value: float) -> None:
-    if not 0 < value < 1:
-        raise ConfigError(f"{name}.{key}", f"must be in (0, 1), got {value}")
+from fedattack.validate import check_between, check_range
 
 
 @dataclass
@@ -54,7 +50,7 @@ class FlowerDPParams:
     def validate(self, name: str) -> None:
         check_range(name, "noise_multiplier", self.noise_multiplier, lo=0.0)
         check_range(name, "clipping_norm", self.clipping_norm, lo=0.0, lo_open=True)
-        _check_unit(name, "delta", self.delta)
+        check_between(name, "delta", self.delta, 0, 1, lo_open=True, hi_open=True)
 
 
 @dataclass
@@ -68,7 +64,7 @@ class LocalDPParams:
         check_range(name, "clipping_norm", self.clipping_norm, lo=0.0, lo_open=True)
         check_range(name, "sensitivity", self.sensitivity, lo=0.0)
         check_range(name, "epsilon", self.epsilon, lo=0.0, lo_open=True)
-        _check_unit(name, "delta", self.delta)
+        check_between(name, "delta", self.delta, 0, 1, lo_open=True, hi_open=True)
 
 
 def localdp_std(params: LocalDPParams) -> float:
@@ -81,8 +77,6 @@ def localdp_std(params: LocalDPParams) -> float:
 def client_mods(cfg) -> list:
     """Flower mods for the configured protocol-level DP defenses, innermost first
     (the first configured defense acts first on the reply)."""
-    from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
-
     mods = []
     for name in cfg.client.defenses:
         if name == "flowerdp":
@@ -108,8 +102,6 @@ def _apply_flower(update: dict[str, torch.Tensor], ctx: DefenseContext, clipping
                   noise_std: float) -> dict[str, torch.Tensor]:
     """What Flower's mods do to a reply, applied to an update: clip (sent + update) - sent
     with Flower's compute_clip_model_update, then add Flower's Gaussian noise."""
-    from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_clip_model_update
-
     keys = list(update)
     new = {k: v.detach() for k, v in (getattr(ctx.model, "_module", ctx.model)).named_parameters()}
     sent = [(new[k] - update[k]).double().cpu().numpy() for k in keys]
@@ -138,75 +130,12 @@ def clip_norm_adapt(trial, observed, params, scale=None):
 
 # -- server side ------------------------------------------------------------------
 
-class OpacusRdpAccountant:
-    """flwr's PrivacyAccountant protocol on Opacus's RDP analysis (used when flwr[dp]'s
-    dp-accounting backend is not installed). Gaussian releases without amplification."""
-
-    def __init__(self, config):
-        from opacus.accountants import RDPAccountant
-
-        self._config = config
-        self._rdp = RDPAccountant()
-        self._releases = 0
-
-    @property
-    def config(self):
-        return self._config
-
-    @property
-    def num_releases(self) -> int:
-        return self._releases
-
-    def compose(self, event, count: int = 1) -> None:
-        for _ in range(count):
-            self._rdp.step(noise_multiplier=event.noise_multiplier, sample_rate=1.0)
-        self._releases += count
-
-    def get_epsilon(self, delta: float) -> float:
-        return float(self._rdp.get_epsilon(delta)) if self._releases else 0.0
-
-    def get_delta(self, epsilon: float) -> float:
-        raise NotImplementedError("delta for a given epsilon is not supported by this accountant")
-
-    def get_privacy_spent(self, delta: float | None = None):
-        from flwr.serverapp import PrivacySpent
-
-        delta = self._config.target_delta if delta is None else delta
-        eps, order = self._rdp.get_privacy_spent(delta=delta) if self._releases else (0.0, None)
-        return PrivacySpent(epsilon=float(eps), delta=delta, num_releases=self._releases,
-                            accounting_method="rdp (opacus)", optimal_order=order)
-
-    def would_exceed(self, event, max_epsilon: float | None = None, count: int = 1) -> bool:
-        from opacus.accountants import RDPAccountant
-
-        limit = max_epsilon if max_epsilon is not None else self._config.max_epsilon
-        probe = RDPAccountant()
-        probe.history = list(self._rdp.history)
-        for _ in range(count):
-            probe.step(noise_multiplier=event.noise_multiplier, sample_rate=1.0)
-        return bool(probe.get_epsilon(self._config.target_delta) > limit)
-
-    def state_dict(self) -> dict:
-        return {"history": list(self._rdp.history), "releases": self._releases}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._rdp.history = list(state["history"])
-        self._releases = int(state["releases"])
-
-
 def make_accountant(population: int, delta: float):
-    """Flower's RDP accountant (flwr[dp]) when installed, else the Opacus-backed one."""
-    from flwr.serverapp import NeighboringRelation, PrivacyConfig, SamplingMethod
-
+    """Flower's RDP accountant (flwr[dp]): Gaussian releases, add/remove one client, no amplification."""
     config = PrivacyConfig(target_delta=delta, population_size=population,
                            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
                            sampling_method=SamplingMethod.NO_AMPLIFICATION)
-    try:
-        from flwr.serverapp import RdpAccountant
-
-        return RdpAccountant(config)
-    except ImportError:
-        return OpacusRdpAccountant(config)
+    return RdpAccountant(config)
 
 
 class AccountedClientSideFixedClipping(DifferentialPrivacyClientSideFixedClipping):

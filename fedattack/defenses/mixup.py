@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedattack.config import check_range
 from fedattack.defenses.base import DefenseContext, DefenseSpec, register_defense
+from fedattack.validate import check_range
 
 
 @dataclass

@@ -10,9 +10,10 @@ Training adds beta * KL(N(mu, sigma^2) || N(0, I)) (mean over the batch) to the 
 authors' training code adds the bottleneck's loss to the cross-entropy. In eval mode the
 bottleneck decodes mu (no sampling).
 
-The extension is registered as "precode" in fedattack.models.EXTENSIONS, so the server and
-every client build the same extended model; parameters are named `precode.encoder.weight`,
-`precode.decoder.weight`, ... beside the model's own.
+The bottleneck is the model extension "precode" (fedattack.models.bottleneck), named in the
+model spec, so the server and every client build the same extended model; parameters are
+named `precode.encoder.weight`, `precode.decoder.weight`, ... beside the model's own. This
+module holds the defense: its parameters and the KL term of the training loss.
 """
 
 from __future__ import annotations
@@ -22,10 +23,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from fedattack.config import check_range
 from fedattack.defenses.base import DefenseContext, DefenseSpec, register_defense
 from fedattack.errors import ConfigError
-from fedattack.models import EXTENSIONS
+from fedattack.validate import check_range
 
 
 @dataclass
@@ -36,60 +36,6 @@ class PrecodeParams:
     def validate(self, name: str) -> None:
         check_range(name, "size", self.size, lo=1)
         check_range(name, "beta", self.beta, lo=0.0)
-
-
-class VariationalBottleneck(nn.Module):
-    def __init__(self, features: int, size: int):
-        super().__init__()
-        self.size = size
-        self.encoder = nn.Linear(features, 2 * size)
-        self.decoder = nn.Linear(size, features)
-        self.kl: torch.Tensor | None = None  # KL term of the last forward pass in train mode
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        stats = self.encoder(z)
-        mu, logvar = stats[:, :self.size], stats[:, self.size:]
-        if self.training:
-            code = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-            kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
-            self.kl = kl.mean() if len(kl) else kl.sum()
-        else:
-            code = mu
-        return self.decoder(code)
-
-    def __getstate__(self):  # copies and pickles drop the last KL term (it holds an autograd graph)
-        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
-        state = dict(state)
-        state["kl"] = None
-        return state
-
-    def pre_hook(self, module: nn.Module, args: tuple) -> tuple:
-        """Forward pre-hook of the head: it reads the bottleneck's output instead of the features."""
-        return (self(args[0]),)
-
-
-def head_of(model: nn.Module) -> nn.Linear:
-    head = getattr(model, "fc", None)
-    if not isinstance(head, nn.Linear):
-        raise ConfigError("precode", "needs a model whose classifier head is a Linear attribute 'fc' "
-                                     "(fedattack's lenet, convnet, mlp, resnet18)")
-    return head
-
-
-@EXTENSIONS.register("precode", doc="PRECODE variational bottleneck before the classifier head (Scheliga et al.)")
-def precode_extension(model: nn.Module, in_shape, num_classes, size: int = 256, beta: float = 1e-3) -> nn.Module:
-    head = head_of(model)
-    block = VariationalBottleneck(head.in_features, size)
-    # register the block just before the head, so parameters keep the forward order and the
-    # classification layer stays the last one (label recovery reads the last layer)
-    children = list(model._modules.items())
-    model._modules.clear()
-    for name, child in children:
-        if name == "fc":
-            model._modules["precode"] = block
-        model._modules[name] = child
-    head.register_forward_pre_hook(block.pre_hook)
-    return model
 
 
 def precode_loss(model: nn.Module, params: PrecodeParams, ctx: DefenseContext) -> torch.Tensor | None:

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
-from fedattack.config import check_range
 from fedattack.defenses.base import DefenseContext, DefenseSpec, register_defense
 from fedattack.errors import ConfigError
+from fedattack.validate import check_range
 
 
 @dataclass

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
+
+from fedattack.results import ImageScores
 
 
 def _hwc(x: np.ndarray) -> np.ndarray:
@@ -26,16 +26,6 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
     win = min(7, a.shape[0], a.shape[1])
     win -= 1 - win % 2  # odd
     return float(structural_similarity(a, b, data_range=1.0, channel_axis=-1, win_size=max(win, 3)))
-
-
-@dataclass
-class ImageScores:
-    """Per ground-truth image: the matched reconstruction and its scores (-1: unmatched)."""
-
-    match: np.ndarray  # (N_true,) index into reconstructions, -1 where none
-    psnr: np.ndarray
-    ssim: np.ndarray
-    mse: np.ndarray
 
 
 def match_and_score(recon: np.ndarray, truth: np.ndarray) -> ImageScores:

@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
-from fedattack.metrics.images import ImageScores, match_and_score
+from fedattack.metrics.images import match_and_score, ssim
 from fedattack.metrics.labels import label_accuracy
+from fedattack.results import Score
 from fedattack.threat import DataSpec, Reconstruction, Truth
-
-
-@dataclass
-class Score:
-    psnr: float = float("nan")
-    ssim: float = float("nan")
-    mse: float = float("nan")
-    label_acc: float = float("nan")
-    recovered: int = 0  # true images whose match reaches the SSIM threshold and beats a flat guess
-    num_images: int = 0
-    per_image: ImageScores | None = field(default=None, repr=False)
-
-    @property
-    def success(self) -> bool:
-        """A leak: at least one private image reconstructed above the SSIM threshold."""
-        return self.recovered > 0
 
 
 def flat_baseline(truth: np.ndarray, levels: int = 21) -> np.ndarray:
@@ -32,8 +15,6 @@ def flat_baseline(truth: np.ndarray, levels: int = 21) -> np.ndarray:
 
     Smooth images score a high SSIM against a flat guess, so a reconstruction must beat the
     best flat guess to count as recovered."""
-    from fedattack.metrics.images import ssim
-
     grid = np.linspace(0, 1, levels)
     return np.array([max(ssim(np.full_like(t, v), t) for v in grid) for t in truth])
 

@@ -1,5 +1,2 @@
-"""Run directories: leakage store, plots, galleries, HTML report, console progress."""
-
-from fedattack.report.store import RunStore, read_csv
-
-__all__ = ["RunStore", "read_csv"]
+"""Run directories: typed results to CSV and back, the summary, plots, galleries, the HTML
+report, and console progress."""

@@ -3,23 +3,18 @@
 from __future__ import annotations
 
 import html
-import json
 from collections import defaultdict
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from fedattack.report.store import read_csv
+from fedattack.report import tables
+from fedattack.report.summary import Summary
+from fedattack.results import JobResult, RoundResult
 
 
-def _num(x) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def plot_rounds(run_dir: Path) -> list[str]:
+def plot_rounds(run_dir: Path, results: list[JobResult], rounds: list[RoundResult]) -> list[str]:
     """Write plots/*.png; return their relative paths."""
     import matplotlib
 
@@ -27,15 +22,12 @@ def plot_rounds(run_dir: Path) -> list[str]:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    leak, rounds = read_csv(run_dir / "leakage.csv"), read_csv(run_dir / "rounds.csv")
     (run_dir / "plots").mkdir(exist_ok=True)
     out = []
     series: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
-    for r in leak:
-        if r["status"] != "ok":
-            continue
-        name = r["attack"] + (" (adaptive)" if r.get("adaptive") == "True" else "")
-        series[name][int(r["round"])].append((_num(r["psnr"]), _num(r["ssim"])))
+    for r in results:
+        if r.ok:
+            series[r.label][r.round].append((r.score.psnr, r.score.ssim))
     if series:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
         for name, per_round in sorted(series.items()):
@@ -51,11 +43,10 @@ def plot_rounds(run_dir: Path) -> list[str]:
         fig.savefig(run_dir / "plots" / "leakage.png", dpi=100)
         plt.close(fig)
         out.append("plots/leakage.png")
-    pts = [(int(r["round"]), _num(r["test_acc"]), _num(r["train_loss"])) for r in rounds]
-    if pts:
+    if rounds:
         fig, ax = plt.subplots(figsize=(5, 3.6))
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label="test accuracy")
-        ax.plot([p[0] for p in pts], [p[2] for p in pts], marker="s", label="train loss")
+        ax.plot([r.round for r in rounds], [r.test_acc for r in rounds], marker="o", label="test accuracy")
+        ax.plot([r.round for r in rounds], [r.train_loss for r in rounds], marker="s", label="train loss")
         ax.set(xlabel="round", title="Training")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
@@ -66,21 +57,28 @@ def plot_rounds(run_dir: Path) -> list[str]:
     return out
 
 
-def _table(rows: list[dict], cols: list[str]) -> str:
+def _table(rows: list[dict], cols: list[str], links: dict[str, str] | None = None) -> str:
+    """An HTML table; `links`: column -> column holding a relative path the cell links to."""
+    links = links or {}
+
+    def cell(r: dict, c: str) -> str:
+        text = html.escape(str(r.get(c, "")))
+        target = r.get(links[c]) if c in links else None
+        return f"<a href='{html.escape(target)}'>{text}</a>" if target else text
+
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(c, '')))}</td>" for c in cols) + "</tr>"
-                   for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{cell(r, c)}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def render(run_dir: str | Path) -> Path:
+def render(run_dir: str | Path, *, results: list[JobResult], rounds: list[RoundResult], summary: Summary) -> Path:
     run_dir = Path(run_dir)
-    plots = plot_rounds(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").is_file() else {}
-    leak = read_csv(run_dir / "leakage.csv")
-    attack_rows = [{"attack": k, **v} for k, v in summary.get("attacks", {}).items()]
+    plots = plot_rounds(run_dir, results, rounds)
+    attack_rows = [{"attack": k, **asdict(v)} for k, v in summary.attacks.items()]
+    leak_rows = [tables.leakage_row(r, traceback_file=f"errors/{r.row_id}.txt" if r.traceback else "")
+                 for r in results]
     images = sorted((run_dir / "images").glob("*.png")) if (run_dir / "images").is_dir() else []
-    mode = summary.get("server_mode", "honest")
+    mode = summary.header.server_mode
     parts = [
         "<!doctype html><meta charset='utf-8'><title>fedattack report</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
@@ -90,15 +88,15 @@ def render(run_dir: str | Path) -> Path:
         f"<p>Server mode: <b>{html.escape(str(mode))}</b>"
         + (" &mdash; the server modified the model it sent (malicious threat model)." if mode == "malicious" else
            " &mdash; honest-but-curious: the protocol as configured, updates observed.") + "</p>",
-        f"<p>Defense in force: <b>{html.escape(str(summary.get('defense')))}</b>. Rounds: {summary.get('rounds')}. "
-        f"Final test accuracy: {summary.get('final_test_acc')}. Client errors: {summary.get('client_errors')}.</p>",
+        f"<p>Defense in force: <b>{html.escape(str(summary.defense))}</b>. Rounds: {summary.rounds}. "
+        f"Final test accuracy: {summary.final_test_acc}. Client errors: {summary.client_errors}.</p>",
         "<h2>Per attack</h2>",
         _table(attack_rows, ["attack", "jobs", "failed", "psnr", "ssim", "label_acc", "success_rate", "seconds",
                              "scope"]),
         "".join(f"<p><img src='{p}'></p>" for p in plots),
         "<h2>All audited updates</h2>",
-        _table(leak, ["round", "client", "attack", "adaptive", "scope", "status", "psnr", "ssim", "label_acc",
-                      "success", "recovered", "num_images", "seconds", "error"]),
+        _table(leak_rows, ["round", "client", "attack", "adaptive", "scope", "status", "psnr", "ssim", "label_acc",
+                           "success", "recovered", "num_images", "seconds", "error"], links={"error": "traceback"}),
         "<h2>Galleries</h2><p>Top row: the client's private images; bottom row: the matched reconstruction.</p>",
         "".join(f"<figure><img src='images/{p.name}'><figcaption>{html.escape(p.stem)}</figcaption></figure>"
                 for p in images),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 
 def grid(rows: list[np.ndarray], pad: int = 1, scale: int = 2) -> np.ndarray:
@@ -22,7 +23,5 @@ def grid(rows: list[np.ndarray], pad: int = 1, scale: int = 2) -> np.ndarray:
 
 
 def save_pair(path: Path, truth: np.ndarray, recon: np.ndarray | None, max_images: int = 16) -> None:
-    from PIL import Image
-
     rows = [truth[:max_images]] + ([recon[:max_images]] if recon is not None else [])
     Image.fromarray(grid(rows)).save(path)

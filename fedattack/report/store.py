@@ -3,122 +3,111 @@
     config.yaml   resolved config          leakage.csv  round x client x attack rows
     rounds.csv    per-round training       summary.json totals and means per attack
     report.html   plots and galleries      images/      ground truth above reconstruction
+    errors/       the whole traceback of each failed job (leakage.csv's traceback column)
+
+`RunStore` appends each typed result to the CSV files as it arrives and keeps it in memory;
+`finish` computes the summary from those results and writes summary.json and report.html
+once. `load_run` reads a run directory back into the same typed results.
 """
 
 from __future__ import annotations
 
-import csv
 import json
-import math
 import threading
-from collections import defaultdict
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
+import yaml
 
-from fedattack.server.jobs import JobResult
+from fedattack.errors import FedattackError
+from fedattack.report import tables
+from fedattack.report.html import render
+from fedattack.report.images import save_pair
+from fedattack.report.summary import Summary, summarize
+from fedattack.results import JobResult, RoundResult, RunHeader
+from fedattack.schema import Config
 
-LEAKAGE_FIELDS = ["round", "client", "attack", "defense", "adaptive", "scope", "status", "psnr", "ssim", "mse",
-                  "label_acc", "success", "recovered", "num_images", "seconds", "device", "epsilon", "error"]
-ROUND_FIELDS = ["round", "train_loss", "test_loss", "test_acc", "replies", "errors", "audited_clients", "jobs",
-                "scope", "epsilon", "seconds"]
+
+def default_out_dir(prefix: str = "") -> str:
+    """runs/<prefix><timestamp>: where a run goes when no --out is given."""
+    return str(Path("runs") / f"{prefix}{time.strftime('%Y%m%d-%H%M%S')}")
 
 
-def read_csv(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
+def check_out(out: str | Path | None) -> None:
+    """A run never writes into a directory that holds something already."""
+    if out and Path(out).exists() and any(Path(out).iterdir()):
+        raise FedattackError(f"--out: {out} exists and is not empty; choose a new directory")
 
 
 class RunStore:
-    def __init__(self, out_dir: str | Path, config_yaml: str, header: dict | None = None):
+    def __init__(self, out_dir: str | Path, *, cfg: Config):
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "images").mkdir(exist_ok=True)
-        (self.dir / "config.yaml").write_text(config_yaml)
-        self.header = header or {}
+        (self.dir / "config.yaml").write_text(cfg.to_yaml())
+        self.header = RunHeader.from_config(cfg.to_dict())
+        self.save_images = cfg.audit.save_images
         self._lock = threading.Lock()
         self.results: list[JobResult] = []
-        self.rounds: list[dict] = []
-        self._init_csv("leakage.csv", LEAKAGE_FIELDS)
-        self._init_csv("rounds.csv", ROUND_FIELDS)
+        self.rounds: list[RoundResult] = []
+        tables.start(self.dir / "leakage.csv", tables.LEAKAGE_FIELDS)
+        tables.start(self.dir / "rounds.csv", tables.ROUND_FIELDS)
 
-    def _init_csv(self, name: str, fields: list[str]) -> None:
-        with (self.dir / name).open("w", newline="") as f:
-            csv.DictWriter(f, fieldnames=fields, extrasaction="ignore").writeheader()
-
-    def _append(self, name: str, fields: list[str], row: dict) -> None:
-        with (self.dir / name).open("a", newline="") as f:
-            csv.DictWriter(f, fieldnames=fields, extrasaction="ignore").writerow(row)
-
-    def add_result(self, res: JobResult, save_images: bool = True) -> None:
+    def add_result(self, res: JobResult) -> None:
         with self._lock:
             self.results.append(res)
-            self._append("leakage.csv", LEAKAGE_FIELDS, res.row())
-            if save_images and res.truth_pixels is not None:
-                from fedattack.report.images import save_pair
+            traceback_file = ""
+            if res.traceback:
+                traceback_file = f"errors/{res.row_id}.txt"
+                (self.dir / "errors").mkdir(exist_ok=True)
+                (self.dir / traceback_file).write_text(res.traceback)
+            tables.append(self.dir / "leakage.csv", tables.LEAKAGE_FIELDS,
+                          tables.leakage_row(res, traceback_file=traceback_file))
+            if self.save_images and res.truth_pixels is not None:
+                save_pair(self.dir / "images" / f"{res.row_id}.png", res.truth_pixels, res.recon_pixels)
 
-                save_pair(self.dir / "images" / image_name(res), res.truth_pixels, res.recon_pixels)
-
-    def add_round(self, row: dict) -> None:
+    def add_round(self, row: RoundResult) -> None:
         with self._lock:
             self.rounds.append(row)
-            self._append("rounds.csv", ROUND_FIELDS, row)
+            tables.append(self.dir / "rounds.csv", tables.ROUND_FIELDS, tables.round_row(row))
 
-    def finish(self, extra: dict | None = None) -> dict:
-        summary = summarize(read_csv(self.dir / "leakage.csv"), read_csv(self.dir / "rounds.csv"))
-        summary.update(self.header)
-        summary.update(extra or {})
-        (self.dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
-        from fedattack.report.html import render
-
-        render(self.dir)
-        return summary
+    def finish(self) -> Summary:
+        """Write summary.json and report.html from the results so far; return the summary."""
+        with self._lock:
+            run = Run(self.header, list(self.results), list(self.rounds))
+        return write_report(self.dir, run)
 
 
-def image_name(res: JobResult) -> str:
-    tag = "_adaptive" if res.adaptive else ""
-    return f"r{int(res.round):03d}_c{res.client}_{res.attack}{tag}.png"
+@dataclass
+class Run:
+    """A run's results, typed: what a RunStore holds, or what a run directory holds."""
+
+    header: RunHeader
+    results: list[JobResult]
+    rounds: list[RoundResult]
+
+    def summary(self) -> Summary:
+        return summarize(self.results, self.rounds, self.header)
 
 
-def _num(x) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return float("nan")
+def write_report(run_dir: Path, run: Run) -> Summary:
+    summary = run.summary()
+    (run_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
+    render(run_dir, results=run.results, rounds=run.rounds, summary=summary)
+    return summary
 
 
-def _mean(xs) -> float | None:
-    xs = [x for x in xs if not math.isnan(x)]
-    return round(float(np.mean(xs)), 4) if xs else None
-
-
-def summarize(leakage: list[dict], rounds: list[dict]) -> dict:
-    """Per-attack means over all rows, plus training totals."""
-    by_attack: dict[str, list[dict]] = defaultdict(list)
-    for row in leakage:
-        key = row["attack"] + (" (adaptive)" if row.get("adaptive") == "True" else "")
-        by_attack[key].append(row)
-    attacks = {}
-    for name, rows in sorted(by_attack.items()):
-        ok = [r for r in rows if r["status"] == "ok"]
-        attacks[name] = {
-            "jobs": len(rows), "failed": len(rows) - len(ok),
-            "psnr": _mean([_num(r["psnr"]) for r in ok]), "ssim": _mean([_num(r["ssim"]) for r in ok]),
-            "mse": _mean([_num(r["mse"]) for r in ok]), "label_acc": _mean([_num(r["label_acc"]) for r in ok]),
-            "success_rate": _mean([1.0 if r["success"] == "True" else 0.0 for r in ok]),
-            "seconds": _mean([_num(r["seconds"]) for r in rows]),
-            "scope": sorted({r["scope"] for r in rows}),
-        }
-    final = rounds[-1] if rounds else {}
-    eps = [_num(r.get("epsilon")) for r in rounds]
-    eps = [e for e in eps if not math.isnan(e)]
-    return {
-        "epsilon": max(eps) if eps else None,
-        "attacks": attacks,
-        "rounds": len([r for r in rounds if int(_num(r["round"]) or 0) > 0]),
-        "final_test_acc": _num(final.get("test_acc")) if final else None,
-        "client_errors": int(sum(_num(r.get("errors") or 0) for r in rounds)),
-        "defense": leakage[0]["defense"] if leakage else None,
-    }
+def load_run(run_dir: str | Path) -> Run:
+    """Read a run directory (config.yaml, leakage.csv, rounds.csv, errors/) back into typed results."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "leakage.csv").is_file():
+        raise FedattackError(f"run_dir: {run_dir} is not a fedattack run directory (no leakage.csv)")
+    config = run_dir / "config.yaml"
+    header = RunHeader.from_config(yaml.safe_load(config.read_text()) or {}) if config.is_file() else RunHeader()
+    results = []
+    for row in tables.read(run_dir / "leakage.csv"):
+        path = run_dir / row["traceback"] if row.get("traceback") else None
+        results.append(tables.job_result(row, traceback=path.read_text() if path and path.is_file() else ""))
+    rounds = [tables.round_result(row) for row in tables.read(run_dir / "rounds.csv")]
+    return Run(header, results, rounds)

@@ -9,18 +9,17 @@ centralized evaluation, attack dispatch and collection. `app` exposes it as a Fl
 from __future__ import annotations
 
 import shlex
-import time
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
 from fedattack.client.app import CONFIG_KEY
 from fedattack.client.train import evaluate
-from fedattack.config import Config, load
+from fedattack.config import load
 from fedattack.experiment import Experiment, build
 from fedattack.report.console import Progress
-from fedattack.report.store import RunStore
-from fedattack.server.audit import Auditor, AuditStrategy, RoundStats
+from fedattack.report.store import RunStore, default_out_dir
+from fedattack.server.audit import Auditor, AuditStrategy
 from fedattack.server.dispatch import make_dispatcher
 from fedattack.server.strategies import build_strategy
 
@@ -29,13 +28,13 @@ def run_audit(grid: Grid, exp: Experiment, store: RunStore, progress: Progress) 
     """Run cfg.fl.rounds audited rounds on `grid`; every attack result lands in `store`."""
     cfg = exp.cfg
     strategy = build_strategy(cfg)
-    dispatcher = make_dispatcher(cfg.audit.gpus_per_job, cfg.audit.max_concurrent)
+    dispatcher = make_dispatcher(gpus_per_job=cfg.audit.gpus_per_job, max_concurrent=cfg.audit.max_concurrent)
 
     def on_result(res):
-        store.add_result(res, cfg.audit.save_images)
+        store.add_result(res)
         progress.result(res)
 
-    auditor = Auditor(exp, dispatcher, on_result)
+    auditor = Auditor(exp, dispatcher, on_result=on_result)
     audited = AuditStrategy(strategy, auditor)
     model, test_model = exp.initial_model(), exp.initial_model()
 
@@ -49,7 +48,7 @@ def run_audit(grid: Grid, exp: Experiment, store: RunStore, progress: Progress) 
             loss, acc = evaluate(test_model, exp.test)
         if rnd == 0:
             return None
-        row = round_row(auditor, rnd, loss, acc)
+        row = auditor.round_result(rnd, test_loss=loss, test_acc=acc)
         store.add_round(row)
         progress.round_done(row, auditor.completed, auditor.submitted)
         return MetricRecord({"test_loss": loss, "test_acc": acc}) if loss == loss else None
@@ -64,27 +63,11 @@ def run_audit(grid: Grid, exp: Experiment, store: RunStore, progress: Progress) 
         auditor.finish()
 
 
-def round_row(auditor: Auditor, rnd: int, test_loss: float, test_acc: float) -> dict:
-    """One rounds.csv row from the auditor's round statistics and the test metrics."""
-    stats = auditor.rounds.get(rnd) or RoundStats(rnd, time.perf_counter())
-    return {"round": rnd, "train_loss": stats.train_loss, "test_loss": test_loss, "test_acc": test_acc,
-            "replies": stats.replies, "errors": stats.errors, "audited_clients": stats.audited_clients,
-            "jobs": stats.jobs, "scope": stats.scope, "epsilon": stats.epsilon,
-            "seconds": time.perf_counter() - stats.started}
-
-
-def run_header(cfg: Config) -> dict:
-    return {"server_mode": cfg.server.mode, "dataset": cfg.data.name, "model": cfg.model.name,
-            "strategy": cfg.fl.strategy, "seed": cfg.seed}
-
-
 app = ServerApp()
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    from fedattack.cli import default_out_dir
-
     rc = context.run_config
     cfg = load(str(rc.get("config") or "") or None, shlex.split(str(rc.get("overrides", ""))))
     nodes = len(list(grid.get_node_ids()))
@@ -93,7 +76,7 @@ def main(grid: Grid, context: Context) -> None:
         cfg.fl.num_clients = nodes
         cfg.fl.clients_per_round = min(cfg.fl.clients_per_round, nodes)
     exp = build(cfg)
-    store = RunStore(str(rc.get("out") or "") or default_out_dir(), cfg.to_yaml(), run_header(cfg))
+    store = RunStore(str(rc.get("out") or "") or default_out_dir(), cfg=cfg)
     try:
         run_audit(grid, exp, store, Progress())
     finally:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -27,8 +26,9 @@ from flwr.serverapp.strategy import Strategy
 from fedattack.attacks import ATTACKS
 from fedattack.client.app import AUDIT_KEY
 from fedattack.experiment import Experiment
+from fedattack.results import JobResult, RoundResult, RoundStats
 from fedattack.server.dispatch import Dispatcher
-from fedattack.server.jobs import AttackJob, JobResult
+from fedattack.server.jobs import AttackJob
 from fedattack.threat import Observation, Protocol, Truth
 
 
@@ -39,20 +39,6 @@ def describe_defenses(exp: Experiment) -> str:
         args = ",".join(f"{k}={v}" for k, v in d.params.items())
         parts.append(f"{d.name}({args})" if args else d.name)
     return "+".join(parts) or "none"
-
-
-@dataclass
-class RoundStats:
-    round: int
-    started: float
-    replies: int = 0
-    errors: int = 0
-    train_loss: float = float("nan")
-    audited_clients: int = 0
-    jobs: int = 0
-    scope: str = "client"  # client | aggregate (SecAgg: the server saw the sum only)
-    epsilon: float = float("nan")  # DP-SGD / DP: the largest epsilon reported this round
-    extra: dict = field(default_factory=dict)
 
 
 def make_observation(exp: Experiment, param_names: list[str], sent: dict[str, torch.Tensor],
@@ -73,7 +59,7 @@ def make_observation(exp: Experiment, param_names: list[str], sent: dict[str, to
 class Auditor:
     """Turns replies into attack jobs and routes results to a sink."""
 
-    def __init__(self, exp: Experiment, dispatcher: Dispatcher, on_result: Callable[[JobResult], None],
+    def __init__(self, exp: Experiment, dispatcher: Dispatcher, *, on_result: Callable[[JobResult], None],
                  on_submit: Callable[[int, int | str, str], None] = lambda r, c, a: None):
         self.exp = exp
         self.cfg = exp.cfg
@@ -93,6 +79,7 @@ class Auditor:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._poll_error: BaseException | None = None  # what the background poller raised, re-raised by finish()
 
     # -- what to audit ------------------------------------------------------------
     def audits_round(self, rnd: int) -> bool:
@@ -180,12 +167,21 @@ class Auditor:
                 self.completed += 1
                 self.on_result(res)
 
+    def round_result(self, rnd: int, *, test_loss: float, test_acc: float) -> RoundResult:
+        """Round `rnd` as rounds.csv records it: the counts so far and the test metrics."""
+        stats = self.rounds.get(rnd) or RoundStats(rnd, time.perf_counter())
+        return stats.result(test_loss=test_loss, test_acc=test_acc, now=time.perf_counter())
+
     def start_polling(self, interval: float = 0.5) -> None:
         """Collect results in the background while training blocks on the grid."""
 
         def loop() -> None:
             while not self._stop.wait(interval):
-                self.poll()
+                try:
+                    self.poll()
+                except BaseException as exc:  # noqa: BLE001 - handed to finish(), in the caller's thread
+                    self._poll_error = exc
+                    return
 
         self._poller = threading.Thread(target=loop, name="fedattack-audit-poller", daemon=True)
         self._poller.start()
@@ -194,6 +190,8 @@ class Auditor:
         self._stop.set()
         if self._poller is not None:
             self._poller.join()
+        if self._poll_error is not None:
+            raise self._poll_error
         with self._lock:
             for res in self.dispatcher.drain():
                 self.completed += 1

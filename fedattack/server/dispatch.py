@@ -4,7 +4,8 @@ Ray tasks ask for `num_cpus=0` (Flower's clients hold the CPUs), `num_gpus=audit
 and one unit of the custom resource `fedattack_attack`, whose capacity caps how many attacks
 run at once (`fedattack run` declares it on a local Ray instance; on a cluster, attack workers
 declare it with `ray start --resources='{"fedattack_attack": N}'`). A task whose worker dies is
-retried once, then recorded as failed; every other job's result is kept.
+retried once, then recorded as failed; every other job's result is kept. An exception that
+run_job itself raises (a strict job's bug, a bug in scoring) is raised here too, not recorded.
 
 Where no node offers the resource (a cluster started without it, Flower's own Ray instance
 under `flwr run`), the dispatcher says so in one warning line and keeps at most
@@ -21,7 +22,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Callable, Protocol
 
-from fedattack.server.jobs import AttackJob, JobResult, run_job
+from fedattack.attacks import ATTACKS
+from fedattack.results import JobResult
+from fedattack.server.jobs import AttackJob, failed_result, run_job
 from fedattack.threat import Truth
 
 ATTACK_RESOURCE = "fedattack_attack"
@@ -38,12 +41,6 @@ def warn(msg: str) -> None:
     print(f"fedattack: warning: {msg}", file=sys.stderr, flush=True)
 
 
-def _failed(job: AttackJob, error: str, seconds: float = 0.0) -> JobResult:
-    return JobResult(round=job.round, client=job.client, attack=job.attack, defense=job.defense, status="failed",
-                     seconds=seconds, adaptive=job.adaptive, error=error[:300], epsilon=job.epsilon,
-                     scope="aggregate" if job.observation.num_clients > 1 else "client")
-
-
 class LocalDispatcher:
     """Runs jobs in a thread pool of this process (no Ray), beside training."""
 
@@ -55,17 +52,9 @@ class LocalDispatcher:
         self._futures.append((job, self._pool.submit(run_job, job, truth)))
 
     def _collect(self, block: bool) -> list[JobResult]:
-        out, keep = [], []
-        for job, fut in self._futures:
-            if block or fut.done():
-                try:
-                    out.append(fut.result())
-                except Exception as exc:  # noqa: BLE001
-                    out.append(_failed(job, f"{type(exc).__name__}: {exc}"))
-            else:
-                keep.append((job, fut))
-        self._futures = keep
-        return out
+        done = [fut for _, fut in self._futures if block or fut.done()]
+        self._futures = [(job, fut) for job, fut in self._futures if not (block or fut.done())]
+        return [fut.result() for fut in done]  # run_job records attack failures; what it raises is a bug
 
     def poll(self) -> list[JobResult]:
         return self._collect(block=False)
@@ -121,8 +110,6 @@ def run_remote(job: AttackJob, observation: Any, truth: Truth, spec: Any) -> Job
     The observation travels apart from the job: every attack on one update shares one copy
     in Ray's object store.
     """
-    from fedattack.attacks import ATTACKS
-
     if ":" not in job.attack and job.attack not in ATTACKS.names():
         ATTACKS.register(job.attack, spec, doc=spec.paper)
     return run_job(replace(job, observation=observation), truth)
@@ -135,7 +122,7 @@ class RayDispatcher:
     `drain` records the jobs still pending as failed instead of waiting for it forever.
     """
 
-    def __init__(self, gpus_per_job: float = 0.0, max_concurrent: int = 2, max_retries: int = 1,
+    def __init__(self, *, gpus_per_job: float = 0.0, max_concurrent: int = 2, max_retries: int = 1,
                  stall_grace: float = 60.0, on_warning: Callable[[str], None] = warn):
         import ray
 
@@ -161,8 +148,6 @@ class RayDispatcher:
         self._remote = self._ray.remote(run_remote).options(**opts)
 
     def submit(self, job: AttackJob, truth: Truth) -> None:
-        from fedattack.attacks import ATTACKS
-
         if self.options is None:
             self._setup()
         args = (replace(job, observation=None), self._put("observation", job.observation), self._put("truth", truth),
@@ -186,10 +171,11 @@ class RayDispatcher:
         job, started = self._refs.pop(ref)
         try:
             return self._ray.get(ref)
-        except Exception as exc:  # noqa: BLE001 - worker died twice, out of memory, node lost, ...
-            text = str(exc).strip()
-            first = text.splitlines()[0] if text else ""
-            return _failed(job, f"{type(exc).__name__}: {first}", time.perf_counter() - started)
+        except self._ray.exceptions.RayTaskError:  # run_job raised: a strict job's bug, not the cluster
+            raise
+        except self._ray.exceptions.RayError as exc:  # worker died twice, out of memory, node lost, ...
+            return failed_result(job, status="failed", error=f"{type(exc).__name__}: {str(exc).strip()}",
+                                 seconds=time.perf_counter() - started)
 
     def _ready(self, timeout: float) -> list[JobResult]:
         """Results of finished tasks, waiting up to `timeout` seconds for the first."""
@@ -235,9 +221,9 @@ class RayDispatcher:
                 self._ray.cancel(ref, force=True)
             except Exception:  # noqa: BLE001 - the task may have ended meanwhile
                 pass
-            out.append(_failed(job, reason, time.perf_counter() - started))
+            out.append(failed_result(job, status="failed", error=reason, seconds=time.perf_counter() - started))
         self._refs.clear()
-        out += [_failed(job, reason) for job, _ in self._queue]
+        out += [failed_result(job, status="failed", error=reason) for job, _ in self._queue]
         self._queue.clear()
         return out
 
@@ -245,13 +231,13 @@ class RayDispatcher:
         return len(self._queue) + len(self._refs)
 
 
-def make_dispatcher(gpus_per_job: float, max_concurrent: int) -> Dispatcher:
+def make_dispatcher(*, gpus_per_job: float, max_concurrent: int) -> Dispatcher:
     """Ray when this process is connected to a Ray cluster, else a local pool."""
     try:
         import ray
 
         if ray.is_initialized():
-            return RayDispatcher(gpus_per_job, max_concurrent)
+            return RayDispatcher(gpus_per_job=gpus_per_job, max_concurrent=max_concurrent)
     except ImportError:
         pass
     return LocalDispatcher(max_workers=max_concurrent)

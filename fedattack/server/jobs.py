@@ -1,12 +1,23 @@
 """One attack job: run an attack on an Observation, then score it against the Truth.
 
 The attack call receives the Observation only; the Truth enters after the attack returns,
-in `score`. Failures (exceptions, NaN, out of memory) become failed results, never crashes.
+in `score`. What an attack raises becomes the job's result, never a crash of the audit:
+
+- an expected failure (`EXPECTED_FAILURES`: an AttackFailure or other FedattackError, a
+  diverged optimization, out of memory, or the ValueError an attack raises when the
+  observation does not fit it) is status "failed";
+- anything else is status "error": a bug, in the attack or in what it calls.
+
+Both keep a one-line reason (`error`) and the whole traceback (`traceback`, which the run
+directory writes to errors/). Strict jobs (`AttackJob.strict`, on wherever the environment
+variable FEDATTACK_STRICT is set to 1 when the job is made, as the test suite sets it) raise
+the "error" kind instead of recording it, so a programming error cannot pass for an attack
+that failed. Errors outside the attack call (scoring) always raise.
 """
 
 from __future__ import annotations
 
-import math
+import os
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -16,8 +27,19 @@ import numpy as np
 import torch
 
 from fedattack.attacks import ATTACKS, AttackContext
+from fedattack.errors import FedattackError
 from fedattack.metrics import score
+from fedattack.results import JobResult, Score
 from fedattack.threat import Observation, Truth
+
+STRICT_ENV = "FEDATTACK_STRICT"
+EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
+    FedattackError, FloatingPointError, ValueError, torch.OutOfMemoryError, MemoryError)
+
+
+def strict_from_env() -> bool:
+    """Whether jobs made in this process raise unexpected attack exceptions (FEDATTACK_STRICT=1)."""
+    return os.environ.get(STRICT_ENV, "0") not in ("", "0")
 
 
 @dataclass
@@ -35,48 +57,21 @@ class AttackJob:
     tf32: bool = False  # TF32 matmuls and convolutions on a GPU
     success_ssim: float = 0.5
     epsilon: float = float("nan")  # the client's reported DP epsilon (report metadata only)
-
-
-@dataclass
-class JobResult:
-    round: int
-    client: int | str
-    attack: str
-    defense: str
-    status: str  # ok | failed
-    seconds: float
-    psnr: float = float("nan")
-    ssim: float = float("nan")
-    mse: float = float("nan")
-    label_acc: float = float("nan")
-    recovered: int = 0
-    num_images: int = 0
-    adaptive: bool = False
-    scope: str = "client"  # client | aggregate
-    device: str = "cpu"
-    epsilon: float = float("nan")
-    error: str = ""
-    info: dict = field(default_factory=dict)
-    truth_pixels: np.ndarray | None = None  # (N, C, H, W) in [0, 1], for galleries
-    recon_pixels: np.ndarray | None = None  # matched to truth order
+    strict: bool = field(default_factory=strict_from_env)  # raise what is not an expected failure
 
     @property
-    def success(self) -> bool:
-        return self.status == "ok" and self.recovered > 0
-
-    def row(self) -> dict:
-        return {
-            "round": self.round, "client": self.client, "attack": self.attack, "defense": self.defense,
-            "adaptive": self.adaptive, "scope": self.scope, "status": self.status,
-            "psnr": _r(self.psnr), "ssim": _r(self.ssim, 4), "mse": _r(self.mse, 5), "label_acc": _r(self.label_acc, 4),
-            "success": self.success, "recovered": self.recovered, "num_images": self.num_images,
-            "seconds": _r(self.seconds, 2), "device": self.device, "epsilon": _r(self.epsilon, 4),
-            "error": self.error,
-        }
+    def scope(self) -> str:
+        return "aggregate" if self.observation.num_clients > 1 else "client"
 
 
-def _r(x: float, nd: int = 2) -> float | str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else round(float(x), nd)
+def failed_result(job: AttackJob, *, status: str, error: str, details: str = "", seconds: float = 0.0,
+                  num_images: int = 0, device: str = "cpu") -> JobResult:
+    """The result of a job that produced no reconstruction: a one-line reason, the whole story."""
+    lines = error.strip().splitlines()
+    return JobResult(round=job.round, client=job.client, attack=job.attack, defense=job.defense, status=status,
+                     seconds=seconds, score=Score(num_images=num_images), adaptive=job.adaptive, scope=job.scope,
+                     device=device, epsilon=job.epsilon, error=(lines[0] if lines else "")[:300],
+                     traceback=details or error)
 
 
 def _device() -> torch.device:
@@ -102,26 +97,27 @@ def set_tf32(enabled: bool) -> None:
 
 
 def run_job(job: AttackJob, truth: Truth) -> JobResult:
-    """Run one attack and score it; never raises."""
+    """Run one attack and score it. Attack exceptions become failed or error results (strict
+    jobs raise the unexpected ones)."""
     torch.set_num_threads(max(1, job.threads))
     set_tf32(job.tf32)
     spec = ATTACKS.get(job.attack)
     device = _device()
     ctx = AttackContext(device=device, seed=job.seed, labels=job.labels, adaptive=job.adaptive)
-    base = dict(round=job.round, client=job.client, attack=job.attack, defense=job.defense,
-                adaptive=job.adaptive, scope="aggregate" if job.observation.num_clients > 1 else "client",
-                device=str(device), num_images=len(truth.labels), epsilon=job.epsilon)
     t0 = time.perf_counter()
     try:
         recon = spec(job.observation.to(device), job.params, ctx)
         if recon.images is not None and not torch.isfinite(recon.images).all():
             raise FloatingPointError("the reconstruction diverged (NaN or inf)")
-    except Exception as exc:  # noqa: BLE001 - any attack failure is a recorded result
+    except Exception as exc:  # noqa: BLE001 - an attack's exception is its job's result
+        expected = isinstance(exc, EXPECTED_FAILURES)
+        if job.strict and not expected:
+            raise
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        msg = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
-        return JobResult(status="failed", seconds=time.perf_counter() - t0, error=msg,
-                         info={"traceback": traceback.format_exc(limit=5)}, **base)
+        return failed_result(job, status="failed" if expected else "error", error=f"{type(exc).__name__}: {exc}",
+                             details=traceback.format_exc(), seconds=time.perf_counter() - t0,
+                             num_images=len(truth.labels), device=str(device))
     seconds = time.perf_counter() - t0
     s = score(recon, truth, job.observation.data, job.success_ssim)
     spec_data = job.observation.data
@@ -130,6 +126,6 @@ def run_job(job: AttackJob, truth: Truth) -> JobResult:
     if recon.images is not None and s.per_image is not None:
         rp = spec_data.to_pixels(recon.images.detach().float().cpu()).numpy()
         recon_px = np.stack([rp[j] if j >= 0 else np.full_like(truth_px[0], 0.5) for j in s.per_image.match])
-    info = {k: v for k, v in recon.info.items() if isinstance(v, (int, float, str, bool))}
-    return JobResult(status="ok", seconds=seconds, psnr=s.psnr, ssim=s.ssim, mse=s.mse, label_acc=s.label_acc,
-                     recovered=s.recovered, info=info, truth_pixels=truth_px, recon_pixels=recon_px, **base)
+    return JobResult(round=job.round, client=job.client, attack=job.attack, defense=job.defense, status="ok",
+                     seconds=seconds, score=s, adaptive=job.adaptive, scope=job.scope, device=str(device),
+                     epsilon=job.epsilon, truth_pixels=truth_px, recon_pixels=recon_px)

@@ -31,7 +31,8 @@ from fedattack.experiment import Experiment, from_config_json
 from fedattack.registry import Registry, call_with_known
 from fedattack.report.console import Progress
 from fedattack.report.store import RunStore
-from fedattack.server.audit import Auditor, RoundStats
+from fedattack.results import RoundStats
+from fedattack.server.audit import Auditor
 from fedattack.server.dispatch import make_dispatcher
 
 LEGACY_STRATEGIES: Registry[type] = Registry("strategy (with secagg)", "fl.strategy")
@@ -57,7 +58,7 @@ class _Client(NumPyClient):
         sent = _state_from_ndarrays(model, parameters)
         model.load_state_dict(sent)
         rnd = int(config.get("server-round", 0))
-        result = local_train(model, exp.train, exp.partitions[self.pid], exp.cfg, rnd, self.pid)
+        result = local_train(model, exp.train, exp.partitions[self.pid], exp.cfg, rnd=rnd, client=self.pid)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         for k, u in result.update.items():
             state[k] = sent[k] + u
@@ -129,17 +130,15 @@ def check_strategy(cfg) -> None:
 
 def run_secagg_audit(grid: Grid, context: Context, exp: Experiment, store: RunStore, progress: Progress) -> None:
     """The audited run under SecAgg+: same rounds, same store, aggregate-only audit."""
-    from fedattack.server.app import round_row
-
     cfg = exp.cfg
     check_strategy(cfg)
-    dispatcher = make_dispatcher(cfg.audit.gpus_per_job, cfg.audit.max_concurrent)
+    dispatcher = make_dispatcher(gpus_per_job=cfg.audit.gpus_per_job, max_concurrent=cfg.audit.max_concurrent)
 
     def on_result(res):
-        store.add_result(res, cfg.audit.save_images)
+        store.add_result(res)
         progress.result(res)
 
-    auditor = Auditor(exp, dispatcher, on_result)
+    auditor = Auditor(exp, dispatcher, on_result=on_result)
     if not auditor.attacks_for("aggregate"):
         progress.print("secagg: the server sees only the aggregate; none of the configured attacks targets "
                        "aggregates (e.g. cpa, rtf), so no attack runs")
@@ -151,7 +150,7 @@ def run_secagg_audit(grid: Grid, context: Context, exp: Experiment, store: RunSt
             return None
         test_model.load_state_dict(_state_from_ndarrays(test_model, ndarrays))
         loss, acc = evaluate(test_model, exp.test)
-        row = round_row(auditor, rnd, loss, acc)
+        row = auditor.round_result(rnd, test_loss=loss, test_acc=acc)
         store.add_round(row)
         progress.round_done(row, auditor.completed, auditor.submitted)
         return loss, {"test_acc": acc}

@@ -1,4 +1,4 @@
-"""Benchmark cases: one simulated client update as the audit sees it (Observation + Truth)."""
+"""Cases: one simulated client update as the audit sees it (Observation + Truth)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import torch
 from fedattack import config as fconfig
 from fedattack.client.train import local_train
 from fedattack.experiment import build
-from fedattack.models import float_params
+from fedattack.metrics.images import match_and_score
+from fedattack.models import build_model, float_params
 from fedattack.server.audit import make_observation
-from fedattack.threat import Observation, Truth
+from fedattack.threat import DataSpec, ModelSpec, Observation, Protocol, Truth
 
 
 def observed_update(*overrides: str, indices: list[int] | None = None) -> tuple[Observation, Truth]:
-    """Train the victim client on `indices` (default: drawn by seed) and observe its update."""
+    """Train the victim client of the default config with `overrides` on `indices` (default:
+    drawn by seed) and observe its update."""
     cfg = fconfig.load(None, ["audit.attacks=[]", *overrides])
     exp = build(cfg)
     model = exp.initial_model()
@@ -32,23 +34,20 @@ def observed_update(*overrides: str, indices: list[int] | None = None) -> tuple[
 
 
 def psnr_ssim(images: torch.Tensor, truth: Truth, obs: Observation) -> tuple[float, float]:
-    from fedattack.metrics.images import match_and_score
-
+    """Mean PSNR and SSIM of reconstructed `images` (model space) against the truth, matched."""
     s = match_and_score(obs.data.to_pixels(images.detach().cpu()).numpy(),
                         obs.data.to_pixels(truth.images).numpy())
     return float(s.psnr.mean()), float(s.ssim.mean())
 
 
-def synthetic_update(labels: list[int], num_classes: int = 10, model: str = "lenet", activation: str = "sigmoid",
+def synthetic_update(labels: list[int], *, num_classes: int = 10, model: str = "lenet", activation: str = "sigmoid",
                      steps: int = 1, lr: float = 0.01, shape: tuple[int, int, int] = (3, 32, 32), seed: int = 0,
                      init: str = "default") -> tuple[Observation, Truth]:
     """An update of `steps` local SGD steps on random images with the given labels (a
     many-class case for label recovery, where no real data set is at hand offline)."""
-    from fedattack.threat import DataSpec, ModelSpec, Protocol
-
     spec = DataSpec(shape=shape, num_classes=num_classes, mean=(0.5,) * shape[0], std=(0.25,) * shape[0])
     mspec = ModelSpec(name=model, activation=activation, num_classes=num_classes, in_shape=shape, init=init)
-    net = mspec.build(seed=seed)
+    net = build_model(mspec, seed=seed)
     gen = torch.Generator().manual_seed(seed + 1)
     x = spec.normalize(torch.rand((len(labels), *shape), generator=gen))
     y = torch.tensor(labels)
@@ -62,7 +61,7 @@ def synthetic_update(labels: list[int], num_classes: int = 10, model: str = "len
         torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
         opt.step()
     update = {k: v.detach() - sent[k] for k, v in net.named_parameters()}
-    buffers = {k: v.detach() for k, v in mspec.build(seed=seed).named_buffers()}
+    buffers = {k: v.detach() for k, v in build_model(mspec, seed=seed).named_buffers()}
     obs = Observation(model=mspec, data=spec, global_params=sent, update=update, buffers=buffers,
                       protocol=Protocol(lr=lr, local_steps=steps, local_epochs=1, batch_size=b,
                                         num_examples=len(labels)))

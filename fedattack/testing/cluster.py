@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 RAY = Path(sys.executable).parent / "ray"
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent  # where `import fedattack` resolves from
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where `import fedattack` resolves from
 
 
 def free_port() -> int:

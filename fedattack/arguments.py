@@ -1,0 +1,35 @@
+"""What the fedattack commands share on the command line: a YAML config and dotted
+`key=value` overrides, --out and --quiet."""
+
+from __future__ import annotations
+
+import argparse
+
+from fedattack.config import load
+from fedattack.errors import FedattackError
+from fedattack.schema import Config
+
+
+def add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("items", nargs="*", metavar="[CONFIG] key=value", help="a YAML config and dotted overrides")
+    p.add_argument("--out", help="run directory (default: runs/<timestamp> for run)")
+    p.add_argument("--quiet", action="store_true", help="no live progress")
+
+
+def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    """[CONFIG] key=value ... -> (the config file or None, the overrides)."""
+    config, overrides = None, []
+    for a in items:
+        if "=" in a:
+            overrides.append(a)
+        elif config is None:
+            config = a
+        else:
+            raise FedattackError(f"config: only one config file may be given, got '{config}' and '{a}'")
+    return config, overrides
+
+
+def load_config(ns: argparse.Namespace) -> Config:
+    """The validated config the parsed arguments name."""
+    config, overrides = split_config_and_overrides(ns.items)
+    return load(config, overrides)

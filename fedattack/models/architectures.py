@@ -1,0 +1,128 @@
+"""The architectures by name, their activations and weight initializations.
+
+`MODELS` maps names (lenet, convnet, resnet18, mlp, or `module:fn` for your own) to
+builders `fn(in_shape, num_classes, act, width=...) -> nn.Module`; a builder that takes a
+`width` parameter declares that `model.width` means something for it (see `check_width`).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from torchvision.models import resnet18 as tv_resnet18
+
+from fedattack.errors import ConfigError
+from fedattack.registry import Registry
+
+ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation", "model.activation")
+ACTIVATIONS.register("sigmoid", nn.Sigmoid, doc="logistic sigmoid (DLG's LeNet)")
+ACTIVATIONS.register("tanh", nn.Tanh, doc="hyperbolic tangent")
+ACTIVATIONS.register("relu", nn.ReLU, doc="rectified linear unit")
+ACTIVATIONS.register("leakyrelu", lambda: nn.LeakyReLU(0.2), doc="leaky ReLU, slope 0.2")
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "model.name")
+
+# name -> fn(model, scale): re-initializes a built model's weights in place
+INITIALIZERS: Registry[Callable[[nn.Module, float], None]] = Registry("initialization", "model.init")
+
+
+@INITIALIZERS.register("default", doc="the layers' own initialization (PyTorch's, torchvision's)")
+def default_init(model: nn.Module, scale: float) -> None:
+    pass
+
+
+@INITIALIZERS.register("uniform", doc="every parameter ~ U(-init_scale, init_scale) (DLG's choice)")
+def uniform_init(model: nn.Module, scale: float) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.uniform_(-scale, scale)
+
+
+def check_width(name: str, width: int | None) -> None:
+    """`model.width` must be positive, and only set for a model whose builder takes a width."""
+    if width is None:
+        return
+    if width <= 0:
+        raise ConfigError("model.width", f"must be > 0, got {width}")
+    if "width" not in inspect.signature(MODELS.get(name)).parameters:
+        raise ConfigError("model.width", f"model '{name}' has no width parameter; leave model.width unset")
+
+
+def _flat_features(body: nn.Module, in_shape: tuple[int, int, int]) -> int:
+    with torch.no_grad():
+        return int(body(torch.zeros(1, *in_shape)).flatten(1).shape[1])
+
+
+def conv_block(cin: int, cout: int, act: Callable[[], nn.Module], stride: int = 1, k: int = 3,
+               norm: bool = False) -> list[nn.Module]:
+    layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2)]
+    if norm:
+        layers.append(nn.BatchNorm2d(cout))
+    layers.append(act())
+    return layers
+
+
+class Classifier(nn.Module):
+    """A feature body followed by a linear head (the layer label-recovery reads)."""
+
+    def __init__(self, body: nn.Module, in_shape: tuple[int, int, int], num_classes: int):
+        super().__init__()
+        self.body = body
+        self.fc = nn.Linear(_flat_features(body, in_shape), num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x).flatten(1))
+
+
+@MODELS.register("lenet", doc="LeNet of Zhu et al. (DLG): three 5x5 convolutions of `width` channels, one linear layer")
+def lenet(in_shape, num_classes, act, width=12) -> nn.Module:
+    body = nn.Sequential(
+        *conv_block(in_shape[0], width, act, stride=2, k=5),
+        *conv_block(width, width, act, stride=2, k=5),
+        *conv_block(width, width, act, stride=1, k=5),
+    )
+    return Classifier(body, in_shape, num_classes)
+
+
+@MODELS.register("convnet", doc="ConvNet of Geiping et al.: conv-BN-act blocks of width w, 2w, 4w with pooling")
+def convnet(in_shape, num_classes, act, width=32) -> nn.Module:
+    w = width
+    body = nn.Sequential(
+        *conv_block(in_shape[0], w, act, norm=True),
+        *conv_block(w, 2 * w, act, norm=True),
+        nn.MaxPool2d(2),
+        *conv_block(2 * w, 2 * w, act, norm=True),
+        *conv_block(2 * w, 4 * w, act, norm=True),
+        nn.MaxPool2d(2),
+        *conv_block(4 * w, 4 * w, act, norm=True),
+        nn.AdaptiveAvgPool2d(1),
+    )
+    return Classifier(body, in_shape, num_classes)
+
+
+@MODELS.register("resnet18", doc="torchvision ResNet-18 (its own widths) with a 3x3 stem for small images")
+def resnet18(in_shape, num_classes, act) -> nn.Module:
+    m = tv_resnet18(num_classes=num_classes)
+    m.conv1 = nn.Conv2d(in_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    if in_shape[1] <= 64:
+        m.maxpool = nn.Identity()
+    _swap_activation(m, act)
+    return m
+
+
+@MODELS.register("mlp", doc="two hidden fully connected layers of `width` units (the analytic attacks' target)")
+def mlp(in_shape, num_classes, act, width=256) -> nn.Module:
+    d = in_shape[0] * in_shape[1] * in_shape[2]
+    body = nn.Sequential(nn.Flatten(), nn.Linear(d, width), act(), nn.Linear(width, width), act())
+    return Classifier(body, in_shape, num_classes)
+
+
+def _swap_activation(module: nn.Module, act: Callable[[], nn.Module]) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.ReLU):
+            setattr(module, name, act())
+        else:
+            _swap_activation(child, act)

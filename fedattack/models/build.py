@@ -1,0 +1,35 @@
+"""Building the model a ModelSpec describes: architecture, initialization, extensions."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+import torch.nn as nn
+
+from fedattack.models import bottleneck, imprint  # noqa: F401 (register their extensions)
+from fedattack.models.architectures import ACTIVATIONS, INITIALIZERS, MODELS
+from fedattack.models.extensions import EXTENSIONS
+from fedattack.threat import ModelSpec
+
+
+def build_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
+    """A fresh module of the architecture `spec` describes; a seed fixes its initial weights."""
+    builder = MODELS.get(spec.name)
+    if seed is not None:
+        torch.manual_seed(seed)
+    extra = {} if spec.width is None else {"width": spec.width}
+    model = builder(tuple(spec.in_shape), spec.num_classes, ACTIVATIONS.get(spec.activation), **extra)
+    INITIALIZERS.get(spec.init)(model, spec.init_scale)
+    for name, params_json in spec.extensions:
+        model = EXTENSIONS.get(name)(model, tuple(spec.in_shape), spec.num_classes, **json.loads(params_json))
+    return model
+
+
+def float_params(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable floating-point parameters (what an update is computed over)."""
+    return {k: v.detach().clone() for k, v in model.named_parameters()}
+
+
+def buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_buffers()}

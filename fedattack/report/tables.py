@@ -1,0 +1,96 @@
+"""leakage.csv and rounds.csv: typed results to rows and back.
+
+Columns of leakage.csv (one row per round x client x attack): round, client, attack,
+defense, adaptive, scope, status, psnr, ssim, mse, label_acc, success, recovered,
+num_images, seconds, device, epsilon, error (one line), traceback (the file under errors/
+that holds the whole traceback of a failed job). An empty cell is a number that does not
+exist (NaN): no images, no labels, no epsilon.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from fedattack.results import NAN, JobResult, RoundResult, Score
+
+LEAKAGE_FIELDS = ["round", "client", "attack", "defense", "adaptive", "scope", "status", "psnr", "ssim", "mse",
+                  "label_acc", "success", "recovered", "num_images", "seconds", "device", "epsilon", "error",
+                  "traceback"]
+ROUND_FIELDS = ["round", "train_loss", "test_loss", "test_acc", "replies", "errors", "audited_clients", "jobs",
+                "scope", "epsilon", "seconds"]
+
+
+def _cell(x: float) -> float | str:
+    return "" if x is None or math.isnan(x) else x
+
+
+def _float(text: str | None) -> float:
+    return float(text) if text not in (None, "") else NAN
+
+
+def _int(text: str | None) -> int:
+    return int(float(text)) if text not in (None, "") else 0
+
+
+def _bool(text: str) -> bool:
+    if text not in ("True", "False"):
+        raise ValueError(f"expected True or False, got {text!r}")
+    return text == "True"
+
+
+def _client(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def leakage_row(r: JobResult, *, traceback_file: str = "") -> dict:
+    s = r.score
+    return {"round": r.round, "client": r.client, "attack": r.attack, "defense": r.defense, "adaptive": r.adaptive,
+            "scope": r.scope, "status": r.status, "psnr": _cell(s.psnr), "ssim": _cell(s.ssim), "mse": _cell(s.mse),
+            "label_acc": _cell(s.label_acc), "success": r.success, "recovered": s.recovered,
+            "num_images": s.num_images, "seconds": _cell(r.seconds), "device": r.device,
+            "epsilon": _cell(r.epsilon), "error": r.error, "traceback": traceback_file}
+
+
+def job_result(row: dict[str, str], *, traceback: str = "") -> JobResult:
+    """A leakage.csv row back as the JobResult it was written from (without its images)."""
+    score = Score(psnr=_float(row["psnr"]), ssim=_float(row["ssim"]), mse=_float(row["mse"]),
+                  label_acc=_float(row["label_acc"]), recovered=_int(row["recovered"]),
+                  num_images=_int(row["num_images"]))
+    return JobResult(round=int(row["round"]), client=_client(row["client"]), attack=row["attack"],
+                     defense=row["defense"], status=row["status"], seconds=_float(row["seconds"]), score=score,
+                     adaptive=_bool(row["adaptive"]), scope=row["scope"], device=row["device"],
+                     epsilon=_float(row["epsilon"]), error=row["error"], traceback=traceback)
+
+
+def round_row(r: RoundResult) -> dict:
+    return {"round": r.round, "train_loss": _cell(r.train_loss), "test_loss": _cell(r.test_loss),
+            "test_acc": _cell(r.test_acc), "replies": r.replies, "errors": r.errors,
+            "audited_clients": r.audited_clients, "jobs": r.jobs, "scope": r.scope, "epsilon": _cell(r.epsilon),
+            "seconds": _cell(r.seconds)}
+
+
+def round_result(row: dict[str, str]) -> RoundResult:
+    return RoundResult(round=int(row["round"]), train_loss=_float(row["train_loss"]),
+                       test_loss=_float(row["test_loss"]), test_acc=_float(row["test_acc"]),
+                       replies=_int(row["replies"]), errors=_int(row["errors"]),
+                       audited_clients=_int(row["audited_clients"]), jobs=_int(row["jobs"]), scope=row["scope"],
+                       epsilon=_float(row["epsilon"]), seconds=_float(row["seconds"]))
+
+
+def start(path: Path, fields: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        csv.DictWriter(f, fieldnames=fields).writeheader()
+
+
+def append(path: Path, fields: list[str], row: dict) -> None:
+    with path.open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=fields).writerow(row)
+
+
+def read(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,159 @@
+"""Results, typed: the scores of one reconstruction, one attack job's result, one round's
+statistics, and the facts that head a run.
+
+The audit produces these and the report consumes them in memory; the run directory
+(fedattack.report) writes them as leakage.csv and rounds.csv and reads them back with their
+types. A JobResult holds its numbers at the precision the run directory records (`DIGITS`),
+so a run's summary and `fedattack report` of the same directory agree to the last digit.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+NAN = math.nan  # one object: results read back compare equal to the ones written
+
+# decimals the run directory keeps of each number of a job result
+DIGITS = {"psnr": 2, "ssim": 4, "mse": 5, "label_acc": 4, "seconds": 2, "epsilon": 4}
+
+STATUSES = ("ok", "failed", "error")  # error: the attack raised something other than an attack failure
+
+
+def rounded(x: float, digits: int) -> float:
+    return x if x is None or math.isnan(x) else round(float(x), digits)
+
+
+@dataclass
+class ImageScores:
+    """Per ground-truth image: the matched reconstruction and its scores (-1: unmatched)."""
+
+    match: np.ndarray  # (N_true,) index into reconstructions, -1 where none
+    psnr: np.ndarray
+    ssim: np.ndarray
+    mse: np.ndarray
+
+
+@dataclass
+class Score:
+    """How much one reconstruction leaked (means over the true images, after matching)."""
+
+    psnr: float = NAN
+    ssim: float = NAN
+    mse: float = NAN
+    label_acc: float = NAN
+    recovered: int = 0  # true images whose match reaches the SSIM threshold and beats a flat guess
+    num_images: int = 0
+    per_image: ImageScores | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def success(self) -> bool:
+        """A leak: at least one private image reconstructed above the SSIM threshold."""
+        return self.recovered > 0
+
+    def rounded(self) -> "Score":
+        """This score at the precision of the run directory."""
+        return replace(self, **{k: rounded(getattr(self, k), DIGITS[k]) for k in ("psnr", "ssim", "mse", "label_acc")})
+
+
+@dataclass
+class JobResult:
+    """One attack on one update: status, score, and what the report needs to show it."""
+
+    round: int
+    client: int | str  # partition id, or "aggregate"
+    attack: str
+    defense: str  # the defenses in force, e.g. "clip(bound=1.0)+gaussian(sigma=0.01)" or "none"
+    status: str  # one of STATUSES
+    seconds: float
+    score: Score = field(default_factory=Score)
+    adaptive: bool = False
+    scope: str = "client"  # client | aggregate
+    device: str = "cpu"
+    epsilon: float = NAN  # the client's reported DP epsilon (report metadata only)
+    error: str = ""  # one line: why the job did not succeed
+    traceback: str = ""  # the whole story of a failure (the run directory keeps it in errors/)
+    truth_pixels: np.ndarray | None = field(default=None, repr=False, compare=False)  # (N, C, H, W) in [0, 1]
+    recon_pixels: np.ndarray | None = field(default=None, repr=False, compare=False)  # matched to truth order
+
+    def __post_init__(self) -> None:
+        self.score = self.score.rounded()
+        self.seconds = rounded(self.seconds, DIGITS["seconds"])
+        self.epsilon = rounded(self.epsilon, DIGITS["epsilon"])
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def success(self) -> bool:
+        return self.ok and self.score.success
+
+    @property
+    def label(self) -> str:
+        """The attack as summaries name it: its adaptive variant apart."""
+        return self.attack + (" (adaptive)" if self.adaptive else "")
+
+    @property
+    def row_id(self) -> str:
+        """A name for this result's files (gallery, traceback), unique within a run."""
+        tag = "_adaptive" if self.adaptive else ""
+        return re.sub(r"[^\w.:-]", "_", f"r{int(self.round):03d}_c{self.client}_{self.attack}{tag}")
+
+
+@dataclass
+class RoundStats:
+    """What the server counts while a round runs (replies, errors, the jobs it submitted)."""
+
+    round: int
+    started: float  # time.perf_counter() when the round began
+    replies: int = 0
+    errors: int = 0
+    train_loss: float = NAN
+    audited_clients: int = 0
+    jobs: int = 0
+    scope: str = "client"  # client | aggregate (SecAgg: the server saw the sum only)
+    epsilon: float = NAN  # DP-SGD / DP: the largest epsilon reported this round
+
+    def result(self, *, test_loss: float, test_acc: float, now: float) -> "RoundResult":
+        return RoundResult(round=self.round, train_loss=self.train_loss, test_loss=test_loss, test_acc=test_acc,
+                           replies=self.replies, errors=self.errors, audited_clients=self.audited_clients,
+                           jobs=self.jobs, scope=self.scope, epsilon=self.epsilon, seconds=now - self.started)
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One finished round: training, evaluation and audit counts."""
+
+    round: int
+    train_loss: float = NAN
+    test_loss: float = NAN
+    test_acc: float = NAN
+    replies: int = 0
+    errors: int = 0
+    audited_clients: int = 0
+    jobs: int = 0
+    scope: str = "client"
+    epsilon: float = NAN
+    seconds: float = NAN
+
+
+@dataclass(frozen=True)
+class RunHeader:
+    """What a run was: the facts every summary and report starts with."""
+
+    server_mode: str = "honest"
+    dataset: str = ""
+    model: str = ""
+    strategy: str = ""
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, raw: dict) -> "RunHeader":
+        """From a config as a dict (Config.to_dict(), or a run directory's config.yaml)."""
+        return cls(server_mode=str(raw.get("server", {}).get("mode", "honest")),
+                   dataset=str(raw.get("data", {}).get("name", "")), model=str(raw.get("model", {}).get("name", "")),
+                   strategy=str(raw.get("fl", {}).get("strategy", "")), seed=int(raw.get("seed", 0)))

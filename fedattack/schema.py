@@ -1,0 +1,173 @@
+"""The config's types: one dataclass per section, and `Config` holding them.
+
+Besides the fixed sections, every configured attack and defense owns a top-level section
+named after it (`dlg.optimizer=adam`, `gaussian.sigma=0.01`) holding that plug-in's own
+parameter dataclass; `fedattack.config` fills them in when it loads a config.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import yaml
+
+from fedattack.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Frozen and hashable: a loaded dataset is cached per process under its DataConfig."""
+
+    name: str = "lfw-subset"
+    root: str | None = None
+    image_size: int = 32
+    channels: int | None = None  # None: the dataset's own (1 for grey, 3 for colour)
+    download: bool = False
+    test_fraction: float = 0.2  # held-out share for datasets without a test split
+
+
+@dataclass
+class PartitionConfig:
+    name: str = "dirichlet"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    min_size: int = 2
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lenet"
+    activation: str = "sigmoid"
+    init: str = "default"  # default | uniform (U(-init_scale, init_scale), DLG's choice)
+    init_scale: float = 0.5
+    width: int | None = None  # None: the architecture's own default; models without a width reject it
+
+
+@dataclass
+class FLConfig:
+    num_clients: int = 8
+    rounds: int = 3
+    clients_per_round: int = 2
+    strategy: str = "fedavg"
+    strategy_args: dict = field(default_factory=dict)
+    client_cpus: float = 1.0
+    client_gpus: float = 0.0
+    evaluate_every: int = 1
+    timeout: float = 600.0
+
+
+@dataclass
+class ClientConfig:
+    local_epochs: int = 1
+    local_steps: int = 2  # 0: run whole local epochs instead of a fixed number of steps
+    batch_size: int = 2
+    lr: float = 0.01
+    momentum: float = 0.0
+    defenses: list = field(default_factory=list)
+
+
+@dataclass
+class AuditConfig:
+    attacks: list = field(default_factory=lambda: ["idlg", "dlg", "invgrad"])
+    every: int = 1
+    max_clients: int = 0  # 0: every sampled client
+    gpus_per_job: float = 0.0
+    max_concurrent: int = 2
+    labels: str = "auto"
+    adaptive: str = "off"  # off | on | both: defense-aware variants of attacks that support it
+    success_ssim: float = 0.5
+    save_images: bool = True
+    threads_per_job: int = 1
+    tf32: bool = False  # let attack jobs on a GPU use TF32 matmuls and convolutions
+
+
+@dataclass
+class VictimConfig:
+    indices: list | None = None
+    client: int = 0
+
+
+@dataclass
+class ServerConfig:
+    mode: str = "honest"  # honest | malicious
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None
+    num_cpus: int | None = None  # local instance: CPUs offered to clients (None: all cores)
+
+
+@dataclass
+class SweepConfig:
+    defense: str | None = None
+    param: str | None = None  # defaults to the defense's main parameter
+    values: list = field(default_factory=list)
+    parallel: int = 1
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "partition": PartitionConfig,
+    "model": ModelConfig,
+    "fl": FLConfig,
+    "client": ClientConfig,
+    "audit": AuditConfig,
+    "victim": VictimConfig,
+    "server": ServerConfig,
+    "ray": RayConfig,
+    "sweep": SweepConfig,
+}
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    fl: FLConfig = field(default_factory=FLConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    victim: VictimConfig = field(default_factory=VictimConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    attack_params: dict = field(default_factory=dict)  # attack name -> params dataclass
+    defense_params: dict = field(default_factory=dict)  # defense name -> params dataclass
+
+    # -- access ---------------------------------------------------------------
+    def attack(self, name: str) -> Any:
+        """Parameters of a configured attack (its defaults unless the config sets them)."""
+        if name not in self.attack_params:
+            raise ConfigError("audit.attacks", f"'{name}' is not a configured attack; configured: "
+                                               f"{', '.join(self.attack_params) or '(none)'}")
+        return self.attack_params[name]
+
+    def defense(self, name: str) -> Any:
+        """Parameters of a configured defense (its defaults unless the config sets them)."""
+        if name not in self.defense_params:
+            raise ConfigError("client.defenses", f"'{name}' is not a configured defense; configured: "
+                                                 f"{', '.join(self.defense_params) or '(none)'}")
+        return self.defense_params[name]
+
+    # -- serialization ----------------------------------------------------------
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"seed": self.seed}
+        for name in SECTIONS:
+            out[name] = asdict(getattr(self, name))
+        for name, p in sorted({**self.attack_params, **self.defense_params}.items()):
+            out[name] = asdict(p)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def copy(self) -> "Config":
+        return copy.deepcopy(self)

@@ -1,0 +1,8 @@
+"""Support for tests and benchmarks of fedattack and of plug-ins written for it.
+
+- `fedattack.testing.cases`: one simulated client update as the audit sees it
+  (`observed_update`, `synthetic_update`) and quick scores (`psnr_ssim`);
+- `fedattack.testing.cluster`: a Ray cluster of several nodes on this machine (`LocalCluster`).
+
+Nothing else in the package imports these modules.
+"""

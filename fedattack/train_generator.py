@@ -1,0 +1,136 @@
+"""`fedattack train-generator`: train the GGL attack's image prior on a configured dataset.
+
+    fedattack train-generator data.name=lfw-subset --labels 1 --exclude-victims --out gen.pt
+
+trains a small DCGAN or WGAN-GP (fedattack.models.generator) on the chosen split, classes
+and indices of the dataset, and writes a checkpoint to use as `ggl.generator=gen.pt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedattack.arguments import load_config
+from fedattack.data import load_dataset
+from fedattack.errors import FedattackError
+from fedattack.experiment import build
+from fedattack.gradient_attack import victim_indices
+from fedattack.models.generator import TrainSettings, make_meta, save_generator, train_generator
+from fedattack.schema import Config
+
+
+def _int_list(text: str | None, flag: str) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in str(text).replace(" ", "").split(",") if v != ""]
+    except ValueError:
+        raise FedattackError(f"{flag}: expected comma-separated integers, got '{text}'") from None
+    if not values:
+        raise FedattackError(f"{flag}: expected comma-separated integers, got '{text}'")
+    return values
+
+
+def training_images(cfg: Config, *, split: str = "train", labels: list[int] | None = None,
+                    exclude: list[int] | None = None, exclude_victims: bool = False) -> tuple[torch.Tensor, list[int]]:
+    """The images a generator trains on ([0, 1] pixels at the configured size) and the
+    training-split indices left out."""
+    splits = load_dataset(cfg.data, seed=cfg.seed)
+    drop = set(exclude or [])
+    n_train = len(splits.train)
+    bad = [i for i in drop if not 0 <= i < n_train]
+    if bad:
+        raise FedattackError(f"--exclude: index {bad[0]} is outside the training split (0..{n_train - 1})")
+    if exclude_victims:
+        drop |= {int(i) for i in victim_indices(build(cfg))}
+    classes = splits.train.spec.num_classes
+    if labels is not None:
+        bad = [c for c in labels if not 0 <= c < classes]
+        if bad:
+            raise FedattackError(f"--labels: class {bad[0]} does not exist (0..{classes - 1})")
+    parts = []
+    if split in ("train", "all"):
+        keep = [i for i in range(n_train) if i not in drop]
+        parts.append((splits.train, keep))
+    if split in ("test", "all"):
+        parts.append((splits.test, list(range(len(splits.test)))))
+    chosen = []
+    for data, idx in parts:
+        idx = np.asarray(idx, dtype=np.int64)
+        if labels is not None and len(idx):
+            idx = idx[np.isin(data.targets[idx], labels)]
+        if len(idx):
+            chosen.append(data.pixels(idx))
+    if not chosen:
+        raise FedattackError("train-generator: no images left after --split/--labels/--exclude")
+    return torch.cat(chosen), sorted(drop)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    d = TrainSettings()
+    p.add_argument("items", nargs="*", metavar="[CONFIG] key=value",
+                   help="a YAML config and dotted overrides (data.* chooses the dataset and image size)")
+    p.add_argument("--out", required=True, help="checkpoint to write (e.g. gen.pt); use it as ggl.generator=PATH")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the images (default {d.epochs})")
+    p.add_argument("--loss", default=d.loss, help="dcgan (non-saturating GAN) or wgan-gp (default dcgan)")
+    p.add_argument("--latent-dim", type=int, default=d.latent_dim, help=f"default {d.latent_dim}")
+    p.add_argument("--width", type=int, default=d.width, help=f"base channel width (default {d.width})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
+    p.add_argument("--lr", type=float, default=None, help="Adam step size (default 2e-4 DCGAN, 1e-4 WGAN-GP)")
+    p.add_argument("--split", choices=["train", "test", "all"], default="train", help="which split to train on")
+    p.add_argument("--labels", default=None, help="only these class ids, comma-separated (lfw-subset: 1 = faces)")
+    p.add_argument("--exclude", default=None, help="training-split indices to leave out, comma-separated")
+    p.add_argument("--exclude-victims", action="store_true",
+                   help="leave out the images `fedattack attack` with the same config trains the victim on")
+    p.add_argument("--no-augment", action="store_true", help="no flips or shifts of the training images")
+    p.add_argument("--seed", type=int, default=None, help="default: the config's seed")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+
+
+def cmd_train_generator(ns: argparse.Namespace) -> int:
+    cfg = load_config(ns)
+    settings = TrainSettings(loss=ns.loss, epochs=ns.epochs, batch_size=ns.batch_size, latent_dim=ns.latent_dim,
+                             width=ns.width, lr=ns.lr, augment=not ns.no_augment)
+    settings.validate()
+    if ns.threads is not None:
+        if ns.threads < 1:
+            raise FedattackError(f"--threads: must be >= 1, got {ns.threads}")
+        torch.set_num_threads(ns.threads)
+    out = Path(ns.out)
+    if out.is_dir():
+        raise FedattackError(f"--out: {out} is a directory; give a file path such as {out / 'gen.pt'}")
+    labels = _int_list(ns.labels, "--labels")
+    exclude = _int_list(ns.exclude, "--exclude")
+    if ns.split == "test" and (exclude or ns.exclude_victims):
+        raise FedattackError("--exclude: training-split indices do not apply to --split test")
+    pixels, dropped = training_images(cfg, split=ns.split, labels=labels, exclude=exclude,
+                                      exclude_victims=ns.exclude_victims)
+    seed = cfg.seed if ns.seed is None else ns.seed
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    log = (lambda msg: None) if ns.quiet else (lambda msg: print(msg, flush=True))
+    log(f"train-generator: {settings.loss} on {pixels.shape[0]} images of {tuple(pixels.shape[1:])} from "
+        f"{cfg.data.name} ({ns.split} split{', labels ' + ns.labels if labels else ''}"
+        f"{f', {len(dropped)} excluded' if dropped else ''}), {settings.epochs} epochs on {device}")
+    G, stats = train_generator(pixels, settings, seed=seed, device=device, log=log)
+    meta = make_meta(G, settings, pixels.shape[1], dataset=cfg.data.name, split=ns.split,
+                     labels=labels, excluded=dropped or None, num_images=int(pixels.shape[0]),
+                     epochs=settings.epochs, seed=seed, seconds=round(stats["seconds"], 2))
+    save_generator(out, G, meta)
+    log(f"wrote {out} ({stats['generator_steps']} generator steps, {stats['seconds']:.1f} s, "
+        f"{stats['cpu_seconds']:.1f} s CPU); "
+        f"use it with ggl.generator={out}")
+    return 0
+
+
+COMMANDS = {
+    "train-generator": ("train a small DCGAN / WGAN-GP on a configured dataset (the GGL attack's prior)",
+                        add_arguments, cmd_train_generator),
+}
+
+__all__ = ["training_images", "COMMANDS"]

@@ -1,0 +1,34 @@
+"""Checks for config values; each raises a ConfigError naming the field `name.key`.
+
+Plug-in parameter dataclasses call them from their `validate(name)` method:
+
+    def validate(self, name: str) -> None:
+        check_range(name, "iterations", self.iterations, 1)
+        check_choice(name, "optimizer", self.optimizer, ["adam", "lbfgs"])
+"""
+
+from __future__ import annotations
+
+from fedattack.errors import ConfigError
+
+
+def check_range(name: str, key: str, value: float, lo: float | None = None, hi: float | None = None,
+                lo_open: bool = False) -> None:
+    """lo <= value <= hi (lo < value with lo_open); either bound may be None."""
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        raise ConfigError(f"{name}.{key}", f"must be {'>' if lo_open else '>='} {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{name}.{key}", f"must be <= {hi}, got {value}")
+
+
+def check_between(name: str, key: str, value: float, lo: float, hi: float, *, lo_open: bool = False,
+                  hi_open: bool = False) -> None:
+    """value in the interval [lo, hi], either end open, reported as an interval."""
+    if value < lo or value > hi or (lo_open and value == lo) or (hi_open and value == hi):
+        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ConfigError(f"{name}.{key}", f"must be in {interval}, got {value}")
+
+
+def check_choice(name: str, key: str, value: str, allowed: list[str]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{name}.{key}", f"unknown value '{value}'; allowed: {', '.join(allowed)}")

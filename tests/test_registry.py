@@ -1,0 +1,55 @@
+"""Registries: names, import paths, and the public way to add and remove an entry."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedattack.errors import ConfigError
+from fedattack.registry import Registry
+
+
+def _registry() -> Registry:
+    reg: Registry = Registry("widget", "section.widget")
+    reg.register("a", object(), doc="the first")
+
+    @reg.register("b")
+    def b():
+        """The second widget.
+
+        More text that is not the one-line doc."""
+
+    return reg
+
+
+def test_register_names_docs_and_duplicates():
+    reg = _registry()
+    assert reg.names() == ["a", "b"]
+    assert reg.doc("a") == "the first" and reg.doc("b") == "The second widget."
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("a", object())
+
+
+def test_unknown_names_are_config_errors_of_the_registry_field():
+    reg = _registry()
+    with pytest.raises(ConfigError, match=r"^section\.widget: unknown widget 'c'; allowed: a, b or module:attr$"):
+        reg.check("c")
+    with pytest.raises(ConfigError, match=r"^section\.widget: unknown widget 'c'"):
+        reg.get("c")
+    reg.check("pkg.mod:thing")  # import paths are checked when they are used, not named
+    with pytest.raises(ConfigError, match=r"^section\.widget: cannot import 'no_such_pkg:thing'"):
+        reg.get("no_such_pkg:thing")
+    assert reg.get("fedattack.registry:Registry") is Registry
+
+
+def test_temporarily_and_unregister():
+    reg = _registry()
+    entry = object()
+    with reg.temporarily("test-entry", entry, doc="a stand-in") as got:
+        assert got is entry and reg.get("test-entry") is entry and reg.doc("test-entry") == "a stand-in"
+    assert "test-entry" not in reg.names() and reg.doc("test-entry") == ""
+    with pytest.raises(RuntimeError), reg.temporarily("gone-after-error", entry):
+        raise RuntimeError("the block failed")
+    assert "gone-after-error" not in reg.names()
+    assert reg.unregister("a") is not None and reg.names() == ["b"]
+    with pytest.raises(KeyError):
+        reg.unregister("a")

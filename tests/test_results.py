@@ -1,0 +1,127 @@
+"""Typed results: attack jobs' outcomes, and the run directory that records and reads them back."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+
+from fedattack import config as fconfig
+from fedattack.attacks import ATTACKS, register_attack
+from fedattack.attacks.base import AttackSpec
+from fedattack.errors import AttackFailure
+from fedattack.report.store import RunStore, load_run
+from fedattack.report.summary import summarize
+from fedattack.results import JobResult, RoundResult, RunHeader, Score
+from fedattack.server.jobs import AttackJob, run_job
+from fedattack.testing.cases import synthetic_update
+
+
+def _result(**kw) -> JobResult:
+    base = dict(round=1, client=0, attack="idlg", defense="none", status="ok", seconds=1.23456,
+                score=Score(psnr=31.23456, ssim=0.612345, mse=0.0012345, label_acc=1.0, recovered=1, num_images=2))
+    return JobResult(**{**base, **kw})
+
+
+def test_job_results_hold_the_precision_the_run_directory_records():
+    r = _result()
+    assert (r.seconds, r.score.psnr, r.score.ssim, r.score.mse) == (1.23, 31.23, 0.6123, 0.00123)
+    assert r.success and r.label == "idlg" and r.row_id == "r001_c0_idlg"
+    failed = _result(status="failed", adaptive=True, client="aggregate", score=Score(num_images=2))
+    assert not failed.success and failed.label == "idlg (adaptive)" and failed.row_id == "r001_caggregate_idlg_adaptive"
+    assert math.isnan(failed.score.psnr)
+
+
+def test_the_run_directory_reads_back_the_typed_results_it_was_written_from(tmp_path):
+    cfg = fconfig.load(None, ["audit.attacks=[idlg]", "server.mode=honest", "seed=7"])
+    store = RunStore(tmp_path / "run", cfg=cfg)
+    results = [_result(), _result(client=1, attack="dlg", score=Score(psnr=12.0, ssim=0.1, num_images=2)),
+               _result(client="aggregate", attack="cpa", status="failed", score=Score(num_images=4),
+                       error="AttackFailure: nothing to read", traceback="Traceback ...\nAttackFailure: nothing to read",
+                       epsilon=2.5, scope="aggregate")]
+    rounds = [RoundResult(round=1, train_loss=0.69, test_loss=0.7, test_acc=0.5, replies=2, jobs=3, seconds=1.5),
+              RoundResult(round=2, train_loss=0.6, test_acc=0.55, replies=2, errors=1, epsilon=3.0)]
+    for r in results:
+        store.add_result(r)
+    for r in rounds:
+        store.add_round(r)
+    summary = store.finish()
+
+    run = load_run(tmp_path / "run")
+    assert run.results == results and run.rounds == rounds
+    assert run.header == RunHeader(server_mode="honest", dataset="lfw-subset", model="lenet", strategy="fedavg", seed=7)
+    assert run.summary() == summary
+    on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary.to_dict()))
+    assert on_disk["attacks"]["cpa"] == {"jobs": 1, "failed": 1, "psnr": None, "ssim": None, "mse": None,
+                                         "label_acc": None, "success_rate": None, "seconds": 1.23,
+                                         "scope": ["aggregate"]}
+    assert (on_disk["rounds"], on_disk["client_errors"], on_disk["epsilon"], on_disk["final_test_acc"]) == (2, 1, 3.0,
+                                                                                                           0.55)
+    rows = list(csv.DictReader((tmp_path / "run" / "leakage.csv").open()))
+    assert [r["traceback"] for r in rows] == ["", "", "errors/r001_caggregate_cpa.txt"]
+    assert rows[2]["error"] == "AttackFailure: nothing to read" and rows[0]["success"] == "True"
+
+
+def test_summary_means_only_reconstructions_and_counts_failures():
+    results = [_result(), _result(score=Score(psnr=20.0, ssim=0.2, recovered=0, num_images=2)),
+               _result(status="error", score=Score(num_images=2), error="KeyError: 'x'")]
+    s = summarize(results, [], RunHeader()).attacks["idlg"]
+    assert (s.jobs, s.failed, s.psnr, s.ssim, s.success_rate) == (3, 1, 25.615, 0.4062, 0.5)
+
+
+@pytest.fixture(scope="module")
+def update():
+    return synthetic_update([1, 3], num_classes=4, shape=(1, 8, 8))
+
+
+def _job(name: str, obs, **kw) -> AttackJob:
+    return AttackJob(round=1, client=0, attack=name, params=None, observation=obs, **kw)
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_attack_failures_are_results_and_bugs_are_errors_unless_strict(update, strict):
+    obs, truth = update
+
+    def fails(obs, params, ctx):
+        raise AttackFailure("no bin caught a sample")
+
+    def buggy(obs, params, ctx):
+        return obs.update["no such layer"]
+
+    with ATTACKS.temporarily("test-fails", AttackSpec("test-fails", fails, dict, "test")), \
+            ATTACKS.temporarily("test-buggy", AttackSpec("test-buggy", buggy, dict, "test")):
+        failed = run_job(_job("test-fails", obs, strict=strict), truth)
+        assert failed.status == "failed" and failed.error == "AttackFailure: no bin caught a sample"
+        assert failed.traceback.startswith("Traceback") and "in fails" in failed.traceback
+        assert failed.score.num_images == 2
+        if strict:
+            with pytest.raises(KeyError, match="no such layer"):
+                run_job(_job("test-buggy", obs, strict=True), truth)
+        else:
+            error = run_job(_job("test-buggy", obs, strict=False), truth)
+            assert error.status == "error" and error.error == "KeyError: 'no such layer'"
+            assert 'obs.update["no such layer"]' in error.traceback
+
+
+def test_jobs_made_in_the_test_suite_are_strict(update):
+    assert _job("idlg", update[0]).strict  # tests/conftest.py sets FEDATTACK_STRICT=1
+
+
+def test_register_attack_plugs_into_jobs(update):
+    obs, truth = update
+
+    @register_attack("test-echo", paper="test")
+    def echo(obs, params, ctx):
+        from fedattack.threat import Reconstruction
+
+        return Reconstruction(images=truth.images.clone(), labels=truth.labels.clone())
+
+    try:
+        r = run_job(_job("test-echo", obs), truth)
+        assert r.status == "ok" and r.score.psnr == 100.0 and r.score.label_acc == 1.0 and r.success
+        assert r.truth_pixels.shape == r.recon_pixels.shape == (2, 1, 8, 8)
+    finally:
+        ATTACKS.unregister("test-echo")

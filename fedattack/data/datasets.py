@@ -1,8 +1,9 @@
 """Image datasets behind one small interface, `ImageData`.
 
-Loaders are the real ones (torchvision's MNIST, FashionMNIST, CIFAR-10/100, ImageFolder);
-the default `lfw-subset` ships inside scikit-image, so fedattack runs offline. A configured
-dataset whose files are absent is a `DataError`, never a silent substitute.
+Loaders are the real ones (torchvision's MNIST, FashionMNIST, CIFAR-10/100, ImageFolder,
+Hugging Face datasets as `hf:<id>`); the default `lfw-subset`, `digits` and `photos` ship
+inside scikit-image and scikit-learn, so fedattack runs offline. A configured dataset whose
+files are absent is a `DataError`, never a silent substitute.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedattack.data.hf import is_hf, load_hf
 from fedattack.errors import ConfigError, DataError
 from fedattack.registry import Registry
 from fedattack.threat import DataSpec, Truth
@@ -114,6 +116,64 @@ def lfw_subset(cfg, seed: int) -> Splits:
     return Splits(_from_array(images[tr], targets[tr], spec), _from_array(images[te], targets[te], spec))
 
 
+@DATASETS.register("digits", doc="1797 8x8 handwritten digits bundled with scikit-learn (10 classes), offline")
+def digits(cfg, seed: int) -> Splits:
+    """scikit-learn's copy of the UCI optical-recognition digits test set (Alpaydin and Kaynak 1998):
+    8x8 grey images with values 0-16 (divided by 16 here), labels 0-9."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = np.asarray(bunch.images, dtype=np.float32) / 16.0  # (1797, 8, 8) in [0, 1]
+    targets = np.asarray(bunch.target, dtype=np.int64)
+    spec = _spec(cfg, 1, 10, (float(images.mean(dtype=np.float64)),), (float(images.std(dtype=np.float64)),))
+    tr, te = _stratified_split(targets, cfg.test_fraction, seed)
+    return Splits(_from_array(images[tr], targets[tr], spec), _from_array(images[te], targets[te], spec))
+
+
+# `photos`: natural RGB photos that ship inside the scikit-image wheel (no pooch download), cut
+# into 64x64 crops on a fixed 4 x 7 grid spread evenly over each photo. The smallest photo
+# (chelsea, 300 x 451) fits 4 x 7 crops of 64 without overlap, so no two crops share a pixel.
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry", "motorcycle")
+PHOTO_CROP = 64
+PHOTO_GRID = (4, 7)
+
+
+def _photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name == "motorcycle":
+        return skimage.data.stereo_motorcycle()[0]  # the left view of the stereo pair
+    return getattr(skimage.data, name)()
+
+
+def photo_crops() -> tuple[np.ndarray, np.ndarray]:
+    """(N, 64, 64, 3) uint8 crops and their labels (the index of the source photo in PHOTOS)."""
+    crops, labels = [], []
+    for label, name in enumerate(PHOTOS):
+        img = np.asarray(_photo(name))[..., :3]
+        h, w = img.shape[:2]
+        rows = np.round(np.linspace(0, h - PHOTO_CROP, PHOTO_GRID[0])).astype(int)
+        cols = np.round(np.linspace(0, w - PHOTO_CROP, PHOTO_GRID[1])).astype(int)
+        for r in rows:
+            for c in cols:
+                crops.append(img[r:r + PHOTO_CROP, c:c + PHOTO_CROP])
+                labels.append(label)
+    return np.stack(crops), np.asarray(labels, dtype=np.int64)
+
+
+@DATASETS.register("photos", doc=f"{len(PHOTOS) * PHOTO_GRID[0] * PHOTO_GRID[1]} 64x64 RGB crops of scikit-image's "
+                                 f"{len(PHOTOS)} bundled photos (label: which photo), offline")
+def photos(cfg, seed: int) -> Splits:
+    """Natural-photo crops: astronaut, chelsea (the cat), coffee, rocket, hubble_deep_field,
+    immunohistochemistry and the left motorcycle view, 28 crops each."""
+    crops, targets = photo_crops()
+    images = crops.astype(np.float32) / 255.0  # (196, 64, 64, 3)
+    mean, std = images.mean(axis=(0, 1, 2), dtype=np.float64), images.std(axis=(0, 1, 2), dtype=np.float64)
+    spec = _spec(cfg, 3, len(PHOTOS), tuple(mean), tuple(std))
+    tr, te = _stratified_split(targets, cfg.test_fraction, seed)
+    return Splits(_from_array(images[tr], targets[tr], spec), _from_array(images[te], targets[te], spec))
+
+
 def _require_root(cfg, name: str, hint: str) -> Path:
     if not cfg.root:
         raise ConfigError("data.root", f"dataset '{name}' needs data.root (a folder); {hint}")
@@ -202,6 +262,8 @@ def _load_cached(key: str, seed: int) -> Splits:
     import json
 
     cfg = DataConfig(**json.loads(key))
+    if is_hf(cfg.name):
+        return load_hf(cfg, seed)
     return DATASETS.get(cfg.name)(cfg, seed)
 
 

@@ -34,7 +34,8 @@ def _table(targets: np.ndarray, seed: int):
     import datasets
 
     table = datasets.Dataset.from_dict({"label": targets.astype(np.int64), "index": np.arange(len(targets))})
-    return table.shuffle(seed=seed)
+    # arrow format: the partitioners read columns as Arrow arrays, not Python lists (the same splits, 2-20x faster)
+    return table.shuffle(seed=seed).with_format("arrow")
 
 
 def _run(make: Callable[[], object], targets: np.ndarray, seed: int, key: str) -> list[np.ndarray]:

@@ -65,10 +65,9 @@ def iid(targets: np.ndarray, num_clients: int, cfg, seed: int) -> list[np.ndarra
 def dirichlet(targets: np.ndarray, num_clients: int, cfg, seed: int) -> list[np.ndarray]:
     from flwr_datasets.partitioner import DirichletPartitioner
 
-    parts = _run(lambda: DirichletPartitioner(
+    return _run(lambda: DirichletPartitioner(
         num_partitions=num_clients, partition_by="label", alpha=float(cfg.alpha), min_partition_size=cfg.min_size,
         self_balancing=False, shuffle=True, seed=seed), targets, seed, "partition.alpha")
-    return parts
 
 
 @PARTITIONERS.register("shards", doc="sort by label, cut equal shards, deal partition.shards_per_client to each "

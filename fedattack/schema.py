@@ -27,6 +27,8 @@ class DataConfig:
     channels: int | None = None  # None: the dataset's own (1 for grey, 3 for colour)
     download: bool = False
     test_fraction: float = 0.2  # held-out share for datasets without a test split
+    image_key: str | None = None  # hf: datasets: image column (None: detected)
+    label_key: str | None = None  # hf: datasets: label column (None: detected)
 
 
 @dataclass
@@ -35,6 +37,8 @@ class PartitionConfig:
     alpha: float = 0.5
     shards_per_client: int = 2
     min_size: int = 2
+    classes_per_client: int = 2  # pathological
+    class_assignment: str = "random"  # pathological: random | deterministic | first-deterministic
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Real loaders on tiny files in the real formats; partitions; missing roots are clear errors."""
+"""Real loaders on tiny files in the real formats; the embedded datasets; partitions; missing roots
+are clear errors."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import struct
 
 import numpy as np
 import pytest
+import torch
 
 from fedattack import config as fconfig
-from fedattack.data import load_dataset, partition
+from fedattack.data import DATASETS, load_dataset, partition
+from fedattack.data.datasets import PHOTO_CROP, PHOTOS, photo_crops
 from fedattack.errors import ConfigError, DataError
 
 
@@ -26,6 +29,55 @@ def test_lfw_subset_is_bundled_and_normalized():
     assert 0 <= px.min() and px.max() <= 1
     assert set(np.unique(splits.train.targets)) == {0, 1}
     assert abs(float(splits.train.spec.to_pixels(x).mean() - splits.train.pixels([0, 1, 2]).mean())) < 1e-5
+
+
+def test_digits_is_bundled_with_scikit_learn():
+    cfg = _cfg("data.name=digits").data
+    splits = load_dataset(cfg, seed=0)
+    assert len(splits.train) + len(splits.test) == 1797
+    assert splits.train.spec.num_classes == 10 and splits.train.spec.shape == (1, 32, 32)
+    assert set(np.unique(splits.test.targets)) == set(range(10))  # the split is stratified
+    assert abs(len(splits.test) / 1797 - cfg.test_fraction) < 0.01
+    native = load_dataset(_cfg("data.name=digits", "data.image_size=8").data, seed=0)
+    px = native.train.pixels(range(len(native.train)))
+    assert px.shape[1:] == (1, 8, 8) and 0 <= px.min() and px.max() == 1  # values 0-16, divided by 16
+    assert (px * 16 - (px * 16).round()).abs().max() < 1e-5
+    spec = native.train.spec
+    assert abs(spec.mean[0] - float(px.mean())) < 0.01 and abs(spec.std[0] - float(px.std())) < 0.01
+    again = DATASETS.get("digits")(cfg, 0)  # not the per-process cache: a second real load
+    assert (again.train.targets == splits.train.targets).all()
+    assert (again.train.pixels([0, 7]) == splits.train.pixels([0, 7])).all()
+    other = DATASETS.get("digits")(cfg, 1)
+    assert not (other.train.targets == splits.train.targets).all()
+
+
+def test_photos_are_crops_of_scikit_image_photos():
+    crops, labels = photo_crops()
+    per_photo = len(crops) // len(PHOTOS)
+    assert crops.shape == (len(PHOTOS) * per_photo, PHOTO_CROP, PHOTO_CROP, 3) and crops.dtype == np.uint8
+    assert np.bincount(labels).tolist() == [per_photo] * len(PHOTOS)
+    import skimage.data
+
+    assert (crops[0] == skimage.data.astronaut()[:PHOTO_CROP, :PHOTO_CROP]).all()  # the grid starts at the corner
+    chelsea = skimage.data.chelsea()
+    last = crops[labels == PHOTOS.index("chelsea")][-1]
+    assert (last == chelsea[-PHOTO_CROP:, -PHOTO_CROP:]).all()  # ... and ends at the opposite one
+    assert len({c.tobytes() for c in crops}) == len(crops)
+    again, _ = photo_crops()
+    assert (again == crops).all()
+
+    cfg = _cfg("data.name=photos", f"data.image_size={PHOTO_CROP}").data
+    splits = load_dataset(cfg, seed=0)
+    assert len(splits.train) + len(splits.test) == len(crops)
+    assert splits.train.spec.shape == (3, PHOTO_CROP, PHOTO_CROP) and splits.train.spec.num_classes == len(PHOTOS)
+    assert np.bincount(splits.test.targets).min() >= 1
+    px = splits.train.pixels(range(len(splits.train)))
+    mean = px.mean(dim=(0, 2, 3))
+    every = torch.as_tensor(crops, dtype=torch.float64).mean(dim=(0, 1, 2)) / 255
+    assert torch.allclose(torch.as_tensor(splits.train.spec.mean, dtype=torch.float64), every, atol=1e-6)
+    assert (mean.double() - every).abs().max() < 0.05  # the training split's own mean is close
+    x, _ = load_dataset(_cfg("data.name=photos").data, seed=0).train.get([0, 1])
+    assert x.shape == (2, 3, 32, 32)
 
 
 def _write_idx(root, folder, n_train=12, n_test=6, size=28):
@@ -97,12 +149,14 @@ def test_missing_root_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["iid", "dirichlet", "shards"])
-def test_partitions_cover_disjointly_and_are_reproducible(name):
+def test_partitions_are_disjoint_and_reproducible(name):
     targets = np.repeat(np.arange(5), 40)
     cfg = _cfg(f"partition.name={name}", "partition.alpha=0.3").partition
     parts = partition(targets, num_clients=8, cfg=cfg, seed=1)
     allidx = np.concatenate(parts)
-    assert len(parts) == 8 and len(allidx) == len(set(allidx.tolist())) == len(targets)
+    assert len(parts) == 8 and len(allidx) == len(set(allidx.tolist()))
+    # shards are floor(200 / 16) = 12 samples: flwr-datasets' ShardPartitioner leaves the remainder out
+    assert len(allidx) == (8 * 2 * 12 if name == "shards" else len(targets))
     assert all(len(p) >= 2 for p in parts)
     again = partition(targets, num_clients=8, cfg=cfg, seed=1)
     assert all((a == b).all() for a, b in zip(parts, again))

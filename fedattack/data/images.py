@@ -1,0 +1,93 @@
+"""One split of an image dataset behind a small interface (`ImageData`), and the helpers
+the loaders share: the data spec from native channels and statistics, arrays to ImageData,
+a stratified train/test split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fedattack.threat import DataSpec, Truth
+
+
+@dataclass
+class ImageData:
+    """A split of an image dataset: labels for partitioning, images fetched by index.
+
+    `fetch(i)` returns a float tensor (C, H, W) in [0, 1] at the dataset's native size;
+    `get(indices)` resizes, fixes channels and normalizes for the model.
+    """
+
+    fetch: Callable[[int], torch.Tensor]
+    targets: np.ndarray
+    spec: DataSpec
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def pixels(self, indices) -> torch.Tensor:
+        """Images in [0, 1] at the configured size and channels."""
+        c, h, w = self.spec.shape
+        out = []
+        for i in indices:
+            x = self.fetch(int(i))
+            if x.shape[0] != c:
+                x = x.mean(0, keepdim=True) if c == 1 else x.expand(3, -1, -1)
+            if x.shape[1:] != (h, w):
+                x = F.interpolate(x[None], size=(h, w), mode="bilinear", align_corners=False, antialias=True)[0]
+            out.append(x.clamp(0, 1))
+        return torch.stack(out) if out else torch.empty(0, c, h, w)
+
+    def get(self, indices) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = [int(i) for i in indices]
+        x = self.spec.normalize(self.pixels(idx))
+        y = torch.as_tensor(self.targets[idx], dtype=torch.long)
+        return x, y
+
+    def truth(self, indices) -> Truth:
+        x, y = self.get(indices)
+        return Truth(images=x, labels=y, indices=tuple(int(i) for i in indices))
+
+
+@dataclass
+class Splits:
+    train: ImageData
+    test: ImageData
+
+
+def image_spec(cfg, native_channels: int, num_classes: int, mean, std) -> DataSpec:
+    c = cfg.channels or native_channels
+    if c != native_channels:
+        grey = float(np.mean(mean)), float(np.mean(std))
+        mean, std = ((grey[0],), (grey[1],)) if c == 1 else ((mean[0],) * 3, (std[0],) * 3)
+    return DataSpec(shape=(c, cfg.image_size, cfg.image_size), num_classes=num_classes,
+                    mean=tuple(float(m) for m in mean), std=tuple(float(s) for s in std))
+
+
+def from_array(images: np.ndarray, targets: np.ndarray, spec: DataSpec) -> ImageData:
+    """images: (N, H, W) or (N, H, W, C) floats in [0, 1] or uint8."""
+    arr = torch.as_tensor(images)
+    if arr.dtype == torch.uint8:
+        arr = arr.float() / 255.0
+    arr = arr.float()
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    elif arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
+        arr = arr.permute(0, 3, 1, 2)
+    arr = arr.contiguous()
+    return ImageData(fetch=lambda i: arr[i], targets=np.asarray(targets, dtype=np.int64), spec=spec)
+
+
+def stratified_split(targets: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in np.unique(targets):
+        idx = rng.permutation(np.flatnonzero(targets == c))
+        k = max(1, int(round(len(idx) * test_fraction)))
+        test.extend(idx[:k])
+        train.extend(idx[k:])
+    return np.sort(np.array(train)), np.sort(np.array(test))

@@ -86,3 +86,74 @@ def test_label_plan_tries_distinct_groupings_first():
     assert plan[0].tolist() == [0, 0, 1, 1]
     one_step = observed_update("seed=1", "client.batch_size=4", "client.local_steps=1")[0]
     assert len(label_plan([torch.tensor([0, 0, 1, 1])], one_step.protocol, 6, torch.Generator())) == 1
+
+
+def _real_training(model, batches, x, y, make_opt):
+    """Train `model` in place with a torch optimizer over `batches` of (x, y); return new - start."""
+    start = {k: v.detach().clone() for k, v in model.named_parameters()}
+    opt = make_opt(model.parameters())
+    model.train()
+    for idx in batches:
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[idx]), y[idx]).backward()
+        opt.step()
+    return {k: v.detach() - start[k] for k, v in model.named_parameters()}
+
+
+@pytest.mark.parametrize("optimizer,kwargs,model", [
+    ("sgd", {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-3}, ["model.name=convnet", "model.width=4"]),
+    # Adam turns the numerically-zero gradient of a convolution's bias before BatchNorm into full
+    # steps whose sign is round-off: compared on a model without BatchNorm
+    ("adam", {"weight_decay": 1e-3}, ["model.name=lenet"]),
+])
+def test_replay_follows_the_clients_torch_optimizer(optimizer, kwargs, model):
+    from dataclasses import replace
+
+    from fedattack.models import build_model
+
+    obs, truth = observed_update("seed=1", *model, "model.activation=relu", "data.image_size=16",
+                                 "client.batch_size=2", "client.local_steps=3")
+    protocol = replace(obs.protocol, optimizer=optimizer, lr=0.01, momentum=kwargs.get("momentum", 0.0),
+                       nesterov=kwargs.get("nesterov", False), weight_decay=kwargs["weight_decay"])
+    model = build_model(obs.model)
+    model.load_state_dict({**obs.buffers, **obs.global_params})
+    batches = schedule(len(truth.labels), 2, 3)
+    make = {"sgd": lambda p: torch.optim.SGD(p, lr=0.01, **kwargs),
+            "adam": lambda p: torch.optim.Adam(p, lr=0.01, **kwargs)}[optimizer]
+    real = _real_training(model, batches, truth.images, truth.labels, make)
+    replayed = replay(functional_model(obs), truth.images, truth.labels, protocol)
+    for k in real:
+        assert torch.allclose(replayed[k], real[k], atol=1e-6, rtol=1e-4), k
+
+
+def test_per_epoch_copies_replay_a_client_that_reshuffles_every_epoch():
+    from dataclasses import replace
+
+    from fedattack.models import build_model
+
+    obs, truth = observed_update("seed=2", "client.batch_size=2", "client.local_steps=2")
+    x, y = truth.images, truth.labels  # 4 samples
+    model = build_model(obs.model)
+    model.load_state_dict(obs.global_params, strict=False)
+    orders = [[0, 1, 2, 3], [2, 0, 3, 1], [1, 3, 0, 2]]  # the client's shuffle in each of 3 epochs
+    batches = [o[i:i + 2] for o in orders for i in (0, 2)]
+    real = _real_training(model, batches, x, y, lambda p: torch.optim.SGD(p, lr=0.05))
+    protocol = replace(obs.protocol, lr=0.05, local_steps=6, local_epochs=3, batch_size=2, num_examples=4)
+    fm = functional_model(obs)
+    copies = torch.stack([x[o] for o in orders]), torch.stack([y[o] for o in orders])
+    apart = replay(fm, *copies, protocol)
+    together = replay(fm, x, y, protocol)  # one copy: the first epoch's grouping in every epoch
+
+    def rel(u):
+        return float(torch.sqrt(sum(((u[k] - real[k]) ** 2).sum() for k in real) / sum((real[k] ** 2).sum() for k in real)))
+
+    assert rel(apart) < 1e-4 < 1e-2 < rel(together)
+
+
+def test_layer_cosine_leaves_out_tensors_without_signal():
+    from fedattack.attacks.engine import layer_cosine_distance
+
+    target = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([1e-9, -1e-9])}  # b: numerically zero
+    close = {"w": torch.tensor([2.0, 4.0]), "b": torch.tensor([5.0, 5.0])}
+    assert float(layer_cosine_distance(close, target)) < 1e-6
+    assert float(cosine_distance(close, target)) > 0.1  # a global cosine is thrown off by b

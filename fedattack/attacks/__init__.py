@@ -1,7 +1,7 @@
 """The attack suite. Each module below registers its attacks in `ATTACKS` on import."""
 
 from fedattack.attacks import (  # noqa: F401 (register their attacks)
-    analytic, bayes, cpa, cpl, dlg, ggl, grnn, invgrad, labels, rgap, rtf, seethrough,
+    analytic, bayes, cpa, cpl, dlg, fedavg, ggl, grnn, invgrad, labels, rgap, rtf, seethrough,
 )
 from fedattack.attacks.base import ATTACKS, AttackContext, AttackSpec, NoParams, register_attack
 

@@ -35,6 +35,21 @@ class AttackContext:
 
 
 @dataclass(frozen=True)
+class LogRange:
+    """A positive hyperparameter searched on a log scale, from `low` to `high`."""
+
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A hyperparameter that takes one of `options`."""
+
+    options: tuple
+
+
+@dataclass(frozen=True)
 class AttackSpec:
     name: str
     fn: Callable[[Observation, Any, AttackContext], Reconstruction]
@@ -44,6 +59,7 @@ class AttackSpec:
     needs_malicious: bool = False  # needs server.mode=malicious (it changes the model sent)
     model_extension: str | None = None  # what a malicious server adds to the model it sends
     adaptive: bool = False  # can model the known defense (runs again under audit.adaptive)
+    tunable: tuple[tuple[str, LogRange | Choice], ...] = ()  # what calibration tunes (audit.calibrate)
 
     def __call__(self, obs: Observation, params: Any, ctx: AttackContext) -> Reconstruction:
         return self.fn(obs, params, ctx)
@@ -63,9 +79,13 @@ ATTACKS: Registry[AttackSpec] = Registry("attack", "audit.attacks")
 
 def register_attack(name: str, *, params: type = NoParams, paper: str, scope: str = "client",
                     needs_malicious: bool = False, model_extension: str | None = None,
-                    adaptive: bool = False) -> Callable:
+                    adaptive: bool = False, tunable: dict[str, LogRange | Choice] | None = None) -> Callable:
+    """Register an attack under `name`. `tunable` names the hyperparameters (fields of
+    `params`) that server-side calibration may tune, with their search ranges."""
+
     def deco(fn: Callable) -> Callable:
-        spec = AttackSpec(name, fn, params, paper, scope, needs_malicious, model_extension, adaptive)
+        spec = AttackSpec(name, fn, params, paper, scope, needs_malicious, model_extension, adaptive,
+                          tuple((tunable or {}).items()))
         ATTACKS.register(name, spec, doc=paper)
         return spec  # callable like the function; importable as `module:name` for plug-ins
 

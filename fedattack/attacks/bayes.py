@@ -47,7 +47,7 @@ from typing import Sequence
 import torch
 from torch.func import vmap
 
-from fedattack.attacks.base import AttackContext, register_attack
+from fedattack.attacks.base import AttackContext, LogRange, register_attack
 from fedattack.attacks.engine import Params, num_images, target, trial_update
 from fedattack.attacks.labels import recover_labels
 from fedattack.metrics import score
@@ -191,7 +191,7 @@ def optimize(obs: Observation, params: BayesParams, ctx: AttackContext, labels: 
     return images, final[torch.arange(w), best]
 
 
-@register_attack("bayes", params=BayesParams,
+@register_attack("bayes", params=BayesParams, tunable={"tv": LogRange(1e-3, 10.0), "lr": LogRange(0.01, 0.3)},
                  paper="Balunovic et al., Bayesian Framework for Gradient Leakage, ICLR 2022")
 def bayes(obs: Observation, params: BayesParams, ctx: AttackContext) -> Reconstruction:
     labels, method = recover_labels(obs, num_images(obs), ctx.labels)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedattack.attacks.base import AttackContext, register_attack
+from fedattack.attacks.base import AttackContext, Choice, register_attack
 from fedattack.attacks.engine import DISTANCES, functional_model, gradient, num_images, target
 from fedattack.attacks.labels import recover_labels
 from fedattack.validate import check_choice, check_range
@@ -108,7 +108,7 @@ def _optimize(loss_fn, x: torch.Tensor, params: CPLParams, use_lbfgs: bool) -> t
     return loss_value, steps, evaluations
 
 
-@register_attack("cpl", params=CPLParams,
+@register_attack("cpl", params=CPLParams, tunable={"init": Choice(("patch", "color", "randn"))},
                  paper="Wei et al., A Framework for Evaluating Gradient Leakage Attacks in Federated Learning, "
                        "ESORICS 2020")
 def cpl(obs: Observation, params: CPLParams, ctx: AttackContext) -> Reconstruction:

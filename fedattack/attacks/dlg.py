@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fedattack.attacks.base import AttackContext, register_attack
+from fedattack.attacks.base import AttackContext, LogRange, register_attack
 from fedattack.attacks.engine import DISTANCES, matching, num_images
 from fedattack.attacks.optimize import AdamSchedule, best_restart, init_unknowns, run_adam, run_lbfgs
 from fedattack.attacks.labels import recover_labels
@@ -36,6 +36,8 @@ class DLGParams:
     max_iter: int = 20  # L-BFGS evaluations per step (torch's default, as DLG's code runs it)
     tol: float = 0.0  # L-BFGS: stop once the gradient loss is <= tol (0: run every step)
     line_search: str = "none"  # L-BFGS: none (fixed steps of lr, as DLG's code) | strong_wolfe
+    tolerance_grad: float = 1e-7  # L-BFGS: a step's inner evaluations end at this gradient (torch's default)
+    tolerance_change: float = 1e-9  # ... or at this change of the loss (torch's default; 0: always max_iter)
 
     def validate(self, name: str) -> None:
         check_range(name, "iterations", self.iterations, 1)
@@ -45,6 +47,8 @@ class DLGParams:
         check_range(name, "restarts", self.restarts, 1)
         check_range(name, "max_iter", self.max_iter, 1)
         check_range(name, "tol", self.tol, 0)
+        check_range(name, "tolerance_grad", self.tolerance_grad, 0)
+        check_range(name, "tolerance_change", self.tolerance_change, 0)
         check_choice(name, "line_search", self.line_search, ["none", "strong_wolfe"])
         if self.line_search != "none" and self.max_iter < 2:  # torch's L-BFGS stalls with one
             raise ConfigError(f"{name}.max_iter", f"must be >= 2 with {name}.line_search={self.line_search}, "
@@ -58,7 +62,8 @@ def invert(obs: Observation, params: DLGParams, ctx: AttackContext, labels=None)
     steps = [params.iterations] * params.restarts
     if params.optimizer == "lbfgs":
         final, steps = run_lbfgs(problem, u, params.iterations, params.lr, params.max_iter, params.tol,
-                                 None if params.line_search == "none" else params.line_search)
+                                 None if params.line_search == "none" else params.line_search,
+                                 params.tolerance_grad, params.tolerance_change)
     else:
         sched = AdamSchedule(params.iterations, params.lr, signed=False, boxed=False, decay=False)
         final = run_adam(problem, u, sched, obs.data.bounds(ctx.device))
@@ -67,12 +72,13 @@ def invert(obs: Observation, params: DLGParams, ctx: AttackContext, labels=None)
                           info={"loss": float(final[r]), "iterations": steps[r], "restarts": params.restarts})
 
 
-@register_attack("dlg", params=DLGParams, paper="Zhu et al., Deep Leakage from Gradients, NeurIPS 2019")
+@register_attack("dlg", params=DLGParams, tunable={"lr": LogRange(0.1, 1.0)},
+                 paper="Zhu et al., Deep Leakage from Gradients, NeurIPS 2019")
 def dlg(obs: Observation, params: DLGParams, ctx: AttackContext) -> Reconstruction:
     return invert(obs, params, ctx)
 
 
-@register_attack("idlg", params=DLGParams,
+@register_attack("idlg", params=DLGParams, tunable={"lr": LogRange(0.1, 1.0)},
                  paper="Zhao et al., iDLG: Improved Deep Leakage from Gradients, arXiv 2020 (labels, then DLG)")
 def idlg(obs: Observation, params: DLGParams, ctx: AttackContext) -> Reconstruction:
     labels, method = recover_labels(obs, num_images(obs), ctx.labels)

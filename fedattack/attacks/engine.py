@@ -279,14 +279,20 @@ def cosine_distance(a: Params, b: Params) -> torch.Tensor:
 
 def layer_cosine_distance(a: Params, b: Params) -> torch.Tensor:
     """Mean over parameter tensors of 1 - their cosine similarity: every layer counts the
-    same, whatever the scale of its gradient (a global cosine is carried by the layers with
-    the largest gradients, often the classifier, and barely sees the first layer's, which
-    holds the pixels)."""
+    same, whatever the scale of its gradient. A global cosine is carried by the layers with
+    the largest gradients, often the classifier, whose direction the labels alone nearly fix
+    (with sigmoid features, a flat grey batch matches it to 1e-5), and barely sees the first
+    layer's, which holds the pixels. Tensors whose observed gradient is numerically zero
+    (the bias of a convolution followed by BatchNorm: 1e-8 of the others) carry no signal and
+    are left out."""
+    norms = {k: torch.sqrt((b[k] ** 2).sum()) for k in b}
+    floor = 1e-6 * max(float(v) for v in norms.values())
+    kept = [k for k in b if float(norms[k]) > floor]
     total = 0.0
-    for k in b:
+    for k in kept:
         dot = (a[k] * b[k]).sum()
-        total = total + 1 - dot / (torch.sqrt((a[k] ** 2).sum() * (b[k] ** 2).sum()) + 1e-12)
-    return total / len(b)
+        total = total + 1 - dot / (torch.sqrt((a[k] ** 2).sum()) * norms[k] + 1e-12)
+    return total / max(1, len(kept))
 
 
 DISTANCES: dict[str, Callable[[Params, Params], torch.Tensor]] = {

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedattack.attacks.base import AttackContext, register_attack
+from fedattack.attacks.base import AttackContext, Choice, LogRange, register_attack
 from fedattack.attacks.engine import DISTANCES, matching, num_images
 from fedattack.attacks.labels import label_hypotheses
 from fedattack.attacks.optimize import (INITS, AdamSchedule, best_restart, consensus, init_unknowns, label_plan,
@@ -56,6 +56,8 @@ class InvGradParams:
 
 
 @register_attack("invgrad", params=InvGradParams, adaptive=True,
+                 tunable={"tv": LogRange(1e-6, 1.0), "lr": LogRange(0.01, 0.3),
+                          "loss": Choice(("cosine", "layer-cosine")), "init": Choice(("randn", "mean"))},
                  paper="Geiping et al., Inverting Gradients - How easy is it to break privacy in federated "
                        "learning?, NeurIPS 2020")
 def invgrad(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reconstruction:

@@ -156,7 +156,8 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
 
 
 def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_iter: int = 1, tol: float = 0.0,
-              line_search: str | None = None) -> tuple[torch.Tensor, list[int]]:
+              line_search: str | None = None, tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9
+              ) -> tuple[torch.Tensor, list[int]]:
     """L-BFGS per restart (as DLG): `iterations` steps of up to `max_iter` evaluations each.
     Returns the final per-restart mismatch (R,), inf where it diverged from the start, and
     the steps each restart took: all of them, or fewer where the mismatch fell to `tol` or a
@@ -167,7 +168,9 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_it
     below 1, after which it is scale-invariant; the objective is therefore scaled so that its
     initial gradient has L1 norm >= 1. The scale is a positive constant and leaves the
     minimizer unchanged. `line_search="strong_wolfe"` uses torch's line search instead of
-    fixed steps of `lr`.
+    fixed steps of `lr`. `tolerance_grad` and `tolerance_change` end a step's inner
+    evaluations early, as torch's defaults (which DLG's code runs) do: once the match is
+    converged, a step costs one evaluation instead of `max_iter`.
     """
     final = torch.full((u.x.shape[0],), float("inf"))
     taken: list[int] = []
@@ -182,8 +185,8 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_it
         first = torch.autograd.grad(problem.objective(xr, labels()), variables)
         l1 = float(sum(g.abs().sum() for g in first))
         scale = 1.0 / l1 if 0 < l1 < 1 else 1.0
-        opt = torch.optim.LBFGS(variables, lr=lr, max_iter=max_iter, history_size=100, tolerance_grad=0,
-                                tolerance_change=0, line_search_fn=line_search)
+        opt = torch.optim.LBFGS(variables, lr=lr, max_iter=max_iter, history_size=100, tolerance_grad=tolerance_grad,
+                                tolerance_change=tolerance_change, line_search_fn=line_search)
 
         def closure() -> torch.Tensor:
             opt.zero_grad()

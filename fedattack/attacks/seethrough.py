@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch.func import vmap
 
-from fedattack.attacks.base import AttackContext, register_attack
+from fedattack.attacks.base import AttackContext, LogRange, register_attack
 from fedattack.attacks.engine import Params, num_images, target, total_variation, trial_update
 from fedattack.attacks.labels import recover_labels
 from fedattack.validate import check_choice, check_range
@@ -122,6 +122,7 @@ def _step_size(params: SeeThroughParams, it: int) -> float:
 
 
 @register_attack("seethrough", params=SeeThroughParams,
+                 tunable={"tv": LogRange(1e-4, 1.0), "bn": LogRange(1e-2, 10.0)},
                  paper="Yin et al., See through Gradients: Image Batch Recovery via GradInversion, CVPR 2021")
 def seethrough(obs: Observation, params: SeeThroughParams, ctx: AttackContext) -> Reconstruction:
     device = ctx.device

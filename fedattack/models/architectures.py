@@ -103,6 +103,38 @@ def convnet(in_shape, num_classes, act, width=32) -> nn.Module:
     return Classifier(body, in_shape, num_classes)
 
 
+class QuickstartCNN(nn.Module):
+    """The `Net` of Flower's quickstart-pytorch example, layer for layer and by name: conv
+    6@5x5, 2x2 max-pool, conv 16@5x5, 2x2 max-pool, fully connected 120, 84, classes."""
+
+    def __init__(self, in_shape: tuple[int, int, int], num_classes: int, act: Callable[[], nn.Module]):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_shape[0], 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.act = act()
+        h, w = ((in_shape[1] - 4) // 2 - 4) // 2, ((in_shape[2] - 4) // 2 - 4) // 2
+        if h < 1 or w < 1:
+            raise ValueError(f"quickstart-cnn needs images of at least 16x16, got {in_shape[1]}x{in_shape[2]}")
+        self.fc1 = nn.Linear(16 * h * w, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.act(self.conv1(x)))
+        x = self.pool(self.act(self.conv2(x)))
+        x = x.flatten(1)
+        x = self.act(self.fc1(x))
+        x = self.act(self.fc2(x))
+        return self.fc3(x)
+
+
+@MODELS.register("quickstart-cnn", doc="the CNN of Flower's quickstart-pytorch example (conv 6@5x5, max-pool, "
+                                       "conv 16@5x5, max-pool, fc 120-84-classes; ReLU there)")
+def quickstart_cnn(in_shape, num_classes, act) -> nn.Module:
+    return QuickstartCNN(tuple(in_shape), num_classes, act)
+
+
 @MODELS.register("resnet18", doc="torchvision ResNet-18 (its own widths) with a 3x3 stem for small images")
 def resnet18(in_shape, num_classes, act) -> nn.Module:
     m = tv_resnet18(num_classes=num_classes)

@@ -1,0 +1,183 @@
+"""Calibration: the server tunes an attack to its own deployment before attacking.
+
+A real adversary does not run an attack at defaults tuned to someone else's model: it knows
+the protocol it configured (model and global weights, learning rate, local steps or epochs,
+batch size, defenses), so it can simulate a client on data it holds itself, run the attack on
+those simulated updates, score the reconstructions against the images it knows, and keep the
+hyperparameters that leak most. That is what `calibrate` does, with a well-kept tuner
+(nevergrad's NGOpt) over each attack's search space (the `tunable` it registers); the attack's configured
+parameters are always the first candidate, so calibration never picks something that did
+worse on its own cases. The victims' data is never used: the cases come from the images the
+caller passes (the test split, or another dataset the user names).
+
+`simulate_cases` builds those cases. The client's local training is replayed on real images
+with the engine (fedattack.attacks.engine.replay: the same SGD or Adam steps, per-epoch
+reshuffles as the client draws them), and the defenses that act on the update are applied
+through their own `on_update` hooks. Defenses that act inside training (DP-SGD's per-sample
+clipping, mixup, ...) are not simulated; `CalibrationCases.unmodelled` names them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from fedattack.attacks.base import ATTACKS, AttackContext, Choice, LogRange
+from fedattack.attacks.engine import functional_model, replay, schedule
+from fedattack.attacks.ggl import blas_single_thread
+from fedattack.defenses.base import DEFENSES, DefenseContext
+from fedattack.metrics.score import score
+from fedattack.threat import Observation, Reconstruction, Truth
+
+
+# -- search spaces --------------------------------------------------------------------------
+
+def tunable(attack: str) -> dict[str, LogRange | Choice]:
+    """The hyperparameters calibration tunes for `attack`, as it registered them."""
+    return dict(ATTACKS.get(attack).tunable)
+
+
+# -- simulated cases ---------------------------------------------------------------------
+
+@dataclass
+class CalibrationCases:
+    cases: list[tuple[Observation, Truth]]
+    unmodelled: tuple[str, ...] = ()  # defenses in force that the simulation leaves out
+
+
+def simulate_cases(obs: Observation, images: torch.Tensor, labels: torch.Tensor, *, count: int, seed: int
+                   ) -> CalibrationCases:
+    """`count` simulated client updates of the protocol `obs` was produced under, each on
+    `obs.protocol.num_examples` images drawn (seeded) from the server's own `images`/`labels`
+    (model-input space), starting from the global weights `obs` holds."""
+    n = max(1, obs.protocol.num_examples or obs.protocol.batch_size)
+    if n > len(labels):
+        raise ValueError(f"calibration needs {n} images per simulated client; the calibration data has {len(labels)}")
+    rng = np.random.default_rng(seed)
+    fm = functional_model(obs, torch.device("cpu"))
+    known = [(DEFENSES.get(d.name), d) for d in obs.protocol.defenses if d.name in DEFENSES.names()]
+    update_defenses = [(spec, d) for spec, d in known if _acts_on_update_only(spec)]
+    unmodelled = tuple(d.name for d in obs.protocol.defenses if all(d is not u for _, u in update_defenses))
+    steps = schedule(n, obs.protocol.batch_size, obs.protocol.local_steps, obs.protocol.local_epochs)
+    per_epoch = -(-n // max(1, min(obs.protocol.batch_size, n)))
+    epochs = len(steps) // per_epoch if len(steps) == max(1, obs.protocol.local_epochs) * per_epoch else 1
+    out = []
+    for c in range(count):
+        idx = torch.as_tensor(rng.choice(len(labels), size=n, replace=False))
+        x, y = images[idx].float(), labels[idx].long()
+        if epochs > 1:  # the client reshuffles every epoch
+            orders = [torch.as_tensor(rng.permutation(n)) for _ in range(epochs)]
+            update = replay(fm, torch.stack([x[o] for o in orders]), torch.stack([y[o] for o in orders]),
+                            obs.protocol)
+        else:
+            update = replay(fm, x, y, obs.protocol)
+        update = {k: v.detach() for k, v in update.items()}
+        gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        ctx = DefenseContext(model=None, images=x, labels=y, num_classes=obs.data.num_classes, generator=gen,
+                             steps=len(steps), lr=obs.protocol.lr, data=obs.data)
+        for spec, setting in update_defenses:
+            update = spec.on_update(update, spec.params(**setting.params), ctx)
+        out.append((replace(obs, update=update), Truth(images=x, labels=y, indices=tuple(int(i) for i in idx))))
+    return CalibrationCases(out, unmodelled)
+
+
+def _acts_on_update_only(spec) -> bool:
+    return spec.on_update is not None and not (spec.on_train or spec.on_batch or spec.loss)
+
+
+# -- tuning ---------------------------------------------------------------------------------
+
+@dataclass
+class Calibration:
+    """What calibration chose for one attack, on what, and what it cost."""
+
+    attack: str
+    params: Any  # the attack's parameter dataclass, tuned
+    tuned: dict[str, Any]  # the tuned values (name -> value)
+    default_psnr: float  # mean PSNR of the configured parameters on the cases
+    best_psnr: float
+    trials: list[dict] = field(default_factory=list)  # each: values, psnr
+    cases: int = 0
+    seconds: float = 0.0
+    unmodelled: tuple[str, ...] = ()
+
+    def record(self) -> dict:
+        """A plain record for the run directory."""
+        return {"attack": self.attack, "tuned": self.tuned, "default_psnr": self.default_psnr,
+                "best_psnr": self.best_psnr, "cases": self.cases, "seconds": round(self.seconds, 1),
+                "unmodelled_defenses": list(self.unmodelled), "trials": self.trials,
+                "params": asdict(self.params)}
+
+
+def _parametrization(space: dict[str, LogRange | Choice], start: dict[str, Any]):
+    import nevergrad as ng
+
+    dims = {}
+    for name, dim in space.items():
+        if isinstance(dim, LogRange):
+            init = float(np.clip(start[name], dim.low, dim.high))
+            dims[name] = ng.p.Log(init=init, lower=dim.low, upper=dim.high)
+        else:
+            dims[name] = ng.p.Choice(list(dim.options))
+    return ng.p.Dict(**dims)
+
+
+def evaluate(attack: str, params: Any, cases: list[tuple[Observation, Truth]], ctx: AttackContext,
+             success_ssim: float = 0.5) -> float:
+    """Mean PSNR of `attack` with `params` over the cases (a failed case counts as 0 dB)."""
+    spec = ATTACKS.get(attack)
+    values = []
+    for i, (obs, truth) in enumerate(cases):
+        try:
+            rec: Reconstruction = spec(obs.to(ctx.device), params, replace(ctx, seed=ctx.seed + i))
+            s = score(rec, truth, obs.data, success_ssim)
+            values.append(s.psnr if np.isfinite(s.psnr) else 0.0)
+        except (FloatingPointError, RuntimeError, ValueError):
+            values.append(0.0)
+    return float(np.mean(values)) if values else float("nan")
+
+
+def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int, ctx: AttackContext,
+              on_trial: Callable[[dict, float], None] | None = None) -> Calibration:
+    """Tune `attack`'s registered `tunable` hyperparameters on simulated cases with nevergrad's NGOpt,
+    `budget` evaluations in all, the configured `params` first. Returns the best found."""
+    t0 = time.perf_counter()
+    space = {k: v for k, v in tunable(attack).items() if k in {f.name for f in fields(params)}}
+    start = {k: getattr(params, k) for k in space}
+    base = evaluate(attack, params, cases.cases, ctx)
+    trials = [{"values": start, "psnr": round(base, 3)}]
+    best_values, best = dict(start), base
+    if space and budget > 1:
+        import nevergrad as ng
+
+        param = _parametrization(space, start)
+        param.random_state = np.random.RandomState(ctx.seed % (2**32))
+        opt = ng.optimizers.NGOpt(parametrization=param, budget=budget - 1)
+        with blas_single_thread():
+            for _ in range(budget - 1):
+                cand = opt.ask()
+                values = {k: (float(v) if isinstance(space[k], LogRange) else v) for k, v in cand.value.items()}
+                psnr = evaluate(attack, replace(params, **values), cases.cases, ctx)
+                opt.tell(cand, -psnr)
+                trials.append({"values": values, "psnr": round(psnr, 3)})
+                if on_trial is not None:
+                    on_trial(values, psnr)
+                if psnr > best:
+                    best, best_values = psnr, values
+    tuned = replace(params, **best_values)
+    return Calibration(attack=attack, params=tuned, tuned=best_values if best > base else {}, default_psnr=base,
+                       best_psnr=best, trials=trials, cases=len(cases.cases), seconds=time.perf_counter() - t0,
+                       unmodelled=cases.unmodelled)
+
+
+def calibration_key(attack: str, obs: Observation, adaptive: bool) -> tuple:
+    """What a calibration depends on: the attack, the model, the protocol (with the number of
+    samples) and the defenses; later rounds with the same key reuse it."""
+    p = obs.protocol
+    return (attack, adaptive, obs.model, obs.data.shape, p.lr, p.local_steps, p.local_epochs, p.batch_size,
+            p.num_examples, p.momentum, p.optimizer, p.weight_decay, p.nesterov,
+            tuple((d.name, tuple(sorted(d.params.items()))) for d in p.defenses))

@@ -1,0 +1,100 @@
+"""The FedAvg attack of Dimitrov et al. ("Data Leakage in Federated Averaging", TMLR 2022).
+
+A client that trains several local epochs reshuffles its data every epoch: the server knows
+the number of epochs, the batch size and the learning rate, but not which samples shared a
+batch in which epoch. Replaying the epochs with one set of dummy images in a fixed batch
+order (what Inverting Gradients' multi-step attack does) forces the same grouping on every
+epoch. Dimitrov et al. instead reconstruct one copy of the images per epoch, each free to
+arrange itself into that epoch's batches, replay the local training on those copies, and
+hold the copies together with an epoch-order-invariant prior: every epoch trains on the same
+set of samples, so a permutation-invariant summary of each copy (its mean image) must agree
+across epochs. At the end the copies are matched to each other by optimal assignment and
+averaged.
+
+Objective (per restart):
+
+    D(trial(x_1..x_E, y), g_obs) + tv * TV(x) + invariance * sum_(e,e') ||mean(x_e) - mean(x_e')||^2
+
+D is the layer-wise cosine distance (every parameter tensor counts the same; Dimitrov et al.
+match per-layer normalized updates), optimized with Adam and an exponentially decaying step
+size; pixels are projected onto the valid box after each step. Labels are the counts of the
+`dimitrov` label method (the softmax interpolated between the start and end of local
+training), arranged over the dummy samples. In step mode (one pass or less over the data)
+the attack is Inverting Gradients' replay with one copy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from fedattack.attacks.base import AttackContext, LogRange, register_attack
+from fedattack.attacks.engine import DISTANCES, epoch_of_step, matching, num_images
+from fedattack.attacks.labels import label_hypotheses
+from fedattack.attacks.optimize import INITS, best_restart, consensus, init_unknowns, label_plan
+from fedattack.attacks.optimize import batched_objective
+from fedattack.threat import Observation, Reconstruction
+from fedattack.validate import check_choice, check_range
+
+
+@dataclass
+class FedAvgParams:
+    iterations: int = 1000
+    lr: float = 0.1  # Adam step size in model-input units
+    lr_decay: float = 0.01  # the step size falls geometrically to lr * lr_decay over the run
+    tv: float = 1e-2  # weight of total variation
+    invariance: float = 1.0  # weight of the epoch-order-invariant prior
+    restarts: int = 1
+    loss: str = "layer-cosine"
+    init: str = "mean"
+
+    def validate(self, name: str) -> None:
+        check_range(name, "iterations", self.iterations, 1)
+        check_range(name, "lr", self.lr, 0, lo_open=True)
+        check_range(name, "lr_decay", self.lr_decay, 0, 1, lo_open=True)
+        check_range(name, "tv", self.tv, 0)
+        check_range(name, "invariance", self.invariance, 0)
+        check_range(name, "restarts", self.restarts, 1)
+        check_choice(name, "loss", self.loss, sorted(DISTANCES))
+        check_choice(name, "init", self.init, list(INITS))
+
+
+def epochs_of(obs: Observation, n: int) -> int:
+    """How many epochs the observed update spans (1 in step mode)."""
+    return max(epoch_of_step(n, obs.protocol)) + 1
+
+
+@register_attack("fedavg", params=FedAvgParams, adaptive=True,
+                 tunable={"tv": LogRange(1e-4, 1.0), "lr": LogRange(0.01, 0.3), "invariance": LogRange(1e-2, 1e2)},
+                 paper="Dimitrov et al., Data Leakage in Federated Averaging, TMLR 2022")
+def fedavg(obs: Observation, params: FedAvgParams, ctx: AttackContext) -> Reconstruction:
+    n = num_images(obs)
+    gen = ctx.generator()
+    copies = epochs_of(obs, n)
+    method = "dimitrov" if ctx.labels == "auto" else ctx.labels
+    hypotheses, method = label_hypotheses(obs, n, method, k=1)
+    plan = label_plan(hypotheses, obs.protocol, params.restarts, gen)
+    priors = {"tv": params.tv, "epoch-invariance": params.invariance if copies > 1 else 0.0}
+    problem = matching(obs, ctx.device, params.loss, priors, adaptive=ctx.adaptive)
+    u = init_unknowns(obs.data, n, params.restarts, plan, gen, ctx.device, params.init,
+                      copies=copies if copies > 1 else 0)
+    lo, hi = obs.data.bounds(ctx.device)
+    opt = torch.optim.Adam([u.x], lr=params.lr)
+    gamma = params.lr_decay ** (1.0 / max(1, params.iterations))
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
+    for _ in range(params.iterations):
+        opt.zero_grad(set_to_none=True)
+        batched_objective(problem, u).sum().backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            u.x.clamp_(min=lo, max=hi)
+    with torch.no_grad():
+        final = batched_objective(problem, u, "mismatch").detach().cpu()
+    r = best_restart(final)
+    x = u.x.detach()[r]
+    images = consensus(x) if copies > 1 else x
+    return Reconstruction(images=images, labels=u.final_labels(r),
+                          info={"loss": float(final[r]), "iterations": params.iterations, "epochs": copies,
+                                "restarts": params.restarts, "label_method": method})

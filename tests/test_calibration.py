@@ -1,0 +1,72 @@
+"""Calibration: the server simulates its own protocol on data it holds and tunes an attack there."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from fedattack.attacks import ATTACKS, AttackContext
+from fedattack.attacks.base import AttackSpec, LogRange
+from fedattack.attacks.calibrate import calibrate, calibration_key, simulate_cases
+from fedattack.defenses.clipping import global_norm
+from fedattack.threat import DefenseSetting, Reconstruction
+from fedattack.testing.cases import observed_update
+
+
+def _server_data(n: int = 24, seed: int = 0):
+    """Images the server holds (model-input space) and their labels."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((n, 1, 32, 32), generator=gen) * 0.5, torch.randint(0, 2, (n,), generator=gen)
+
+
+def test_simulated_cases_follow_the_protocol_and_its_update_defenses():
+    obs, _ = observed_update("seed=0", "client.local_steps=2", "client.batch_size=2")
+    x, y = _server_data()
+    clipped = replace(obs, protocol=replace(obs.protocol, defenses=(DefenseSetting("clip", {"bound": 0.01}),
+                                                                   DefenseSetting("dpsgd", {}))))
+    sim = simulate_cases(clipped, x, y, count=3, seed=1)
+    assert len(sim.cases) == 3 and sim.unmodelled == ("dpsgd",)  # DP-SGD acts inside training
+    scale = obs.protocol.lr * obs.protocol.local_steps
+    for case_obs, truth in sim.cases:
+        assert len(truth.labels) == obs.protocol.num_examples
+        assert float(global_norm(case_obs.update)) <= 0.01 * scale * (1 + 1e-5)  # clipped in gradient units
+        assert case_obs.global_params is clipped.global_params  # the round's global model
+    again = simulate_cases(clipped, x, y, count=3, seed=1)
+    assert all(torch.equal(a[1].images, b[1].images) for a, b in zip(sim.cases, again.cases))  # seeded
+
+
+@dataclass
+class _FlatParams:
+    level: float = 0.9  # brightness of the flat guess, in pixels
+
+
+def _flat(obs, params: _FlatParams, ctx) -> Reconstruction:
+    n = obs.protocol.num_examples
+    pixels = torch.full((n, *obs.data.shape), params.level)
+    return Reconstruction(images=obs.data.normalize(pixels), labels=torch.zeros(n, dtype=torch.long))
+
+
+def test_calibration_tunes_on_its_own_cases_and_keeps_the_defaults_first():
+    obs, _ = observed_update("seed=0", "client.local_steps=1", "client.batch_size=2")
+    x = obs.data.normalize(torch.rand((16, 1, 32, 32), generator=torch.Generator().manual_seed(0)) * 0.4 + 0.1)
+    sim = simulate_cases(obs, x, torch.zeros(16, dtype=torch.long), count=2, seed=0)
+    spec = AttackSpec("test-flat", _flat, _FlatParams, "test", tunable=(("level", LogRange(0.05, 0.95)),))
+    with ATTACKS.temporarily(spec.name, spec):
+        once = calibrate("test-flat", _FlatParams(), sim, budget=1, ctx=AttackContext(seed=0))
+        assert once.params == _FlatParams() and once.tuned == {} and len(once.trials) == 1
+        tuned = calibrate("test-flat", _FlatParams(), sim, budget=12, ctx=AttackContext(seed=0))
+    # the images' mean brightness is 0.3: the best flat guess sits near it, far from 0.9
+    assert abs(tuned.params.level - 0.3) < abs(0.9 - 0.3) / 2
+    assert tuned.best_psnr >= tuned.default_psnr + 3.0
+    assert tuned.trials[0]["values"] == {"level": 0.9}  # the configured value is tried first
+    assert tuned.record()["tuned"] == tuned.tuned and np.isfinite(tuned.record()["best_psnr"])
+
+
+def test_calibration_key_ignores_the_weights_but_not_the_protocol():
+    obs, _ = observed_update("seed=0", "client.local_steps=2", "client.batch_size=2")
+    later = replace(obs, global_params={k: v + 1 for k, v in obs.global_params.items()})
+    other = replace(obs, protocol=replace(obs.protocol, lr=0.1))
+    assert calibration_key("invgrad", obs, False) == calibration_key("invgrad", later, False)
+    assert calibration_key("invgrad", obs, False) != calibration_key("invgrad", other, False)

@@ -44,13 +44,13 @@ class Case:
     seeds: tuple[int, ...] = (0, 1, 2)
 
 
-def _full() -> bool:
+def full_scale() -> bool:
     return torch.cuda.is_available() or os.environ.get("FEDATTACK_FULL") == "1"
 
 
 def cases(quick: bool) -> list[Case]:
-    width = "model.width=32" if _full() else "model.width=8"
-    small = "data.image_size=32" if _full() else "data.image_size=16"
+    width = "model.width=32" if full_scale() else "model.width=8"
+    small = "data.image_size=32" if full_scale() else "data.image_size=16"
     epochs = ("client.local_steps=0", "client.local_epochs=2", "client.batch_size=4")
     out = [
         Case("8 img, 4 steps of 2, LeNet sigmoid, lfw-subset",
@@ -88,7 +88,7 @@ def victim(case: Case, seed: int):
     return obs, truth, exp
 
 
-def _scores(rec, truth, obs) -> dict:
+def scores(rec, truth, obs) -> dict:
     r = obs.data.to_pixels(rec.images.detach().float().cpu()).numpy()
     t = obs.data.to_pixels(truth.images.float()).numpy()
     s = match_and_score(r, t)
@@ -123,7 +123,7 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
         t0 = time.perf_counter()
         rec = spec(obs, params, ctx)
         seconds.append(time.perf_counter() - t0)
-        per.append(_scores(rec, truth, obs))
+        per.append(scores(rec, truth, obs))
     return {"case": case.name, "attack": attack + (" (calibrated)" if calibrated else ""),
             "psnr": float(np.mean([p["psnr"] for p in per])), "flat": float(np.mean([p["flat"] for p in per])),
             "margin": float(np.mean([p["psnr"] - p["flat"] for p in per])),

@@ -10,7 +10,7 @@ import torch.nn as nn
 from fedattack import config as fconfig
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.cpl import seed_images
-from fedattack.errors import ConfigError
+from fedattack.errors import AttackFailure, ConfigError
 from fedattack.experiment import build
 from fedattack.gradient_attack import simulated_round
 from fedattack.metrics import score
@@ -90,7 +90,7 @@ def test_analytic_reads_the_precode_encoder_input_and_the_image():
 
 def test_analytic_says_what_it_needs_on_a_conv_model():
     obs, _ = observe(["model.name=lenet", "client.batch_size=1", "client.local_steps=1"], [3])
-    with pytest.raises(ValueError, match="fully connected"):
+    with pytest.raises(AttackFailure, match="fully connected"):
         attack("analytic", obs)
 
 
@@ -122,10 +122,10 @@ def test_rgap_stopped_early_is_worse():
 
 def test_rgap_refuses_what_it_cannot_invert():
     obs, _ = observe([*DLG_SETTING[:-2], "client.batch_size=2", "client.local_steps=1"], [3, 4])
-    with pytest.raises(ValueError, match="one sample"):
+    with pytest.raises(AttackFailure, match="one sample"):
         attack("rgap", obs)
     obs, _ = observe(["model.name=convnet", "model.width=4", "client.batch_size=1", "client.local_steps=1"], [3])
-    with pytest.raises(ValueError, match="BatchNorm2d"):
+    with pytest.raises(AttackFailure, match="BatchNorm2d"):
         attack("rgap", obs)
 
 
@@ -143,7 +143,7 @@ class Residual(nn.Module):
 def test_rgap_checks_the_chain_against_the_forward():
     from fedattack.attacks.rgap import chain
 
-    with pytest.raises(ValueError, match="not the chain"):
+    with pytest.raises(AttackFailure, match="not the chain"):
         chain(Residual().double(), (3, 8, 8))
     pairs = chain(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Sigmoid(), nn.Flatten(),
                                 nn.Linear(3 * 8 * 8, 2)).double(), (3, 8, 8))
@@ -189,7 +189,7 @@ def test_rtf_reads_most_of_a_batch_of_64_off_the_imprint_gradient(clients):
 
 def test_rtf_without_the_block_says_so():
     obs, _ = observe(["model.name=lenet", "client.batch_size=2", "client.local_steps=1"], [0, 1])
-    with pytest.raises(ValueError, match="server.mode=malicious"):
+    with pytest.raises(AttackFailure, match="server.mode=malicious"):
         attack("rtf", obs)
 
 

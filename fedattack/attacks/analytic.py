@@ -23,7 +23,7 @@ import torch
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.labels import recover_labels
 from fedattack.validate import check_range
-from fedattack.errors import ConfigError
+from fedattack.errors import AttackFailure, ConfigError
 from fedattack.threat import Observation, Reconstruction
 
 PRECODE_ENCODER = "precode.encoder"
@@ -57,7 +57,7 @@ def input_layer(obs: Observation) -> str | None:
 def layer_gradient(obs: Observation, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
     grad = obs.gradient_estimate()
     if layer + ".weight" not in grad or layer + ".bias" not in grad:
-        raise ValueError(f"no fully connected layer '{layer}' with weight and bias; "
+        raise AttackFailure(f"no fully connected layer '{layer}' with weight and bias; "
                          f"linear layers: {', '.join(linear_layers(obs.global_params)) or 'none'}")
     return grad[layer + ".weight"].double(), grad[layer + ".bias"].double()
 
@@ -66,7 +66,7 @@ def solve_input(dw: torch.Tensor, db: torch.Tensor, rel_threshold: float = 1e-6)
     """Least-squares h with dW ~= db h^T over the rows that carry signal; (h, rows used)."""
     scale = db.abs().max()
     if not torch.isfinite(scale) or scale == 0:
-        raise ValueError("the layer's bias gradient is zero: nothing to read the input from")
+        raise AttackFailure("the layer's bias gradient is zero: nothing to read the input from")
     rows = db.abs() > rel_threshold * scale
     w = db[rows]
     return (w @ dw[rows]) / (w @ w), int(rows.sum())
@@ -86,7 +86,7 @@ def analytic(obs: Observation, params: AnalyticParams, ctx: AttackContext) -> Re
     image_layer = _resolve(params.layer, input_layer(obs))
     feature_layer = _resolve(params.feature_layer, precode)
     if image_layer is None and feature_layer is None:
-        raise ValueError("analytic needs a fully connected layer on the flattened input (model.name=mlp) "
+        raise AttackFailure("analytic needs a fully connected layer on the flattened input (model.name=mlp) "
                          "or a named feature layer (analytic.feature_layer)")
     info: dict = {}
     images = None
@@ -94,7 +94,7 @@ def analytic(obs: Observation, params: AnalyticParams, ctx: AttackContext) -> Re
         dw, db = layer_gradient(obs, image_layer)
         h, used = solve_input(dw, db, params.rel_threshold)
         if h.numel() != math.prod(obs.data.shape):
-            raise ValueError(f"layer '{image_layer}' takes {h.numel()} inputs, not an image of shape {obs.data.shape}")
+            raise AttackFailure(f"layer '{image_layer}' takes {h.numel()} inputs, not an image of shape {obs.data.shape}")
         images = h.float().view(1, *obs.data.shape)
         info.update(layer=image_layer, rows_used=used)
     if feature_layer is not None:

@@ -38,6 +38,7 @@ import torch
 from fedattack.attacks.analytic import input_layer, layer_gradient, linear_layers
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.engine import functional_model, num_images, total_variation
+from fedattack.errors import AttackFailure
 from fedattack.validate import check_choice, check_range
 from fedattack.threat import DataSpec, Observation, Reconstruction
 
@@ -222,11 +223,11 @@ def consistency_signs(obs: Observation, layer2: str, s: torch.Tensor, start: tor
 def cpa(obs: Observation, params: CPAParams, ctx: AttackContext) -> Reconstruction:
     layer = input_layer(obs) if params.layer == "auto" else params.layer
     if layer is None:
-        raise ValueError("cpa needs a fully connected layer on the flattened input (model.name=mlp)")
+        raise AttackFailure("cpa needs a fully connected layer on the flattened input (model.name=mlp)")
     dw, db = layer_gradient(obs, layer)
     shape = obs.data.shape
     if dw.shape[1] != math.prod(shape):
-        raise ValueError(f"layer '{layer}' takes {dw.shape[1]} inputs, not an image of shape {shape}")
+        raise AttackFailure(f"layer '{layer}' takes {dw.shape[1]} inputs, not an image of shape {shape}")
     k = num_sources(dw, min(num_images(obs), dw.shape[0]), params.rank_tol)
     mixtures = pixel_differences(dw, shape) if params.domain == "gradients" else dw
     z, wh = whiten(mixtures, k)

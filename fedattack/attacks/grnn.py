@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.engine import Params, l2_distance, num_images, target, trial_update
 from fedattack.attacks.labels import recover_labels
+from fedattack.errors import AttackFailure
 from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
@@ -120,7 +121,7 @@ def grnn(obs: Observation, params: GRNNParams, ctx: AttackContext) -> Reconstruc
     n = num_images(obs)
     c, h, w = obs.data.shape
     if h != w:
-        raise ValueError(f"grnn: square images only, got {h}x{w}")
+        raise AttackFailure(f"grnn: square images only, got {h}x{w}")
     trial_fn = trial_update(obs, device, adaptive=True)  # the known defenses, modelled
     observed = target(obs, device)
     tv = params.tv if params.tv is not None else (1e-6 if obs.model.name.startswith("resnet") else 1e-3)

@@ -35,6 +35,7 @@ class InvGradParams:
     iterations: int = 1000
     lr: float = 0.1
     tv: float = 1e-6  # weight of total variation (mean absolute neighbour difference)
+    l2: float = 0.0  # weight of the mean squared pixel in model-input units (a pull toward the data mean)
     restarts: int = 2
     candidates: int = 16  # label candidates screened when the labels are in doubt
     loss: str = "cosine"  # cosine | layer-cosine | l2 | l1
@@ -48,6 +49,7 @@ class InvGradParams:
         check_range(name, "iterations", self.iterations, 1)
         check_range(name, "lr", self.lr, 0, lo_open=True)
         check_range(name, "tv", self.tv, 0)
+        check_range(name, "l2", self.l2, 0)
         check_range(name, "restarts", self.restarts, 1)
         check_range(name, "candidates", self.candidates, 1)
         check_choice(name, "loss", self.loss, sorted(DISTANCES))
@@ -66,7 +68,7 @@ def invgrad(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
     k = max(params.restarts, params.candidates)
     hypotheses, method = label_hypotheses(obs, n, ctx.labels, k=k)
     plan = label_plan(hypotheses, obs.protocol, k, gen)
-    problem = matching(obs, ctx.device, params.loss, {"tv": params.tv}, adaptive=ctx.adaptive)
+    problem = matching(obs, ctx.device, params.loss, {"tv": params.tv, "l2": params.l2}, adaptive=ctx.adaptive)
     bounds = obs.data.bounds(ctx.device)
     screened = len(plan) > params.restarts
     if screened:

@@ -34,6 +34,7 @@ from torch.nn.grad import conv2d_input, conv2d_weight
 from fedattack.attacks.analytic import solve_input
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.labels import recover_labels
+from fedattack.errors import AttackFailure
 from fedattack.models import build_model
 from fedattack.validate import check_range
 from fedattack.threat import Observation, Reconstruction
@@ -113,7 +114,7 @@ class Layer:
 
 def _conv(name: str, m: nn.Conv2d, in_shape: torch.Size) -> Layer:
     if m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str):
-        raise ValueError(f"rgap handles plain convolutions; '{name}' is grouped, dilated or padded another way")
+        raise AttackFailure(f"rgap handles plain convolutions; '{name}' is grouped, dilated or padded another way")
     w, st, pad = m.weight, m.stride, m.padding
     return Layer(
         name, m, in_shape,
@@ -160,19 +161,19 @@ def chain(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[Layer, nn.M
             h = m(h)
         elif type(m) in INVERSES:
             if not pairs or pairs[-1][1] is not None:
-                raise ValueError(f"rgap needs at most one activation after each weight layer; '{name}' is not")
+                raise AttackFailure(f"rgap needs at most one activation after each weight layer; '{name}' is not")
             pairs[-1] = (pairs[-1][0], m)
             h = m(h)
         else:
-            raise ValueError(f"rgap handles a chain of Conv2d/Linear layers and activations "
+            raise AttackFailure(f"rgap handles a chain of Conv2d/Linear layers and activations "
                              f"({', '.join(t.__name__ for t in INVERSES)}); '{name}' is {type(m).__name__}")
     out = model(x)
     if not pairs or h.numel() != out.numel() or not torch.allclose(out, h.reshape(out.shape), rtol=1e-6, atol=1e-8):
-        raise ValueError("rgap handles a chain of Conv2d/Linear layers and activations; this model's forward "
+        raise AttackFailure("rgap handles a chain of Conv2d/Linear layers and activations; this model's forward "
                          "is not the chain of its layers")
     head, act = pairs[-1]
     if not isinstance(head.module, nn.Linear) or act is not None or head.module.bias is None:
-        raise ValueError("rgap needs the model to end in a fully connected layer with a bias")
+        raise AttackFailure("rgap needs the model to end in a fully connected layer with a bias")
     return pairs
 
 
@@ -231,7 +232,7 @@ def solve_layer(layer: Layer, z: torch.Tensor, slope: torch.Tensor, delta: torch
 def rgap(obs: Observation, params: RGAPParams, ctx: AttackContext) -> Reconstruction:
     n = obs.protocol.num_examples or obs.protocol.batch_size
     if n != 1 or max(1, obs.protocol.local_steps) != 1:
-        raise ValueError(f"rgap inverts one sample's gradient; this update covers {n} examples in "
+        raise AttackFailure(f"rgap inverts one sample's gradient; this update covers {n} examples in "
                          f"{obs.protocol.local_steps} local steps")
     model = build_model(obs.model).double().to(ctx.device)
     model.load_state_dict({**obs.buffers, **obs.global_params}, strict=False)

@@ -26,6 +26,7 @@ import torch
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.engine import num_images
 from fedattack.attacks.labels import recover_labels
+from fedattack.errors import AttackFailure
 from fedattack.validate import check_range
 from fedattack.threat import Observation, Reconstruction
 
@@ -51,7 +52,7 @@ def imprint_layer(obs: Observation) -> str:
     for n, p in obs.global_params.items():
         if n.startswith(PREFIX) and n.endswith(".weight") and p.ndim == 2 and p.shape[1] == d:
             return n[: -len(".weight")]
-    raise ValueError("no imprint block in the model: run with server.mode=malicious so the server sends one")
+    raise AttackFailure("no imprint block in the model: run with server.mode=malicious so the server sends one")
 
 
 def read_bins(w: torch.Tensor, b: torch.Tensor, dw: torch.Tensor, db: torch.Tensor
@@ -76,7 +77,7 @@ def rtf(obs: Observation, params: RTFParams, ctx: AttackContext) -> Reconstructi
     strength = bin_b.abs()
     full = torch.nonzero(strength > params.rel_threshold * strength.max()).flatten()
     if not torch.isfinite(strength.max()) or strength.max() == 0 or len(full) == 0:
-        raise ValueError("the imprint layer's gradient is zero: no bin caught a sample")
+        raise AttackFailure("the imprint layer's gradient is zero: no bin caught a sample")
     n = num_images(obs)
     keep = full[torch.argsort(strength[full], descending=True)[:n]]
     images = (bin_w[keep] / bin_b[keep, None]).float().view(-1, *obs.data.shape)

@@ -3,9 +3,9 @@
 The attack call receives the Observation only; the Truth enters after the attack returns,
 in `score`. What an attack raises becomes the job's result, never a crash of the audit:
 
-- an expected failure (`EXPECTED_FAILURES`: an AttackFailure or other FedattackError, a
-  diverged optimization, out of memory, or the ValueError an attack raises when the
-  observation does not fit it) is status "failed";
+- an expected failure (`EXPECTED_FAILURES`: an AttackFailure, which an attack raises when the
+  observation does not fit it, or another FedattackError, a diverged optimization, out of
+  memory) is status "failed";
 - anything else is status "error": a bug, in the attack or in what it calls.
 
 Both keep a one-line reason (`error`) and the whole traceback (`traceback`, which the run
@@ -34,7 +34,7 @@ from fedattack.threat import Observation, Truth
 
 STRICT_ENV = "FEDATTACK_STRICT"
 EXPECTED_FAILURES: tuple[type[BaseException], ...] = (
-    FedattackError, FloatingPointError, ValueError, torch.OutOfMemoryError, MemoryError)
+    FedattackError, FloatingPointError, torch.OutOfMemoryError, MemoryError)
 
 
 def strict_from_env() -> bool:

@@ -147,3 +147,18 @@ def test_attack_jobs_set_tf32_as_configured(tf32):
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
     assert fconfig.load(None, []).audit.tf32 is False
+
+
+def test_fedavg_reconstructs_one_copy_per_epoch():
+    from fedattack.attacks.fedavg import FedAvgParams, epochs_of
+
+    epochs = ("client.local_steps=0", "client.local_epochs=3", "client.batch_size=2", "data.image_size=16")
+    obs, truth = observed_update("seed=0", *epochs, indices=[0, 1, 2, 3])
+    assert epochs_of(obs, 4) == 3 and obs.protocol.local_steps == 6
+    rec = attack("fedavg", FedAvgParams(iterations=20), obs)
+    assert rec.info["epochs"] == 3 and rec.images.shape == truth.images.shape and torch.isfinite(rec.images).all()
+    lo, hi = obs.data.bounds()
+    assert (rec.images >= lo - 1e-6).all() and (rec.images <= hi + 1e-6).all()
+    steps, _ = observed_update("seed=0", "client.local_steps=2", "client.batch_size=2", "data.image_size=16",
+                               indices=[0, 1, 2, 3])
+    assert epochs_of(steps, 4) == 1 and attack("fedavg", FedAvgParams(iterations=5), steps).info["epochs"] == 1

@@ -24,8 +24,8 @@ import torch
 from fedattack.attacks.base import AttackContext, Choice, LogRange, register_attack
 from fedattack.attacks.engine import DISTANCES, matching, num_images
 from fedattack.attacks.labels import label_hypotheses
-from fedattack.attacks.optimize import (INITS, AdamSchedule, best_restart, consensus, init_unknowns, label_plan,
-                                        run_adam, subset)
+from fedattack.attacks.optimize import (INITS, AdamSchedule, Resized, best_restart, coarse_to_fine, consensus,
+                                        init_unknowns, label_plan, rescaled, run_adam, subset)
 from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
@@ -41,6 +41,7 @@ class InvGradParams:
     loss: str = "cosine"  # cosine | layer-cosine | l2 | l1
     init: str = "randn"  # randn | uniform | mean
     output: str = "best"  # best (lowest mismatch) | consensus (mean of the aligned restarts)
+    levels: int = 1  # coarse to fine: optimize at 1/2**(levels-1) of the resolution first, doubling per level
     signed: bool = True
     boxed: bool = True
     lr_decay: bool = True
@@ -55,6 +56,7 @@ class InvGradParams:
         check_choice(name, "loss", self.loss, sorted(DISTANCES))
         check_choice(name, "init", self.init, list(INITS))
         check_choice(name, "output", self.output, ["best", "consensus"])
+        check_range(name, "levels", self.levels, 1, 5)
 
 
 @register_attack("invgrad", params=InvGradParams, adaptive=True,
@@ -70,16 +72,26 @@ def invgrad(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
     plan = label_plan(hypotheses, obs.protocol, k, gen)
     problem = matching(obs, ctx.device, params.loss, {"tv": params.tv, "l2": params.l2}, adaptive=ctx.adaptive)
     bounds = obs.data.bounds(ctx.device)
+    sizes = coarse_to_fine(obs.data.shape, params.levels)
+    full = tuple(obs.data.shape[1:])
+
+    def at(size: tuple[int, int]):
+        return problem if tuple(size) == full else Resized(problem, full)
+
     screened = len(plan) > params.restarts
     if screened:
-        u = init_unknowns(obs.data, n, len(plan), plan, gen, ctx.device, params.init)
+        u = init_unknowns(obs.data, n, len(plan), plan, gen, ctx.device, params.init, size=sizes[0])
         screen = AdamSchedule(max(1, params.iterations // 10), params.lr, params.signed, params.boxed, decay=False)
-        mismatch = run_adam(problem, u, screen, bounds)
+        mismatch = run_adam(at(sizes[0]), u, screen, bounds)
         u = subset(u, torch.argsort(torch.nan_to_num(mismatch.cpu(), nan=float("inf")))[: params.restarts])
     else:
-        u = init_unknowns(obs.data, n, params.restarts, plan, gen, ctx.device, params.init)
-    sched = AdamSchedule(params.iterations, params.lr, params.signed, params.boxed, params.lr_decay)
-    final = run_adam(problem, u, sched, bounds)
+        u = init_unknowns(obs.data, n, params.restarts, plan, gen, ctx.device, params.init, size=sizes[0])
+    per_level = max(1, params.iterations // len(sizes))
+    for level, size in enumerate(sizes):
+        if level:
+            u = rescaled(u, size)
+        sched = AdamSchedule(per_level, params.lr, params.signed, params.boxed, params.lr_decay)
+        final = run_adam(at(size), u, sched, bounds)
     r = best_restart(final)
     images = u.x[r].detach()
     if params.output == "consensus" and u.x.shape[0] > 1:

@@ -82,19 +82,34 @@ INITS = ("randn", "uniform", "mean")
 
 
 def init_unknowns(data: DataSpec, n: int, restarts: int, labels: torch.Tensor | None, gen: torch.Generator,
-                  device: torch.device, init: str = "randn", copies: int = 0) -> Unknowns:
+                  device: torch.device, init: str = "randn", copies: int = 0,
+                  size: tuple[int, int] | None = None) -> Unknowns:
     """Random images for R restarts, and either fixed labels or random label logits.
 
     `labels`: one multiset (N,), shared by all restarts, or per-candidate labels (K, N)
     assigned to restarts in turn (different image initializations tell repeats apart).
-    `copies` > 0: that many copies of the images per restart (one per local epoch)."""
+    `copies` > 0: that many copies of the images per restart (one per local epoch). `size`:
+    the images' (H, W) when they are optimized at a lower resolution (see `Resized`)."""
     lead = (restarts, copies) if copies else (restarts,)
-    x = init_images(init, (*lead, n, *data.shape), data, gen).to(device).requires_grad_(True)
+    shape = (data.shape[0], *(size or data.shape[1:]))
+    x = init_images(init, (*lead, n, *shape), data, gen).to(device).requires_grad_(True)
     if labels is not None:
         plan = labels[None] if labels.ndim == 1 else labels
         return Unknowns(x=x, labels=plan[torch.arange(restarts) % len(plan)].to(device))
     y = torch.randn((restarts, n, data.num_classes), generator=gen).to(device).requires_grad_(True)
     return Unknowns(x=x, y_logits=y)
+
+
+def coarse_to_fine(shape: tuple[int, int, int], levels: int) -> list[tuple[int, int]]:
+    """Image sizes from the coarsest to the full one, halving per level: levels=3 on 32x32
+    gives 8x8, 16x16, 32x32."""
+    h, w = shape[-2:]
+    return [(max(1, -(-h // 2**k)), max(1, -(-w // 2**k))) for k in reversed(range(max(1, levels)))]
+
+
+def rescaled(u: Unknowns, size: tuple[int, int]) -> Unknowns:
+    """u with its images resized to `size`, as fresh leaves."""
+    return Unknowns(x=resize(u.x.detach(), size).clone().requires_grad_(True), y_logits=u.y_logits, labels=u.labels)
 
 
 def subset(u: Unknowns, keep: torch.Tensor) -> Unknowns:
@@ -119,6 +134,34 @@ def _labels_for(u: Unknowns) -> Callable[[torch.Tensor], torch.Tensor]:
         copies = u.x.shape[1]
         return lambda y: y.unsqueeze(0).expand(copies, *y.shape)
     return lambda y: y
+
+
+@dataclass
+class Resized:
+    """A matching problem whose images are optimized at a lower resolution: the variable is
+    (..., C, h, w) and the problem sees it upsampled (bilinear) to its own size. Coarse to fine
+    (see `upsample`): the low frequencies, brightness and colour first, where the update
+    constrains few unknowns strongly, then the detail."""
+
+    problem: Matching
+    size: tuple[int, int]  # the problem's image size (H, W)
+
+    def mismatch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.problem.mismatch(resize(x, self.size), y)
+
+    def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.problem.objective(resize(x, self.size), y)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Images (..., C, H, W) resized to `size` (bilinear; antialiased when shrinking)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    lead = x.shape[:-3]
+    flat = x.reshape(-1, *x.shape[-3:])
+    shrink = size[0] < x.shape[-2]
+    out = torch.nn.functional.interpolate(flat, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return out.reshape(*lead, *out.shape[-3:])
 
 
 @dataclass

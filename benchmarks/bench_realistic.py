@@ -8,7 +8,8 @@ protocol on the test split, which it holds, tunes the attack there, and attacks 
 with the tuned values. Victims are drawn from the training split by seed, the same for every
 attack.
 
-Every row: mean PSNR over victims and seeds, the flat-image baseline on the same victims (the
+Every row: the size of the problem (update entries against unknown pixels: the update of an
+8-image LeNet client holds fewer numbers than the pixels it hides), mean PSNR over victims and seeds, the flat-image baseline on the same victims (the
 best constant image per victim) and the margin over it, SSIM, images recovered (SSIM >= 0.5
 and above the best flat guess's SSIM), label accuracy, seconds per job, and for calibrated
 rows the calibration's one-off cost (per model, protocol and defense).
@@ -131,7 +132,9 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
             "ssim": float(np.mean([p["ssim"] for p in per])),
             "recovered": f"{sum(p['recovered'] for p in per)}/{sum(p['images'] for p in per)}",
             "label_acc": float(np.mean([p["label_acc"] for p in per])), "s_per_job": float(np.mean(seconds)),
-            "calibration_s": calib_s, "tuned": str(tuned) if calibrated else "", "seeds": len(case.seeds)}
+            "calibration_s": calib_s, "tuned": str(tuned) if calibrated else "", "seeds": len(case.seeds),
+            "update_entries": sum(v.numel() for v in obs.update.values()),
+            "unknown_pixels": case.images * int(np.prod(obs.data.shape))}
 
 
 def run(quick: bool = False) -> list[dict]:

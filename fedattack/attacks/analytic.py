@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 
 from fedattack.attacks.base import AttackContext, register_attack
+from fedattack.attacks.engine import linear_layers
+from fedattack.attacks.engine import solve_input as read_input
 from fedattack.attacks.labels import recover_labels
 from fedattack.validate import check_range
 from fedattack.errors import AttackFailure, ConfigError
@@ -42,12 +44,6 @@ class AnalyticParams:
                 raise ConfigError(f"{name}.{key}", "must be 'auto' or a layer name, got an empty string")
 
 
-def linear_layers(params: dict[str, torch.Tensor]) -> list[str]:
-    """Names (without .weight) of fully connected layers that have a bias, in model order."""
-    return [n[: -len(".weight")] for n, p in params.items()
-            if n.endswith(".weight") and p.ndim == 2 and n[: -len("weight")] + "bias" in params]
-
-
 def input_layer(obs: Observation) -> str | None:
     """The first fully connected layer whose input is the flattened image, if any."""
     d = math.prod(obs.data.shape)
@@ -64,12 +60,10 @@ def layer_gradient(obs: Observation, layer: str) -> tuple[torch.Tensor, torch.Te
 
 def solve_input(dw: torch.Tensor, db: torch.Tensor, rel_threshold: float = 1e-6) -> tuple[torch.Tensor, int]:
     """Least-squares h with dW ~= db h^T over the rows that carry signal; (h, rows used)."""
-    scale = db.abs().max()
-    if not torch.isfinite(scale) or scale == 0:
+    solved = read_input(dw, db, rel_threshold)
+    if solved is None:
         raise AttackFailure("the layer's bias gradient is zero: nothing to read the input from")
-    rows = db.abs() > rel_threshold * scale
-    w = db[rows]
-    return (w @ dw[rows]) / (w @ w), int(rows.sum())
+    return solved
 
 
 def _resolve(name: str, auto: str | None) -> str | None:

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 import torch
 
-from fedattack.attacks.analytic import input_layer, layer_gradient, linear_layers
+from fedattack.attacks.analytic import input_layer, layer_gradient
+from fedattack.attacks.engine import linear_layers
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.engine import functional_model, num_images, total_variation
 from fedattack.errors import AttackFailure

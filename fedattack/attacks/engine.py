@@ -324,6 +324,60 @@ def epoch_invariance(x: torch.Tensor) -> torch.Tensor:
     return torch.mean((means[:, None] - means[None, :]) ** 2) * x.shape[0] / (x.shape[0] - 1)
 
 
+def solve_input(dw: torch.Tensor, db: torch.Tensor, rel_threshold: float = 1e-6) -> tuple[torch.Tensor, int] | None:
+    """A fully connected layer's input h from one sample's gradient, dW = db h^T: least squares
+    over the rows that carry signal; (h, rows used), or None where the bias gradient is zero."""
+    scale = db.abs().max()
+    if not torch.isfinite(scale) or scale == 0:
+        return None
+    rows = db.abs() > rel_threshold * scale
+    w = db[rows]
+    return (w @ dw[rows]) / (w @ w), int(rows.sum())
+
+
+def linear_layers(params: Params) -> list[str]:
+    """Names (without .weight) of fully connected layers that have a bias, in model order."""
+    return [n[: -len(".weight")] for n, p in params.items()
+            if n.endswith(".weight") and p.ndim == 2 and n[: -len("weight")] + "bias" in params]
+
+
+@dataclass
+class LeakedFeatures:
+    """A prior from what a one-sample gradient gives away exactly: the input of every fully
+    connected layer with a bias, h = dW_i / db_i (Phong et al. 2017; Geiping et al. 2020, Sec. 4).
+    The prior is the relative squared error of the dummy image's own inputs to those layers,
+    averaged over layers; it turns the deepest features into a direct target."""
+
+    model: FunctionalModel
+    targets: dict[str, torch.Tensor]  # layer name -> its input (F,)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        record: dict[str, torch.Tensor] = {}
+        modules = dict(self.model.module.named_modules())
+        hooks = [modules[name].register_forward_hook(lambda m, inp, out, name=name: record.__setitem__(name, inp[0]))
+                 for name in self.targets]
+        try:
+            self.model.logits(self.model.params, x)
+        finally:
+            for h in hooks:
+                h.remove()
+        return sum(((record[k].flatten() - t) ** 2).sum() / ((t ** 2).sum() + 1e-12)
+                   for k, t in self.targets.items()) / len(self.targets)
+
+
+def leaked_features(trial: "TrialUpdate", target: Params, n: int) -> LeakedFeatures | None:
+    """The LeakedFeatures prior where the update is one sample's gradient (one image, one step,
+    no modelled defense), else None."""
+    if n != 1 or not trial.one_gradient(1):
+        return None
+    targets = {}
+    for name in linear_layers(target):
+        solved = solve_input(target[name + ".weight"].double(), target[name + ".bias"].double())
+        if solved is not None:
+            targets[name] = solved[0].float()
+    return LeakedFeatures(trial.model, targets) if targets else None
+
+
 PRIORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "tv": total_variation, "l2": squared_norm, "epoch-invariance": epoch_invariance,
 }
@@ -340,12 +394,13 @@ class Matching:
     target: Params  # observed update in gradient units
     distance: Callable[[Params, Params], torch.Tensor]
     priors: tuple[tuple[float, Callable[[torch.Tensor], torch.Tensor]], ...] = ()
+    prior_scale: float = 1.0  # multiplies every prior weight (an optimizer may anneal it)
 
     def mismatch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.distance(self.trial(x, y), self.target)
 
     def prior(self, x: torch.Tensor) -> torch.Tensor | float:
-        return sum((w * fn(x) for w, fn in self.priors if w), 0.0)
+        return sum((self.prior_scale * w * fn(x) for w, fn in self.priors if w), 0.0)
 
     def objective(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.mismatch(x, y) + self.prior(x)

@@ -17,12 +17,12 @@ the lowest final mismatch, or (`output=consensus`) the mean of all restarts alig
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from fedattack.attacks.base import AttackContext, Choice, LogRange, register_attack
-from fedattack.attacks.engine import DISTANCES, matching, num_images
+from fedattack.attacks.engine import DISTANCES, leaked_features, matching, num_images
 from fedattack.attacks.labels import label_hypotheses
 from fedattack.attacks.optimize import (INITS, AdamSchedule, Resized, best_restart, coarse_to_fine, consensus,
                                         init_unknowns, label_plan, rescaled, run_adam, subset)
@@ -34,17 +34,19 @@ from fedattack.threat import Observation, Reconstruction
 class InvGradParams:
     iterations: int = 1000
     lr: float = 0.1
-    tv: float = 1e-6  # weight of total variation (mean absolute neighbour difference)
+    tv: float = 0.1  # weight of total variation (mean absolute neighbour difference)
     l2: float = 0.0  # weight of the mean squared pixel in model-input units (a pull toward the data mean)
     restarts: int = 2
     candidates: int = 16  # label candidates screened when the labels are in doubt
     loss: str = "cosine"  # cosine | layer-cosine | l2 | l1
     init: str = "randn"  # randn | uniform | mean
     output: str = "best"  # best (lowest mismatch) | consensus (mean of the aligned restarts)
+    features: float = 0.0  # weight of the leaked-features prior (one image, one step: FC layers' inputs, exact)
     levels: int = 1  # coarse to fine: optimize at 1/2**(levels-1) of the resolution first, doubling per level
     signed: bool = True
     boxed: bool = True
     lr_decay: bool = True
+    tv_decay: bool = False  # the priors' weights decay with the step size (x0.1 at each lr decay)
 
     def validate(self, name: str) -> None:
         check_range(name, "iterations", self.iterations, 1)
@@ -57,6 +59,7 @@ class InvGradParams:
         check_choice(name, "init", self.init, list(INITS))
         check_choice(name, "output", self.output, ["best", "consensus"])
         check_range(name, "levels", self.levels, 1, 5)
+        check_range(name, "features", self.features, 0)
 
 
 @register_attack("invgrad", params=InvGradParams, adaptive=True,
@@ -71,6 +74,9 @@ def invgrad(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
     hypotheses, method = label_hypotheses(obs, n, ctx.labels, k=k)
     plan = label_plan(hypotheses, obs.protocol, k, gen)
     problem = matching(obs, ctx.device, params.loss, {"tv": params.tv, "l2": params.l2}, adaptive=ctx.adaptive)
+    leaked = leaked_features(problem.trial, problem.target, n) if params.features else None
+    if leaked is not None:
+        problem = replace(problem, priors=(*problem.priors, (params.features, leaked)))
     bounds = obs.data.bounds(ctx.device)
     sizes = coarse_to_fine(obs.data.shape, params.levels)
     full = tuple(obs.data.shape[1:])
@@ -90,7 +96,7 @@ def invgrad(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
     for level, size in enumerate(sizes):
         if level:
             u = rescaled(u, size)
-        sched = AdamSchedule(per_level, params.lr, params.signed, params.boxed, params.lr_decay)
+        sched = AdamSchedule(per_level, params.lr, params.signed, params.boxed, params.lr_decay, params.tv_decay)
         final = run_adam(at(size), u, sched, bounds)
     r = best_restart(final)
     images = u.x[r].detach()

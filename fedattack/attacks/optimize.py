@@ -171,6 +171,7 @@ class AdamSchedule:
     signed: bool = True  # step on the sign of the gradient (Geiping et al.)
     boxed: bool = True  # keep pixels in [0, 1]
     decay: bool = True  # lr x 0.1 at 3/8, 5/8, 7/8 of the iterations
+    prior_decay: bool = False  # the priors' weights decay with the step size (strong early, weak late)
 
 
 def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[torch.Tensor, torch.Tensor],
@@ -180,7 +181,11 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
     marks = [int(sched.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if sched.decay else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=marks, gamma=0.1)
     lo, hi = bounds
+    target = problem.problem if isinstance(problem, Resized) else problem
+    start_scale = target.prior_scale
     for it in range(sched.iterations):
+        if sched.prior_decay:
+            target.prior_scale = start_scale * 0.1 ** sum(it >= m for m in marks)
         opt.zero_grad(set_to_none=True)
         losses = batched_objective(problem, u)
         losses.sum().backward()
@@ -194,6 +199,7 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
                 u.x.clamp_(min=lo, max=hi)
         if on_step is not None:
             on_step(it)
+    target.prior_scale = start_scale
     with torch.no_grad():
         return batched_objective(problem, u, "mismatch").detach()
 

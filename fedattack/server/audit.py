@@ -705,9 +705,10 @@ def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, **o
 def _app_record(strategy: Strategy, spec: ModelSpec, data: DataSpec, protocol: TrainingProtocol,
                 audit: AuditConfig, attacks: dict[str, Any], seed: int | None, server_mode: str) -> dict:
     return {
-        "seed": seed,
+        "seed": seed if seed is not None else 0,  # attacks' initialization
         "server": {"mode": server_mode},
-        "fl": {"strategy": f"{type(strategy).__module__}:{type(strategy).__qualname__}"},
+        "fl": {"strategy": f"{type(strategy).__module__}:{type(strategy).__qualname__}",
+               "sampling": "seeded (seed)" if seed is not None else "the strategy's own (unseeded)"},
         "model": {"name": spec.name, "in_shape": list(spec.in_shape), "num_classes": spec.num_classes},
         "data": {"name": "(the app's own)", "shape": list(data.shape), "num_classes": data.num_classes,
                  "mean": list(data.mean), "std": list(data.std)},

@@ -47,7 +47,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedattack.attacks import ATTACKS
-from fedattack.client.record import ClientRecord, pop_record
+from fedattack.client.record import AUDIT_KEY, TRUTH_KEY, ClientRecord, pop_record
 from fedattack.config import from_dict
 from fedattack.errors import ConfigError, FedattackError
 from fedattack.experiment import Experiment
@@ -63,6 +63,7 @@ from fedattack.server.sampling import SeededSampling
 from fedattack.strategies import strategy_problem
 from fedattack.threat import DataSpec, ModelSpec, Observation, Truth
 
+AUDIT_RECORDS = (AUDIT_KEY, TRUTH_KEY)
 NO_RECORD = ("the client sent no audit record (no fedattack audit_mod on its train function, as in a real "
              "deployment): reconstructions and recovered labels only, no scores")
 # metric keys the round table reads test results from (server-side evaluate_fn first, then clients')
@@ -619,7 +620,7 @@ class AuditStrategy(Strategy):
         replies = list(replies)
         for r in replies:
             if not r.has_error() and self.arrays_key not in r.content.array_records:
-                have = ", ".join(sorted(r.content.array_records)) or "none"
+                have = ", ".join(sorted(k for k in r.content.array_records if k not in AUDIT_RECORDS)) or "none"
                 raise FedattackError(f"arrayrecord_key: a train reply (node {r.metadata.src_node_id}) has no "
                                      f"ArrayRecord '{self.arrays_key}' (its ArrayRecords: {have}); reply under "
                                      f"the strategy's arrayrecord_key")

@@ -253,7 +253,7 @@ class Auditor:
         for k, name in enumerate(self.attacks_for(scope)):
             for adaptive in self.variants(name):
                 job = AttackJob(round=rnd, client=client, attack=name, params=self.params_for(name, obs),
-                                observation=obs, seed=self.plan.seed * 1_000_003 + rnd * 1009 + cid * 31 + k,
+                                observation=obs, seed=(self.plan.seed * 1_000_003 + rnd * 1009 + cid * 31 + k) % 2**31,
                                 labels=opts.labels, adaptive=adaptive, defense=self.defense,
                                 threads=opts.threads_per_job, tf32=opts.tf32, success_ssim=opts.success_ssim,
                                 epsilon=epsilon, unscored=unscored if truth is None else "")

@@ -579,7 +579,7 @@ class AuditStrategy(Strategy):
         """The audited run around any workflow that drives this strategy (see server/secagg.py)."""
         self._timeout = timeout
         with self.auditor.session():
-            self.sampling.identify(grid, min_nodes=int(getattr(self.strategy, "min_available_nodes", 1) or 1),
+            self.sampling.identify(grid, min_nodes=int(_setting(self.strategy, "min_available_nodes", 1) or 1),
                                    timeout=min(timeout, 120.0))
             yield self
 

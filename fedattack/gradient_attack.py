@@ -83,9 +83,8 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     progress.print(f"victim: {len(result.indices)} images {result.indices[:16]}{' ...' if len(result.indices) > 16 else ''}, "
                    f"{result.steps} local steps of batch {cfg.client.batch_size} at lr {cfg.client.lr}")
     with auditor.session():
-        stats = auditor.begin_round(1)
-        stats.replies, stats.audited_clients, stats.train_loss = 1, 1, result.loss
-        stats.jobs = auditor.submit(1, cfg.victim.client, obs, exp.train.truth(result.indices))
+        auditor.begin_round(1)
+        auditor.audit_update(1, cfg.victim.client, obs, exp.train.truth(result.indices), train_loss=result.loss)
         auditor.finish()
         auditor.end_round(1)
     summary = auditor.summary or summarize(results, [], RunHeader.from_config(cfg.to_dict()))

@@ -218,6 +218,16 @@ class Auditor:
         with self._lock:
             return self.rounds.setdefault(rnd, RoundStats(rnd, time.perf_counter()))
 
+    def record_epsilon(self, rnd: int, epsilon: float) -> None:
+        """A privacy loss the server's own accountant reports for round `rnd` (central DP)."""
+        with self._lock:
+            self.round_stats(rnd).epsilon = float(epsilon)
+
+    def record_failures(self, rnd: int, count: int) -> None:
+        """Clients of round `rnd` that failed outside the replies (SecAgg+'s dropped clients)."""
+        with self._lock:
+            self.round_stats(rnd).errors += int(count)
+
     def end_round(self, rnd: int, *, test_loss: float = float("nan"), test_acc: float = float("nan")) -> RoundResult:
         """Round `rnd` as rounds.csv records it: the counts so far and the test metrics."""
         self.poll()
@@ -262,6 +272,18 @@ class Auditor:
         self.submitted += n
         return n
 
+    def audit_update(self, rnd: int, client: int, obs: Observation, truth: Truth | None, *,
+                     train_loss: float = float("nan")) -> int:
+        """One update observed outside Flower (`fedattack attack`): counted as round `rnd`'s reply."""
+        with self._lock:
+            stats = self.round_stats(rnd)
+            stats.replies += 1
+            stats.train_loss = train_loss
+            stats.audited_clients += 1
+            n = self.submit(rnd, client, obs, truth)
+            stats.jobs += n
+            return n
+
     def truth(self, record: ClientRecord | None) -> tuple[Truth | None, str]:
         """The Truth a reply's record gives for scoring, or None and why there is none."""
         if record is None:
@@ -277,15 +299,15 @@ class Auditor:
                      indices=tuple(range(len(record.labels)))), ""
 
     def observe(self, rnd: int, sent: Mapping[int, Message], replies: list[Message], *, arrays_key: str,
-                config_key: str, weight_key: str, aggregate: bool = False,
-                failures: int = 0) -> list[tuple[Message, ClientRecord | None]]:
+                config_key: str, weight_key: str, aggregate: bool = False
+                ) -> list[tuple[Message, ClientRecord | None]]:
         """Audit one round's train replies (their audit-only records removed first): one job
         per sampled client and attack, or with `aggregate` (SecAgg: every reply carries the same
         sum) one per attack on the aggregate. Returns the replies with what their records said."""
         with self._lock:
             stats = self.round_stats(rnd)
             good = [r for r in replies if not r.has_error()]
-            stats.replies, stats.errors = len(good), len(replies) - len(good) + failures
+            stats.replies, stats.errors = len(good), stats.errors + len(replies) - len(good)
             records = [(r, pop_record(r.content)) for r in good]
             metrics = [_metrics(r) for r, _ in records]
             losses = [(float(m.get("train_loss", np.nan)), float(m.get(weight_key, 1))) for m in metrics if m]
@@ -505,6 +527,12 @@ class AuditStrategy(Strategy):
     on_result, on_round : Optional[Callable] (default: None)
         Called with each JobResult, and with each RoundResult and the job counts; None logs
         them through Flower's logger.
+    record : Optional[Any] (default: None)
+        What the run directory's config.yaml records; None: these arguments (`fedattack run`
+        passes its whole config).
+    dispatcher : Optional[Dispatcher] (default: None)
+        Where attack jobs run; None: Ray tasks when this process is connected to Ray at the
+        first job, else a local thread pool.
     """
 
     def __init__(self, strategy: Strategy, *, model: Any, protocol: TrainingProtocol,
@@ -633,7 +661,7 @@ class AuditStrategy(Strategy):
         self.auditor.poll()
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         if metrics is not None and "flowerdp_epsilon" in metrics:  # central DP: the server's accountant
-            self.auditor.round_stats(server_round).epsilon = float(metrics["flowerdp_epsilon"])
+            self.auditor.record_epsilon(server_round, float(metrics["flowerdp_epsilon"]))
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

@@ -98,8 +98,8 @@ class LegacyBridge(legacy.Strategy):
                                                   if isinstance(v, (int, float)) and not isinstance(v, bool)},
                                                a.weight_key: int(fitres.num_examples)})
             replies.append(Message(content, reply_to=sent))
+        a.auditor.record_failures(server_round, len(failures))
         arrays, metrics = a.aggregate_train(server_round, replies)
-        a.auditor.round_stats(server_round).errors += len(failures)
         if arrays is None:
             return None, {}
         self.keys = list(arrays.keys())

@@ -146,6 +146,11 @@ class Auditor:
         self.store: RunStore | None = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # jobs are waiting to be handed to the dispatcher
+        self._queued: list[tuple[AttackJob, Truth | None]] = []
+        self._queue_lock = threading.Lock()
+        # dispatcher calls and result delivery; taken before self._lock where both are held, never after
+        self._dispatch_lock = threading.RLock()
         self._poller: threading.Thread | None = None
         self._poll_error: BaseException | None = None  # what the background poller raised, re-raised by finish()
         self._warned: set[str] = set()
@@ -230,7 +235,6 @@ class Auditor:
 
     def end_round(self, rnd: int, *, test_loss: float = float("nan"), test_acc: float = float("nan")) -> RoundResult:
         """Round `rnd` as rounds.csv records it: the counts so far and the test metrics."""
-        self.poll()
         with self._lock:
             row = self.round_stats(rnd).result(test_loss=test_loss, test_acc=test_acc, now=time.perf_counter())
             store = self.open_store()
@@ -267,9 +271,11 @@ class Auditor:
                                 labels=opts.labels, adaptive=adaptive, defense=self.defense,
                                 threads=opts.threads_per_job, tf32=opts.tf32, success_ssim=opts.success_ssim,
                                 epsilon=epsilon, unscored=unscored if truth is None else "")
-                self.dispatcher.submit(job, truth)
+                with self._queue_lock:
+                    self._queued.append((job, truth))
                 n += 1
         self.submitted += n
+        self._wake.set()  # handed to the dispatcher by the background thread, off the round's path
         return n
 
     def audit_update(self, rnd: int, client: int, obs: Observation, truth: Truth | None, *,
@@ -385,17 +391,26 @@ class Auditor:
         self.on_result(res)
 
     def poll(self) -> None:
-        with self._lock:
+        """Hand queued jobs to the dispatcher; deliver the results that are in."""
+        with self._dispatch_lock:
+            with self._queue_lock:
+                queued, self._queued = self._queued, []
+            for job, truth in queued:
+                self.dispatcher.submit(job, truth)
             if self._dispatcher is None:
                 return
             for res in self._dispatcher.poll():
                 self._deliver(res)
 
     def start_polling(self, interval: float = 0.5) -> None:
-        """Collect results in the background while training blocks on the grid."""
+        """Submit jobs and collect results in the background while training blocks on the grid:
+        a round's own audit work is building its observations (Ray's serialization and task
+        submission happen here, in this thread)."""
 
         def loop() -> None:
-            while not self._stop.wait(interval):
+            while not self._stop.is_set():
+                self._wake.wait(interval)
+                self._wake.clear()
                 try:
                     self.poll()
                 except BaseException as exc:  # noqa: BLE001 - handed to finish(), in the caller's thread
@@ -407,11 +422,13 @@ class Auditor:
 
     def finish(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._poller is not None:
             self._poller.join()
         if self._poll_error is not None:
             raise self._poll_error
-        with self._lock:
+        with self._dispatch_lock:
+            self.poll()  # jobs still queued
             if self._dispatcher is not None:
                 for res in self._dispatcher.drain():
                     self._deliver(res)
@@ -632,7 +649,6 @@ class AuditStrategy(Strategy):
     # -- Strategy -----------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self.auditor.poll()
         self.auditor.begin_round(server_round, scope="aggregate" if self.aggregate_only else "client")
         if self.auditor.malicious_state:
             arrays = ArrayRecord({**arrays.to_torch_state_dict(), **self.auditor.malicious_state})
@@ -658,7 +674,6 @@ class AuditStrategy(Strategy):
         for reply, record in records:
             if record is not None:
                 self.sampling.learn(reply.metadata.src_node_id, record.client)
-        self.auditor.poll()
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         if metrics is not None and "flowerdp_epsilon" in metrics:  # central DP: the server's accountant
             self.auditor.record_epsilon(server_round, float(metrics["flowerdp_epsilon"]))

@@ -181,11 +181,11 @@ def make_client_app(config: Config | None = None) -> ClientApp:
         """Flower's DP mods for the protocol-level defenses of this client's own config."""
         if not msg.content.array_records:
             return call_next(msg, context)
-        cfg = client_experiment(own_config(context, fixed)).cfg
+        _, arrays, record = _records(msg)
+        cfg = with_protocol(client_experiment(own_config(context, fixed)).cfg, record)
         mods = client_mods(cfg)
         if not mods:
             return call_next(msg, context)
-        _, arrays, record = _records(msg)
         if any(not np.issubdtype(a.numpy().dtype, np.floating) for a in arrays.values()):
             raise ConfigError("client.defenses", "Flower's DP mods clip every array of the model and fail on integer "
                                                  "buffers (BatchNorm's num_batches_tracked); use a model without "

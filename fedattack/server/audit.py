@@ -387,7 +387,7 @@ class Auditor:
             out = store.dir / "reconstructions"
             out.mkdir(exist_ok=True)
             arrays = {k: v for k, v in (("images", res.recon_pixels), ("labels", res.recon_labels)) if v is not None}
-            np.savez_compressed(out / f"{res.row_id}.npz", **arrays)
+            np.savez(out / f"{res.row_id}.npz", **arrays)
         self.on_result(res)
 
     def poll(self) -> None:

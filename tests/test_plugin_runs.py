@@ -134,3 +134,17 @@ def test_clients_never_import_a_server_side_plug_in(tmp_path, monkeypatch):
     seen = [json.loads(p.read_text()) for p in markers.iterdir()]
     assert {"pid": os.getpid(), "actor": None} in seen  # the server imported it
     assert [s for s in seen if s["actor"] is not None] == []  # no client actor did
+
+
+@pytest.mark.slow
+def test_a_reply_without_the_arrays_key_stops_fedattack_run_with_one_line_and_nothing_written(tmp_path, capsys):
+    from fedattack.cli import main
+
+    out = tmp_path / "run"
+    code = main(["run", "fl.strategy=tests.plugins.user_strategy:MislabelledKeys", "fl.num_clients=2",
+                 "fl.clients_per_round=2", "fl.rounds=1", "audit.attacks=[idlg]", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err[-1].startswith("fedattack: error: arrayrecord_key: a train reply (node ") and "'arrays'" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert not out.exists()

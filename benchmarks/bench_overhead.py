@@ -5,7 +5,8 @@ attacks. A round's time is rounds.csv's `seconds` (from the server starting the 
 evaluation); attack jobs run on past their round, so each run's wall time, final drain
 included, is reported beside it. Round 1 also pays for the client processes' start-up, so the
 ratio is taken between the medians of the later rounds. `audit_ms_per_round` is the audit's own
-work inside a round (Auditor.observe: building observations, submitting jobs);
+work inside a round (Auditor.observe: building observations and queueing their jobs; the
+audit's background thread hands them to Ray and collects results);
 `ratio_without_contention` is the round ratio if that were the only cost, as with attack workers
 on their own machines.
 
@@ -56,7 +57,7 @@ def _has_iterations(name: str) -> bool:
 
 @contextmanager
 def _timed_observe(spent: list[float]):
-    """Time the audit's own work inside each round (Auditor.observe: observations, job submission)."""
+    """Time the audit's own work inside each round (Auditor.observe: observations, queued jobs)."""
     from fedattack.server.audit import Auditor
 
     original = Auditor.observe

@@ -1,20 +1,19 @@
 """Everything a config determines before training starts: data, partitions, model.
 
-Clients and the server build the same `Experiment` from the same config (the server sends
-it with every training message), so a seed fixes partitions and initial weights everywhere.
+Clients and the server each build the `Experiment` of their own copy of the config (a client
+from its own installation and run config, never from a message), so a seed fixes partitions and
+initial weights everywhere.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 
 from fedattack.attacks import ATTACKS
-from fedattack.config import from_json
 from fedattack.data import ImageData, load_dataset, partition
 from fedattack.data.datasets import Splits
 from fedattack.defenses import DEFENSES
@@ -68,9 +67,3 @@ def build(cfg: Config) -> Experiment:
     splits = load_dataset(cfg.data, seed=cfg.seed)
     parts = partition(splits.train.targets, num_clients=cfg.fl.num_clients, cfg=cfg.partition, seed=cfg.seed)
     return Experiment(cfg, splits, parts, model_spec(cfg, splits))
-
-
-@lru_cache(maxsize=2)
-def from_config_json(text: str) -> Experiment:
-    """Per-process cache: a client process builds its experiment once per config."""
-    return build(from_json(text))

@@ -16,11 +16,10 @@ from fedattack.errors import ConfigError
 from fedattack.experiment import Experiment, build
 from fedattack.models import float_params
 from fedattack.report.console import Progress
-from fedattack.report.store import RunStore
 from fedattack.report.summary import summarize
-from fedattack.results import JobResult, RoundResult, RunHeader
+from fedattack.results import JobResult, RunHeader
 from fedattack.schema import Config
-from fedattack.server.audit import Auditor, make_observation
+from fedattack.server.audit import Auditor, experiment_plan, make_observation
 from fedattack.server.dispatch import LocalDispatcher
 from fedattack.threat import Observation, Truth
 
@@ -66,7 +65,6 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     progress = progress or Progress()
     exp = build(cfg)
     idx = victim_indices(exp)
-    store = RunStore(out_dir, cfg=cfg) if out_dir else None
     model = exp.initial_model()
     sent = {**dict(model.state_dict()), **float_params(model)}
     sent = {k: v.detach().clone() for k, v in sent.items()}
@@ -77,20 +75,18 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     def on_result(res: JobResult) -> None:
         results.append(res)
         progress.result(res)
-        if store:
-            store.add_result(res)
 
-    auditor = Auditor(exp, LocalDispatcher(max_workers=1), on_result=on_result)
-    obs = auditor.observation(sent, received, {"num-examples": result.num_examples, "local_steps": result.steps})
+    auditor = Auditor(experiment_plan(exp), out_dir=out_dir, dispatcher=LocalDispatcher(max_workers=1),
+                      on_result=on_result, on_round=lambda row, done, submitted: None)
+    obs = make_observation(exp, auditor.param_names, sent, received,
+                           {"num-examples": result.num_examples, "local_steps": result.steps})
     progress.print(f"victim: {len(result.indices)} images {result.indices[:16]}{' ...' if len(result.indices) > 16 else ''}, "
                    f"{result.steps} local steps of batch {cfg.client.batch_size} at lr {cfg.client.lr}")
-    auditor.submit(1, cfg.victim.client, obs, exp.train.truth(result.indices))
-    auditor.finish()
-    if store:
-        store.add_round(RoundResult(round=1, train_loss=result.loss, replies=1, errors=0, audited_clients=1,
-                                    jobs=len(results), scope="client"))
-        summary = store.finish()
-    else:
-        summary = summarize(results, [], RunHeader.from_config(cfg.to_dict()))
+    with auditor.session():
+        auditor.begin_round(1)
+        auditor.audit_update(1, cfg.victim.client, obs, exp.train.truth(result.indices), train_loss=result.loss)
+        auditor.finish()
+        auditor.end_round(1)
+    summary = auditor.summary or summarize(results, [], RunHeader.from_config(cfg.to_dict()))
     progress.summary_table(summary, title="fedattack attack")
     return results

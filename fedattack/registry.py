@@ -1,9 +1,17 @@
-"""Name -> object registries with `module:attr` import paths for user extensions."""
+"""Name -> object registries with `module:attr` import paths for user extensions.
+
+An import path runs code from the user's own environment: importing `package.module` executes
+that module. Before anything imported is used, it is checked against the kind of object the
+registry holds (`Registry.accepts`, or by default the kind of the registered entries: an
+instance of their type, or a function or class of the user's own that takes the arguments they
+take), so `model.name=os:system` is refused with one line naming the field and never called.
+"""
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +34,9 @@ class Registry(Generic[T]):
 
     kind: str
     field_name: str
+    # what an imported object must be: None if it fits, else why not ("is a builtin function, ...");
+    # None: `like_entries`, the kind of the registered entries
+    accepts: Callable[[Any], str | None] | None = None
     _items: dict[str, T] = field(default_factory=dict)
     _docs: dict[str, str] = field(default_factory=dict)
 
@@ -73,7 +84,26 @@ class Registry(Generic[T]):
         self.check(name)
         if name in self._items:
             return self._items[name]
-        return import_path(name, self.field_name)
+        obj = import_path(name, self.field_name)
+        problem = (self.accepts or self.like_entries)(obj)
+        if problem:
+            raise ConfigError(self.field_name, f"'{name}' {problem}")
+        return obj
+
+    def like_entries(self, obj: Any) -> str | None:
+        """Why `obj` is not the kind of object registered here (None if it is): an instance of
+        the entries' type, or, where the entries are functions or classes, a function or class
+        outside the standard library that takes their positional arguments."""
+        entries = list(self._items.values())
+        if not entries:
+            return None
+        if all(inspect.isfunction(e) or inspect.isclass(e) for e in entries):
+            return plain_callable(obj, min(_required_positional(e) for e in entries), self.kind)
+        types = tuple({type(e) for e in entries})
+        if not isinstance(obj, types):
+            expected = " or ".join(sorted(t.__name__ for t in types))
+            return f"is {describe(obj)}, not {article(self.kind)} ({expected})"
+        return None
 
 
 def import_path(path: str, field_name: str) -> Any:
@@ -86,6 +116,47 @@ def import_path(path: str, field_name: str) -> Any:
     except (ImportError, AttributeError) as exc:
         raise ConfigError(field_name, f"cannot import '{path}' ({exc})") from None
     return obj
+
+
+def describe(obj: Any) -> str:
+    """A few words for what `obj` is, for error messages."""
+    if inspect.isclass(obj):
+        return f"the class {obj.__module__}.{obj.__qualname__}"
+    if inspect.isfunction(obj):
+        return f"the function {obj.__module__}.{obj.__qualname__}"
+    if inspect.isbuiltin(obj):
+        return f"the builtin {getattr(obj, '__qualname__', obj)}"
+    return f"a {type(obj).__name__}"
+
+
+def article(noun: str) -> str:
+    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+
+
+def from_standard_library(obj: Any) -> bool:
+    module = (getattr(obj, "__module__", None) or "builtins").split(".")[0]
+    return module in sys.stdlib_module_names or module == "builtins"
+
+
+def plain_callable(obj: Any, arity: int, kind: str) -> str | None:
+    """Why `obj` is not a plug-in function or class taking `arity` positional arguments (None if it is)."""
+    if not (inspect.isfunction(obj) or inspect.isclass(obj)) or from_standard_library(obj):
+        return f"is {describe(obj)}, not {article(kind)} (a function or class of your own)"
+    try:
+        inspect.signature(obj).bind(*([None] * arity))
+    except TypeError:
+        return f"is {describe(obj)}, which does not take the {arity} positional arguments {article(kind)} receives"
+    except ValueError:  # no signature to inspect
+        return f"is {describe(obj)}, not {article(kind)} (a function or class of your own)"
+    return None
+
+
+def _required_positional(fn: Any) -> int:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return 0
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty for p in params)
 
 
 def call_with_known(fn: Callable[..., T], kwargs: dict[str, Any]) -> T:

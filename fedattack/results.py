@@ -76,8 +76,10 @@ class JobResult:
     epsilon: float = NAN  # the client's reported DP epsilon (report metadata only)
     error: str = ""  # one line: why the job did not succeed
     traceback: str = ""  # the whole story of a failure (the run directory keeps it in errors/)
+    unscored: str = ""  # one line: why the job has no scores (no ground truth from the client); "" when scored
     truth_pixels: np.ndarray | None = field(default=None, repr=False, compare=False)  # (N, C, H, W) in [0, 1]
     recon_pixels: np.ndarray | None = field(default=None, repr=False, compare=False)  # matched to truth order
+    recon_labels: np.ndarray | None = field(default=None, repr=False, compare=False)  # the recovered labels
 
     def __post_init__(self) -> None:
         self.score = self.score.rounded()
@@ -91,6 +93,11 @@ class JobResult:
     @property
     def success(self) -> bool:
         return self.ok and self.score.success
+
+    @property
+    def scored(self) -> bool:
+        """Whether the scores mean anything: False where the client sent no ground truth."""
+        return not self.unscored
 
     @property
     def label(self) -> str:

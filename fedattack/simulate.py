@@ -10,19 +10,14 @@ from pathlib import Path
 
 from flwr.serverapp import ServerApp
 
-from fedattack.client.app import app as client_app
-from fedattack.defenses import DEFENSES
-from fedattack.errors import ConfigError
+from fedattack.client.app import make_client_app
+from fedattack.errors import ConfigError, FedattackError
 from fedattack.experiment import build
 from fedattack.report.console import Progress
-from fedattack.report.store import RunStore
 from fedattack.report.summary import Summary
 from fedattack.schema import Config
-from fedattack.server.app import run_audit
+from fedattack.server.app import audit_strategy, run_rounds, uses_secagg
 from fedattack.server.dispatch import ATTACK_RESOURCE
-from fedattack.server.secagg import check_strategy, run_secagg_audit
-from fedattack.server.secagg import client_app as secagg_client_app
-from fedattack.server.strategies import build_strategy
 
 
 def init_ray(cfg: Config, *, verbose: bool = False, num_cpus: int | None = None) -> None:
@@ -72,38 +67,35 @@ def _unreachable(address: str, timeout: float = 10.0) -> str | None:
         return exc.strerror or type(exc).__name__
 
 
-def uses_secagg(cfg: Config) -> bool:
-    return any(DEFENSES.get(d).protocol == "secagg" for d in cfg.client.defenses)
-
-
 def run(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None, verbose: bool = False) -> Summary:
-    """Run the audited simulation described by cfg; write the run directory; return the summary."""
+    """Run the audited simulation described by cfg; write the run directory; return the summary.
+
+    The server side is fedattack's own ServerApp main (fedattack.server.app), on the same
+    public AuditStrategy a Flower user wraps their strategy with; the clients are fedattack's
+    ClientApp built with this config (their own installation's)."""
     import ray
     from flwr.simulation import run_simulation
 
     progress = progress or Progress()
-    secagg = uses_secagg(cfg)
     # everything that can fail on bad input fails here, before any file is written
     exp = build(cfg)
-    check_strategy(cfg) if secagg else build_strategy(cfg)
+    audit = audit_strategy(cfg, exp, out_dir=out_dir, progress=progress)
     if not verbose:
         for name in ("flwr", "flwr.simulation"):
             logging.getLogger(name).setLevel(logging.WARNING)
     init_ray(cfg, verbose=verbose, num_cpus=cfg.ray.num_cpus)
-    store = RunStore(out_dir, cfg=cfg)
     progress.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} rounds of {cfg.fl.strategy}, "
-                   f"{cfg.fl.clients_per_round} per round; auditing with {', '.join(cfg.audit.attacks) or 'nothing'}; "
-                   f"run directory {store.dir}")
+                   f"{cfg.fl.clients_per_round} per round{' under SecAgg+' if uses_secagg(cfg) else ''}; auditing "
+                   f"with {', '.join(cfg.audit.attacks) or 'nothing'}; run directory {audit.out_dir}")
     server_app = ServerApp()
     errors: list[BaseException] = []
 
     @server_app.main()
     def _main(grid, context) -> None:
         try:
-            if secagg:
-                run_secagg_audit(grid, context, exp, store, progress)
-            else:
-                run_audit(grid, exp, store, progress)
+            run_rounds(grid, context, cfg, exp, audit)
+        except FedattackError as exc:  # one line for the user after Flower has shut down
+            errors.append(exc)
         except BaseException as exc:  # surfaced after Flower has shut down
             errors.append(exc)
             raise
@@ -111,7 +103,7 @@ def run(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None, v
     try:
         run_simulation(
             server_app=server_app,
-            client_app=secagg_client_app if secagg else client_app,
+            client_app=make_client_app(cfg),
             num_supernodes=cfg.fl.num_clients,
             backend_config={"client_resources": {"num_cpus": cfg.fl.client_cpus, "num_gpus": cfg.fl.client_gpus}},
             verbose_logging=verbose,
@@ -119,7 +111,8 @@ def run(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None, v
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        summary = store.finish()
     if errors:
         raise errors[0]
-    return summary
+    if audit.auditor.summary is None:
+        raise FedattackError("run: the simulation ended before its first round (see Flower's log above)")
+    return audit.auditor.summary

@@ -1,15 +1,44 @@
 """Flower strategies by name (`fl.strategy`), or `module:Class` for your own.
 
 The registry only names them; fedattack.server.strategies builds the configured one with the
-participation the config sets."""
+participation the config sets. fedattack drives strategies through Flower's Message API
+(`flwr.serverapp.strategy`); a legacy `flwr.server.strategy` Strategy is refused by name."""
 
 from __future__ import annotations
 
+import inspect
+import typing
+from typing import Any
+
+from flwr.server import strategy as legacy
 from flwr.serverapp import strategy as fs
 
-from fedattack.registry import Registry
+from fedattack.registry import Registry, describe, from_standard_library
 
-STRATEGIES: Registry[type] = Registry("strategy", "fl.strategy")
+MESSAGE_API = "the Message API (a flwr.serverapp.strategy Strategy) is needed"
+
+
+def strategy_problem(obj: Any) -> str | None:
+    """Why `obj` is not a Message-API strategy class, instance or factory (None if it is).
+
+    A factory is a function of yours annotated to return a flwr.serverapp.strategy Strategy."""
+    if isinstance(obj, legacy.Strategy) or (inspect.isclass(obj) and issubclass(obj, legacy.Strategy)):
+        return f"is a legacy flwr.server.strategy Strategy ({describe(obj)}); {MESSAGE_API}"
+    if isinstance(obj, fs.Strategy) or (inspect.isclass(obj) and issubclass(obj, fs.Strategy)):
+        return None
+    if inspect.isfunction(obj) and not from_standard_library(obj):
+        try:
+            returns = typing.get_type_hints(obj).get("return")
+        except Exception:  # noqa: BLE001 - unresolvable annotations: no usable return type
+            returns = None
+        if inspect.isclass(returns) and issubclass(returns, fs.Strategy):
+            return None
+        return (f"is {describe(obj)}, not a strategy factory (annotate it to return a "
+                "flwr.serverapp.strategy Strategy)")
+    return f"is {describe(obj)}, not a strategy; {MESSAGE_API}"
+
+
+STRATEGIES: Registry[type] = Registry("strategy", "fl.strategy", accepts=strategy_problem)
 for _name, _cls in {
     "fedavg": fs.FedAvg, "fedprox": fs.FedProx, "fedadam": fs.FedAdam, "fedadagrad": fs.FedAdagrad,
     "fedyogi": fs.FedYogi, "fedavgm": fs.FedAvgM, "fedmedian": fs.FedMedian,

@@ -8,8 +8,10 @@ no attack signature accepts one.
 
 from __future__ import annotations
 
+import copy
+import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -41,9 +43,58 @@ class DataSpec:
         return (0 - m) / s, (1 - m) / s
 
 
+class ModuleSource:
+    """A user's own model, as the server holds it: a template module (deep-copied on every
+    build) or a factory `fn() -> nn.Module` (called on every build).
+
+    Attack jobs run in Ray workers, so a ModuleSource travels by pickle (cloudpickle): the
+    template's class, or the factory, must be importable there (Flower and fedattack pass the
+    driver's sys.path to their workers) or defined in `__main__` (pickled by value). Two
+    sources are equal when they build the same architecture: the same class with the same
+    parameter and buffer names and shapes (a factory: the same function).
+    """
+
+    __slots__ = ("template", "factory", "key")
+
+    def __init__(self, template: torch.nn.Module | None = None, factory: Callable[[], torch.nn.Module] | None = None):
+        if (template is None) == (factory is None):
+            raise ValueError("ModuleSource takes a template module or a factory, not both")
+        if template is not None:
+            template = copy.deepcopy(template).cpu()
+            cls = type(template)
+            shapes = ";".join(f"{k}:{tuple(v.shape)}" for k, v in template.state_dict().items())
+            digest = hashlib.sha1(shapes.encode()).hexdigest()[:12]
+            key = f"{cls.__module__}.{cls.__qualname__}#{digest}"
+        else:
+            key = f"{getattr(factory, '__module__', '?')}.{getattr(factory, '__qualname__', repr(factory))}()"
+        object.__setattr__(self, "template", template)
+        object.__setattr__(self, "factory", factory)
+        object.__setattr__(self, "key", key)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("ModuleSource is immutable")
+
+    def __reduce__(self):
+        return (ModuleSource, (self.template, self.factory))
+
+    def build(self) -> torch.nn.Module:
+        """A fresh copy of the user's module."""
+        return copy.deepcopy(self.template) if self.template is not None else self.factory()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, ModuleSource) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __repr__(self) -> str:
+        return f"ModuleSource({self.key})"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
-    """The architecture the server distributes (plain data; fedattack.models.build_model builds it)."""
+    """The architecture the server distributes (plain data; fedattack.models.build_model builds it):
+    a registered architecture by name, or the user's own module (`module`), then extensions."""
 
     name: str
     activation: str
@@ -55,6 +106,8 @@ class ModelSpec:
     # model extensions in order, each (name, JSON of its parameters): a defense's
     # (PRECODE's bottleneck) or a malicious server's (Robbing the Fed's imprint block)
     extensions: tuple[tuple[str, str], ...] = ()
+    # the user's own model (then `name` only names it and `activation`, `width`, `init` are unused)
+    module: ModuleSource | None = None
 
 
 @dataclass(frozen=True)

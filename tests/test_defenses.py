@@ -353,11 +353,12 @@ def flower_task():
 def _client_call(cfg, message_type="train", extra_config=None, pid=0):
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-    from fedattack.client.app import CONFIG_KEY, app
+    from fedattack.client.app import make_client_app
 
+    app = make_client_app(cfg)  # the client's own config; the message carries numbers only
     exp = build(cfg)
     sent = exp.initial_model().state_dict()
-    config = ConfigRecord({CONFIG_KEY: cfg.to_json(), "server-round": 1, **(extra_config or {})})
+    config = ConfigRecord({"server-round": 1, **(extra_config or {})})
     msg = Message(RecordDict({"arrays": ArrayRecord(sent), "config": config}), dst_node_id=1,
                   message_type=message_type)
     ctx = Context(run_id=1, node_id=1, node_config={"partition-id": pid}, state=RecordDict(), run_config={})
@@ -379,11 +380,11 @@ def test_flowerdp_fixedclipping_mod_clips_in_the_client_app(small_cfg, flower_ta
     # evaluate messages do not go through the mod (it would fail them: no clipping norm)
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
-    from fedattack.client.app import CONFIG_KEY, app
+    from fedattack.client.app import make_client_app
 
+    app = make_client_app(cfg)
     msg = Message(RecordDict({"arrays": ArrayRecord(build(cfg).initial_model().state_dict()),
-                              "config": ConfigRecord({CONFIG_KEY: cfg.to_json()})}), dst_node_id=1,
-                  message_type="evaluate")
+                              "config": ConfigRecord({})}), dst_node_id=1, message_type="evaluate")
     reply = app(msg, Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={}))
     assert not reply.has_error()
 
@@ -407,15 +408,16 @@ def test_dpsgd_client_app_reports_epsilon_per_round_and_total(small_cfg, flower_
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
     from opacus.accountants import RDPAccountant
 
-    from fedattack.client.app import CONFIG_KEY, app
+    from fedattack.client.app import make_client_app
 
     cfg = small_cfg("client.defenses=[dpsgd]", "dpsgd.noise_multiplier=1.3")
+    app = make_client_app(cfg)
     exp = build(cfg)
     ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 1}, state=RecordDict(), run_config={})
     totals = []
     for rnd in (1, 2):
         msg = Message(RecordDict({"arrays": ArrayRecord(exp.initial_model().state_dict()),
-                                  "config": ConfigRecord({CONFIG_KEY: cfg.to_json(), "server-round": rnd})}),
+                                  "config": ConfigRecord({"server-round": rnd})}),
                       dst_node_id=1, message_type="train")
         m = dict(app(msg, ctx).content["metrics"])
         totals.append(m["epsilon_total"])

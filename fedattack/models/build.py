@@ -14,13 +14,22 @@ from fedattack.threat import ModelSpec
 
 
 def build_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
-    """A fresh module of the architecture `spec` describes; a seed fixes its initial weights."""
-    builder = MODELS.get(spec.name)
+    """A fresh module of the architecture `spec` describes; a seed fixes its initial weights.
+
+    A spec that carries the user's own module (`spec.module`) builds a copy of it (a template
+    deep-copied, or the factory called after seeding); its weights are whatever the template
+    holds or the factory draws: an Observation's global parameters replace them."""
     if seed is not None:
         torch.manual_seed(seed)
-    extra = {} if spec.width is None else {"width": spec.width}
-    model = builder(tuple(spec.in_shape), spec.num_classes, ACTIVATIONS.get(spec.activation), **extra)
-    INITIALIZERS.get(spec.init)(model, spec.init_scale)
+    if spec.module is not None:
+        model = spec.module.build()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"the model factory {spec.name} returned {type(model).__name__}, not a torch.nn.Module")
+    else:
+        builder = MODELS.get(spec.name)
+        extra = {} if spec.width is None else {"width": spec.width}
+        model = builder(tuple(spec.in_shape), spec.num_classes, ACTIVATIONS.get(spec.activation), **extra)
+        INITIALIZERS.get(spec.init)(model, spec.init_scale)
     for name, params_json in spec.extensions:
         model = EXTENSIONS.get(name)(model, tuple(spec.in_shape), spec.num_classes, **json.loads(params_json))
     return model

@@ -35,6 +35,11 @@ class Progress:
         if not r.ok:
             self.print(f"  round {r.round} · {who} · {r.attack}{tag} · [red]{r.status}[/red]: {r.error}")
             return
+        if r.unscored:
+            labels = " ".join(str(int(v)) for v in r.recon_labels) if r.recon_labels is not None else "-"
+            self.print(f"  round {r.round} · {who} · {r.attack}{tag} · reconstructed, labels {labels} · "
+                       f"[yellow]unscored[/yellow]: {r.unscored} · {r.seconds:.1f} s")
+            return
         s = r.score
         mark = "[red]LEAK[/red]" if r.success else "[green]safe[/green]"
         self.print(f"  round {r.round} · {who} · {r.attack}{tag} · PSNR {_f(s.psnr, '.1f')} dB · "

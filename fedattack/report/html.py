@@ -79,6 +79,7 @@ def render(run_dir: str | Path, *, results: list[JobResult], rounds: list[RoundR
                  for r in results]
     images = sorted((run_dir / "images").glob("*.png")) if (run_dir / "images").is_dir() else []
     mode = summary.header.server_mode
+    unscored = sorted({r.unscored for r in results if r.unscored})
     parts = [
         "<!doctype html><meta charset='utf-8'><title>fedattack report</title>",
         "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
@@ -90,13 +91,16 @@ def render(run_dir: str | Path, *, results: list[JobResult], rounds: list[RoundR
            " &mdash; honest-but-curious: the protocol as configured, updates observed.") + "</p>",
         f"<p>Defense in force: <b>{html.escape(str(summary.defense))}</b>. Rounds: {summary.rounds}. "
         f"Final test accuracy: {summary.final_test_acc}. Client errors: {summary.client_errors}.</p>",
+        "".join(f"<p><b>Scores unavailable</b> for {sum(r.unscored == u for r in results)} jobs: "
+                f"{html.escape(u)}.</p>" for u in unscored),
         "<h2>Per attack</h2>",
         _table(attack_rows, ["attack", "jobs", "failed", "psnr", "ssim", "label_acc", "success_rate", "seconds",
                              "scope"]),
         "".join(f"<p><img src='{p}'></p>" for p in plots),
         "<h2>All audited updates</h2>",
         _table(leak_rows, ["round", "client", "attack", "adaptive", "scope", "status", "psnr", "ssim", "label_acc",
-                           "success", "recovered", "num_images", "seconds", "error"], links={"error": "traceback"}),
+                           "success", "recovered", "num_images", "seconds", "error", "unscored"],
+               links={"error": "traceback"}),
         "<h2>Galleries</h2><p>Top row: the client's private images; bottom row: the matched reconstruction.</p>",
         "".join(f"<figure><img src='images/{p.name}'><figcaption>{html.escape(p.stem)}</figcaption></figure>"
                 for p in images),

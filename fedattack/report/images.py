@@ -22,6 +22,7 @@ def grid(rows: list[np.ndarray], pad: int = 1, scale: int = 2) -> np.ndarray:
     return (np.clip(out, 0, 1) * 255).round().astype(np.uint8)
 
 
-def save_pair(path: Path, truth: np.ndarray, recon: np.ndarray | None, max_images: int = 16) -> None:
-    rows = [truth[:max_images]] + ([recon[:max_images]] if recon is not None else [])
+def save_pair(path: Path, truth: np.ndarray | None, recon: np.ndarray | None, max_images: int = 16) -> None:
+    """Ground truth above reconstruction; either row may be missing (unscored: reconstruction only)."""
+    rows = [r[:max_images] for r in (truth, recon) if r is not None]
     Image.fromarray(grid(rows)).save(path)

@@ -64,7 +64,7 @@ class RunStore:
                 (self.dir / traceback_file).write_text(res.traceback)
             tables.append(self.dir / "leakage.csv", tables.LEAKAGE_FIELDS,
                           tables.leakage_row(res, traceback_file=traceback_file))
-            if self.save_images and res.truth_pixels is not None:
+            if self.save_images and (res.truth_pixels is not None or res.recon_pixels is not None):
                 save_pair(self.dir / "images" / f"{res.row_id}.png", res.truth_pixels, res.recon_pixels)
 
     def add_round(self, row: RoundResult) -> None:

@@ -62,7 +62,7 @@ def summarize(results: list[JobResult], rounds: list[RoundResult], header: RunHe
             jobs=len(rows), failed=len(rows) - len(ok),
             psnr=_mean([r.score.psnr for r in ok]), ssim=_mean([r.score.ssim for r in ok]),
             mse=_mean([r.score.mse for r in ok]), label_acc=_mean([r.score.label_acc for r in ok]),
-            success_rate=_mean([1.0 if r.success else 0.0 for r in ok]),
+            success_rate=_mean([1.0 if r.success else 0.0 for r in ok if r.scored]),
             seconds=_mean([r.seconds for r in rows]), scope=sorted({r.scope for r in rows}))
     eps = [r.epsilon for r in rounds if not math.isnan(r.epsilon)]
     return Summary(header=header, attacks=attacks, rounds=len([r for r in rounds if r.round > 0]),

@@ -3,7 +3,8 @@
 Columns of leakage.csv (one row per round x client x attack): round, client, attack,
 defense, adaptive, scope, status, psnr, ssim, mse, label_acc, success, recovered,
 num_images, seconds, device, epsilon, error (one line), traceback (the file under errors/
-that holds the whole traceback of a failed job). An empty cell is a number that does not
+that holds the whole traceback of a failed job), unscored (one line: why the job has no scores,
+when the client sent no ground truth; empty when scored). An empty cell is a number that does not
 exist (NaN): no images, no labels, no epsilon.
 """
 
@@ -17,7 +18,7 @@ from fedattack.results import NAN, JobResult, RoundResult, Score
 
 LEAKAGE_FIELDS = ["round", "client", "attack", "defense", "adaptive", "scope", "status", "psnr", "ssim", "mse",
                   "label_acc", "success", "recovered", "num_images", "seconds", "device", "epsilon", "error",
-                  "traceback"]
+                  "traceback", "unscored"]
 ROUND_FIELDS = ["round", "train_loss", "test_loss", "test_acc", "replies", "errors", "audited_clients", "jobs",
                 "scope", "epsilon", "seconds"]
 
@@ -50,7 +51,7 @@ def leakage_row(r: JobResult, *, traceback_file: str = "") -> dict:
             "scope": r.scope, "status": r.status, "psnr": _cell(s.psnr), "ssim": _cell(s.ssim), "mse": _cell(s.mse),
             "label_acc": _cell(s.label_acc), "success": r.success, "recovered": s.recovered,
             "num_images": s.num_images, "seconds": _cell(r.seconds), "device": r.device,
-            "epsilon": _cell(r.epsilon), "error": r.error, "traceback": traceback_file}
+            "epsilon": _cell(r.epsilon), "error": r.error, "traceback": traceback_file, "unscored": r.unscored}
 
 
 def job_result(row: dict[str, str], *, traceback: str = "") -> JobResult:
@@ -61,7 +62,8 @@ def job_result(row: dict[str, str], *, traceback: str = "") -> JobResult:
     return JobResult(round=int(row["round"]), client=_client(row["client"]), attack=row["attack"],
                      defense=row["defense"], status=row["status"], seconds=_float(row["seconds"]), score=score,
                      adaptive=_bool(row["adaptive"]), scope=row["scope"], device=row["device"],
-                     epsilon=_float(row["epsilon"]), error=row["error"], traceback=traceback)
+                     epsilon=_float(row["epsilon"]), error=row["error"], traceback=traceback,
+                     unscored=row.get("unscored") or "")
 
 
 def round_row(r: RoundResult) -> dict:

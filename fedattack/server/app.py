@@ -1,66 +1,78 @@
-"""The ServerApp: an audited Flower training run.
+"""fedattack's own ServerApp: an audited run of a fedattack config, on the public API.
 
-`run_audit` is the whole server side: experiment, strategy (wrapped by AuditStrategy),
-centralized evaluation, attack dispatch and collection. `app` exposes it as a Flower App
-(`flwr run .`): run_config keys `config` (YAML path, empty for the default), `overrides`
-(space-separated key=value) and `out` (run directory).
+`audit_strategy` turns a config into what any Flower user hands `AuditStrategy`: the
+configured strategy, the model, the protocol the server sets (sent to the clients as numeric
+train-config values, and read back from there by the audit), the attacks, the data's shape and
+normalization, the seed. `run_rounds` is the ServerApp's main: centralized evaluation on the
+test split, then `AuditStrategy.start` (or, under `client.defenses=[secagg]`, the same
+session through Flower's SecAgg+ workflow). `app` exposes it as a Flower App (`flwr run .`):
+run_config keys `config` (YAML path, empty for the default), `overrides` (space-separated
+key=value) and `out` (run directory).
 """
 
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 
-from fedattack.client.app import CONFIG_KEY
+from fedattack.client.app import train_config
 from fedattack.client.train import evaluate
 from fedattack.config import load
+from fedattack.defenses import DEFENSES
 from fedattack.experiment import Experiment, build
 from fedattack.report.console import Progress
-from fedattack.report.store import RunStore, default_out_dir
-from fedattack.server.audit import Auditor, AuditStrategy
-from fedattack.server.dispatch import make_dispatcher
+from fedattack.report.store import default_out_dir
+from fedattack.schema import Config
+from fedattack.server.audit import AuditStrategy
+from fedattack.server.protocol import TrainingProtocol
+from fedattack.server.secagg import start_secagg
 from fedattack.server.strategies import build_strategy
 
+AUDIT_OPTIONS = ("every", "max_clients", "labels", "adaptive", "success_ssim", "max_concurrent", "gpus_per_job",
+                 "threads_per_job", "tf32", "save_images")
 
-def run_audit(grid: Grid, exp: Experiment, store: RunStore, progress: Progress) -> None:
-    """Run cfg.fl.rounds audited rounds on `grid`; every attack result lands in `store`."""
-    cfg = exp.cfg
-    strategy = build_strategy(cfg)
-    dispatcher = make_dispatcher(gpus_per_job=cfg.audit.gpus_per_job, max_concurrent=cfg.audit.max_concurrent)
 
-    def on_result(res):
-        store.add_result(res)
-        progress.result(res)
+def uses_secagg(cfg: Config) -> bool:
+    return any(DEFENSES.get(d).protocol == "secagg" for d in cfg.client.defenses)
 
-    auditor = Auditor(exp, dispatcher, on_result=on_result)
-    audited = AuditStrategy(strategy, auditor)
-    model, test_model = exp.initial_model(), exp.initial_model()
+
+def audit_strategy(cfg: Config, exp: Experiment, *, out_dir: str | Path, progress: Progress | None = None
+                   ) -> AuditStrategy:
+    """The configured strategy, audited as the config says (everything checked, nothing written)."""
+    progress = progress or Progress()
+    spec = exp.train.spec
+    return AuditStrategy(
+        build_strategy(cfg), model=exp.model_spec, protocol=TrainingProtocol.of_config(cfg, from_train_config=True),
+        attacks={a: cfg.attack(a) for a in cfg.audit.attacks}, out_dir=out_dir, mean=spec.mean, std=spec.std,
+        seed=cfg.seed, server_mode=cfg.server.mode, record=cfg, on_result=progress.result,
+        on_round=progress.round_done, **{k: getattr(cfg.audit, k) for k in AUDIT_OPTIONS})
+
+
+def run_rounds(grid: Grid, context: Context, cfg: Config, exp: Experiment, audit: AuditStrategy) -> None:
+    """The ServerApp's main: cfg.fl.rounds audited rounds on `grid`."""
+    test_model = exp.initial_model()
 
     def evaluate_fn(rnd: int, arrays: ArrayRecord) -> MetricRecord | None:
-        auditor.poll()
         last = rnd == cfg.fl.rounds
         if rnd == 0 or not (last or (cfg.fl.evaluate_every and rnd % cfg.fl.evaluate_every == 0)):
-            loss = acc = float("nan")
-        else:
-            test_model.load_state_dict(arrays.to_torch_state_dict())
-            loss, acc = evaluate(test_model, exp.test)
-        if rnd == 0:
             return None
-        row = auditor.round_result(rnd, test_loss=loss, test_acc=acc)
-        store.add_round(row)
-        progress.round_done(row, auditor.completed, auditor.submitted)
-        return MetricRecord({"test_loss": loss, "test_acc": acc}) if loss == loss else None
+        test_model.load_state_dict({k: v for k, v in arrays.to_torch_state_dict().items()
+                                    if k in test_model.state_dict()})
+        loss, acc = evaluate(test_model, exp.test)
+        return MetricRecord({"test_loss": loss, "test_acc": acc})
 
-    auditor.start_polling()
-    try:
-        audited.start(grid, ArrayRecord(model.state_dict()), num_rounds=cfg.fl.rounds, timeout=cfg.fl.timeout,
-                      train_config=ConfigRecord({CONFIG_KEY: cfg.to_json()}), evaluate_fn=evaluate_fn)
-    finally:
-        if auditor.dispatcher.pending():
-            progress.print(f"waiting for {auditor.dispatcher.pending()} attack jobs ...")
-        auditor.finish()
+    initial = ArrayRecord(exp.initial_model().state_dict())
+    if uses_secagg(cfg):
+        p = cfg.defense("secagg")
+        start_secagg(audit, grid, context, initial_arrays=initial, num_rounds=cfg.fl.rounds, timeout=cfg.fl.timeout,
+                     train_config=train_config(cfg), evaluate_fn=evaluate_fn, num_shares=p.num_shares,
+                     reconstruction_threshold=p.reconstruction_threshold, clipping_range=p.clipping_range)
+    else:
+        audit.start(grid, initial, num_rounds=cfg.fl.rounds, timeout=cfg.fl.timeout, train_config=train_config(cfg),
+                    evaluate_fn=evaluate_fn)
 
 
 app = ServerApp()
@@ -76,8 +88,5 @@ def main(grid: Grid, context: Context) -> None:
         cfg.fl.num_clients = nodes
         cfg.fl.clients_per_round = min(cfg.fl.clients_per_round, nodes)
     exp = build(cfg)
-    store = RunStore(str(rc.get("out") or "") or default_out_dir(), cfg=cfg)
-    try:
-        run_audit(grid, exp, store, Progress())
-    finally:
-        store.finish()
+    audit = audit_strategy(cfg, exp, out_dir=str(rc.get("out") or "") or default_out_dir())
+    run_rounds(grid, context, cfg, exp, audit)

@@ -1,182 +1,416 @@
-"""AuditStrategy: wrap any Flower strategy; audit every client update before aggregation.
+"""The audit: wrap any Flower (Message API) strategy; attack every client update it receives.
 
-    strategy = FedAvg(...)                       # or your own Strategy subclass
-    audited = AuditStrategy(strategy, auditor)   # unchanged strategy inside
-    audited.start(grid, arrays, num_rounds=3)
+    from fedattack import AuditStrategy, TrainingProtocol
 
-Flow per round: `configure_train` asks the wrapped strategy for its messages and remembers
-the arrays each node was sent; `aggregate_train` takes the replies, strips the audit-only
-records, turns each reply into an Observation (update = returned - sent weights), submits
-attack jobs, and hands the replies to the wrapped strategy's `aggregate_train`.
+    strategy = AuditStrategy(
+        FedAvg(fraction_train=0.5),                    # your strategy, unchanged inside
+        model=Net(),                                   # your model (or a factory)
+        protocol=TrainingProtocol(local_epochs=1, batch_size=32, config_keys={"lr": "lr"}),
+        attacks=["idlg", "invgrad"],
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        out_dir="runs/audit",
+    )
+    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=3, train_config=ConfigRecord({"lr": 0.1}))
+
+One skeleton runs every audited run (`fedattack run`, `flwr run .`, a user's ServerApp, and
+SecAgg+ through server/secagg.py): `AuditStrategy.start` opens an `Auditor` session, runs the
+rounds, then collects the attack jobs still running and writes the run directory. Per round:
+`configure_train` asks the wrapped strategy for its messages (sampling seeded, see
+server/sampling.py) and remembers the arrays and train config each node was sent;
+`aggregate_train` removes the audit-only records from the replies, hands each reply to the
+Auditor (update = returned - sent weights; protocol from the train config), and passes the
+replies to the wrapped strategy's `aggregate_train`.
+
+The Auditor owns the round statistics, decides what to attack (`attacks_for`) and with which
+parameters (`params_for`: the server-side place to calibrate attack hyperparameters), builds
+each Observation, and routes results to the run directory. The Truth (the client's recorded
+images) goes from the reply's audit-only record to the scorer only; no attack receives it.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
-from typing import Any, Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, is_dataclass, replace
+from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
+from flwr.serverapp.strategy import Result, Strategy
 
 from fedattack.attacks import ATTACKS
-from fedattack.client.app import AUDIT_KEY
+from fedattack.client.record import AUDIT_KEY, TRUTH_KEY, ClientRecord, pop_record
+from fedattack.config import from_dict
+from fedattack.errors import ConfigError, FedattackError
 from fedattack.experiment import Experiment
+from fedattack.models import build_model
+from fedattack.models.user import user_model_spec
+from fedattack.report.store import RunStore, default_out_dir
 from fedattack.results import JobResult, RoundResult, RoundStats
-from fedattack.server.dispatch import Dispatcher
+from fedattack.schema import AuditConfig
+from fedattack.server.dispatch import Dispatcher, make_dispatcher
 from fedattack.server.jobs import AttackJob
-from fedattack.threat import Observation, Protocol, Truth
+from fedattack.server.protocol import TrainingProtocol
+from fedattack.server.sampling import SeededSampling
+from fedattack.strategies import strategy_problem
+from fedattack.threat import DataSpec, ModelSpec, Observation, Truth
+
+AUDIT_RECORDS = (AUDIT_KEY, TRUTH_KEY)
+NO_RECORD = ("the client sent no audit record (no fedattack audit_mod on its train function, as in a real "
+             "deployment): reconstructions and recovered labels only, no scores")
+# metric keys the round table reads test results from (server-side evaluate_fn first, then clients')
+ACC_KEYS = ("test_acc", "accuracy", "acc", "eval_acc", "test_accuracy")
+LOSS_KEYS = ("test_loss", "loss", "eval_loss")
 
 
-def describe_defenses(exp: Experiment) -> str:
-    """'none' or e.g. 'clip(bound=1.0)+gaussian(sigma=0.01)' for report rows."""
-    parts = []
-    for d in exp.defense_settings():
-        args = ",".join(f"{k}={v}" for k, v in d.params.items())
-        parts.append(f"{d.name}({args})" if args else d.name)
-    return "+".join(parts) or "none"
+@dataclass
+class AuditPlan:
+    """What the server knows and what to do with it: everything an Auditor needs."""
+
+    model: ModelSpec
+    data: DataSpec
+    protocol: TrainingProtocol
+    attacks: dict[str, Any]  # attack name -> its parameters (the attack's params dataclass)
+    options: AuditConfig
+    seed: int = 0
+    server_mode: str = "honest"  # honest | malicious (the server sends the model's extension blocks)
+    record: Any = None  # what the run directory's config.yaml records (a Config, or an AppRecord)
+
+
+def experiment_plan(exp: Experiment) -> AuditPlan:
+    """The audit a fedattack config describes (for runs without Flower: `fedattack attack`)."""
+    cfg = exp.cfg
+    return AuditPlan(model=exp.model_spec, data=exp.train.spec, protocol=TrainingProtocol.of_config(cfg),
+                     attacks={a: cfg.attack(a) for a in cfg.audit.attacks}, options=cfg.audit, seed=cfg.seed,
+                     server_mode=cfg.server.mode, record=cfg)
 
 
 def make_observation(exp: Experiment, param_names: list[str], sent: dict[str, torch.Tensor],
-                     received: dict[str, torch.Tensor], metrics: dict[str, Any], num_clients: int = 1) -> Observation:
-    """What the server holds about one reply: sent weights, update, and the protocol."""
+                     received: dict[str, torch.Tensor], metrics: Mapping[str, Any], num_clients: int = 1
+                     ) -> Observation:
+    """What a fedattack server holds about one simulated reply (`metrics`: the client's
+    "num-examples" and, where reported, "local_steps")."""
+    protocol = TrainingProtocol.of_config(exp.cfg).protocol(None, int(metrics.get("num-examples", 0)))
+    if "local_steps" in metrics:
+        protocol = replace(protocol, local_steps=int(metrics["local_steps"]))
     glob = {k: sent[k].float() for k in param_names}
     update = {k: received[k].float() - glob[k] for k in param_names}
     buffers = {k: v for k, v in sent.items() if k not in glob}
-    c = exp.cfg.client
-    protocol = Protocol(lr=c.lr, local_steps=int(metrics.get("local_steps", c.local_steps)),
-                        local_epochs=c.local_epochs, batch_size=c.batch_size,
-                        num_examples=int(metrics.get("num-examples", 0)), momentum=c.momentum,
-                        defenses=exp.defense_settings())
     return Observation(model=exp.model_spec, data=exp.train.spec, global_params=glob, update=update,
                        protocol=protocol, buffers=buffers, num_clients=num_clients, server_mode=exp.cfg.server.mode)
 
 
-class Auditor:
-    """Turns replies into attack jobs and routes results to a sink."""
+@dataclass
+class AppRecord:
+    """The config.yaml of an audit of a user's own app (duck-types the Config a RunStore records)."""
 
-    def __init__(self, exp: Experiment, dispatcher: Dispatcher, *, on_result: Callable[[JobResult], None],
-                 on_submit: Callable[[int, int | str, str], None] = lambda r, c, a: None):
-        self.exp = exp
-        self.cfg = exp.cfg
-        self.dispatcher = dispatcher
-        self.on_result = on_result
-        self.on_submit = on_submit
-        model = exp.initial_model()
+    raw: dict
+    audit: AuditConfig
+
+    def to_dict(self) -> dict:
+        return self.raw
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.raw, sort_keys=False)
+
+
+class Auditor:
+    """Turns replies into attack jobs, keeps the round statistics, routes results to the run directory."""
+
+    def __init__(self, plan: AuditPlan, *, out_dir: str | Path | None, dispatcher: Dispatcher | None = None,
+                 on_result: Callable[[JobResult], None] | None = None,
+                 on_round: Callable[[RoundResult, int, int], None] | None = None):
+        self.plan = plan
+        self.out_dir = Path(out_dir) if out_dir is not None else None  # None: results go to on_result only
+        self._dispatcher = dispatcher
+        self.on_result = on_result or log_result
+        self.on_round = on_round or log_round
+        model = build_model(plan.model, seed=plan.seed)
         self.param_names = [n for n, _ in model.named_parameters()]
         # a malicious server re-sends its crafted blocks (e.g. the imprint block) every round
-        prefixes = tuple(f"{ATTACKS.get(a).model_extension}." for a in self.cfg.audit.attacks
-                         if self.cfg.server.mode == "malicious" and ATTACKS.get(a).model_extension)
+        prefixes = tuple(f"{ATTACKS.get(a).model_extension}." for a in plan.attacks
+                         if plan.server_mode == "malicious" and ATTACKS.get(a).model_extension)
         self.malicious_state = {k: v.detach().clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
-        self.defense = describe_defenses(exp)
+        self.defense = plan.protocol.describe_defenses()
         self.rounds: dict[int, RoundStats] = {}
         self.submitted = 0
         self.completed = 0
+        self.store: RunStore | None = None
         self._lock = threading.RLock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # jobs are waiting to be handed to the dispatcher
+        self._queued: list[tuple[AttackJob, Truth | None]] = []
+        self._queue_lock = threading.Lock()
+        # dispatcher calls and result delivery; taken before self._lock where both are held, never after
+        self._dispatch_lock = threading.RLock()
         self._poller: threading.Thread | None = None
         self._poll_error: BaseException | None = None  # what the background poller raised, re-raised by finish()
+        self._warned: set[str] = set()
+        self.summary = None  # the run's Summary, once the session has written the report
+
+    # -- the run ------------------------------------------------------------------
+    @property
+    def dispatcher(self) -> Dispatcher:
+        """Ray tasks when this process is connected to Ray by the first submission, else a local pool."""
+        if self._dispatcher is None:
+            self._dispatcher = make_dispatcher(gpus_per_job=self.plan.options.gpus_per_job,
+                                               max_concurrent=self.plan.options.max_concurrent)
+        return self._dispatcher
+
+    def open_store(self) -> RunStore | None:
+        """The run directory, created when the first round has been checked (nothing half-written before)."""
+        with self._lock:
+            if self.store is None and self.out_dir is not None:
+                self.store = RunStore(self.out_dir, cfg=self.plan.record)
+            return self.store
+
+    @contextmanager
+    def session(self) -> Iterator["Auditor"]:
+        """An audited run: results collected in the background meanwhile; at the end the jobs
+        still running are collected and the run directory's summary and report written."""
+        self.start_polling()
+        try:
+            yield self
+        finally:
+            pending = self._dispatcher.pending() if self._dispatcher is not None else 0
+            if pending:
+                log(INFO, "fedattack: waiting for %d attack jobs ...", pending)
+            try:
+                self.finish()
+            finally:
+                if self.store is not None:
+                    self.summary = self.store.finish()
+                    log(INFO, "fedattack: report %s", self.store.dir / "report.html")
 
     # -- what to audit ------------------------------------------------------------
     def audits_round(self, rnd: int) -> bool:
-        every = self.cfg.audit.every
-        return bool(self.cfg.audit.attacks) and every > 0 and (rnd - 1) % every == 0
+        every = self.plan.options.every
+        return bool(self.plan.attacks) and every > 0 and (rnd - 1) % every == 0
 
     def attacks_for(self, scope: str) -> list[str]:
-        return [a for a in self.cfg.audit.attacks if ATTACKS.get(a).scope in (scope, "any")]
+        return [a for a in self.plan.attacks if ATTACKS.get(a).scope in (scope, "any")]
 
-    # -- building observations ------------------------------------------------------
-    def observation(self, sent: dict[str, torch.Tensor], received: dict[str, torch.Tensor],
-                    metrics: dict[str, Any], num_clients: int = 1) -> Observation:
-        return make_observation(self.exp, self.param_names, sent, received, metrics, num_clients)
+    def params_for(self, attack: str, observation: Observation) -> Any:
+        """The parameters attack `attack` runs with on `observation`: the configured ones.
+
+        The one place where a job's attack hyperparameters are decided, so server-side
+        calibration (tuning them on the server's own data for this model, protocol and
+        defense) plugs in here."""
+        return self.plan.attacks[attack]
 
     def variants(self, name: str) -> list[bool]:
         """adaptive flags to run attack `name` with, per audit.adaptive."""
-        mode = self.cfg.audit.adaptive
+        mode = self.plan.options.adaptive
         if mode == "off" or not ATTACKS.get(name).adaptive:
             return [False]
         return [True] if mode == "on" else [False, True]
 
-    def submit(self, rnd: int, client: int | str, obs: Observation, truth: Truth, scope: str = "client",
-               epsilon: float = float("nan")) -> int:
+    # -- rounds -------------------------------------------------------------------
+    def begin_round(self, rnd: int, scope: str = "client") -> RoundStats:
+        with self._lock:
+            stats = self.rounds[rnd] = RoundStats(rnd, time.perf_counter(), scope=scope)
+            return stats
+
+    def round_stats(self, rnd: int) -> RoundStats:
+        with self._lock:
+            return self.rounds.setdefault(rnd, RoundStats(rnd, time.perf_counter()))
+
+    def record_epsilon(self, rnd: int, epsilon: float) -> None:
+        """A privacy loss the server's own accountant reports for round `rnd` (central DP)."""
+        with self._lock:
+            self.round_stats(rnd).epsilon = float(epsilon)
+
+    def record_failures(self, rnd: int, count: int) -> None:
+        """Clients of round `rnd` that failed outside the replies (SecAgg+'s dropped clients)."""
+        with self._lock:
+            self.round_stats(rnd).errors += int(count)
+
+    def end_round(self, rnd: int, *, test_loss: float = float("nan"), test_acc: float = float("nan")) -> RoundResult:
+        """Round `rnd` as rounds.csv records it: the counts so far and the test metrics."""
+        with self._lock:
+            row = self.round_stats(rnd).result(test_loss=test_loss, test_acc=test_acc, now=time.perf_counter())
+            store = self.open_store()
+            if store is not None:
+                store.add_round(row)
+            self.on_round(row, self.completed, self.submitted)
+            return row
+
+    # -- observations and jobs -------------------------------------------------------
+    def observation(self, sent: dict[str, torch.Tensor], received: dict[str, torch.Tensor], protocol,
+                    num_clients: int = 1) -> Observation:
+        """What the server holds about one reply: sent weights, update, and the protocol."""
+        missing = [k for k in self.param_names if k not in sent or k not in received]
+        if missing:
+            have = ", ".join(list(received)[:6]) + (" ..." if len(received) > 6 else "")
+            raise FedattackError(f"model: the exchanged arrays lack the model's parameter '{missing[0]}' "
+                                 f"(they hold {have}); give AuditStrategy the model the clients train")
+        glob = {k: sent[k].float() for k in self.param_names}
+        update = {k: received[k].float() - glob[k] for k in self.param_names}
+        buffers = {k: v for k, v in sent.items() if k not in glob}
+        return Observation(model=self.plan.model, data=self.plan.data, global_params=glob, update=update,
+                           protocol=protocol, buffers=buffers, num_clients=num_clients,
+                           server_mode=self.plan.server_mode)
+
+    def submit(self, rnd: int, client: int | str, obs: Observation, truth: Truth | None, *, scope: str = "client",
+               epsilon: float = float("nan"), unscored: str = "") -> int:
         n = 0
         cid = client if isinstance(client, int) else 0
+        opts = self.plan.options
         for k, name in enumerate(self.attacks_for(scope)):
             for adaptive in self.variants(name):
-                job = AttackJob(round=rnd, client=client, attack=name, params=self.cfg.attack(name), observation=obs,
-                                seed=self.cfg.seed * 1_000_003 + rnd * 1009 + cid * 31 + k,
-                                labels=self.cfg.audit.labels, adaptive=adaptive, defense=self.defense,
-                                threads=self.cfg.audit.threads_per_job, tf32=self.cfg.audit.tf32,
-                                success_ssim=self.cfg.audit.success_ssim,
-                                epsilon=epsilon)
-                self.dispatcher.submit(job, truth)
-                self.on_submit(rnd, client, name)
+                job = AttackJob(round=rnd, client=client, attack=name, params=self.params_for(name, obs),
+                                observation=obs, seed=(self.plan.seed * 1_000_003 + rnd * 1009 + cid * 31 + k) % 2**31,
+                                labels=opts.labels, adaptive=adaptive, defense=self.defense,
+                                threads=opts.threads_per_job, tf32=opts.tf32, success_ssim=opts.success_ssim,
+                                epsilon=epsilon, unscored=unscored if truth is None else "")
+                with self._queue_lock:
+                    self._queued.append((job, truth))
                 n += 1
         self.submitted += n
+        self._wake.set()  # handed to the dispatcher by the background thread, off the round's path
         return n
 
-    def observe(self, rnd: int, sent: dict[int, ArrayRecord], replies: list[Message]) -> list[Message]:
-        """Audit one round's train replies; return them with audit records removed."""
+    def audit_update(self, rnd: int, client: int, obs: Observation, truth: Truth | None, *,
+                     train_loss: float = float("nan")) -> int:
+        """One update observed outside Flower (`fedattack attack`): counted as round `rnd`'s reply."""
         with self._lock:
-            return self._observe(rnd, sent, replies)
-
-    def _observe(self, rnd: int, sent: dict[int, ArrayRecord], replies: list[Message]) -> list[Message]:
-        stats = self.rounds.setdefault(rnd, RoundStats(rnd, time.perf_counter()))
-        good = [r for r in replies if not r.has_error()]
-        stats.replies, stats.errors = len(good), len(replies) - len(good)
-        records = []
-        for r in good:
-            audit = r.content[AUDIT_KEY] if AUDIT_KEY in r.content else None
-            if audit is not None:
-                del r.content[AUDIT_KEY]  # nobody downstream sees the ground truth record
-            records.append((r, audit))
-        losses = [(float(m.get("train_loss", np.nan)), float(m.get("num-examples", 1)))
-                  for m in (_metrics(r) for r, _ in records) if m]
-        if losses:
-            v, w = np.array(losses).T
-            stats.train_loss = float(np.average(v, weights=w)) if w.sum() > 0 else float(np.mean(v))
-        eps = [float(m["epsilon"]) for m in (_metrics(r) for r, _ in records) if "epsilon" in m]
-        if eps:  # DP: the largest privacy loss among this round's clients
-            stats.epsilon = max(eps)
-        if not self.audits_round(rnd):
-            return replies
-        chosen = sorted(records, key=lambda ra: int(ra[1]["partition-id"]) if ra[1] is not None else 1 << 30)
-        if self.cfg.audit.max_clients:
-            chosen = chosen[: self.cfg.audit.max_clients]
-        for reply, audit in chosen:
-            if audit is None:
-                continue
-            arrays = sent.get(reply.metadata.src_node_id)
-            if arrays is None:
-                continue
-            obs = self.observation(arrays.to_torch_state_dict(), _arrays(reply).to_torch_state_dict(),
-                                   _metrics(reply))
-            truth = self.exp.train.truth(list(audit["indices"]))
-            stats.jobs += self.submit(rnd, int(audit["partition-id"]), obs, truth,
-                                      epsilon=float(_metrics(reply).get("epsilon", float("nan"))))
+            stats = self.round_stats(rnd)
+            stats.replies += 1
+            stats.train_loss = train_loss
             stats.audited_clients += 1
-        return replies
+            n = self.submit(rnd, client, obs, truth)
+            stats.jobs += n
+            return n
+
+    def truth(self, record: ClientRecord | None) -> tuple[Truth | None, str]:
+        """The Truth a reply's record gives for scoring, or None and why there is none."""
+        if record is None:
+            return None, NO_RECORD
+        if record.images is None:
+            return None, f"client {record.client}: {record.note or 'no samples recorded'}"
+        shape = tuple(record.images.shape[1:])
+        if shape != tuple(self.plan.data.shape):
+            return None, (f"client {record.client} trained on inputs of shape {shape}, the audit's input_shape is "
+                          f"{tuple(self.plan.data.shape)}; not scored")
+        return Truth(images=torch.from_numpy(np.ascontiguousarray(record.images)).float(),
+                     labels=torch.from_numpy(np.asarray(record.labels)).long(),
+                     indices=tuple(range(len(record.labels)))), ""
+
+    def observe(self, rnd: int, sent: Mapping[int, Message], replies: list[Message], *, arrays_key: str,
+                config_key: str, weight_key: str, aggregate: bool = False
+                ) -> list[tuple[Message, ClientRecord | None]]:
+        """Audit one round's train replies (their audit-only records removed first): one job
+        per sampled client and attack, or with `aggregate` (SecAgg: every reply carries the same
+        sum) one per attack on the aggregate. Returns the replies with what their records said."""
+        with self._lock:
+            stats = self.round_stats(rnd)
+            good = [r for r in replies if not r.has_error()]
+            stats.replies, stats.errors = len(good), stats.errors + len(replies) - len(good)
+            records = [(r, pop_record(r.content)) for r in good]
+            metrics = [_metrics(r) for r, _ in records]
+            losses = [(float(m.get("train_loss", np.nan)), float(m.get(weight_key, 1))) for m in metrics if m]
+            if losses:
+                v, w = np.array(losses).T
+                stats.train_loss = float(np.average(v, weights=w)) if w.sum() > 0 else float(np.mean(v))
+            eps = [float(m["epsilon"]) for m in metrics if "epsilon" in m]
+            if eps:  # DP: the largest privacy loss among this round's clients
+                stats.epsilon = max(eps)
+            if records:
+                self.open_store()
+            if not self.audits_round(rnd) or not records:
+                return records
+            if aggregate:
+                self._observe_aggregate(rnd, stats, sent, records, arrays_key, config_key, weight_key)
+                return records
+            chosen = sorted(records, key=lambda ra: (ra[1] is None, ra[1].client if ra[1] else ra[0].metadata.src_node_id))
+            if self.plan.options.max_clients:
+                chosen = chosen[: self.plan.options.max_clients]
+            for reply, record in chosen:
+                message = sent.get(reply.metadata.src_node_id)
+                if message is None:
+                    continue
+                m = _metrics(reply)
+                protocol = self.plan.protocol.protocol(_config(message, config_key), int(m.get(weight_key, 0)))
+                obs = self.observation(message.content[arrays_key].to_torch_state_dict(),
+                                       reply.content[arrays_key].to_torch_state_dict(), protocol)
+                truth, why = self.truth(record)
+                self._warn_once(why)
+                client = record.client if record is not None else int(reply.metadata.src_node_id)
+                stats.jobs += self.submit(rnd, client, obs, truth, epsilon=float(m.get("epsilon", float("nan"))),
+                                          unscored=why)
+                stats.audited_clients += 1
+            return records
+
+    def _observe_aggregate(self, rnd, stats, sent, records, arrays_key, config_key, weight_key) -> None:
+        stats.scope = "aggregate"
+        stats.audited_clients = len(records)
+        if not self.attacks_for("aggregate"):
+            return
+        first = records[0][0]
+        message = sent.get(first.metadata.src_node_id) or next(iter(sent.values()))
+        total = int(sum(_metrics(r).get(weight_key, 0) for r, _ in records))
+        protocol = self.plan.protocol.protocol(_config(message, config_key), total)
+        # the protocol's step count is one client's; the steps of the sum are not one replay
+        per_client = [self.plan.protocol.protocol(_config(message, config_key), int(_metrics(r).get(weight_key, 0)))
+                      for r, _ in records]
+        protocol = replace(protocol, local_steps=max(p.local_steps for p in per_client))
+        obs = self.observation(message.content[arrays_key].to_torch_state_dict(),
+                               first.content[arrays_key].to_torch_state_dict(), protocol, num_clients=len(records))
+        parts = [self.truth(rec) for _, rec in records]
+        why = next((w for t, w in parts if t is None), "")
+        truth = None if why else Truth(images=torch.cat([t.images for t, _ in parts]),
+                                       labels=torch.cat([t.labels for t, _ in parts]),
+                                       indices=tuple(range(sum(len(t.labels) for t, _ in parts))))
+        self._warn_once(why)
+        stats.jobs += self.submit(rnd, "aggregate", obs, truth, scope="aggregate", unscored=why)
+
+    def _warn_once(self, why: str) -> None:
+        if why and why not in self._warned:
+            self._warned.add(why)
+            log(WARNING, "fedattack: %s", why)
+
+    # -- results ------------------------------------------------------------------------
+    def _deliver(self, res: JobResult) -> None:
+        self.completed += 1
+        store = self.open_store()
+        if store is not None:
+            store.add_result(res)
+        if store is not None and res.ok and (res.recon_pixels is not None or res.recon_labels is not None):
+            out = store.dir / "reconstructions"
+            out.mkdir(exist_ok=True)
+            arrays = {k: v for k, v in (("images", res.recon_pixels), ("labels", res.recon_labels)) if v is not None}
+            np.savez(out / f"{res.row_id}.npz", **arrays)
+        self.on_result(res)
 
     def poll(self) -> None:
-        with self._lock:
-            for res in self.dispatcher.poll():
-                self.completed += 1
-                self.on_result(res)
-
-    def round_result(self, rnd: int, *, test_loss: float, test_acc: float) -> RoundResult:
-        """Round `rnd` as rounds.csv records it: the counts so far and the test metrics."""
-        stats = self.rounds.get(rnd) or RoundStats(rnd, time.perf_counter())
-        return stats.result(test_loss=test_loss, test_acc=test_acc, now=time.perf_counter())
+        """Hand queued jobs to the dispatcher; deliver the results that are in."""
+        with self._dispatch_lock:
+            with self._queue_lock:
+                queued, self._queued = self._queued, []
+            for job, truth in queued:
+                self.dispatcher.submit(job, truth)
+            if self._dispatcher is None:
+                return
+            for res in self._dispatcher.poll():
+                self._deliver(res)
 
     def start_polling(self, interval: float = 0.5) -> None:
-        """Collect results in the background while training blocks on the grid."""
+        """Submit jobs and collect results in the background while training blocks on the grid:
+        a round's own audit work is building its observations (Ray's serialization and task
+        submission happen here, in this thread)."""
 
         def loop() -> None:
-            while not self._stop.wait(interval):
+            while not self._stop.is_set():
+                self._wake.wait(interval)
+                self._wake.clear()
                 try:
                     self.poll()
                 except BaseException as exc:  # noqa: BLE001 - handed to finish(), in the caller's thread
@@ -188,19 +422,16 @@ class Auditor:
 
     def finish(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._poller is not None:
             self._poller.join()
         if self._poll_error is not None:
             raise self._poll_error
-        with self._lock:
-            for res in self.dispatcher.drain():
-                self.completed += 1
-                self.on_result(res)
-
-
-def _arrays(msg: Message) -> ArrayRecord:
-    """The (single) ArrayRecord of a message, whatever key the strategy uses."""
-    return next(iter(msg.content.array_records.values()))
+        with self._dispatch_lock:
+            self.poll()  # jobs still queued
+            if self._dispatcher is not None:
+                for res in self._dispatcher.drain():
+                    self._deliver(res)
 
 
 def _metrics(msg: Message) -> dict:
@@ -208,44 +439,324 @@ def _metrics(msg: Message) -> dict:
     return dict(next(iter(records.values()))) if records else {}
 
 
-class AuditStrategy(Strategy):
-    """A Flower Strategy that audits client updates, then delegates to `strategy`."""
+def _config(msg: Message, key: str) -> dict:
+    return dict(msg.content[key]) if key in msg.content.config_records else {}
 
-    def __init__(self, strategy: Strategy, auditor: Auditor):
+
+def _first(metrics: Mapping[str, Any] | None, keys: Sequence[str]) -> float:
+    for k in keys:
+        if metrics and k in metrics and isinstance(metrics[k], (int, float)):
+            return float(metrics[k])
+    return float("nan")
+
+
+def log_result(r: JobResult) -> None:
+    """Default sink of job results: one line in Flower's log."""
+    who = "aggregate" if r.scope == "aggregate" else f"client {r.client}"
+    if not r.ok:
+        log(WARNING, "fedattack: round %s, %s, %s: %s: %s", r.round, who, r.label, r.status, r.error)
+    elif not r.scored:
+        labels = list(r.recon_labels) if r.recon_labels is not None else "-"
+        log(INFO, "fedattack: round %s, %s, %s: reconstructed, labels %s (unscored)", r.round, who, r.label, labels)
+    else:
+        s = r.score
+        log(INFO, "fedattack: round %s, %s, %s: PSNR %.1f dB, SSIM %.3f, labels %.0f%%, %d/%d recovered%s",
+            r.round, who, r.label, s.psnr, s.ssim, 100 * s.label_acc if s.label_acc == s.label_acc else float("nan"),
+            s.recovered, s.num_images, " (LEAK)" if r.success else "")
+
+
+def log_round(row: RoundResult, done: int, submitted: int) -> None:
+    log(INFO, "fedattack: round %s: %d replies (%d errors), %d clients audited, %d/%d attack jobs done",
+        row.round, row.replies, row.errors, row.audited_clients, done, submitted)
+
+
+# -- the public wrapper ---------------------------------------------------------------------------
+
+class AuditStrategy(Strategy):
+    """Audit every client update a Flower strategy receives with gradient-inversion attacks.
+
+    Wraps your own Message-API strategy (`flwr.serverapp.strategy`) without changing it:
+    messages, sampling (seeded, with `seed`), aggregation and results are the wrapped
+    strategy's. Before the wrapped strategy aggregates a round, every sampled client's update
+    (returned minus sent arrays) goes to the attacks, with what the server knows: the model,
+    the protocol it configured, the data's shape and normalization. Attacks run beside training
+    (Ray tasks when Ray is running, else a local thread pool); `start` returns after the last
+    round's attacks and writes the run directory: `leakage.csv`, `rounds.csv`, `summary.json`,
+    `report.html`, `images/`, `reconstructions/`.
+
+    Scoring needs the clients' ground truth, which only a simulation has: `audit_mod` and
+    `AuditedLoader` in the ClientApp send it in an audit-only record that this wrapper removes
+    before anything else sees the reply. Without it the attacks still run and the run
+    directory holds their reconstructions and recovered labels, unscored, and says why.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        Your strategy (a `flwr.serverapp.strategy.Strategy`; a legacy `flwr.server.strategy`
+        one is refused). Its `arrayrecord_key`, `configrecord_key` and `weighted_by_key` are
+        honoured (defaults "arrays", "config", "num-examples").
+    model : Union[torch.nn.Module, Callable[[], torch.nn.Module], ModelSpec]
+        The model the clients train: a module (kept as a template, deep-copied for every
+        attack) or a factory. Attack jobs receive it by pickle (cloudpickle), so its class or
+        factory must be importable where they run.
+    protocol : TrainingProtocol
+        The local training the server configured: learning rate, epochs or steps, batch size,
+        momentum, optimizer, weight decay, or the train-config keys to read them from.
+    attacks : Union[Sequence[str], Mapping[str, Optional[Mapping]]] (default: ("idlg", "invgrad"))
+        Attacks by registered name or `module:attr` import path, or a mapping from name to
+        parameters (e.g. `{"invgrad": {"iterations": 200}}`).
+    out_dir : Optional[str] (default: None)
+        The run directory; `runs/<timestamp>` if None. It must not exist or be empty.
+    input_shape : Optional[tuple[int, int, int]] (default: None)
+        (channels, height, width) of the model's inputs; read off the model if None.
+    num_classes : Optional[int] (default: None)
+        Classes; the output size of the model's last Linear layer if None.
+    mean, std : Optional[Sequence[float]] (default: None)
+        The normalization the clients apply to pixels in [0, 1] (`Normalize(mean, std)`); None
+        means inputs are pixels in [0, 1]. Reconstructions are scored and saved as pixels.
+    seed : Optional[int] (default: None)
+        Fixes which clients are sampled every round (nodes identify themselves through
+        `audit_mod`) and every attack's initialization. None: Flower's own sampling.
+    every : int (default: 1)
+        Audit every `every`-th round (1: all rounds).
+    max_clients : int (default: 0)
+        Attack at most this many of a round's clients (0: all).
+    labels : str (default: "auto")
+        Label-recovery method for attacks that need labels first.
+    adaptive : str (default: "off")
+        "on" or "both": also run the defense-aware variants of attacks that model the
+        protocol's defenses.
+    success_ssim : float (default: 0.5)
+        SSIM from which a reconstructed image counts as recovered.
+    max_concurrent : int (default: 2)
+        Attack jobs running at once.
+    gpus_per_job : float (default: 0.0)
+        GPUs each attack job asks Ray for.
+    threads_per_job : int (default: 1)
+        Torch threads of each attack job.
+    tf32 : bool (default: False)
+        Let attack jobs on a GPU use TF32.
+    save_images : bool (default: True)
+        Write image galleries to `images/`.
+    server_mode : str (default: "honest")
+        "malicious" when the model carries a malicious server's extension blocks (fedattack's
+        own models): they are re-sent every round and the report says so.
+    on_result, on_round : Optional[Callable] (default: None)
+        Called with each JobResult, and with each RoundResult and the job counts; None logs
+        them through Flower's logger.
+    record : Optional[Any] (default: None)
+        What the run directory's config.yaml records; None: these arguments (`fedattack run`
+        passes its whole config).
+    dispatcher : Optional[Dispatcher] (default: None)
+        Where attack jobs run; None: Ray tasks when this process is connected to Ray at the
+        first job, else a local thread pool.
+    """
+
+    def __init__(self, strategy: Strategy, *, model: Any, protocol: TrainingProtocol,
+                 attacks: Sequence[str] | Mapping[str, Any] = ("idlg", "invgrad"), out_dir: str | Path | None = None,
+                 input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
+                 mean: Sequence[float] | None = None, std: Sequence[float] | None = None, seed: int | None = None,
+                 every: int = 1, max_clients: int = 0, labels: str = "auto", adaptive: str = "off",
+                 success_ssim: float = 0.5, max_concurrent: int = 2, gpus_per_job: float = 0.0,
+                 threads_per_job: int = 1, tf32: bool = False, save_images: bool = True,
+                 server_mode: str = "honest", on_result: Callable[[JobResult], None] | None = None,
+                 on_round: Callable[[RoundResult, int, int], None] | None = None,
+                 record: Any = None, dispatcher: Dispatcher | None = None) -> None:
+        problem = strategy_problem(strategy)
+        if problem:
+            raise ConfigError("strategy", f"{type(strategy).__name__} {problem}")
+        if isinstance(strategy, AuditStrategy):
+            raise ConfigError("strategy", "is already an AuditStrategy; wrap your strategy once")
+        if not isinstance(protocol, TrainingProtocol):
+            raise ConfigError("protocol", "expected a fedattack.TrainingProtocol, e.g. "
+                                          "TrainingProtocol(lr=0.01, local_epochs=1, batch_size=32)")
+        out = Path(out_dir) if out_dir else Path(default_out_dir())
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError("out_dir", f"{out} exists and is not empty; choose a new directory")
+        spec = model if isinstance(model, ModelSpec) else user_model_spec(model, in_shape=input_shape,
+                                                                             num_classes=num_classes)
+        data = _data_spec(spec, mean, std)
+        audit_cfg, attack_params = _audit_section(attacks, seed=seed or 0, every=every, max_clients=max_clients,
+                                                  labels=labels, adaptive=adaptive, success_ssim=success_ssim,
+                                                  max_concurrent=max_concurrent, gpus_per_job=gpus_per_job,
+                                                  threads_per_job=threads_per_job, tf32=tf32,
+                                                  save_images=save_images)
+        if server_mode not in ("honest", "malicious"):
+            raise ConfigError("server_mode", f"unknown value '{server_mode}'; allowed: honest, malicious")
+        if record is None:
+            record = AppRecord(_app_record(strategy, spec, data, protocol, audit_cfg, attack_params, seed,
+                                           server_mode), audit_cfg)
+        plan = AuditPlan(model=spec, data=data, protocol=protocol, attacks=attack_params, options=audit_cfg,
+                         seed=seed or 0, server_mode=server_mode, record=record)
         self.strategy = strategy
-        self.auditor = auditor
-        self._sent: dict[int, ArrayRecord] = {}
+        self.auditor = Auditor(plan, out_dir=out, dispatcher=dispatcher, on_result=on_result, on_round=on_round)
+        self.sampling = SeededSampling(seed)
+        self.arrays_key = str(_setting(strategy, "arrayrecord_key", "arrays"))
+        self.config_key = str(_setting(strategy, "configrecord_key", "config"))
+        self.weight_key = str(_setting(strategy, "weighted_by_key", "num-examples"))
+        self.aggregate_only = False  # SecAgg: every reply carries the same aggregate (set by the SecAgg bridge)
+        self._sent: dict[int, Message] = {}
+        self._client_eval: dict[int, MetricRecord] = {}
+        self._timeout = 3600.0
 
     def __getattr__(self, name: str) -> Any:  # expose the wrapped strategy's attributes
-        if name == "strategy":
+        if name in ("strategy", "auditor") or name.startswith("__"):
             raise AttributeError(name)
         return getattr(self.strategy, name)
 
+    @property
+    def out_dir(self) -> Path:
+        return self.auditor.out_dir
+
+    # -- the run ----------------------------------------------------------------------
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+        """Run the wrapped strategy's rounds (Flower's `Strategy.start`), audited; return its Result
+        once the last attack job has finished and the run directory is written."""
+        with self.session(grid, timeout=timeout):
+            return Strategy.start(self, grid, initial_arrays, num_rounds=num_rounds, timeout=timeout,
+                                  train_config=train_config, evaluate_config=evaluate_config,
+                                  evaluate_fn=self.evaluate_fn(evaluate_fn))
+
+    @contextmanager
+    def session(self, grid: Grid, *, timeout: float = 3600) -> Iterator["AuditStrategy"]:
+        """The audited run around any workflow that drives this strategy (see server/secagg.py)."""
+        self._timeout = timeout
+        with self.auditor.session():
+            self.sampling.identify(grid, min_nodes=int(_setting(self.strategy, "min_available_nodes", 1) or 1),
+                                   timeout=min(timeout, 120.0))
+            yield self
+
+    def evaluate_fn(self, user_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None
+                    ) -> Callable[[int, ArrayRecord], MetricRecord | None]:
+        """`user_fn`, then the round's row in rounds.csv (test metrics from its result, else from
+        the clients' aggregated evaluation)."""
+
+        def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            res = user_fn(server_round, arrays) if user_fn is not None else None
+            if server_round > 0:
+                metrics = dict(res) if res is not None else {}
+                clients = dict(self._client_eval.get(server_round) or {})
+                acc, loss = _first(metrics, ACC_KEYS), _first(metrics, LOSS_KEYS)
+                if acc != acc and loss != loss:
+                    acc, loss = _first(clients, ACC_KEYS), _first(clients, LOSS_KEYS)
+                self.auditor.end_round(server_round, test_loss=loss, test_acc=acc)
+            return res
+
+        return evaluate
+
+    # -- Strategy -----------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self.auditor.poll()
-        self.auditor.rounds[server_round] = RoundStats(server_round, time.perf_counter())
+        self.auditor.begin_round(server_round, scope="aggregate" if self.aggregate_only else "client")
         if self.auditor.malicious_state:
             arrays = ArrayRecord({**arrays.to_torch_state_dict(), **self.auditor.malicious_state})
-        messages = list(self.strategy.configure_train(server_round, arrays, config, grid))
-        self._sent = {m.metadata.dst_node_id: _arrays(m) for m in messages if m.content.array_records}
+        with self.sampling.seeded(grid, server_round, "train") as view:
+            messages = list(self.strategy.configure_train(server_round, arrays, config, view))
+        for m in messages:  # a round that could not be replayed stops here, before any client trains
+            self.auditor.plan.protocol.check(_config(m, self.config_key))
+        self._sent = {m.metadata.dst_node_id: m for m in messages}
         return messages
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]
                         ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        replies = self.auditor.observe(server_round, self._sent, list(replies))
-        self.auditor.poll()
+        replies = list(replies)
+        for r in replies:
+            if not r.has_error() and self.arrays_key not in r.content.array_records:
+                have = ", ".join(sorted(k for k in r.content.array_records if k not in AUDIT_RECORDS)) or "none"
+                raise FedattackError(f"arrayrecord_key: a train reply (node {r.metadata.src_node_id}) has no "
+                                     f"ArrayRecord '{self.arrays_key}' (its ArrayRecords: {have}); reply under "
+                                     f"the strategy's arrayrecord_key")
+        records = self.auditor.observe(server_round, self._sent, replies, arrays_key=self.arrays_key,
+                                       config_key=self.config_key, weight_key=self.weight_key,
+                                       aggregate=self.aggregate_only)
+        for reply, record in records:
+            if record is not None:
+                self.sampling.learn(reply.metadata.src_node_id, record.client)
         arrays, metrics = self.strategy.aggregate_train(server_round, replies)
         if metrics is not None and "flowerdp_epsilon" in metrics:  # central DP: the server's accountant
-            self.auditor.rounds[server_round].epsilon = float(metrics["flowerdp_epsilon"])
+            self.auditor.record_epsilon(server_round, float(metrics["flowerdp_epsilon"]))
         return arrays, metrics
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        return self.strategy.configure_evaluate(server_round, arrays, config, grid)
+        with self.sampling.seeded(grid, server_round, "evaluate") as view:
+            return list(self.strategy.configure_evaluate(server_round, arrays, config, view))
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        return self.strategy.aggregate_evaluate(server_round, replies)
+        metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        if metrics is not None:
+            self._client_eval[server_round] = metrics
+        return metrics
 
     def summary(self) -> None:
         self.strategy.summary()
+        attacks = ", ".join(self.auditor.plan.attacks) or "none"
+        log(INFO, "\t└──> fedattack audit: %s; run directory %s", attacks, self.out_dir)
+
+
+# -- building the plan from the keyword arguments -------------------------------------------------
+
+def _setting(strategy: Any, name: str, default: Any) -> Any:
+    """A strategy's setting, looked up through wrappers (Flower's DP wrappers keep theirs as `.strategy`)."""
+    seen = 0
+    while strategy is not None and seen < 8:
+        if name in getattr(strategy, "__dict__", {}):
+            return getattr(strategy, name)
+        strategy, seen = getattr(strategy, "strategy", None), seen + 1
+    return default
+
+
+def _data_spec(spec: ModelSpec, mean: Sequence[float] | None, std: Sequence[float] | None) -> DataSpec:
+    c = spec.in_shape[0]
+
+    def channels(name: str, values: Sequence[float] | None, default: float) -> tuple[float, ...]:
+        if values is None:
+            return (default,) * c
+        vals = tuple(float(v) for v in (values if isinstance(values, Sequence) else [values]))
+        if len(vals) == 1:
+            vals = vals * c
+        if len(vals) != c:
+            raise ConfigError(name, f"expected 1 or {c} values (one per input channel), got {len(vals)}")
+        return vals
+
+    m, s = channels("mean", mean, 0.0), channels("std", std, 1.0)
+    if any(v <= 0 for v in s):
+        raise ConfigError("std", f"must be > 0, got {s}")
+    if mean is None and std is None:
+        log(WARNING, "fedattack: no mean/std given: model inputs are taken to be pixels in [0, 1]")
+    return DataSpec(shape=tuple(spec.in_shape), num_classes=spec.num_classes, mean=m, std=s)
+
+
+def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, **options: Any
+                   ) -> tuple[AuditConfig, dict[str, Any]]:
+    """The audit options and each attack's parameters, validated as fedattack's config is."""
+    if isinstance(attacks, str):
+        attacks = [attacks]
+    given = dict(attacks) if isinstance(attacks, Mapping) else {a: None for a in attacks}
+    ready = {k: v for k, v in given.items() if is_dataclass(v)}
+    raw: dict[str, Any] = {"seed": seed, "audit": {"attacks": list(given), **options}}
+    for name, params in given.items():
+        if params is not None and not is_dataclass(params):
+            if not isinstance(params, Mapping):
+                raise ConfigError(f"attacks.{name}", f"expected a mapping of parameters, got {params!r}")
+            raw[name] = dict(params)
+    cfg = from_dict(raw)
+    return cfg.audit, {name: ready.get(name, cfg.attack_params[name]) for name in given}
+
+
+def _app_record(strategy: Strategy, spec: ModelSpec, data: DataSpec, protocol: TrainingProtocol,
+                audit: AuditConfig, attacks: dict[str, Any], seed: int | None, server_mode: str) -> dict:
+    return {
+        "seed": seed if seed is not None else 0,  # attacks' initialization
+        "server": {"mode": server_mode},
+        "fl": {"strategy": f"{type(strategy).__module__}:{type(strategy).__qualname__}",
+               "sampling": "seeded (seed)" if seed is not None else "the strategy's own (unseeded)"},
+        "model": {"name": spec.name, "in_shape": list(spec.in_shape), "num_classes": spec.num_classes},
+        "data": {"name": "(the app's own)", "shape": list(data.shape), "num_classes": data.num_classes,
+                 "mean": list(data.mean), "std": list(data.std)},
+        "protocol": protocol.as_dict(),
+        "audit": asdict(audit),
+        **{name: asdict(p) for name, p in attacks.items() if is_dataclass(p)},
+    }

@@ -57,6 +57,7 @@ class AttackJob:
     tf32: bool = False  # TF32 matmuls and convolutions on a GPU
     success_ssim: float = 0.5
     epsilon: float = float("nan")  # the client's reported DP epsilon (report metadata only)
+    unscored: str = ""  # why there is no Truth to score against (the job then runs with truth None)
     strict: bool = field(default_factory=strict_from_env)  # raise what is not an expected failure
 
     @property
@@ -96,9 +97,11 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
-def run_job(job: AttackJob, truth: Truth) -> JobResult:
+def run_job(job: AttackJob, truth: Truth | None) -> JobResult:
     """Run one attack and score it. Attack exceptions become failed or error results (strict
-    jobs raise the unexpected ones)."""
+    jobs raise the unexpected ones). Without a Truth (the client sent no ground truth:
+    `job.unscored` says why) the result keeps the reconstruction and the recovered labels,
+    unscored."""
     torch.set_num_threads(max(1, job.threads))
     set_tf32(job.tf32)
     spec = ATTACKS.get(job.attack)
@@ -117,10 +120,19 @@ def run_job(job: AttackJob, truth: Truth) -> JobResult:
             torch.cuda.empty_cache()
         return failed_result(job, status="failed" if expected else "error", error=f"{type(exc).__name__}: {exc}",
                              details=traceback.format_exc(), seconds=time.perf_counter() - t0,
-                             num_images=len(truth.labels), device=str(device))
+                             num_images=len(truth.labels) if truth is not None else 0, device=str(device))
     seconds = time.perf_counter() - t0
-    s = score(recon, truth, job.observation.data, job.success_ssim)
     spec_data = job.observation.data
+    labels = recon.labels.detach().cpu().numpy() if recon.labels is not None else None
+    if truth is None:
+        recon_px = None
+        if recon.images is not None and len(recon.images):
+            recon_px = spec_data.to_pixels(recon.images.detach().float().cpu()).numpy()
+        return JobResult(round=job.round, client=job.client, attack=job.attack, defense=job.defense, status="ok",
+                         seconds=seconds, adaptive=job.adaptive, scope=job.scope, device=str(device),
+                         epsilon=job.epsilon, unscored=job.unscored or "no ground truth", recon_pixels=recon_px,
+                         recon_labels=labels)
+    s = score(recon, truth, spec_data, job.success_ssim)
     truth_px = spec_data.to_pixels(truth.images.float().cpu()).numpy()
     recon_px = None
     if recon.images is not None and s.per_image is not None:
@@ -128,4 +140,4 @@ def run_job(job: AttackJob, truth: Truth) -> JobResult:
         recon_px = np.stack([rp[j] if j >= 0 else np.full_like(truth_px[0], 0.5) for j in s.per_image.match])
     return JobResult(round=job.round, client=job.client, attack=job.attack, defense=job.defense, status="ok",
                      seconds=seconds, score=s, adaptive=job.adaptive, scope=job.scope, device=str(device),
-                     epsilon=job.epsilon, truth_pixels=truth_px, recon_pixels=recon_px)
+                     epsilon=job.epsilon, truth_pixels=truth_px, recon_pixels=recon_px, recon_labels=labels)

@@ -1,176 +1,142 @@
-"""Secure aggregation (Flower SecAgg+): the server sees only the sum of the updates.
+"""Secure aggregation (Flower SecAgg+): the audited run when the server sees only the sum.
 
-Flower 1.41 runs SecAgg+ through its legacy workflow (`SecAggPlusWorkflow` with the
-`secaggplus_mod` client mod and a legacy strategy), so with `client.defenses=[secagg]` the
-simulation runs this module's ServerApp main and ClientApp instead of the Message-API ones.
-The strategy's `aggregate_fit` receives the securely aggregated (weighted-average) weights
-in every result: the audit attacks that aggregate with the aggregate-scope attacks (e.g.
-`cpa`, `rtf`) and records the round as "aggregate only"; no per-client row can exist.
+Flower 1.42 runs SecAgg+ only through its legacy workflow: `SecAggPlusWorkflow` inside a
+`DefaultWorkflow`, which drives a legacy `flwr.server.strategy.Strategy` through a
+`LegacyContext` (ClientManager, FitIns/FitRes), with Flower's `secaggplus_mod` on the clients
+expecting legacy FitRes replies. There is no Message-API SecAgg+ workflow or mod.
+
+`LegacyBridge` closes the gap on the server: it is a legacy Strategy that drives an
+AuditStrategy (around any Message-API strategy, the user's own included) through the legacy
+workflow. `configure_fit` asks the AuditStrategy for its train messages (seeded sampling,
+per-node configs) and turns each into FitIns, naming the arrays in the config;
+`aggregate_fit` turns each FitRes back into a Message-API reply (named arrays under the
+strategy's `arrayrecord_key`, metrics with the example count under its `weighted_by_key`, the
+audit-only records unpacked from the metrics) and hands the replies to the AuditStrategy,
+which audits them as one aggregate (`aggregate_only`) and lets the wrapped strategy aggregate.
+`fedattack.client.secagg.secaggplus_message_mod` closes it on the clients.
+
+What remains of Flower's limits: SecAgg+ hands the strategy, in place of each client's
+update, the securely aggregated (example-weighted mean) arrays once per client, so the
+wrapped strategy's aggregation sees identical replies (FedAvg-like strategies give the same
+aggregate; Krum, median, trimmed mean or Bulyan cannot do what they are for); train configs
+travel as legacy Scalars (lists and nested records are dropped); federated evaluation is not
+run (centralized evaluation through `evaluate_fn` is). The audit attacks the sum with the
+aggregate-scope attacks (`cpa`, `rtf`, ...) and records every round as "aggregate"; no
+per-client row can exist.
 """
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 
-import numpy as np
-import torch
-from flwr.app import Context
-from flwr.client import NumPyClient
-from flwr.client.mod import secaggplus_mod
-from flwr.clientapp import ClientApp
-from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
+from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server import strategy as legacy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
 
-from fedattack.client.app import CONFIG_KEY
-from fedattack.client.train import evaluate, local_train
-from fedattack.errors import ConfigError
-from fedattack.experiment import Experiment, from_config_json
-from fedattack.registry import Registry, call_with_known
-from fedattack.report.console import Progress
-from fedattack.report.store import RunStore
-from fedattack.results import RoundStats
-from fedattack.server.audit import Auditor
-from fedattack.server.dispatch import make_dispatcher
+from fedattack.client.record import unpack_legacy
+from fedattack.client.secagg import ARRAY_KEYS, RECORD_KEYS
+from fedattack.server.audit import AuditStrategy
 
-LEGACY_STRATEGIES: Registry[type] = Registry("strategy (with secagg)", "fl.strategy")
-for _name, _cls in {"fedavg": legacy.FedAvg, "fedprox": legacy.FedProx, "fedadam": legacy.FedAdam,
-                    "fedadagrad": legacy.FedAdagrad, "fedyogi": legacy.FedYogi, "fedavgm": legacy.FedAvgM,
-                    "fedmedian": legacy.FedMedian, "fedtrimmedavg": legacy.FedTrimmedAvg}.items():
-    LEGACY_STRATEGIES.register(_name, _cls, doc=f"flwr legacy {_cls.__name__}")
+SCALARS = (bool, int, float, str, bytes)
 
 
-def _state_from_ndarrays(model: torch.nn.Module, arrays: list[np.ndarray]) -> dict[str, torch.Tensor]:
-    keys = list(model.state_dict())
-    return {k: torch.as_tensor(np.asarray(a)) for k, a in zip(keys, arrays)}
+class LegacyBridge(legacy.Strategy):
+    """An AuditStrategy (Message API) driven by Flower's legacy workflow, for SecAgg+."""
 
+    def __init__(self, audit: AuditStrategy, grid: Grid, *, initial_arrays: ArrayRecord,
+                 train_config: ConfigRecord | None = None,
+                 evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None):
+        self.audit = audit
+        self.grid = grid
+        self.keys = list(initial_arrays.keys())
+        self.initial = initial_arrays
+        self.train_config = dict(train_config or {})
+        self.evaluate_fn = audit.evaluate_fn(evaluate_fn)
+        self._sent: dict[int, Message] = {}
+        audit.aggregate_only = True
 
-class _Client(NumPyClient):
-    def __init__(self, partition_id: int):
-        self.pid = partition_id
-
-    def fit(self, parameters, config):
-        exp = from_config_json(str(config[CONFIG_KEY]))
-        torch.set_num_threads(max(1, int(exp.cfg.fl.client_cpus)))
-        model = exp.initial_model()
-        sent = _state_from_ndarrays(model, parameters)
-        model.load_state_dict(sent)
-        rnd = int(config.get("server-round", 0))
-        result = local_train(model, exp.train, exp.partitions[self.pid], exp.cfg, rnd=rnd, client=self.pid)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        for k, u in result.update.items():
-            state[k] = sent[k] + u
-        metrics = {"train_loss": result.loss, "local_steps": result.steps, "partition-id": self.pid,
-                   "audit-indices": ",".join(str(i) for i in result.indices)}
-        return [v.cpu().numpy() for v in state.values()], result.num_examples, metrics
-
-
-def _client_fn(context: Context):
-    return _Client(int(context.node_config["partition-id"])).to_client()
-
-
-client_app = ClientApp(client_fn=_client_fn, mods=[secaggplus_mod])
-
-
-class SecAggAudit(legacy.Strategy):
-    """Wraps a legacy Flower strategy; audits the aggregate SecAgg+ reveals, then delegates."""
-
-    def __init__(self, strategy: legacy.Strategy, auditor: Auditor):
-        self.strategy = strategy
-        self.auditor = auditor
-        self._sent = None
+    def _arrays(self, parameters) -> ArrayRecord:
+        return ArrayRecord({k: Array(a) for k, a in zip(self.keys, parameters_to_ndarrays(parameters))})
 
     def initialize_parameters(self, client_manager):
-        return self.strategy.initialize_parameters(client_manager)
+        return ndarrays_to_parameters([a.numpy() for a in self.initial.values()])
 
     def configure_fit(self, server_round, parameters, client_manager):
-        self._sent = parameters
-        self.auditor.rounds[server_round] = RoundStats(server_round, time.perf_counter(), scope="aggregate")
-        return self.strategy.configure_fit(server_round, parameters, client_manager)
+        a = self.audit
+        messages = a.configure_train(server_round, self._arrays(parameters), ConfigRecord(dict(self.train_config)),
+                                     self.grid)
+        proxies = {int(p.node_id): p for p in client_manager.all().values()}
+        out = []
+        self._sent = {}
+        for m in messages:
+            proxy = proxies.get(int(m.metadata.dst_node_id))
+            if proxy is None:
+                continue
+            arrays = m.content[a.arrays_key]
+            config = {k: v for k, v in dict(m.content[a.config_key]).items() if isinstance(v, SCALARS)} \
+                if a.config_key in m.content.config_records else {}
+            config[ARRAY_KEYS] = ",".join(arrays.keys())
+            config[RECORD_KEYS] = f"{a.arrays_key},{a.config_key}"
+            out.append((proxy, FitIns(ndarrays_to_parameters([v.numpy() for v in arrays.values()]), config)))
+            self._sent[int(m.metadata.dst_node_id)] = m
+        return out
 
     def aggregate_fit(self, server_round, results, failures):
-        stats = self.auditor.rounds.setdefault(server_round, RoundStats(server_round, time.perf_counter()))
-        stats.scope, stats.replies, stats.errors = "aggregate", len(results), len(failures)
-        indices, losses, weights = [], [], []
-        for _, res in results:  # the audit-only records never reach the strategy
-            indices.extend(int(i) for i in str(res.metrics.pop("audit-indices", "")).split(",") if i)
-            losses.append(float(res.metrics.get("train_loss", np.nan)))
-            weights.append(res.num_examples)
-        if losses:
-            stats.train_loss = float(np.average(losses, weights=weights))
-        if results and self.auditor.audits_round(server_round) and self.auditor.attacks_for("aggregate"):
-            model = self.auditor.exp.initial_model()
-            sent = _state_from_ndarrays(model, parameters_to_ndarrays(self._sent))
-            agg = _state_from_ndarrays(model, parameters_to_ndarrays(results[0][1].parameters))
-            metrics = {"num-examples": sum(weights), "local_steps": results[0][1].metrics.get("local_steps", 0)}
-            obs = self.auditor.observation(sent, agg, metrics, num_clients=len(results))
-            truth = self.auditor.exp.train.truth(indices)
-            stats.jobs += self.auditor.submit(server_round, "aggregate", obs, truth, scope="aggregate")
-            stats.audited_clients = len(results)
-        self.auditor.poll()
-        return self.strategy.aggregate_fit(server_round, results, failures)
+        a = self.audit
+        replies = []
+        for proxy, fitres in results:
+            sent = self._sent[int(proxy.node_id)]
+            keys = list(sent.content[a.arrays_key].keys())
+            metrics = dict(fitres.metrics)
+            content = unpack_legacy(metrics)
+            content[a.arrays_key] = ArrayRecord({k: Array(v) for k, v in zip(keys, parameters_to_ndarrays(
+                fitres.parameters))})
+            content["metrics"] = MetricRecord({**{k: v for k, v in metrics.items()
+                                                  if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                                               a.weight_key: int(fitres.num_examples)})
+            replies.append(Message(content, reply_to=sent))
+        a.auditor.record_failures(server_round, len(failures))
+        arrays, metrics = a.aggregate_train(server_round, replies)
+        if arrays is None:
+            return None, {}
+        self.keys = list(arrays.keys())
+        scalars = {k: v for k, v in dict(metrics or {}).items() if isinstance(v, (int, float))}
+        return ndarrays_to_parameters([v.numpy() for v in arrays.values()]), scalars
 
     def configure_evaluate(self, server_round, parameters, client_manager):
-        return self.strategy.configure_evaluate(server_round, parameters, client_manager)
+        return []  # federated evaluation does not run under SecAgg+ here; evaluate_fn does
 
     def aggregate_evaluate(self, server_round, results, failures):
-        return self.strategy.aggregate_evaluate(server_round, results, failures)
+        return None, {}
 
     def evaluate(self, server_round, parameters):
-        return self.strategy.evaluate(server_round, parameters)
-
-
-def check_strategy(cfg) -> None:
-    if ":" in cfg.fl.strategy or cfg.fl.strategy not in LEGACY_STRATEGIES.names():
-        allowed = ", ".join(LEGACY_STRATEGIES.names())
-        raise ConfigError("fl.strategy", f"with secagg the strategy runs in Flower's legacy workflow; allowed: {allowed}")
-
-
-def run_secagg_audit(grid: Grid, context: Context, exp: Experiment, store: RunStore, progress: Progress) -> None:
-    """The audited run under SecAgg+: same rounds, same store, aggregate-only audit."""
-    cfg = exp.cfg
-    check_strategy(cfg)
-    dispatcher = make_dispatcher(gpus_per_job=cfg.audit.gpus_per_job, max_concurrent=cfg.audit.max_concurrent)
-
-    def on_result(res):
-        store.add_result(res)
-        progress.result(res)
-
-    auditor = Auditor(exp, dispatcher, on_result=on_result)
-    if not auditor.attacks_for("aggregate"):
-        progress.print("secagg: the server sees only the aggregate; none of the configured attacks targets "
-                       "aggregates (e.g. cpa, rtf), so no attack runs")
-    model, test_model = exp.initial_model(), exp.initial_model()
-
-    def evaluate_fn(rnd, ndarrays, config):
-        auditor.poll()
-        if rnd == 0:
+        res = self.evaluate_fn(server_round, self._arrays(parameters))
+        if res is None:
             return None
-        test_model.load_state_dict(_state_from_ndarrays(test_model, ndarrays))
-        loss, acc = evaluate(test_model, exp.test)
-        row = auditor.round_result(rnd, test_loss=loss, test_acc=acc)
-        store.add_round(row)
-        progress.round_done(row, auditor.completed, auditor.submitted)
-        return loss, {"test_acc": acc}
+        metrics = {k: v for k, v in dict(res).items() if isinstance(v, (int, float))}
+        loss = next((float(metrics[k]) for k in ("test_loss", "loss", "eval_loss") if k in metrics), 0.0)
+        return (loss if loss == loss else 0.0), metrics
 
-    n, k = cfg.fl.num_clients, cfg.fl.clients_per_round
-    base = call_with_known(LEGACY_STRATEGIES.get(cfg.fl.strategy), {
-        "fraction_fit": k / n, "min_fit_clients": k, "min_available_clients": n, "fraction_evaluate": 0.0,
-        "min_evaluate_clients": 0, "evaluate_fn": evaluate_fn,
-        "on_fit_config_fn": lambda rnd: {CONFIG_KEY: cfg.to_json(), "server-round": rnd},
-        "initial_parameters": ndarrays_to_parameters([v.cpu().numpy() for v in model.state_dict().values()]),
-        **cfg.fl.strategy_args})
-    params = cfg.defense("secagg")
-    legacy_context = LegacyContext(context=context, config=ServerConfig(num_rounds=cfg.fl.rounds,
-                                                                         round_timeout=cfg.fl.timeout),
-                                   strategy=SecAggAudit(base, auditor))
+
+def start_secagg(audit: AuditStrategy, grid: Grid, context: Context, *, initial_arrays: ArrayRecord,
+                 num_rounds: int, timeout: float = 3600, train_config: ConfigRecord | None = None,
+                 evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+                 num_shares: int | float = 1.0, reconstruction_threshold: int | float = 0.5,
+                 clipping_range: float = 8.0) -> None:
+    """The audited run under SecAgg+: the same session as `AuditStrategy.start`, the rounds
+    driven by Flower's SecAgg+ workflow through `LegacyBridge`."""
+    bridge = LegacyBridge(audit, grid, initial_arrays=initial_arrays, train_config=train_config,
+                          evaluate_fn=evaluate_fn)
+    legacy_context = LegacyContext(context=context, config=ServerConfig(num_rounds=num_rounds, round_timeout=timeout),
+                                   strategy=bridge)
     workflow = DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(
-        num_shares=params.num_shares, reconstruction_threshold=params.reconstruction_threshold,
-        clipping_range=getattr(params, "clipping_range", 8.0)))
-    auditor.start_polling()
-    try:
+        num_shares=num_shares, reconstruction_threshold=reconstruction_threshold, clipping_range=clipping_range,
+        timeout=timeout))
+    with audit.session(grid, timeout=timeout):
         workflow(grid, legacy_context)
-    finally:
-        auditor.finish()
+
+
+__all__ = ["LegacyBridge", "start_secagg"]

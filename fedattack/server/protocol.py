@@ -1,0 +1,176 @@
+"""What the server configured for local training, as the audit replays it: `TrainingProtocol`.
+
+The server knows the protocol because it set it: as fixed values in its ServerApp, or as
+entries of the train ConfigRecord its strategy sends every round (`config_keys` names them;
+every app names them differently). For each reply the protocol becomes the Observation's
+`fedattack.threat.Protocol`, with the step count the client took: `local_steps` when the
+protocol fixes steps, else `local_epochs * ceil(num_examples / batch_size)` from the example
+count the client reports.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from fedattack.errors import ConfigError
+from fedattack.schema import Config
+from fedattack.threat import DefenseSetting, Protocol
+
+OPTIMIZERS = ("sgd", "adam")
+NUMERIC = {"lr": float, "local_epochs": int, "local_steps": int, "batch_size": int, "momentum": float,
+           "weight_decay": float}
+
+
+@dataclass(frozen=True)
+class TrainingProtocol:
+    """The local training the server configured, as the audit's attacks replay it.
+
+    Parameters
+    ----------
+    lr : Optional[float] (default: None)
+        The clients' local learning rate.
+    local_epochs : Optional[int] (default: None)
+        Passes over each client's data per round. The step count is then
+        `local_epochs * ceil(num_examples / batch_size)`, with the example count each client
+        reports (the strategy's `weighted_by_key` metric).
+    local_steps : Optional[int] (default: None)
+        Local optimizer steps per round, when the clients take a fixed number of steps
+        instead of whole epochs (set one of `local_epochs` and `local_steps`; where both are
+        known, the step count is `local_steps`).
+    batch_size : Optional[int] (default: None)
+        The clients' local batch size.
+    momentum : float (default: 0.0)
+        Momentum of the clients' SGD.
+    optimizer : str (default: "sgd")
+        The clients' local optimizer: "sgd" or "adam" (torch.optim semantics).
+    weight_decay : float (default: 0.0)
+        L2 weight decay of the clients' optimizer.
+    nesterov : bool (default: False)
+        Nesterov momentum (SGD).
+    config_keys : Mapping[str, str] (default: {})
+        Fields read every round from the train ConfigRecord the strategy sends, as
+        `{field: key}`, e.g. `{"lr": "lr", "local_epochs": "local-epochs"}`. A value found there
+        replaces the one given above; a key the record lacks (with no value above) stops the
+        run at its first round, naming the key.
+    defenses : Sequence[tuple[str, Mapping]] (default: ())
+        Client-side defenses in force, as (fedattack defense name, parameters): adaptive
+        attacks model them. The protocol is public in this threat model.
+    """
+
+    lr: float | None = None
+    local_epochs: int | None = None
+    local_steps: int | None = None
+    batch_size: int | None = None
+    momentum: float = 0.0
+    optimizer: str = "sgd"
+    weight_decay: float = 0.0
+    nesterov: bool = False
+    config_keys: Mapping[str, str] = field(default_factory=dict)
+    defenses: Sequence[tuple[str, Mapping[str, Any]]] = ()
+
+    @classmethod
+    def of_config(cls, cfg: Config, *, from_train_config: bool = False) -> "TrainingProtocol":
+        """The protocol of a fedattack config (`client.*` and its defenses); with
+        `from_train_config`, read back every round from the train config a fedattack server
+        sends (keys as fedattack.client.app.train_config writes them)."""
+        c = cfg.client
+        keys = {}
+        if from_train_config:
+            keys = {"lr": "lr", "batch_size": "batch-size", "momentum": "momentum",
+                    **({"local_steps": "local-steps"} if c.local_steps > 0 else {"local_epochs": "local-epochs"})}
+        defenses = tuple(DefenseSetting(d, asdict(cfg.defense(d))) for d in c.defenses)
+        return cls(lr=c.lr, local_steps=c.local_steps or None, local_epochs=c.local_epochs, batch_size=c.batch_size,
+                   momentum=c.momentum, config_keys=keys, defenses=defenses)
+
+    def __post_init__(self) -> None:
+        names = [f.name for f in fields(self) if f.name not in ("config_keys", "defenses")]
+        for name, key in dict(self.config_keys).items():
+            if name not in names:
+                raise ConfigError("protocol.config_keys", f"unknown field '{name}'; allowed: {', '.join(names)}")
+            if not isinstance(key, str) or not key:
+                raise ConfigError(f"protocol.config_keys.{name}", f"expected a ConfigRecord key, got {key!r}")
+        keyed = set(self.config_keys)
+        for name in ("lr", "batch_size"):
+            if getattr(self, name) is None and name not in keyed:
+                raise ConfigError(f"protocol.{name}", "not given; set it, or name its key in config_keys")
+        if self.local_epochs is None and self.local_steps is None and not keyed & {"local_epochs", "local_steps"}:
+            raise ConfigError("protocol.local_epochs", "set local_epochs or local_steps (or name one in config_keys)")
+        self._check_values({n: getattr(self, n) for n in names})
+
+    def _check_values(self, values: dict[str, Any], where: str = "") -> None:
+        """Range checks; `where` says where a value came from (a ConfigRecord key)."""
+        def name(n: str) -> str:
+            return f"protocol.{n}" + (f" (train config '{self.config_keys[n]}')" if where and n in self.config_keys
+                                      else "")
+        for n, lo, open_ in (("lr", 0, True), ("batch_size", 1, False), ("local_epochs", 1, False),
+                             ("local_steps", 1, False), ("weight_decay", 0, False)):
+            v = values.get(n)
+            if v is not None and (v < lo or (open_ and v == lo)):
+                raise ConfigError(name(n), f"must be {'>' if open_ else '>='} {lo}, got {v}")
+        m = values.get("momentum")
+        if m is not None and not 0 <= m < 1:
+            raise ConfigError(name("momentum"), f"must be in [0, 1), got {m}")
+        if values.get("optimizer") is not None and values["optimizer"] not in OPTIMIZERS:
+            raise ConfigError(name("optimizer"), f"unknown value '{values['optimizer']}'; allowed: "
+                                                 f"{', '.join(OPTIMIZERS)}")
+
+    def values(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
+        """The protocol's fields for one message: given values, replaced by the `config_keys`
+        entries of its train config. Raises a ConfigError naming a key the config lacks."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("config_keys", "defenses")}
+        config = config or {}
+        for name, key in self.config_keys.items():
+            if key in config:
+                raw = config[key]
+                try:
+                    out[name] = NUMERIC[name](raw) if name in NUMERIC else (
+                        bool(raw) if name == "nesterov" else str(raw))
+                except (TypeError, ValueError):
+                    raise ConfigError(f"protocol.{name}", f"the train config's '{key}' is {raw!r}, not a "
+                                                          f"{NUMERIC.get(name, str).__name__}") from None
+            elif out[name] is None:
+                have = ", ".join(sorted(config)) or "nothing"
+                raise ConfigError(f"protocol.config_keys.{name}", f"the train ConfigRecord has no '{key}' "
+                                                                  f"(it has: {have})")
+        self._check_values(out, where="config")
+        return out
+
+    def check(self, config: Mapping[str, Any] | None) -> None:
+        """Fail now, naming the key, if a round with this train config could not be replayed."""
+        self.values(config)
+
+    def protocol(self, config: Mapping[str, Any] | None, num_examples: int) -> Protocol:
+        """The Observation's Protocol for a reply to a message with train config `config`."""
+        v = self.values(config)
+        batch = int(v["batch_size"])
+        if v["local_steps"] is not None:
+            steps, epochs = int(v["local_steps"]), int(v["local_epochs"] or 1)
+        else:
+            epochs = int(v["local_epochs"])
+            steps = epochs * max(1, math.ceil(max(1, num_examples) / batch))
+        return Protocol(lr=float(v["lr"]), local_steps=steps, local_epochs=epochs, batch_size=batch,
+                        num_examples=int(num_examples), momentum=float(v["momentum"]), defenses=self.settings(),
+                        optimizer=str(v["optimizer"]), weight_decay=float(v["weight_decay"]),
+                        nesterov=bool(v["nesterov"]))
+
+    def settings(self) -> tuple[DefenseSetting, ...]:
+        return tuple(d if isinstance(d, DefenseSetting) else DefenseSetting(str(d[0]), dict(d[1]))
+                     for d in self.defenses)
+
+    def describe_defenses(self) -> str:
+        """'none' or e.g. 'clip(bound=1.0)+gaussian(sigma=0.01)' for report rows."""
+        parts = []
+        for d in self.settings():
+            args = ",".join(f"{k}={v}" for k, v in d.params.items())
+            parts.append(f"{d.name}({args})" if args else d.name)
+        return "+".join(parts) or "none"
+
+    def as_dict(self) -> dict[str, Any]:
+        """For the run directory's config.yaml."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("config_keys", "defenses")}
+        out["config_keys"] = dict(self.config_keys)
+        out["defenses"] = [{"name": d.name, **d.params} for d in self.settings()]
+        return out

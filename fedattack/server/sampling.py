@@ -1,0 +1,114 @@
+"""Seeded client sampling: the same clients every run, whatever node ids Flower draws.
+
+Flower's strategies sample `random.sample(list(grid.get_node_ids()), k)` with Python's global
+generator, and a simulation gives its nodes new random ids every run. With a seed, the audit
+strategy first asks every node who it is (an identification message that `audit_mod` answers
+with the node's partition id, without calling the train function), then hands the wrapped
+strategy a view of the grid that lists nodes in partition order, and seeds Python's generator
+from (seed, round, stage) around each `configure_train`/`configure_evaluate` (restoring it
+after). The sample is then a function of the seed and the partition ids. Nodes that do not
+answer (no `audit_mod`: their train function receives a message without arrays, and fails)
+are listed after the others in node-id order; the audit says how many in one log line.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from logging import INFO, WARNING
+from typing import Any
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from fedattack.client.record import IDENTIFY_KEY
+
+
+class OrderedGrid(Grid):
+    """A Grid whose `get_node_ids` lists nodes in a fixed order (by client id where known)."""
+
+    def __init__(self, grid: Grid, clients: dict[int, int]):
+        self._grid = grid
+        self._clients = clients
+
+    def get_node_ids(self) -> Iterable[int]:
+        ids = list(self._grid.get_node_ids())
+        return sorted(ids, key=lambda n: (0, self._clients[n], n) if n in self._clients else (1, 0, n))
+
+    # everything else is the wrapped grid's
+    def set_run(self, run: Any) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self) -> Any:
+        return self._grid.run
+
+    def create_message(self, *args: Any, **kwargs: Any) -> Message:
+        return self._grid.create_message(*args, **kwargs)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._grid, name)
+
+
+class SeededSampling:
+    """Which node is which client, and the seeded view of the grid the wrapped strategy samples from."""
+
+    def __init__(self, seed: int | None):
+        self.seed = seed
+        self.clients: dict[int, int] = {}  # node id -> client id (partition id in a simulation)
+
+    def learn(self, node_id: int, client: int) -> None:
+        self.clients[int(node_id)] = int(client)
+
+    def identify(self, grid: Grid, *, min_nodes: int, timeout: float) -> None:
+        """Ask every node for its client id (once, before round 1); wait for `min_nodes` first."""
+        if self.seed is None:
+            return
+        deadline = time.monotonic() + timeout
+        while len(nodes := list(grid.get_node_ids())) < min_nodes and time.monotonic() < deadline:
+            time.sleep(0.5)
+        unknown = [n for n in nodes if n not in self.clients]
+        if not unknown:
+            return
+        messages = [Message(RecordDict({IDENTIFY_KEY: ConfigRecord({})}), dst_node_id=n,
+                            message_type=MessageType.TRAIN) for n in unknown]
+        for reply in grid.send_and_receive(messages, timeout=max(1.0, deadline - time.monotonic())):
+            if not reply.has_error() and IDENTIFY_KEY in reply.content.config_records:
+                record = reply.content.config_records[IDENTIFY_KEY]
+                if "client" in record:
+                    self.learn(reply.metadata.src_node_id, int(record["client"]))
+        silent = [n for n in unknown if n not in self.clients]
+        if silent:
+            log(WARNING, "fedattack: %d of %d nodes did not identify themselves (no fedattack audit_mod on their "
+                         "train function); they are sampled in node-id order, which can change between runs",
+                len(silent), len(nodes))
+        else:
+            log(INFO, "fedattack: %d nodes identified; sampling is seeded by seed=%s", len(nodes), self.seed)
+
+    @contextmanager
+    def seeded(self, grid: Grid, server_round: int, stage: str) -> Iterator[Grid]:
+        """The grid the wrapped strategy samples from in one configure call, Python's random
+        generator seeded from (seed, round, stage) meanwhile; without a seed, the grid as is."""
+        if self.seed is None:
+            yield grid
+            return
+        state = random.getstate()
+        random.seed(f"fedattack:{self.seed}:{server_round}:{stage}")
+        try:
+            yield OrderedGrid(grid, self.clients)
+        finally:
+            random.setstate(state)

@@ -1,0 +1,322 @@
+"""The public API for a Flower user's own app, in process: a user's model (BatchNorm, dropout,
+max-pooling, a layer of its own) through AuditStrategy, the audit-only record from the
+client's own loader, unscored runs, bad replies, the protocol, seeded sampling, plug-in kinds."""
+
+from __future__ import annotations
+
+import csv
+import pickle
+import random
+
+import cloudpickle
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+
+from fedattack import AuditedLoader, AuditStrategy, TrainingProtocol, audit_mod
+from fedattack.errors import ConfigError, FedattackError
+from fedattack.models import build_model
+from fedattack.models.user import user_model_spec
+from fedattack.server.dispatch import LocalDispatcher
+from fedattack.server.sampling import SeededSampling
+
+
+class Scale(nn.Module):
+    """A layer of the user's own: a learned per-channel scale."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight
+
+
+class UserNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), Scale(4),
+                                      nn.MaxPool2d(2))
+        self.drop = nn.Dropout(0.25)
+        self.head = nn.Linear(4 * 4 * 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.drop(self.features(x).flatten(1)))
+
+
+class RecordingFedAvg(FedAvg):
+    """The user's strategy: records the record keys of the replies it aggregates."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.seen: list[set[str]] = []
+
+    def aggregate_train(self, server_round, replies):
+        replies = list(replies)
+        self.seen.append(set().union(*(set(r.content.keys()) for r in replies)))
+        return super().aggregate_train(server_round, replies)
+
+
+class FakeGrid(Grid):
+    """Node ids only: the test plays the clients itself."""
+
+    def __init__(self, node_ids):
+        self.node_ids = list(node_ids)
+
+    def set_run(self, run):
+        pass
+
+    @property
+    def run(self):
+        return None
+
+    def create_message(self, *args, **kwargs):
+        raise NotImplementedError
+
+    def get_node_ids(self):
+        return set(self.node_ids)
+
+    def push_messages(self, messages):
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids):
+        raise NotImplementedError
+
+    def send_and_receive(self, messages, *, timeout=None):
+        raise NotImplementedError
+
+
+@pytest.fixture
+def flower_task():
+    """Flower messages need a task identity (set by Flower's runtime in a real run)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
+
+
+def _batches(seed: int, n: int = 4, batch: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 3, 8, 8, generator=g) * 2 - 1  # Normalize((0.5,)*3, (0.5,)*3) of [0, 1] pixels
+    y = torch.randint(0, 3, (n,), generator=g)
+    return [{"img": x[i:i + batch], "label": y[i:i + batch]} for i in range(0, n, batch)], x
+
+
+def _user_train(msg: Message, context: Context, *, audited: bool = True, arrays_key: str = "arrays") -> Message:
+    """The user's own train function: its model, its loop, its loader (wrapped or not)."""
+    model = UserNet()
+    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    loader, _ = _batches(int(context.node_config["partition-id"]))
+    if audited:
+        loader = AuditedLoader(loader)
+    opt = torch.optim.SGD(model.parameters(), lr=float(msg.content["config"]["lr"]))
+    model.train()
+    for _ in range(2):  # two epochs: each sample is recorded once
+        for batch in loader:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(batch["img"]), batch["label"]).backward()
+            opt.step()
+    return Message(RecordDict({arrays_key: ArrayRecord(model.state_dict()),
+                               "metrics": MetricRecord({"num-examples": 4, "train_loss": 1.0})}), reply_to=msg)
+
+
+def _play_round(strategy: AuditStrategy, grid: Grid, rnd: int, *, mod: bool = True, **train_kwargs):
+    messages = list(strategy.configure_train(rnd, ArrayRecord(UserNet().state_dict()),
+                                             ConfigRecord({"lr": 0.05}), grid))
+    replies = []
+    for m in messages:
+        pid = strategy.grid_clients[m.metadata.dst_node_id]
+        ctx = Context(run_id=1, node_id=m.metadata.dst_node_id, node_config={"partition-id": pid},
+                      state=RecordDict(), run_config={})
+        train = lambda msg, c: _user_train(msg, c, audited=mod, **train_kwargs)  # noqa: E731
+        replies.append(audit_mod(m, ctx, train) if mod else train(m, ctx))
+    return strategy.aggregate_train(rnd, replies)
+
+
+def _strategy(tmp_path, **kwargs) -> AuditStrategy:
+    inner = RecordingFedAvg(fraction_train=1.0, min_train_nodes=2, min_available_nodes=2, fraction_evaluate=0.0)
+    strategy = AuditStrategy(
+        inner, model=UserNet(), protocol=TrainingProtocol(local_epochs=2, batch_size=2, config_keys={"lr": "lr"}),
+        attacks={"idlg": {"iterations": 2, "max_iter": 1},
+                 "invgrad": {"iterations": 2, "restarts": 1, "candidates": 1}},
+        mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), out_dir=tmp_path / "run", dispatcher=LocalDispatcher(1),
+        **kwargs)
+    strategy.grid_clients = {101: 0, 202: 1}
+    return strategy
+
+
+def test_user_model_with_batchnorm_dropout_pooling_and_own_layer_is_audited_against_its_own_images(
+        tmp_path, flower_task):
+    strategy = _strategy(tmp_path)
+    assert strategy.auditor.plan.model.in_shape == (3, 8, 8) and strategy.auditor.plan.model.num_classes == 3
+    grid = FakeGrid([101, 202])
+    with strategy.auditor.session():
+        arrays, _ = _play_round(strategy, grid, 1)
+        assert arrays is not None
+        strategy.evaluate_fn(None)(1, arrays)
+    # the user's strategy never saw the audit-only records
+    assert strategy.strategy.seen == [{"arrays", "metrics"}]
+    rows = list(csv.DictReader((tmp_path / "run" / "leakage.csv").open()))
+    assert sorted((r["client"], r["attack"]) for r in rows) == [("0", "idlg"), ("0", "invgrad"), ("1", "idlg"),
+                                                                 ("1", "invgrad")]
+    for r in rows:
+        assert r["status"] == "ok" and r["unscored"] == "", r
+        assert r["num_images"] == "4"  # two epochs of two batches: four distinct samples
+        assert float(r["psnr"]) > 0 and r["label_acc"] != ""
+    # scored against the client's own images: the gallery's top row is the loader's pixels
+    from PIL import Image
+
+    _, x = _batches(0)
+    grid_png = np.asarray(Image.open(tmp_path / "run" / "images" / "r001_c0_idlg.png")).astype(float) / 255
+    top = grid_png[2:18:2, 2:18:2]  # pad 1, scale 2: the first 8x8 image of the top row
+    assert any(np.abs(top - ((xi.permute(1, 2, 0).numpy() + 1) / 2)).max() < 1 / 255 + 1e-6 for xi in x)
+    rounds = list(csv.DictReader((tmp_path / "run" / "rounds.csv").open()))
+    assert [(r["round"], r["replies"], r["audited_clients"], r["jobs"]) for r in rounds] == [("1", "2", "2", "4")]
+    assert (tmp_path / "run" / "report.html").is_file()
+    assert sorted(p.name for p in (tmp_path / "run" / "reconstructions").iterdir())[0] == "r001_c0_idlg.npz"
+
+
+def test_without_the_client_record_the_audit_runs_unscored_and_says_why(tmp_path, flower_task):
+    strategy = _strategy(tmp_path)
+    with strategy.auditor.session():
+        arrays, _ = _play_round(strategy, FakeGrid([101, 202]), 1, mod=False)
+        strategy.evaluate_fn(None)(1, arrays)
+    rows = list(csv.DictReader((tmp_path / "run" / "leakage.csv").open()))
+    assert len(rows) == 4
+    for r in rows:
+        assert r["status"] == "ok" and r["psnr"] == "" and r["label_acc"] == ""
+        assert "no audit record" in r["unscored"]
+    npz = np.load(tmp_path / "run" / "reconstructions" / f"r001_c{rows[0]['client']}_{rows[0]['attack']}.npz")
+    assert npz["images"].shape[1:] == (3, 8, 8) and len(npz["labels"]) == npz["images"].shape[0]
+    assert 0 <= npz["images"].min() and npz["images"].max() <= 1
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "Scores unavailable" in html and "no audit record" in html
+    from fedattack.report.store import load_run
+
+    assert all(not r.scored for r in load_run(tmp_path / "run").results)  # the reason survives the CSV
+
+
+def test_a_reply_without_the_strategys_arrays_key_is_one_line_and_nothing_is_written(tmp_path, flower_task):
+    strategy = _strategy(tmp_path)
+    with pytest.raises(FedattackError, match=r"^arrayrecord_key: a train reply \(node \d+\) has no ArrayRecord "
+                                             r"'arrays' \(its ArrayRecords: weights\)") as exc:
+        with strategy.auditor.session():
+            _play_round(strategy, FakeGrid([101, 202]), 1, arrays_key="weights")
+    assert "\n" not in str(exc.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_bad_arguments_are_one_line_naming_the_argument(tmp_path):
+    from flwr.server.strategy import FedAvg as LegacyFedAvg
+
+    protocol = TrainingProtocol(lr=0.1, local_epochs=1, batch_size=2)
+    with pytest.raises(ConfigError, match=r"^strategy: FedAvg is a legacy flwr.server.strategy Strategy .*the "
+                                          r"Message API \(a flwr.serverapp.strategy Strategy\) is needed"):
+        AuditStrategy(LegacyFedAvg(), model=UserNet(), protocol=protocol, out_dir=tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"^audit.attacks: unknown attack 'nope'"):
+        AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, attacks=["nope"], out_dir=tmp_path / "b")
+    with pytest.raises(ConfigError, match=r"^mean: expected 1 or 3 values"):
+        AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, mean=(0.5, 0.5), out_dir=tmp_path / "c")
+    with pytest.raises(ConfigError, match=r"^input_shape: the model does not take inputs of shape \(3, 12, 12\)"):
+        AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, input_shape=(3, 12, 12), out_dir=tmp_path / "d")
+    (tmp_path / "e").mkdir()
+    (tmp_path / "e" / "keep").write_text("")
+    with pytest.raises(ConfigError, match=r"^out_dir: .* exists and is not empty"):
+        AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, out_dir=tmp_path / "e")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+
+
+def test_training_protocol_fixed_values_train_config_keys_and_step_counts():
+    p = TrainingProtocol(local_epochs=2, batch_size=32, momentum=0.9, config_keys={"lr": "learning-rate"})
+    obs = p.protocol({"learning-rate": 0.1, "server-round": 1}, num_examples=70)
+    assert (obs.lr, obs.local_epochs, obs.local_steps, obs.batch_size, obs.num_examples, obs.momentum) == \
+        (0.1, 2, 2 * 3, 32, 70, 0.9)
+    steps = TrainingProtocol(lr=0.01, local_steps=5, batch_size=8, optimizer="adam", weight_decay=1e-4)
+    assert steps.protocol(None, 100).local_steps == 5 and steps.protocol(None, 100).optimizer == "adam"
+    with pytest.raises(ConfigError, match=r"^protocol.config_keys.lr: the train ConfigRecord has no 'learning-rate' "
+                                          r"\(it has: server-round\)$"):
+        p.check({"server-round": 1})
+    with pytest.raises(ConfigError, match=r"^protocol.lr: not given"):
+        TrainingProtocol(local_epochs=1, batch_size=2)
+    with pytest.raises(ConfigError, match=r"^protocol.optimizer: unknown value 'rmsprop'; allowed: sgd, adam$"):
+        TrainingProtocol(lr=0.1, local_epochs=1, batch_size=2, optimizer="rmsprop")
+    with pytest.raises(ConfigError, match=r"^protocol.local_epochs: set local_epochs or local_steps"):
+        TrainingProtocol(lr=0.1, batch_size=2)
+
+
+def test_a_user_model_spec_pickles_builds_and_is_hashable():
+    spec = user_model_spec(UserNet())
+    assert spec.in_shape == (3, 8, 8) and spec.num_classes == 3 and spec.name.endswith(":UserNet")
+    again = pickle.loads(cloudpickle.dumps(spec))
+    assert again == spec and hash(again) == hash(spec)
+    a, b = build_model(again), build_model(again)
+    assert a is not b and isinstance(a, UserNet)
+    factory = user_model_spec(UserNet, num_classes=3, in_shape=(3, 8, 8))
+    assert isinstance(build_model(factory, seed=0), UserNet)
+    assert {spec: 1}[again] == 1
+
+
+def test_seeded_sampling_picks_the_same_clients_whatever_the_node_ids():
+    strategy = FedAvg(fraction_train=0.5, min_train_nodes=2, min_available_nodes=2)
+
+    def sampled(seed: int) -> list[list[int]]:
+        ids = random.Random(seed).sample(range(10**6), 8)  # fresh random node ids, as every simulation draws
+        sampling = SeededSampling(seed=7)
+        for pid, node in enumerate(ids):
+            sampling.learn(node, pid)
+        grid = FakeGrid(ids)
+        out = []
+        for rnd in (1, 2, 3):
+            with sampling.seeded(grid, rnd, "train") as view:
+                nodes, _ = sample_nodes(view, strategy.min_available_nodes, 4)  # what FedAvg calls
+            out.append(sorted(sampling.clients[n] for n in nodes))
+        return out
+
+    state = random.getstate()
+    first, second = sampled(1), sampled(2)
+    assert first == second and len({tuple(r) for r in first}) > 1
+    assert random.getstate() == state  # Python's generator is restored
+
+
+@pytest.mark.parametrize("path, field", [("os:system", "model.name"), ("subprocess:run", "model.name")])
+def test_an_import_path_of_the_wrong_kind_is_refused_before_it_is_called(capsys, tmp_path, path, field):
+    from fedattack.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", f"model.name={path}", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"fedattack: error: {field}: '{path}' is ") and "\n" not in err, err
+    assert not out.exists()
+
+
+def test_a_legacy_strategy_is_one_line_naming_the_message_api(capsys, tmp_path):
+    from fedattack.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "fl.strategy=flwr.server.strategy:FedAvg", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedattack: error: fl.strategy: 'flwr.server.strategy:FedAvg' is a legacy "
+                          "flwr.server.strategy Strategy") and "flwr.serverapp.strategy" in err and "\n" not in err
+    assert not out.exists()
+
+
+def test_clients_take_only_numbers_from_a_message(small_cfg):
+    from fedattack.client.app import client_view, with_protocol
+
+    cfg = small_cfg("client.defenses=[gaussian]", "client.lr=0.01")
+    got = with_protocol(cfg, ConfigRecord({"lr": 0.5, "batch-size": 4, "gaussian.sigma": 0.3, "model.name": "os:system",
+                                           "fedattack": '{"model": {"name": "os:system"}}', "nope.x": 1.0,
+                                           "gaussian.seed_path": "mypkg:thing"}))
+    assert (got.client.lr, got.client.batch_size, got.defense("gaussian").sigma) == (0.5, 4, 0.3)
+    assert got.model.name == cfg.model.name and cfg.client.lr == 0.01  # nothing else, and a copy
+    view = client_view({"audit": {"attacks": ["idlg", "mypkg.attacks:quick"]}, "mypkg.attacks:quick": {"k": 1},
+                        "fl": {"strategy": "mypkg:MyStrategy", "strategy_args": {"x": 1}}, "idlg": {"max_iter": 1}})
+    assert view["audit"] == {"attacks": ["idlg"]} and "mypkg.attacks:quick" not in view
+    assert view["fl"] == {"strategy": "fedavg"} and view["idlg"] == {"max_iter": 1}

@@ -7,7 +7,9 @@
     fedattack list attacks|defenses|datasets|models|strategies|labels|partitioners
     fedattack report RUN_DIR                                 print and re-render a run's report
 
-Bad input exits with code 2 and one line naming the field and what is allowed.
+Bad input exits with code 2 and one line naming the field and what is allowed, before
+anything is started or written. SIGINT and SIGTERM stop a command cleanly (fedattack.shutdown):
+finished results and the report are kept, and the exit code is 130 or 143.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from fedattack import sweep, train_generator
+from fedattack import shutdown, sweep, train_generator
 from fedattack.arguments import add_config_args, load_config
 from fedattack.attacks import ATTACKS
 from fedattack.attacks.labels import LABELS
@@ -97,10 +99,13 @@ def main(argv: list[str] | None = None) -> int:
         p.set_defaults(handler=handler)
     ns = parser.parse_args(argv)
     try:
-        return ns.handler(ns)
+        with shutdown.handling_signals():
+            return ns.handler(ns)
     except FedattackError as exc:
         print(f"fedattack: error: {exc}", file=sys.stderr)
         return 2
+    except shutdown.Stopped as exc:
+        return exc.exit_code
     except KeyboardInterrupt:
         print("fedattack: interrupted", file=sys.stderr)
         return 130

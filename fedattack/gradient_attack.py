@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fedattack import shutdown
 from fedattack.client.train import local_train
 from fedattack.errors import ConfigError
 from fedattack.experiment import Experiment, build
+from fedattack.limits import check_memory, check_model
 from fedattack.models import float_params
 from fedattack.report.console import Progress
 from fedattack.report.store import RunStore
@@ -22,6 +24,7 @@ from fedattack.results import JobResult, RoundResult, RunHeader
 from fedattack.schema import Config
 from fedattack.server.audit import Auditor, make_observation
 from fedattack.server.dispatch import LocalDispatcher
+from fedattack.server.interrupt import interruption
 from fedattack.threat import Observation, Truth
 
 
@@ -42,7 +45,7 @@ def simulated_round(cfg: Config, indices, *, clients: int = 1) -> tuple[Observat
     """One simulated round without Flower: each of `clients` clients trains on its share of
     `indices` from the same global model; the server sees the example-weighted mean of their
     updates (an aggregate, as SecAgg reveals, when clients > 1). For experiments and benchmarks."""
-    exp = build(cfg)
+    exp = build(cfg, partitions=False)
     model = exp.initial_model()
     names = [n for n, _ in model.named_parameters()]
     sent = {k: v.detach().clone() for k, v in {**model.state_dict(), **float_params(model)}.items()}
@@ -62,17 +65,48 @@ def simulated_round(cfg: Config, indices, *, clients: int = 1) -> tuple[Observat
 
 def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Progress | None = None
                ) -> list[JobResult]:
-    """Train the victim, run every configured attack on its update; with `out_dir`, write a run directory."""
+    """Train the victim, run every configured attack on its update; with `out_dir`, write a run directory.
+
+    Everything bad input can break is checked before the run directory is made; a signal
+    after that stops the attacks, keeps the finished rows and writes the report."""
     progress = progress or Progress()
-    exp = build(cfg)
+    exp = build(cfg, partitions=False)  # one victim: no federation to partition
     idx = victim_indices(exp)
+    check_memory(exp, check_model(exp))
     store = RunStore(out_dir, cfg=cfg) if out_dir else None
+    results: list[JobResult] = []
+    errors: list[BaseException] = []
+    dispatcher = LocalDispatcher(max_workers=1)
+    try:
+        with shutdown.cooperative():
+            shutdown.check()
+            _attack(exp, idx, dispatcher, results, store, progress)
+    except shutdown.Stopped:
+        pass
+    except BaseException as exc:
+        errors.append(exc)
+        raise
+    finally:
+        if dispatcher.pending():
+            dispatcher.abandon()
+        if store:
+            with shutdown.cooperative():
+                summary = store.finish(interrupted=interruption(errors))
+        else:
+            summary = summarize(results, [], RunHeader.from_config(cfg.to_dict()), interruption(errors))
+    progress.summary_table(summary, title="fedattack attack")
+    shutdown.check()
+    return results
+
+
+def _attack(exp: Experiment, idx: np.ndarray, dispatcher: LocalDispatcher, results: list[JobResult],
+            store: RunStore | None, progress: Progress) -> None:
+    cfg = exp.cfg
     model = exp.initial_model()
     sent = {**dict(model.state_dict()), **float_params(model)}
     sent = {k: v.detach().clone() for k, v in sent.items()}
     result = local_train(model, exp.train, idx, cfg, rnd=1, client=cfg.victim.client)
-    received = {k: sent[k] + result.update[k] if k in result.update else v for k, v in sent.items()}
-    results: list[JobResult] = []
+    shutdown.check()
 
     def on_result(res: JobResult) -> None:
         results.append(res)
@@ -80,17 +114,13 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
         if store:
             store.add_result(res)
 
-    auditor = Auditor(exp, LocalDispatcher(max_workers=1), on_result=on_result)
+    received = {k: sent[k] + result.update[k] if k in result.update else v for k, v in sent.items()}
+    auditor = Auditor(exp, dispatcher, on_result=on_result)
     obs = auditor.observation(sent, received, {"num-examples": result.num_examples, "local_steps": result.steps})
     progress.print(f"victim: {len(result.indices)} images {result.indices[:16]}{' ...' if len(result.indices) > 16 else ''}, "
                    f"{result.steps} local steps of batch {cfg.client.batch_size} at lr {cfg.client.lr}")
-    auditor.submit(1, cfg.victim.client, obs, exp.train.truth(result.indices))
-    auditor.finish()
+    jobs = auditor.submit(1, cfg.victim.client, obs, exp.train.truth(result.indices))
     if store:
         store.add_round(RoundResult(round=1, train_loss=result.loss, replies=1, errors=0, audited_clients=1,
-                                    jobs=len(results), scope="client"))
-        summary = store.finish()
-    else:
-        summary = summarize(results, [], RunHeader.from_config(cfg.to_dict()))
-    progress.summary_table(summary, title="fedattack attack")
-    return results
+                                    jobs=jobs, scope="client"))
+    auditor.finish()

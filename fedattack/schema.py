@@ -86,6 +86,7 @@ class AuditConfig:
     save_images: bool = True
     threads_per_job: int = 1
     tf32: bool = False  # let attack jobs on a GPU use TF32 matmuls and convolutions
+    job_timeout: float = 1800.0  # seconds one attack job may run before it is stopped and recorded failed (0: none)
 
 
 @dataclass

@@ -14,12 +14,14 @@ from fedattack.client.app import app as client_app
 from fedattack.defenses import DEFENSES
 from fedattack.errors import ConfigError
 from fedattack.experiment import build
+from fedattack.limits import check_cluster, check_machine
 from fedattack.report.console import Progress
 from fedattack.report.store import RunStore
 from fedattack.report.summary import Summary
 from fedattack.schema import Config
 from fedattack.server.app import run_audit
 from fedattack.server.dispatch import ATTACK_RESOURCE
+from fedattack.server.interrupt import RunGuard
 from fedattack.server.secagg import check_strategy, run_secagg_audit
 from fedattack.server.secagg import client_app as secagg_client_app
 from fedattack.server.strategies import build_strategy
@@ -78,7 +80,6 @@ def uses_secagg(cfg: Config) -> bool:
 
 def run(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None, verbose: bool = False) -> Summary:
     """Run the audited simulation described by cfg; write the run directory; return the summary."""
-    import ray
     from flwr.simulation import run_simulation
 
     progress = progress or Progress()
@@ -86,40 +87,35 @@ def run(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None, v
     # everything that can fail on bad input fails here, before any file is written
     exp = build(cfg)
     check_strategy(cfg) if secagg else build_strategy(cfg)
+    check_machine(exp)
     if not verbose:
         for name in ("flwr", "flwr.simulation"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    init_ray(cfg, verbose=verbose, num_cpus=cfg.ray.num_cpus)
-    store = RunStore(out_dir, cfg=cfg)
-    progress.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} rounds of {cfg.fl.strategy}, "
-                   f"{cfg.fl.clients_per_round} per round; auditing with {', '.join(cfg.audit.attacks) or 'nothing'}; "
-                   f"run directory {store.dir}")
-    server_app = ServerApp()
-    errors: list[BaseException] = []
+    # from here on a signal stops the run cleanly, its results kept
+    with RunGuard(progress, local_ray=not cfg.ray.address) as guard:
+        init_ray(cfg, verbose=verbose, num_cpus=cfg.ray.num_cpus)
+        guard.ray_started()
+        check_cluster(cfg)
+        store = guard.store = RunStore(out_dir, cfg=cfg)
+        progress.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} rounds of {cfg.fl.strategy}, "
+                       f"{cfg.fl.clients_per_round} per round; auditing with "
+                       f"{', '.join(cfg.audit.attacks) or 'nothing'}; run directory {store.dir}")
+        server_app = ServerApp()
 
-    @server_app.main()
-    def _main(grid, context) -> None:
-        try:
-            if secagg:
-                run_secagg_audit(grid, context, exp, store, progress)
-            else:
-                run_audit(grid, exp, store, progress)
-        except BaseException as exc:  # surfaced after Flower has shut down
-            errors.append(exc)
-            raise
+        @server_app.main()
+        def _main(grid, context) -> None:
+            with guard.server(grid) as grid:
+                if secagg:
+                    run_secagg_audit(grid, context, exp, store, progress)
+                else:
+                    run_audit(grid, exp, store, progress)
 
-    try:
-        run_simulation(
+        guard.simulate(
+            run_simulation,
             server_app=server_app,
             client_app=secagg_client_app if secagg else client_app,
             num_supernodes=cfg.fl.num_clients,
             backend_config={"client_resources": {"num_cpus": cfg.fl.client_cpus, "num_gpus": cfg.fl.client_gpus}},
             verbose_logging=verbose,
         )
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-        summary = store.finish()
-    if errors:
-        raise errors[0]
-    return summary
+    return guard.summary

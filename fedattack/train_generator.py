@@ -46,7 +46,7 @@ def training_images(cfg: Config, *, split: str = "train", labels: list[int] | No
     if bad:
         raise FedattackError(f"--exclude: index {bad[0]} is outside the training split (0..{n_train - 1})")
     if exclude_victims:
-        drop |= {int(i) for i in victim_indices(build(cfg))}
+        drop |= {int(i) for i in victim_indices(build(cfg, partitions=False))}
     classes = splits.train.spec.num_classes
     if labels is not None:
         bad = [c for c in labels if not 0 <= c < classes]

@@ -21,11 +21,11 @@ PACKAGE = ROOT / "fedattack"
 
 # bottom to top; a name covers the module and everything below it
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["fedattack", "fedattack.errors", "fedattack.validate", "fedattack.registry"]),
+    ("base", ["fedattack", "fedattack.errors", "fedattack.validate", "fedattack.registry", "fedattack.shutdown"]),
     ("types", ["fedattack.threat", "fedattack.schema", "fedattack.results"]),
     ("models, data, metrics", ["fedattack.models", "fedattack.data", "fedattack.metrics"]),
     ("plug-ins", ["fedattack.attacks", "fedattack.defenses", "fedattack.strategies"]),
-    ("config", ["fedattack.config", "fedattack.experiment"]),
+    ("config", ["fedattack.config", "fedattack.experiment", "fedattack.limits"]),
     ("report", ["fedattack.report"]),
     ("client, server", ["fedattack.client", "fedattack.server"]),
     ("commands", ["fedattack.arguments", "fedattack.simulate", "fedattack.gradient_attack", "fedattack.sweep",

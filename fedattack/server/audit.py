@@ -112,7 +112,7 @@ class Auditor:
                                 labels=self.cfg.audit.labels, adaptive=adaptive, defense=self.defense,
                                 threads=self.cfg.audit.threads_per_job, tf32=self.cfg.audit.tf32,
                                 success_ssim=self.cfg.audit.success_ssim,
-                                epsilon=epsilon)
+                                epsilon=epsilon, timeout=self.cfg.audit.job_timeout)
                 self.dispatcher.submit(job, truth)
                 self.on_submit(rnd, client, name)
                 n += 1

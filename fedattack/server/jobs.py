@@ -57,6 +57,7 @@ class AttackJob:
     tf32: bool = False  # TF32 matmuls and convolutions on a GPU
     success_ssim: float = 0.5
     epsilon: float = float("nan")  # the client's reported DP epsilon (report metadata only)
+    timeout: float = 0.0  # seconds the job may run before it is stopped and recorded as failed (0: no limit)
     strict: bool = field(default_factory=strict_from_env)  # raise what is not an expected failure
 
     @property

@@ -14,7 +14,7 @@ from fedattack.client.app import app as client_app
 from fedattack.defenses import DEFENSES
 from fedattack.errors import ConfigError
 from fedattack.experiment import build
-from fedattack.limits import check_cluster, check_machine
+from fedattack.limits import check_cluster, check_machine, quiet_logs
 from fedattack.report.console import Progress
 from fedattack.report.store import RunStore
 from fedattack.report.summary import Summary
@@ -86,8 +86,9 @@ def run(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None, v
     secagg = uses_secagg(cfg)
     # everything that can fail on bad input fails here, before any file is written
     exp = build(cfg)
-    check_strategy(cfg) if secagg else build_strategy(cfg)
     check_machine(exp)
+    with quiet_logs("flwr"):
+        check_strategy(cfg) if secagg else build_strategy(cfg)
     if not verbose:
         for name in ("flwr", "flwr.simulation"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -290,19 +290,42 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def adopt_orphans() -> bool:
+    """Make this process the subreaper of everything it starts (Linux): a Ray worker whose
+    raylet exits is re-parented here instead of to init, so `reap_ray` still finds it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
+def _collect_zombies(pids: list[int]) -> None:
+    for p in pids:
+        try:
+            os.waitpid(p, os.WNOHANG)
+        except OSError:  # not our child (or already collected)
+            pass
+
+
 def reap_ray(wait: float = 10.0, exclude: set[int] = frozenset()) -> list[int]:
     """After `ray.shutdown()` of a local instance: give the Ray processes below this one (but
     `exclude`, those that were there before) `wait` seconds to exit, then kill the ones left
     (Ray's agents and workers can outlive the instance's shutdown)."""
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        left = [p for p in descendants() if p not in exclude and _alive(p) and is_ray_process(_cmdline(p))]
-        if not left:
+        ours = [p for p in descendants() if p not in exclude]
+        _collect_zombies(ours)
+        if not [p for p in ours if _alive(p) and is_ray_process(_cmdline(p))]:
             return []
         time.sleep(0.2)
-    return kill_descendants(only_ray=True, grace=2.0, exclude=exclude)
+    killed = kill_descendants(only_ray=True, grace=2.0, exclude=exclude)
+    _collect_zombies(killed)
+    return killed
 
 
 __all__ = ["Stopped", "StopRequest", "request", "requested", "check", "wait", "reset", "cooperative",
            "install_handlers", "handling_signals", "note_abandoned", "abandoned", "descendants",
-           "kill_descendants", "reap_ray", "signal_name"]
+           "kill_descendants", "reap_ray", "adopt_orphans", "signal_name"]

@@ -156,7 +156,9 @@ class RunGuard:
     def __enter__(self) -> "RunGuard":
         shutdown.check()  # a signal already came: nothing is started
         shutdown.reset()  # an earlier run's stop (a process running several runs)
-        self._before = set(shutdown.descendants()) if self.local_ray else set()
+        if self.local_ray:
+            shutdown.adopt_orphans()  # Ray workers outliving their raylet stay ours to reap
+            self._before = set(shutdown.descendants())
         self._stack.enter_context(shutdown.cooperative())
         self._stack.enter_context(_ray_auto_connect(False))
         return self

@@ -97,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_)
         add_args(p)
         p.set_defaults(handler=handler)
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra and hasattr(ns, "items") and not any(a.startswith("-") for a in extra):
+        ns.items += extra  # overrides after an option (`run --out DIR fl.rounds=2`) are overrides too
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         with shutdown.handling_signals():
             return ns.handler(ns)

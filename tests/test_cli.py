@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from fedattack.cli import main
 
@@ -259,3 +260,9 @@ def test_a_stuck_attack_is_failed_at_its_time_limit(tmp_path):
     assert "timed out after 1 s (audit.job_timeout)" in rows[f"{FAILING}:stuck"]["error"]
     assert rows["idlg"]["status"] == "ok"
     assert json.loads((out / "summary.json").read_text())["interrupted"] is None
+
+
+def test_overrides_may_follow_options(tmp_path):
+    out = tmp_path / "attack"
+    assert main(["attack", "--out", str(out), "audit.attacks=[idlg]", "idlg.iterations=1", "--quiet"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["idlg"]["iterations"] == 1

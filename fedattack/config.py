@@ -320,11 +320,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError("victim.indices", "must list at least one dataset index")
         if any(i < 0 for i in cfg.victim.indices):
             raise ConfigError("victim.indices", "indices must be >= 0")
-    _defense_sections_in_force(cfg)
     for name, params in {**cfg.attack_params, **cfg.defense_params}.items():
         check = getattr(params, "validate", None)
         if check is not None:
             check(name)
+    _defense_sections_in_force(cfg)  # after the values: a bad value names its own field first
     for name in cfg.audit.attacks:  # a generator checkpoint loads now, not first at attack time
         generator = getattr(cfg.attack(name), "generator", None)
         if isinstance(generator, str) and generator:

@@ -11,6 +11,11 @@ Where no node offers the resource (a cluster started without it, Flower's own Ra
 under `flwr run`), the dispatcher says so in one warning line and keeps at most
 `audit.max_concurrent` tasks in flight itself. Where no node offers `audit.gpus_per_job` GPUs,
 it says so and runs attacks on CPU rather than wait for GPUs that will never come.
+
+Results are handed on as they arrive: `poll` returns the finished ones, `drain` yields each
+until none is pending. A job past its time limit (`AttackJob.timeout`, audit.job_timeout) is
+stopped and recorded as failed. On a stop request (fedattack.shutdown) the dispatchers make
+no further Ray call: what is pending is cancelled and counted, and `drain` returns.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@
     fedattack list attacks|defenses|datasets|models|strategies|labels|partitioners
     fedattack report RUN_DIR                                 print and re-render a run's report
 
-Bad input exits with code 2 and one line naming the field and what is allowed.
+Bad input exits with code 2 and one line naming the field and what is allowed, before
+anything is started or written. SIGINT and SIGTERM stop a command cleanly (fedattack.shutdown):
+finished results and the report are kept, and the exit code is 130 or 143.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from fedattack import sweep, train_generator
+from fedattack import shutdown, sweep, train_generator
 from fedattack.arguments import add_config_args, load_config
 from fedattack.attacks import ATTACKS
 from fedattack.attacks.labels import LABELS
@@ -95,12 +97,19 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name, help=help_)
         add_args(p)
         p.set_defaults(handler=handler)
-    ns = parser.parse_args(argv)
+    ns, extra = parser.parse_known_args(argv)
+    if extra and hasattr(ns, "items") and not any(a.startswith("-") for a in extra):
+        ns.items += extra  # overrides after an option (`run --out DIR fl.rounds=2`) are overrides too
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return ns.handler(ns)
+        with shutdown.handling_signals():
+            return ns.handler(ns)
     except FedattackError as exc:
         print(f"fedattack: error: {exc}", file=sys.stderr)
         return 2
+    except shutdown.Stopped as exc:
+        return exc.exit_code
     except KeyboardInterrupt:
         print("fedattack: interrupted", file=sys.stderr)
         return 130

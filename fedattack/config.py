@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import types
 import typing
 from dataclasses import fields
@@ -24,11 +25,14 @@ from fedattack.data import DATASETS, PARTITIONERS
 from fedattack.defenses import DEFENSES
 from fedattack.errors import ConfigError
 from fedattack.models import ACTIVATIONS, INITIALIZERS, MODELS, check_width
+from fedattack.models.generator import check_checkpoint
 from fedattack.schema import SECTIONS, Config
-from fedattack.strategies import STRATEGIES
-from fedattack.validate import check_between, check_choice, check_range
+from fedattack.strategies import STRATEGIES, check_strategy_args
+from fedattack.validate import check_between, check_choice, check_range, check_seed
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+# shipped inside the package (an installed wheel has it too); configs/default.yaml at the top of
+# the repository is the same file, the documented example (a test keeps them identical)
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -46,19 +50,29 @@ def from_dict(raw: dict) -> Config:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError("config", "the top level must be a mapping of sections")
+        raise ConfigError("config", f"the top level must be a mapping of sections, got {_kind(raw)}")
+    bad = [k for k in raw if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(str(bad[0]), "unknown section: section names are words (seed, data, fl, ...)")
     cfg = Config()
-    listed_attacks = (raw.get("audit") or {}).get("attacks") or []
-    listed_defenses = (raw.get("client") or {}).get("defenses") or []
+    listed_attacks = _listed(raw, "audit", "attacks")
+    listed_defenses = _listed(raw, "client", "defenses")
+    # a plug-in given by import path registers itself on import: its section may use that name
+    aliases = {**_aliases(ATTACKS, listed_attacks), **_aliases(DEFENSES, listed_defenses)}
+    sections: dict[str, Any] = {}
     for key, value in raw.items():
         if key == "seed":
             cfg.seed = _coerce(value, int, "seed")
         elif key in SECTIONS:
             setattr(cfg, key, _build_section(SECTIONS[key], value, key))
-        elif key in ATTACKS.names() or (":" in key and key in listed_attacks):
-            cfg.attack_params[key] = _build_section(ATTACKS.get(key).params, value, key)
-        elif key in DEFENSES.names() or (":" in key and key in listed_defenses):
-            cfg.defense_params[key] = _build_section(DEFENSES.get(key).params, value, key)
+        else:
+            sections[key] = value
+    for key, value in sections.items():
+        name = aliases.get(key, key)
+        if name in ATTACKS.names() or name in listed_attacks:
+            cfg.attack_params[name] = _build_section(ATTACKS.get(name).params, value, key)
+        elif name in DEFENSES.names() or name in listed_defenses:
+            cfg.defense_params[name] = _build_section(DEFENSES.get(name).params, value, key)
         else:
             allowed = ["seed", *SECTIONS, "<attack name>", "<defense name>"]
             raise ConfigError(str(key), f"unknown section; allowed: {', '.join(allowed)}")
@@ -66,8 +80,36 @@ def from_dict(raw: dict) -> Config:
     return cfg
 
 
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "true/false"}.get(
+        type(value), type(value).__name__) + f" ({value!r})"[:60]
+
+
+def _listed(raw: dict, section: str, key: str) -> list:
+    """The names listed at raw[section][key], as given (checked later)."""
+    node = raw.get(section)
+    value = node.get(key) if isinstance(node, dict) else None
+    if isinstance(value, str):
+        return [value]
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def _aliases(registry: Any, listed: list) -> dict[str, str]:
+    """section name -> listed import path, for listed `module:attr` plug-ins whose registered
+    name differs (`mine` for `mypkg.attacks:mine`)."""
+    out = {}
+    for name in listed:
+        if ":" in name:
+            own = getattr(registry.get(name), "name", None)  # imports it: a ConfigError names the field
+            if isinstance(own, str) and own != name:
+                out[own] = name
+    return out
+
+
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError("config", f"{p} is a directory, not a YAML file")
     if not p.is_file():
         raise ConfigError("config", f"file not found: {p}")
     try:
@@ -76,7 +118,13 @@ def read_yaml(path: str | Path) -> dict:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError("config", f"malformed YAML in {p}{where}") from None
-    return raw or {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("config", f"cannot read {p} ({exc.__class__.__name__})") from None
+    if raw is None:  # an empty file (or only comments): the defaults
+        return {}
+    if not isinstance(raw, dict):
+        raise ConfigError("config", f"{p} must be a mapping of sections (seed:, data:, fl:, ...), got {_kind(raw)}")
+    return raw
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -91,6 +139,18 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     except yaml.YAMLError:
         value = text
     return key.split("."), value
+
+
+def _defense_sections_in_force(cfg: Config) -> None:
+    """A defense's section only where the defense is in force: `gaussian.sigma=0.5` without
+    gaussian in client.defenses would run undefended (sweep.defense counts as in force)."""
+    in_force = set(cfg.client.defenses) | ({cfg.sweep.defense} if cfg.sweep.defense else set())
+    idle = [d for d in cfg.defense_params if d not in in_force]
+    if idle:
+        d = idle[0]
+        raise ConfigError(d, f"the defense '{d}' is configured but not in client.defenses "
+                             f"({', '.join(cfg.client.defenses) or 'none'}): add it (client.defenses=[...,{d}]) "
+                             f"or drop its section")
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -133,6 +193,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        others = [a for a in args if a is not type(None)]
+        if len(others) == 1:  # Optional[X]: X's own message
+            return _coerce(value, others[0], key)
         for a in args:
             if a is type(None):
                 continue
@@ -156,12 +219,18 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(key, f"expected a number, got {value!r}")
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ConfigError(key, f"must be a finite number, got {value}") from None
+        if not math.isfinite(value):
+            raise ConfigError(key, f"must be a finite number, got {value}")
+        return value
     if annotation is str:
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ConfigError(key, f"expected a string, got {value!r}")
@@ -175,6 +244,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return [_coerce(v, args[0], key) for v in value]
         return list(value)
     if annotation is dict or origin is dict:
+        if value is None:
+            return {}
         if not isinstance(value, dict):
             raise ConfigError(key, f"expected a mapping, got {value!r}")
         return dict(value)
@@ -193,6 +264,7 @@ def _type_name(annotation: Any) -> str:
 
 def validate(cfg: Config) -> None:
     """Check every field; fill in default parameters of each configured attack and defense."""
+    check_seed("seed", cfg.seed)
     DATASETS.check(cfg.data.name)
     check_range("data", "image_size", cfg.data.image_size, 0, lo_open=True)
     if cfg.data.channels not in (None, 1, 3):
@@ -215,6 +287,8 @@ def validate(cfg: Config) -> None:
             "fl.clients_per_round", f"must be <= fl.num_clients ({cfg.fl.num_clients}), got {cfg.fl.clients_per_round}"
         )
     STRATEGIES.check(cfg.fl.strategy)
+    if cfg.fl.strategy_args:
+        check_strategy_args(cfg.fl.strategy, cfg.fl.strategy_args)
     check_range("fl", "client_cpus", cfg.fl.client_cpus, 0)
     check_range("fl", "client_gpus", cfg.fl.client_gpus, 0)
     check_range("fl", "evaluate_every", cfg.fl.evaluate_every, 0)
@@ -234,6 +308,7 @@ def validate(cfg: Config) -> None:
     check_range("audit", "gpus_per_job", cfg.audit.gpus_per_job, 0)
     check_range("audit", "max_concurrent", cfg.audit.max_concurrent, 0, lo_open=True)
     check_range("audit", "threads_per_job", cfg.audit.threads_per_job, 0, lo_open=True)
+    check_range("audit", "job_timeout", cfg.audit.job_timeout, 0)
     if cfg.audit.labels != "auto":
         LABELS.check(cfg.audit.labels)
     check_between("audit", "success_ssim", cfg.audit.success_ssim, 0, 1)
@@ -249,6 +324,11 @@ def validate(cfg: Config) -> None:
         check = getattr(params, "validate", None)
         if check is not None:
             check(name)
+    _defense_sections_in_force(cfg)  # after the values: a bad value names its own field first
+    for name in cfg.audit.attacks:  # a generator checkpoint loads now, not first at attack time
+        generator = getattr(cfg.attack(name), "generator", None)
+        if isinstance(generator, str) and generator:
+            check_checkpoint(generator, f"{name}.generator")
 
 
 __all__ = ["load", "from_dict", "from_json", "read_yaml", "apply_overrides", "validate", "DEFAULT_CONFIG"]

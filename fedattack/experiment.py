@@ -63,7 +63,9 @@ def model_spec(cfg: Config, splits: Splits) -> ModelSpec:
                      init_scale=cfg.model.init_scale, extensions=tuple(extensions))
 
 
-def build(cfg: Config) -> Experiment:
+def build(cfg: Config, *, partitions: bool = True) -> Experiment:
+    """Data, client partitions (skipped with `partitions=False`: one victim, no federation) and model spec."""
     splits = load_dataset(cfg.data, seed=cfg.seed)
-    parts = partition(splits.train.targets, num_clients=cfg.fl.num_clients, cfg=cfg.partition, seed=cfg.seed)
+    parts = (partition(splits.train.targets, num_clients=cfg.fl.num_clients, cfg=cfg.partition, seed=cfg.seed)
+             if partitions else [])
     return Experiment(cfg, splits, parts, model_spec(cfg, splits))

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from fedattack import shutdown
 from fedattack.client.train import local_train
 from fedattack.errors import ConfigError
 from fedattack.experiment import Experiment, build
+from fedattack.limits import check_memory, check_model
 from fedattack.models import float_params
 from fedattack.report.console import Progress
 from fedattack.report.summary import summarize
@@ -21,6 +23,7 @@ from fedattack.results import JobResult, RunHeader
 from fedattack.schema import Config
 from fedattack.server.audit import Auditor, experiment_plan, make_observation
 from fedattack.server.dispatch import LocalDispatcher
+from fedattack.server.interrupt import interruption
 from fedattack.threat import Observation, Truth
 
 
@@ -41,7 +44,7 @@ def simulated_round(cfg: Config, indices, *, clients: int = 1) -> tuple[Observat
     """One simulated round without Flower: each of `clients` clients trains on its share of
     `indices` from the same global model; the server sees the example-weighted mean of their
     updates (an aggregate, as SecAgg reveals, when clients > 1). For experiments and benchmarks."""
-    exp = build(cfg)
+    exp = build(cfg, partitions=False)
     model = exp.initial_model()
     names = [n for n, _ in model.named_parameters()]
     sent = {k: v.detach().clone() for k, v in {**model.state_dict(), **float_params(model)}.items()}
@@ -61,10 +64,13 @@ def simulated_round(cfg: Config, indices, *, clients: int = 1) -> tuple[Observat
 
 def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Progress | None = None
                ) -> list[JobResult]:
-    """Train the victim, run every configured attack on its update; with `out_dir`, write a run directory."""
+    """Train the victim, run every configured attack on its update; with `out_dir`, write a run directory.
+
+    A signal stops the attacks still running; the finished rows, summary and report are kept."""
     progress = progress or Progress()
     exp = build(cfg)
     idx = victim_indices(exp)
+    check_memory(exp, check_model(exp))
     model = exp.initial_model()
     sent = {**dict(model.state_dict()), **float_params(model)}
     sent = {k: v.detach().clone() for k, v in sent.items()}
@@ -76,17 +82,28 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
         results.append(res)
         progress.result(res)
 
-    auditor = Auditor(experiment_plan(exp), out_dir=out_dir, dispatcher=LocalDispatcher(max_workers=1),
+    dispatcher = LocalDispatcher(max_workers=1)
+    auditor = Auditor(experiment_plan(exp), out_dir=out_dir, dispatcher=dispatcher,
                       on_result=on_result, on_round=lambda row, done, submitted: None)
     obs = make_observation(exp, auditor.param_names, sent, received,
                            {"num-examples": result.num_examples, "local_steps": result.steps})
     progress.print(f"victim: {len(result.indices)} images {result.indices[:16]}{' ...' if len(result.indices) > 16 else ''}, "
                    f"{result.steps} local steps of batch {cfg.client.batch_size} at lr {cfg.client.lr}")
-    with auditor.session():
-        auditor.begin_round(1)
-        auditor.audit_update(1, cfg.victim.client, obs, exp.train.truth(result.indices), train_loss=result.loss)
-        auditor.finish()
-        auditor.end_round(1)
-    summary = auditor.summary or summarize(results, [], RunHeader.from_config(cfg.to_dict()))
+    try:
+        with shutdown.cooperative():
+            shutdown.check()
+            with auditor.session():
+                auditor.begin_round(1)
+                auditor.audit_update(1, cfg.victim.client, obs, exp.train.truth(result.indices),
+                                     train_loss=result.loss)
+                auditor.finish()
+                auditor.end_round(1)
+    except shutdown.Stopped:
+        pass
+    finally:
+        if dispatcher.pending():
+            dispatcher.abandon()
+    summary = auditor.summary or summarize(results, [], RunHeader.from_config(cfg.to_dict()), interruption([]))
     progress.summary_table(summary, title="fedattack attack")
+    shutdown.check()
     return results

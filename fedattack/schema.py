@@ -70,12 +70,12 @@ class ClientConfig:
     batch_size: int = 2
     lr: float = 0.01
     momentum: float = 0.0
-    defenses: list = field(default_factory=list)
+    defenses: list[str] = field(default_factory=list)
 
 
 @dataclass
 class AuditConfig:
-    attacks: list = field(default_factory=lambda: ["idlg", "dlg", "invgrad"])
+    attacks: list[str] = field(default_factory=lambda: ["idlg", "dlg", "invgrad"])
     every: int = 1
     max_clients: int = 0  # 0: every sampled client
     gpus_per_job: float = 0.0
@@ -86,11 +86,12 @@ class AuditConfig:
     save_images: bool = True
     threads_per_job: int = 1
     tf32: bool = False  # let attack jobs on a GPU use TF32 matmuls and convolutions
+    job_timeout: float = 1800.0  # seconds one attack job may run before it is stopped and recorded failed (0: none)
 
 
 @dataclass
 class VictimConfig:
-    indices: list | None = None
+    indices: list[int] | None = None
     client: int = 0
 
 

@@ -13,11 +13,13 @@ from flwr.serverapp import ServerApp
 from fedattack.client.app import make_client_app
 from fedattack.errors import ConfigError, FedattackError
 from fedattack.experiment import build
+from fedattack.limits import check_cluster, check_machine, quiet_logs
 from fedattack.report.console import Progress
 from fedattack.report.summary import Summary
 from fedattack.schema import Config
 from fedattack.server.app import audit_strategy, run_rounds, uses_secagg
 from fedattack.server.dispatch import ATTACK_RESOURCE
+from fedattack.server.interrupt import RunGuard
 
 
 def init_ray(cfg: Config, *, verbose: bool = False, num_cpus: int | None = None) -> None:
@@ -72,47 +74,42 @@ def run(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None, v
 
     The server side is fedattack's own ServerApp main (fedattack.server.app), on the same
     public AuditStrategy a Flower user wraps their strategy with; the clients are fedattack's
-    ClientApp built with this config (their own installation's)."""
-    import ray
+    ClientApp built with this config (their own installation's). A signal stops the run at
+    its next checkpoint with its results kept (fedattack.server.interrupt.RunGuard)."""
     from flwr.simulation import run_simulation
 
     progress = progress or Progress()
     # everything that can fail on bad input fails here, before any file is written
     exp = build(cfg)
-    audit = audit_strategy(cfg, exp, out_dir=out_dir, progress=progress)
+    check_machine(exp)
+    with quiet_logs("flwr"):
+        audit = audit_strategy(cfg, exp, out_dir=out_dir, progress=progress)
     if not verbose:
         for name in ("flwr", "flwr.simulation"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    init_ray(cfg, verbose=verbose, num_cpus=cfg.ray.num_cpus)
-    progress.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} rounds of {cfg.fl.strategy}, "
-                   f"{cfg.fl.clients_per_round} per round{' under SecAgg+' if uses_secagg(cfg) else ''}; auditing "
-                   f"with {', '.join(cfg.audit.attacks) or 'nothing'}; run directory {audit.out_dir}")
-    server_app = ServerApp()
-    errors: list[BaseException] = []
+    with RunGuard(progress, local_ray=not cfg.ray.address) as guard:
+        guard.auditor = audit.auditor
+        init_ray(cfg, verbose=verbose, num_cpus=cfg.ray.num_cpus)
+        guard.ray_started()
+        check_cluster(cfg)
+        progress.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} rounds of {cfg.fl.strategy}, "
+                       f"{cfg.fl.clients_per_round} per round{' under SecAgg+' if uses_secagg(cfg) else ''}; "
+                       f"auditing with {', '.join(cfg.audit.attacks) or 'nothing'}; run directory {audit.out_dir}")
+        server_app = ServerApp()
 
-    @server_app.main()
-    def _main(grid, context) -> None:
-        try:
-            run_rounds(grid, context, cfg, exp, audit)
-        except FedattackError as exc:  # one line for the user after Flower has shut down
-            errors.append(exc)
-        except BaseException as exc:  # surfaced after Flower has shut down
-            errors.append(exc)
-            raise
+        @server_app.main()
+        def _main(grid, context) -> None:
+            with guard.server(grid) as grid:
+                run_rounds(grid, context, cfg, exp, audit)
 
-    try:
-        run_simulation(
+        guard.simulate(
+            run_simulation,
             server_app=server_app,
             client_app=make_client_app(cfg),
             num_supernodes=cfg.fl.num_clients,
             backend_config={"client_resources": {"num_cpus": cfg.fl.client_cpus, "num_gpus": cfg.fl.client_gpus}},
             verbose_logging=verbose,
         )
-    finally:
-        if ray.is_initialized():
-            ray.shutdown()
-    if errors:
-        raise errors[0]
-    if audit.auditor.summary is None:
+    if guard.summary is None:
         raise FedattackError("run: the simulation ended before its first round (see Flower's log above)")
-    return audit.auditor.summary
+    return guard.summary

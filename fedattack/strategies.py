@@ -7,12 +7,14 @@ participation the config sets. fedattack drives strategies through Flower's Mess
 from __future__ import annotations
 
 import inspect
+import math
 import typing
 from typing import Any
 
 from flwr.server import strategy as legacy
 from flwr.serverapp import strategy as fs
 
+from fedattack.errors import ConfigError
 from fedattack.registry import Registry, describe, from_standard_library
 
 MESSAGE_API = "the Message API (a flwr.serverapp.strategy Strategy) is needed"
@@ -46,3 +48,29 @@ for _name, _cls in {
     "qfedavg": fs.QFedAvg,
 }.items():
     STRATEGIES.register(_name, _cls, doc=f"flwr {_cls.__name__}")
+
+
+def check_strategy_args(name: str, args: dict, field: str = "fl.strategy_args") -> None:
+    """Every key of `fl.strategy_args` is a keyword argument of the strategy (unless it takes
+    **kwargs) and every number is finite; a strategy given as an object takes none."""
+    if not args:
+        return
+    target = STRATEGIES.get(name)
+    bad = [k for k in args if not isinstance(k, str)]
+    if bad:
+        raise ConfigError(field, f"argument names must be strings, got {bad[0]!r}")
+    for k, v in args.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{field}.{k}", f"must be a finite number, got {v}")
+    if not callable(target):
+        raise ConfigError(field, f"'{name}' is a strategy object, not a class or factory: it takes no arguments")
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return  # no signature to check against
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [p for p, v in params.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+    unknown = [k for k in args if k not in accepted]
+    if unknown:
+        raise ConfigError(field, f"'{unknown[0]}' is not an argument of {name}; allowed: {', '.join(accepted)}")

@@ -9,6 +9,7 @@ and indices of the dataset, and writes a checkpoint to use as `ggl.generator=gen
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,9 @@ from fedattack.errors import FedattackError
 from fedattack.experiment import build
 from fedattack.gradient_attack import victim_indices
 from fedattack.models.generator import TrainSettings, make_meta, save_generator, train_generator
+from fedattack.report.store import check_writable
 from fedattack.schema import Config
+from fedattack.validate import check_seed
 
 
 def _int_list(text: str | None, flag: str) -> list[int] | None:
@@ -46,7 +49,7 @@ def training_images(cfg: Config, *, split: str = "train", labels: list[int] | No
     if bad:
         raise FedattackError(f"--exclude: index {bad[0]} is outside the training split (0..{n_train - 1})")
     if exclude_victims:
-        drop |= {int(i) for i in victim_indices(build(cfg))}
+        drop |= {int(i) for i in victim_indices(build(cfg, partitions=False))}
     classes = splits.train.spec.num_classes
     if labels is not None:
         bad = [c for c in labels if not 0 <= c < classes]
@@ -75,6 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("items", nargs="*", metavar="[CONFIG] key=value",
                    help="a YAML config and dotted overrides (data.* chooses the dataset and image size)")
     p.add_argument("--out", required=True, help="checkpoint to write (e.g. gen.pt); use it as ggl.generator=PATH")
+    p.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"passes over the images (default {d.epochs})")
     p.add_argument("--loss", default=d.loss, help="dcgan (non-saturating GAN) or wgan-gp (default dcgan)")
     p.add_argument("--latent-dim", type=int, default=d.latent_dim, help=f"default {d.latent_dim}")
@@ -105,6 +109,13 @@ def cmd_train_generator(ns: argparse.Namespace) -> int:
     out = Path(ns.out)
     if out.is_dir():
         raise FedattackError(f"--out: {out} is a directory; give a file path such as {out / 'gen.pt'}")
+    if out.exists() and not ns.force:
+        raise FedattackError(f"--out: {out} exists; choose a new path, or add --force to replace it")
+    check_writable(out.parent, "--out")
+    if ns.seed is not None:
+        check_seed("--seed", ns.seed)
+    if ns.lr is not None and not (math.isfinite(ns.lr) and ns.lr > 0):
+        raise FedattackError(f"--lr: must be a finite number > 0, got {ns.lr}")
     labels = _int_list(ns.labels, "--labels")
     exclude = _int_list(ns.exclude, "--exclude")
     if ns.split == "test" and (exclude or ns.exclude_victims):

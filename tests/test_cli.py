@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from fedattack.cli import main
 
@@ -127,3 +128,141 @@ def test_strict_jobs_raise_a_bug_in_an_attack(tmp_path):
     # the test suite runs strict (tests/conftest.py): a programming error cannot pass for a failed attack
     with pytest.raises(KeyError, match="no such layer"):
         main(["attack", f"audit.attacks=[{FAILING}:bug]", "--out", str(tmp_path / "strict"), "--quiet"])
+
+
+# -- every bad input: one line naming the field, exit 2, nothing written -------------------
+
+def _image_folder(root, per_class: int, classes: int = 3):
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        d = root / f"class{c}"
+        d.mkdir(parents=True)
+        for i in range(per_class):
+            Image.fromarray((rng.random((12, 12, 3)) * 255).astype("uint8")).save(d / f"{i}.png")
+    return root
+
+
+def _unwritable(tmp_path):
+    """A directory nobody here can write into (root ignores permission bits: use /proc)."""
+    import os
+
+    if os.geteuid() == 0:
+        return "/proc/fedattack-unwritable"
+    ro = tmp_path / "readonly"
+    ro.mkdir()
+    ro.chmod(0o500)
+    return str(ro)
+
+
+# (command, arguments, field); {tmp} is the test's temporary directory, set up by SETUP
+BAD_INPUTS = [
+    ("run", ["client.lr=nan"], "client.lr"),
+    ("run", ["client.lr=inf"], "client.lr"),
+    ("run", ["fl.timeout=nan"], "fl.timeout"),
+    ("run", ["partition.alpha=.inf"], "partition.alpha"),
+    ("run", ["seed=-1"], "seed"),
+    ("run", ["seed=18446744073709551616"], "seed"),
+    ("run", ["client.batch_size=1000000"], "client.batch_size"),
+    ("run", ["data.image_size=100000"], "data.image_size"),
+    ("run", ["fl.strategy=fedprox", "fl.strategy_args={proximal_m: 0.5}"], "fl.strategy_args"),
+    ("run", ["fl.strategy=fedprox", "fl.strategy_args={proximal_mu: .nan}"], "fl.strategy_args.proximal_mu"),
+    ("run", ["audit.attacks=[1]"], "audit.attacks"),
+    ("attack", ["victim.indices=[abc]"], "victim.indices"),
+    ("attack", ["victim.indices=[1.5]"], "victim.indices"),
+    ("run", ["fl.client_cpus=1000"], "fl.client_cpus"),
+    ("run", ["audit.job_timeout=-1"], "audit.job_timeout"),
+    ("attack", ["gaussian.sigma=0.5", "audit.attacks=[idlg]"], "gaussian"),
+    ("run", ["model.name=tests.plugins.models:by_name"], "model.name"),
+    ("run", ["audit.attacks=[ggl]", "ggl.generator={tmp}/pickled.pt"], "ggl.generator"),
+    ("run", ["{tmp}/list.yaml", "fl.rounds=1"], "config"),
+    ("run", ["{tmp}/int.yaml", "fl.rounds=1"], "config"),
+    ("run", ["{tmp}/string.yaml", "fl.rounds=1"], "config"),
+    ("run", ["{tmp}/zero.yaml"], "config"),
+    ("run", ["{tmp}/intkey.yaml"], "1"),
+    ("run", ["{tmp}"], "config"),
+    ("run", ["--out", "{unwritable}/run"], "--out"),
+    ("run", ["--out", "{tmp}/afile"], "--out"),
+    ("run", ["--out", "{tmp}/afile/run"], "--out"),
+    ("run", ["data.name=imagefolder", "data.root={tmp}/one_per_class"], "data.root"),
+    ("run", ["data.name=imagefolder", "data.root={tmp}/fifteen"], "fl.num_clients"),
+    ("run", ["data.name=imagefolder", "data.root={tmp}/fifteen", "partition.alpha=1000"], "fl.num_clients"),
+    ("train-generator", ["--out", "{tmp}/afile"], "--out"),
+    ("train-generator", ["--out", "{tmp}/gen.pt", "--seed", "-1"], "--seed"),
+]
+
+
+def _setup_bad_inputs(tmp):
+    import torch
+
+    for name, text in {"list.yaml": "- a\n- b\n", "int.yaml": "3\n", "string.yaml": "hello\n", "zero.yaml": "0\n",
+                       "intkey.yaml": "1: 2\n"}.items():
+        (tmp / name).write_text(text)
+    (tmp / "afile").write_text("mine")
+    torch.save({"meta": {}, "state_dict": {}, "payload": _Payload()}, tmp / "pickled.pt")
+    _image_folder(tmp / "one_per_class", 1)
+    _image_folder(tmp / "fifteen", 5)
+
+
+class _Payload:
+    """Anything that needs pickled code to load."""
+
+
+@pytest.mark.parametrize("command, args, field", BAD_INPUTS,
+                         ids=[f"{c}:{' '.join(a)}" for c, a, _ in BAD_INPUTS])
+def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, monkeypatch, command, args, field):
+    tmp = tmp_path / "in"
+    tmp.mkdir()
+    _setup_bad_inputs(tmp)
+    work = tmp_path / "cwd"  # runs/<timestamp> would land here
+    work.mkdir()
+    monkeypatch.chdir(work)
+    before = sorted(p.name for p in tmp.rglob("*"))
+    unwritable = _unwritable(tmp_path)
+    args = [a.replace("{tmp}", str(tmp)).replace("{unwritable}", unwritable) for a in args]
+    if "--out" not in args and command != "train-generator":
+        args += ["--out", str(tmp_path / "out")]
+    capsys.readouterr()
+    code = main([command, *args, "--quiet"] if command != "train-generator" else [command, *args])
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert code == 2, (captured.out[-500:], err)
+    assert err.count("\n") == 0 and err.startswith(f"fedattack: error: {field}:"), err
+    assert not (tmp_path / "out").exists()
+    assert list(work.iterdir()) == []
+    assert sorted(p.name for p in tmp.rglob("*")) == before
+
+
+def test_attack_mode_needs_no_federation_partition(tmp_path):
+    """One victim trains: 15 images cannot be split among 8 clients, and need not be."""
+    root = _image_folder(tmp_path / "fifteen", 5)
+    out = tmp_path / "attack"
+    assert main(["attack", "data.name=imagefolder", f"data.root={root}", "audit.attacks=[idlg]", "idlg.iterations=1",
+                 "--out", str(out), "--quiet"]) == 0
+    assert len(list(csv.DictReader((out / "leakage.csv").open()))) == 1
+
+
+def test_a_model_factory_gets_act_as_a_callable(tmp_path):
+    out = tmp_path / "attack"
+    assert main(["attack", "model.name=tests.plugins.models:small_cnn", "audit.attacks=[idlg]", "idlg.iterations=1",
+                 "--out", str(out), "--quiet"]) == 0
+
+
+def test_a_stuck_attack_is_failed_at_its_time_limit(tmp_path):
+    out = tmp_path / "attack"
+    code = main(["attack", f"audit.attacks=[{FAILING}:stuck,idlg]", "idlg.iterations=1", "audit.job_timeout=1",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    rows = {r["attack"]: r for r in csv.DictReader((out / "leakage.csv").open())}
+    assert rows[f"{FAILING}:stuck"]["status"] == "failed"
+    assert "timed out after 1 s (audit.job_timeout)" in rows[f"{FAILING}:stuck"]["error"]
+    assert rows["idlg"]["status"] == "ok"
+    assert json.loads((out / "summary.json").read_text())["interrupted"] is None
+
+
+def test_overrides_may_follow_options(tmp_path):
+    out = tmp_path / "attack"
+    assert main(["attack", "--out", str(out), "audit.attacks=[idlg]", "idlg.iterations=1", "--quiet"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["idlg"]["iterations"] == 1

@@ -93,6 +93,9 @@ class _FakeRay:
     def nodes(self):
         return self.node_list
 
+    def is_initialized(self):
+        return True
+
     def remote(self, fn):
         fake = self
 
@@ -140,7 +143,8 @@ def test_without_attack_slots_the_dispatcher_keeps_max_concurrent_in_flight():
     d2, jobs = _fake_dispatcher([_node(CPU=2), _node(fedattack_attack=1)], max_concurrent=2)
     for job in jobs:
         d2.submit(job, truth=None)
-    assert d2._ray.launched == [0, 1, 2] and d2.max_in_flight is None  # the resource caps them in Ray
+    # with attack slots, as many in flight as the cluster has slots (a job's time limit counts from its slot)
+    assert d2._ray.launched == [0] and d2.max_in_flight == 1 and d2.pending() == 3
 
 
 def test_drain_fails_pending_jobs_once_no_node_can_run_them():
@@ -148,11 +152,11 @@ def test_drain_fails_pending_jobs_once_no_node_can_run_them():
     for job in jobs:
         d.submit(job, truth=None)
     d._ray.node_list = [_node(CPU=2), _node(alive=False, fedattack_attack=1)]  # the attack node is gone
-    results = d.drain()
+    results = list(d.drain())
     assert sorted(r.client for r in results) == [0, 1, 2] and d.pending() == 0
     assert all(r.status == "failed" and "no alive Ray node can run attack jobs (fedattack_attack=1)" in r.error
                for r in results)
-    assert len(d._ray.cancelled) == 3
+    assert len(d._ray.cancelled) == 1  # the one in flight; the queued two were never launched
 
 
 def test_unreachable_address_is_a_one_line_config_error():

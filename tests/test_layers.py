@@ -23,11 +23,11 @@ PACKAGE = ROOT / "fedattack"
 # `fedattack`, which is its __init__ only: it re-exports the public API (fedattack.api), so it
 # sits on top, and every other module names its layer here
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["fedattack.errors", "fedattack.validate", "fedattack.registry"]),
+    ("base", ["fedattack.errors", "fedattack.validate", "fedattack.registry", "fedattack.shutdown"]),
     ("types", ["fedattack.threat", "fedattack.schema", "fedattack.results"]),
     ("models, data, metrics", ["fedattack.models", "fedattack.data", "fedattack.metrics"]),
     ("plug-ins", ["fedattack.attacks", "fedattack.defenses", "fedattack.strategies"]),
-    ("config", ["fedattack.config", "fedattack.experiment"]),
+    ("config", ["fedattack.config", "fedattack.experiment", "fedattack.limits"]),
     ("report", ["fedattack.report"]),
     ("client, server", ["fedattack.client", "fedattack.server"]),
     # what a Flower user's own app imports: the client's record and mods, the audit strategy

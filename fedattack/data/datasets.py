@@ -174,6 +174,9 @@ def imagefolder(cfg, seed: int) -> Splits:
         return arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)
 
     tr, te = stratified_split(targets, cfg.test_fraction, seed)
+    if len(te) == 0:
+        raise DataError(f"data.root: {len(targets)} images in {root}, one per class: too few to hold out a test "
+                        "split; put at least 2 images in a class folder")
     return Splits(ImageData(lambda i: fetch(int(tr[i])), targets[tr], spec),
                   ImageData(lambda i: fetch(int(te[i])), targets[te], spec))
 

@@ -87,7 +87,7 @@ def stratified_split(targets: np.ndarray, test_fraction: float, seed: int) -> tu
     train, test = [], []
     for c in np.unique(targets):
         idx = rng.permutation(np.flatnonzero(targets == c))
-        k = max(1, int(round(len(idx) * test_fraction)))
+        k = min(max(1, int(round(len(idx) * test_fraction))), len(idx) - 1)  # a class keeps a training image
         test.extend(idx[:k])
         train.extend(idx[k:])
-    return np.sort(np.array(train)), np.sort(np.array(test))
+    return np.sort(np.array(train, dtype=np.int64)), np.sort(np.array(test, dtype=np.int64))

@@ -152,6 +152,10 @@ def partition(targets: np.ndarray, *, num_clients: int, cfg: PartitionConfig, se
     targets = np.asarray(targets)
     if num_clients > len(targets):
         raise ConfigError("fl.num_clients", f"{num_clients} clients for {len(targets)} training samples")
+    if num_clients * cfg.min_size > len(targets):
+        raise ConfigError("fl.num_clients", f"{len(targets)} training samples cannot give {num_clients} clients "
+                                            f"{cfg.min_size} samples each (partition.min_size), whatever the "
+                                            "partitioner; lower fl.num_clients or partition.min_size, or add data")
     parts = PARTITIONERS.get(cfg.name)(targets, num_clients, cfg, int(seed))
     sizes = [len(p) for p in parts]
     if min(sizes) < cfg.min_size:

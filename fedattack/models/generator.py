@@ -16,6 +16,8 @@ dimension, image shape, what it was trained on). Generators map z ~ N(0, I) to i
 from __future__ import annotations
 
 import math
+import pickle
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,9 +145,20 @@ def load_generator(path: str | Path | None, field_name: str = "generator",
         gen = build_generator(meta)
         gen.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        why = re.sub(r"\x1b\[[0-9;]*m", "", (str(exc).strip().splitlines() or [""])[0]).split(". ")[0][:120]
+        if isinstance(exc, pickle.UnpicklingError):
+            why += "; fedattack loads checkpoints as weights only and refuses pickled code"
         raise ConfigError(field_name, f"{p} is not a fedattack generator checkpoint "
-                                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+                                      f"({type(exc).__name__}: {why})") from None
     return gen.to(device).eval(), meta
+
+
+def check_checkpoint(path: str | Path | None, field_name: str = "generator") -> dict:
+    """Config-time check of a generator checkpoint: it loads as `load_generator` will load it
+    at attack time (weights only: a checkpoint that needs pickled code is refused). Returns its
+    meta; raises a ConfigError naming `field_name`."""
+    _, meta = load_generator(path, field_name)
+    return meta
 
 
 # -- training ---------------------------------------------------------------------
@@ -257,5 +270,5 @@ def make_meta(G: Generator, settings: TrainSettings, channels: int, **extra) -> 
     return meta
 
 
-__all__ = ["Generator", "Discriminator", "TrainSettings", "build_generator", "train_generator", "save_generator",
+__all__ = ["Generator", "check_checkpoint", "Discriminator", "TrainSettings", "build_generator", "train_generator", "save_generator",
            "load_generator", "to_pixels", "make_meta"]

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fedattack.results import JobResult, RoundResult, RunHeader
+from fedattack.results import Interruption, JobResult, RoundResult, RunHeader
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -42,15 +42,18 @@ class Summary:
     client_errors: int
     defense: str | None
     epsilon: float | None  # the largest DP epsilon any round reported
+    interrupted: Interruption | None = None  # why the run stopped early (None: it finished)
 
     def to_dict(self) -> dict:
         """summary.json's layout."""
         return {"epsilon": self.epsilon, "attacks": {k: asdict(v) for k, v in self.attacks.items()},
                 "rounds": self.rounds, "final_test_acc": self.final_test_acc, "client_errors": self.client_errors,
-                "defense": self.defense, **asdict(self.header)}
+                "defense": self.defense, **asdict(self.header),
+                "interrupted": self.interrupted.to_dict() if self.interrupted else None}
 
 
-def summarize(results: list[JobResult], rounds: list[RoundResult], header: RunHeader) -> Summary:
+def summarize(results: list[JobResult], rounds: list[RoundResult], header: RunHeader,
+              interrupted: Interruption | None = None) -> Summary:
     """Per-attack means over all results, plus training totals."""
     by_attack: dict[str, list[JobResult]] = defaultdict(list)
     for r in results:
@@ -68,4 +71,4 @@ def summarize(results: list[JobResult], rounds: list[RoundResult], header: RunHe
     return Summary(header=header, attacks=attacks, rounds=len([r for r in rounds if r.round > 0]),
                    final_test_acc=rounds[-1].test_acc if rounds else None,
                    client_errors=sum(r.errors for r in rounds), defense=results[0].defense if results else None,
-                   epsilon=max(eps) if eps else None)
+                   epsilon=max(eps) if eps else None, interrupted=interrupted)

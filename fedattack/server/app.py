@@ -32,7 +32,7 @@ from fedattack.server.secagg import start_secagg
 from fedattack.server.strategies import build_strategy
 
 AUDIT_OPTIONS = ("every", "max_clients", "labels", "adaptive", "success_ssim", "max_concurrent", "gpus_per_job",
-                 "threads_per_job", "tf32", "save_images")
+                 "threads_per_job", "tf32", "save_images", "job_timeout")
 
 
 def uses_secagg(cfg: Config) -> bool:

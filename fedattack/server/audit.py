@@ -46,6 +46,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from fedattack import shutdown
 from fedattack.attacks import ATTACKS
 from fedattack.client.record import AUDIT_KEY, TRUTH_KEY, ClientRecord, pop_record
 from fedattack.config import from_dict
@@ -57,6 +58,7 @@ from fedattack.report.store import RunStore, default_out_dir
 from fedattack.results import JobResult, RoundResult, RoundStats
 from fedattack.schema import AuditConfig
 from fedattack.server.dispatch import Dispatcher, make_dispatcher
+from fedattack.server.interrupt import interruption
 from fedattack.server.jobs import AttackJob
 from fedattack.server.protocol import TrainingProtocol
 from fedattack.server.sampling import SeededSampling
@@ -177,8 +179,14 @@ class Auditor:
         """An audited run: results collected in the background meanwhile; at the end the jobs
         still running are collected and the run directory's summary and report written."""
         self.start_polling()
+        errors: list[BaseException] = []
         try:
             yield self
+        except shutdown.Stopped:
+            raise
+        except BaseException as exc:
+            errors.append(exc)
+            raise
         finally:
             pending = self._dispatcher.pending() if self._dispatcher is not None else 0
             if pending:
@@ -187,7 +195,7 @@ class Auditor:
                 self.finish()
             finally:
                 if self.store is not None:
-                    self.summary = self.store.finish()
+                    self.summary = self.store.finish(interrupted=interruption(errors))
                     log(INFO, "fedattack: report %s", self.store.dir / "report.html")
 
     # -- what to audit ------------------------------------------------------------
@@ -270,7 +278,8 @@ class Auditor:
                                 observation=obs, seed=(self.plan.seed * 1_000_003 + rnd * 1009 + cid * 31 + k) % 2**31,
                                 labels=opts.labels, adaptive=adaptive, defense=self.defense,
                                 threads=opts.threads_per_job, tf32=opts.tf32, success_ssim=opts.success_ssim,
-                                epsilon=epsilon, unscored=unscored if truth is None else "")
+                                epsilon=epsilon, unscored=unscored if truth is None else "",
+                                timeout=opts.job_timeout)
                 with self._queue_lock:
                     self._queued.append((job, truth))
                 n += 1
@@ -538,6 +547,8 @@ class AuditStrategy(Strategy):
         Let attack jobs on a GPU use TF32.
     save_images : bool (default: True)
         Write image galleries to `images/`.
+    job_timeout : float (default: 1800.0)
+        Seconds an attack job may run before it is stopped and recorded as failed (0: no limit).
     server_mode : str (default: "honest")
         "malicious" when the model carries a malicious server's extension blocks (fedattack's
         own models): they are re-sent every round and the report says so.
@@ -558,7 +569,7 @@ class AuditStrategy(Strategy):
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None, seed: int | None = None,
                  every: int = 1, max_clients: int = 0, labels: str = "auto", adaptive: str = "off",
                  success_ssim: float = 0.5, max_concurrent: int = 2, gpus_per_job: float = 0.0,
-                 threads_per_job: int = 1, tf32: bool = False, save_images: bool = True,
+                 threads_per_job: int = 1, tf32: bool = False, save_images: bool = True, job_timeout: float = 1800.0,
                  server_mode: str = "honest", on_result: Callable[[JobResult], None] | None = None,
                  on_round: Callable[[RoundResult, int, int], None] | None = None,
                  record: Any = None, dispatcher: Dispatcher | None = None) -> None:
@@ -580,7 +591,7 @@ class AuditStrategy(Strategy):
                                                   labels=labels, adaptive=adaptive, success_ssim=success_ssim,
                                                   max_concurrent=max_concurrent, gpus_per_job=gpus_per_job,
                                                   threads_per_job=threads_per_job, tf32=tf32,
-                                                  save_images=save_images)
+                                                  save_images=save_images, job_timeout=job_timeout)
         if server_mode not in ("honest", "malicious"):
             raise ConfigError("server_mode", f"unknown value '{server_mode}'; allowed: honest, malicious")
         if record is None:

@@ -58,6 +58,7 @@ class AttackJob:
     success_ssim: float = 0.5
     epsilon: float = float("nan")  # the client's reported DP epsilon (report metadata only)
     unscored: str = ""  # why there is no Truth to score against (the job then runs with truth None)
+    timeout: float = 0.0  # seconds the job may run before it is stopped and recorded as failed (0: no limit)
     strict: bool = field(default_factory=strict_from_env)  # raise what is not an expected failure
 
     @property

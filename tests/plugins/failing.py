@@ -25,3 +25,11 @@ def nan(obs, params, ctx):
 @register_attack("bug", paper="test plug-in")
 def bug(obs, params, ctx):
     return Reconstruction(images=obs.update["no such layer"])
+
+
+@register_attack("stuck", paper="test plug-in")
+def stuck(obs, params, ctx):
+    import time
+
+    time.sleep(120)  # abandoned at audit.job_timeout; the thread is a daemon
+    raise AttackFailure("woke up")

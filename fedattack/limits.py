@@ -1,0 +1,211 @@
+"""What a config asks of the machine, the dataset and the model, checked before anything starts.
+
+`fedattack.config.validate` checks each value on its own, the same on every machine (clients
+load the config too); the checks here depend on the loaded dataset, the model and this
+machine, so the commands run them once the experiment is built and before Ray starts or any
+file is written:
+
+- the model builds and runs on the configured images (`check_model`): a model factory is
+  called as `fn(in_shape, num_classes, act, width=...)`, `act` being a zero-argument callable
+  that returns a new activation module (`act()`, e.g. `torch.nn.ReLU`), never a name;
+- `client.batch_size` fits the training split, and a training batch fits in memory
+  (`check_memory`, from the model's activations traced on PyTorch's meta device, where
+  nothing is allocated);
+- a local Ray instance has the CPUs and GPUs each client asks for (`check_machine`); a joined
+  cluster has a node that fits one client (`check_cluster`, once connected).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from fedattack.errors import ConfigError
+from fedattack.experiment import Experiment
+from fedattack.models import build_model
+from fedattack.schema import Config
+from fedattack.threat import ModelSpec
+
+MODEL_CONTRACT = ("a model factory is called as fn(in_shape, num_classes, act, width=...), act being a "
+                  "zero-argument callable that returns a new activation module (call act() per layer)")
+MEMORY_SHARE = 0.8  # of the memory available now that one training batch may need
+GIB = 1024 ** 3
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """What training the model costs, in bytes: per sample (activations) and in total (weights)."""
+
+    per_sample: int
+    params: int
+
+    def training(self, batch: int) -> int:
+        # weights, their gradients, the optimizer's momentum and the sent copy; activations and
+        # their gradients per sample of the batch
+        return 4 * self.params + 2 * batch * self.per_sample
+
+
+def footprint(spec: ModelSpec) -> Footprint:
+    """Trace one forward pass of the model on PyTorch's meta device (no memory is allocated);
+    raises what building or running the model raises."""
+    outputs = 0
+
+    def count(module: Any, inputs: Any, out: Any) -> None:
+        nonlocal outputs
+        for t in (out if isinstance(out, (tuple, list)) else [out]):
+            if isinstance(t, torch.Tensor):
+                outputs += t.numel() * t.element_size()
+
+    with torch.device("meta"):
+        model = build_model(spec)
+        x = torch.zeros(1, *spec.in_shape)
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return Footprint(per_sample=x.numel() * x.element_size() + outputs, params=params)
+
+
+def check_model(exp: Experiment) -> Footprint | None:
+    """The model builds and takes the configured images; its footprint (None where the meta
+    device cannot trace it and a real build, for small inputs, had to stand in)."""
+    spec = exp.model_spec
+    c, h, w = spec.in_shape
+    where = f"{c}x{h}x{w} images and {spec.num_classes} classes"
+    try:
+        return footprint(spec)
+    except (NotImplementedError, RuntimeError) as exc:
+        meta_error: BaseException | None = exc
+    except Exception as exc:  # noqa: BLE001 - a user's factory may raise anything
+        meta_error = exc
+    if c * h * w > 2 ** 22:  # too large to try for real: the meta device's answer stands
+        raise _model_error(exp, where, meta_error)
+    try:  # some layers have no meta kernels: build it for real, one image
+        model = build_model(spec)
+        with torch.no_grad():
+            model(torch.zeros(1, c, h, w))
+    except Exception as exc:  # noqa: BLE001
+        raise _model_error(exp, where, exc) from None
+    return None
+
+
+def _model_error(exp: Experiment, where: str, exc: BaseException | None) -> ConfigError:
+    line = (str(exc).strip().splitlines() or [""])[0][:200] if exc else ""
+    what = f"{type(exc).__name__}: {line}" if exc else "unknown error"
+    field = "data.image_size" if _too_small(exc) else "model.name"
+    return ConfigError(field, f"model '{exp.cfg.model.name}' cannot be built for {where} ({what}); "
+                              + ("raise data.image_size" if field == "data.image_size" else MODEL_CONTRACT))
+
+
+def _too_small(exc: BaseException | None) -> bool:
+    text = str(exc).lower()
+    return any(s in text for s in ("kernel size can't be greater", "output size is too small",
+                                   "input size per channel", "too small"))
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (Linux MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(exp: Experiment, fp: Footprint | None, *, available: int | None = None) -> None:
+    """client.batch_size against the training split, and one training batch against memory."""
+    cfg = exp.cfg
+    n = len(exp.train)
+    b = cfg.client.batch_size
+    if b > n:
+        raise ConfigError("client.batch_size", f"{b} is more than the {n} images of the training split of "
+                                               f"{cfg.data.name}; lower it")
+    available = available_memory() if available is None else available
+    if fp is None or available is None:
+        return
+    budget = MEMORY_SHARE * available
+    c, h, w = exp.model_spec.in_shape
+    if fp.training(1) > budget:
+        raise ConfigError("data.image_size", f"{h}x{w} images need about {fp.training(1) / GIB:.1f} GiB to train "
+                                             f"model '{cfg.model.name}' on one image; this machine has "
+                                             f"{available / GIB:.1f} GiB available; lower it")
+    if fp.training(b) > budget:
+        fits = max(1, int((budget - 4 * fp.params) // (2 * fp.per_sample)))
+        raise ConfigError("client.batch_size", f"a batch of {b} images of {c}x{h}x{w} needs about "
+                                               f"{fp.training(b) / GIB:.1f} GiB to train model '{cfg.model.name}'; "
+                                               f"this machine has {available / GIB:.1f} GiB available (at most "
+                                               f"about {fits} fit)")
+
+
+def local_gpus() -> int:
+    try:
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - a broken driver counts as no GPU
+        return 0
+
+
+def check_machine(exp: Experiment) -> None:
+    """Everything above for `fedattack run`: the model, memory, and (local Ray) the CPUs and
+    GPUs each client asks for."""
+    check_memory(exp, check_model(exp))
+    cfg = exp.cfg
+    if cfg.ray.address:
+        return  # a cluster's resources are checked once connected (check_cluster)
+    cpus = cfg.ray.num_cpus or os.cpu_count() or 1
+    if cfg.fl.client_cpus > cpus:
+        raise ConfigError("fl.client_cpus", f"each client asks for {cfg.fl.client_cpus:g} CPUs but the local Ray "
+                                            f"instance has {cpus} (ray.num_cpus or this machine's cores)")
+    gpus = local_gpus()
+    if cfg.fl.client_gpus > gpus:
+        raise ConfigError("fl.client_gpus", f"each client asks for {cfg.fl.client_gpus:g} GPUs but this machine "
+                                            f"has {gpus}")
+
+
+@contextmanager
+def quiet_logs(*names: str) -> Iterator[None]:
+    """Silence these loggers for a check (Flower logs a warning for every strategy it builds):
+    a bad input is one line."""
+    loggers = [logging.getLogger(n) for n in names]
+    before = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        for lg, was in zip(loggers, before):
+            lg.disabled = was
+
+
+def check_cluster(cfg: Config) -> None:
+    """On a joined cluster: some alive node fits one client (else Flower's actor pool is empty)."""
+    if not cfg.ray.address:
+        return
+    import ray
+
+    need = {"CPU": cfg.fl.client_cpus, "GPU": cfg.fl.client_gpus}
+    for node in ray.nodes():
+        res = node.get("Resources") or {}
+        if node.get("Alive", True) and all(res.get(k, 0) >= v for k, v in need.items() if v > 0):
+            return
+    raise ConfigError("fl.client_cpus", f"no node of the Ray cluster at {cfg.ray.address} has "
+                                        f"{cfg.fl.client_cpus:g} CPUs and {cfg.fl.client_gpus:g} GPUs for a client")
+
+
+__all__ = ["quiet_logs", "Footprint", "footprint", "check_model", "check_memory", "check_machine", "check_cluster",
+           "available_memory", "MODEL_CONTRACT"]

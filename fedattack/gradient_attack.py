@@ -66,7 +66,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     progress = progress or Progress()
     exp = build(cfg)
     idx = victim_indices(exp)
-    store = RunStore(out_dir, cfg=cfg) if out_dir else None
+    store = RunStore(out_dir, cfg=cfg, partitions={cfg.victim.client: idx}, expected_rounds=1) if out_dir else None
     model = exp.initial_model()
     sent = {**dict(model.state_dict()), **float_params(model)}
     sent = {k: v.detach().clone() for k, v in sent.items()}

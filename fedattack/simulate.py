@@ -88,12 +88,10 @@ def run(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None, v
     check_strategy(cfg) if secagg else build_strategy(cfg)
     if not verbose:
         for name in ("flwr", "flwr.simulation"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR)
     init_ray(cfg, verbose=verbose, num_cpus=cfg.ray.num_cpus)
     store = RunStore(out_dir, cfg=cfg)
-    progress.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} rounds of {cfg.fl.strategy}, "
-                   f"{cfg.fl.clients_per_round} per round; auditing with {', '.join(cfg.audit.attacks) or 'nothing'}; "
-                   f"run directory {store.dir}")
+    progress.header(cfg, store.dir)
     server_app = ServerApp()
     errors: list[BaseException] = []
 

@@ -1,31 +1,41 @@
 """The run directory, written as results arrive so nothing computed is lost.
 
     config.yaml   resolved config          leakage.csv  round x client x attack rows
-    rounds.csv    per-round training       summary.json totals and means per attack
-    report.html   plots and galleries      images/      ground truth above reconstruction
+    rounds.csv    per-round training       images.csv   every scored private image
+    clients.csv   each client's samples    exposure.csv recovered share per round and client
+    summary.json  headline and means       report.html  what leaked, plots and galleries
+    images/       ground truth above reconstruction, per row; images/best/: per sample, its
+                  best reconstruction over every round and attack
     errors/       the whole traceback of each failed job (leakage.csv's traceback column)
 
-`RunStore` appends each typed result to the CSV files as it arrives and keeps it in memory;
-`finish` computes the summary from those results and writes summary.json and report.html
-once. `load_run` reads a run directory back into the same typed results.
+`RunStore` appends each typed result to the CSV files as it arrives, keeps it in memory and
+rewrites exposure.csv; `finish` computes the summary from those results and writes
+summary.json, exposure.csv (rebuilt) and report.html. A run that stops early (an interrupt,
+an error) is finished as interrupted: its files hold the results so far, consistently, and
+the report says so. `load_run` reads a run directory back into the same typed results.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from fedattack.errors import FedattackError
+from fedattack.experiment import build
+from fedattack.metrics.lpips import download_backbone, locate
 from fedattack.report import tables
+from fedattack.report.exposure import better, exposure, image_rows, owners_of
 from fedattack.report.html import render
 from fedattack.report.images import save_pair
 from fedattack.report.summary import Summary, summarize
-from fedattack.results import JobResult, RoundResult, RunHeader
+from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader
 from fedattack.schema import Config
 
 
@@ -40,19 +50,43 @@ def check_out(out: str | Path | None) -> None:
         raise FedattackError(f"--out: {out} exists and is not empty; choose a new directory")
 
 
+def lpips_status(cfg: Config) -> str:
+    """'' where LPIPS's weights are on this machine, else why not (after the download the
+    config consents to, if any)."""
+    failed = download_backbone() if cfg.audit.lpips_download else ""
+    found, why = locate(cfg.audit.lpips_weights)
+    return "" if found else (failed or why)
+
+
 class RunStore:
-    def __init__(self, out_dir: str | Path, *, cfg: Config):
+    """`partitions`: each client's dataset indices (default: the config's own partitions), for
+    exposure; `expected_rounds`: rounds a complete run records (default: fl.rounds)."""
+
+    def __init__(self, out_dir: str | Path, *, cfg: Config, partitions: Mapping[int | str, Iterable[int]] | None = None,
+                 expected_rounds: int | None = None):
+        if partitions is None:
+            partitions = dict(enumerate(build(cfg).partitions))
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "images").mkdir(exist_ok=True)
         (self.dir / "config.yaml").write_text(cfg.to_yaml())
         self.header = RunHeader.from_config(cfg.to_dict())
         self.save_images = cfg.audit.save_images
+        self.expected_rounds = cfg.fl.rounds if expected_rounds is None else expected_rounds
+        self.owners, self.sizes = owners_of(partitions)
+        self.lpips_note = lpips_status(cfg)
+        self.interrupted = False
         self._lock = threading.Lock()
         self.results: list[JobResult] = []
         self.rounds: list[RoundResult] = []
+        self.images: list[ImageRow] = []
+        self.best: dict[int, ImageRow] = {}
         tables.start(self.dir / "leakage.csv", tables.LEAKAGE_FIELDS)
         tables.start(self.dir / "rounds.csv", tables.ROUND_FIELDS)
+        tables.start(self.dir / "images.csv", tables.IMAGE_FIELDS)
+        tables.write(self.dir / "clients.csv", tables.CLIENT_FIELDS,
+                     [{"client": c, "samples": n} for c, n in self.sizes.items()])
+        self._write_exposure()
 
     def add_result(self, res: JobResult) -> None:
         with self._lock:
@@ -64,18 +98,53 @@ class RunStore:
                 (self.dir / traceback_file).write_text(res.traceback)
             tables.append(self.dir / "leakage.csv", tables.LEAKAGE_FIELDS,
                           tables.leakage_row(res, traceback_file=traceback_file))
+            rows = image_rows(res, self.owners)
+            if rows:
+                self.images.extend(rows)
+                tables.append_many(self.dir / "images.csv", tables.IMAGE_FIELDS, [tables.image_row(r) for r in rows])
             if self.save_images and res.truth_pixels is not None:
                 save_pair(self.dir / "images" / f"{res.row_id}.png", res.truth_pixels, res.recon_pixels)
+                self._keep_best(res, rows)
+            if rows:
+                self._write_exposure()
+
+    def _keep_best(self, res: JobResult, rows: list[ImageRow]) -> None:
+        """images/best/<index>.png: each sample's best reconstruction so far."""
+        if res.recon_pixels is None:
+            return
+        for r in rows:
+            if r.index >= 0 and better(r, self.best.get(r.index)):
+                self.best[r.index] = r
+                (self.dir / "images" / "best").mkdir(exist_ok=True)
+                save_pair(self.dir / "images" / "best" / f"{r.index}.png", res.truth_pixels[r.position:r.position + 1],
+                          res.recon_pixels[r.position:r.position + 1])
 
     def add_round(self, row: RoundResult) -> None:
         with self._lock:
             self.rounds.append(row)
             tables.append(self.dir / "rounds.csv", tables.ROUND_FIELDS, tables.round_row(row))
+            self._write_exposure()
 
-    def finish(self) -> Summary:
-        """Write summary.json and report.html from the results so far; return the summary."""
+    def _write_exposure(self) -> None:
+        rows = exposure(self.images, self.sizes, [r.round for r in self.rounds if r.round > 0])
+        tables.write(self.dir / "exposure.csv", tables.EXPOSURE_FIELDS, [tables.exposure_row(r) for r in rows])
+
+    def mark_interrupted(self) -> None:
+        """Record that the run stopped early (finish then reports it as interrupted)."""
+        self.interrupted = True
+
+    def finish(self, *, interrupted: bool | None = None) -> Summary:
+        """Write summary.json, exposure.csv and report.html from the results so far; return the summary.
+
+        The run counts as interrupted where `interrupted` says so, where mark_interrupted was
+        called, where an exception is on its way out of the caller (finish called from a
+        `finally`), or where fewer rounds than expected were recorded."""
         with self._lock:
-            run = Run(self.header, list(self.results), list(self.rounds))
+            stopped = interrupted if interrupted is not None else (
+                self.interrupted or sys.exc_info()[0] is not None
+                or len([r for r in self.rounds if r.round > 0]) < self.expected_rounds)
+            run = Run(self.header, list(self.results), list(self.rounds), images=list(self.images),
+                      sizes=dict(self.sizes), interrupted=stopped, lpips_note=self.lpips_note)
         return write_report(self.dir, run)
 
 
@@ -86,28 +155,45 @@ class Run:
     header: RunHeader
     results: list[JobResult]
     rounds: list[RoundResult]
+    images: list[ImageRow] = field(default_factory=list)
+    sizes: dict = field(default_factory=dict)  # client -> its training samples
+    interrupted: bool = False
+    lpips_note: str = ""
 
     def summary(self) -> Summary:
-        return summarize(self.results, self.rounds, self.header)
+        return summarize(self.results, self.rounds, self.header, images=self.images, sizes=self.sizes,
+                         interrupted=self.interrupted, lpips_note=self.lpips_note)
 
 
 def write_report(run_dir: Path, run: Run) -> Summary:
     summary = run.summary()
     (run_dir / "summary.json").write_text(json.dumps(summary.to_dict(), indent=2, default=str))
-    render(run_dir, results=run.results, rounds=run.rounds, summary=summary)
+    tables.write(run_dir / "exposure.csv", tables.EXPOSURE_FIELDS, [tables.exposure_row(r) for r in summary.exposure])
+    render(run_dir, results=run.results, rounds=run.rounds, images=run.images, summary=summary)
     return summary
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory (config.yaml, leakage.csv, rounds.csv, errors/) back into typed results."""
+    """Read a run directory back into typed results. A directory without summary.json (written
+    last) is a run that never finished: it reads back as interrupted."""
     run_dir = Path(run_dir)
     if not (run_dir / "leakage.csv").is_file():
         raise FedattackError(f"run_dir: {run_dir} is not a fedattack run directory (no leakage.csv)")
     config = run_dir / "config.yaml"
-    header = RunHeader.from_config(yaml.safe_load(config.read_text()) or {}) if config.is_file() else RunHeader()
+    raw = yaml.safe_load(config.read_text()) or {} if config.is_file() else {}
+    header = RunHeader.from_config(raw) if raw else RunHeader()
     results = []
     for row in tables.read(run_dir / "leakage.csv"):
         path = run_dir / row["traceback"] if row.get("traceback") else None
         results.append(tables.job_result(row, traceback=path.read_text() if path and path.is_file() else ""))
     rounds = [tables.round_result(row) for row in tables.read(run_dir / "rounds.csv")]
-    return Run(header, results, rounds)
+    images = [tables.image_result(row) for row in tables.read(run_dir / "images.csv")]
+    sizes = tables.read_sizes(run_dir / "clients.csv")
+    saved = run_dir / "summary.json"
+    summary = json.loads(saved.read_text()) if saved.is_file() else None
+    if summary is not None:
+        interrupted, note = bool(summary.get("interrupted", False)), str(summary.get("lpips_note", ""))
+    else:
+        interrupted = True
+        found, note = locate(((raw.get("audit") or {}).get("lpips_weights")) if raw else None)
+    return Run(header, results, rounds, images=images, sizes=sizes, interrupted=interrupted, lpips_note=note)

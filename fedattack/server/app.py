@@ -59,7 +59,7 @@ def run_audit(grid: Grid, exp: Experiment, store: RunStore, progress: Progress) 
                       train_config=ConfigRecord({CONFIG_KEY: cfg.to_json()}), evaluate_fn=evaluate_fn)
     finally:
         if auditor.dispatcher.pending():
-            progress.print(f"waiting for {auditor.dispatcher.pending()} attack jobs ...")
+            progress.waiting(auditor.dispatcher.pending())
         auditor.finish()
 
 

@@ -112,6 +112,8 @@ class Auditor:
                                 labels=self.cfg.audit.labels, adaptive=adaptive, defense=self.defense,
                                 threads=self.cfg.audit.threads_per_job, tf32=self.cfg.audit.tf32,
                                 success_ssim=self.cfg.audit.success_ssim,
+                                success_margin=self.cfg.audit.success_margin,
+                                lpips_weights=self.cfg.audit.lpips_weights,
                                 epsilon=epsilon)
                 self.dispatcher.submit(job, truth)
                 self.on_submit(rnd, client, name)

@@ -29,6 +29,7 @@ import torch
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.errors import FedattackError
 from fedattack.metrics import score
+from fedattack.metrics.lpips import lpips_fn
 from fedattack.results import JobResult, Score
 from fedattack.threat import Observation, Truth
 
@@ -56,6 +57,8 @@ class AttackJob:
     threads: int = 1
     tf32: bool = False  # TF32 matmuls and convolutions on a GPU
     success_ssim: float = 0.5
+    success_margin: float = 0.5  # dB of PSNR above the flat-image baseline a leaking row needs
+    lpips_weights: str | None = None  # where LPIPS's weights are (None: the usual places; see metrics.lpips)
     epsilon: float = float("nan")  # the client's reported DP epsilon (report metadata only)
     strict: bool = field(default_factory=strict_from_env)  # raise what is not an expected failure
 
@@ -119,7 +122,7 @@ def run_job(job: AttackJob, truth: Truth) -> JobResult:
                              details=traceback.format_exc(), seconds=time.perf_counter() - t0,
                              num_images=len(truth.labels), device=str(device))
     seconds = time.perf_counter() - t0
-    s = score(recon, truth, job.observation.data, job.success_ssim)
+    s = score(recon, truth, job.observation.data, job.success_ssim, job.success_margin, lpips_fn(job.lpips_weights))
     spec_data = job.observation.data
     truth_px = spec_data.to_pixels(truth.images.float().cpu()).numpy()
     recon_px = None

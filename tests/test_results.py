@@ -52,7 +52,7 @@ def test_the_run_directory_reads_back_the_typed_results_it_was_written_from(tmp_
     run = load_run(tmp_path / "run")
     assert run.results == results and run.rounds == rounds
     h = run.header
-    assert (h.server_mode, h.dataset, h.model, h.strategy, h.seed, h.defense) == ("honest", "lfw-subset", "lenet",
+    assert (h.server_mode, h.dataset, h.model, h.strategy, h.seed, h.defense) == ("honest", "lfw-subset", "mlp",
                                                                                   "fedavg", 7, "none")
     assert (h.success_ssim, h.success_margin, h.configured_attacks) == (0.5, 0.5, ("idlg",))
     assert run.summary() == summary

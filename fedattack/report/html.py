@@ -66,7 +66,7 @@ def num(x: float | None, digits: int = 2, *, pct: bool = False, sign: bool = Fal
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return DASH
     if pct:
-        return f"{100 * x:.{max(0, digits - 2)}f}%" if digits > 2 else f"{100 * x:.0f}%"
+        return f"{100 * x:.1f}%"
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 

@@ -195,9 +195,11 @@ class Auditor:
         if self._poll_error is not None:
             raise self._poll_error
         with self._lock:
-            for res in self.dispatcher.drain():
-                self.completed += 1
-                self.on_result(res)
+            self.dispatcher.drain(on_result=self._deliver)  # each result as it arrives, not all at the end
+
+    def _deliver(self, res: JobResult) -> None:
+        self.completed += 1
+        self.on_result(res)
 
 
 def _arrays(msg: Message) -> ArrayRecord:

@@ -33,7 +33,7 @@ ATTACK_RESOURCE = "fedattack_attack"
 class Dispatcher(Protocol):
     def submit(self, job: AttackJob, truth: Truth) -> None: ...
     def poll(self) -> list[JobResult]: ...
-    def drain(self) -> list[JobResult]: ...
+    def drain(self, on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]: ...
     def pending(self) -> int: ...
 
 
@@ -59,8 +59,14 @@ class LocalDispatcher:
     def poll(self) -> list[JobResult]:
         return self._collect(block=False)
 
-    def drain(self) -> list[JobResult]:
-        results = self._collect(block=True)
+    def drain(self, on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
+        """Every outstanding result, each handed to `on_result` as soon as it is collected."""
+        results = []
+        for _, fut in self._futures:
+            results.append(fut.result())  # run_job records attack failures; what it raises is a bug
+            if on_result is not None:
+                on_result(results[-1])
+        self._futures = []
         self._pool.shutdown(wait=True)
         return results
 
@@ -191,20 +197,26 @@ class RayDispatcher:
         self._fill()
         return out
 
-    def drain(self) -> list[JobResult]:
+    def drain(self, on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
+        """Every outstanding result, each handed to `on_result` as soon as it is collected."""
         out: list[JobResult] = []
         stalled_since: float | None = None
         while self.pending():
             self._fill()
             got = self._ready(timeout=min(5.0, max(0.5, self.stall_grace / 4)))
             out += got
+            for res in got if on_result is not None else ():
+                on_result(res)
             if got or feasible(self._ray.nodes(), self.options or {}):
                 stalled_since = None
                 continue
             stalled_since = stalled_since or time.perf_counter()
             if time.perf_counter() - stalled_since >= self.stall_grace:
-                out += self._abandon(f"no alive Ray node can run attack jobs ({self._needs()}) "
+                gone = self._abandon(f"no alive Ray node can run attack jobs ({self._needs()}) "
                                      f"for {self.stall_grace:g} s")
+                out += gone
+                for res in gone if on_result is not None else ():
+                    on_result(res)
         return out
 
     def _needs(self) -> str:

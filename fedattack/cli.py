@@ -70,7 +70,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
     acc = "-" if summary.final_test_acc is None else f"{summary.final_test_acc:.3f}"
     progress.print(f"{run_dir}: server mode {summary.header.server_mode}, defense {summary.defense}, "
                    f"{summary.rounds} rounds, final test accuracy {acc}"
-                   + (" (interrupted)" if summary.interrupted else ""))
+                   + (" (interrupted)" if summary.interrupted is not None else ""))
     progress.summary_table(summary)
     progress.print(f"report: {run_dir / 'report.html'}")
     if ns.screenshot:

@@ -222,6 +222,24 @@ class RunHeader:
 
 
 @dataclass(frozen=True)
+class Interruption:
+    """Why a run stopped before it finished (summary.json's `interrupted`; None for a run that
+    finished). Its results are every job that finished before the stop."""
+
+    reason: str  # "SIGINT", "SIGTERM", or one line saying what failed
+    signal: str | None = None  # the signal's name when a signal stopped the run
+    abandoned_jobs: int = 0  # attack jobs cancelled unfinished (they have no row)
+
+    def to_dict(self) -> dict:
+        return {"reason": self.reason, "signal": self.signal, "abandoned_jobs": self.abandoned_jobs}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Interruption":
+        return cls(reason=str(raw.get("reason", "")), signal=raw.get("signal"),
+                   abandoned_jobs=int(raw.get("abandoned_jobs") or 0))
+
+
+@dataclass(frozen=True)
 class ImageRow:
     """One private image in one attack's result: images.csv's row, exposure's input."""
 

@@ -21,7 +21,7 @@ from fedattack.report.console import Progress, library_logs
 from fedattack.report.exposure import ALL
 from fedattack.report.screenshot import find_browser, screenshot
 from fedattack.report.store import RunStore, load_run
-from fedattack.results import JobResult, RoundResult, Score
+from fedattack.results import Interruption, JobResult, RoundResult, Score
 from fedattack.threat import DataSpec, Reconstruction, Truth
 from fedattack.train_generator import TrainingProgress
 
@@ -157,7 +157,7 @@ def test_rows_and_images_read_back_equal_what_was_written(tmp_path):
     summary = store.finish()
     run = load_run(tmp_path / "run")
     assert run.images == store.images and run.sizes == {0: 6, 1: 4, 2: 2}
-    assert run.summary() == summary and not summary.interrupted
+    assert run.summary() == summary and summary.interrupted is None
     leak = next(r for r in run.results if r.success)
     assert leak.score.margin > 0.5 and leak.score.baseline_psnr < leak.score.psnr
     images = list(csv.DictReader((tmp_path / "run" / "images.csv").open()))
@@ -176,9 +176,9 @@ def test_every_leakage_row_has_a_baseline_and_none_within_the_margin_is_a_succes
 def test_an_interrupted_run_says_so_and_keeps_its_files_consistent(tmp_path):
     store = _run(tmp_path, rounds=1, configured=5)
     summary = store.finish()  # 1 of 5 rounds recorded
-    assert summary.interrupted
+    assert summary.interrupted.reason == "1 of 5 rounds recorded"
     text = (tmp_path / "run" / "report.html").read_text()
-    assert "This run was interrupted</b> after 1 of 5 rounds" in text
+    assert "This run was interrupted</b> (1 of 5 rounds recorded) after 1 of 5 rounds" in text
     assert "Defense in force: <b>none</b>" in text and "None" not in text
     rows = list(csv.DictReader((tmp_path / "run" / "exposure.csv").open()))
     assert {r["round"] for r in rows} == {"1"}
@@ -189,10 +189,15 @@ def test_an_interrupted_run_says_so_and_keeps_its_files_consistent(tmp_path):
         try:
             raise KeyboardInterrupt
         finally:
-            assert store2.finish().interrupted
+            assert store2.finish().interrupted.reason == "KeyboardInterrupt"
     # a directory without summary.json never finished
     (tmp_path / "b" / "run" / "summary.json").unlink()
-    assert load_run(tmp_path / "b" / "run").interrupted
+    assert load_run(tmp_path / "b" / "run").interrupted.reason == "the run did not finish (no summary.json)"
+    # an explicit reason, as a signal handler gives it
+    store3 = _run(tmp_path / "c")
+    store3.mark_interrupted(Interruption(reason="SIGTERM", signal="SIGTERM", abandoned_jobs=3))
+    assert store3.finish().interrupted.abandoned_jobs == 3
+    assert "3 attack jobs still running then have no result" in (tmp_path / "c" / "run" / "report.html").read_text()
 
 
 def test_names_of_files_attacks_and_errors_never_become_markup(tmp_path):

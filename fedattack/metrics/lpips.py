@@ -139,8 +139,8 @@ def lpips_fn(weights_dir: str | None = None) -> Callable[[np.ndarray, np.ndarray
     model = _model(*found)
 
     def distance(recon: np.ndarray, truth: np.ndarray) -> np.ndarray:
-        a = torch.as_tensor(np.asarray(recon), dtype=torch.float32)
-        b = torch.as_tensor(np.asarray(truth), dtype=torch.float32)
+        a = torch.as_tensor(np.ascontiguousarray(recon), dtype=torch.float32)
+        b = torch.as_tensor(np.ascontiguousarray(truth), dtype=torch.float32)
         return model(a, b).numpy().astype(np.float64)
 
     return distance

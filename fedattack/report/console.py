@@ -190,7 +190,7 @@ class Progress:
             self.print(f"{h.leaked_updates} of {h.audited_updates} audited updates leaked; "
                        f"{h.exposed_samples} of {h.samples} training samples recovered "
                        f"({_f(100 * h.exposed_share if h.exposed_share is not None else None, '.1f')}%)"
-                       + (" — the run was interrupted" if summary.interrupted else ""))
+                       + (" — the run was interrupted" if summary.interrupted is not None else ""))
 
 
 @contextmanager

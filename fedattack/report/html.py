@@ -114,11 +114,15 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
     h, header = summary.headline, summary.header
     rounds_done = summary.rounds
     parts = []
-    if summary.interrupted:
+    stop = summary.interrupted
+    if stop is not None:
+        why = f" ({esc(stop.reason)})" if stop.reason else ""
+        lost = (f"; {stop.abandoned_jobs} attack jobs still running then have no result" if stop.abandoned_jobs
+                else "; attack jobs still running then have no result")
         parts.append(
-            f"<div class='banner'><b>This run was interrupted</b> after {rounds_done} of {header.configured_rounds} rounds. "
-            f"Everything below is what was recorded before it stopped ({len(results)} attack results); "
-            "jobs still running then are missing. The CSV files hold the same results.</div>")
+            f"<div class='banner'><b>This run was interrupted</b>{why} after {rounds_done} of "
+            f"{header.configured_rounds} rounds. Everything below is what was recorded before it stopped "
+            f"({len(results)} attack results){lost}. The CSV files hold the same results.</div>")
     items = []
     if h is None or h.audited_updates == 0:
         big = "No client update was scored (no attack produced images)."

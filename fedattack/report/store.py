@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -35,7 +35,7 @@ from fedattack.report.exposure import better, exposure, image_rows, owners_of
 from fedattack.report.html import render
 from fedattack.report.images import save_pair
 from fedattack.report.summary import Summary, summarize
-from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader
+from fedattack.results import ImageRow, Interruption, JobResult, RoundResult, RunHeader
 from fedattack.schema import Config
 
 
@@ -75,7 +75,7 @@ class RunStore:
         self.expected_rounds = cfg.fl.rounds if expected_rounds is None else expected_rounds
         self.owners, self.sizes = owners_of(partitions)
         self.lpips_note = lpips_status(cfg)
-        self.interrupted = False
+        self.interrupted: Interruption | None = None
         self._lock = threading.Lock()
         self.results: list[JobResult] = []
         self.rounds: list[RoundResult] = []
@@ -129,23 +129,29 @@ class RunStore:
         rows = exposure(self.images, self.sizes, [r.round for r in self.rounds if r.round > 0])
         tables.write(self.dir / "exposure.csv", tables.EXPOSURE_FIELDS, [tables.exposure_row(r) for r in rows])
 
-    def mark_interrupted(self) -> None:
-        """Record that the run stopped early (finish then reports it as interrupted)."""
-        self.interrupted = True
+    def mark_interrupted(self, interruption: Interruption) -> None:
+        """Record why the run stopped early (finish then reports it as interrupted)."""
+        self.interrupted = interruption
 
-    def finish(self, *, interrupted: bool | None = None) -> Summary:
-        """Write summary.json, exposure.csv and report.html from the results so far; return the summary.
+    def finish(self, interrupted: Interruption | None = None) -> Summary:
+        """Rebuild exposure.csv and write summary.json and report.html from the rows on disk;
+        return the summary.
 
-        The run counts as interrupted where `interrupted` says so, where mark_interrupted was
-        called, where an exception is on its way out of the caller (finish called from a
-        `finally`), or where fewer rounds than expected were recorded."""
+        The run counts as interrupted where `interrupted` or mark_interrupted says why, where an
+        exception is on its way out of the caller (finish called from a `finally`), or where
+        fewer rounds than expected were recorded."""
         with self._lock:
-            stopped = interrupted if interrupted is not None else (
-                self.interrupted or sys.exc_info()[0] is not None
-                or len([r for r in self.rounds if r.round > 0]) < self.expected_rounds)
-            run = Run(self.header, list(self.results), list(self.rounds), images=list(self.images),
-                      sizes=dict(self.sizes), interrupted=stopped, lpips_note=self.lpips_note)
-        return write_report(self.dir, run)
+            stop = interrupted or self.interrupted
+            if stop is None:
+                exc = sys.exc_info()[1]
+                recorded = len([r for r in self.rounds if r.round > 0])
+                if exc is not None:
+                    stop = Interruption(reason=type(exc).__name__ if isinstance(exc, KeyboardInterrupt) else
+                                        f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300])
+                elif recorded < self.expected_rounds:
+                    stop = Interruption(reason=f"{recorded} of {self.expected_rounds} rounds recorded")
+            run = replace(load_run(self.dir), interrupted=stop, lpips_note=self.lpips_note)
+            return write_report(self.dir, run)
 
 
 @dataclass
@@ -157,7 +163,7 @@ class Run:
     rounds: list[RoundResult]
     images: list[ImageRow] = field(default_factory=list)
     sizes: dict = field(default_factory=dict)  # client -> its training samples
-    interrupted: bool = False
+    interrupted: Interruption | None = None
     lpips_note: str = ""
 
     def summary(self) -> Summary:
@@ -190,10 +196,15 @@ def load_run(run_dir: str | Path) -> Run:
     images = [tables.image_result(row) for row in tables.read(run_dir / "images.csv")]
     sizes = tables.read_sizes(run_dir / "clients.csv")
     saved = run_dir / "summary.json"
-    summary = json.loads(saved.read_text()) if saved.is_file() else None
-    if summary is not None:
-        interrupted, note = bool(summary.get("interrupted", False)), str(summary.get("lpips_note", ""))
+    try:
+        summary = json.loads(saved.read_text()) if saved.is_file() else None
+    except ValueError:
+        summary = {}
+    if summary is None:
+        interrupted = Interruption(reason="the run did not finish (no summary.json)")
+        note = locate(((raw.get("audit") or {}).get("lpips_weights")) if raw else None)[1]
     else:
-        interrupted = True
-        found, note = locate(((raw.get("audit") or {}).get("lpips_weights")) if raw else None)
+        stop = summary.get("interrupted")
+        interrupted = Interruption.from_dict(stop) if isinstance(stop, dict) else None
+        note = str(summary.get("lpips_note", ""))
     return Run(header, results, rounds, images=images, sizes=sizes, interrupted=interrupted, lpips_note=note)

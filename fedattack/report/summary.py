@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from fedattack.report.exposure import ALL, exposure, final, worst_clients
-from fedattack.results import ExposureRow, ImageRow, JobResult, RoundResult, RunHeader
+from fedattack.results import ExposureRow, ImageRow, Interruption, JobResult, RoundResult, RunHeader
 
 
 def _mean(xs: list[float], digits: int = 4) -> float | None:
@@ -69,13 +69,13 @@ class Summary:
     defense: str | None
     epsilon: float | None  # the largest DP epsilon any round reported
     headline: Headline | None = None
-    interrupted: bool = False  # the run stopped before it finished (its results so far)
+    interrupted: Interruption | None = None  # why the run stopped early (None: it finished)
     lpips_note: str = ""  # why no LPIPS column ("" where it was computed or nothing was scored)
     exposure: list[ExposureRow] = field(default_factory=list, compare=True, repr=False)
 
     def to_dict(self) -> dict:
         """summary.json's layout."""
-        return {"interrupted": self.interrupted, "headline": asdict(self.headline) if self.headline else None,
+        return {"interrupted": self.interrupted.to_dict() if self.interrupted else None, "headline": asdict(self.headline) if self.headline else None,
                 "epsilon": self.epsilon, "attacks": {k: asdict(v) for k, v in self.attacks.items()},
                 "rounds": self.rounds, "final_test_acc": self.final_test_acc, "client_errors": self.client_errors,
                 "defense": self.defense, "lpips_note": self.lpips_note,
@@ -111,7 +111,8 @@ def headline(results: list[JobResult], rows: list[ExposureRow]) -> Headline:
 
 
 def summarize(results: list[JobResult], rounds: list[RoundResult], header: RunHeader, *,
-              images: list[ImageRow] | None = None, sizes: dict | None = None, interrupted: bool = False,
+              images: list[ImageRow] | None = None, sizes: dict | None = None,
+              interrupted: Interruption | None = None,
               lpips_note: str = "") -> Summary:
     """Per-attack means over all results, the headline and the exposure, plus training totals."""
     by_attack: dict[str, list[JobResult]] = defaultdict(list)

@@ -153,7 +153,7 @@ def rows(runs: list[SweepRun], answer: Answer) -> list[dict]:
                         "images_recovered": a.recovered,
                         "recovery_rate": round(a.recovered / a.images, 4) if a.images else None,
                         "exposed_share": h.exposed_share if h else None, "epsilon": s.epsilon, "jobs": a.jobs,
-                        "failed": a.failed, "interrupted": s.interrupted,
+                        "failed": a.failed, "interrupted": s.interrupted is not None,
                         "breaking_point": answer.breaking.get(name, "")})
     return out
 

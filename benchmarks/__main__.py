@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import pkgutil
 import sys
 import time
@@ -33,11 +34,37 @@ def print_table(title: str, rows: list[dict]) -> None:
     Console().print(table)
 
 
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> str:
+    import platform
+
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA), torch {torch.__version__}"
+    return f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU, torch {torch.__version__}"
+
+
+def save(name: str, rows: list[dict], *, quick: bool, seconds: float) -> Path:
+    """benchmarks/results/NAME.json: the rows and how they were measured."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    meta = {"benchmark": name, "command": f"python -m benchmarks {name}{' --quick' if quick else ''} --save",
+            "date": time.strftime("%Y-%m-%d"), "machine": machine(), "quick": quick, "seconds": round(seconds, 1)}
+    path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("names", nargs="*", help=f"which (default: all): {', '.join(available())}")
     parser.add_argument("--quick", action="store_true", help="smaller cases, for a smoke run")
     parser.add_argument("--json", type=Path, help="also write all rows to this JSON file")
+    parser.add_argument("--save", action="store_true",
+                        help="write each benchmark's rows to benchmarks/results/NAME.json (what docs/results.md is "
+                             "rendered from: python -m benchmarks.render_docs)")
     ns = parser.parse_args(argv)
     names = ns.names or available()
     unknown = sorted(set(names) - set(available()))
@@ -54,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         print_table(f"{name}  ({time.perf_counter() - t0:.1f} s, torch threads {torch.get_num_threads()}, "
                     f"{'cuda' if torch.cuda.is_available() else 'cpu'})", rows)
         everything[name] = rows
+        if ns.save:
+            save(name, rows, quick=ns.quick, seconds=time.perf_counter() - t0)
     if ns.json:
         ns.json.write_text(json.dumps(everything, indent=2, default=str))
     return 0

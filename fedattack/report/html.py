@@ -91,7 +91,7 @@ def verdict(r: JobResult, margin: float, held: int = 0) -> tuple[str, str]:
     if r.success:
         return f"leaked {s.recovered} of {s.num_images} images", "leak"
     if math.isnan(s.margin) or s.margin <= margin:
-        extra = f" (on average; {held} image(s) reached the SSIM threshold)" if held else ""
+        extra = f" ({held} \u25cb)" if held else ""
         return "no leakage beyond a blank guess" + extra, "safe"
     return "above the blank guess, no image recovered", "safe"
 
@@ -205,7 +205,7 @@ def matrix(results: list[JobResult], rounds: int) -> str:
                 continue
             dot = " &#9679;" if (c, rnd) in leaked else ""
             row.append((f"<div style='background:{_colour(r.score.ssim)};padding:2px'>"
-                        f"<b>{num(r.score.ssim, 2)}</b>{dot}<br><span class='muted'>{esc(r.label)}</span></div>", ""))
+                        f"<b>{num(r.score.ssim, 2)}</b>{dot}<br><span style='color:#333'>{esc(r.label)}</span></div>", ""))
         rows.append(row)
     legend = ("<p class='note'>Each cell: the best SSIM any attack reached on that client's update in that round, "
               "and the attack; white (0) to red (1); &#9679; the update leaked at least one image; "
@@ -281,7 +281,9 @@ def updates_table(results: list[JobResult], header: RunHeader, images: list[Imag
                      (num(r.seconds, 1), "n")])
     head = ["round", "client", "attack", "verdict", "PSNR (dB)", "blank-guess PSNR (dB)", "margin (dB)", "SSIM",
             "blank-guess SSIM", "LPIPS", "labels recovered", "images recovered", "time (s)"]
-    return table(head, rows)
+    legend = ("<p class='note'>(n &#9675;): n images of that update reached the SSIM rule although the attack as a "
+              "whole stayed within the blank-guess margin; they are not counted as recovered.</p>")
+    return table(head, rows) + legend
 
 
 def _cell(src: str, geometry: tuple[int, int, int], k: int, text: str, recovered: bool, held: bool) -> str:

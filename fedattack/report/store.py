@@ -18,6 +18,7 @@ the report says so. `load_run` reads a run directory back into the same typed re
 from __future__ import annotations
 
 import json
+import math
 import sys
 import threading
 import time
@@ -37,6 +38,9 @@ from fedattack.report.images import save_pair
 from fedattack.report.summary import Summary, summarize
 from fedattack.results import ImageRow, Interruption, JobResult, RoundResult, RunHeader
 from fedattack.schema import Config
+
+
+EXPOSURE_EVERY = 2.0  # seconds between rewrites of exposure.csv while results stream in
 
 
 def default_out_dir(prefix: str = "") -> str:
@@ -81,6 +85,7 @@ class RunStore:
         self.rounds: list[RoundResult] = []
         self.images: list[ImageRow] = []
         self.best: dict[int, ImageRow] = {}
+        self._exposure_written = -math.inf
         tables.start(self.dir / "leakage.csv", tables.LEAKAGE_FIELDS)
         tables.start(self.dir / "rounds.csv", tables.ROUND_FIELDS)
         tables.start(self.dir / "images.csv", tables.IMAGE_FIELDS)
@@ -106,7 +111,7 @@ class RunStore:
                 save_pair(self.dir / "images" / f"{res.row_id}.png", res.truth_pixels, res.recon_pixels)
                 self._keep_best(res, rows)
             if rows:
-                self._write_exposure()
+                self._write_exposure(force=False)
 
     def _keep_best(self, res: JobResult, rows: list[ImageRow]) -> None:
         """images/best/<index>.png: each sample's best reconstruction so far."""
@@ -125,7 +130,13 @@ class RunStore:
             tables.append(self.dir / "rounds.csv", tables.ROUND_FIELDS, tables.round_row(row))
             self._write_exposure()
 
-    def _write_exposure(self) -> None:
+    def _write_exposure(self, force: bool = True) -> None:
+        """Rewrite exposure.csv; as results stream in, at most every EXPOSURE_EVERY seconds (a round's
+        end and finish always rewrite it)."""
+        now = time.monotonic()
+        if not force and now - self._exposure_written < EXPOSURE_EVERY:
+            return
+        self._exposure_written = now
         rows = exposure(self.images, self.sizes, [r.round for r in self.rounds if r.round > 0])
         tables.write(self.dir / "exposure.csv", tables.EXPOSURE_FIELDS, [tables.exposure_row(r) for r in rows])
 

@@ -15,11 +15,12 @@ from fedattack import config as fconfig
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.gradient_attack import simulated_round
 from fedattack.metrics import score
+from fedattack.testing.cases import case_config
 
 
 def observe(overrides: list[str], indices, clients: int = 1):
     """One simulated round (see fedattack.gradient_attack.simulated_round)."""
-    obs, truth, exp = simulated_round(fconfig.load(None, ["audit.attacks=[]", *overrides]), indices, clients=clients)
+    obs, truth, exp = simulated_round(case_config(*overrides), indices, clients=clients)
     return obs, truth, exp
 
 

@@ -21,6 +21,7 @@ import torch
 
 from fedattack import config as fconfig
 from fedattack.threat import DefenseSetting, Observation, Protocol, Reconstruction, Truth
+from fedattack.testing.cases import case_config
 
 VICTIMS = [1, 3, 5, 20, 23, 38]  # training-split faces (label 1) of lfw-subset, seed-drawn once
 
@@ -36,8 +37,7 @@ def simulate(overrides: list[str], indices: list[int], noise: tuple[str, float] 
     from fedattack.experiment import build
     from fedattack.models import float_params
 
-    cfg = fconfig.load(None, ["audit.attacks=[]", "client.local_steps=1", f"client.batch_size={len(indices)}",
-                              f"seed={seed}", *overrides])
+    cfg = case_config("client.local_steps=1", f"client.batch_size={len(indices)}", f"seed={seed}", *overrides)
     exp = build(cfg)
     model = exp.initial_model()
     if warm_bn:

@@ -29,7 +29,8 @@ from fedattack.errors import FedattackError
 from fedattack.gradient_attack import run_attack
 from fedattack.models import MODELS
 from fedattack.registry import Registry
-from fedattack.report.console import Progress
+from fedattack.report.console import Progress, library_logs
+from fedattack.report.screenshot import screenshot
 from fedattack.report.store import check_out, default_out_dir, load_run, write_report
 from fedattack.simulate import run
 from fedattack.strategies import STRATEGIES
@@ -43,7 +44,8 @@ def cmd_run(ns: argparse.Namespace) -> int:
     out = ns.out or default_out_dir()
     check_out(out)
     progress = Progress(quiet=ns.quiet)
-    summary = run(cfg, out_dir=out, progress=progress, verbose=ns.verbose)
+    with library_logs(ns.verbose):
+        summary = run(cfg, out_dir=out, progress=progress, verbose=ns.verbose)
     progress.summary_table(summary)
     progress.print(f"report: {Path(out) / 'report.html'}")
     return 0
@@ -67,11 +69,20 @@ def cmd_report(ns: argparse.Namespace) -> int:
     run_dir = Path(ns.run_dir)
     summary = write_report(run_dir, load_run(run_dir))
     progress = Progress()
+    acc = "-" if summary.final_test_acc is None else f"{summary.final_test_acc:.3f}"
     progress.print(f"{run_dir}: server mode {summary.header.server_mode}, defense {summary.defense}, "
-                   f"{summary.rounds} rounds, final test accuracy {summary.final_test_acc}")
+                   f"{summary.rounds} rounds, final test accuracy {acc}"
+                   + (" (interrupted)" if summary.interrupted is not None else ""))
     progress.summary_table(summary)
     progress.print(f"report: {run_dir / 'report.html'}")
+    if ns.screenshot:
+        progress.print(f"screenshot: {screenshot(run_dir / 'report.html', ns.screenshot)}")
     return 0
+
+
+def _report_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir")
+    p.add_argument("--screenshot", metavar="PNG", help="also render report.html to this PNG (headless Chromium)")
 
 
 def _run_parser(p: argparse.ArgumentParser) -> None:
@@ -84,7 +95,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "run": ("an audited federated simulation", _run_parser, cmd_run),
     "attack": ("attack one simulated client update with every configured attack", add_config_args, cmd_attack),
     "list": ("list registered plug-ins", lambda p: p.add_argument("kind", choices=list(LISTINGS)), cmd_list),
-    "report": ("print and re-render the report of a finished run", lambda p: p.add_argument("run_dir"), cmd_report),
+    "report": ("print and re-render the report of a finished run", _report_parser, cmd_report),
     **sweep.COMMANDS,
     **train_generator.COMMANDS,
 }

@@ -312,6 +312,7 @@ def validate(cfg: Config) -> None:
     if cfg.audit.labels != "auto":
         LABELS.check(cfg.audit.labels)
     check_between("audit", "success_ssim", cfg.audit.success_ssim, 0, 1)
+    check_range("audit", "success_margin", cfg.audit.success_margin, 0)
     check_choice("server", "mode", cfg.server.mode, ["honest", "malicious"])
     if cfg.ray.num_cpus is not None:
         check_range("ray", "num_cpus", cfg.ray.num_cpus, 0, lo_open=True)

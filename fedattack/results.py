@@ -1,5 +1,5 @@
 """Results, typed: the scores of one reconstruction, one attack job's result, one round's
-statistics, and the facts that head a run.
+statistics, the facts that head a run, and the per-image and per-client views of exposure.
 
 The audit produces these and the report consumes them in memory; the run directory
 (fedattack.report) writes them as leakage.csv and rounds.csv and reads them back with their
@@ -18,7 +18,9 @@ import numpy as np
 NAN = math.nan  # one object: results read back compare equal to the ones written
 
 # decimals the run directory keeps of each number of a job result
-DIGITS = {"psnr": 2, "ssim": 4, "mse": 5, "label_acc": 4, "seconds": 2, "epsilon": 4}
+DIGITS = {"psnr": 2, "ssim": 4, "mse": 5, "label_acc": 4, "seconds": 2, "epsilon": 4, "baseline_psnr": 2,
+          "baseline_ssim": 4, "lpips": 4}
+SCORE_FIELDS = ("psnr", "ssim", "mse", "label_acc", "baseline_psnr", "baseline_ssim", "lpips")
 
 STATUSES = ("ok", "failed", "error")  # error: the attack raised something other than an attack failure
 
@@ -29,12 +31,33 @@ def rounded(x: float, digits: int) -> float:
 
 @dataclass
 class ImageScores:
-    """Per ground-truth image: the matched reconstruction and its scores (-1: unmatched)."""
+    """Per ground-truth image: the matched reconstruction and its scores (-1: unmatched).
+
+    The baselines are what the best constant (flat grey) image scores against the same true
+    image: a reconstruction that does no better than them shows nothing of the image."""
 
     match: np.ndarray  # (N_true,) index into reconstructions, -1 where none
     psnr: np.ndarray
     ssim: np.ndarray
     mse: np.ndarray
+    baseline_psnr: np.ndarray | None = None  # best flat image's PSNR against each true image
+    baseline_ssim: np.ndarray | None = None  # best flat image's SSIM
+    recovered: np.ndarray | None = None  # bool: the image counts as recovered (see fedattack.metrics.score)
+    index: np.ndarray | None = None  # dataset index of each true image (-1: unknown)
+    lpips: np.ndarray | None = None  # LPIPS distance (NaN: not computed)
+
+    def __post_init__(self) -> None:
+        n = len(self.psnr)
+        if self.baseline_psnr is None:
+            self.baseline_psnr = np.full(n, NAN)
+        if self.baseline_ssim is None:
+            self.baseline_ssim = np.full(n, NAN)
+        if self.recovered is None:
+            self.recovered = np.zeros(n, dtype=bool)
+        if self.index is None:
+            self.index = np.full(n, -1, dtype=np.int64)
+        if self.lpips is None:
+            self.lpips = np.full(n, NAN)
 
 
 @dataclass
@@ -45,18 +68,28 @@ class Score:
     ssim: float = NAN
     mse: float = NAN
     label_acc: float = NAN
-    recovered: int = 0  # true images whose match reaches the SSIM threshold and beats a flat guess
+    recovered: int = 0  # true images counted as recovered (fedattack.metrics.score states the rule)
     num_images: int = 0
+    baseline_psnr: float = NAN  # the best flat image's PSNR on the same images, averaged like `psnr`
+    baseline_ssim: float = NAN  # the best flat image's SSIM, averaged like `ssim`
+    lpips: float = NAN  # mean LPIPS distance (lower: closer); NaN where not computed
     per_image: ImageScores | None = field(default=None, repr=False, compare=False)
 
     @property
+    def margin(self) -> float:
+        """PSNR in dB above what a blank (best flat) guess reaches on the same images."""
+        if math.isnan(self.psnr) or math.isnan(self.baseline_psnr):
+            return NAN
+        return round(self.psnr - self.baseline_psnr, DIGITS["psnr"])
+
+    @property
     def success(self) -> bool:
-        """A leak: at least one private image reconstructed above the SSIM threshold."""
+        """A leak: at least one private image counted as recovered."""
         return self.recovered > 0
 
     def rounded(self) -> "Score":
         """This score at the precision of the run directory."""
-        return replace(self, **{k: rounded(getattr(self, k), DIGITS[k]) for k in ("psnr", "ssim", "mse", "label_acc")})
+        return replace(self, **{k: rounded(getattr(self, k), DIGITS[k]) for k in SCORE_FIELDS})
 
 
 @dataclass
@@ -148,6 +181,17 @@ class RoundResult:
     seconds: float = NAN
 
 
+def describe_defenses(raw: dict) -> str:
+    """'none' or e.g. 'clip(bound=1.0)+gaussian(sigma=0.01)': the defenses a config (as a
+    dict) puts in force, each with its parameters."""
+    parts = []
+    for name in (raw.get("client") or {}).get("defenses") or []:
+        params = raw.get(name) or {}
+        args = ",".join(f"{k}={v}" for k, v in params.items()) if isinstance(params, dict) else ""
+        parts.append(f"{name}({args})" if args else str(name))
+    return "+".join(parts) or "none"
+
+
 @dataclass(frozen=True)
 class RunHeader:
     """What a run was: the facts every summary and report starts with."""
@@ -157,13 +201,31 @@ class RunHeader:
     model: str = ""
     strategy: str = ""
     seed: int = 0
+    defense: str = "none"  # the defenses in force, as describe_defenses writes them
+    configured_rounds: int = 0  # fl.rounds
+    num_clients: int = 0
+    clients_per_round: int = 0
+    configured_attacks: tuple[str, ...] = ()  # audit.attacks
+    success_ssim: float = 0.5  # an image is recovered at SSIM >= this (and above the flat guess's SSIM)
+    success_margin: float = 0.5  # dB: a row leaks only when its PSNR beats the flat baseline by more
+    protocol: str = ""  # the clients' local training, in words
 
     @classmethod
     def from_config(cls, raw: dict) -> "RunHeader":
         """From a config as a dict (Config.to_dict(), or a run directory's config.yaml)."""
-        return cls(server_mode=str(raw.get("server", {}).get("mode", "honest")),
-                   dataset=str(raw.get("data", {}).get("name", "")), model=str(raw.get("model", {}).get("name", "")),
-                   strategy=str(raw.get("fl", {}).get("strategy", "")), seed=int(raw.get("seed", 0)))
+        fl, client, audit = raw.get("fl") or {}, raw.get("client") or {}, raw.get("audit") or {}
+        steps = int(client.get("local_steps", 0) or 0)
+        work = (f"{steps} local steps" if steps else f"{client.get('local_epochs', 1)} local epochs")
+        protocol = (f"{work} of batch {client.get('batch_size', '?')} at lr {client.get('lr', '?')}"
+                    if client else "")
+        return cls(server_mode=str((raw.get("server") or {}).get("mode", "honest")),
+                   dataset=str((raw.get("data") or {}).get("name", "")),
+                   model=str((raw.get("model") or {}).get("name", "")), strategy=str(fl.get("strategy", "")),
+                   seed=int(raw.get("seed", 0)), defense=describe_defenses(raw), configured_rounds=int(fl.get("rounds", 0)),
+                   num_clients=int(fl.get("num_clients", 0)), clients_per_round=int(fl.get("clients_per_round", 0)),
+                   configured_attacks=tuple(str(a) for a in audit.get("attacks") or ()),
+                   success_ssim=float(audit.get("success_ssim", 0.5)),
+                   success_margin=float(audit.get("success_margin", 0.5)), protocol=protocol)
 
 
 @dataclass(frozen=True)
@@ -182,3 +244,44 @@ class Interruption:
     def from_dict(cls, raw: dict) -> "Interruption":
         return cls(reason=str(raw.get("reason", "")), signal=raw.get("signal"),
                    abandoned_jobs=int(raw.get("abandoned_jobs") or 0))
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One private image in one attack's result: images.csv's row, exposure's input."""
+
+    round: int
+    client: int | str  # whose update (partition id, or "aggregate")
+    attack: str
+    adaptive: bool
+    position: int  # the image's place in the update (its column in the gallery)
+    index: int  # dataset index (-1: unknown)
+    owner: int | str  # the client holding this sample (partition id; "" where unknown)
+    psnr: float
+    ssim: float
+    baseline_psnr: float
+    baseline_ssim: float
+    lpips: float
+    recovered: bool
+
+    @property
+    def label(self) -> str:
+        return self.attack + (" (adaptive)" if self.adaptive else "")
+
+
+@dataclass(frozen=True)
+class ExposureRow:
+    """How much of one client's training data (client "all": every client's) the server has
+    recovered in the updates of rounds 1..round, over every attack."""
+
+    round: int
+    client: int | str
+    samples: int  # the client's training samples (its partition)
+    audited: int  # distinct samples seen in audited updates so far
+    recovered: int  # distinct samples recovered so far
+    best_ssim: float = NAN  # the best SSIM of any reconstruction of the client's samples so far
+
+    @property
+    def share(self) -> float:
+        """Recovered share of the client's training data."""
+        return self.recovered / self.samples if self.samples else NAN

@@ -83,6 +83,9 @@ class AuditConfig:
     labels: str = "auto"
     adaptive: str = "off"  # off | on | both: defense-aware variants of attacks that support it
     success_ssim: float = 0.5
+    success_margin: float = 0.5  # dB: a row leaks only when its PSNR beats the flat-image baseline by more
+    lpips_weights: str | None = None  # folder with LPIPS's weights (None: torch hub cache, lpips package)
+    lpips_download: bool = False  # let torchvision download LPIPS's AlexNet backbone (needs internet)
     save_images: bool = True
     threads_per_job: int = 1
     tf32: bool = False  # let attack jobs on a GPU use TF32 matmuls and convolutions
@@ -108,9 +111,11 @@ class RayConfig:
 
 @dataclass
 class SweepConfig:
+    key: str | None = None  # any config key, e.g. client.local_epochs (or defense + param below)
     defense: str | None = None
     param: str | None = None  # defaults to the defense's main parameter
     values: list = field(default_factory=list)
+    seeds: list = field(default_factory=list)  # each value runs once per seed ([]: the config's seed)
     parallel: int = 1
 
 

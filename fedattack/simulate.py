@@ -86,15 +86,13 @@ def run(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None, v
         audit = audit_strategy(cfg, exp, out_dir=out_dir, progress=progress)
     if not verbose:
         for name in ("flwr", "flwr.simulation"):
-            logging.getLogger(name).setLevel(logging.WARNING)
+            logging.getLogger(name).setLevel(logging.ERROR)
     with RunGuard(progress, local_ray=not cfg.ray.address) as guard:
         guard.auditor = audit.auditor
         init_ray(cfg, verbose=verbose, num_cpus=cfg.ray.num_cpus)
         guard.ray_started()
         check_cluster(cfg)
-        progress.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} rounds of {cfg.fl.strategy}, "
-                       f"{cfg.fl.clients_per_round} per round{' under SecAgg+' if uses_secagg(cfg) else ''}; "
-                       f"auditing with {', '.join(cfg.audit.attacks) or 'nothing'}; run directory {audit.out_dir}")
+        progress.header(cfg, audit.out_dir)
         server_app = ServerApp()
 
         @server_app.main()

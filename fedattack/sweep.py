@@ -1,66 +1,165 @@
-"""`fedattack sweep`: the privacy-utility frontier of one defense parameter.
+"""`fedattack sweep`: the privacy-utility frontier and protocol map of any config key.
 
-    fedattack sweep CONFIG sweep.defense=gaussian sweep.values=[0.001,0.01,0.1,1.0]
+    fedattack sweep CONFIG sweep.defense=gaussian sweep.values=[0.001,0.01,0.1,1.0] sweep.seeds=[0,1,2]
+    fedattack sweep CONFIG sweep.key=client.local_epochs sweep.values=[1,2,5] client.local_steps=0
 
-runs the audited simulation once per value (each in its own process, `sweep.parallel` at a
-time), then writes `sweep.csv` (one row per value x attack: test accuracy, PSNR, SSIM, label
-accuracy, success rate, epsilon where defined) and `frontier.png` (test accuracy against
-leakage), marking per attack its breaking point: the first value, in the order given (list
-values from the weakest setting to the strongest), at which that attack no longer succeeds.
+runs the audited simulation once per value and seed (each in its own process, `sweep.parallel`
+at a time), plus a reference run per seed: without the swept defense (`sweep.defense`, or a
+`sweep.key` that names a defense's parameter), or with the key's configured value (any other
+key; reused where it is one of the values). Every run of a seed uses that seed, so partitions,
+initial weights and each client's batches (the victims) are the same at every value wherever
+the key leaves them so (a key such as `client.batch_size` changes which images a batch holds).
+
+It writes `sweep.csv` (one row per run and attack), `sweep.json` (the answer and breaking
+points), `frontier.png` (test accuracy against leakage), `protocol.png` (per attack, PSNR and
+recovery rate against the key, and utility) and `sweep.html`, and prints the answer: the
+weakest value at which no attack recovers any image, and its cost in test accuracy against the
+reference (fedattack.report.sweep defines both). List values from the weakest setting to the
+strongest. Every value is validated before anything runs or is written.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import math
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import fields
 from pathlib import Path
-
-from rich.table import Table
+from typing import Any
 
 from fedattack.arguments import add_config_args, load_config
+from fedattack.attacks import ATTACKS
 from fedattack.config import from_dict
 from fedattack.defenses import DEFENSES
 from fedattack.errors import ConfigError, FedattackError
-from fedattack.report.console import Progress
+from fedattack.report import sweep as report
+from fedattack.report.console import Progress, add_plain_row, plain_table
 from fedattack.report.store import check_out, default_out_dir, load_run
-from fedattack.schema import Config
+from fedattack.schema import SECTIONS, Config
 
-SWEEP_FIELDS = ["value", "attack", "test_acc", "psnr", "ssim", "label_acc", "success_rate", "epsilon", "jobs",
-                "failed", "breaking_point", "run_dir"]
+NOT_SWEPT = ("sweep", "ray")  # sections whose keys are not an experiment's
 
 
-def plan(cfg: Config) -> list[tuple[str, Config]]:
-    """One config per sweep value: the defense switched on with its parameter set."""
+def resolve_key(cfg: Config) -> tuple[str, str | None]:
+    """(the dotted key to sweep, the defense it switches on or None)."""
     s = cfg.sweep
-    if not s.defense:
-        raise ConfigError("sweep.defense", f"name the defense to sweep; allowed: {', '.join(DEFENSES.names())}")
-    spec = DEFENSES.get(s.defense)
-    param = s.param or spec.main_param
-    names = [f.name for f in fields(spec.params)]
-    if param not in names:
-        raise ConfigError("sweep.param", f"'{param}' is not a parameter of {s.defense}; allowed: {', '.join(names)}")
+    if s.key and s.defense:
+        raise ConfigError("sweep.key", "give sweep.key or sweep.defense (with sweep.param), not both")
+    if s.defense:
+        spec = DEFENSES.get(s.defense)
+        param = s.param or spec.main_param
+        names = [f.name for f in fields(spec.params)]
+        if param not in names:
+            raise ConfigError("sweep.param", f"'{param}' is not a parameter of {s.defense}; allowed: {', '.join(names)}")
+        return f"{s.defense}.{param}", s.defense
+    if not s.key:
+        raise ConfigError("sweep.key", "name the config key to sweep (e.g. sweep.key=client.local_epochs), or a "
+                                       f"defense with sweep.defense; defenses: {', '.join(DEFENSES.names())}")
+    if s.param:
+        raise ConfigError("sweep.param", "goes with sweep.defense; with sweep.key, name the parameter in the key")
+    section, _, name = s.key.partition(".")
+    sections = [k for k in SECTIONS if k not in NOT_SWEPT]
+    if section in sections:
+        allowed = [f.name for f in fields(SECTIONS[section])]
+        if name not in allowed:
+            raise ConfigError("sweep.key", f"'{s.key}' is not a config key; keys of {section}: {', '.join(allowed)}")
+        return s.key, None
+    for registry, kind in ((DEFENSES, "defense"), (ATTACKS, "attack")):
+        if section in registry.names():
+            allowed = [f.name for f in fields(registry.get(section).params)]
+            if name not in allowed:
+                raise ConfigError("sweep.key", f"'{s.key}' is not a parameter of the {kind} {section}; allowed: "
+                                               f"{', '.join(allowed) or '(none)'}")
+            if kind == "attack" and section not in cfg.audit.attacks:
+                raise ConfigError("sweep.key", f"'{s.key}': {section} is not in audit.attacks "
+                                               f"({', '.join(cfg.audit.attacks) or 'none'})")
+            return s.key, section if kind == "defense" else None
+    raise ConfigError("sweep.key", f"'{s.key}' is not a config key; sections: {', '.join(sections)}, or an attack's "
+                                   "or defense's name (e.g. gaussian.sigma)")
+
+
+def _with(raw: dict, key: str, value: Any) -> dict:
+    section, _, name = key.partition(".")
+    raw.setdefault(section, {})
+    if not isinstance(raw[section], dict):
+        raw[section] = {}
+    raw[section][name] = value
+    return raw
+
+
+def _build(raw: dict, key: str, value: Any, what: str) -> Config:
+    raw["sweep"] = {}
+    try:
+        return from_dict(raw)
+    except ConfigError as exc:
+        detail = str(exc)
+        if exc.field == key:
+            detail = detail[len(key) + 2:]
+        raise ConfigError("sweep.values", f"{what} {report.fmt_value(value)} for {key}: {detail}") from None
+
+
+def plan(cfg: Config) -> tuple[str, list[tuple[report.SweepRun, Config]], str]:
+    """(key, one (run, config) per value and seed plus the reference runs, the reference in words).
+    Validates the key, every value and every seed first."""
+    s = cfg.sweep
+    key, defense = resolve_key(cfg)
     if not s.values:
-        raise ConfigError("sweep.values", "give the values to sweep, e.g. sweep.values=[0.001,0.01,0.1]")
+        raise ConfigError("sweep.values", f"give the values of {key} to sweep, weakest first, e.g. sweep.values=[1,2,5]")
     if s.parallel < 1:
         raise ConfigError("sweep.parallel", f"must be >= 1, got {s.parallel}")
-    out = []
+    bad = [x for x in s.seeds if isinstance(x, bool) or not isinstance(x, int)]
+    if bad:
+        raise ConfigError("sweep.seeds", f"expected a list of integers, got {bad[0]!r}")
+    seeds = list(dict.fromkeys(s.seeds)) or [cfg.seed]
+    section, _, name = key.partition(".")
+    base = cfg.to_dict()
+    if defense is not None:
+        on = [*base["client"]["defenses"]] + ([] if defense in base["client"]["defenses"] else [defense])
+        reference = f"reference run without {defense}"
+    else:
+        configured = (base.get(section) or {}).get(name)
+        reference = f"reference run at the configured {key}={report.fmt_value(configured)}"
+    configs = []
     for v in s.values:
-        raw = cfg.to_dict()
-        if s.defense not in raw["client"]["defenses"]:
-            raw["client"]["defenses"] = [*raw["client"]["defenses"], s.defense]
-        raw.setdefault(s.defense, {})[param] = v
-        raw["sweep"] = {"defense": None, "param": None, "values": [], "parallel": 1}
-        out.append((f"{s.defense}.{param}={v}", from_dict(raw)))  # validates each value's range
-    return out
+        raw = _with(cfg.to_dict(), key, v)
+        if defense is not None:
+            raw["client"]["defenses"] = on
+        configs.append((v, _build(raw, key, v, "value")))
+    runs: list[tuple[report.SweepRun, Config]] = []
+    reuse = False
+    if defense is not None:
+        ref_raw = cfg.to_dict()
+        ref_raw["client"]["defenses"] = [d for d in ref_raw["client"]["defenses"] if d != defense]
+        ref_cfg = _build(ref_raw, key, None, "the reference")
+    else:
+        ref_cfg = _build(cfg.to_dict(), key, configured, "the configured value")
+        reuse = any(report.fmt_value(v) == report.fmt_value(configured) for v in s.values)
+    for seed in seeds:
+        for i, (v, c) in enumerate(configs):
+            label = f"{key}={report.fmt_value(v)}"
+            if reuse and report.fmt_value(v) == report.fmt_value(configured):
+                label += " (as configured)"
+            runs.append((report.SweepRun(value=v, seed=seed, label=label, run_dir=Path()), _seeded(c, seed)))
+        if not reuse:
+            runs.append((report.SweepRun(value=None, seed=seed, label="reference", run_dir=Path(), reference=True),
+                         _seeded(ref_cfg, seed)))
+    return key, runs, reference
 
 
-def _run_one(label: str, cfg: Config, run_dir: Path, log: Path) -> int:
+def _seeded(cfg: Config, seed: int) -> Config:
+    c = cfg.copy()
+    c.seed = seed
+    return c
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in ".-_" else "-" for ch in text)[:60]
+
+
+def _run_one(cfg: Config, run_dir: Path, log: Path) -> int:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir.parent / f"{run_dir.name}.yaml"
     cfg_path.write_text(cfg.to_yaml())
@@ -69,111 +168,94 @@ def _run_one(label: str, cfg: Config, run_dir: Path, log: Path) -> int:
                                 "--quiet"], stdout=f, stderr=subprocess.STDOUT)
 
 
-def _num(x) -> float:
-    try:
-        return float(x)
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def collect(values: list, run_dirs: list[Path]) -> list[dict]:
-    """sweep.csv's rows: per value and attack, the summary of that value's run."""
-    rows = []
-    for v, d in zip(values, run_dirs):
-        if not (d / "summary.json").is_file():  # written last: the run did not finish
-            rows.append({"value": v, "attack": "(run failed)", "run_dir": str(d)})
-            continue
-        summary = load_run(d).summary()
-        for attack, a in summary.attacks.items():
-            rows.append({"value": v, "attack": attack, "test_acc": summary.final_test_acc,
-                         "psnr": a.psnr, "ssim": a.ssim, "label_acc": a.label_acc,
-                         "success_rate": a.success_rate, "epsilon": summary.epsilon, "jobs": a.jobs,
-                         "failed": a.failed, "run_dir": str(d)})
-    for attack in {r["attack"] for r in rows}:
-        mine = [r for r in rows if r["attack"] == attack]
-        broken = next((r["value"] for r in mine if r.get("success_rate") is not None and r["success_rate"] == 0), None)
-        for r in mine:
-            r["breaking_point"] = broken
-    return rows
-
-
-def plot(rows: list[dict], path: Path, defense: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for attack in sorted({r["attack"] for r in rows if r.get("ssim") is not None}):
-        mine = [r for r in rows if r["attack"] == attack and r.get("ssim") is not None]
-        for ax, key in zip(axes, ("ssim", "psnr")):
-            xs, ys = [_num(r[key]) for r in mine], [_num(r["test_acc"]) for r in mine]
-            ax.plot(xs, ys, marker="o", label=attack)
-            for r, x, y in zip(mine, xs, ys):
-                ax.annotate(str(r["value"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-                if r["breaking_point"] == r["value"]:
-                    ax.scatter([x], [y], s=160, facecolors="none", edgecolors="red")
-    axes[0].set(xlabel="mean SSIM of reconstructions (leakage)", ylabel="test accuracy (utility)",
-                title=f"{defense}: privacy-utility frontier")
-    axes[1].set(xlabel="mean PSNR of reconstructions (dB)", ylabel="test accuracy")
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=8, title="red circle: breaking point")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> list[dict]:
+def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answer:
     progress = Progress(quiet=quiet)
-    runs = plan(cfg)
+    key, runs, reference = plan(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(cfg.to_yaml())
-    safe = [label.replace("=", "-").replace("/", "_").replace(" ", "") for label, _ in runs]
-    dirs = [out_dir / "runs" / f"{i:02d}_{name}" for i, name in enumerate(safe)]
-    progress.print(f"sweep: {len(runs)} audited simulations, {cfg.sweep.parallel} at a time; {out_dir}")
+    for i, (r, _) in enumerate(runs):
+        r.run_dir = out_dir / "runs" / f"{i:02d}_{_safe(r.label if not r.reference else 'reference')}_seed{r.seed}"
+    seeds = sorted({r.seed for r, _ in runs})
+    progress.print(f"sweep of {key}: {len(cfg.sweep.values)} values x {len(seeds)} seed(s)"
+                   f"{' + a ' + reference if any(r.reference for r, _ in runs) else ''}: {len(runs)} audited runs, "
+                   f"{cfg.sweep.parallel} at a time; {out_dir}")
+    done: list[float] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    started = time.monotonic()
+
+    def status() -> None:  # a line at least every 30 s while runs go on
+        while not stop.wait(progress.status_every or 30):
+            with lock:
+                n = len(done)
+                mean = sum(done) / n if n else None
+            left = len(runs) - n
+            eta = (f"; about {left * mean / cfg.sweep.parallel / 60:.0f} min left" if mean else
+                   f"; {time.monotonic() - started:.0f} s in, no run finished yet")
+            progress.print(f"sweep: {n}/{len(runs)} runs done{eta}")
 
     def one(i: int) -> int:
+        r, c = runs[i]
         t0 = time.perf_counter()
-        code = _run_one(runs[i][0], runs[i][1], dirs[i], dirs[i].parent / f"{dirs[i].name}.log")
-        progress.print(f"  {runs[i][0]}: {'done' if code == 0 else f'failed (exit {code}, see log)'} "
+        r.exit_code = _run_one(c, r.run_dir, r.run_dir.parent / f"{r.run_dir.name}.log")
+        with lock:
+            done.append(time.perf_counter() - t0)
+        progress.print(f"  {r.label}, seed {r.seed}: {'done' if r.exit_code == 0 else f'failed (exit {r.exit_code}, see its log)'} "
                        f"in {time.perf_counter() - t0:.0f} s")
-        return code
+        return r.exit_code
 
-    with ThreadPoolExecutor(max_workers=cfg.sweep.parallel) as pool:
-        list(pool.map(one, range(len(runs))))
-    rows = collect(list(cfg.sweep.values), dirs)
-    with (out_dir / "sweep.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=SWEEP_FIELDS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    plot(rows, out_dir / "frontier.png", cfg.sweep.defense)
-    print_table(rows, f"{cfg.sweep.defense} sweep", progress)
-    return rows
+    ticker = threading.Thread(target=status, daemon=True)
+    if not quiet:
+        ticker.start()
+    try:
+        with ThreadPoolExecutor(max_workers=cfg.sweep.parallel) as pool:
+            list(pool.map(one, range(len(runs))))
+    finally:
+        stop.set()
+    swept = [r for r, _ in runs]
+    for r in swept:
+        if (r.run_dir / "summary.json").is_file():  # written last: the run finished
+            r.summary = load_run(r.run_dir).summary()
+    answer = report.analyze(swept, key=key, values=list(cfg.sweep.values), seeds=seeds, reference=reference)
+    table = report.rows(swept, answer)
+    report.write_csv(out_dir / "sweep.csv", table)
+    report.write_json(out_dir / "sweep.json", answer, table)
+    points = report.per_value(table, list(cfg.sweep.values))
+    report.plot_frontier(out_dir / "frontier.png", points, answer, [r for r in swept if r.reference])
+    report.plot_protocol(out_dir / "protocol.png", points, list(cfg.sweep.values), key)
+    report.render_html(out_dir / "sweep.html", answer=answer, table=table, points=points, runs=swept,
+                       plots=["frontier.png", "protocol.png"])
+    print_table(table, f"sweep of {key}", progress)
+    progress.print(f"answer: {answer.sentence()}")
+    progress.print(f"report: {out_dir / 'sweep.html'}")
+    return answer
 
 
-def print_table(rows: list[dict], title: str, progress: Progress) -> None:
+def print_table(table: list[dict], title: str, progress: Progress) -> None:
     def f(x, fmt):
-        return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+        return "-" if x is None or (isinstance(x, float) and x != x) else format(x, fmt)
 
-    t = Table(title=title)
-    for c in ("value", "attack", "test acc", "PSNR", "SSIM", "label acc", "success", "epsilon", "breaking point"):
-        t.add_column(c, justify="right")
-    for r in rows:
-        t.add_row(str(r["value"]), r["attack"], f(r.get("test_acc"), ".3f"), f(r.get("psnr"), ".2f"),
-                  f(r.get("ssim"), ".3f"), f(r.get("label_acc"), ".2f"), f(r.get("success_rate"), ".2f"),
-                  f(r.get("epsilon"), ".2f"), str(r.get("breaking_point")))
-    progress.console.print(t)
+    t = plain_table(title, ["value", "seed", "attack", "test acc", "PSNR dB", "margin dB", "images recovered",
+                            "updates leaked", "breaking point"])
+    for r in table:
+        add_plain_row(t, ["reference" if r.get("reference") else r["value"], r["seed"], r["attack"],
+                          f(r.get("test_acc"), ".3f"), f(r.get("psnr"), ".2f"), f(r.get("margin"), "+.2f"),
+                          f"{r.get('images_recovered', '-')}/{r.get('images', '-')}",
+                          f"{r.get('updates_leaked', '-')}/{r.get('updates', '-')}", r.get("breaking_point", "")])
+    if not progress.quiet:
+        progress.console.print(t)
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:
     cfg = load_config(ns)
+    plan(cfg)  # validate the key, every value and seed before anything is written
     out = Path(ns.out or default_out_dir("sweep-"))
     check_out(out)
-    plan(cfg)  # validate every value before anything is written
-    rows = run_sweep(cfg, out_dir=out, quiet=ns.quiet)
-    if any(r["attack"] == "(run failed)" for r in rows):
-        raise FedattackError(f"sweep: some runs failed; see the logs under {out / 'runs'}")
+    answer = run_sweep(cfg, out_dir=out, quiet=ns.quiet)
+    if answer.failed_runs:
+        raise FedattackError(f"sweep: {len(answer.failed_runs)} run(s) failed; see the logs under {out / 'runs'}")
     return 0
 
 
-COMMANDS = {"sweep": ("privacy-utility frontier: one audited run per defense setting", add_config_args, cmd_sweep)}
+COMMANDS = {"sweep": ("privacy-utility frontier and protocol map: one audited run per value of a config key",
+                      add_config_args, cmd_sweep)}

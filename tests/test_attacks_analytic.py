@@ -17,11 +17,12 @@ from fedattack.metrics import score
 from fedattack.models import EXTENSIONS
 from fedattack.models.imprint import bin_edges
 from fedattack.threat import DataSpec, ModelSpec, Observation, Protocol, Truth
+from fedattack.testing.cases import case_config
 
 
 def observe(overrides: list[str], indices, clients: int = 1):
     """One simulated round (see fedattack.gradient_attack.simulated_round)."""
-    obs, truth, exp = simulated_round(fconfig.load(None, ["audit.attacks=[]", *overrides]), indices, clients=clients)
+    obs, truth, exp = simulated_round(case_config(*overrides), indices, clients=clients)
     return obs, truth
 
 

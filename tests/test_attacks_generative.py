@@ -12,6 +12,7 @@ from fedattack.cli import main
 from fedattack.errors import ConfigError
 from fedattack.metrics import score
 from fedattack.threat import DefenseSetting, Observation, Protocol, Truth
+from fedattack.testing.cases import case_config
 
 # -- helpers ----------------------------------------------------------------------------
 
@@ -22,8 +23,7 @@ def _observe(overrides: list[str], indices: list[int], noise: tuple[str, float] 
     from fedattack.experiment import build
     from fedattack.models import float_params
 
-    cfg = fconfig.load(None, ["audit.attacks=[]", "client.local_steps=1", f"client.batch_size={len(indices)}",
-                              *overrides])
+    cfg = case_config("client.local_steps=1", f"client.batch_size={len(indices)}", *overrides)
     exp = build(cfg)
     model = exp.initial_model()
     if warm_bn:  # a global model whose BatchNorm statistics reflect the population
@@ -83,7 +83,7 @@ def _generated_target(gen, seed: int = 1) -> tuple[Observation, Truth, torch.Ten
     from fedattack.experiment import build
     from fedattack.models.generator import to_pixels
 
-    cfg = fconfig.load(None, ["audit.attacks=[]", "data.image_size=16", "model.activation=relu"])
+    cfg = case_config("data.image_size=16", "model.activation=relu")
     exp = build(cfg)
     model = exp.initial_model()
     z = torch.randn(2, gen.latent_dim, generator=torch.Generator().manual_seed(seed))
@@ -110,8 +110,7 @@ def test_trial_update_matches_real_local_sgd(momentum, steps, n, b, epochs):
     from fedattack.attacks.engine import schedule, trial_update
     from fedattack.experiment import build
 
-    exp = build(fconfig.load(None, ["audit.attacks=[]", "data.image_size=16", "model.name=convnet",
-                                    "model.width=4"]))
+    exp = build(case_config("data.image_size=16", "model.name=convnet", "model.width=4"))
     model = exp.initial_model().train()
     x, y = exp.train.get(range(n))
     glob = {k: v.detach().clone() for k, v in model.named_parameters()}

@@ -24,20 +24,21 @@ def test_the_config_reference_documents_exactly_the_schema():
         documented |= set(re.findall(r"`([a-z_0-9]+(?:\.[a-z_0-9]+)?)`", row))
     schema = {"seed"} | {f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in fields(cls)}
     assert schema - documented == set(), "keys missing from docs/config.md"
-    plugin_sections = {k for k in documented - schema if k.split(".")[0] in ("dlg", "idlg")}  # the default config's
+    plugin_sections = {k for k in documented - schema if k.split(".")[0] in ("dlg", "idlg", "invgrad")}  # default's
     assert documented - schema - plugin_sections == set(), "docs/config.md documents keys the schema lacks"
 
 
 def test_default_config_runs_the_documented_default_scenario():
     cfg = fconfig.load(None)
     assert (cfg.data.name, cfg.partition.name, cfg.partition.alpha) == ("lfw-subset", "dirichlet", 0.5)
-    assert (cfg.fl.num_clients, cfg.fl.rounds, cfg.fl.clients_per_round, cfg.fl.strategy) == (8, 3, 2, "fedavg")
-    assert (cfg.client.local_steps, cfg.client.batch_size, cfg.model.name, cfg.model.activation) == (
-        2, 2, "lenet", "sigmoid")
-    assert cfg.audit.attacks == ["idlg", "dlg", "invgrad"]
+    assert (cfg.fl.num_clients, cfg.fl.rounds, cfg.fl.clients_per_round, cfg.fl.strategy) == (8, 5, 2, "fedavg")
+    assert (cfg.client.local_steps, cfg.client.batch_size, cfg.client.lr) == (2, 2, 0.1)
+    assert (cfg.model.name, cfg.model.activation) == ("mlp", "relu")
+    assert cfg.audit.attacks == ["idlg", "dlg", "invgrad"] and cfg.audit.max_clients == 0  # every sampled client
     # every listed attack has its parameters; the default config cuts dlg's and idlg's L-BFGS evaluations
+    # and invgrad's iterations
     assert set(cfg.attack_params) == {"idlg", "dlg", "invgrad"}
-    assert cfg.attack("dlg").max_iter == cfg.attack("idlg").max_iter == 1
+    assert cfg.attack("dlg").max_iter == cfg.attack("idlg").max_iter == 1 and cfg.attack("invgrad").iterations == 400
     with pytest.raises(ConfigError, match=r"^audit\.attacks: 'rtf' is not a configured attack"):
         cfg.attack("rtf")
 

@@ -51,13 +51,18 @@ def test_the_run_directory_reads_back_the_typed_results_it_was_written_from(tmp_
 
     run = load_run(tmp_path / "run")
     assert run.results == results and run.rounds == rounds
-    assert run.header == RunHeader(server_mode="honest", dataset="lfw-subset", model="lenet", strategy="fedavg", seed=7)
+    h = run.header
+    assert (h.server_mode, h.dataset, h.model, h.strategy, h.seed, h.defense) == ("honest", "lfw-subset", "mlp",
+                                                                                  "fedavg", 7, "none")
+    assert (h.success_ssim, h.success_margin, h.configured_attacks) == (0.5, 0.5, ("idlg",))
     assert run.summary() == summary
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary.to_dict()))
     assert on_disk["attacks"]["cpa"] == {"jobs": 1, "failed": 1, "psnr": None, "ssim": None, "mse": None,
                                          "label_acc": None, "success_rate": None, "seconds": 1.23,
-                                         "scope": ["aggregate"]}
+                                         "scope": ["aggregate"], "baseline_psnr": None, "baseline_ssim": None,
+                                         "margin": None, "lpips": None, "leaked": 0, "recovered": 0, "images": 0}
+    assert on_disk["interrupted"]["reason"] == "2 of 5 rounds recorded"  # the default config runs 5
     assert (on_disk["rounds"], on_disk["client_errors"], on_disk["epsilon"], on_disk["final_test_acc"]) == (2, 1, 3.0,
                                                                                                            0.55)
     rows = list(csv.DictReader((tmp_path / "run" / "leakage.csv").open()))

@@ -1,38 +1,171 @@
-"""`fedattack sweep`: one audited run per defense value, a table, a frontier plot."""
+"""`fedattack sweep`: any config key, validated before anything runs; breaking points, the
+answer with its cost and uncertainty, the tables, plots and sweep.html."""
 
 from __future__ import annotations
 
 import csv
+import json
+import math
+from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 
 from fedattack import config as fconfig
 from fedattack.cli import main
 from fedattack.errors import ConfigError
+from fedattack.report import sweep as report
+from fedattack.report.summary import AttackSummary, Summary
+from fedattack.results import RunHeader
 from fedattack.sweep import plan
 
 
+def _load(*overrides):
+    return fconfig.load(None, ["audit.attacks=[idlg]", *overrides])
+
+
 def test_plan_switches_the_defense_on_and_validates_each_value():
-    cfg = fconfig.load(None, ["audit.attacks=[idlg]", "sweep.defense=gaussian", "sweep.values=[0.001,0.1]"])
-    runs = plan(cfg)
-    assert [c.defense("gaussian").sigma for _, c in runs] == [0.001, 0.1]
-    assert all(c.client.defenses == ["gaussian"] for _, c in runs)
-    bad = fconfig.load(None, ["audit.attacks=[idlg]", "sweep.defense=topk", "sweep.values=[0.5,7]"])
+    key, runs, reference = plan(_load("sweep.defense=gaussian", "sweep.values=[0.001,0.1]"))
+    swept = [c for r, c in runs if not r.reference]
+    assert key == "gaussian.sigma" and [c.defense("gaussian").sigma for c in swept] == [0.001, 0.1]
+    assert all(c.client.defenses == ["gaussian"] for c in swept)
+    refs = [c for r, c in runs if r.reference]
+    assert len(refs) == 1 and refs[0].client.defenses == [] and "without gaussian" in reference
     with pytest.raises(ConfigError, match="topk.keep"):
-        plan(bad)
+        plan(_load("sweep.defense=topk", "sweep.values=[0.5,7]"))
     with pytest.raises(ConfigError, match="sweep.param"):
-        plan(fconfig.load(None, ["audit.attacks=[idlg]", "sweep.defense=gaussian", "sweep.param=nope",
-                                 "sweep.values=[1]"]))
+        plan(_load("sweep.defense=gaussian", "sweep.param=nope", "sweep.values=[1]"))
+
+
+def test_any_config_key_sweeps_with_the_same_seed_at_every_value():
+    key, runs, reference = plan(_load("sweep.key=client.local_epochs", "sweep.values=[1,2,5]", "sweep.seeds=[3,4]",
+                                      "client.local_steps=0"))
+    assert key == "client.local_epochs"
+    by_seed = {}
+    for r, c in runs:
+        by_seed.setdefault(r.seed, []).append((r.value, c.client.local_epochs, c.seed, r.reference))
+    # 1 is the configured value: that run is the reference, no extra one
+    assert by_seed == {s: [(1, 1, s, False), (2, 2, s, False), (5, 5, s, False)] for s in (3, 4)}
+    assert "configured client.local_epochs=1" in reference
+    assert [r.label for r, _ in runs][:3] == ["client.local_epochs=1 (as configured)", "client.local_epochs=2",
+                                              "client.local_epochs=5"]
+    # a key naming a defense's parameter switches the defense on, the reference runs without it
+    _, runs, _ = plan(_load("sweep.key=gaussian.sigma", "sweep.values=[0.01]"))
+    assert [(r.reference, c.client.defenses) for r, c in runs] == [(False, ["gaussian"]), (True, [])]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sweep.key=client.local_epoch", "sweep.values=[1]"],
+     r"^sweep\.key: 'client\.local_epoch' is not a config key; keys of client: local_epochs, "),
+    (["sweep.key=nosuch.thing", "sweep.values=[1]"], r"^sweep\.key: 'nosuch\.thing' is not a config key; sections: "),
+    (["sweep.key=gaussian.nope", "sweep.values=[1]"], r"^sweep\.key: 'gaussian\.nope' is not a parameter of the defense"),
+    (["sweep.key=client.local_epochs", "sweep.values=[1,two]"],
+     r"^sweep\.values: value two for client\.local_epochs: expected an integer, got 'two'$"),
+    (["sweep.key=client.batch_size", "sweep.values=[2,0]"], r"^sweep\.values: value 0 for client\.batch_size: "),
+    (["sweep.key=client.lr", "sweep.values=[0.1]", "sweep.seeds=[0,x]"], r"^sweep\.seeds: expected a list of integers"),
+    (["sweep.key=client.lr", "sweep.defense=gaussian", "sweep.values=[1]"], r"^sweep\.key: give sweep\.key or"),
+    (["sweep.values=[1]"], r"^sweep\.key: name the config key to sweep"),
+])
+def test_bad_sweep_keys_and_values_are_one_line_errors(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        plan(_load(*overrides))
+
+
+def test_bad_sweep_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    code = main(["sweep", "audit.attacks=[idlg]", "sweep.key=client.local_epochs", "sweep.values=[1,two]",
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "client.local_epochs" in err[0] and "expected an integer" in err[0]
+    assert not out.exists() and not (Path("runs").exists() and any(Path("runs").glob("sweep-*")))
+
+
+def _summary(acc: float, leaked: dict[str, int], margin: float = 1.0) -> Summary:
+    attacks = {name: AttackSummary(jobs=2, failed=0, psnr=20.0, ssim=0.5, mse=0.01, label_acc=1.0,
+                                   success_rate=n / 2, seconds=1.0, scope=["client"], baseline_psnr=19.0,
+                                   baseline_ssim=0.3, margin=margin, leaked=n, recovered=n, images=8)
+               for name, n in leaked.items()}
+    return Summary(header=RunHeader(), attacks=attacks, rounds=5, final_test_acc=acc, client_errors=0,
+                   defense="none", epsilon=None)
+
+
+def _runs(table: dict) -> list[report.SweepRun]:
+    out = []
+    for (value, seed), (acc, leaked) in table.items():
+        out.append(report.SweepRun(value=value, seed=seed, label=f"v={value}", run_dir=Path("x"),
+                                   reference=value is None, summary=_summary(acc, leaked)))
+    return out
+
+
+def test_breaking_points_the_answer_and_its_cost_over_seeds():
+    runs = _runs({
+        (None, 0): (0.90, {"idlg": 2, "dlg": 0}), (None, 1): (0.86, {"idlg": 1, "dlg": 0}),
+        (0.01, 0): (0.88, {"idlg": 1, "dlg": 0}), (0.01, 1): (0.85, {"idlg": 0, "dlg": 0}),
+        (0.1, 0): (0.80, {"idlg": 0, "dlg": 0}), (0.1, 1): (0.74, {"idlg": 0, "dlg": 0}),
+        (1.0, 0): (0.50, {"idlg": 0, "dlg": 0}), (1.0, 1): (0.52, {"idlg": 0, "dlg": 0}),
+    })
+    ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 0.1, 1.0], seeds=[0, 1],
+                         reference="reference run without gaussian")
+    assert ans.breaking == {"dlg": report.NEVER, "idlg": "0.1"}  # never succeeded: no breaking point
+    assert ans.safe_found and ans.safe_value == 0.1
+    assert ans.acc_safe[0] == pytest.approx(0.77) and ans.acc_reference[0] == pytest.approx(0.88)
+    # paired by seed: 0.80 - 0.90 and 0.74 - 0.86
+    assert ans.cost[0] == pytest.approx(-0.11) and ans.cost[1] == pytest.approx(math.sqrt(2) * 0.01)
+    text = ans.sentence()
+    assert "gaussian.sigma = 0.1" in text and "0.770" in text and "0.880" in text and "± 0.014" in text
+    # an attack still leaking at the strongest value: not stopped, and no safe value
+    runs[-1].summary = _summary(0.52, {"idlg": 1, "dlg": 0})
+    ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 0.1, 1.0], seeds=[0, 1], reference="r")
+    assert ans.breaking["idlg"] == report.NOT_STOPPED and not ans.safe_found
+    assert "No value of gaussian.sigma stopped every attack" in ans.sentence()
+
+
+class _Tags(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.attrs = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs += [k for k, _ in attrs]
+
+
+def test_sweep_files_hold_the_answer(tmp_path):
+    runs = _runs({(None, 0): (0.9, {"idlg": 2}), (1, 0): (0.9, {"idlg": 1}), (5, 0): (0.6, {"idlg": 0})})
+    for r in runs:
+        r.run_dir = tmp_path / "runs" / f"v{r.value}"
+    ans = report.analyze(runs, key="client.local_epochs", values=[1, 5], seeds=[0], reference="reference run")
+    table = report.rows(runs, ans)
+    report.write_csv(tmp_path / "sweep.csv", table)
+    report.write_json(tmp_path / "sweep.json", ans, table)
+    points = report.per_value(table, [1, 5])
+    report.plot_frontier(tmp_path / "frontier.png", points, ans, [r for r in runs if r.reference])
+    report.plot_protocol(tmp_path / "protocol.png", points, [1, 5], "client.local_epochs")
+    report.render_html(tmp_path / "sweep.html", answer=ans, table=table, points=points, runs=runs,
+                       plots=["frontier.png", "protocol.png"])
+    rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert [(r["value"], r["reference"], r["breaking_point"]) for r in rows] == [("", "True", "5"), ("1", "False", "5"),
+                                                                               ("5", "False", "5")]
+    saved = json.loads((tmp_path / "sweep.json").read_text())
+    assert saved["safe_value"] == 5 and saved["breaking_points"] == {"idlg": "5"}
+    assert "(one seed: no uncertainty" in saved["answer"]
+    page = (tmp_path / "sweep.html").read_text()
+    parser = _Tags()
+    parser.feed(page)
+    assert parser.tags.count("img") == 2 and "script" not in parser.tags
+    assert "client.local_epochs = 5" in page
 
 
 @pytest.mark.slow
-def test_sweep_writes_table_and_frontier(tmp_path):
+def test_sweep_writes_table_frontier_protocol_map_and_page(tmp_path):
     out = tmp_path / "sweep"
     code = main(["sweep", "audit.attacks=[idlg]", "idlg.iterations=3", "fl.num_clients=2", "fl.rounds=1",
                  "sweep.defense=topk", "sweep.values=[1.0,0.01]", "--out", str(out), "--quiet"])
     assert code == 0
     rows = list(csv.DictReader((out / "sweep.csv").open()))
-    assert [r["value"] for r in rows] == ["1.0", "0.01"]
+    assert [(r["value"], r["reference"]) for r in rows] == [("1.0", "False"), ("0.01", "False"), ("", "True")]
     assert all(r["attack"] == "idlg" and 0 <= float(r["test_acc"]) <= 1 for r in rows)
-    assert (out / "frontier.png").is_file()
-    assert len(list((out / "runs").glob("*/leakage.csv"))) == 2
+    for name in ("frontier.png", "protocol.png", "sweep.html", "sweep.json"):
+        assert (out / name).is_file(), name
+    assert len(list((out / "runs").glob("*/leakage.csv"))) == 3
+    assert json.loads((out / "sweep.json").read_text())["answer"]

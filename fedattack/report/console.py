@@ -1,56 +1,220 @@
-"""Live progress in the console: rounds and attack results as they arrive (rich)."""
+"""Live progress in the console: rounds and attack results as they arrive, and a status line
+at least every `status_every` seconds while attack jobs are outstanding (rich).
+
+Everything printed is plain text: attack names, error messages and paths are never read as
+rich markup (an error message holding `[/x]` prints as it is).
+"""
 
 from __future__ import annotations
 
+import logging
 import math
+import sys
+import threading
+import time
+import warnings
+from contextlib import contextmanager
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from fedattack.report.summary import Summary
-from fedattack.results import JobResult, RoundResult
+from fedattack.results import JobResult, RoundResult, describe_defenses
+from fedattack.schema import Config
+
+STATUS_EVERY = 30.0  # seconds: the longest silence while attack jobs run
 
 
 def _f(x: float | None, fmt: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
-class Progress:
-    def __init__(self, console: Console | None = None, quiet: bool = False):
-        self.console = console or Console(stderr=False, highlight=False)
-        self.quiet = quiet
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
-    def print(self, msg: str) -> None:
+
+def plain_table(title: str, columns: list[str]) -> Table:
+    table = Table(title=Text(title))
+    for col in columns:
+        table.add_column(Text(col), justify="right")
+    return table
+
+
+def add_plain_row(table: Table, cells: list[str]) -> None:
+    table.add_row(*[Text(str(c)) for c in cells])
+
+
+class Progress:
+    """Console progress of a run. `status_every`: seconds between status lines while attack
+    jobs are outstanding (0: none)."""
+
+    def __init__(self, console: Console | None = None, quiet: bool = False, status_every: float = STATUS_EVERY):
+        # piped into a file, rich would wrap at 80 columns: lines stay whole, tables get room
+        self.console = console or Console(stderr=False, highlight=False,
+                                          width=None if sys.stdout.isatty() else 160)
+        self.quiet = quiet
+        self.status_every = status_every
+        self.concurrency = 1
+        self.margin = 0.5  # dB: audit.success_margin, from header()
+        self.submitted = 0
+        self.done = 0
+        self.job_seconds: list[float] = []
+        self._first_submit: float | None = None
+        self._last_print = time.monotonic()
+        self._lock = threading.Lock()
+        self._ticker: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- printing, never as markup ----------------------------------------------------------
+    def print(self, msg: str | Text) -> None:
         if not self.quiet:
-            self.console.print(msg)
+            self.console.print(msg if isinstance(msg, Text) else Text(str(msg)), soft_wrap=True)
+            self._last_print = time.monotonic()
+
+    def header(self, cfg: Config, run_dir: object) -> None:
+        """The run's first line: what runs, under which defense and server mode, and where it goes."""
+        self.concurrency = max(1, cfg.audit.max_concurrent)
+        self.margin = cfg.audit.success_margin
+        mode = ("malicious (the server modifies the model it sends)" if cfg.server.mode == "malicious"
+                else "honest-but-curious")
+        self.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} rounds of {cfg.fl.strategy}, "
+                   f"{cfg.fl.clients_per_round} per round; defense: {describe_defenses(cfg.to_dict())}; "
+                   f"server: {mode}; auditing with {', '.join(cfg.audit.attacks) or 'nothing'}; "
+                   f"run directory {run_dir}")
 
     def round_done(self, row: RoundResult, done: int, submitted: int) -> None:
-        self.print(f"[bold]round {row.round}[/bold]  updates {row.replies} (errors {row.errors})  "
-                   f"train loss {_f(row.train_loss, '.3f')}  test acc {_f(row.test_acc, '.3f')}  "
-                   f"audit {done}/{submitted} jobs done  {_f(row.seconds, '.1f')} s")
+        with self._lock:
+            self.submitted = max(self.submitted, submitted)
+            if submitted and self._first_submit is None:
+                self._first_submit = time.monotonic()
+        line = Text()
+        line.append(f"round {row.round}", style="bold")
+        line.append(f"  updates {row.replies} (errors {row.errors})  train loss {_f(row.train_loss, '.3f')}  "
+                    f"test acc {_f(row.test_acc, '.3f')}  audit {done}/{submitted} jobs done  "
+                    f"{_f(row.seconds, '.1f')} s")
+        self.print(line)
+        self._ensure_ticker()
 
     def result(self, r: JobResult) -> None:
+        with self._lock:
+            self.done += 1
+            if not math.isnan(r.seconds):
+                self.job_seconds.append(r.seconds)
         who = "aggregate" if r.scope == "aggregate" else f"client {r.client}"
         tag = " (adaptive)" if r.adaptive else ""
+        line = Text(f"  round {r.round} · {who} · {r.attack}{tag} · ")
         if not r.ok:
-            self.print(f"  round {r.round} · {who} · {r.attack}{tag} · [red]{r.status}[/red]: {r.error}")
+            line.append(r.status, style="red")
+            line.append(f": {r.error}")
+            self.print(line)
             return
         if r.unscored:
             labels = " ".join(str(int(v)) for v in r.recon_labels) if r.recon_labels is not None else "-"
-            self.print(f"  round {r.round} · {who} · {r.attack}{tag} · reconstructed, labels {labels} · "
-                       f"[yellow]unscored[/yellow]: {r.unscored} · {r.seconds:.1f} s")
+            line.append(f"reconstructed, labels {labels} · ")
+            line.append("unscored", style="yellow")
+            line.append(f": {r.unscored} · {r.seconds:.1f} s")
+            self.print(line)
             return
         s = r.score
-        mark = "[red]LEAK[/red]" if r.success else "[green]safe[/green]"
-        self.print(f"  round {r.round} · {who} · {r.attack}{tag} · PSNR {_f(s.psnr, '.1f')} dB · "
-                   f"SSIM {_f(s.ssim, '.3f')} · labels {_f(s.label_acc * 100, '.0f')}% · "
-                   f"{s.recovered}/{s.num_images} recovered · {mark} · {r.seconds:.1f} s")
+        line.append(f"PSNR {_f(s.psnr, '.1f')} dB (blank guess {_f(s.baseline_psnr, '.1f')}) · "
+                    f"SSIM {_f(s.ssim, '.2f')} · labels {_f(s.label_acc * 100, '.0f')}% · "
+                    f"{s.recovered}/{s.num_images} recovered · ")
+        if r.success:
+            line.append("LEAK", style="red")
+        elif not math.isnan(s.margin) and s.margin <= self.margin:
+            line.append("no leak beyond a blank guess", style="green")
+        else:
+            line.append("safe", style="green")
+        line.append(f" · {r.seconds:.1f} s")
+        self.print(line)
 
+    # -- status while attack jobs are outstanding -------------------------------------------
+    def status_line(self) -> str | None:
+        """'audit: 6/18 jobs done, ...' while jobs are outstanding, else None."""
+        with self._lock:
+            left = self.submitted - self.done
+            if left <= 0:
+                return None
+            running = min(left, self.concurrency)
+            msg = f"audit: {self.done}/{self.submitted} attack jobs done, {running} running, {left - running} queued"
+            if self.job_seconds:
+                mean = sum(self.job_seconds) / len(self.job_seconds)
+                msg += (f"; about {_duration(left * mean / self.concurrency)} left "
+                        f"({mean:.0f} s per job, {self.concurrency} at a time)")
+            else:
+                waited = time.monotonic() - (self._first_submit or time.monotonic())
+                msg += f"; none finished in {_duration(waited)} so far, no estimate yet"
+        return msg
+
+    def _ensure_ticker(self) -> None:
+        if self.quiet or self.status_every <= 0 or (self._ticker is not None and self._ticker.is_alive()):
+            return
+        if self.status_line() is None:
+            return
+        self._stop.clear()
+        self._ticker = threading.Thread(target=self._tick, name="fedattack-status", daemon=True)
+        self._ticker.start()
+
+    def _tick(self) -> None:
+        step = min(1.0, self.status_every / 4)
+        while not self._stop.wait(step):
+            line = self.status_line()
+            if line is None:
+                return
+            if time.monotonic() - self._last_print >= self.status_every:
+                self.print(line)
+
+    def waiting(self, pending: int) -> None:
+        """The run waits for its last attack jobs (after training)."""
+        with self._lock:
+            self.submitted = max(self.submitted, self.done + pending)
+        self.print(f"waiting for {pending} attack jobs; a status line follows at least every "
+                   f"{self.status_every:.0f} s")
+        self._ensure_ticker()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=2)
+
+    # -- tables -----------------------------------------------------------------------------
     def summary_table(self, summary: Summary, title: str = "Leakage by attack") -> None:
-        table = Table(title=title)
-        for col in ("attack", "jobs", "failed", "PSNR dB", "SSIM", "label acc", "success rate", "s/job"):
-            table.add_column(col, justify="right")
+        table = plain_table(title, ["attack", "jobs", "failed", "PSNR dB", "blank-guess PSNR dB", "margin dB",
+                                    "SSIM", "label acc", "updates leaked", "s/job"])
         for name, a in summary.attacks.items():
-            table.add_row(name, str(a.jobs), str(a.failed), _f(a.psnr, ".2f"), _f(a.ssim, ".3f"),
-                          _f(a.label_acc, ".2f"), _f(a.success_rate, ".2f"), _f(a.seconds, ".1f"))
-        self.console.print(table)
+            add_plain_row(table, [name, a.jobs, a.failed, _f(a.psnr, ".2f"), _f(a.baseline_psnr, ".2f"),
+                                  _f(a.margin, "+.2f"), _f(a.ssim, ".2f"), _f(a.label_acc, ".2f"),
+                                  f"{a.leaked}/{a.jobs - a.failed}", _f(a.seconds, ".1f")])
+        if not self.quiet:
+            self.console.print(table)
+        h = summary.headline
+        if h is not None and h.samples:
+            self.print(f"{h.leaked_updates} of {h.audited_updates} audited updates leaked; "
+                       f"{h.exposed_samples} of {h.samples} training samples recovered "
+                       f"({_f(100 * h.exposed_share if h.exposed_share is not None else None, '.1f')}%)"
+                       + (" — the run was interrupted" if summary.interrupted is not None else ""))
+
+
+@contextmanager
+def library_logs(verbose: bool):
+    """Flower's and Ray's warnings stay out of the console unless `verbose`: Flower's
+    `fraction_evaluate` notice and run_simulation's deprecation banner (its logger, raised to
+    ERROR), Ray's FutureWarning about accelerator environment variables."""
+    if verbose:
+        yield
+        return
+    logger = logging.getLogger("flwr")
+    before = logger.level
+    logger.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"ray(\.|$)")
+        warnings.filterwarnings("ignore", message=r".*RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO.*")
+        try:
+            yield
+        finally:
+            logger.setLevel(before)

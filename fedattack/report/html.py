@@ -1,109 +1,404 @@
-"""report.html: leakage and accuracy over rounds (matplotlib), per-attack table, galleries."""
+"""report.html: what leaked, at the top; then where, over rounds, by whom, and the pictures.
+
+Sections: the headline (leaked updates, exposed share of the training data, the strongest
+attack, the worst-exposed client, defense and server mode, utility, the rules that decide
+what counts as leaked); a client x round matrix coloured by the best attack's SSIM; exposure
+over rounds, worst-exposed clients first; per attack, scores beside the flat-image baseline;
+plots; every audited update; galleries with per-image scores.
+
+Every piece of text and every attribute is escaped: names of attacks, clients, files and
+error messages are data, never markup.
+"""
 
 from __future__ import annotations
 
 import html
+import math
 from collections import defaultdict
-from dataclasses import asdict
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
-import numpy as np
-
-from fedattack.report import tables
+from fedattack.report import plots
+from fedattack.report.exposure import ALL, best_per_sample, worst_clients
+from fedattack.report.images import PAD, columns
 from fedattack.report.summary import Summary
-from fedattack.results import JobResult, RoundResult
+from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader
+
+MAX_GALLERIES = 60  # per-update galleries shown (leaks first when there are more)
+MAX_SAMPLES = 32  # best reconstructions per sample shown
+DASH = "–"
+
+STYLE = """
+body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.5em auto;max-width:1180px;color:#222;
+ padding:0 1em}
+h1{margin-bottom:.2em} h2{margin-top:1.6em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+.banner{background:#fff3cd;border:1px solid #e0b400;padding:.7em 1em;border-radius:6px;margin:1em 0}
+.headline{background:#f6f8fa;border:1px solid #d0d7de;border-radius:8px;padding:.8em 1.2em;font-size:15px}
+.headline li{margin:.3em 0} .big{font-size:22px;font-weight:600;margin:.2em 0 .5em}
+.leak{color:#b00020;font-weight:600} .safe{color:#1a7f37;font-weight:600} .muted{color:#666}
+table{border-collapse:collapse;font-size:13px;margin:.5em 0}
+td,th{border:1px solid #d0d7de;padding:3px 7px} th{background:#f6f8fa;text-align:center}
+td.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap} td.t{text-align:left}
+td.w{text-align:left;white-space:nowrap}
+table.matrix td{text-align:center;min-width:58px;font-size:12px;line-height:1.25}
+.note{font-size:13px;color:#555;max-width:1000px}
+.gallery{display:inline-block;vertical-align:top;margin:6px 10px 12px 0;border:1px solid #e5e5e5;padding:4px}
+.gallery .cap{font-size:13px;font-weight:600;margin:2px 0 4px}
+.cells{display:flex;flex-wrap:wrap;gap:0}
+.cell{display:inline-block;text-align:center;font-size:11px;margin-right:2px}
+.px{image-rendering:pixelated;background-repeat:no-repeat;display:block}
+img{image-rendering:pixelated} .plot{image-rendering:auto;max-width:100%}
+.ok{color:#b00020} .held{color:#8a6d00}
+"""
 
 
-def plot_rounds(run_dir: Path, results: list[JobResult], rounds: list[RoundResult]) -> list[str]:
-    """Write plots/*.png; return their relative paths."""
-    import matplotlib
+def esc(x: Any) -> str:
+    return html.escape(str(x), quote=True)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
 
-    (run_dir / "plots").mkdir(exist_ok=True)
-    out = []
-    series: dict[str, dict[int, list[tuple[float, float]]]] = defaultdict(lambda: defaultdict(list))
+def link(path: str) -> str:
+    """A relative path as an attribute value (percent-encoded, then escaped)."""
+    return esc(quote(path))
+
+
+def num(x: float | None, digits: int = 2, *, pct: bool = False, sign: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return DASH
+    if pct:
+        return f"{100 * x:.1f}%"
+    return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
+
+
+def who(client: int | str) -> str:
+    return "aggregate (SecAgg sum)" if client == "aggregate" else f"client {client}"
+
+
+def held_back(images: list[ImageRow], header: RunHeader) -> list[ImageRow]:
+    """Images that meet the per-image rule (SSIM threshold, above the flat guess) in a row that
+    stays within the blank-guess margin, so they are not counted as recovered."""
+    return [i for i in images if not i.recovered and not math.isnan(i.ssim) and i.ssim >= header.success_ssim
+            and i.ssim > i.baseline_ssim]
+
+
+def verdict(r: JobResult, margin: float, held: int = 0) -> tuple[str, str]:
+    """(words, css class) for one attack on one update; `held`: its images held back by the margin rule."""
+    if r.status != "ok":
+        return f"{r.status}", "muted"
+    s = r.score
+    if math.isnan(s.psnr):
+        return "labels only", "muted"
+    if r.success:
+        return f"leaked {s.recovered} of {s.num_images} images", "leak"
+    if math.isnan(s.margin) or s.margin <= margin:
+        extra = f" ({held} \u25cb)" if held else ""
+        return "no leakage beyond a blank guess" + extra, "safe"
+    return "above the blank guess, no image recovered", "safe"
+
+
+def table(head: list[str], rows: list[list[tuple[str, str]]], cls: str = "") -> str:
+    """An HTML table; cells are (already escaped html, css class)."""
+    h = "".join(f"<th>{esc(c)}</th>" for c in head)
+    body = "".join("<tr>" + "".join(f"<td class='{esc(k)}'>{v}</td>" for v, k in row) + "</tr>" for row in rows)
+    return f"<table class='{esc(cls)}'><tr>{h}</tr>{body}</table>"
+
+
+def _server(header: RunHeader) -> str:
+    if header.server_mode == "malicious":
+        return ("<b>malicious</b> &mdash; the server modified the model it sent (e.g. Robbing the Fed's imprint "
+                "block)")
+    return "<b>honest-but-curious</b> &mdash; the protocol as configured; the server only observes the updates"
+
+
+def headline(summary: Summary, results: list[JobResult], images: list[ImageRow]) -> str:
+    h, header = summary.headline, summary.header
+    rounds_done = summary.rounds
+    parts = []
+    stop = summary.interrupted
+    if stop is not None:
+        why = f" ({esc(stop.reason)})" if stop.reason else ""
+        lost = (f"; {stop.abandoned_jobs} attack jobs still running then have no result" if stop.abandoned_jobs
+                else "; attack jobs still running then have no result")
+        parts.append(
+            f"<div class='banner'><b>This run was interrupted</b>{why} after {rounds_done} of "
+            f"{header.configured_rounds} rounds. Everything below is what was recorded before it stopped "
+            f"({len(results)} attack results){lost}. The CSV files hold the same results.</div>")
+    items = []
+    if h is None or h.audited_updates == 0:
+        big = "No client update was scored (no attack produced images)."
+    else:
+        cls = "leak" if h.leaked_updates else "safe"
+        big = (f"<span class='{cls}'>{h.leaked_updates} of {h.audited_updates}</span> audited client updates "
+               f"leaked at least one private image.")
+    if h is not None and h.samples:
+        share = num(h.exposed_share, 4, pct=True)
+        items.append(f"The server recovered <b>{h.exposed_samples} of {h.samples}</b> training samples "
+                     f"(<b>{share}</b> of all clients' data) over {rounds_done} round(s); {h.audited_samples} "
+                     f"samples appeared in audited updates (exposure.csv).")
+    if h is not None and h.strongest_attack:
+        a = summary.attacks.get(h.strongest_attack)
+        if a is not None and a.leaked:
+            items.append(f"Strongest attack: <b>{esc(h.strongest_attack)}</b> &mdash; leaked {a.leaked} of "
+                         f"{a.jobs - a.failed} updates it scored, {a.recovered} images; mean PSNR margin "
+                         f"{num(a.margin, 2, sign=True)} dB over a blank guess.")
+        else:
+            items.append(f"No attack recovered an image. Closest to leaking: <b>{esc(h.strongest_attack)}</b> "
+                         f"(mean PSNR margin {num(a.margin if a else None, 2, sign=True)} dB over a blank guess).")
+    if h is not None and h.worst_client is not None and h.worst_client_recovered:
+        pct = h.worst_client_recovered / h.worst_client_samples if h.worst_client_samples else None
+        items.append(f"Worst-exposed client: <b>{esc(who(h.worst_client))}</b> &mdash; {h.worst_client_recovered} "
+                     f"of its {h.worst_client_samples} samples recovered ({num(pct, 3, pct=True)}).")
+    items.append(f"Defense in force: <b>{esc(header.defense)}</b>. Server: {_server(header)}.")
+    acc = summary.final_test_acc
+    items.append(f"Utility: test accuracy <b>{num(acc, 3)}</b> after {rounds_done} of {header.configured_rounds} rounds"
+                 + (f"; {summary.client_errors} client errors" if summary.client_errors else "") + ".")
+    if summary.epsilon is not None:
+        items.append(f"Differential privacy: the largest epsilon reported is {num(summary.epsilon, 2)}.")
+    rules = (f"An image counts as <b>recovered</b> when its matched reconstruction reaches SSIM &ge; "
+             f"{header.success_ssim:.2f} and beats the best flat (constant grey) image's SSIM on it. An attack on "
+             f"an update counts only when its mean PSNR beats the same flat image's by more than "
+             f"{header.success_margin:.1f} dB (the <i>margin</i>); within that, it shows <i>no leakage beyond a "
+             f"blank guess</i>.")
+    held = held_back(images, header)
+    if held:
+        rules += (f" {len(held)} image(s) reached the SSIM rule in such updates and are not counted (&#9675; in the "
+                  "galleries).")
+    facts = (f"{esc(header.dataset)}, {esc(header.model)}, {esc(header.strategy)} with {header.num_clients} clients "
+             f"({header.clients_per_round} per round), {esc(header.protocol)}; attacks: "
+             f"{esc(', '.join(header.configured_attacks) or 'none')}; seed {header.seed}.")
+    parts.append("<div class='headline'><div class='big'>" + big + "</div><ul>"
+                 + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+                 f"<p class='note'>{rules}</p><p class='note'>Run: {facts}</p></div>")
+    return "".join(parts)
+
+
+def _colour(ssim: float) -> str:
+    """White (SSIM <= 0) to red (SSIM 1)."""
+    v = 0.0 if math.isnan(ssim) else min(1.0, max(0.0, ssim))
+    g = int(round(255 - 190 * v))
+    return f"rgb(255,{g},{g})"
+
+
+def matrix(results: list[JobResult], rounds: int) -> str:
+    """Clients x rounds; each cell the best attack's SSIM on that update, a dot where it leaked."""
+    best: dict[tuple, JobResult] = {}
+    leaked: set[tuple] = set()
     for r in results:
-        if r.ok:
-            series[r.label][r.round].append((r.score.psnr, r.score.ssim))
-    if series:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-        for name, per_round in sorted(series.items()):
-            rs = sorted(per_round)
-            for ax, k in zip(axes, (0, 1)):
-                ax.plot(rs, [np.nanmean([v[k] for v in per_round[x]]) for x in rs], marker="o", label=name)
-        axes[0].set(xlabel="round", ylabel="PSNR (dB)", title="Reconstruction PSNR")
-        axes[1].set(xlabel="round", ylabel="SSIM", title="Reconstruction SSIM", ylim=(-0.1, 1))
-        axes[1].legend(fontsize=8)
-        for ax in axes:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        fig.tight_layout()
-        fig.savefig(run_dir / "plots" / "leakage.png", dpi=100)
-        plt.close(fig)
-        out.append("plots/leakage.png")
-    if rounds:
-        fig, ax = plt.subplots(figsize=(5, 3.6))
-        ax.plot([r.round for r in rounds], [r.test_acc for r in rounds], marker="o", label="test accuracy")
-        ax.plot([r.round for r in rounds], [r.train_loss for r in rounds], marker="s", label="train loss")
-        ax.set(xlabel="round", title="Training")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(run_dir / "plots" / "training.png", dpi=100)
-        plt.close(fig)
-        out.append("plots/training.png")
-    return out
+        if not r.ok or math.isnan(r.score.ssim):
+            continue
+        key = (r.client, r.round)
+        if key not in best or r.score.ssim > best[key].score.ssim:
+            best[key] = r
+        if r.success:
+            leaked.add(key)
+    if not best:
+        return "<p class='muted'>No update was scored.</p>"
+    clients = sorted({c for c, _ in best}, key=lambda c: (isinstance(c, str), c if isinstance(c, int) else 0, str(c)))
+    cols = sorted({rnd for _, rnd in best} | set(range(1, rounds + 1)))
+    rows = []
+    for c in clients:
+        row = [(esc(who(c)), "t")]
+        for rnd in cols:
+            r = best.get((c, rnd))
+            if r is None:
+                row.append((f"<span class='muted'>{DASH}</span>", ""))
+                continue
+            dot = " &#9679;" if (c, rnd) in leaked else ""
+            row.append((f"<div style='background:{_colour(r.score.ssim)};padding:2px'>"
+                        f"<b>{num(r.score.ssim, 2)}</b>{dot}<br><span style='color:#333'>{esc(r.label)}</span></div>", ""))
+        rows.append(row)
+    legend = ("<p class='note'>Each cell: the best SSIM any attack reached on that client's update in that round, "
+              "and the attack; white (0) to red (1); &#9679; the update leaked at least one image; "
+              f"{DASH} the client was not sampled or not scored that round.</p>")
+    return table(["client \\ round", *[str(x) for x in cols]], rows, "matrix") + legend
 
 
-def _table(rows: list[dict], cols: list[str], links: dict[str, str] | None = None) -> str:
-    """An HTML table; `links`: column -> column holding a relative path the cell links to."""
-    links = links or {}
+def exposure_table(summary: Summary) -> str:
+    rows = summary.exposure
+    if not rows:
+        return ""
+    worst = [r for r in worst_clients(rows) if r.audited or r.recovered]
+    last = max(r.round for r in rows)
+    everyone = next((r for r in rows if r.client == ALL and r.round == last), None)
+    body = []
+    for r in ([everyone] if everyone else []) + worst:
+        body.append([(esc("all clients" if r.client == ALL else who(r.client)), "t"), (str(r.samples), "n"),
+                     (str(r.audited), "n"), (str(r.recovered), "n"), (num(r.share, 3, pct=True), "n"),
+                     (num(r.best_ssim, 2), "n")])
+    untouched = len([r for r in worst_clients(rows) if not (r.audited or r.recovered)])
+    note = (f"<p class='note'>After round {last}. Worst-exposed clients first; {untouched} client(s) never had an "
+            "audited update scored. A sample counts once, however many rounds and attacks recovered it.</p>")
+    return table(["client", "training samples", "in audited updates", "recovered", "recovered share",
+                  "best SSIM so far"], body) + note
 
-    def cell(r: dict, c: str) -> str:
-        text = html.escape(str(r.get(c, "")))
-        target = r.get(links[c]) if c in links else None
-        return f"<a href='{html.escape(target)}'>{text}</a>" if target else text
 
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{cell(r, c)}</td>" for c in cols) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+def attack_table(summary: Summary) -> str:
+    if not summary.attacks:
+        return "<p class='muted'>No attack results.</p>"
+    rows = []
+    for name, a in summary.attacks.items():
+        scored = a.jobs - a.failed
+        rows.append([(esc(name), "t"), (str(a.jobs), "n"), (str(a.failed), "n"), (num(a.psnr), "n"),
+                     (num(a.baseline_psnr), "n"), (num(a.margin, 2, sign=True), "n"), (num(a.ssim), "n"),
+                     (num(a.baseline_ssim), "n"), (num(a.lpips), "n"),
+                     (num(a.label_acc, 3, pct=True) if a.label_acc is not None else DASH, "n"),
+                     (f"{a.leaked} of {scored}", "n"), (f"{a.recovered} of {a.images}", "n"), (num(a.seconds, 1), "n")])
+    head = ["attack", "jobs", "failed", "PSNR (dB)", "blank-guess PSNR (dB)", "margin (dB)", "SSIM",
+            "blank-guess SSIM", "LPIPS (lower: closer)", "label accuracy", "updates leaked", "images recovered",
+            "time per job (s)"]
+    note = ("<p class='note'>Means over the updates each attack scored. <i>Blank guess</i>: the best constant grey "
+            "image on the same private images, averaged the same way; <i>margin</i> = PSNR &minus; blank-guess "
+            "PSNR.")
+    if summary.lpips_note:
+        note += f" LPIPS not computed: {esc(summary.lpips_note)}."
+    return table(head, rows) + note + "</p>"
 
 
-def render(run_dir: str | Path, *, results: list[JobResult], rounds: list[RoundResult], summary: Summary) -> Path:
+def updates_table(results: list[JobResult], header: RunHeader, images: list[ImageRow]) -> str:
+    held: dict[tuple, int] = defaultdict(int)
+    for i in held_back(images, header):
+        held[(i.round, i.client, i.attack, i.adaptive)] += 1
+
+    def key(r: JobResult):
+        return (r.round, isinstance(r.client, str), r.client if isinstance(r.client, int) else 0, str(r.client),
+                r.label)
+
+    rows = []
+    for r in sorted(results, key=key):
+        s = r.score
+        words, cls = verdict(r, header.success_margin, held[(r.round, r.client, r.attack, r.adaptive)])
+        if r.status != "ok" and r.error:
+            target = f"errors/{r.row_id}.txt" if r.traceback else ""
+            err = esc(r.error)
+            words_html = f"<span class='muted'>{esc(words)}</span>: " + (
+                f"<a href='{link(target)}'>{err}</a>" if target else err)
+        else:
+            words_html = f"<span class='{cls}'>{esc(words)}</span>"
+        rows.append([(str(r.round), "n"), (esc(who(r.client)), "w"), (esc(r.label), "w"), (words_html, "t"),
+                     (num(s.psnr), "n"), (num(s.baseline_psnr), "n"), (num(s.margin, 2, sign=True), "n"),
+                     (num(s.ssim), "n"), (num(s.baseline_ssim), "n"), (num(s.lpips), "n"),
+                     (num(s.label_acc, 3, pct=True), "n"), (f"{s.recovered} of {s.num_images}", "n"),
+                     (num(r.seconds, 1), "n")])
+    head = ["round", "client", "attack", "verdict", "PSNR (dB)", "blank-guess PSNR (dB)", "margin (dB)", "SSIM",
+            "blank-guess SSIM", "LPIPS", "labels recovered", "images recovered", "time (s)"]
+    legend = ("<p class='note'>(n &#9675;): n images of that update reached the SSIM rule although the attack as a "
+              "whole stayed within the blank-guess margin; they are not counted as recovered.</p>")
+    return table(head, rows) + legend
+
+
+def _cell(src: str, geometry: tuple[int, int, int], k: int, text: str, recovered: bool, held: bool) -> str:
+    pitch, width, height = geometry
+    x = PAD + k * pitch
+    mark = (" <span class='ok' title='recovered'>&#10003;</span>" if recovered else
+            " <span class='held' title='meets the SSIM rule; its row is within the blank-guess margin'>&#9675;</span>"
+            if held else "")
+    return (f"<div class='cell'><div class='px' style=\"width:{width}px;height:{height - 2 * PAD}px;"
+            f"background-image:url('{src}');background-position:-{x}px -{PAD}px\"></div>{text}{mark}</div>")
+
+
+def gallery(run_dir: Path, r: JobResult, images: list[ImageRow], header: RunHeader) -> str:
+    path = run_dir / "images" / f"{r.row_id}.png"
+    if not path.is_file():
+        return ""
+    caption = f"round {r.round} &middot; {esc(who(r.client))} &middot; {esc(r.label)}"
+    src = link(f"images/{r.row_id}.png")
+    n = min(16, max(1, len(images) or r.score.num_images))
+    geometry = columns(path, n) if images else None
+    if geometry is None:
+        body = f"<img src='{src}' alt='{esc(r.row_id)}'>"
+    else:
+        cells = []
+        held = {id(i) for i in held_back(images, header)}
+        for im in sorted(images, key=lambda i: i.position)[:n]:
+            text = f"<br>{num(im.psnr, 1)} dB<br>SSIM {num(im.ssim, 2)}"
+            cells.append(_cell(src, geometry, im.position, text, im.recovered, id(im) in held))
+        body = "<div class='cells'>" + "".join(cells) + "</div>"
+    leaked = (f" &middot; <span class='leak'>leaked {r.score.recovered} of {r.score.num_images}</span>"
+              if r.success else "")
+    return (f"<div class='gallery'><div class='cap'>{caption}{leaked}</div>{body}"
+            f"<div class='note'>top: private image; bottom: reconstruction</div></div>")
+
+
+def galleries(run_dir: Path, results: list[JobResult], images: list[ImageRow], header: RunHeader) -> str:
+    by_row: dict[tuple, list[ImageRow]] = defaultdict(list)
+    for im in images:
+        by_row[(im.round, im.client, im.attack, im.adaptive)].append(im)
+    ok = [r for r in results if r.ok and (run_dir / "images" / f"{r.row_id}.png").is_file()]
+    ok.sort(key=lambda r: (r.round, isinstance(r.client, str), r.client if isinstance(r.client, int) else 0, r.label))
+    shown = ok
+    note = ""
+    if len(ok) > MAX_GALLERIES:
+        leaks = [r for r in ok if r.success][:MAX_GALLERIES]
+        rest = [r for r in ok if not r.success][:MAX_GALLERIES - len(leaks)]
+        keep = {id(r) for r in leaks + rest}
+        shown = [r for r in ok if id(r) in keep]
+        note = (f"<p class='note'>{len(shown)} of {len(ok)} galleries shown (leaks first); every one is in "
+                "images/.</p>")
+    body = "".join(gallery(run_dir, r, by_row.get((r.round, r.client, r.attack, r.adaptive), []), header)
+                   for r in shown)
+    return (note + body) if body else "<p class='muted'>No galleries (audit.save_images=false, or nothing scored).</p>"
+
+
+def best_samples(run_dir: Path, images: list[ImageRow]) -> str:
+    best = best_per_sample(images)
+    chosen = sorted(best.values(), key=lambda r: (not r.recovered, -r.ssim, r.index))[:MAX_SAMPLES]
+    cells = []
+    for r in chosen:
+        path = run_dir / "images" / "best" / f"{r.index}.png"
+        if not path.is_file():
+            continue
+        mark = " <span class='ok'>&#10003; recovered</span>" if r.recovered else ""
+        cells.append(f"<div class='gallery'><img src='{link(f'images/best/{r.index}.png')}' alt='sample {r.index}'>"
+                     f"<div class='note'>sample {r.index} &middot; {esc(who(r.owner))}<br>round {r.round} &middot; "
+                     f"{esc(r.label)}<br>{num(r.psnr, 1)} dB &middot; SSIM {num(r.ssim, 2)}{mark}</div></div>")
+    if not cells:
+        return ""
+    return ("<h2>Each sample's best reconstruction</h2><p class='note'>Over every round and attack, the best "
+            "reconstruction the server holds of each private sample (recovered first, then by SSIM; top: the "
+            f"sample, bottom: the reconstruction). {len(chosen)} of {len(best)} scored samples shown.</p>"
+            + "".join(cells))
+
+
+def render(run_dir: str | Path, *, results: list[JobResult], rounds: list[RoundResult], images: list[ImageRow],
+           summary: Summary) -> Path:
     run_dir = Path(run_dir)
-    plots = plot_rounds(run_dir, results, rounds)
-    attack_rows = [{"attack": k, **asdict(v)} for k, v in summary.attacks.items()]
-    leak_rows = [tables.leakage_row(r, traceback_file=f"errors/{r.row_id}.txt" if r.traceback else "")
-                 for r in results]
-    images = sorted((run_dir / "images").glob("*.png")) if (run_dir / "images").is_dir() else []
-    mode = summary.header.server_mode
+    (run_dir / "plots").mkdir(exist_ok=True)
+    shown = []
+    if plots.exposure(run_dir / "plots" / "exposure.png", summary.exposure):
+        shown.append(("exposure", "plots/exposure.png"))
+    if plots.leakage(run_dir / "plots" / "leakage.png", results, success_ssim=summary.header.success_ssim):
+        shown.append(("leakage", "plots/leakage.png"))
+    if plots.training(run_dir / "plots" / "training.png", rounds):
+        shown.append(("training", "plots/training.png"))
+    img = {name: f"<p><img class='plot' src='{link(p)}' alt='{esc(name)} plot'></p>" for name, p in shown}
     unscored = sorted({r.unscored for r in results if r.unscored})
     parts = [
-        "<!doctype html><meta charset='utf-8'><title>fedattack report</title>",
-        "<style>body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;"
-        "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}"
-        "figure{display:inline-block;margin:6px}img{image-rendering:pixelated}</style>",
-        "<h1>fedattack leakage report</h1>",
-        f"<p>Server mode: <b>{html.escape(str(mode))}</b>"
-        + (" &mdash; the server modified the model it sent (malicious threat model)." if mode == "malicious" else
-           " &mdash; honest-but-curious: the protocol as configured, updates observed.") + "</p>",
-        f"<p>Defense in force: <b>{html.escape(str(summary.defense))}</b>. Rounds: {summary.rounds}. "
-        f"Final test accuracy: {summary.final_test_acc}. Client errors: {summary.client_errors}.</p>",
-        "".join(f"<p><b>Scores unavailable</b> for {sum(r.unscored == u for r in results)} jobs: "
-                f"{html.escape(u)}.</p>" for u in unscored),
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'><title>fedattack report: what leaked?</title>",
+        f"<style>{STYLE}</style></head><body>",
+        "<h1>What leaked?</h1>",
+        headline(summary, results, images),
+        "".join(f"<p class='note'><b>Scores unavailable</b> for {sum(r.unscored == u for r in results)} jobs: "
+                f"{esc(u)}. Their reconstructions are in reconstructions/ and images/.</p>" for u in unscored),
+        "<h2>Clients &times; rounds</h2>",
+        matrix(results, summary.header.configured_rounds),
+        "<h2>Exposure over rounds</h2>",
+        img.get("exposure", ""),
+        exposure_table(summary),
         "<h2>Per attack</h2>",
-        _table(attack_rows, ["attack", "jobs", "failed", "psnr", "ssim", "label_acc", "success_rate", "seconds",
-                             "scope"]),
-        "".join(f"<p><img src='{p}'></p>" for p in plots),
-        "<h2>All audited updates</h2>",
-        _table(leak_rows, ["round", "client", "attack", "adaptive", "scope", "status", "psnr", "ssim", "label_acc",
-                           "success", "recovered", "num_images", "seconds", "error", "unscored"],
-               links={"error": "traceback"}),
-        "<h2>Galleries</h2><p>Top row: the client's private images; bottom row: the matched reconstruction.</p>",
-        "".join(f"<figure><img src='images/{p.name}'><figcaption>{html.escape(p.stem)}</figcaption></figure>"
-                for p in images),
+        attack_table(summary),
+        img.get("leakage", ""),
+        "<h2>Training</h2>",
+        img.get("training", "<p class='muted'>No round finished.</p>"),
+        "<h2>Every audited update</h2>",
+        "<p class='note'>Sorted by round, client and attack.</p>",
+        updates_table(results, summary.header, images) if results else "<p class='muted'>No attack results.</p>",
+        best_samples(run_dir, images),
+        "<h2>Galleries</h2>",
+        "<p class='note'>Per audited update and attack: the client's private images (top) above their matched "
+        "reconstructions (bottom), each with its PSNR and SSIM; &#10003; marks a recovered image, &#9675; an image "
+        "that reached the SSIM rule in an update whose attack stayed within the blank-guess margin (not counted).</p>",
+        galleries(run_dir, results, images, summary.header),
+        "</body></html>",
     ]
     path = run_dir / "report.html"
     path.write_text("\n".join(parts))

@@ -1,37 +1,51 @@
 """The run directory, written as results arrive so nothing computed is lost.
 
     config.yaml   resolved config          leakage.csv  round x client x attack rows
-    rounds.csv    per-round training       summary.json totals and means per attack
-    report.html   plots and galleries      images/      ground truth above reconstruction
+    rounds.csv    per-round training       images.csv   every scored private image
+    clients.csv   each client's samples    exposure.csv recovered share per round and client
+    summary.json  headline and means       report.html  what leaked, plots and galleries
+    images/       ground truth above reconstruction, per row; images/best/: per sample, its
+                  best reconstruction over every round and attack
     errors/       the whole traceback of each failed job (leakage.csv's traceback column)
 
-`RunStore` is the run's one writer: it appends each typed result to the CSV files (flushed
-to disk) and writes its images as the result arrives, and keeps nothing else. `finish`
-rebuilds summary.json and report.html from what is on disk, also after an interrupt, with
-the interruption recorded (summary.json's `interrupted`). `load_run` reads a run directory
-back into the same typed results.
+`RunStore` is the run's one writer: it appends each typed result to the CSV files as it
+arrives (flushed and synced: an interrupt never loses a row), writes its images, keeps the
+per-image rows in memory and rewrites exposure.csv; `finish` rebuilds summary.json,
+exposure.csv and report.html from what is on disk. A run that stops early (an interrupt,
+an error) is finished as interrupted: its files hold the results so far, consistently, and
+the report says so. `load_run` reads a run directory back into the same typed results.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from fedattack.errors import FedattackError
+from fedattack.experiment import build
+from fedattack.metrics.lpips import download_backbone, locate
 from fedattack.report import tables
+from fedattack.report.exposure import better, exposure, image_rows, owners_of
 from fedattack.report.html import render
 from fedattack.report.images import save_pair
 from fedattack.report.summary import Summary, summarize
-from fedattack.results import Interruption, JobResult, RoundResult, RunHeader
+from fedattack.results import ImageRow, Interruption, JobResult, RoundResult, RunHeader
 from fedattack.schema import Config
+
+
+EXPOSURE_EVERY = 2.0  # seconds between rewrites of exposure.csv while results stream in
 
 
 def default_out_dir(prefix: str = "") -> str:
@@ -85,43 +99,127 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def lpips_status(cfg: Config) -> str:
+    """'' where LPIPS's weights are on this machine, else why not (after the download the
+    config consents to, if any)."""
+    failed = download_backbone() if cfg.audit.lpips_download else ""
+    found, why = locate(cfg.audit.lpips_weights)
+    return "" if found else (failed or why)
+
+
 class RunStore:
-    def __init__(self, out_dir: str | Path, *, cfg: Config):
+    """`partitions`: each client's dataset indices (default: the config's own partitions), for
+    exposure; `expected_rounds`: rounds a complete run records (default: fl.rounds)."""
+
+    def __init__(self, out_dir: str | Path, *, cfg: Any, partitions: Mapping[int | str, Iterable[int]] | None = None,
+                 expected_rounds: int | None = None):
+        """`cfg`: fedattack's Config, or what an audit of a Flower app records (its `to_yaml`,
+        `to_dict` and `audit` section; partitions and rounds then unknown unless given)."""
+        if partitions is None:
+            partitions = dict(enumerate(build(cfg).partitions)) if isinstance(cfg, Config) else {}
+        if expected_rounds is None:
+            expected_rounds = cfg.fl.rounds if isinstance(cfg, Config) else 0
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "images").mkdir(exist_ok=True)
         (self.dir / "config.yaml").write_text(cfg.to_yaml())
         self.header = RunHeader.from_config(cfg.to_dict())
         self.save_images = cfg.audit.save_images
+        self.expected_rounds = expected_rounds
+        self.owners, self.sizes = owners_of(partitions)
+        self.lpips_note = lpips_status(cfg)
+        self.interrupted: Interruption | None = None
         self._lock = threading.Lock()
-        self.num_results = 0
-        self.num_rounds = 0
+        self.results: list[JobResult] = []
+        self.rounds: list[RoundResult] = []
+        self.images: list[ImageRow] = []
+        self.best: dict[int, ImageRow] = {}
+        self._exposure_written = -math.inf
         tables.start(self.dir / "leakage.csv", tables.LEAKAGE_FIELDS)
         tables.start(self.dir / "rounds.csv", tables.ROUND_FIELDS)
+        tables.start(self.dir / "images.csv", tables.IMAGE_FIELDS)
+        tables.write(self.dir / "clients.csv", tables.CLIENT_FIELDS,
+                     [{"client": c, "samples": n} for c, n in self.sizes.items()])
+        self._write_exposure()
 
     def add_result(self, res: JobResult) -> None:
         with self._lock:
-            self.num_results += 1
+            self.results.append(res)
             traceback_file = ""
             if res.traceback:
                 traceback_file = f"errors/{res.row_id}.txt"
                 (self.dir / "errors").mkdir(exist_ok=True)
                 (self.dir / traceback_file).write_text(res.traceback)
+            rows = image_rows(res, self.owners)
+            if rows:
+                self.images.extend(rows)
+                tables.append_many(self.dir / "images.csv", tables.IMAGE_FIELDS, [tables.image_row(r) for r in rows])
             if self.save_images and (res.truth_pixels is not None or res.recon_pixels is not None):
                 save_pair(self.dir / "images" / f"{res.row_id}.png", res.truth_pixels, res.recon_pixels)
+                if res.truth_pixels is not None:
+                    self._keep_best(res, rows)
             _append(self.dir / "leakage.csv", tables.LEAKAGE_FIELDS,  # last: the row commits the result
                     tables.leakage_row(res, traceback_file=traceback_file))
+            if rows:
+                self._write_exposure(force=False)
+
+    @property
+    def num_results(self) -> int:
+        return len(self.results)
+
+    @property
+    def num_rounds(self) -> int:
+        return len(self.rounds)
+
+    def _keep_best(self, res: JobResult, rows: list[ImageRow]) -> None:
+        """images/best/<index>.png: each sample's best reconstruction so far."""
+        if res.recon_pixels is None:
+            return
+        for r in rows:
+            if r.index >= 0 and better(r, self.best.get(r.index)):
+                self.best[r.index] = r
+                (self.dir / "images" / "best").mkdir(exist_ok=True)
+                save_pair(self.dir / "images" / "best" / f"{r.index}.png", res.truth_pixels[r.position:r.position + 1],
+                          res.recon_pixels[r.position:r.position + 1])
 
     def add_round(self, row: RoundResult) -> None:
         with self._lock:
-            self.num_rounds += 1
+            self.rounds.append(row)
             _append(self.dir / "rounds.csv", tables.ROUND_FIELDS, tables.round_row(row))
+            self._write_exposure()
+
+    def _write_exposure(self, force: bool = True) -> None:
+        """Rewrite exposure.csv; as results stream in, at most every EXPOSURE_EVERY seconds (a round's
+        end and finish always rewrite it)."""
+        now = time.monotonic()
+        if not force and now - self._exposure_written < EXPOSURE_EVERY:
+            return
+        self._exposure_written = now
+        rows = exposure(self.images, self.sizes, [r.round for r in self.rounds if r.round > 0])
+        tables.write(self.dir / "exposure.csv", tables.EXPOSURE_FIELDS, [tables.exposure_row(r) for r in rows])
+
+    def mark_interrupted(self, interruption: Interruption) -> None:
+        """Record why the run stopped early (finish then reports it as interrupted)."""
+        self.interrupted = interruption
 
     def finish(self, interrupted: Interruption | None = None) -> Summary:
-        """Write summary.json and report.html from the rows on disk (`interrupted`: why the run
-        stopped early, None if it finished); return the summary."""
+        """Rebuild exposure.csv and write summary.json and report.html from the rows on disk;
+        return the summary.
+
+        The run counts as interrupted where `interrupted` or mark_interrupted says why, where an
+        exception is on its way out of the caller (finish called from a `finally`), or where
+        fewer rounds than expected were recorded."""
         with self._lock:
-            run = replace(load_run(self.dir), interrupted=interrupted)
+            stop = interrupted or self.interrupted
+            if stop is None:
+                exc = sys.exc_info()[1]
+                recorded = len([r for r in self.rounds if r.round > 0])
+                if exc is not None:
+                    stop = Interruption(reason=type(exc).__name__ if isinstance(exc, KeyboardInterrupt) else
+                                        f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300])
+                elif recorded < self.expected_rounds:
+                    stop = Interruption(reason=f"{recorded} of {self.expected_rounds} rounds recorded")
+            run = replace(load_run(self.dir), interrupted=stop, lpips_note=self.lpips_note)
             return write_report(self.dir, run)
 
 
@@ -132,41 +230,50 @@ class Run:
     header: RunHeader
     results: list[JobResult]
     rounds: list[RoundResult]
+    images: list[ImageRow] = field(default_factory=list)
+    sizes: dict = field(default_factory=dict)  # client -> its training samples
     interrupted: Interruption | None = None
+    lpips_note: str = ""
 
     def summary(self) -> Summary:
-        return summarize(self.results, self.rounds, self.header, self.interrupted)
+        return summarize(self.results, self.rounds, self.header, images=self.images, sizes=self.sizes,
+                         interrupted=self.interrupted, lpips_note=self.lpips_note)
 
 
 def write_report(run_dir: Path, run: Run) -> Summary:
     summary = run.summary()
     _write_atomic(run_dir / "summary.json", json.dumps(summary.to_dict(), indent=2, default=str))
-    render(run_dir, results=run.results, rounds=run.rounds, summary=summary)
+    tables.write(run_dir / "exposure.csv", tables.EXPOSURE_FIELDS, [tables.exposure_row(r) for r in summary.exposure])
+    render(run_dir, results=run.results, rounds=run.rounds, images=run.images, summary=summary)
     return summary
 
 
 def load_run(run_dir: str | Path) -> Run:
-    """Read a run directory (config.yaml, leakage.csv, rounds.csv, errors/) back into typed results."""
+    """Read a run directory back into typed results. A directory without summary.json (written
+    last) is a run that never finished: it reads back as interrupted."""
     run_dir = Path(run_dir)
     if not (run_dir / "leakage.csv").is_file():
         raise FedattackError(f"run_dir: {run_dir} is not a fedattack run directory (no leakage.csv)")
     config = run_dir / "config.yaml"
-    header = RunHeader.from_config(yaml.safe_load(config.read_text()) or {}) if config.is_file() else RunHeader()
+    raw = yaml.safe_load(config.read_text()) or {} if config.is_file() else {}
+    header = RunHeader.from_config(raw) if raw else RunHeader()
     results = []
     for row in tables.read(run_dir / "leakage.csv"):
         path = run_dir / row["traceback"] if row.get("traceback") else None
         results.append(tables.job_result(row, traceback=path.read_text() if path and path.is_file() else ""))
     rounds = [tables.round_result(row) for row in tables.read(run_dir / "rounds.csv")]
-    return Run(header, results, rounds, _interruption(run_dir))
-
-
-def _interruption(run_dir: Path) -> Interruption | None:
-    """What summary.json says stopped the run; a directory without one never finished."""
-    path = run_dir / "summary.json"
-    if not path.is_file():
-        return Interruption(reason="the run did not finish (no summary.json)")
+    images = [tables.image_result(row) for row in tables.read(run_dir / "images.csv")]
+    sizes = tables.read_sizes(run_dir / "clients.csv")
+    saved = run_dir / "summary.json"
     try:
-        raw = json.loads(path.read_text()).get("interrupted")
-    except (ValueError, AttributeError):
-        return None
-    return Interruption.from_dict(raw) if isinstance(raw, dict) else None
+        summary = json.loads(saved.read_text()) if saved.is_file() else None
+    except ValueError:
+        summary = {}
+    if summary is None:
+        interrupted = Interruption(reason="the run did not finish (no summary.json)")
+        note = locate(((raw.get("audit") or {}).get("lpips_weights")) if raw else None)[1]
+    else:
+        stop = summary.get("interrupted")
+        interrupted = Interruption.from_dict(stop) if isinstance(stop, dict) else None
+        note = str(summary.get("lpips_note", ""))
+    return Run(header, results, rounds, images=images, sizes=sizes, interrupted=interrupted, lpips_note=note)

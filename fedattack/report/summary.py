@@ -1,23 +1,26 @@
-"""The summary of a run: per attack, means over its jobs; per run, training totals.
+"""The summary of a run: the headline (what leaked), per attack means beside the flat-image
+baseline, per run training totals.
 
 Computed from typed results (the run's own, in memory, or a run directory's, read back);
-summary.json is its output.
+summary.json is its output. The headline's exposed share is the last "all" row of the
+run's exposure (exposure.csv), computed from the same image rows.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from fedattack.results import Interruption, JobResult, RoundResult, RunHeader
+from fedattack.report.exposure import ALL, exposure, final, worst_clients
+from fedattack.results import ExposureRow, ImageRow, Interruption, JobResult, RoundResult, RunHeader
 
 
-def _mean(xs: list[float]) -> float | None:
+def _mean(xs: list[float], digits: int = 4) -> float | None:
     xs = [x for x in xs if not math.isnan(x)]
-    return round(float(np.mean(xs)), 4) if xs else None
+    return round(float(np.mean(xs)), digits) if xs else None
 
 
 @dataclass(frozen=True)
@@ -28,9 +31,32 @@ class AttackSummary:
     ssim: float | None
     mse: float | None
     label_acc: float | None
-    success_rate: float | None
+    success_rate: float | None  # share of its scored updates in which it recovered at least one image
     seconds: float | None  # mean over every job
     scope: list[str]
+    baseline_psnr: float | None = None  # the flat-image baseline on the same images, averaged the same way
+    baseline_ssim: float | None = None
+    margin: float | None = None  # mean PSNR margin over the baseline (dB)
+    lpips: float | None = None
+    leaked: int = 0  # updates in which it recovered at least one image
+    recovered: int = 0  # images it recovered, over all its jobs
+    images: int = 0  # images in the updates it scored
+
+
+@dataclass(frozen=True)
+class Headline:
+    """What leaked, at a glance."""
+
+    audited_updates: int  # distinct (round, client) updates at least one attack scored
+    leaked_updates: int  # of those, updates in which some attack recovered an image
+    samples: int  # training samples of every client
+    audited_samples: int  # distinct samples in audited updates
+    exposed_samples: int  # distinct samples recovered by any attack in any round
+    exposed_share: float | None  # exposed_samples / samples: exposure.csv's last "all" row
+    strongest_attack: str | None  # most updates leaked, then the largest PSNR margin
+    worst_client: int | str | None  # the most exposed client (share, then best SSIM)
+    worst_client_recovered: int = 0
+    worst_client_samples: int = 0
 
 
 @dataclass(frozen=True)
@@ -42,19 +68,53 @@ class Summary:
     client_errors: int
     defense: str | None
     epsilon: float | None  # the largest DP epsilon any round reported
+    headline: Headline | None = None
     interrupted: Interruption | None = None  # why the run stopped early (None: it finished)
+    lpips_note: str = ""  # why no LPIPS column ("" where it was computed or nothing was scored)
+    exposure: list[ExposureRow] = field(default_factory=list, compare=True, repr=False)
 
     def to_dict(self) -> dict:
         """summary.json's layout."""
-        return {"epsilon": self.epsilon, "attacks": {k: asdict(v) for k, v in self.attacks.items()},
+        return {"interrupted": self.interrupted.to_dict() if self.interrupted else None, "headline": asdict(self.headline) if self.headline else None,
+                "epsilon": self.epsilon, "attacks": {k: asdict(v) for k, v in self.attacks.items()},
                 "rounds": self.rounds, "final_test_acc": self.final_test_acc, "client_errors": self.client_errors,
-                "defense": self.defense, **asdict(self.header),
-                "interrupted": self.interrupted.to_dict() if self.interrupted else None}
+                "defense": self.defense, "lpips_note": self.lpips_note,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.header).items()}}
 
 
-def summarize(results: list[JobResult], rounds: list[RoundResult], header: RunHeader,
-              interrupted: Interruption | None = None) -> Summary:
-    """Per-attack means over all results, plus training totals."""
+def headline(results: list[JobResult], rows: list[ExposureRow]) -> Headline:
+    scored = {(r.round, r.client) for r in results if r.ok and r.scored}
+    leaked = {(r.round, r.client) for r in results if r.success}
+    end = final(rows)
+    everyone = end.get(ALL)
+    by_attack: dict[str, list[JobResult]] = defaultdict(list)
+    for r in results:
+        if r.ok:
+            by_attack[r.label].append(r)
+
+    def strength(name: str) -> tuple:
+        rs = by_attack[name]
+        margin = _mean([r.score.margin for r in rs])
+        return (sum(r.success for r in rs), margin if margin is not None else -math.inf)
+
+    strongest = max(sorted(by_attack), key=strength, default=None)
+    worst = next(iter(worst_clients(rows)), None)
+    if worst is not None and worst.recovered == 0 and math.isnan(worst.best_ssim):
+        worst = None  # nothing of anyone was even scored
+    return Headline(audited_updates=len(scored), leaked_updates=len(leaked),
+                    samples=everyone.samples if everyone else 0, audited_samples=everyone.audited if everyone else 0,
+                    exposed_samples=everyone.recovered if everyone else 0,
+                    exposed_share=round(everyone.share, 4) if everyone and everyone.samples else None,
+                    strongest_attack=strongest, worst_client=worst.client if worst else None,
+                    worst_client_recovered=worst.recovered if worst else 0,
+                    worst_client_samples=worst.samples if worst else 0)
+
+
+def summarize(results: list[JobResult], rounds: list[RoundResult], header: RunHeader, *,
+              images: list[ImageRow] | None = None, sizes: dict | None = None,
+              interrupted: Interruption | None = None,
+              lpips_note: str = "") -> Summary:
+    """Per-attack means over all results, the headline and the exposure, plus training totals."""
     by_attack: dict[str, list[JobResult]] = defaultdict(list)
     for r in results:
         by_attack[r.label].append(r)
@@ -66,9 +126,19 @@ def summarize(results: list[JobResult], rounds: list[RoundResult], header: RunHe
             psnr=_mean([r.score.psnr for r in ok]), ssim=_mean([r.score.ssim for r in ok]),
             mse=_mean([r.score.mse for r in ok]), label_acc=_mean([r.score.label_acc for r in ok]),
             success_rate=_mean([1.0 if r.success else 0.0 for r in ok if r.scored]),
-            seconds=_mean([r.seconds for r in rows]), scope=sorted({r.scope for r in rows}))
+            seconds=_mean([r.seconds for r in rows]), scope=sorted({r.scope for r in rows}),
+            baseline_psnr=_mean([r.score.baseline_psnr for r in ok]),
+            baseline_ssim=_mean([r.score.baseline_ssim for r in ok]), margin=_mean([r.score.margin for r in ok], 2),
+            lpips=_mean([r.score.lpips for r in ok]), leaked=sum(r.success for r in ok),
+            recovered=sum(r.score.recovered for r in ok),
+            images=sum(r.score.num_images for r in ok if not math.isnan(r.score.psnr)))
     eps = [r.epsilon for r in rounds if not math.isnan(r.epsilon)]
+    rows = exposure(images or [], sizes or {}, [r.round for r in rounds if r.round > 0])
+    has_lpips = any(not math.isnan(r.score.lpips) for r in results)
+    scored_images = any(r.ok and not math.isnan(r.score.psnr) for r in results)
+    accs = [r.test_acc for r in rounds if not math.isnan(r.test_acc)]
     return Summary(header=header, attacks=attacks, rounds=len([r for r in rounds if r.round > 0]),
-                   final_test_acc=rounds[-1].test_acc if rounds else None,
-                   client_errors=sum(r.errors for r in rounds), defense=results[0].defense if results else None,
-                   epsilon=max(eps) if eps else None, interrupted=interrupted)
+                   final_test_acc=accs[-1] if accs else None,
+                   client_errors=sum(r.errors for r in rounds), defense=header.defense,
+                   epsilon=max(eps) if eps else None, headline=headline(results, rows), interrupted=interrupted,
+                   lpips_note="" if has_lpips or not scored_images else lpips_note, exposure=rows)

@@ -1,26 +1,41 @@
-"""leakage.csv and rounds.csv: typed results to rows and back.
+"""The run directory's CSV files: typed results to rows and back.
 
-Columns of leakage.csv (one row per round x client x attack): round, client, attack,
-defense, adaptive, scope, status, psnr, ssim, mse, label_acc, success, recovered,
-num_images, seconds, device, epsilon, error (one line), traceback (the file under errors/
-that holds the whole traceback of a failed job), unscored (one line: why the job has no scores,
-when the client sent no ground truth; empty when scored). An empty cell is a number that does not
-exist (NaN): no images, no labels, no epsilon.
+leakage.csv, one row per round x client x attack: round, client, attack, defense, adaptive,
+scope, status, psnr, baseline_psnr, margin, ssim, baseline_ssim, lpips, mse, label_acc,
+success, recovered, num_images, seconds, device, epsilon, error (one line), traceback (the
+file under errors/ that holds the whole traceback of a failed job), unscored (one line: why the
+job has no scores, when the client sent no ground truth; empty when scored). `baseline_*` are the best
+flat image's scores on the same images; `margin` is psnr - baseline_psnr in dB.
+
+images.csv, one row per private image of every scored row: round, client, attack, adaptive,
+position (its column in the gallery), index (dataset index), owner (the client holding it),
+psnr, ssim, baseline_psnr, baseline_ssim, lpips, recovered.
+
+clients.csv: client, samples (each client's training data). exposure.csv: round, client
+(or "all"), samples, audited, recovered, share, best_ssim (fedattack.report.exposure).
+
+An empty cell is a number that does not exist (NaN): no images, no labels, no epsilon, no LPIPS.
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
-from fedattack.results import NAN, JobResult, RoundResult, Score
+from fedattack.results import NAN, ExposureRow, ImageRow, JobResult, RoundResult, Score, rounded
 
-LEAKAGE_FIELDS = ["round", "client", "attack", "defense", "adaptive", "scope", "status", "psnr", "ssim", "mse",
-                  "label_acc", "success", "recovered", "num_images", "seconds", "device", "epsilon", "error",
-                  "traceback", "unscored"]
+LEAKAGE_FIELDS = ["round", "client", "attack", "defense", "adaptive", "scope", "status", "psnr", "baseline_psnr",
+                  "margin", "ssim", "baseline_ssim", "lpips", "mse", "label_acc", "success", "recovered",
+                  "num_images", "seconds", "device", "epsilon", "error", "traceback",
+                  "unscored"]
 ROUND_FIELDS = ["round", "train_loss", "test_loss", "test_acc", "replies", "errors", "audited_clients", "jobs",
                 "scope", "epsilon", "seconds"]
+IMAGE_FIELDS = ["round", "client", "attack", "adaptive", "position", "index", "owner", "psnr", "ssim",
+                "baseline_psnr", "baseline_ssim", "lpips", "recovered"]
+CLIENT_FIELDS = ["client", "samples"]
+EXPOSURE_FIELDS = ["round", "client", "samples", "audited", "recovered", "share", "best_ssim"]
 
 
 def _cell(x: float) -> float | str:
@@ -48,17 +63,20 @@ def _client(text: str) -> int | str:
 def leakage_row(r: JobResult, *, traceback_file: str = "") -> dict:
     s = r.score
     return {"round": r.round, "client": r.client, "attack": r.attack, "defense": r.defense, "adaptive": r.adaptive,
-            "scope": r.scope, "status": r.status, "psnr": _cell(s.psnr), "ssim": _cell(s.ssim), "mse": _cell(s.mse),
-            "label_acc": _cell(s.label_acc), "success": r.success, "recovered": s.recovered,
-            "num_images": s.num_images, "seconds": _cell(r.seconds), "device": r.device,
-            "epsilon": _cell(r.epsilon), "error": r.error, "traceback": traceback_file, "unscored": r.unscored}
+            "scope": r.scope, "status": r.status, "psnr": _cell(s.psnr), "baseline_psnr": _cell(s.baseline_psnr),
+            "margin": _cell(s.margin), "ssim": _cell(s.ssim), "baseline_ssim": _cell(s.baseline_ssim),
+            "lpips": _cell(s.lpips), "mse": _cell(s.mse), "label_acc": _cell(s.label_acc), "success": r.success,
+            "recovered": s.recovered, "num_images": s.num_images, "seconds": _cell(r.seconds), "device": r.device,
+            "epsilon": _cell(r.epsilon), "error": r.error, "traceback": traceback_file,
+            "unscored": r.unscored}
 
 
 def job_result(row: dict[str, str], *, traceback: str = "") -> JobResult:
     """A leakage.csv row back as the JobResult it was written from (without its images)."""
     score = Score(psnr=_float(row["psnr"]), ssim=_float(row["ssim"]), mse=_float(row["mse"]),
                   label_acc=_float(row["label_acc"]), recovered=_int(row["recovered"]),
-                  num_images=_int(row["num_images"]))
+                  num_images=_int(row["num_images"]), baseline_psnr=_float(row.get("baseline_psnr")),
+                  baseline_ssim=_float(row.get("baseline_ssim")), lpips=_float(row.get("lpips")))
     return JobResult(round=int(row["round"]), client=_client(row["client"]), attack=row["attack"],
                      defense=row["defense"], status=row["status"], seconds=_float(row["seconds"]), score=score,
                      adaptive=_bool(row["adaptive"]), scope=row["scope"], device=row["device"],
@@ -81,14 +99,59 @@ def round_result(row: dict[str, str]) -> RoundResult:
                        epsilon=_float(row["epsilon"]), seconds=_float(row["seconds"]))
 
 
+def image_row(r: ImageRow) -> dict:
+    return {"round": r.round, "client": r.client, "attack": r.attack, "adaptive": r.adaptive,
+            "position": r.position, "index": r.index, "owner": r.owner, "psnr": _cell(r.psnr), "ssim": _cell(r.ssim),
+            "baseline_psnr": _cell(r.baseline_psnr), "baseline_ssim": _cell(r.baseline_ssim),
+            "lpips": _cell(r.lpips), "recovered": r.recovered}
+
+
+def image_result(row: dict[str, str]) -> ImageRow:
+    return ImageRow(round=int(row["round"]), client=_client(row["client"]), attack=row["attack"],
+                    adaptive=_bool(row["adaptive"]), position=int(row["position"]), index=int(row["index"]),
+                    owner=_client(row["owner"]), psnr=_float(row["psnr"]), ssim=_float(row["ssim"]),
+                    baseline_psnr=_float(row["baseline_psnr"]), baseline_ssim=_float(row["baseline_ssim"]),
+                    lpips=_float(row["lpips"]), recovered=_bool(row["recovered"]))
+
+
+def exposure_row(r: ExposureRow) -> dict:
+    return {"round": r.round, "client": r.client, "samples": r.samples, "audited": r.audited,
+            "recovered": r.recovered, "share": _cell(rounded(r.share, 4)), "best_ssim": _cell(rounded(r.best_ssim, 4))}
+
+
+def exposure_result(row: dict[str, str]) -> ExposureRow:
+    return ExposureRow(round=int(row["round"]), client=_client(row["client"]), samples=_int(row["samples"]),
+                       audited=_int(row["audited"]), recovered=_int(row["recovered"]),
+                       best_ssim=_float(row["best_ssim"]))
+
+
+def read_sizes(path: Path) -> dict[int | str, int]:
+    """clients.csv back: client -> its number of training samples."""
+    return {_client(r["client"]): int(r["samples"]) for r in read(path)}
+
+
 def start(path: Path, fields: list[str]) -> None:
     with path.open("w", newline="") as f:
         csv.DictWriter(f, fieldnames=fields).writeheader()
 
 
 def append(path: Path, fields: list[str], row: dict) -> None:
+    append_many(path, fields, [row])
+
+
+def append_many(path: Path, fields: list[str], rows: list[dict]) -> None:
     with path.open("a", newline="") as f:
-        csv.DictWriter(f, fieldnames=fields).writerow(row)
+        csv.DictWriter(f, fieldnames=fields).writerows(rows)
+
+
+def write(path: Path, fields: list[str], rows: list[dict]) -> None:
+    """Replace `path` with these rows at once (a reader never sees half a file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
 
 
 def read(path: Path) -> list[dict[str, str]]:

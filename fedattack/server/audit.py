@@ -146,6 +146,7 @@ class Auditor:
         self.submitted = 0
         self.completed = 0
         self.store: RunStore | None = None
+        self.store_args: dict[str, Any] = {}  # RunStore's partitions and expected_rounds, where known
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # jobs are waiting to be handed to the dispatcher
@@ -171,7 +172,7 @@ class Auditor:
         """The run directory, created when the first round has been checked (nothing half-written before)."""
         with self._lock:
             if self.store is None and self.out_dir is not None:
-                self.store = RunStore(self.out_dir, cfg=self.plan.record)
+                self.store = RunStore(self.out_dir, cfg=self.plan.record, **self.store_args)
             return self.store
 
     @contextmanager
@@ -278,6 +279,7 @@ class Auditor:
                                 observation=obs, seed=(self.plan.seed * 1_000_003 + rnd * 1009 + cid * 31 + k) % 2**31,
                                 labels=opts.labels, adaptive=adaptive, defense=self.defense,
                                 threads=opts.threads_per_job, tf32=opts.tf32, success_ssim=opts.success_ssim,
+                                success_margin=opts.success_margin, lpips_weights=opts.lpips_weights,
                                 epsilon=epsilon, unscored=unscored if truth is None else "",
                                 timeout=opts.job_timeout)
                 with self._queue_lock:

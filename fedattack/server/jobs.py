@@ -29,6 +29,7 @@ import torch
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.errors import FedattackError
 from fedattack.metrics import score
+from fedattack.metrics.lpips import lpips_fn
 from fedattack.results import JobResult, Score
 from fedattack.threat import Observation, Truth
 
@@ -56,6 +57,8 @@ class AttackJob:
     threads: int = 1
     tf32: bool = False  # TF32 matmuls and convolutions on a GPU
     success_ssim: float = 0.5
+    success_margin: float = 0.5  # dB of PSNR above the flat-image baseline a leaking row needs
+    lpips_weights: str | None = None  # where LPIPS's weights are (None: the usual places; see metrics.lpips)
     epsilon: float = float("nan")  # the client's reported DP epsilon (report metadata only)
     unscored: str = ""  # why there is no Truth to score against (the job then runs with truth None)
     timeout: float = 0.0  # seconds the job may run before it is stopped and recorded as failed (0: no limit)
@@ -133,7 +136,7 @@ def run_job(job: AttackJob, truth: Truth | None) -> JobResult:
                          seconds=seconds, adaptive=job.adaptive, scope=job.scope, device=str(device),
                          epsilon=job.epsilon, unscored=job.unscored or "no ground truth", recon_pixels=recon_px,
                          recon_labels=labels)
-    s = score(recon, truth, spec_data, job.success_ssim)
+    s = score(recon, truth, spec_data, job.success_ssim, job.success_margin, lpips_fn(job.lpips_weights))
     truth_px = spec_data.to_pixels(truth.images.float().cpu()).numpy()
     recon_px = None
     if recon.images is not None and s.per_image is not None:

@@ -1,0 +1,127 @@
+"""The report's plots (matplotlib, Agg): leakage over rounds beside the flat-image baseline,
+training loss and test accuracy on their own axes, and exposure over rounds."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from fedattack.report.exposure import ALL, worst_clients
+from fedattack.results import ExposureRow, JobResult, RoundResult
+
+MAX_CLIENT_LINES = 8  # exposure plot: the most exposed clients get a line each
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _integer_rounds(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def _nanmean(xs: list[float]) -> float:
+    xs = [x for x in xs if not math.isnan(x)]
+    return float(np.mean(xs)) if xs else math.nan
+
+
+def leakage(path: Path, results: list[JobResult], *, success_ssim: float) -> bool:
+    """PSNR and SSIM per round and attack (means over audited updates), each beside the flat
+    image's baseline on the same images; False where nothing was scored."""
+    series: dict[str, dict[int, list[JobResult]]] = defaultdict(lambda: defaultdict(list))
+    for r in results:
+        if r.ok and not math.isnan(r.score.psnr):
+            series[r.label][r.round].append(r)
+    if not series:
+        return False
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for name, per_round in sorted(series.items()):
+        rs = sorted(per_round)
+        axes[0].plot(rs, [_nanmean([r.score.psnr for r in per_round[x]]) for x in rs], marker="o", label=name)
+        axes[1].plot(rs, [_nanmean([r.score.ssim for r in per_round[x]]) for x in rs], marker="o", label=name)
+    every: dict[int, list[JobResult]] = defaultdict(list)
+    for per_round in series.values():
+        for rnd, rs in per_round.items():
+            every[rnd].extend(rs)
+    rs = sorted(every)
+    axes[0].plot(rs, [_nanmean([r.score.baseline_psnr for r in every[x]]) for x in rs], color="grey", ls="--",
+                 label="blank guess (best flat image)")
+    axes[1].plot(rs, [_nanmean([r.score.baseline_ssim for r in every[x]]) for x in rs], color="grey", ls="--",
+                 label="blank guess (best flat image)")
+    axes[1].axhline(success_ssim, color="red", lw=0.8, ls=":", label=f"recovered at SSIM >= {success_ssim:g}")
+    axes[0].set(xlabel="round", ylabel="PSNR (dB), higher leaks more", title="Reconstruction PSNR per round")
+    axes[1].set(xlabel="round", ylabel="SSIM, higher leaks more", title="Reconstruction SSIM per round",
+                ylim=(-0.1, 1.05))
+    for ax in axes:
+        _integer_rounds(ax)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def training(path: Path, rounds: list[RoundResult]) -> bool:
+    """Loss (train and test) and test accuracy per round, on separate axes."""
+    rows = [r for r in rounds if r.round > 0]
+    if not rows:
+        return False
+    plt = _plt()
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.4))
+    x = [r.round for r in rows]
+    loss_ax.plot(x, [r.train_loss for r in rows], marker="s", label="train loss (clients' mean)")
+    if any(not math.isnan(r.test_loss) for r in rows):
+        loss_ax.plot(x, [r.test_loss for r in rows], marker="o", label="test loss")
+    loss_ax.set(xlabel="round", ylabel="cross-entropy loss", title="Loss")
+    acc = [(r.round, r.test_acc) for r in rows if not math.isnan(r.test_acc)]
+    if acc:
+        acc_ax.plot([a for a, _ in acc], [b for _, b in acc], marker="o", color="C2", label="test accuracy")
+    acc_ax.set(xlabel="round", ylabel="accuracy", title="Test accuracy (held-out split)", ylim=(0, 1.02))
+    for ax in (loss_ax, acc_ax):
+        _integer_rounds(ax)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def exposure(path: Path, rows: list[ExposureRow]) -> bool:
+    """Recovered share of training data per round: the run's and the most exposed clients'."""
+    if not rows:
+        return False
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 3.6))
+    by_client: dict = defaultdict(list)
+    for r in rows:
+        by_client[r.client].append(r)
+    shown = [r.client for r in worst_clients(rows) if r.recovered][:MAX_CLIENT_LINES]
+    for c in shown:
+        pts = sorted(by_client[c], key=lambda r: r.round)
+        ax.plot([r.round for r in pts], [100 * r.share for r in pts], marker=".", lw=1, label=f"client {c}")
+    pts = sorted(by_client.get(ALL, []), key=lambda r: r.round)
+    ax.plot([r.round for r in pts], [100 * r.share for r in pts], color="black", lw=2.5, marker="o",
+            label="all clients")
+    ax.set(xlabel="round", ylabel="training data recovered (%)", title="Exposure: recovered share, cumulative")
+    ax.set_ylim(bottom=0)
+    _integer_rounds(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

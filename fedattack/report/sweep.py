@@ -1,0 +1,345 @@
+"""A sweep's results: per value and seed the run's summary; per attack its breaking point; the
+answer (the weakest setting at which no attack recovers any image, and what it costs in test
+accuracy against the reference run); sweep.csv, sweep.json, the plots and sweep.html.
+
+Values are ordered as given, weakest setting first. An attack's **breaking point** is the
+first value from which on it recovers no image in any seed; an attack that recovered nothing
+anywhere, the reference run included, has none ("never succeeded"); one that still recovers
+images at the last value is "not stopped". The **answer** is the first value from which on no
+attack recovers any image in any seed; its cost is its test accuracy minus the reference
+run's, paired by seed (mean, and standard deviation over the seeds where there are several).
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+
+from fedattack.report.summary import Summary
+
+NEVER = "never succeeded"
+NOT_STOPPED = "not stopped"
+
+SWEEP_FIELDS = ["value", "seed", "reference", "attack", "test_acc", "psnr", "baseline_psnr", "margin", "ssim", "lpips",
+                "label_acc", "updates", "updates_leaked", "images", "images_recovered", "recovery_rate",
+                "exposed_share", "epsilon", "jobs", "failed", "interrupted", "breaking_point", "run_dir"]
+
+
+@dataclass
+class SweepRun:
+    """One audited run of a sweep: a value (or the reference) under one seed."""
+
+    value: Any
+    seed: int
+    label: str
+    run_dir: Path
+    reference: bool = False
+    exit_code: int | None = None
+    summary: Summary | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.summary is not None
+
+
+@dataclass
+class Answer:
+    key: str
+    values: list
+    seeds: list[int]
+    reference: str  # what the reference run is, in words
+    breaking: dict[str, str] = field(default_factory=dict)  # attack -> value as text, NEVER or NOT_STOPPED
+    safe_value: Any = None
+    safe_found: bool = False
+    acc_safe: tuple[float, float] | None = None  # mean, std over seeds
+    acc_reference: tuple[float, float] | None = None
+    cost: tuple[float, float] | None = None  # paired by seed: safe minus reference
+    failed_runs: list[str] = field(default_factory=list)
+
+    def sentence(self) -> str:
+        """The answer in one paragraph."""
+        seeds = f"{len(self.seeds)} seed{'s' if len(self.seeds) != 1 else ''} ({', '.join(map(str, self.seeds))})"
+        if not self.safe_found:
+            text = (f"No value of {self.key} stopped every attack: at the strongest setting tried "
+                    f"({fmt_value(self.values[-1])}) some attack still recovered images ({seeds}).")
+        else:
+            text = (f"The weakest setting at which no attack recovers any image is {self.key} = "
+                    f"{fmt_value(self.safe_value)} (and every stronger value tried; {seeds}).")
+            if self.acc_safe and self.acc_reference and self.cost:
+                spread = (f" ± {self.cost[1]:.3f} (std over seeds, paired by seed)" if len(self.seeds) > 1
+                          else " (one seed: no uncertainty; set sweep.seeds=[0,1,2] for one)")
+                text += (f" Test accuracy there: {self.acc_safe[0]:.3f}, against {self.acc_reference[0]:.3f} for the "
+                         f"{self.reference}: a cost of {-self.cost[0]:+.3f}{spread}."
+                         if self.cost[0] <= 0 else
+                         f" Test accuracy there: {self.acc_safe[0]:.3f}, against {self.acc_reference[0]:.3f} for the "
+                         f"{self.reference}: no cost (a change of {self.cost[0]:+.3f}{spread}).")
+        if self.failed_runs:
+            text += f" {len(self.failed_runs)} run(s) did not finish and are left out: {', '.join(self.failed_runs)}."
+        return text
+
+
+def fmt_value(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+
+
+def _std(xs: list[float]) -> float:
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def _leaks(run: SweepRun, attack: str | None = None) -> bool:
+    if run.summary is None:
+        return False
+    return any(a.leaked for name, a in run.summary.attacks.items() if attack is None or name == attack)
+
+
+def analyze(runs: list[SweepRun], *, key: str, values: list, seeds: list[int], reference: str) -> Answer:
+    ans = Answer(key=key, values=list(values), seeds=list(seeds), reference=reference)
+    ans.failed_runs = [r.label for r in runs if not r.finished]
+    swept = [r for r in runs if not r.reference]
+    by_value = [[r for r in swept if r.value == v and r.finished] for v in values]
+    attacks = sorted({name for r in runs if r.summary for name in r.summary.attacks})
+    for attack in attacks:
+        leaked = [any(_leaks(r, attack) for r in rs) for rs in by_value]
+        anywhere = any(leaked) or any(_leaks(r, attack) for r in runs if r.reference)
+        if not anywhere:
+            ans.breaking[attack] = NEVER
+            continue
+        stop = next((i for i in range(len(values)) if not any(leaked[i:]) and by_value[i]), None)
+        ans.breaking[attack] = fmt_value(values[stop]) if stop is not None else NOT_STOPPED
+    safe = next((i for i in range(len(values)) if by_value[i] and not any(_leaks(r) for rs in by_value[i:] for r in rs)),
+                None)
+    if safe is not None:
+        ans.safe_found, ans.safe_value = True, values[safe]
+        refs = {r.seed: r for r in runs if r.reference and r.finished}
+        if not refs:  # the reference is one of the swept values (the configured one)
+            refs = {r.seed: r for r in swept if r.finished and r.label.endswith("(as configured)")}
+        at = {r.seed: r for r in by_value[safe]}
+        accs = [r.summary.final_test_acc for r in at.values() if r.summary.final_test_acc is not None]
+        ref_accs = [r.summary.final_test_acc for r in refs.values() if r.summary.final_test_acc is not None]
+        pairs = [(at[s].summary.final_test_acc, refs[s].summary.final_test_acc) for s in at if s in refs
+                 and at[s].summary.final_test_acc is not None and refs[s].summary.final_test_acc is not None]
+        if accs and ref_accs and pairs:
+            ans.acc_safe = (float(np.mean(accs)), _std(accs))
+            ans.acc_reference = (float(np.mean(ref_accs)), _std(ref_accs))
+            diffs = [a - b for a, b in pairs]
+            ans.cost = (float(np.mean(diffs)), _std(diffs))
+    return ans
+
+
+def rows(runs: list[SweepRun], answer: Answer) -> list[dict]:
+    """sweep.csv: one row per run and attack (a run that did not finish: one row saying so)."""
+    out = []
+    for r in runs:
+        base = {"value": "" if r.reference else fmt_value(r.value), "seed": r.seed, "reference": r.reference,
+                "run_dir": str(r.run_dir)}
+        s = r.summary
+        if s is None:
+            out.append({**base, "attack": f"(run failed, exit {r.exit_code})"})
+            continue
+        h = s.headline
+        for name, a in s.attacks.items():
+            scored = a.jobs - a.failed
+            out.append({**base, "attack": name, "test_acc": s.final_test_acc, "psnr": a.psnr,
+                        "baseline_psnr": a.baseline_psnr, "margin": a.margin, "ssim": a.ssim, "lpips": a.lpips,
+                        "label_acc": a.label_acc, "updates": scored, "updates_leaked": a.leaked, "images": a.images,
+                        "images_recovered": a.recovered,
+                        "recovery_rate": round(a.recovered / a.images, 4) if a.images else None,
+                        "exposed_share": h.exposed_share if h else None, "epsilon": s.epsilon, "jobs": a.jobs,
+                        "failed": a.failed, "interrupted": s.interrupted is not None,
+                        "breaking_point": answer.breaking.get(name, "")})
+    return out
+
+
+def write_csv(path: Path, table: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=SWEEP_FIELDS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in table])
+
+
+def write_json(path: Path, answer: Answer, table: list[dict]) -> None:
+    path.write_text(json.dumps({"key": answer.key, "values": answer.values, "seeds": answer.seeds,
+                                "reference": answer.reference, "breaking_points": answer.breaking,
+                                "safe_value": answer.safe_value if answer.safe_found else None,
+                                "test_acc_at_safe_value": answer.acc_safe, "test_acc_reference": answer.acc_reference,
+                                "accuracy_change": answer.cost, "failed_runs": answer.failed_runs,
+                                "answer": answer.sentence(), "rows": table}, indent=2, default=str))
+
+
+# -- per value, over seeds ----------------------------------------------------------------------
+
+def per_value(table: list[dict], values: list) -> dict[str, list[dict]]:
+    """attack -> one point per value: means and standard deviations over seeds."""
+    out: dict[str, list[dict]] = {}
+    attacks = sorted({r["attack"] for r in table if not r["attack"].startswith("(")})
+    for attack in attacks:
+        pts = []
+        for v in values:
+            mine = [r for r in table if r["attack"] == attack and not r["reference"] and r["value"] == fmt_value(v)]
+            if not mine:
+                continue
+
+            def stat(k: str) -> tuple[float, float]:
+                xs = [float(r[k]) for r in mine if r.get(k) is not None and not math.isnan(float(r[k]))]
+                return (float(np.mean(xs)), _std(xs)) if xs else (math.nan, math.nan)
+
+            pts.append({"value": v, "acc": stat("test_acc"), "psnr": stat("psnr"), "baseline": stat("baseline_psnr"),
+                        "margin": stat("margin"), "rate": stat("recovery_rate"), "n": len(mine),
+                        "leaked": sum(int(r["updates_leaked"] or 0) for r in mine),
+                        "updates": sum(int(r["updates"] or 0) for r in mine)})
+        out[attack] = pts
+    return out
+
+
+def _xaxis(ax, values: list) -> tuple[list, bool]:
+    """x positions for `values`: the numbers themselves (log scale over two decades or more),
+    else their places in the list with the values as labels."""
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if numeric:
+        pos = [v for v in values if v > 0]
+        if len(pos) == len(values) and max(pos) / min(pos) >= 100:
+            ax.set_xscale("log")
+        return list(values), True
+    ax.set_xticks(range(len(values)), [fmt_value(v) for v in values], rotation=20)
+    return list(range(len(values))), False
+
+
+def plot_protocol(path: Path, points: dict[str, list[dict]], values: list, key: str) -> None:
+    """The protocol map: per attack, PSNR (beside the blank guess) and recovery rate against the
+    swept key, and test accuracy against it; error bars: std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    index = {fmt_value(v): i for i, v in enumerate(values)}
+    for ax in axes:
+        xs_all, numeric = _xaxis(ax, values)
+    for attack, pts in points.items():
+        xs = [p["value"] if numeric else index[fmt_value(p["value"])] for p in pts]
+        axes[0].errorbar(xs, [p["psnr"][0] for p in pts], yerr=[p["psnr"][1] for p in pts], marker="o",
+                         capsize=3, label=attack)
+        axes[1].errorbar(xs, [100 * p["rate"][0] for p in pts], yerr=[100 * p["rate"][1] for p in pts], marker="o",
+                         capsize=3, label=attack)
+    first = next(iter(points.values()), [])
+    if first:
+        xs = [p["value"] if numeric else index[fmt_value(p["value"])] for p in first]
+        axes[0].plot(xs, [p["baseline"][0] for p in first], color="grey", ls="--", label="blank guess")
+        axes[2].errorbar(xs, [p["acc"][0] for p in first], yerr=[p["acc"][1] for p in first], marker="s", capsize=3,
+                         color="C2", label="test accuracy")
+    axes[0].set(xlabel=key, ylabel="PSNR (dB)", title="Reconstruction PSNR")
+    axes[1].set(xlabel=key, ylabel="private images recovered (%)", title="Recovery rate")
+    axes[1].set_ylim(bottom=0)
+    axes[2].set(xlabel=key, ylabel="final test accuracy", title="Utility", ylim=(0, 1.02))
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_frontier(path: Path, points: dict[str, list[dict]], answer: Answer, reference: list[SweepRun]) -> None:
+    """Test accuracy against leakage (PSNR margin over the blank guess; recovery rate), one
+    line per attack through the values, breaking points circled, the reference as a star."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for attack, pts in points.items():
+        for ax, k, scale in ((axes[0], "margin", 1), (axes[1], "rate", 100)):
+            xs = [scale * p[k][0] for p in pts]
+            ys = [p["acc"][0] for p in pts]
+            ax.errorbar(xs, ys, xerr=[scale * p[k][1] for p in pts], yerr=[p["acc"][1] for p in pts], marker="o",
+                        capsize=2, label=attack)
+            for p, x, y in zip(pts, xs, ys):
+                ax.annotate(fmt_value(p["value"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                if answer.breaking.get(attack) == fmt_value(p["value"]):
+                    ax.scatter([x], [y], s=180, facecolors="none", edgecolors="red", zorder=3)
+    refs = [r.summary for r in reference if r.summary is not None]
+    if refs:
+        acc = [s.final_test_acc for s in refs if s.final_test_acc is not None]
+        for ax, k in ((axes[0], "margin"), (axes[1], "rate")):
+            for name in refs[0].attacks:
+                a = [s.attacks[name] for s in refs if name in s.attacks]
+                x = (np.mean([v.margin for v in a if v.margin is not None]) if k == "margin" else
+                     100 * np.mean([v.recovered / v.images for v in a if v.images]) if any(v.images for v in a)
+                     else math.nan)
+                if acc and not math.isnan(x):
+                    ax.scatter([x], [np.mean(acc)], marker="*", s=140, color="black", zorder=4)
+        axes[0].scatter([], [], marker="*", s=100, color="black", label=answer.reference)
+    axes[0].axvline(0.5, color="grey", ls=":", lw=1)
+    axes[0].set(xlabel="PSNR margin over a blank guess (dB), mean over seeds", ylabel="final test accuracy",
+                title=f"Privacy-utility frontier: {answer.key}")
+    axes[1].set(xlabel="private images recovered (%)", ylabel="final test accuracy", title="Recovery rate vs utility")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8, title="red circle: breaking point", title_fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _e(x: Any) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _pm(stat: tuple[float, float], digits: int = 2, n: int = 1, scale: float = 1.0) -> str:
+    m, s = stat
+    if math.isnan(m):
+        return "–"
+    return f"{scale * m:.{digits}f}" + (f" ± {scale * s:.{digits}f}" if n > 1 else "")
+
+
+def render_html(path: Path, *, answer: Answer, table: list[dict], points: dict[str, list[dict]], runs: list[SweepRun],
+                plots: list[str]) -> None:
+    head = ["value", "test accuracy"] + [f"{a}: {k}" for a in points for k in ("PSNR (dB)", "margin (dB)",
+                                                                              "recovered", "updates leaked")]
+    body = []
+    for i, v in enumerate(answer.values):
+        cells = [_e(fmt_value(v))]
+        acc = next((p["acc"] for pts in points.values() for p in pts if p["value"] == v), (math.nan, math.nan))
+        n = next((p["n"] for pts in points.values() for p in pts if p["value"] == v), 1)
+        cells.append(_pm(acc, 3, n))
+        for pts in points.values():
+            p = next((p for p in pts if p["value"] == v), None)
+            if p is None:
+                cells += ["–"] * 4
+                continue
+            cells += [_pm(p["psnr"], 1, n), _pm(p["margin"], 1, n), _pm(p["rate"], 0, n, 100) + " %",
+                      f"{p['leaked']} of {p['updates']}"]
+        safe = answer.safe_found and fmt_value(v) == fmt_value(answer.safe_value)
+        row_class = ' class="safe"' if safe else ""
+        body.append(f"<tr{row_class}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    breaking = "".join(f"<tr><td>{_e(a)}</td><td>{_e(b)}</td></tr>" for a, b in answer.breaking.items())
+    links = "".join(f"<li><a href=\"{_e(quote(str(Path(r.run_dir.parent.name) / r.run_dir.name / 'report.html')))}\">"
+                    f"{_e(r.label)}, seed {r.seed}</a>{'' if r.finished else ' (did not finish)'}</li>" for r in runs)
+    doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>fedattack sweep: {_e(answer.key)}</title>
+<style>body{{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1180px;padding:0 1em;color:#222}}
+.answer{{background:#f6f8fa;border:1px solid #d0d7de;border-radius:8px;padding:.8em 1.2em;font-size:16px}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #d0d7de;padding:3px 7px;text-align:right}}
+th{{background:#f6f8fa}} tr.safe td{{background:#e6f4ea}} img{{max-width:100%}}</style></head><body>
+<h1>Sweep of {_e(answer.key)}</h1>
+<div class="answer"><b>Answer.</b> {_e(answer.sentence())}</div>
+<h2>Per value</h2><p>Means over seeds (± standard deviation where several); the highlighted row is the answer.
+<i>Recovered</i>: share of the private images in audited updates that the attack recovered.</p>
+<table><tr>{''.join(f'<th>{_e(h)}</th>' for h in head)}</tr>{''.join(body)}</table>
+<h2>Breaking points</h2><p>The first value from which on the attack recovers no image in any seed.</p>
+<table><tr><th>attack</th><th>breaking point</th></tr>{breaking}</table>
+<h2>Plots</h2>{''.join(f'<p><img src="{_e(quote(p))}" alt="{_e(p)}"></p>' for p in plots)}
+<h2>Runs</h2><ul>{links}</ul><p>sweep.csv holds one row per run and attack; sweep.json the answer.</p>
+</body></html>"""
+    path.write_text(doc)

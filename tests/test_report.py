@@ -1,0 +1,272 @@
+"""The run directory and report.html a reader sees: headline, exposure, tables, galleries,
+escaping, interrupted runs; the console as plain text; a screenshot where Chromium exists."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+import torch
+from rich.console import Console
+
+from fedattack import config as fconfig
+from fedattack.metrics import score
+from fedattack.report.console import Progress, library_logs
+from fedattack.report.exposure import ALL
+from fedattack.report.screenshot import find_browser, screenshot
+from fedattack.report.store import RunStore, load_run
+from fedattack.results import Interruption, JobResult, RoundResult, Score
+from fedattack.threat import DataSpec, Reconstruction, Truth
+from fedattack.train_generator import TrainingProgress
+
+SPEC = DataSpec(shape=(1, 32, 32), num_classes=2, mean=(0.5,), std=(0.25,))
+PARTITIONS = {0: [10, 11, 12, 13, 14, 15], 1: [20, 21, 22, 23], 2: [30, 31]}
+
+
+def _faces(indices: list[int]) -> torch.Tensor:
+    from skimage.data import lfw_subset
+
+    x = torch.as_tensor(lfw_subset()[indices], dtype=torch.float32)[:, None]
+    return torch.nn.functional.interpolate(x, size=(32, 32), mode="bilinear", antialias=True)
+
+
+def _result(rnd: int, client: int, attack: str, indices: list[int], quality: str) -> JobResult:
+    """A scored job: `quality` leak (close reconstructions), flat (the blank guess), failed."""
+    px = _faces([i % 100 for i in indices])
+    truth = Truth(images=SPEC.normalize(px), labels=torch.ones(len(indices), dtype=torch.long), indices=tuple(indices))
+    if quality == "failed":
+        return JobResult(round=rnd, client=client, attack=attack, defense="none", status="failed", seconds=1.0,
+                         score=Score(num_images=len(indices)), error="AttackFailure: nothing [/x] leaked",
+                         traceback="Traceback ...\nAttackFailure: nothing [/x] leaked")
+    if quality == "leak":
+        rec = (px + 0.03 * torch.randn(px.shape, generator=torch.Generator().manual_seed(rnd))).clamp(0, 1)
+    else:
+        rec = px.mean(dim=(1, 2, 3), keepdim=True).expand_as(px)
+    s = score(Reconstruction(images=SPEC.normalize(rec), labels=truth.labels), truth, SPEC)
+    return JobResult(round=rnd, client=client, attack=attack, defense="none", status="ok", seconds=2.5, score=s,
+                     truth_pixels=px.numpy(), recon_pixels=rec.numpy())
+
+
+def _run(tmp_path, *, rounds=2, configured=2, attack_names=("idlg", "invgrad")):
+    cfg = fconfig.load(None, [f"fl.rounds={configured}", "audit.attacks=[idlg,invgrad]"])
+    store = RunStore(tmp_path / "run", cfg=cfg, partitions=PARTITIONS)
+    plan = {(1, 0): ([10, 11], "leak", "flat"), (1, 1): ([20, 21], "flat", "flat"),
+            (2, 0): ([11, 12], "flat", "leak"), (2, 2): ([30, 31], "failed", "flat")}
+    for (rnd, client), (idx, q0, q1) in plan.items():
+        if rnd > rounds:
+            continue
+        store.add_result(_result(rnd, client, attack_names[0], idx, q0))
+        store.add_result(_result(rnd, client, attack_names[1], idx, q1))
+    for rnd in range(1, rounds + 1):
+        store.add_round(RoundResult(round=rnd, train_loss=0.6 - 0.1 * rnd, test_loss=0.5, test_acc=0.7 + 0.05 * rnd,
+                                    replies=2, audited_clients=2, jobs=4, seconds=3.0))
+    return store
+
+
+class Page(HTMLParser):
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags: list[str] = []
+        self.attrs: list[tuple[str, str | None]] = []
+        self.tables: list[list[list[str]]] = []
+        self._cell: list[str] | None = None
+        self._row: list[str] | None = None
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        self.attrs += attrs
+        if tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self._row = []
+            self.tables[-1].append(self._row)
+        elif tag in ("td", "th"):
+            self._cell = []
+
+    def handle_endtag(self, tag):
+        if tag in ("td", "th") and self._cell is not None:
+            self._row.append(" ".join("".join(self._cell).split()))
+            self._cell = None
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self._cell.append(data)
+
+
+def _table(page: Page, first_header: str) -> list[list[str]]:
+    return next(t for t in page.tables if t and t[0] and t[0][0] == first_header)
+
+
+def test_the_report_answers_what_leaked_at_the_top(tmp_path):
+    summary = _run(tmp_path).finish()
+    run_dir = tmp_path / "run"
+    text = (run_dir / "report.html").read_text()
+    page = Page(text)
+    h = summary.headline
+    # two of the four audited updates leaked (round 1 client 0 by idlg, round 2 client 0 by invgrad)
+    assert (h.audited_updates, h.leaked_updates, h.strongest_attack, h.worst_client) == (4, 2, "idlg", 0)
+    assert (h.samples, h.exposed_samples) == (12, 3)  # samples 10, 11 (round 1) and 12 (round 2) of client 0
+    head = text[:text.index("Clients &times; rounds")]
+    assert "2 of 4</span> audited client updates leaked" in head and "3 of 12</b> training samples" in head
+    assert "25.0%" in head and "Worst-exposed client: <b>client 0</b>" in head
+    assert "Defense in force: <b>none</b>" in head and "honest-but-curious" in head
+    assert "SSIM &ge; 0.50" in head and "more than 0.5 dB" in head and "interrupted" not in head
+    # the headline's share is exposure.csv's last "all" row
+    rows = list(csv.DictReader((run_dir / "exposure.csv").open()))
+    last = [r for r in rows if r["client"] == ALL][-1]
+    assert (int(last["round"]), int(last["recovered"]), int(last["samples"])) == (2, 3, 12)
+    assert float(last["share"]) == pytest.approx(h.exposed_share) == 0.25
+    per_client = {(r["round"], r["client"]): r for r in rows}
+    assert per_client[("1", "0")]["recovered"] == "2" and per_client[("2", "0")]["recovered"] == "3"
+    assert per_client[("2", "1")]["audited"] == "2" and per_client[("2", "1")]["recovered"] == "0"
+    # the matrix: clients x rounds, a dot where the update leaked
+    matrix = _table(page, "client \\ round")
+    assert matrix[0] == ["client \\ round", "1", "2"] and [r[0] for r in matrix[1:]] == ["client 0", "client 1",
+                                                                                         "client 2"]
+    assert "●" in matrix[1][1] and "●" in matrix[1][2] and matrix[2][2] == "–"
+    # every audited update, sorted by round and client, named columns, two decimals, no None
+    updates = _table(page, "round")
+    assert updates[0][:4] == ["round", "client", "attack", "verdict"] and "PSNR (dB)" in updates[0]
+    keys = [(int(r[0]), r[1], r[2]) for r in updates[1:]]
+    assert keys == sorted(keys) and len(keys) == 8
+    flat = next(r for r in updates[1:] if r[:3] == ["1", "client 1", "idlg"])
+    assert flat[3] == "no leakage beyond a blank guess"
+    cells = [c for t in page.tables for r in t for c in r]
+    assert not any(c in ("None", "nan", "['client']") or "None" in c for c in cells)
+    numbers = [c for c in cells if re.fullmatch(r"[+-]?\d+\.\d+", c)]
+    assert numbers and all(len(c.split(".")[1]) <= 2 for c in numbers)
+    failed = next(r for r in updates[1:] if r[:3] == ["2", "client 2", "idlg"])
+    assert failed[3] == "failed: AttackFailure: nothing [/x] leaked"
+    # plots with their files; galleries captioned in words, each image with its scores
+    for p in ("plots/exposure.png", "plots/leakage.png", "plots/training.png"):
+        assert (run_dir / p).is_file() and f"src='{p}'" in text
+    assert "round 1 &middot; client 0 &middot; idlg" in text and "r001_c0_idlg" not in re.sub(r"images/[^']*", "", text)
+    assert text.count("class='cell'") == 14 and "SSIM 0.9" in text  # 7 scored jobs of 2 images
+    assert len(list((run_dir / "images" / "best").glob("*.png"))) == 7  # every scored sample's best: 10-12, 20, 21, 30, 31
+
+
+def test_rows_and_images_read_back_equal_what_was_written(tmp_path):
+    store = _run(tmp_path)
+    summary = store.finish()
+    run = load_run(tmp_path / "run")
+    assert run.images == store.images and run.sizes == {0: 6, 1: 4, 2: 2}
+    assert run.summary() == summary and summary.interrupted is None
+    leak = next(r for r in run.results if r.success)
+    assert leak.score.margin > 0.5 and leak.score.baseline_psnr < leak.score.psnr
+    images = list(csv.DictReader((tmp_path / "run" / "images.csv").open()))
+    assert len(images) == 14 and {r["owner"] for r in images} == {"0", "1", "2"}
+    assert sum(r["recovered"] == "True" for r in images) == sum(r.score.recovered for r in run.results)
+
+
+def test_every_leakage_row_has_a_baseline_and_none_within_the_margin_is_a_success(tmp_path):
+    _run(tmp_path).finish()
+    rows = list(csv.DictReader((tmp_path / "run" / "leakage.csv").open()))
+    scored = [r for r in rows if r["status"] == "ok"]
+    assert scored and all(r["baseline_psnr"] and r["baseline_ssim"] and r["margin"] for r in scored)
+    assert all(float(r["margin"]) > 0.5 for r in scored if r["success"] == "True")
+
+
+def test_an_interrupted_run_says_so_and_keeps_its_files_consistent(tmp_path):
+    store = _run(tmp_path, rounds=1, configured=5)
+    summary = store.finish()  # 1 of 5 rounds recorded
+    assert summary.interrupted.reason == "1 of 5 rounds recorded"
+    text = (tmp_path / "run" / "report.html").read_text()
+    assert "This run was interrupted</b> (1 of 5 rounds recorded) after 1 of 5 rounds" in text
+    assert "Defense in force: <b>none</b>" in text and "None" not in text
+    rows = list(csv.DictReader((tmp_path / "run" / "exposure.csv").open()))
+    assert {r["round"] for r in rows} == {"1"}
+    assert load_run(tmp_path / "run").interrupted
+    # an exception on its way out of the caller marks it too (finish called from a `finally`)
+    store2 = _run(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            assert store2.finish().interrupted.reason == "KeyboardInterrupt"
+    # a directory without summary.json never finished
+    (tmp_path / "b" / "run" / "summary.json").unlink()
+    assert load_run(tmp_path / "b" / "run").interrupted.reason == "the run did not finish (no summary.json)"
+    # an explicit reason, as a signal handler gives it
+    store3 = _run(tmp_path / "c")
+    store3.mark_interrupted(Interruption(reason="SIGTERM", signal="SIGTERM", abandoned_jobs=3))
+    assert store3.finish().interrupted.abandoned_jobs == 3
+    assert "3 attack jobs still running then have no result" in (tmp_path / "c" / "run" / "report.html").read_text()
+
+
+def test_names_of_files_attacks_and_errors_never_become_markup(tmp_path):
+    evil = "x' onerror='alert(1)' a='"
+    store = _run(tmp_path, attack_names=("idlg", "mod:<script>alert(2)</script>\"'<b>"))
+    (store.dir / "images" / f"{evil}.png").write_bytes((store.dir / "images" / "r001_c0_idlg.png").read_bytes())
+    store.finish()
+    page = Page((tmp_path / "run" / "report.html").read_text())
+    assert "script" not in page.tags
+    assert all(not k.startswith("on") for k, _ in page.attrs)
+    assert all(evil not in (v or "") for _, v in page.attrs)
+
+
+def test_console_text_is_plain_and_a_status_line_reports_outstanding_jobs():
+    out = io.StringIO()
+    progress = Progress(console=Console(file=out, width=200), status_every=0)
+    progress.print("--out o[/x]")  # rich markup would raise MarkupError here
+    failed = JobResult(round=1, client=0, attack="a[/x]", defense="none", status="failed", seconds=1.0,
+                       error="ValueError: closing tag '[/x]' has nothing to close")
+    progress.result(failed)
+    progress.round_done(RoundResult(round=1, replies=2), done=1, submitted=5)
+    progress.concurrency = 2
+    assert "o[/x]" in out.getvalue() and "closing tag '[/x]'" in out.getvalue() and "a[/x]" in out.getvalue()
+    assert progress.status_line() == ("audit: 1/5 attack jobs done, 2 running, 2 queued; about 2 s left "
+                                      "(1 s per job, 2 at a time)")
+    progress.result(JobResult(round=1, client=0, attack="b", defense="none", status="ok", seconds=1.0))
+    progress.done = 5
+    assert progress.status_line() is None
+
+
+def test_flower_and_ray_warnings_stay_hidden_unless_verbose():
+    import warnings
+
+    seen: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    logger = logging.getLogger("flwr")
+    handler = Keep()
+    logger.addHandler(handler)
+    try:
+        with library_logs(verbose=False):
+            logger.warning("fraction_evaluate is set to 0.0. Federated evaluation will be skipped.")
+            with warnings.catch_warnings(record=True) as caught:  # keeps the filters library_logs set
+                warnings.warn_explicit("Tip: set RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0", FutureWarning, "worker.py", 1,
+                                       module="ray._private.worker")
+        with library_logs(verbose=True):
+            logger.warning("shown when verbose")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["shown when verbose"] and caught == []
+
+
+def test_train_generator_progress_lines_carry_an_estimate(capsys):
+    with TrainingProgress(100, terminal=False) as bar:
+        bar.log("epoch 10/100: D loss 1.0, G loss 1.0, 2.0 s")
+    out = capsys.readouterr().out
+    assert out.startswith("epoch 10/100: D loss 1.0, G loss 1.0, 2.0 s; about ") and "s left" in out
+
+
+@pytest.mark.skipif(find_browser() is None, reason="no Chromium or Chrome on the PATH")
+def test_a_screenshot_of_the_report_shows_a_page(tmp_path):
+    from PIL import Image
+
+    _run(tmp_path).finish()
+    png = screenshot(tmp_path / "run" / "report.html", tmp_path / "report.png", width=1000, height=1400)
+    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.float64)
+    assert pixels.shape == (1400, 1000)
+    assert pixels.std() > 10 and (pixels < 100).mean() > 0.005  # text and plots, not a blank page
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["headline"]["leaked_updates"] == 2

@@ -62,6 +62,9 @@ def cmd_list(ns: argparse.Namespace) -> int:
     reg = LISTINGS[ns.kind]
     for name in reg.names():
         print(f"{name:16s} {reg.doc(name)}")
+        space = getattr(reg.get(name), "tunable", None) if ns.kind == "attacks" else None
+        if space:  # what audit.calibrate tunes
+            print(f"{'':16s} calibrates: {', '.join(k for k, _ in space)}")
     return 0
 
 

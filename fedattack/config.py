@@ -309,6 +309,9 @@ def validate(cfg: Config) -> None:
     check_range("audit", "max_concurrent", cfg.audit.max_concurrent, 0, lo_open=True)
     check_range("audit", "threads_per_job", cfg.audit.threads_per_job, 0, lo_open=True)
     check_range("audit", "job_timeout", cfg.audit.job_timeout, 0)
+    check_range("audit", "calibration_budget", cfg.audit.calibration_budget, 1, 1000)
+    check_range("audit", "calibration_cases", cfg.audit.calibration_cases, 1, 100)
+    check_range("audit", "calibration_samples", cfg.audit.calibration_samples, 1)
     if cfg.audit.labels != "auto":
         LABELS.check(cfg.audit.labels)
     check_between("audit", "success_ssim", cfg.audit.success_ssim, 0, 1)

@@ -90,6 +90,10 @@ class AuditConfig:
     threads_per_job: int = 1
     tf32: bool = False  # let attack jobs on a GPU use TF32 matmuls and convolutions
     job_timeout: float = 1800.0  # seconds one attack job may run before it is stopped and recorded failed (0: none)
+    calibrate: bool = False  # tune each attack on simulated updates of the server's own data first
+    calibration_budget: int = 12  # candidate settings calibration tries (the configured parameters first)
+    calibration_cases: int = 2  # simulated client updates per calibration
+    calibration_samples: int = 256  # images of the server's own data (the test split) calibration draws from
 
 
 @dataclass

@@ -11,6 +11,7 @@ from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.base import AttackSpec, LogRange
 from fedattack.attacks.calibrate import calibrate, calibration_key, simulate_cases
 from fedattack.defenses.clipping import global_norm
+from fedattack.cli import main
 from fedattack.threat import DefenseSetting, Reconstruction
 from fedattack.testing.cases import observed_update
 
@@ -70,3 +71,21 @@ def test_calibration_key_ignores_the_weights_but_not_the_protocol():
     other = replace(obs, protocol=replace(obs.protocol, lr=0.1))
     assert calibration_key("invgrad", obs, False) == calibration_key("invgrad", later, False)
     assert calibration_key("invgrad", obs, False) != calibration_key("invgrad", other, False)
+
+
+def test_an_audit_calibrates_before_its_first_jobs_and_records_the_choice(tmp_path):
+    # the flat guess's brightness is its one tunable: calibration on the server's own test images
+    # moves it from 0.9 towards their mean, and the run records the choice and shows it
+    spec = AttackSpec("test-flat", _flat, _FlatParams, "test", tunable=(("level", LogRange(0.05, 0.95)),))
+    with ATTACKS.temporarily(spec.name, spec):
+        code = main(["attack", "--out", str(tmp_path / "run"), "--quiet", "audit.attacks=[test-flat]",
+                     "audit.calibrate=true", "audit.calibration_budget=10", "audit.calibration_cases=1",
+                     "client.batch_size=2", "client.local_steps=1", "seed=3"])
+    assert code == 0
+    import json
+
+    (record,) = json.loads((tmp_path / "run" / "calibration.json").read_text())
+    assert record["attack"] == "test-flat" and record["trials"][0]["values"] == {"level": 0.9}
+    assert record["protocol"]["batch_size"] == 2 and record["cases"] == 1
+    assert abs(record["params"]["level"] - 0.9) > 0.2 and record["best_psnr"] > record["default_psnr"] + 1.0
+    assert "<h2>Calibration</h2>" in (tmp_path / "run" / "report.html").read_text()

@@ -174,6 +174,7 @@ BAD_INPUTS = [
     ("attack", ["victim.indices=[1.5]"], "victim.indices"),
     ("run", ["fl.client_cpus=1000"], "fl.client_cpus"),
     ("run", ["audit.job_timeout=-1"], "audit.job_timeout"),
+    ("attack", ["audit.calibrate=true", "audit.calibration_budget=0"], "audit.calibration_budget"),
     ("attack", ["gaussian.sigma=0.5", "audit.attacks=[idlg]"], "gaussian"),
     ("run", ["model.name=tests.plugins.models:by_name"], "model.name"),
     ("run", ["audit.attacks=[ggl]", "ggl.generator={tmp}/pickled.pt"], "ggl.generator"),

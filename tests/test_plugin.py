@@ -226,6 +226,8 @@ def test_bad_arguments_are_one_line_naming_the_argument(tmp_path):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, mean=(0.5, 0.5), out_dir=tmp_path / "c")
     with pytest.raises(ConfigError, match=r"^input_shape: the model does not take inputs of shape \(3, 12, 12\)"):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, input_shape=(3, 12, 12), out_dir=tmp_path / "d")
+    with pytest.raises(ConfigError, match=r"^calibration_data: calibrate=True needs the server's own data"):
+        AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, calibrate=True, out_dir=tmp_path / "f")
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "keep").write_text("")
     with pytest.raises(ConfigError, match=r"^out_dir: .* exists and is not empty"):

@@ -13,6 +13,7 @@ error messages are data, never markup.
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -232,6 +233,36 @@ def exposure_table(summary: Summary) -> str:
                   "best SSIM so far"], body) + note
 
 
+def calibration_section(run_dir: Path) -> str:
+    """What calibration chose (calibration.json), where the run calibrated its attacks."""
+    path = run_dir / "calibration.json"
+    try:
+        records = json.loads(path.read_text()) if path.is_file() else []
+    except ValueError:
+        return ""
+    if not records:
+        return ""
+    rows = []
+    for r in records:
+        p = r.get("protocol") or {}
+        setting = (f"{p.get('num_examples', '?')} images, {p.get('local_steps', '?')} steps of batch "
+                   f"{p.get('batch_size', '?')} at lr {p.get('lr', '?')}")
+        if r.get("skipped"):
+            chosen, gain = f"skipped: {r['skipped']}", ""
+        else:
+            tuned = r.get("tuned") or {}
+            chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned.items())
+            gain = f"{r.get('default_psnr', float('nan')):.1f} &rarr; {r.get('best_psnr', float('nan')):.1f}"
+        rows.append(f"<tr><td>{esc(r.get('attack', ''))}</td><td>{esc(setting)}</td>"
+                    f"<td>{esc(chosen or 'the configured parameters')}</td><td>{gain}</td>"
+                    f"<td>{r.get('cases', '')}</td><td>{r.get('seconds', '')}</td></tr>")
+    return ("<h2>Calibration</h2><p class='note'>Before attacking, the server tuned each attack on client updates "
+            "it simulated with its own data (never the clients'): the same model, protocol and update defenses. "
+            "PSNR: mean over the simulated updates, configured &rarr; chosen.</p>"
+            "<table><tr><th>attack</th><th>setting</th><th>chosen</th><th>PSNR (dB)</th><th>cases</th>"
+            "<th>seconds</th></tr>" + "".join(rows) + "</table>")
+
+
 def attack_table(summary: Summary) -> str:
     if not summary.attacks:
         return "<p class='muted'>No attack results.</p>"
@@ -385,6 +416,7 @@ def render(run_dir: str | Path, *, results: list[JobResult], rounds: list[RoundR
         img.get("exposure", ""),
         exposure_table(summary),
         "<h2>Per attack</h2>",
+        calibration_section(run_dir),
         attack_table(summary),
         img.get("leakage", ""),
         "<h2>Training</h2>",

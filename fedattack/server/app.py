@@ -26,13 +26,14 @@ from fedattack.experiment import Experiment, build
 from fedattack.report.console import Progress
 from fedattack.report.store import default_out_dir
 from fedattack.schema import Config
-from fedattack.server.audit import AuditStrategy
+from fedattack.server.audit import AuditStrategy, server_data
 from fedattack.server.protocol import TrainingProtocol
 from fedattack.server.secagg import start_secagg
 from fedattack.server.strategies import build_strategy
 
 AUDIT_OPTIONS = ("every", "max_clients", "labels", "adaptive", "success_ssim", "max_concurrent", "gpus_per_job",
-                 "threads_per_job", "tf32", "save_images", "job_timeout")
+                 "threads_per_job", "tf32", "save_images", "job_timeout", "calibrate",
+                 "calibration_budget", "calibration_cases")
 
 
 def uses_secagg(cfg: Config) -> bool:
@@ -48,7 +49,8 @@ def audit_strategy(cfg: Config, exp: Experiment, *, out_dir: str | Path, progres
         build_strategy(cfg), model=exp.model_spec, protocol=TrainingProtocol.of_config(cfg, from_train_config=True),
         attacks={a: cfg.attack(a) for a in cfg.audit.attacks}, out_dir=out_dir, mean=spec.mean, std=spec.std,
         seed=cfg.seed, server_mode=cfg.server.mode, record=cfg, on_result=progress.result,
-        on_round=progress.round_done, **{k: getattr(cfg.audit, k) for k in AUDIT_OPTIONS})
+        on_round=progress.round_done, calibration_data=server_data(exp),
+        **{k: getattr(cfg.audit, k) for k in AUDIT_OPTIONS})
 
 
 def run_rounds(grid: Grid, context: Context, cfg: Config, exp: Experiment, audit: AuditStrategy) -> None:

@@ -29,6 +29,7 @@ images) goes from the reply's audit-only record to the scorer only; no attack re
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -47,7 +48,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedattack import shutdown
-from fedattack.attacks import ATTACKS
+from fedattack.attacks import ATTACKS, AttackContext
+from fedattack.attacks.calibrate import calibrate, calibration_key, simulate_cases
 from fedattack.client.record import AUDIT_KEY, TRUTH_KEY, ClientRecord, pop_record
 from fedattack.config import from_dict
 from fedattack.errors import ConfigError, FedattackError
@@ -85,6 +87,7 @@ class AuditPlan:
     seed: int = 0
     server_mode: str = "honest"  # honest | malicious (the server sends the model's extension blocks)
     record: Any = None  # what the run directory's config.yaml records (a Config, or an AppRecord)
+    calibration_data: tuple[torch.Tensor, torch.Tensor] | None = None  # the server's own images and labels
 
 
 def experiment_plan(exp: Experiment) -> AuditPlan:
@@ -92,7 +95,19 @@ def experiment_plan(exp: Experiment) -> AuditPlan:
     cfg = exp.cfg
     return AuditPlan(model=exp.model_spec, data=exp.train.spec, protocol=TrainingProtocol.of_config(cfg),
                      attacks={a: cfg.attack(a) for a in cfg.audit.attacks}, options=cfg.audit, seed=cfg.seed,
-                     server_mode=cfg.server.mode, record=cfg)
+                     server_mode=cfg.server.mode, record=cfg, calibration_data=server_data(exp))
+
+
+def server_data(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """What calibration may use (audit.calibrate): images of the test split, which no client
+    trains on, as model inputs with their labels; None when calibration is off."""
+    cfg = exp.cfg
+    if not cfg.audit.calibrate:
+        return None
+    n = min(len(exp.test), cfg.audit.calibration_samples)
+    idx = np.random.default_rng(cfg.seed).choice(len(exp.test), size=n, replace=False)
+    truth = exp.test.truth(np.sort(idx))
+    return truth.images, truth.labels
 
 
 def make_observation(exp: Experiment, param_names: list[str], sent: dict[str, torch.Tensor],
@@ -146,6 +161,9 @@ class Auditor:
         self.submitted = 0
         self.completed = 0
         self.store: RunStore | None = None
+        self._calibrations: dict[tuple, Any] = {}
+        self._calibration_lock = threading.Lock()
+        self.calibrations: list[dict] = []  # what calibration.json holds
         self.store_args: dict[str, Any] = {}  # RunStore's partitions and expected_rounds, where known
         self._lock = threading.RLock()
         self._stop = threading.Event()
@@ -208,12 +226,48 @@ class Auditor:
         return [a for a in self.plan.attacks if ATTACKS.get(a).scope in (scope, "any")]
 
     def params_for(self, attack: str, observation: Observation) -> Any:
-        """The parameters attack `attack` runs with on `observation`: the configured ones.
+        """The parameters attack `attack` runs with on `observation`: the configured ones, or
+        (audit.calibrate, with data of the server's own) the ones calibration chose for this
+        model, protocol and defense (fedattack.attacks.calibrate), tuned once per setting and
+        reused. Calibration runs here, before the setting's first jobs are queued."""
+        params = self.plan.attacks[attack]
+        opts = self.plan.options
+        if not opts.calibrate or self.plan.calibration_data is None or not ATTACKS.get(attack).tunable:
+            return params
+        key = calibration_key(attack, observation, adaptive=False)
+        with self._calibration_lock:
+            if key not in self._calibrations:
+                self._calibrations[key] = self._calibrate(attack, params, observation)
+            return self._calibrations[key]
 
-        The one place where a job's attack hyperparameters are decided, so server-side
-        calibration (tuning them on the server's own data for this model, protocol and
-        defense) plugs in here."""
-        return self.plan.attacks[attack]
+    def _calibrate(self, attack: str, params: Any, observation: Observation) -> Any:
+        opts = self.plan.options
+        images, labels = self.plan.calibration_data
+        record: dict[str, Any] = {"attack": attack, "protocol": asdict(observation.protocol)}
+        try:
+            cases = simulate_cases(observation, images, labels, count=opts.calibration_cases, seed=self.plan.seed)
+            ctx = AttackContext(seed=self.plan.seed, labels=opts.labels)
+            cal = calibrate(attack, params, cases, budget=opts.calibration_budget, ctx=ctx)
+        except (ValueError, FedattackError, RuntimeError) as exc:
+            record["skipped"] = f"{type(exc).__name__}: {exc}"
+            log(WARNING, "fedattack: calibration of %s skipped (%s); it runs with its configured parameters",
+                attack, record["skipped"])
+            self._record_calibration(record)
+            return params
+        record.update(cal.record())
+        log(INFO, "fedattack: calibrated %s on %d simulated updates in %.0f s: %s (PSNR %.1f -> %.1f dB)", attack,
+            cal.cases, cal.seconds, ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                              for k, v in cal.tuned.items()) or "the configured parameters",
+            cal.default_psnr, cal.best_psnr)
+        self._record_calibration(record)
+        return cal.params
+
+    def _record_calibration(self, record: dict) -> None:
+        """calibration.json in the run directory: every calibration of the run so far."""
+        self.calibrations.append(record)
+        store = self.open_store()
+        if store is not None:
+            (store.dir / "calibration.json").write_text(json.dumps(self.calibrations, indent=2, default=str))
 
     def variants(self, name: str) -> list[bool]:
         """adaptive flags to run attack `name` with, per audit.adaptive."""
@@ -551,6 +605,17 @@ class AuditStrategy(Strategy):
         Write image galleries to `images/`.
     job_timeout : float (default: 1800.0)
         Seconds an attack job may run before it is stopped and recorded as failed (0: no limit).
+    calibrate : bool (default: False)
+        Tune each attack's hyperparameters before its first jobs in each setting (model,
+        protocol, defense), on client updates the server simulates on `calibration_data`
+        (fedattack.attacks.calibrate); the choice is logged and kept in calibration.json.
+    calibration_data : Optional[tuple[Tensor, Tensor]] (default: None)
+        The server's own images (N, C, H, W, as model inputs) and labels, for calibration.
+    calibration_budget : int (default: 12)
+        Candidate settings calibration tries, the configured parameters first; each costs
+        `calibration_cases` attack runs.
+    calibration_cases : int (default: 2)
+        Simulated client updates calibration scores each candidate on.
     server_mode : str (default: "honest")
         "malicious" when the model carries a malicious server's extension blocks (fedattack's
         own models): they are re-sent every round and the report says so.
@@ -574,7 +639,9 @@ class AuditStrategy(Strategy):
                  threads_per_job: int = 1, tf32: bool = False, save_images: bool = True, job_timeout: float = 1800.0,
                  server_mode: str = "honest", on_result: Callable[[JobResult], None] | None = None,
                  on_round: Callable[[RoundResult, int, int], None] | None = None,
-                 record: Any = None, dispatcher: Dispatcher | None = None) -> None:
+                 record: Any = None, dispatcher: Dispatcher | None = None, calibrate: bool = False,
+                 calibration_data: tuple[Any, Any] | None = None, calibration_budget: int = 12,
+                 calibration_cases: int = 2) -> None:
         problem = strategy_problem(strategy)
         if problem:
             raise ConfigError("strategy", f"{type(strategy).__name__} {problem}")
@@ -593,14 +660,17 @@ class AuditStrategy(Strategy):
                                                   labels=labels, adaptive=adaptive, success_ssim=success_ssim,
                                                   max_concurrent=max_concurrent, gpus_per_job=gpus_per_job,
                                                   threads_per_job=threads_per_job, tf32=tf32,
-                                                  save_images=save_images, job_timeout=job_timeout)
+                                                  save_images=save_images, job_timeout=job_timeout,
+                                                  calibrate=calibrate, calibration_budget=calibration_budget,
+                                                  calibration_cases=calibration_cases)
         if server_mode not in ("honest", "malicious"):
             raise ConfigError("server_mode", f"unknown value '{server_mode}'; allowed: honest, malicious")
         if record is None:
             record = AppRecord(_app_record(strategy, spec, data, protocol, audit_cfg, attack_params, seed,
                                            server_mode), audit_cfg)
         plan = AuditPlan(model=spec, data=data, protocol=protocol, attacks=attack_params, options=audit_cfg,
-                         seed=seed or 0, server_mode=server_mode, record=record)
+                         seed=seed or 0, server_mode=server_mode, record=record,
+                         calibration_data=_calibration_data(calibrate, calibration_data, data))
         self.strategy = strategy
         self.auditor = Auditor(plan, out_dir=out, dispatcher=dispatcher, on_result=on_result, on_round=on_round)
         self.sampling = SeededSampling(seed)
@@ -740,6 +810,23 @@ def _data_spec(spec: ModelSpec, mean: Sequence[float] | None, std: Sequence[floa
     if mean is None and std is None:
         log(WARNING, "fedattack: no mean/std given: model inputs are taken to be pixels in [0, 1]")
     return DataSpec(shape=tuple(spec.in_shape), num_classes=spec.num_classes, mean=m, std=s)
+
+
+def _calibration_data(calibrate: bool, given: Any, data: DataSpec) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The server's own (images, labels) for calibration, as model inputs of the model's shape."""
+    if not calibrate:
+        return None
+    if given is None:
+        raise ConfigError("calibration_data", "calibrate=True needs the server's own data: (images, labels) "
+                                              "as model inputs, e.g. a held-out split no client trains on")
+    try:
+        images, labels = (torch.as_tensor(v) for v in given)
+    except (TypeError, ValueError):
+        raise ConfigError("calibration_data", "expected (images, labels): a tensor (N, C, H, W) and one of N labels")
+    if images.dim() != 4 or tuple(images.shape[1:]) != tuple(data.shape) or labels.shape != (len(images),):
+        raise ConfigError("calibration_data", f"expected images (N, {', '.join(map(str, data.shape))}) and N labels, "
+                                              f"got {tuple(images.shape)} and {tuple(labels.shape)}")
+    return images.float(), labels.long()
 
 
 def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, **options: Any

@@ -104,7 +104,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     finally:
         if dispatcher.pending():
             dispatcher.abandon()
-    summary = auditor.summary or summarize(results, [], RunHeader.from_config(cfg.to_dict()), interruption([]))
+    summary = auditor.summary or summarize(results, [], RunHeader.from_config(cfg.to_dict()), interrupted=interruption([]))
     progress.summary_table(summary, title="fedattack attack")
     shutdown.check()
     return results

@@ -84,6 +84,8 @@ def check_model(exp: Experiment) -> Footprint | None:
     where = f"{c}x{h}x{w} images and {spec.num_classes} classes"
     try:
         return footprint(spec)
+    except ConfigError:  # the registry refused the model by name: its own line
+        raise
     except (NotImplementedError, RuntimeError) as exc:
         meta_error: BaseException | None = exc
     except Exception as exc:  # noqa: BLE001 - a user's factory may raise anything
@@ -94,6 +96,8 @@ def check_model(exp: Experiment) -> Footprint | None:
         model = build_model(spec)
         with torch.no_grad():
             model(torch.zeros(1, c, h, w))
+    except ConfigError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise _model_error(exp, where, exc) from None
     return None

@@ -175,7 +175,10 @@ def test_user_model_with_batchnorm_dropout_pooling_and_own_layer_is_audited_agai
 
     _, x = _batches(0)
     grid_png = np.asarray(Image.open(tmp_path / "run" / "images" / "r001_c0_idlg.png")).astype(float) / 255
-    top = grid_png[2:18:2, 2:18:2]  # pad 1, scale 2: the first 8x8 image of the top row
+    from fedattack.report.images import PAD, scale_for
+
+    s = scale_for(8, 8)
+    top = grid_png[PAD:PAD + 8 * s:s, PAD:PAD + 8 * s:s]  # the first 8x8 image of the top row
     assert any(np.abs(top - ((xi.permute(1, 2, 0).numpy() + 1) / 2)).max() < 1 / 255 + 1e-6 for xi in x)
     rounds = list(csv.DictReader((tmp_path / "run" / "rounds.csv").open()))
     assert [(r["round"], r["replies"], r["audited_clients"], r["jobs"]) for r in rounds] == [("1", "2", "2", "4")]

@@ -2,7 +2,11 @@
 
 Images are optimized so that the update they would produce points the same way as the
 observed one, under a total-variation prior, with signed Adam steps, a step-size decay at
-3/8, 5/8 and 7/8 of the run and pixels boxed to [0, 1]. With several local steps or epochs
+3/8, 5/8 and 7/8 of the run and pixels boxed to [0, 1]. The prior's weight is relative
+(`balanced`, the default): `tv` is the share of the mismatch's gradient norm with respect to
+the images that the prior's gradient has at the start, so one weight means the same on a
+sigmoid LeNet, whose input gradients are tiny, and on a ReLU CNN, whose are not
+(`balanced=false`: the paper's absolute weight). With several local steps or epochs
 the client's local training is unrolled on the dummy data (the paper's FedAvg attack); one
 step is gradient matching. With `audit.adaptive`, the known defenses are modelled on the
 simulated update.
@@ -34,7 +38,7 @@ from fedattack.threat import Observation, Reconstruction
 class InvGradParams:
     iterations: int = 1000
     lr: float = 0.1
-    tv: float = 0.1  # weight of total variation (mean absolute neighbour difference)
+    tv: float = 0.1  # weight of total variation (mean absolute neighbour difference); see `balanced`
     l2: float = 0.0  # weight of the mean squared pixel in model-input units (a pull toward the data mean)
     restarts: int = 2
     candidates: int = 16  # label candidates screened when the labels are in doubt
@@ -47,6 +51,7 @@ class InvGradParams:
     boxed: bool = True
     lr_decay: bool = True
     tv_decay: bool = False  # the priors' weights decay with the step size (x0.1 at each lr decay)
+    balanced: bool = True  # tv and l2 as shares of the mismatch's input gradient at the start (model-independent)
 
     def validate(self, name: str) -> None:
         check_range(name, "iterations", self.iterations, 1)
@@ -63,7 +68,7 @@ class InvGradParams:
 
 
 @register_attack("invgrad", params=InvGradParams, adaptive=True,
-                 tunable={"tv": LogRange(1e-6, 1.0), "lr": LogRange(0.01, 0.3),
+                 tunable={"tv": LogRange(1e-3, 1.0), "lr": LogRange(0.01, 0.3),
                           "loss": Choice(("cosine", "layer-cosine")), "init": Choice(("randn", "mean"))},
                  paper="Geiping et al., Inverting Gradients - How easy is it to break privacy in federated "
                        "learning?, NeurIPS 2020")
@@ -96,7 +101,8 @@ def invgrad(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
     for level, size in enumerate(sizes):
         if level:
             u = rescaled(u, size)
-        sched = AdamSchedule(per_level, params.lr, params.signed, params.boxed, params.lr_decay, params.tv_decay)
+        sched = AdamSchedule(per_level, params.lr, params.signed, params.boxed, params.lr_decay, params.tv_decay,
+                             params.balanced)
         final = run_adam(at(size), u, sched, bounds)
     r = best_restart(final)
     images = u.x[r].detach()

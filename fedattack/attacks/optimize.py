@@ -172,6 +172,7 @@ class AdamSchedule:
     boxed: bool = True  # keep pixels in [0, 1]
     decay: bool = True  # lr x 0.1 at 3/8, 5/8, 7/8 of the iterations
     prior_decay: bool = False  # the priors' weights decay with the step size (strong early, weak late)
+    balanced: bool = False  # prior weights relative to the mismatch: w = the priors' share of the gradient norm at the start
 
 
 def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[torch.Tensor, torch.Tensor],
@@ -182,6 +183,9 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
     scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=marks, gamma=0.1)
     lo, hi = bounds
     target = problem.problem if isinstance(problem, Resized) else problem
+    if sched.balanced and target.priors:
+        target.prior_scale = 1.0
+        target.prior_scale = _balance(problem, u)
     start_scale = target.prior_scale
     for it in range(sched.iterations):
         if sched.prior_decay:
@@ -202,6 +206,26 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
     target.prior_scale = start_scale
     with torch.no_grad():
         return batched_objective(problem, u, "mismatch").detach()
+
+
+def _balance(problem: Matching | Resized, u: Unknowns) -> float:
+    """The prior scale at which the priors' gradient norm is their weight times the mismatch's
+    (at the starting point): weights then mean the same on every model, whatever the scale of
+    its gradients with respect to the input."""
+    x = u.x.detach().requires_grad_(True)
+    target = problem.problem if isinstance(problem, Resized) else problem
+    y = u.labels if u.y_logits is None else torch.softmax(u.y_logits.detach(), dim=-1)
+    labels = _labels_for(u)
+    mismatch = restart_losses(lambda xi, yi: problem.mismatch(xi, labels(yi)), x, y).sum()
+    g_m = torch.autograd.grad(mismatch, x)[0].norm()
+    weights = sum(w for w, _ in target.priors)
+    x2 = u.x.detach().requires_grad_(True)
+    view = x2 if not isinstance(problem, Resized) else resize(x2, problem.size)
+    prior = sum(target.prior(view[r]) for r in range(view.shape[0]))
+    g_p = torch.autograd.grad(prior, x2)[0].norm()
+    if not torch.isfinite(g_m) or not torch.isfinite(g_p) or g_p == 0 or g_m == 0:
+        return 1.0
+    return float(weights * g_m / g_p)
 
 
 def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_iter: int = 1, tol: float = 0.0,

@@ -266,6 +266,10 @@ def validate(cfg: Config) -> None:
     """Check every field; fill in default parameters of each configured attack and defense."""
     check_seed("seed", cfg.seed)
     DATASETS.check(cfg.data.name)
+    other = cfg.audit.calibration_data
+    if other is not None and (not isinstance(other, str) or (other not in DATASETS.names() and ":" not in other)):
+        raise ConfigError("audit.calibration_data", f"unknown dataset {other!r}; allowed: "
+                                                    f"{', '.join(DATASETS.names())}, hf:NAME or module:attr")
     check_range("data", "image_size", cfg.data.image_size, 0, lo_open=True)
     if cfg.data.channels not in (None, 1, 3):
         raise ConfigError("data.channels", f"must be 1 or 3, got {cfg.data.channels}")
@@ -298,6 +302,10 @@ def validate(cfg: Config) -> None:
     check_range("client", "batch_size", cfg.client.batch_size, 0, lo_open=True)
     check_range("client", "lr", cfg.client.lr, 0, lo_open=True)
     check_between("client", "momentum", cfg.client.momentum, 0, 1, hi_open=True)
+    check_choice("client", "optimizer", cfg.client.optimizer, ["sgd", "adam"])
+    check_range("client", "weight_decay", cfg.client.weight_decay, 0)
+    if cfg.client.nesterov and (cfg.client.optimizer != "sgd" or cfg.client.momentum <= 0):
+        raise ConfigError("client.nesterov", "needs client.optimizer=sgd and client.momentum > 0")
     for d in cfg.client.defenses:
         cfg.defense_params.setdefault(d, DEFENSES.get(d).params())
     for a in cfg.audit.attacks:

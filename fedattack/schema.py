@@ -70,6 +70,9 @@ class ClientConfig:
     batch_size: int = 2
     lr: float = 0.01
     momentum: float = 0.0
+    optimizer: str = "sgd"  # sgd | adam: the clients' local optimizer (torch.optim semantics)
+    weight_decay: float = 0.0
+    nesterov: bool = False  # Nesterov momentum (sgd, with momentum > 0)
     defenses: list[str] = field(default_factory=list)
 
 
@@ -94,6 +97,7 @@ class AuditConfig:
     calibration_budget: int = 12  # candidate settings calibration tries (the configured parameters first)
     calibration_cases: int = 2  # simulated client updates per calibration
     calibration_samples: int = 256  # images of the server's own data (the test split) calibration draws from
+    calibration_data: str | None = None  # a dataset (as data.name) whose test split the server holds; None: the run's
 
 
 @dataclass

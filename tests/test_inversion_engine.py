@@ -28,7 +28,9 @@ def client_order(overrides: list[str], truth) -> list[int]:
     ["client.local_steps=0", "client.local_epochs=2", "client.batch_size=2", "victim.client=0"],
     ["client.momentum=0.9", "client.local_steps=3", "client.lr=0.05"],
     ["model.name=convnet", "model.activation=relu", "model.width=8"],
-], ids=["steps", "epochs", "momentum", "batchnorm"])
+    ["client.optimizer=adam", "client.weight_decay=0.01", "client.local_steps=3", "client.lr=0.001"],
+    ["client.momentum=0.9", "client.nesterov=true", "client.weight_decay=0.001", "client.local_steps=3"],
+], ids=["steps", "epochs", "momentum", "batchnorm", "adam", "nesterov"])
 def test_simulated_update_reproduces_the_client(overrides):
     obs, truth = observed_update("seed=3", *overrides)
     order = client_order(["seed=3", *overrides], truth)

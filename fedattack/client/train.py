@@ -76,7 +76,7 @@ def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, 
 
     sent = float_params(model)
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.client.lr, momentum=cfg.client.momentum)
+    optimizer = client_optimizer(model, cfg)
     loader = [(x_all[[pos[int(i)] for i in b]], y_all[[pos[int(i)] for i in b]]) for b in batches]
     for spec, params in specs:
         if spec.on_train is not None:
@@ -104,6 +104,15 @@ def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, 
     return TrainResult(update=update, indices=[int(i) for i in used], steps=len(batches),
                        loss=float(np.mean(losses)) if losses else float("nan"),
                        num_examples=len(used), metrics=dict(ctx.metrics))
+
+
+def client_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """The local optimizer `client.optimizer` names, as the audit's engine replays it."""
+    c = cfg.client
+    if c.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                           nesterov=c.nesterov)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -52,6 +52,7 @@ from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.calibrate import calibrate, calibration_key, simulate_cases
 from fedattack.client.record import AUDIT_KEY, TRUTH_KEY, ClientRecord, pop_record
 from fedattack.config import from_dict
+from fedattack.data import load_dataset
 from fedattack.errors import ConfigError, FedattackError
 from fedattack.experiment import Experiment
 from fedattack.models import build_model
@@ -104,10 +105,23 @@ def server_data(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor] | None:
     cfg = exp.cfg
     if not cfg.audit.calibrate:
         return None
-    n = min(len(exp.test), cfg.audit.calibration_samples)
-    idx = np.random.default_rng(cfg.seed).choice(len(exp.test), size=n, replace=False)
-    truth = exp.test.truth(np.sort(idx))
-    return truth.images, truth.labels
+    test = exp.test
+    if cfg.audit.calibration_data is not None:  # another dataset the server holds, at the run's image size
+        other = replace(cfg.data, name=cfg.audit.calibration_data, root=None)
+        try:
+            test = load_dataset(other, seed=cfg.seed).test
+        except FedattackError as exc:
+            raise ConfigError("audit.calibration_data", f"cannot load {other.name!r}: {exc}") from None
+        want, got = exp.train.spec, test.spec
+        if tuple(got.shape) != tuple(want.shape) or got.num_classes > want.num_classes:
+            raise ConfigError("audit.calibration_data", f"{other.name!r} gives {'x'.join(map(str, got.shape))} images of "
+                                                        f"{got.num_classes} classes; the model takes "
+                                                        f"{'x'.join(map(str, want.shape))} images of {want.num_classes} "
+                                                        "classes (data.channels and data.image_size apply to both)")
+    n = min(len(test), cfg.audit.calibration_samples)
+    idx = np.sort(np.random.default_rng(cfg.seed).choice(len(test), size=n, replace=False))
+    # as the model's inputs: the run's own normalization, whatever dataset the pixels come from
+    return exp.train.spec.normalize(test.pixels(idx)), torch.as_tensor(test.targets[idx], dtype=torch.long)
 
 
 def make_observation(exp: Experiment, param_names: list[str], sent: dict[str, torch.Tensor],

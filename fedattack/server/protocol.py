@@ -83,7 +83,8 @@ class TrainingProtocol:
                     **({"local_steps": "local-steps"} if c.local_steps > 0 else {"local_epochs": "local-epochs"})}
         defenses = tuple(DefenseSetting(d, asdict(cfg.defense(d))) for d in c.defenses)
         return cls(lr=c.lr, local_steps=c.local_steps or None, local_epochs=c.local_epochs, batch_size=c.batch_size,
-                   momentum=c.momentum, config_keys=keys, defenses=defenses)
+                   momentum=c.momentum, optimizer=c.optimizer, weight_decay=c.weight_decay, nesterov=c.nesterov,
+                   config_keys=keys, defenses=defenses)
 
     def __post_init__(self) -> None:
         names = [f.name for f in fields(self) if f.name not in ("config_keys", "defenses")]

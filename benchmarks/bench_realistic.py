@@ -1,4 +1,9 @@
-"""realistic: leakage where real clients train (several images, steps and epochs).
+"""realistic: leakage where real clients train: several images over several local steps.
+
+This module holds the cases of three benchmarks (each runnable alone, in parallel processes):
+`realistic` (local steps: LeNet on faces and photos, Flower's quickstart CNN), `realistic_epochs`
+(16 images, 2 local epochs of batch 4, on ConvNet, the quickstart CNN and LeNet) and `dimitrov`
+(Dimitrov et al.'s protocol at small scale: 50 images, batch 10, 1 and 5 epochs, ConvNet).
 
 Each case is a client update produced by fedattack's own client code (fedattack.client.train,
 reshuffling its data every epoch) on an embedded dataset, then attacked as the audit would:
@@ -77,7 +82,7 @@ def cases(quick: bool) -> list[Case]:
              ("data.name=photos", "model.name=convnet", "model.activation=relu", width, small,
               "client.local_steps=0", "client.local_epochs=5", "client.batch_size=10"), 50, seeds=(0,)),
     ]
-    return out[:2] if quick else out
+    return out
 
 
 def victim(case: Case, seed: int):
@@ -101,7 +106,7 @@ def scores(rec, truth, obs) -> dict:
             "label_acc": label_accuracy(rec.labels.cpu().numpy(), truth.labels.numpy())}
 
 
-def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int = 8) -> dict:
+def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int = 6, count: int = 2) -> dict:
     spec = ATTACKS.get(attack)
     base_params = spec.params()
     if quick:
@@ -116,7 +121,7 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
             key = obs.protocol
             if key not in calibrations:  # once per (model, protocol, defense): later seeds reuse it
                 x, y = exp.test.get(range(len(exp.test)))
-                sim = simulate_cases(obs, x, y, count=1 if quick else 2, seed=seed)
+                sim = simulate_cases(obs, x, y, count=1 if quick else count, seed=seed)
                 t0 = time.perf_counter()
                 calibrations[key] = calibrate(attack, base_params, sim, budget=2 if quick else budget, ctx=ctx)
                 calib_s += time.perf_counter() - t0
@@ -137,15 +142,39 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
             "unknown_pixels": case.images * int(np.prod(obs.data.shape))}
 
 
-def run(quick: bool = False) -> list[dict]:
+@dataclass(frozen=True)
+class Plan:
+    """Which cases a benchmark runs, and what it calibrates (a calibration costs `budget` x `count`
+    attack runs, once per case: its victims share the protocol)."""
+
+    cases: tuple[int, ...]
+    calibrated: tuple[str, ...] = ("invgrad",)  # attacks also run calibrated
+    budget: int = 6
+    count: int = 2
+    seeds: tuple[int, ...] | None = None  # None: each case's own
+
+
+PLANS = {
+    "realistic": Plan(cases=(0, 1, 5, 6)),
+    "realistic_epochs": Plan(cases=(3, 4), count=1, seeds=(0, 1)),
+    "dimitrov": Plan(cases=(2, 7, 8), calibrated=(), seeds=None),
+}
+
+
+def run_plan(plan: Plan, quick: bool) -> list[dict]:
     torch.set_num_threads(1)
-    only = os.environ.get("FEDATTACK_CASES")  # comma-separated case numbers, to run a part
-    chosen = cases(quick)
-    if only:
-        chosen = [chosen[int(i)] for i in only.split(",")]
+    every = cases(False)
+    chosen = [every[i] for i in plan.cases][: 1 if quick else None]
     rows = []
     for case in chosen:
+        if plan.seeds is not None and len(case.seeds) > 1:
+            case = replace(case, seeds=plan.seeds)
         for attack in ("invgrad", "fedavg"):
-            for calibrated in (False, True):
-                rows.append(measure(case, attack, calibrated, quick))
+            for calibrated in (False, True) if attack in plan.calibrated else (False,):
+                rows.append(measure(case, attack, calibrated, quick, budget=plan.budget, count=plan.count))
+                print(rows[-1], flush=True)  # a long benchmark shows each row as it is measured
     return rows
+
+
+def run(quick: bool = False) -> list[dict]:
+    return run_plan(PLANS["realistic"], quick)

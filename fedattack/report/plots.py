@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,19 @@ def _integer_rounds(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def save(fig: Any, axes: Any, path: Path, *, rounds: bool = False) -> None:
+    """Grid, legends where something is labelled (integer ticks for rounds), then the PNG."""
+    for ax in axes:
+        if rounds:
+            _integer_rounds(ax)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
 
 
 def _nanmean(xs: list[float]) -> float:
@@ -63,13 +77,7 @@ def leakage(path: Path, results: list[JobResult], *, success_ssim: float) -> boo
     axes[0].set(xlabel="round", ylabel="PSNR (dB), higher leaks more", title="Reconstruction PSNR per round")
     axes[1].set(xlabel="round", ylabel="SSIM, higher leaks more", title="Reconstruction SSIM per round",
                 ylim=(-0.1, 1.05))
-    for ax in axes:
-        _integer_rounds(ax)
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, axes, path, rounds=True)
     return True
 
 
@@ -89,14 +97,7 @@ def training(path: Path, rounds: list[RoundResult]) -> bool:
     if acc:
         acc_ax.plot([a for a, _ in acc], [b for _, b in acc], marker="o", color="C2", label="test accuracy")
     acc_ax.set(xlabel="round", ylabel="accuracy", title="Test accuracy (held-out split)", ylim=(0, 1.02))
-    for ax in (loss_ax, acc_ax):
-        _integer_rounds(ax)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, (loss_ax, acc_ax), path, rounds=True)
     return True
 
 

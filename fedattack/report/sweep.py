@@ -23,6 +23,7 @@ from urllib.parse import quote
 
 import numpy as np
 
+from fedattack.report.plots import save
 from fedattack.report.summary import Summary
 
 NEVER = "never succeeded"
@@ -240,13 +241,7 @@ def plot_protocol(path: Path, points: dict[str, list[dict]], values: list, key: 
     axes[1].set(xlabel=key, ylabel="private images recovered (%)", title="Recovery rate")
     axes[1].set_ylim(bottom=0)
     axes[2].set(xlabel=key, ylabel="final test accuracy", title="Utility", ylim=(0, 1.02))
-    for ax in axes:
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, axes, path)
 
 
 def plot_frontier(path: Path, points: dict[str, list[dict]], answer: Answer, reference: list[SweepRun]) -> None:

@@ -24,28 +24,13 @@ from flwr.serverapp import Grid
 from fedattack import shutdown
 from fedattack.errors import FedattackError
 from fedattack.results import Interruption
+from fedattack.server.grids import GridView
 
 
-class StoppableGrid(Grid):
+class StoppableGrid(GridView):
     def __init__(self, grid: Grid, interval: float = 0.1):
-        self._grid = grid
+        super().__init__(grid)
         self.interval = interval
-
-    def __getattr__(self, name: str) -> Any:
-        if name == "_grid":
-            raise AttributeError(name)
-        return getattr(self._grid, name)
-
-    # -- Grid ------------------------------------------------------------------
-    def set_run(self, run: Any) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self._grid.run
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        return self._grid.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:
         shutdown.check()

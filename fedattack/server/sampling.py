@@ -25,43 +25,19 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid
 
 from fedattack.client.record import IDENTIFY_KEY
+from fedattack.server.grids import GridView
 
 
-class OrderedGrid(Grid):
+class OrderedGrid(GridView):
     """A Grid whose `get_node_ids` lists nodes in a fixed order (by client id where known)."""
 
     def __init__(self, grid: Grid, clients: dict[int, int]):
-        self._grid = grid
+        super().__init__(grid)
         self._clients = clients
 
     def get_node_ids(self) -> Iterable[int]:
         ids = list(self._grid.get_node_ids())
         return sorted(ids, key=lambda n: (0, self._clients[n], n) if n in self._clients else (1, 0, n))
-
-    # everything else is the wrapped grid's
-    def set_run(self, run: Any) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self) -> Any:
-        return self._grid.run
-
-    def create_message(self, *args: Any, **kwargs: Any) -> Message:
-        return self._grid.create_message(*args, **kwargs)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self._grid.send_and_receive(messages, timeout=timeout)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return getattr(self._grid, name)
 
 
 class SeededSampling:

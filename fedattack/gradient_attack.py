@@ -7,6 +7,7 @@ The victim trains `client.local_steps` steps of `client.batch_size` at `client.l
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +69,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
 
     A signal stops the attacks still running; the finished rows, summary and report are kept."""
     progress = progress or Progress()
-    exp = build(cfg)
+    exp = build(cfg, partitions=False)  # one victim: no federation to partition
     idx = victim_indices(exp)
     check_memory(exp, check_model(exp))
     model = exp.initial_model()
@@ -83,7 +84,9 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
         progress.result(res)
 
     dispatcher = LocalDispatcher(max_workers=1)
-    auditor = Auditor(experiment_plan(exp), out_dir=out_dir, dispatcher=dispatcher,
+    # one client, one round: what the run directory records (fl.* plays no part here)
+    one = replace(cfg, fl=replace(cfg.fl, rounds=1, num_clients=1, clients_per_round=1))
+    auditor = Auditor(replace(experiment_plan(exp), record=one), out_dir=out_dir, dispatcher=dispatcher,
                       on_result=on_result, on_round=lambda row, done, submitted: None)
     auditor.store_args = {"partitions": {cfg.victim.client: idx}, "expected_rounds": 1}
     obs = make_observation(exp, auditor.param_names, sent, received,

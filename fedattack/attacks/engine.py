@@ -40,7 +40,7 @@ Params = dict[str, torch.Tensor]
 
 # -- the model as a function ----------------------------------------------------------------
 
-@dataclass
+@dataclass(repr=False)  # reprs would print every tensor (vmap asks for one on every call)
 class FunctionalModel:
     """The server's copy of the model, as a pure function of (params, x)."""
 
@@ -208,7 +208,7 @@ def update_scale(protocol: Protocol) -> float:
 
 # -- the trial update -------------------------------------------------------------------------
 
-@dataclass
+@dataclass(repr=False)  # reprs would print every tensor (vmap asks for one on every call)
 class TrialUpdate:
     """What the client would have sent for (x, y), in gradient units: the replayed local
     training, with the known defenses' `adapt` models applied when `defenses` is set."""
@@ -341,7 +341,7 @@ def linear_layers(params: Params) -> list[str]:
             if n.endswith(".weight") and p.ndim == 2 and n[: -len("weight")] + "bias" in params]
 
 
-@dataclass
+@dataclass(repr=False)  # reprs would print every tensor (vmap asks for one on every call)
 class LeakedFeatures:
     """A prior from what a one-sample gradient gives away exactly: the input of every fully
     connected layer with a bias, h = dW_i / db_i (Phong et al. 2017; Geiping et al. 2020, Sec. 4).
@@ -385,7 +385,7 @@ PRIORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 
 # -- the matching objective ---------------------------------------------------------------
 
-@dataclass
+@dataclass(repr=False)  # reprs would print every tensor (vmap asks for one on every call)
 class Matching:
     """One gradient-matching problem: a trial update, the observed target, a distance and
     weighted priors on the images."""

@@ -18,7 +18,7 @@ from fedattack.attacks.engine import Matching, finite_or_inf, restart_losses, sc
 from fedattack.threat import DataSpec, Protocol
 
 
-@dataclass
+@dataclass(repr=False)  # reprs would print every tensor
 class Unknowns:
     """The attacker's variables for R restarts: images (R, [E,] N, C, H, W) and either label
     logits (R, N, classes), optimized too (DLG), or fixed labels (R, N), one arrangement of
@@ -136,7 +136,7 @@ def _labels_for(u: Unknowns) -> Callable[[torch.Tensor], torch.Tensor]:
     return lambda y: y
 
 
-@dataclass
+@dataclass(repr=False)  # reprs would print every tensor
 class Resized:
     """A matching problem whose images are optimized at a lower resolution: the variable is
     (..., C, h, w) and the problem sees it upsampled (bilinear) to its own size. Coarse to fine

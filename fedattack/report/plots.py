@@ -28,7 +28,11 @@ def _plt():
 def _integer_rounds(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    lo, hi = ax.get_xlim()
+    if hi - lo < 2:  # one round: room around it, and whole-number ticks only
+        mid = round((lo + hi) / 2)
+        ax.set_xlim(mid - 1, mid + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
 def save(fig: Any, axes: Any, path: Path, *, rounds: bool = False) -> None:
@@ -70,9 +74,9 @@ def leakage(path: Path, results: list[JobResult], *, success_ssim: float) -> boo
             every[rnd].extend(rs)
     rs = sorted(every)
     axes[0].plot(rs, [_nanmean([r.score.baseline_psnr for r in every[x]]) for x in rs], color="grey", ls="--",
-                 label="blank guess (best flat image)")
+                 marker="_", markersize=14, label="blank guess (best flat image)")
     axes[1].plot(rs, [_nanmean([r.score.baseline_ssim for r in every[x]]) for x in rs], color="grey", ls="--",
-                 label="blank guess (best flat image)")
+                 marker="_", markersize=14, label="blank guess (best flat image)")
     axes[1].axhline(success_ssim, color="red", lw=0.8, ls=":", label=f"recovered at SSIM >= {success_ssim:g}")
     axes[0].set(xlabel="round", ylabel="PSNR (dB), higher leaks more", title="Reconstruction PSNR per round")
     axes[1].set(xlabel="round", ylabel="SSIM, higher leaks more", title="Reconstruction SSIM per round",
@@ -96,6 +100,9 @@ def training(path: Path, rounds: list[RoundResult]) -> bool:
     acc = [(r.round, r.test_acc) for r in rows if not math.isnan(r.test_acc)]
     if acc:
         acc_ax.plot([a for a, _ in acc], [b for _, b in acc], marker="o", color="C2", label="test accuracy")
+    else:
+        acc_ax.set_xlim(min(x) - 1, max(x) + 1)
+        acc_ax.text(0.5, 0.5, "not evaluated", transform=acc_ax.transAxes, ha="center", va="center", color="grey")
     acc_ax.set(xlabel="round", ylabel="accuracy", title="Test accuracy (held-out split)", ylim=(0, 1.02))
     save(fig, (loss_ax, acc_ax), path, rounds=True)
     return True

@@ -14,7 +14,7 @@ from fedattack.client.app import make_client_app
 from fedattack.errors import ConfigError, FedattackError
 from fedattack.experiment import build
 from fedattack.limits import check_cluster, check_machine, quiet_logs
-from fedattack.report.console import Progress
+from fedattack.report.console import Progress, library_logs
 from fedattack.report.summary import Summary
 from fedattack.schema import Config
 from fedattack.server.app import audit_strategy, run_rounds, uses_secagg
@@ -84,10 +84,7 @@ def run(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None, v
     check_machine(exp)
     with quiet_logs("flwr"):
         audit = audit_strategy(cfg, exp, out_dir=out_dir, progress=progress)
-    if not verbose:
-        for name in ("flwr", "flwr.simulation"):
-            logging.getLogger(name).setLevel(logging.ERROR)
-    with RunGuard(progress, local_ray=not cfg.ray.address) as guard:
+    with library_logs(verbose), RunGuard(progress, local_ray=not cfg.ray.address) as guard:
         guard.auditor = audit.auditor
         init_ray(cfg, verbose=verbose, num_cpus=cfg.ray.num_cpus)
         guard.ray_started()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from fedattack import config as fconfig
+from fedattack.testing.cases import case_config
 from fedattack.server.jobs import STRICT_ENV
 
 
@@ -32,9 +33,10 @@ def _torch_threads():
 
 @pytest.fixture
 def small_cfg():
-    """A config on lfw-subset small enough for unit tests (no attacks by default)."""
+    """A config on lfw-subset small enough for unit tests (no attacks by default), in the
+    attack-case setting (DLG's LeNet with sigmoids at lr 0.01) the tests' figures refer to."""
 
     def make(*overrides: str):
-        return fconfig.load(None, ["audit.attacks=[]", *overrides])
+        return case_config(*overrides)
 
     return make

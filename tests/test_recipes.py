@@ -13,6 +13,7 @@ Commands that need what a test machine has not got are listed in SKIPPED with th
 from __future__ import annotations
 
 import csv
+import json
 import os
 import re
 import shlex
@@ -123,9 +124,14 @@ def _shrink(cmd: Command, cwd: Path, pythonpath: list[str]) -> list[str]:
     cfg = load(str(cwd / config) if config else None, overrides)
     extra = [f"{ATTACKS.get(a).name}.{f.name}=1" for a in cfg.audit.attacks for f in fields(ATTACKS.get(a).params)
              if f.name in SHRINK_FIELDS]
+    if cfg.audit.calibrate:
+        extra += ["audit.calibration_budget=2", "audit.calibration_cases=1"]
     if verb == "attack":
         return extra
-    return [*SHRINK_RUN, *extra, *(["sweep.values=[0.01]"] if verb == "sweep" else [])]
+    if verb == "sweep":  # its first value and seed (plus the reference run it always has)
+        extra += [f"sweep.values=[{json.dumps(cfg.sweep.values[0])}]"]
+        extra += [f"sweep.seeds=[{cfg.sweep.seeds[0]}]"] if cfg.sweep.seeds else []
+    return [*SHRINK_RUN, *extra]
 
 
 def plan() -> list[Block]:

@@ -45,12 +45,14 @@ def audit_strategy(cfg: Config, exp: Experiment, *, out_dir: str | Path, progres
     """The configured strategy, audited as the config says (everything checked, nothing written)."""
     progress = progress or Progress()
     spec = exp.train.spec
-    return AuditStrategy(
+    audit = AuditStrategy(
         build_strategy(cfg), model=exp.model_spec, protocol=TrainingProtocol.of_config(cfg, from_train_config=True),
         attacks={a: cfg.attack(a) for a in cfg.audit.attacks}, out_dir=out_dir, mean=spec.mean, std=spec.std,
         seed=cfg.seed, server_mode=cfg.server.mode, record=cfg, on_result=progress.result,
         on_round=progress.round_done, calibration_data=server_data(exp),
         **{k: getattr(cfg.audit, k) for k in AUDIT_OPTIONS})
+    audit.auditor.on_waiting = progress.waiting  # the console's line, and its status line every 30 s
+    return audit
 
 
 def run_rounds(grid: Grid, context: Context, cfg: Config, exp: Experiment, audit: AuditStrategy) -> None:

@@ -164,6 +164,7 @@ class Auditor:
         self._dispatcher = dispatcher
         self.on_result = on_result or log_result
         self.on_round = on_round or log_round
+        self.on_waiting: Callable[[int], None] = lambda n: log(INFO, "fedattack: waiting for %d attack jobs ...", n)
         model = build_model(plan.model, seed=plan.seed)
         self.param_names = [n for n, _ in model.named_parameters()]
         # a malicious server re-sends its crafted blocks (e.g. the imprint block) every round
@@ -223,7 +224,7 @@ class Auditor:
         finally:
             pending = self._dispatcher.pending() if self._dispatcher is not None else 0
             if pending:
-                log(INFO, "fedattack: waiting for %d attack jobs ...", pending)
+                self.on_waiting(pending)
             try:
                 self.finish()
             finally:

@@ -194,11 +194,16 @@ class RunGuard:
             if self.local_ray:
                 shutdown.reap_ray(exclude=self._before)
             store = self.store if self.store is not None else getattr(self.auditor, "store", None)
+            req = shutdown.requested()
+            if store is None and self.auditor is not None and req is not None and req.signum is not None:
+                store = self.auditor.open_store()  # stopped by a signal before round 1's replies: say so on disk
             if store is not None:
                 self.store = store
-                done, stop = getattr(self.auditor, "summary", None), interruption(self.errors)
-                # the auditor's session wrote it; rebuilt here when the run stopped early
-                self.summary = done if done is not None and stop is None else store.finish(interrupted=stop)
+                # the auditor's session wrote it, an interruption by a signal included (one during
+                # the report lets it finish: the run had ended); rebuilt here after an error
+                done = getattr(self.auditor, "summary", None)
+                self.summary = (done if done is not None and not self.errors
+                                else store.finish(interrupted=interruption(self.errors)))
                 self._say_where()
         finally:
             self._stack.close()

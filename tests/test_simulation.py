@@ -39,6 +39,13 @@ def test_audited_simulation_writes_a_complete_run_directory(tmp_path):
     assert all(int(r["errors"]) == 0 and int(r["replies"]) == 2 for r in rounds)
     assert 0 <= float(rounds[-1]["test_acc"]) <= 1
     assert len(list((out / "images").glob("*.png"))) == len(rows)
+    # each scored image is known by its dataset index, held by the client whose update it is in
+    from fedattack.experiment import build
+
+    parts = build(cfg).partitions
+    images = list(csv.DictReader((out / "images.csv").open()))
+    assert images and all(int(i["owner"]) == int(i["client"]) for i in images)
+    assert all(int(i["index"]) in set(parts[int(i["client"])].tolist()) for i in images)
     assert json.loads((out / "summary.json").read_text())["attacks"]["dlg"]["jobs"] == 4
     assert summary.header.server_mode == "honest" and summary.attacks["dlg"].jobs == 4
     # the user's strategy ran unchanged and never saw the audit-only record

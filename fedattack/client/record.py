@@ -37,7 +37,7 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
 
 AUDIT_KEY = "fedattack.audit"  # ConfigRecord: client id, number of samples recorded, a note
-TRUTH_KEY = "fedattack.truth"  # ArrayRecord: "images" (N, C, H, W) model inputs, "labels" (N,)
+TRUTH_KEY = "fedattack.truth"  # ArrayRecord: "images" (N, C, H, W) model inputs, "labels" (N,), "indices" (N,) if known
 IDENTIFY_KEY = "fedattack.identify"  # a train message without arrays: the server asks who the node is
 LEGACY_PREFIX = "fedattack."  # record entries inside a legacy FitRes's metrics (SecAgg+)
 
@@ -51,6 +51,8 @@ class SampleRecording:
     def __init__(self) -> None:
         self.images: list[torch.Tensor] = []
         self.labels: list[int] = []
+        self.indices: list[int] = []  # dataset indices, where every sample came with one
+        self._indexed = True
         self._seen: set = set()
         self.note = ""  # why samples could not be recorded, if they could not
 
@@ -64,6 +66,7 @@ class SampleRecording:
                          f"{tuple(x.shape)} and {len(y)} labels")
             return
         keys = list(indices) if indices is not None else None
+        self._indexed = self._indexed and keys is not None
         for i in range(len(x)):
             key = int(keys[i]) if keys is not None else hashlib.sha1(
                 x[i].numpy().tobytes() + str(int(y[i])).encode()).hexdigest()
@@ -72,12 +75,18 @@ class SampleRecording:
             self._seen.add(key)
             self.images.append(x[i].clone())
             self.labels.append(int(y[i]))
+            if keys is not None:
+                self.indices.append(int(keys[i]))
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        return torch.stack(self.images).numpy(), np.asarray(self.labels, dtype=np.int64)
+    def arrays(self) -> dict[str, np.ndarray]:
+        """images, labels and (where every sample's dataset index is known) indices."""
+        out = {"images": torch.stack(self.images).numpy(), "labels": np.asarray(self.labels, dtype=np.int64)}
+        if self._indexed and len(self.indices) == len(self.labels):
+            out["indices"] = np.asarray(self.indices, dtype=np.int64)
+        return out
 
 
 _RECORDING: ContextVar[SampleRecording | None] = ContextVar("fedattack_recording", default=None)
@@ -179,8 +188,7 @@ def audit_mod(msg: Message, context: Context, call_next) -> Message:
                                              "fedattack.AuditedLoader, or call fedattack.record_samples)")
     reply.content[AUDIT_KEY] = ConfigRecord({"client": client_id(context), "samples": len(rec), "note": note})
     if len(rec) and not rec.note:
-        images, labels = rec.arrays()
-        reply.content[TRUTH_KEY] = ArrayRecord({"images": Array(images), "labels": Array(labels)})
+        reply.content[TRUTH_KEY] = ArrayRecord({k: Array(v) for k, v in rec.arrays().items()})
     return reply
 
 
@@ -194,6 +202,7 @@ class ClientRecord:
     images: np.ndarray | None  # (N, C, H, W) model inputs, None when nothing was recorded
     labels: np.ndarray | None
     note: str = ""  # why there are no samples, when there are none
+    indices: np.ndarray | None = None  # their dataset indices, where the client knew them
 
 
 def pop_record(content: RecordDict) -> ClientRecord | None:
@@ -205,10 +214,12 @@ def pop_record(content: RecordDict) -> ClientRecord | None:
             del content[key]
     if audit is None:
         return None
-    images = labels = None
+    images = labels = indices = None
     if truth is not None:
         images, labels = truth["images"].numpy(), truth["labels"].numpy()
-    return ClientRecord(client=int(audit["client"]), images=images, labels=labels, note=str(audit.get("note", "")))
+        indices = truth["indices"].numpy() if "indices" in truth else None
+    return ClientRecord(client=int(audit["client"]), images=images, labels=labels, note=str(audit.get("note", "")),
+                        indices=indices)
 
 
 def pack_legacy(content: RecordDict) -> dict[str, Any]:
@@ -221,6 +232,8 @@ def pack_legacy(content: RecordDict) -> dict[str, Any]:
     if record.images is not None:
         out[f"{LEGACY_PREFIX}images"] = _npy(record.images)
         out[f"{LEGACY_PREFIX}labels"] = _npy(record.labels)
+        if record.indices is not None:
+            out[f"{LEGACY_PREFIX}indices"] = _npy(record.indices)
     return out
 
 
@@ -233,7 +246,10 @@ def unpack_legacy(metrics: dict[str, Any]) -> RecordDict:
     samples = 0
     if "images" in entries:
         images, labels = np.load(io.BytesIO(entries["images"])), np.load(io.BytesIO(entries["labels"]))
-        out[TRUTH_KEY] = ArrayRecord({"images": Array(images), "labels": Array(labels)})
+        arrays = {"images": Array(images), "labels": Array(labels)}
+        if "indices" in entries:
+            arrays["indices"] = Array(np.load(io.BytesIO(entries["indices"])))
+        out[TRUTH_KEY] = ArrayRecord(arrays)
         samples = len(labels)
     out[AUDIT_KEY] = ConfigRecord({"client": int(entries["client"]), "samples": samples,
                                    "note": str(entries.get("note", ""))})

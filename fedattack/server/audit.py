@@ -382,7 +382,8 @@ class Auditor:
                           f"{tuple(self.plan.data.shape)}; not scored")
         return Truth(images=torch.from_numpy(np.ascontiguousarray(record.images)).float(),
                      labels=torch.from_numpy(np.asarray(record.labels)).long(),
-                     indices=tuple(range(len(record.labels)))), ""
+                     indices=tuple(int(i) for i in record.indices) if record.indices is not None
+                     else (-1,) * len(record.labels)), ""  # -1: the sample's dataset index is unknown
 
     def observe(self, rnd: int, sent: Mapping[int, Message], replies: list[Message], *, arrays_key: str,
                 config_key: str, weight_key: str, aggregate: bool = False

@@ -66,6 +66,7 @@ def section(path: Path) -> str:
     parts = [f"## {meta['benchmark']}", "", describe(meta["benchmark"]), "",
              f"`{meta['command']}` on {meta['machine']}, {meta['date']}"
              f"{' (quick: smaller cases, a smoke run)' if meta.get('quick') else ''}; {meta['seconds']:.0f} s.", "",
+             *([f"**{meta['note']}**", ""] if meta.get("note") else []),
              table(rows) if rows else "(no rows)", ""]
     return "\n".join(parts)
 

@@ -28,10 +28,9 @@ def _plt():
 def _integer_rounds(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
-    lo, hi = ax.get_xlim()
-    if hi - lo < 2:  # one round: room around it, and whole-number ticks only
-        mid = round((lo + hi) / 2)
-        ax.set_xlim(mid - 1, mid + 1)
+    lo, hi = ax.dataLim.intervalx
+    if math.isfinite(lo) and math.isfinite(hi) and hi - lo < 3:  # few rounds: half a round of room each side
+        ax.set_xlim(lo - 0.5, hi + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 

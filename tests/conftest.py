@@ -40,3 +40,14 @@ def small_cfg():
         return case_config(*overrides)
 
     return make
+
+
+@pytest.fixture
+def flower_task():
+    """Flower messages need a task identity (set by Flower's runtime in a real run)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

@@ -339,17 +339,6 @@ def test_local_train_end_to_end(small_cfg, name):
 
 # -- Flower's DP pieces through the ClientApp and the strategy ------------------------
 
-@pytest.fixture
-def flower_task():
-    """Flower messages need a task identity (set by Flower's runtime in a real run)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
 def _client_call(cfg, message_type="train", extra_config=None, pid=0):
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 

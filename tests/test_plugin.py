@@ -91,17 +91,6 @@ class FakeGrid(Grid):
         raise NotImplementedError
 
 
-@pytest.fixture
-def flower_task():
-    """Flower messages need a task identity (set by Flower's runtime in a real run)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    saved = TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 1, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
-
-
 def _batches(seed: int, n: int = 4, batch: int = 2):
     g = torch.Generator().manual_seed(seed)
     x = torch.rand(n, 3, 8, 8, generator=g) * 2 - 1  # Normalize((0.5,)*3, (0.5,)*3) of [0, 1] pixels

@@ -222,7 +222,8 @@ class Auditor:
             errors.append(exc)
             raise
         finally:
-            pending = self._dispatcher.pending() if self._dispatcher is not None else 0
+            with self._dispatch_lock, self._queue_lock:  # jobs not yet handed to the dispatcher count too
+                pending = len(self._queued) + (self._dispatcher.pending() if self._dispatcher is not None else 0)
             if pending:
                 self.on_waiting(pending)
             try:

@@ -183,10 +183,9 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
     scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=marks, gamma=0.1)
     lo, hi = bounds
     target = problem.problem if isinstance(problem, Resized) else problem
-    if sched.balanced and target.priors:
-        target.prior_scale = 1.0
-        target.prior_scale = _balance(problem, u)
-    start_scale = target.prior_scale
+    original = target.prior_scale
+    start_scale = original * _balance(problem, u) if sched.balanced and target.priors else original
+    target.prior_scale = start_scale
     for it in range(sched.iterations):
         if sched.prior_decay:
             target.prior_scale = start_scale * 0.1 ** sum(it >= m for m in marks)
@@ -203,15 +202,15 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
                 u.x.clamp_(min=lo, max=hi)
         if on_step is not None:
             on_step(it)
-    target.prior_scale = start_scale
+    target.prior_scale = original
     with torch.no_grad():
         return batched_objective(problem, u, "mismatch").detach()
 
 
 def _balance(problem: Matching | Resized, u: Unknowns) -> float:
-    """The prior scale at which the priors' gradient norm is their weight times the mismatch's
-    (at the starting point): weights then mean the same on every model, whatever the scale of
-    its gradients with respect to the input."""
+    """The factor on the current prior scale at which the priors' gradient norm is their weight
+    times the mismatch's (at the starting point): weights then mean the same on every model,
+    whatever the scale of its gradients with respect to the input."""
     x = u.x.detach().requires_grad_(True)
     target = problem.problem if isinstance(problem, Resized) else problem
     y = u.labels if u.y_logits is None else torch.softmax(u.y_logits.detach(), dim=-1)

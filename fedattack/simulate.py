@@ -53,8 +53,15 @@ def init_ray(cfg: Config, *, verbose: bool = False, num_cpus: int | None = None)
         raise ConfigError("ray.address", f"cannot join the Ray cluster at {address} ({problem}); start one with "
                                          "`ray start --head`, or leave ray.address unset for a local instance")
     paths = [p for p in sys.path if p] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    ray.init(address="local", num_cpus=num_cpus, resources={ATTACK_RESOURCE: cfg.audit.max_concurrent},
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(dict.fromkeys(paths))}}, **common)
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))  # the instance's workers inherit it (cheaper
+    try:  # to start than a runtime_env: about 10% of a small run's CPU time)
+        ray.init(address="local", num_cpus=num_cpus, resources={ATTACK_RESOURCE: cfg.audit.max_concurrent}, **common)
+    finally:
+        if before is None:
+            os.environ.pop("PYTHONPATH")
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def _unreachable(address: str, timeout: float = 10.0) -> str | None:

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchvision.transforms.v2.functional as TF
 
 from fedattack.defenses.base import DefenseContext, DefenseSpec, register_defense
 from fedattack.errors import ConfigError
@@ -52,6 +51,8 @@ MAGNITUDES: dict[str, np.ndarray] = {
 
 def apply_operation(img: torch.Tensor, op: str, m: float, sign: float) -> torch.Tensor:
     """One transformation of an 8-bit (C, H, W) image."""
+    import torchvision.transforms.v2.functional as TF  # torchvision loads only where ATS runs (1-2 s per process)
+
     h, w = img.shape[-2:]
     if op in ("shearX", "shearY"):
         angle = math.degrees(math.atan(m)) * sign

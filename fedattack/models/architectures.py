@@ -12,7 +12,6 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-from torchvision.models import resnet18 as tv_resnet18
 
 from fedattack.errors import ConfigError
 from fedattack.registry import Registry
@@ -137,6 +136,8 @@ def quickstart_cnn(in_shape, num_classes, act) -> nn.Module:
 
 @MODELS.register("resnet18", doc="torchvision ResNet-18 (its own widths) with a 3x3 stem for small images")
 def resnet18(in_shape, num_classes, act) -> nn.Module:
+    from torchvision.models import resnet18 as tv_resnet18  # torchvision loads only where it builds (1-2 s)
+
     m = tv_resnet18(num_classes=num_classes)
     m.conv1 = nn.Conv2d(in_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
     if in_shape[1] <= 64:

@@ -68,8 +68,9 @@ class InvGradParams:
 
 
 @register_attack("invgrad", params=InvGradParams, adaptive=True,
-                 tunable={"tv": LogRange(1e-3, 1.0), "lr": LogRange(0.01, 0.3),
-                          "loss": Choice(("cosine", "layer-cosine")), "init": Choice(("randn", "mean"))},
+                 tunable={"tv": LogRange(1e-3, 1.0), "l2": LogRange(1e-3, 1.0), "lr": LogRange(0.01, 0.3),
+                          "loss": Choice(("cosine", "layer-cosine")), "init": Choice(("randn", "mean")),
+                          "output": Choice(("best", "consensus"))},
                  paper="Geiping et al., Inverting Gradients - How easy is it to break privacy in federated "
                        "learning?, NeurIPS 2020")
 def invgrad(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reconstruction:

@@ -52,7 +52,6 @@ class SampleRecording:
         self.images: list[torch.Tensor] = []
         self.labels: list[int] = []
         self.indices: list[int] = []  # dataset indices, where every sample came with one
-        self._indexed = True
         self._seen: set = set()
         self.note = ""  # why samples could not be recorded, if they could not
 
@@ -66,7 +65,6 @@ class SampleRecording:
                          f"{tuple(x.shape)} and {len(y)} labels")
             return
         keys = list(indices) if indices is not None else None
-        self._indexed = self._indexed and keys is not None
         for i in range(len(x)):
             key = int(keys[i]) if keys is not None else hashlib.sha1(
                 x[i].numpy().tobytes() + str(int(y[i])).encode()).hexdigest()
@@ -84,7 +82,7 @@ class SampleRecording:
     def arrays(self) -> dict[str, np.ndarray]:
         """images, labels and (where every sample's dataset index is known) indices."""
         out = {"images": torch.stack(self.images).numpy(), "labels": np.asarray(self.labels, dtype=np.int64)}
-        if self._indexed and len(self.indices) == len(self.labels):
+        if len(self.indices) == len(self.labels):  # a sample without an index leaves the lists unequal
             out["indices"] = np.asarray(self.indices, dtype=np.int64)
         return out
 

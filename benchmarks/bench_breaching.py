@@ -28,8 +28,9 @@ Rows:
   its config's label strategy "bias-corrected") with the iteration count set to this
   benchmark's; fedattack's `invgrad` with the same settings (loss=cosine, tv=0.2, lr=0.1,
   signed, boxed, decay, the same iterations, restarts=1, candidates=1) and at its defaults
-  (tv 1e-6, restarts 2, 16 label candidates screened for a tenth of the iterations; same
-  iterations), labels by `audit.labels=auto`. TV: both are the mean absolute difference of
+  (named in the `settings` column: TV relative to the mismatch, 2 restarts, up to 16 label
+  candidates screened for a tenth of the iterations; same iterations), labels by
+  `audit.labels=auto`. TV: both are the mean absolute difference of
   neighbouring pixels, dx + dy (breaching's convolution also counts the image border
   against zero padding). Over several local steps breaching's objective takes the labels of
   each step from `local_hyperparams`: "breaching" gets its own label recovery (run on the
@@ -312,7 +313,7 @@ def invgrad_rows(breaching, model: str, protocol: str, iterations: int, size: in
         else:
             its = _fed_iterations(r)
             settings = ("tv 0.2, restarts 1, candidates 1, labels auto" if "settings" in tool else
-                        f"tv 1e-6, restarts 2, {r['info'].get('label_candidates', 1)} label candidate(s), labels auto")
+                        f"{_defaults()}, {r['info'].get('label_candidates', 1)} label candidate(s), labels auto")
         row = {"table": "invgrad", "case": name, "tool": tool, "settings": settings, "iterations": its,
                "psnr": r["psnr"], "ssim": r["ssim"], "label_acc": r["label_acc"], "seconds": r["seconds"],
                "s/it": r["seconds"] / max(1, its), "time_vs_breaching": r["seconds"] / base["seconds"],
@@ -323,6 +324,15 @@ def invgrad_rows(breaching, model: str, protocol: str, iterations: int, size: in
             row["target"] = f"time <= 0.7x breaching's: {'yes' if r['seconds'] <= 0.7 * base['seconds'] else 'no'}"
         rows.append(row)
     return rows
+
+
+def _defaults() -> str:
+    """invgrad's default settings as a row names them."""
+    from fedattack.attacks.invgrad import InvGradParams
+
+    p = InvGradParams()
+    return (f"tv {p.tv:g} ({'relative' if p.balanced else 'absolute'}), loss {p.loss}, init {p.init}, "
+            f"restarts {p.restarts}")
 
 
 def speed_rows(breaching, cases: list[tuple[str, str]], size: int, iterations: int, rounds: int) -> list[dict]:

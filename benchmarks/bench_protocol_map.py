@@ -3,17 +3,25 @@
 The question Flower users ask: "attacks work poorly on my app with 3 epochs of batch 32: is my
 deployment safe?". For each model (LeNet sigmoid, ConvNet, Flower's quickstart CNN) and each
 client protocol on a grid of images per client x batch size x local epochs (photos, lr 0.01,
-the client reshuffling every epoch), the update is attacked by `invgrad`, `fedavg` and
-`invgrad` calibrated on the server's own test split; rows give mean PSNR, the margin over the
-flat-image baseline of the same victims, and images recovered.
+the client reshuffling every epoch), one client update is attacked by `invgrad`, `fedavg` and
+`invgrad` calibrated on the server's own test split (`audit.calibrate` with 4 attack runs on one
+simulated client, once per protocol), all on the same victims. One row per model and protocol:
+the size of the problem (update entries per unknown pixel: below 1, the update holds fewer
+numbers than the pixels it hides), the flat-image baseline of the victims (mean PSNR of the best
+constant image per victim), and per attack its mean PSNR, images recovered (SSIM >= 0.5 and
+above the best flat guess's SSIM) and seconds per job, with calibration's one-off cost.
 
-On a CPU the grid is small (the ConvNet at width 8, fewer iterations: `ITERATIONS`); on a GPU,
-or with FEDATTACK_FULL=1, the ConvNet runs at width 32 and the attacks at their defaults.
+On a CPU the grid is run small: every attack at 200 iterations (`ITERATIONS_CPU`), the ConvNet
+at width 8 on 16 px images; on a GPU, or with FEDATTACK_FULL=1, the ConvNet runs at width 32 on
+32 px images and the attacks at their defaults. `python -m benchmarks.bench_protocol_map MODEL`
+measures one model's rows alone (one process per model runs the grid in parallel).
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
+import time
 from dataclasses import replace
 
 import numpy as np
@@ -23,12 +31,14 @@ from benchmarks.bench_realistic import Case, full_scale, scores, victim
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.calibrate import calibrate, simulate_cases
 
-ITERATIONS_CPU = 300
+ITERATIONS_CPU = 200
+CALIBRATION_BUDGET = 4
 MODELS = {
     "LeNet sigmoid": ("model.name=lenet", "model.activation=sigmoid"),
     "ConvNet": ("model.name=convnet", "model.activation=relu"),
     "quickstart CNN": ("model.name=quickstart-cnn", "model.activation=relu"),
 }
+ATTACK_ROWS = (("invgrad", False), ("fedavg", False), ("invgrad", True))
 
 
 def grid(quick: bool) -> list[tuple[int, int, int]]:
@@ -38,32 +48,71 @@ def grid(quick: bool) -> list[tuple[int, int, int]]:
     return list(itertools.product((4, 16), (2, 8), (1, 2)))
 
 
-def run(quick: bool = False) -> list[dict]:
+def scale_overrides(model: str) -> tuple[str, ...]:
+    if model != "ConvNet":
+        return ()
+    return ("model.width=32", "data.image_size=32") if full_scale() else ("model.width=8", "data.image_size=16")
+
+
+def run_model(model: str, quick: bool = False) -> list[dict]:
+    """One model's rows over the whole grid."""
     torch.set_num_threads(1)
-    full = full_scale()
-    iterations = None if full else (50 if quick else ITERATIONS_CPU)
+    iterations = None if full_scale() else (50 if quick else ITERATIONS_CPU)
     rows = []
-    models = dict(list(MODELS.items())[:1]) if quick else MODELS
-    for (model, overrides), (n, b, e) in itertools.product(models.items(), grid(quick)):
-        width = ("model.width=32" if full else "model.width=8",) if model == "ConvNet" else ()
+    for n, b, e in grid(quick):
         case = Case(f"{model}: {n} img, batch {b}, {e} epoch{'s' if e > 1 else ''}",
-                    ("data.name=photos", *overrides, *width, "client.local_steps=0", f"client.local_epochs={e}",
-                     f"client.batch_size={b}"), n, seeds=(0,))
+                    ("data.name=photos", *MODELS[model], *scale_overrides(model), "client.local_steps=0",
+                     f"client.local_epochs={e}", f"client.batch_size={b}"), n, seeds=(0,))
         obs, truth, exp = victim(case, 0)
-        for attack, calibrated in (("invgrad", False), ("fedavg", False), ("invgrad", True)):
+        for attack, calibrated in ATTACK_ROWS:
             params = ATTACKS.get(attack).params()
             if iterations:
                 params = replace(params, iterations=min(params.iterations, iterations))
             ctx = AttackContext(seed=0)
+            calibration_s = 0.0
             if calibrated:
                 x, y = exp.test.get(range(len(exp.test)))
-                params = calibrate(attack, params, simulate_cases(obs, x, y, count=1, seed=0), budget=6,
-                                   ctx=ctx).params
+                t0 = time.perf_counter()
+                params = calibrate(attack, params, simulate_cases(obs, x, y, count=1, seed=0),
+                                   budget=2 if quick else CALIBRATION_BUDGET, ctx=ctx).params
+                calibration_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
             rec = ATTACKS.get(attack)(obs, params, ctx)
+            seconds = time.perf_counter() - t0
             s = scores(rec, truth, obs)
             rows.append({"model": model, "images": n, "batch": b, "epochs": e,
                          "attack": attack + (" (calibrated)" if calibrated else ""), "psnr": s["psnr"],
-                         "margin": s["psnr"] - s["flat"], "ssim": s["ssim"],
-                         "recovered": f"{s['recovered']}/{s['images']}", "iterations": params.iterations})
+                         "flat": s["flat"], "margin": s["psnr"] - s["flat"], "ssim": s["ssim"],
+                         "recovered": f"{s['recovered']}/{s['images']}", "s_per_job": seconds,
+                         "calibration_s": calibration_s, "iterations": params.iterations,
+                         "update_entries": sum(v.numel() for v in obs.update.values()),
+                         "unknown_pixels": n * int(np.prod(obs.data.shape))})
+            print(rows[-1], flush=True)  # a long benchmark shows each row as it is measured
     return rows
 
+
+def table(rows: list[dict]) -> list[dict]:
+    """One row per (model, protocol): the problem's size, the flat baseline, and per attack its
+    PSNR, images recovered and seconds per job (calibration's one-off cost beside it)."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["model"], r["images"], r["batch"], r["epochs"])
+        row = out.setdefault(key, {"model": r["model"], "images": r["images"], "batch": r["batch"],
+                                   "epochs": r["epochs"], "entries / pixels": r["update_entries"] / r["unknown_pixels"],
+                                   "flat": r["flat"]})
+        a = r["attack"].replace(" (calibrated)", " cal.")
+        row[f"{a} PSNR"], row[f"{a} rec."], row[f"{a} s"] = r["psnr"], r["recovered"], r["s_per_job"]
+        if r["calibration_s"]:
+            row["calibration s"] = r["calibration_s"]
+    return list(out.values())
+
+
+def run(quick: bool = False) -> list[dict]:
+    models = list(MODELS)[:1] if quick else list(MODELS)
+    return table([row for model in models for row in run_model(model, quick)])
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run_model(sys.argv[1], quick="--quick" in sys.argv), default=str))

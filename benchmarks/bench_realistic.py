@@ -8,16 +8,17 @@ This module holds the cases of three benchmarks (each runnable alone, in paralle
 Each case is a client update produced by fedattack's own client code (fedattack.client.train,
 reshuffling its data every epoch) on an embedded dataset, then attacked as the audit would:
 `invgrad` (Geiping et al.'s multi-step attack) and `fedavg` (Dimitrov et al., TMLR 2022) at
-their defaults, and each calibrated (`audit.calibrate`): the attacker simulates the same
-protocol on the test split, which it holds, tunes the attack there, and attacks the victims
-with the tuned values. Victims are drawn from the training split by seed, the same for every
-attack.
+their defaults, and each calibrated (`audit.calibrate`; the `dimitrov` cases run the defaults
+only): the attacker simulates the same protocol on the test split, which it holds, tunes the
+attack there, and attacks the victims with the tuned values. Victims are drawn from the
+training split by seed, the same for every attack.
 
 Every row: the size of the problem (update entries against unknown pixels: the update of an
-8-image LeNet client holds fewer numbers than the pixels it hides), mean PSNR over victims and seeds, the flat-image baseline on the same victims (the
-best constant image per victim) and the margin over it, SSIM, images recovered (SSIM >= 0.5
-and above the best flat guess's SSIM), label accuracy, seconds per job, and for calibrated
-rows the calibration's one-off cost (per model, protocol and defense).
+8-image LeNet client holds fewer numbers than the pixels it hides), mean PSNR over victims
+and seeds, the flat-image baseline on the same victims (the best constant image per victim)
+and the margin over it, SSIM, images recovered (SSIM >= 0.5 and above the best flat guess's
+SSIM), label accuracy, seconds per job, and for calibrated rows the calibration's one-off cost
+(per model, protocol and defense).
 
 On a CPU the ConvNet is run at width 8 and the Dimitrov-scale cases on 16 px images
 (`FEDATTACK_FULL=1`, or a GPU, runs them at width 32 and 32 px): a width-32 ConvNet iteration
@@ -159,8 +160,8 @@ class Plan:
 
 
 PLANS = {
-    "realistic": Plan(cases=(0, 1, 5, 6)),
-    "realistic_epochs": Plan(cases=(3, 4), count=1, seeds=(0, 1)),
+    "realistic": Plan(cases=(0, 1, 5, 6), calibrated=("invgrad", "fedavg")),
+    "realistic_epochs": Plan(cases=(3, 4), calibrated=("invgrad", "fedavg"), count=1, seeds=(0, 1)),
     "dimitrov": Plan(cases=(2, 7, 8), calibrated=(), seeds=(0,), cpu_iterations=250),
 }
 

@@ -26,7 +26,7 @@ Rows:
 - invgrad (Geiping et al., NeurIPS 2020) at equal work: breaching's `invertinggradients`
   config (cosine similarity, TV 0.2, signed Adam lr 0.1, boxed, step-lr decay, one trial,
   its config's label strategy "bias-corrected") with the iteration count set to this
-  benchmark's; fedattack's `invgrad` with the same settings (loss=cosine, tv=0.2, lr=0.1,
+  benchmark's; fedattack's `invgrad` with the same settings (loss=cosine, absolute tv=0.2, lr=0.1,
   signed, boxed, decay, the same iterations, restarts=1, candidates=1) and at its defaults
   (named in the `settings` column: TV relative to the mismatch, 2 restarts, up to 16 label
   candidates screened for a tenth of the iterations; same iterations), labels by
@@ -279,6 +279,13 @@ def _recovered(results: list[dict]) -> int:
     return sum(r["psnr"] >= RECOVERED_DB for r in results)
 
 
+def breaching_settings(iterations: int) -> dict:
+    """fedattack invgrad's parameters for breaching's `invertinggradients` config: cosine, the
+    paper's absolute TV weight 0.2, signed Adam at lr 0.1 with step decay, boxed, one trial."""
+    return dict(iterations=iterations, loss="cosine", tv=0.2, balanced=False, lr=0.1, signed=True, boxed=True,
+                lr_decay=True, restarts=1, candidates=1, init="randn", levels=1)
+
+
 INVGRAD_TOOLS = ("breaching invertinggradients", "fedattack invgrad, breaching's settings",
                  "fedattack invgrad, defaults", "breaching invertinggradients, true step labels")
 
@@ -290,8 +297,7 @@ def invgrad_rows(breaching, model: str, protocol: str, iterations: int, size: in
     obs, truth, steps = case(*overrides)
     cfg = attack_config(breaching, "invertinggradients",
                         [f"optim.max_iterations={iterations}", "restarts.num_trials=1", "optim.callback=100000"])
-    equal = dict(iterations=iterations, loss="cosine", tv=0.2, lr=0.1, signed=True, boxed=True, lr_decay=True,
-                 restarts=1, candidates=1, init="randn", levels=1)
+    equal = breaching_settings(iterations)
     pair = [("fedattack invgrad, breaching's settings", lambda: run_fedattack("invgrad", obs, seed, **equal)),
             ("breaching invertinggradients", lambda: run_breaching(breaching, cfg, obs, seed))]
     runs = pair if k % 2 == 0 else pair[::-1]
@@ -312,7 +318,7 @@ def invgrad_rows(breaching, model: str, protocol: str, iterations: int, size: in
                         else "its config; labels: its own recovery (bias-corrected)")
         else:
             its = _fed_iterations(r)
-            settings = ("tv 0.2, restarts 1, candidates 1, labels auto" if "settings" in tool else
+            settings = ("tv 0.2 (absolute), restarts 1, candidates 1, labels auto" if "settings" in tool else
                         f"{_defaults()}, {r['info'].get('label_candidates', 1)} label candidate(s), labels auto")
         row = {"table": "invgrad", "case": name, "tool": tool, "settings": settings, "iterations": its,
                "psnr": r["psnr"], "ssim": r["ssim"], "label_acc": r["label_acc"], "seconds": r["seconds"],
@@ -341,7 +347,7 @@ def speed_rows(breaching, cases: list[tuple[str, str]], size: int, iterations: i
     its settings (`iterations` each), median per tool."""
     cfg = attack_config(breaching, "invertinggradients",
                         [f"optim.max_iterations={iterations}", "restarts.num_trials=1", "optim.callback=100000"])
-    equal = dict(iterations=iterations, loss="cosine", tv=0.2, lr=0.1, restarts=1, candidates=1, levels=1)
+    equal = breaching_settings(iterations)
     rows = []
     for model, protocol in cases:
         obs, _, _ = case("seed=0", *MODELS[model], f"data.image_size={size}", *PROTOCOLS[protocol], "client.lr=0.01",

@@ -21,15 +21,10 @@ from __future__ import annotations
 
 import itertools
 import sys
-import time
-from dataclasses import replace
 
-import numpy as np
 import torch
 
-from benchmarks.bench_realistic import Case, full_scale, scores, victim
-from fedattack.attacks import ATTACKS, AttackContext
-from fedattack.attacks.calibrate import calibrate, simulate_cases
+from benchmarks.bench_realistic import Case, full_scale, measure
 
 ITERATIONS_CPU = 200
 CALIBRATION_BUDGET = 4
@@ -55,7 +50,8 @@ def scale_overrides(model: str) -> tuple[str, ...]:
 
 
 def run_model(model: str, quick: bool = False) -> list[dict]:
-    """One model's rows over the whole grid."""
+    """One model's rows over the whole grid, each attack measured as the realistic benchmarks
+    measure it (`bench_realistic.measure`: the same victims, scores and calibration)."""
     torch.set_num_threads(1)
     iterations = None if full_scale() else (50 if quick else ITERATIONS_CPU)
     rows = []
@@ -63,30 +59,9 @@ def run_model(model: str, quick: bool = False) -> list[dict]:
         case = Case(f"{model}: {n} img, batch {b}, {e} epoch{'s' if e > 1 else ''}",
                     ("data.name=photos", *MODELS[model], *scale_overrides(model), "client.local_steps=0",
                      f"client.local_epochs={e}", f"client.batch_size={b}"), n, seeds=(0,))
-        obs, truth, exp = victim(case, 0)
         for attack, calibrated in ATTACK_ROWS:
-            params = ATTACKS.get(attack).params()
-            if iterations:
-                params = replace(params, iterations=min(params.iterations, iterations))
-            ctx = AttackContext(seed=0)
-            calibration_s = 0.0
-            if calibrated:
-                x, y = exp.test.get(range(len(exp.test)))
-                t0 = time.perf_counter()
-                params = calibrate(attack, params, simulate_cases(obs, x, y, count=1, seed=0),
-                                   budget=2 if quick else CALIBRATION_BUDGET, ctx=ctx).params
-                calibration_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            rec = ATTACKS.get(attack)(obs, params, ctx)
-            seconds = time.perf_counter() - t0
-            s = scores(rec, truth, obs)
-            rows.append({"model": model, "images": n, "batch": b, "epochs": e,
-                         "attack": attack + (" (calibrated)" if calibrated else ""), "psnr": s["psnr"],
-                         "flat": s["flat"], "margin": s["psnr"] - s["flat"], "ssim": s["ssim"],
-                         "recovered": f"{s['recovered']}/{s['images']}", "s_per_job": seconds,
-                         "calibration_s": calibration_s, "iterations": params.iterations,
-                         "update_entries": sum(v.numel() for v in obs.update.values()),
-                         "unknown_pixels": n * int(np.prod(obs.data.shape))})
+            row = measure(case, attack, calibrated, quick, budget=CALIBRATION_BUDGET, count=1, iterations=iterations)
+            rows.append({"model": model, "images": n, "batch": b, "epochs": e, **row})
             print(rows[-1], flush=True)  # a long benchmark shows each row as it is measured
     return rows
 

@@ -1,5 +1,3 @@
-import sys
+from fedattack.cli import entry
 
-from fedattack.cli import main
-
-sys.exit(main())
+entry()

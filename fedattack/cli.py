@@ -15,6 +15,7 @@ finished results and the report are kept, and the exit code is 130 or 143.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -32,6 +33,7 @@ from fedattack.registry import Registry
 from fedattack.report.console import Progress, library_logs
 from fedattack.report.screenshot import screenshot
 from fedattack.report.store import check_out, default_out_dir, load_run, write_report
+from fedattack.server.dispatch import abandoned_threads
 from fedattack.simulate import run
 from fedattack.strategies import STRATEGIES
 
@@ -129,5 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The console script: `main`, then exit. Where an abandoned attack is still computing in a
+    thread, the process ends without finalizing the interpreter (native code running in a
+    thread while it finalizes can abort the process after the results are written)."""
+    code = main()
+    if abandoned_threads():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -88,6 +89,7 @@ def test_refuses_a_non_empty_out_dir(tmp_path, capsys):
 
 
 FAILING = "tests.plugins.failing"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_failing_attacks_are_recorded_and_the_audit_goes_on(tmp_path):
@@ -265,6 +267,16 @@ def test_a_stuck_attack_is_failed_at_its_time_limit(tmp_path):
     assert "timed out after 1 s (audit.job_timeout)" in rows[f"{FAILING}:stuck"]["error"]
     assert rows["idlg"]["status"] == "ok"
     assert json.loads((out / "summary.json").read_text())["interrupted"] is None
+
+
+def test_the_command_exits_with_its_code_while_an_abandoned_attack_still_runs(tmp_path):
+    out = tmp_path / "attack"
+    proc = _run("attack", f"audit.attacks=[{FAILING}:stuck,idlg]", "idlg.iterations=1", "audit.job_timeout=1",
+                "--out", str(out), cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "idlg" in proc.stdout  # the table was flushed before the process ended
+    rows = {r["attack"]: r["status"] for r in csv.DictReader((out / "leakage.csv").open())}
+    assert rows == {f"{FAILING}:stuck": "failed", "idlg": "ok"}
 
 
 def test_overrides_may_follow_options(tmp_path):

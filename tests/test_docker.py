@@ -152,7 +152,7 @@ def test_dockerfile_builds_a_cuda_image_that_installs_the_package_the_readme_way
     # the image's default command is the console script the package declares, and it works
     cmd = json.loads(next(a for k, a in steps if k == "CMD"))
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert cmd[0] in scripts and scripts[cmd[0]] == "fedattack.cli:main"
+    assert cmd[0] in scripts and scripts[cmd[0]] == "fedattack.cli:entry"
     from fedattack.cli import main
 
     with pytest.raises(SystemExit) as info:

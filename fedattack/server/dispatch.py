@@ -49,6 +49,16 @@ def warn(msg: str) -> None:
     print(f"fedattack: warning: {msg}", file=sys.stderr, flush=True)
 
 
+THREAD_PREFIX = "fedattack-attack-"
+
+
+def abandoned_threads() -> list[threading.Thread]:
+    """Attack threads still running (jobs abandoned at a time-out or a stop). Native code
+    (torch) running in a thread while the interpreter finalizes can abort the process, so the
+    command line ends with `os._exit` where there are any (`fedattack.cli.main`)."""
+    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
+
+
 class LocalDispatcher:
     """Runs jobs in threads of this process (no Ray), beside training, `max_workers` at a time.
 
@@ -62,6 +72,7 @@ class LocalDispatcher:
         self._queue: deque[tuple[AttackJob, Truth]] = deque()
         self._running: dict[int, tuple[AttackJob, float]] = {}  # key -> job, its start (monotonic)
         self._done: queue.Queue[tuple[int, JobResult | None, BaseException | None]] = queue.Queue()
+        self._threads: dict[int, threading.Thread] = {}
         self._next = 0
 
     def submit(self, job: AttackJob, truth: Truth) -> None:
@@ -73,8 +84,9 @@ class LocalDispatcher:
             job, truth = self._queue.popleft()
             key, self._next = self._next, self._next + 1
             self._running[key] = (job, time.monotonic())
-            threading.Thread(target=self._work, args=(key, job, truth), name=f"fedattack-attack-{key}",
-                             daemon=True).start()
+            thread = self._threads[key] = threading.Thread(target=self._work, args=(key, job, truth),
+                                                           name=f"{THREAD_PREFIX}{key}", daemon=True)
+            thread.start()
 
     def _work(self, key: int, job: AttackJob, truth: Truth) -> None:
         try:
@@ -88,6 +100,9 @@ class LocalDispatcher:
             item = self._done.get(timeout=wait) if wait > 0 and self._running else self._done.get_nowait()
             while True:
                 key, res, exc = item
+                thread = self._threads.pop(key, None)
+                if thread is not None:  # it has put its result: let it end before the interpreter does
+                    thread.join(timeout=10)
                 if self._running.pop(key, None) is not None:  # else: abandoned, its late result is dropped
                     if exc is not None:
                         raise exc  # run_job records attack failures; what it raises is a bug

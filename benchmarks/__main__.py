@@ -47,12 +47,14 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU, torch {torch.__version__}"
 
 
-def save(name: str, rows: list[dict], *, quick: bool, seconds: float) -> Path:
+def save(name: str, rows: list[dict], *, quick: bool, seconds: float, note: str = "") -> Path:
     """benchmarks/results/NAME.json: the rows and how they were measured."""
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     meta = {"benchmark": name, "command": f"python -m benchmarks {name}{' --quick' if quick else ''} --save",
             "date": time.strftime("%Y-%m-%d"), "machine": machine(), "quick": quick, "seconds": round(seconds, 1)}
+    if note:
+        meta["note"] = note
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
     return path
 
@@ -65,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save", action="store_true",
                         help="write each benchmark's rows to benchmarks/results/NAME.json (what docs/results.md is "
                              "rendered from: python -m benchmarks.render_docs)")
+    parser.add_argument("--note", default="", help="with --save: how it was measured (e.g. what else ran), shown "
+                                                   "above the table in docs/results.md")
     ns = parser.parse_args(argv)
     names = ns.names or available()
     unknown = sorted(set(names) - set(available()))
@@ -82,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{'cuda' if torch.cuda.is_available() else 'cpu'})", rows)
         everything[name] = rows
         if ns.save:
-            save(name, rows, quick=ns.quick, seconds=time.perf_counter() - t0)
+            save(name, rows, quick=ns.quick, seconds=time.perf_counter() - t0, note=ns.note)
     if ns.json:
         ns.json.write_text(json.dumps(everything, indent=2, default=str))
     return 0

@@ -73,7 +73,8 @@ def section(path: Path) -> str:
 
 def render() -> str:
     files = sorted(RESULTS.glob("*.json"))
-    return HEADER + "\n" + "\n".join(section(f) for f in files)
+    contents = " · ".join(f"[{f.stem}](#{f.stem})" for f in files)
+    return HEADER + "\n" + f"Sections: {contents}\n\n" + "\n".join(section(f) for f in files)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,7 +55,7 @@ THREAD_PREFIX = "fedattack-attack-"
 def abandoned_threads() -> list[threading.Thread]:
     """Attack threads still running (jobs abandoned at a time-out or a stop). Native code
     (torch) running in a thread while the interpreter finalizes can abort the process, so the
-    command line ends with `os._exit` where there are any (`fedattack.cli.main`)."""
+    command line ends with `os._exit` where there are any (`fedattack.cli.entry`)."""
     return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
 
 

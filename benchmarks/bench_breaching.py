@@ -86,6 +86,8 @@ PROTOCOLS = {
     "4 img, 2 steps of 2": ("client.batch_size=2", "client.local_steps=2"),
 }
 
+CASES = [(m, p) for m in ("lenet", "convnet") for p in PROTOCOLS] + [("quickstart-cnn", "1 img, 1 step")]
+
 
 # ---------------------------------------------------------------- breaching, when installed
 
@@ -222,6 +224,12 @@ def case(*overrides: str, indices: list[int] | None = None):
     return obs, truth, [torch.tensor([label_of[int(i)] for i in b]) for b in batches]
 
 
+def model_case(model: str, protocol: str, size: int, seed: int = 0):
+    """`case` for one of MODELS under one of PROTOCOLS, at `size` px, plain SGD at lr 0.01."""
+    return case(f"seed={seed}", *MODELS[model], f"data.image_size={size}", *PROTOCOLS[protocol], "client.lr=0.01",
+                "client.momentum=0.0")
+
+
 def label_accuracy(labels, truth) -> float:
     """Share of the true label multiset that the recovered labels contain."""
     if labels is None:
@@ -292,9 +300,7 @@ INVGRAD_TOOLS = ("breaching invertinggradients", "fedattack invgrad, breaching's
 
 def invgrad_rows(breaching, model: str, protocol: str, iterations: int, size: int, seed: int, k: int,
                  true_steps: bool) -> list[dict]:
-    overrides = (f"seed={seed}", *MODELS[model], f"data.image_size={size}", *PROTOCOLS[protocol], "client.lr=0.01",
-                 "client.momentum=0.0")
-    obs, truth, steps = case(*overrides)
+    obs, truth, steps = model_case(model, protocol, size, seed)
     cfg = attack_config(breaching, "invertinggradients",
                         [f"optim.max_iterations={iterations}", "restarts.num_trials=1", "optim.callback=100000"])
     equal = breaching_settings(iterations)
@@ -350,8 +356,7 @@ def speed_rows(breaching, cases: list[tuple[str, str]], size: int, iterations: i
     equal = breaching_settings(iterations)
     rows = []
     for model, protocol in cases:
-        obs, _, _ = case("seed=0", *MODELS[model], f"data.image_size={size}", *PROTOCOLS[protocol], "client.lr=0.01",
-                         "client.momentum=0.0")
+        obs, _, _ = model_case(model, protocol, size)
         fed, br = [], []
         for r in range(rounds):
             pair = [(br, lambda: run_breaching(breaching, cfg, obs, r)),
@@ -400,7 +405,7 @@ def run(quick: bool = False) -> list[dict]:
         cases = [("lenet", "1 img, 1 step"), ("convnet", "4 img, 2 steps of 2")]
         iterations, size = 20, 16
     else:
-        cases = [(m, p) for m in ("lenet", "convnet") for p in PROTOCOLS] + [("quickstart-cnn", "1 img, 1 step")]
+        cases = CASES
         iterations, size = 400, 32
     for k, (model, protocol) in enumerate(cases):
         rows += invgrad_rows(breaching, model, protocol, iterations, size, seed=0, k=k, true_steps=not quick)

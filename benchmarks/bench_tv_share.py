@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmarks.bench_breaching import MODELS, PROTOCOLS, case, run_fedattack, scored
+from benchmarks.bench_breaching import CASES, model_case, run_fedattack, scored
 
 SHARES = (0.05, 0.1, 0.2, 0.3)
 ITERATIONS = 400
@@ -25,12 +25,10 @@ def run(quick: bool = False) -> list[dict]:
     if quick:
         cases, shares, iterations, size = [("lenet", "1 img, 1 step"), ("convnet", "1 img, 1 step")], (0.1, 0.3), 20, 16
     else:
-        cases = [(m, p) for m in ("lenet", "convnet") for p in PROTOCOLS] + [("quickstart-cnn", "1 img, 1 step")]
-        shares, iterations, size = SHARES, ITERATIONS, 32
+        cases, shares, iterations, size = CASES, SHARES, ITERATIONS, 32
     rows = []
     for model, protocol in cases:
-        obs, truth, _ = case("seed=0", *MODELS[model], f"data.image_size={size}", *PROTOCOLS[protocol],
-                             "client.lr=0.01", "client.momentum=0.0")
+        obs, truth, _ = model_case(model, protocol, size)
         found = []
         for tv in shares:
             r = scored(run_fedattack("invgrad", obs, 0, iterations=iterations, tv=tv), truth, obs)

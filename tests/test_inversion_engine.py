@@ -9,9 +9,10 @@ import torch
 
 from fedattack import config as fconfig
 from fedattack.attacks.engine import cosine_distance, functional_model, matching, replay, schedule
-from fedattack.attacks.optimize import Unknowns, batched_objective, label_plan
+from fedattack.attacks.optimize import (AdamSchedule, Unknowns, arrangement_key, batched_objective, label_plan,
+                                        neighbours, screen_labels)
 from fedattack.client.train import schedule as client_schedule
-from fedattack.testing.cases import observed_update
+from fedattack.testing.cases import observed_update, synthetic_update
 
 
 def client_order(overrides: list[str], truth) -> list[int]:
@@ -88,6 +89,32 @@ def test_label_plan_tries_distinct_groupings_first():
     assert plan[0].tolist() == [0, 0, 1, 1]
     one_step = observed_update("seed=1", "client.batch_size=4", "client.local_steps=1")[0]
     assert len(label_plan([torch.tensor([0, 0, 1, 1])], one_step.protocol, 6, torch.Generator())) == 1
+
+
+def test_neighbours_are_swaps_between_steps_and_single_relabels():
+    steps = [[0, 1], [2, 3]]
+    near = neighbours(torch.tensor([0, 0, 1, 2]), steps, classes=3)
+    keys = [arrangement_key(c, steps) for c, _ in near]
+    assert len(keys) == len(set(keys)) and arrangement_key(torch.tensor([0, 0, 1, 2]), steps) not in keys
+    assert ((0, 1), (0, 2)) in keys  # a 0 of step 1 traded with the 1 of step 2
+    assert ((0, 0), (1, 1)) in keys  # the 2 relabelled as 1
+    # a swap carries the images along with their labels
+    cand, order = next((c, o) for c, o in near if arrangement_key(c, steps) == ((0, 1), (0, 2)))
+    assert torch.equal(cand, torch.tensor([0, 0, 1, 2])[order])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_label_search_recovers_the_grouping_and_a_missed_label(seed):
+    """Four samples of four classes in two local steps; the search starts from a candidate that
+    misses class 3 and groups the others wrongly, and must end at the client's grouping (one
+    relabel and one swap away)."""
+    obs, truth = synthetic_update([0, 1, 2, 3], steps=2, shape=(3, 16, 16), seed=seed)
+    start = torch.tensor([[0, 2, 1, 1]])
+    u = screen_labels(matching(obs, None, "cosine"), start, 1, AdamSchedule(25, 0.1, decay=False), data=obs.data,
+                      protocol=obs.protocol, gen=torch.Generator().manual_seed(seed), device=torch.device("cpu"),
+                      init="randn", size=None, bounds=obs.data.bounds(), rounds=4, moves=64)
+    steps = schedule(4, 2, 2)
+    assert arrangement_key(u.labels[0].cpu(), steps) == arrangement_key(truth.labels, steps)
 
 
 def _real_training(model, batches, x, y, make_opt):

@@ -12,10 +12,12 @@ step is gradient matching. With `audit.adaptive`, the known defenses are modelle
 simulated update.
 
 Labels are recovered first (`audit.labels`). A count estimate leaves some doubt about the
-multiset, and over several steps the grouping of labels into steps matters too; the
-attack therefore screens up to `candidates` (multiset, grouping) pairs, most plausible
-first, for a tenth of the iterations, and continues the `restarts` with the lowest
-gradient mismatch. All restarts run as one vmapped batch; the output is the restart with
+multiset, and over several steps the grouping of labels into steps matters too: a wrong
+grouping leaves even the true images unable to reproduce the update. The attack therefore
+screens up to `candidates` (multiset, grouping) pairs, most plausible first, for 1/40 of
+the iterations each, searches from the best of them over the candidates one swap or one
+relabelled sample away (`label_search` rounds), gives the closest eighth a longer look, and
+continues the `restarts` with the lowest gradient mismatch. All restarts run as one vmapped batch; the output is the restart with
 the lowest final mismatch, or (`output=consensus`) the mean of all restarts aligned to it.
 """
 
@@ -29,7 +31,7 @@ from fedattack.attacks.base import AttackContext, Choice, LogRange, register_att
 from fedattack.attacks.engine import DISTANCES, leaked_features, matching, num_images
 from fedattack.attacks.labels import label_hypotheses
 from fedattack.attacks.optimize import (INITS, AdamSchedule, Resized, best_restart, coarse_to_fine, consensus,
-                                        init_unknowns, label_plan, rescaled, run_adam, subset)
+                                        init_unknowns, label_plan, rescaled, run_adam, screen_labels)
 from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
@@ -41,7 +43,8 @@ class InvGradParams:
     tv: float = 0.1  # weight of total variation (mean absolute neighbour difference); see `balanced`
     l2: float = 0.0  # weight of the mean squared pixel in model-input units (a pull toward the data mean)
     restarts: int = 2
-    candidates: int = 16  # label candidates screened when the labels are in doubt
+    candidates: int = 64  # label candidates screened when the labels are in doubt
+    label_search: int = 4  # rounds of local search over the labels' arrangement into steps (swaps)
     loss: str = "cosine"  # cosine | layer-cosine | l2 | l1
     init: str = "randn"  # randn | uniform | mean
     output: str = "best"  # best (lowest mismatch) | consensus (mean of the aligned restarts)
@@ -60,6 +63,7 @@ class InvGradParams:
         check_range(name, "l2", self.l2, 0)
         check_range(name, "restarts", self.restarts, 1)
         check_range(name, "candidates", self.candidates, 1)
+        check_range(name, "label_search", self.label_search, 0)
         check_choice(name, "loss", self.loss, sorted(DISTANCES))
         check_choice(name, "init", self.init, list(INITS))
         check_choice(name, "output", self.output, ["best", "consensus"])
@@ -92,10 +96,11 @@ def invgrad(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
 
     screened = len(plan) > params.restarts
     if screened:
-        u = init_unknowns(obs.data, n, len(plan), plan, gen, ctx.device, params.init, size=sizes[0])
-        screen = AdamSchedule(max(1, params.iterations // 10), params.lr, params.signed, params.boxed, decay=False)
-        mismatch = run_adam(at(sizes[0]), u, screen, bounds)
-        u = subset(u, torch.argsort(torch.nan_to_num(mismatch.cpu(), nan=float("inf")))[: params.restarts])
+        screen = AdamSchedule(max(1, params.iterations // 40), params.lr, params.signed, params.boxed, decay=False,
+                              balanced=params.balanced)
+        u = screen_labels(at(sizes[0]), plan, params.restarts, screen, data=obs.data, protocol=obs.protocol, gen=gen,
+                          device=ctx.device, init=params.init, size=sizes[0], bounds=bounds,
+                          rounds=params.label_search)
     else:
         u = init_unknowns(obs.data, n, params.restarts, plan, gen, ctx.device, params.init, size=sizes[0])
     per_level = max(1, params.iterations // len(sizes))

@@ -40,18 +40,50 @@ def arrangements(labels: torch.Tensor, protocol: Protocol, k: int, gen: torch.Ge
     order first. Over several local steps it matters which labels share a step (the model
     moves between steps); one step has a single grouping."""
     steps = schedule(len(labels), protocol.batch_size, protocol.local_steps, protocol.local_epochs)
-
-    def key(lab: torch.Tensor) -> tuple:
-        return tuple(tuple(sorted(lab[idx].tolist())) for idx in steps)
-
-    out, seen = [labels], {key(labels)}
+    out, seen = [labels], {arrangement_key(labels, steps)}
     for _ in range(20 * k):
         if len(out) >= k:
             break
         cand = labels[torch.randperm(len(labels), generator=gen)]
-        if key(cand) not in seen:
-            seen.add(key(cand))
+        if arrangement_key(cand, steps) not in seen:
+            seen.add(arrangement_key(cand, steps))
             out.append(cand)
+    return out
+
+
+def arrangement_key(labels: torch.Tensor, steps: list[list[int]]) -> tuple:
+    """What tells two arrangements of labels apart: the sorted labels of every local step."""
+    return tuple(tuple(sorted(labels[idx].tolist())) for idx in steps)
+
+
+def neighbours(labels: torch.Tensor, steps: list[list[int]], classes: int) -> list[tuple[torch.Tensor, list[int]]]:
+    """The label candidates one move away, distinct arrangements only, in a fixed order, each
+    with the order in which to carry the current images over: swaps (two samples of different
+    labels that trained in different local steps trade places, images and labels together;
+    over several steps the grouping matters) and relabels (one sample takes another class:
+    the count estimate behind the multiset can be off by one)."""
+    where = [{s for s, idx in enumerate(steps) if i in idx} for i in range(len(labels))]
+    out, seen = [], {arrangement_key(labels, steps)}
+    identity = list(range(len(labels)))
+
+    def add(cand: torch.Tensor, order: list[int]) -> None:
+        key = arrangement_key(cand, steps)
+        if key not in seen:
+            seen.add(key)
+            out.append((cand, order))
+
+    for a in range(len(labels)):
+        for b in range(a + 1, len(labels)):
+            if labels[a] != labels[b] and where[a] != where[b]:
+                order = identity.copy()
+                order[a], order[b] = b, a
+                add(labels[order], order)
+    for a in range(len(labels)):
+        for c in range(classes):
+            if c != int(labels[a]):
+                cand = labels.clone()
+                cand[a] = c
+                add(cand, identity)
     return out
 
 
@@ -225,6 +257,57 @@ def _balance(problem: Matching | Resized, u: Unknowns) -> float:
     if not torch.isfinite(g_m) or not torch.isfinite(g_p) or g_p == 0 or g_m == 0:
         return 1.0
     return float(weights * g_m / g_p)
+
+
+def screen_labels(problem: Matching | Resized, plan: torch.Tensor, keep: int, sched: AdamSchedule, *,
+                  data: DataSpec, protocol: Protocol, gen: torch.Generator, device: torch.device, init: str,
+                  size: tuple[int, int] | None, bounds: tuple[torch.Tensor, torch.Tensor], rounds: int = 4,
+                  moves: int | None = None) -> Unknowns:
+    """Label candidates screened by a short run each, then a local search over them.
+
+    Every candidate of `plan` (K, N) runs `sched` from its own start. The candidates are a
+    sample: over several local steps the grouping of labels into steps matters and there are
+    many groupings, and the multisets are count estimates. Then, for `rounds` rounds, the
+    candidates one move away from the best so far (`neighbours`: a swap between steps or one
+    relabelled sample; at most `moves` of them, default K, drawn by `gen`) continue from the
+    best's images, carried along with their labels, for another `sched`; the search moves to
+    the best while it lowers the mismatch. The K/8 with the lowest mismatch then run three
+    times as long again, and the `keep` lowest after that are returned, to be optimized
+    further."""
+    n = plan.shape[1]
+    steps = schedule(n, protocol.batch_size, protocol.local_steps, protocol.local_epochs)
+    u = init_unknowns(data, n, len(plan), plan, gen, device, init, size=size)
+    mismatch = finite_or_inf(run_adam(problem, u, sched, bounds).cpu())
+    pool = [(u.x.detach(), plan, mismatch)]
+    seen = {arrangement_key(c, steps) for c in plan}
+    i = int(torch.argmin(mismatch))
+    best, best_x, best_m = plan[i], u.x.detach()[i], float(mismatch[i])
+    for _ in range(rounds):
+        near = [(c, order) for c, order in neighbours(best, steps, data.num_classes)
+                if arrangement_key(c, steps) not in seen]
+        if not near:
+            break
+        if len(near) > (moves or len(plan)):
+            near = [near[int(j)] for j in torch.randperm(len(near), generator=gen)[: moves or len(plan)]]
+        cands = torch.stack([c for c, _ in near])
+        seen.update(arrangement_key(c, steps) for c in cands)
+        v = Unknowns(x=torch.stack([best_x[order] for _, order in near]).clone().requires_grad_(True),
+                     labels=cands.to(device))
+        mismatch = finite_or_inf(run_adam(problem, v, sched, bounds).cpu())
+        pool.append((v.x.detach(), cands, mismatch))
+        j = int(torch.argmin(mismatch))
+        if float(mismatch[j]) >= best_m:
+            break
+        best, best_x, best_m = cands[j], v.x.detach()[j], float(mismatch[j])
+    x, labels, mismatch = (torch.cat(part) for part in zip(*pool))
+    finalists = torch.argsort(mismatch)[: max(keep, len(plan) // 8)]
+    u = Unknowns(x=x[finalists].clone().requires_grad_(True), labels=labels[finalists].to(device))
+    if len(finalists) > keep:  # a longer look at the closest candidates before choosing
+        longer = AdamSchedule(3 * sched.iterations, sched.lr, sched.signed, sched.boxed, decay=False,
+                              balanced=sched.balanced)
+        mismatch = finite_or_inf(run_adam(problem, u, longer, bounds).cpu())
+        u = subset(u, torch.argsort(mismatch)[:keep])
+    return u
 
 
 def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_iter: int = 1, tol: float = 0.0,

@@ -9,7 +9,7 @@ import torch
 
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.base import AttackSpec, LogRange
-from fedattack.attacks.calibrate import calibrate, calibration_key, simulate_cases
+from fedattack.attacks.calibrate import calibrate, calibration_key, dominates, simulate_cases
 from fedattack.defenses.clipping import global_norm
 from fedattack.cli import main
 from fedattack.threat import DefenseSetting, Reconstruction
@@ -63,6 +63,12 @@ def test_calibration_tunes_on_its_own_cases_and_keeps_the_defaults_first():
     assert tuned.best_psnr >= tuned.default_psnr + 3.0
     assert tuned.trials[0]["values"] == {"level": 0.9}  # the configured value is tried first
     assert tuned.record()["tuned"] == tuned.tuned and np.isfinite(tuned.record()["best_psnr"])
+
+
+def test_a_candidate_replaces_the_configured_values_only_where_it_is_no_worse_on_any_case():
+    assert dominates([11.0, 9.5], [11.0, 9.0])
+    assert not dominates([20.0, 8.9], [11.0, 9.0])  # a better mean bought by losing on one case
+    assert not dominates([11.0, 9.0], [11.0, 9.0])  # ties keep the configured values
 
 
 def test_calibration_key_ignores_the_weights_but_not_the_protocol():

@@ -6,16 +6,17 @@ images produce the same update. Starting the attack's own optimizer at the truth
 two apart. Here, for the realistic cases of `realistic` and `realistic_epochs` (same victims
 and seeds), invgrad's objective and optimizer (cosine distance, relative TV share 0.1,
 signed Adam with its step-size decay, pixels boxed) start from the private images, in the
-order the client trained on them (its first epoch's order) and with their true labels, plus Gaussian noise of 0.05 in pixel units, and run the
-attack's default 1000 iterations; once as the attack runs (TV prior, step size 0.1), once
-as gradient matching alone with a small step size (0.01), which moves at most a few
+order the client trained on them (its first epoch's order) and with their true labels, plus
+Gaussian noise of 0.05 in pixel units, and run the attack's default 1000 iterations: once as
+the attack runs (TV prior, step size 0.1, columns `_tv`), once as gradient matching alone
+with a small step size (0.01, columns `_lr0.01` and `_alone`), which moves at most a few
 hundredths per pixel and so follows the mismatch down from where it starts.
 
 Columns: the mismatch at the truth itself (0 where the attacker's replay of the protocol is
 exact; local epochs reshuffle the data, so the truth in one order does not reproduce them),
-the PSNR and mismatch of the noisy start, where each run ends, and the flat-image baseline. Where the
-run drifts from about 26 dB at the start to well below it while its mismatch falls, the
-update allows images farther from the truth that it cannot tell apart: the figure of a
+the PSNR and mismatch of the noisy start, where each run ends, and the flat-image baseline.
+Where a run drifts from about 26 dB at the start to well below it while its mismatch falls,
+the update allows images farther from the truth that it cannot tell apart: the figure of a
 from-scratch attack on that case is bounded by the update, not by the search. Max-pooling
 is one such limit: only the pooled maxima's inputs reach the gradient.
 """

@@ -102,7 +102,8 @@ def run(quick: bool = False) -> list[dict]:
                         "seconds": (time.perf_counter() - t0) / 2})
         mean = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
         rows.append({"case": case.name, "seeds": len(seeds), "mismatch_at_truth": mean["at_truth"],
-                     "start_psnr": mean["start"], "start_mismatch": mean["at_start"], "end_psnr_tv": mean["tv"], "end_mismatch_tv": mean["m_tv"],
+                     "start_psnr": mean["start"], "start_mismatch": mean["at_start"],
+                     "end_psnr_tv": mean["tv"], "end_mismatch_tv": mean["m_tv"],
                      "end_psnr_matching_lr0.01": mean["alone"], "end_mismatch_alone": mean["m_alone"],
                      "flat": mean["flat"], "iterations": iterations, "s_per_run": mean["seconds"]})
         print(rows[-1], flush=True)

@@ -146,7 +146,8 @@ def evaluate(attack: str, params: Any, cases: list[tuple[Observation, Truth]], c
 
 def dominates(candidate: list[float], configured: list[float]) -> bool:
     """At least as good as the configured values on every case and better on the mean."""
-    return all(c >= d for c, d in zip(candidate, configured)) and float(np.mean(candidate)) > float(np.mean(configured))
+    better = float(np.mean(candidate)) > float(np.mean(configured))
+    return better and all(c >= d for c, d in zip(candidate, configured))
 
 
 def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int, ctx: AttackContext,

@@ -17,8 +17,9 @@ grouping leaves even the true images unable to reproduce the update. The attack 
 screens up to `candidates` (multiset, grouping) pairs, most plausible first, for 1/40 of
 the iterations each, searches from the best of them over the candidates one swap or one
 relabelled sample away (`label_search` rounds), gives the closest eighth a longer look, and
-continues the `restarts` with the lowest gradient mismatch. All restarts run as one vmapped batch; the output is the restart with
-the lowest final mismatch, or (`output=consensus`) the mean of all restarts aligned to it.
+continues the `restarts` with the lowest gradient mismatch. All restarts run as one
+vmapped batch; the output is the restart with the lowest final mismatch, or
+(`output=consensus`) the mean of all restarts aligned to it.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class InvGradParams:
     l2: float = 0.0  # weight of the mean squared pixel in model-input units (a pull toward the data mean)
     restarts: int = 2
     candidates: int = 64  # label candidates screened when the labels are in doubt
-    label_search: int = 4  # rounds of local search over the labels' arrangement into steps (swaps)
+    label_search: int = 4  # rounds of local search over label candidates (swaps between steps, relabels)
     loss: str = "cosine"  # cosine | layer-cosine | l2 | l1
     init: str = "randn"  # randn | uniform | mean
     output: str = "best"  # best (lowest mismatch) | consensus (mean of the aligned restarts)

@@ -29,12 +29,11 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from benchmarks.bench_realistic import cases, victim
+from benchmarks.bench_realistic import cases, flat_psnr, victim
 from fedattack.attacks.engine import matching
 from fedattack.attacks.optimize import AdamSchedule, Unknowns, run_adam
-from fedattack.client.train import schedule
-from fedattack.metrics.images import match_and_score, psnr
-from fedattack.testing.cases import case_config
+from fedattack.metrics.images import match_and_score
+from fedattack.testing.cases import training_order
 
 NOISE = 0.05  # pixel units
 ITERATIONS = 1000
@@ -42,17 +41,6 @@ CASES = {  # index into bench_realistic.cases -> seeds (those of the realistic b
     "realistic": {5: (0, 1, 2, 3), 6: (0, 1, 2), 0: (0, 1, 2), 1: (0, 1, 2)},
     "realistic_epochs": {3: (0, 1), 4: (0, 1)},
 }
-
-
-def in_training_order(case, seed: int, truth) -> tuple[torch.Tensor, torch.Tensor]:
-    """The truth's images and labels in the order of the client's first pass over them (the
-    truth itself is sorted by dataset index)."""
-    cfg = case_config(*case.overrides, f"seed={seed}")
-    batches = schedule(np.asarray(truth.indices), cfg, 1, 0)  # the victim's round 1, client 0
-    order = list(dict.fromkeys(int(i) for b in batches for i in b))
-    pos = {int(i): k for k, i in enumerate(truth.indices)}
-    take = torch.tensor([pos[i] for i in order])
-    return truth.images.float()[take], truth.labels[take]
 
 
 def start_from_truth(truth_x: torch.Tensor, obs, gen: torch.Generator) -> torch.Tensor:
@@ -85,7 +73,8 @@ def run(quick: bool = False) -> list[dict]:
         per = []
         for seed in seeds:
             obs, truth, _ = victim(case, seed)
-            truth_x, labels = in_training_order(case, seed, truth)
+            order = training_order(truth, *case.overrides, f"seed={seed}")
+            truth_x, labels = truth.images.float()[order], truth.labels[order]
             truth_px = obs.data.to_pixels(truth_x).numpy()
             plain = matching(obs, None, "cosine")
             start = start_from_truth(truth_x, obs, torch.Generator().manual_seed(seed))
@@ -98,7 +87,7 @@ def run(quick: bool = False) -> list[dict]:
             per.append({"at_truth": at_truth, "at_start": at_start, "start": score(start, truth_px, obs),
                         "tv": score(with_tv, truth_px, obs),
                         "alone": score(alone, truth_px, obs), "m_tv": m_tv, "m_alone": m_alone,
-                        "flat": float(np.mean([psnr(np.full_like(x, float(x.mean())), x) for x in truth_px])),
+                        "flat": float(flat_psnr(truth_px).mean()),
                         "seconds": (time.perf_counter() - t0) / 2})
         mean = {k: float(np.mean([p[k] for p in per])) for k in per[0]}
         rows.append({"case": case.name, "seeds": len(seeds), "mismatch_at_truth": mean["at_truth"],

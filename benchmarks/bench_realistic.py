@@ -95,15 +95,20 @@ def victim(case: Case, seed: int):
     return obs, truth, exp
 
 
+def flat_psnr(images: np.ndarray) -> np.ndarray:
+    """The flat-image baseline: each image's PSNR against its own mean grey (the best constant)."""
+    return np.array([psnr(np.full_like(x, float(x.mean())), x) for x in images])
+
+
 def scores(rec, truth, obs) -> dict:
     r = obs.data.to_pixels(rec.images.detach().float().cpu()).numpy()
     t = obs.data.to_pixels(truth.images.float()).numpy()
     s = match_and_score(r, t)
-    flat_psnr = np.array([psnr(np.full_like(x, float(x.mean())), x) for x in t])
+    flat = flat_psnr(t)
     flat_ssim = np.array([max(ssim(np.full_like(x, v), x) for v in np.linspace(0, 1, 21)) for x in t])
-    return {"psnr": float(s.psnr.mean()), "flat": float(flat_psnr.mean()), "ssim": float(s.ssim.mean()),
+    return {"psnr": float(s.psnr.mean()), "flat": float(flat.mean()), "ssim": float(s.ssim.mean()),
             "recovered": int(((s.ssim >= 0.5) & (s.ssim > flat_ssim)).sum()), "images": len(t),
-            "worst_margin": float((s.psnr - flat_psnr).mean()),
+            "worst_margin": float((s.psnr - flat).mean()),
             "label_acc": label_accuracy(rec.labels.cpu().numpy(), truth.labels.numpy())}
 
 

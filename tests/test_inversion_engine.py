@@ -3,25 +3,13 @@ restarts compute exactly what a loop over restarts does."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from fedattack import config as fconfig
 from fedattack.attacks.engine import cosine_distance, functional_model, matching, replay, schedule
 from fedattack.attacks.optimize import (AdamSchedule, Unknowns, arrangement_key, batched_objective, label_plan,
                                         neighbours, screen_labels)
-from fedattack.client.train import schedule as client_schedule
-from fedattack.testing.cases import observed_update, synthetic_update
-
-
-def client_order(overrides: list[str], truth) -> list[int]:
-    """Positions in truth of the samples in the order the client's steps used them."""
-    cfg = fconfig.load(None, ["audit.attacks=[]", *overrides])
-    idx = list(truth.indices)
-    batches = client_schedule(np.asarray(idx), cfg, 1, 0)
-    first_epoch = batches[: len(batches) // max(1, cfg.client.local_epochs)] if cfg.client.local_steps == 0 else batches
-    return [idx.index(int(i)) for b in first_epoch for i in b]
+from fedattack.testing.cases import observed_update, synthetic_update, training_order
 
 
 @pytest.mark.parametrize("overrides", [
@@ -34,7 +22,7 @@ def client_order(overrides: list[str], truth) -> list[int]:
 ], ids=["steps", "epochs", "momentum", "batchnorm", "adam", "nesterov"])
 def test_simulated_update_reproduces_the_client(overrides):
     obs, truth = observed_update("seed=3", *overrides)
-    order = client_order(["seed=3", *overrides], truth)
+    order = training_order(truth, "seed=3", *overrides)
     v = functional_model(obs)
     sim = replay(v, truth.images[order], truth.labels[order], obs.protocol)
     rel = torch.sqrt(sum(((sim[k] - obs.update[k]) ** 2).sum() for k in sim)
@@ -49,7 +37,7 @@ def test_simulated_update_reproduces_the_client(overrides):
 
 def test_batchnorm_is_simulated_in_training_mode():
     obs, truth = observed_update("seed=3", "model.name=convnet", "model.activation=relu", "model.width=8")
-    order = client_order(["seed=3", "model.name=convnet", "model.width=8"], truth)
+    order = training_order(truth, "seed=3", "model.name=convnet", "model.width=8")
     x, y = truth.images[order], truth.labels[order]
     train = cosine_distance(replay(functional_model(obs), x, y, obs.protocol), obs.update)
     frozen = cosine_distance(replay(functional_model(obs, train_mode=False), x, y, obs.protocol), obs.update)

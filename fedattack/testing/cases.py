@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from fedattack import config as fconfig
-from fedattack.client.train import local_train
+from fedattack.client.train import local_train, schedule
 from fedattack.experiment import build
 from fedattack.metrics.images import match_and_score
 from fedattack.models import build_model, float_params
@@ -42,6 +42,14 @@ def observed_update(*overrides: str, indices: list[int] | None = None) -> tuple[
     obs = make_observation(exp, names, sent, received,
                            {"num-examples": result.num_examples, "local_steps": result.steps})
     return obs, exp.train.truth(result.indices)
+
+
+def training_order(truth: Truth, *overrides: str) -> list[int]:
+    """Positions in `truth` (sorted by dataset index) of its samples in the order the victim
+    client of `observed_update(*overrides)` first trained on them (its first epoch's order)."""
+    batches = schedule(np.asarray(truth.indices), case_config(*overrides), 1, 0)  # round 1, client 0
+    pos = {int(i): k for k, i in enumerate(truth.indices)}
+    return [pos[i] for i in dict.fromkeys(int(i) for b in batches for i in b)]
 
 
 def psnr_ssim(images: torch.Tensor, truth: Truth, obs: Observation) -> tuple[float, float]:

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from fedattack.attacks.engine import cosine_distance, functional_model, matching, replay, schedule
-from fedattack.attacks.optimize import (AdamSchedule, Unknowns, arrangement_key, batched_objective, label_plan,
-                                        neighbours, screen_labels)
-from fedattack.testing.cases import observed_update, synthetic_update, training_order
+from fedattack.attacks.optimize import (AdamSchedule, Unknowns, arrangement_key, batched_objective, epoch_batches,
+                                        label_plan, neighbours, random_orders, reshuffles, screen_labels)
+from fedattack.testing.cases import epoch_orders, observed_update, synthetic_update, training_order
 
 
 @pytest.mark.parametrize("overrides", [
@@ -174,3 +174,54 @@ def test_layer_cosine_leaves_out_tensors_without_signal():
     close = {"w": torch.tensor([2.0, 4.0]), "b": torch.tensor([5.0, 5.0])}
     assert float(layer_cosine_distance(close, target)) < 1e-6
     assert float(cosine_distance(close, target)) > 0.1  # a global cosine is thrown off by b
+
+
+RESHUFFLED = ("data.name=photos", "client.local_steps=0", "client.local_epochs=2", "client.batch_size=2")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_per_epoch_orders_reproduce_a_reshuffling_client(seed):
+    """A client that reshuffles every epoch: the images in the client's orders reproduce its
+    update, the same images in one fixed order do not."""
+    overrides = (*RESHUFFLED, f"seed={seed}")
+    obs, truth = observed_update(*overrides, indices=[0, 25, 50, 75, 100, 125])
+    first, orders = training_order(truth, *overrides), epoch_orders(truth, *overrides)
+    assert orders.shape == (2, 6) and not torch.equal(orders[0], orders[1])
+    x, y = truth.images[first][None], truth.labels[first][None]
+    problem = matching(obs, None, "cosine")
+    exact = batched_objective(problem, Unknowns(x=x, labels=y, orders=orders[None]), "mismatch")
+    fixed = batched_objective(problem, Unknowns(x=x, labels=y, orders=torch.arange(6).expand(1, 2, 6)), "mismatch")
+    assert float(exact) < 1e-6 and float(fixed) > 100 * float(exact) + 1e-5
+
+
+def test_reshuffles_move_samples_between_batches_of_one_epoch_and_relabel():
+    batches, labels = [[0, 1], [2, 3]], torch.tensor([0, 0, 1, 2])
+    orders = torch.arange(4).expand(2, 4).clone()
+    near = reshuffles(labels, orders, batches, classes=3)
+    keys = [arrangement_key(c, batches, o) for c, o in near]
+    assert len(keys) == len(set(keys)) and arrangement_key(labels, batches, orders) not in keys
+    assert (((0, 0), (1, 2)), ((0, 1), (0, 2))) in keys  # the second epoch regrouped, the first kept
+    assert (((0, 0), (1, 1)), ((0, 0), (1, 1))) in keys  # the 2 relabelled as 1, in both epochs
+    assert all(torch.equal(c, labels) for c, o in near if not torch.equal(o, orders))  # images stay
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_label_search_finds_each_epochs_grouping(seed):
+    """Four photos of distinct classes, two epochs of two batches of two, each epoch reshuffled:
+    from random orders the search must end at the grouping the client trained on in both
+    epochs (on seeds 0, 1 and 3 the epochs group the samples differently, which no single
+    order of the samples can hold; on seed 2 alike)."""
+    overrides = (*RESHUFFLED, f"seed={seed}")
+    obs, truth = observed_update(*overrides, indices=[0, 40, 80, 120])
+    first, orders = training_order(truth, *overrides), epoch_orders(truth, *overrides)
+    labels = truth.labels[first]
+    assert len(set(labels.tolist())) == 4
+    gen = torch.Generator().manual_seed(seed)
+    start = random_orders(4, 2, 4, gen)
+    u = screen_labels(matching(obs, None, "cosine"), labels[torch.randperm(4, generator=gen)].expand(4, 4), 1,
+                      AdamSchedule(25, 0.1, decay=False), data=obs.data, protocol=obs.protocol, gen=gen,
+                      device=torch.device("cpu"), init="randn", size=None, bounds=obs.data.bounds(), rounds=4,
+                      orders=start)
+    batches = epoch_batches(4, obs.protocol)
+    truth_key = arrangement_key(labels, batches, orders)
+    assert arrangement_key(u.labels[0], batches, u.orders[0]) == truth_key

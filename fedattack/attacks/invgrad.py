@@ -17,7 +17,9 @@ grouping leaves even the true images unable to reproduce the update. The attack 
 screens up to `candidates` (multiset, grouping) pairs, most plausible first, for 1/40 of
 the iterations each, searches from the best of them over the candidates one swap or one
 relabelled sample away (`label_search` rounds), gives the closest eighth a longer look, and
-continues the `restarts` with the lowest gradient mismatch. All restarts run as one
+continues the `restarts` with the lowest gradient mismatch. Over several local epochs, each
+reshuffled by the client, every candidate also holds one order per epoch, and the search
+regroups each epoch's batches as well. All restarts run as one
 vmapped batch; the output is the restart with the lowest final mismatch, or
 (`output=consensus`) the mean of all restarts aligned to it.
 """
@@ -32,7 +34,8 @@ from fedattack.attacks.base import AttackContext, Choice, LogRange, register_att
 from fedattack.attacks.engine import DISTANCES, leaked_features, matching, num_images
 from fedattack.attacks.labels import label_hypotheses
 from fedattack.attacks.optimize import (INITS, AdamSchedule, Resized, best_restart, coarse_to_fine, consensus,
-                                        init_unknowns, label_plan, rescaled, run_adam, screen_labels)
+                                        epoch_batches, init_unknowns, label_plan, random_orders, rescaled, run_adam,
+                                        screen_labels)
 from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
@@ -95,13 +98,15 @@ def invgrad(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
     def at(size: tuple[int, int]):
         return problem if tuple(size) == full else Resized(problem, full)
 
-    screened = len(plan) > params.restarts
+    reshuffled = epoch_batches(n, obs.protocol) is not None
+    orders = random_orders(len(plan), obs.protocol.local_epochs, n, gen) if reshuffled else None
+    screened = len(plan) > params.restarts or reshuffled
     if screened:
         screen = AdamSchedule(max(1, params.iterations // 40), params.lr, params.signed, params.boxed, decay=False,
                               balanced=params.balanced)
         u = screen_labels(at(sizes[0]), plan, params.restarts, screen, data=obs.data, protocol=obs.protocol, gen=gen,
                           device=ctx.device, init=params.init, size=sizes[0], bounds=bounds,
-                          rounds=params.label_search)
+                          rounds=params.label_search, orders=orders)
     else:
         u = init_unknowns(obs.data, n, params.restarts, plan, gen, ctx.device, params.init, size=sizes[0])
     per_level = max(1, params.iterations // len(sizes))

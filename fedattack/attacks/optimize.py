@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from fedattack.attacks.engine import Matching, finite_or_inf, restart_losses, schedule
+from fedattack.attacks.engine import Matching, epoch_of_step, finite_or_inf, restart_losses, schedule
 from fedattack.threat import DataSpec, Protocol
 
 
@@ -22,11 +22,14 @@ from fedattack.threat import DataSpec, Protocol
 class Unknowns:
     """The attacker's variables for R restarts: images (R, [E,] N, C, H, W) and either label
     logits (R, N, classes), optimized too (DLG), or fixed labels (R, N), one arrangement of
-    the recovered labels per restart."""
+    the recovered labels per restart. `orders` (R, E, N), with fixed labels: the client
+    reshuffled its samples every local epoch, and slot j of epoch e trained on dummy sample
+    orders[r, e, j] (see `epoch_batches`)."""
 
     x: torch.Tensor
     y_logits: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    orders: torch.Tensor | None = None
 
     def variables(self) -> list[torch.Tensor]:
         return [self.x] if self.y_logits is None else [self.x, self.y_logits]
@@ -51,9 +54,32 @@ def arrangements(labels: torch.Tensor, protocol: Protocol, k: int, gen: torch.Ge
     return out
 
 
-def arrangement_key(labels: torch.Tensor, steps: list[list[int]]) -> tuple:
-    """What tells two arrangements of labels apart: the sorted labels of every local step."""
+def arrangement_key(labels: torch.Tensor, steps: list[list[int]], orders: torch.Tensor | None = None) -> tuple:
+    """What tells two arrangements of labels apart: the sorted labels of every local step.
+    With per-epoch `orders` (E, N), `steps` are one epoch's batches and every epoch counts."""
+    if orders is not None:
+        return tuple(arrangement_key(labels[order], steps) for order in orders)
     return tuple(tuple(sorted(labels[idx].tolist())) for idx in steps)
+
+
+def epoch_batches(n: int, protocol: Protocol) -> list[list[int]] | None:
+    """The batches of one local epoch where the client ran several, each reshuffled (its
+    data loader draws a new order every epoch); None where one arrangement covers the run
+    (one epoch, or a number of steps). The attacker cannot know the orders, and with more
+    than one epoch they matter: a sample's gradient is taken where the model stands when
+    its batch comes, so the same images in one fixed order need not reproduce the update."""
+    epochs = epoch_of_step(n, protocol)
+    if max(epochs) == 0:
+        return None
+    steps = schedule(n, protocol.batch_size, protocol.local_steps, protocol.local_epochs)
+    return [idx for idx, e in zip(steps, epochs) if e == 0]
+
+
+def random_orders(k: int, epochs: int, n: int, gen: torch.Generator) -> torch.Tensor:
+    """k random per-epoch orders (k, epochs, n); the first epoch's is the identity (dummy
+    samples are numbered by the slot they take in it)."""
+    rest = [torch.stack([torch.randperm(n, generator=gen) for _ in range(epochs - 1)]) for _ in range(k)]
+    return torch.cat([torch.arange(n).expand(k, 1, n), torch.stack(rest)], dim=1)
 
 
 def neighbours(labels: torch.Tensor, steps: list[list[int]], classes: int) -> list[tuple[torch.Tensor, list[int]]]:
@@ -78,12 +104,48 @@ def neighbours(labels: torch.Tensor, steps: list[list[int]], classes: int) -> li
                 order = identity.copy()
                 order[a], order[b] = b, a
                 add(labels[order], order)
+    for cand in relabels(labels, classes):
+        add(cand, identity)
+    return out
+
+
+def relabels(labels: torch.Tensor, classes: int) -> list[torch.Tensor]:
+    """The label vectors one relabelled sample away (a count estimate can be off by one)."""
+    out = []
     for a in range(len(labels)):
         for c in range(classes):
             if c != int(labels[a]):
                 cand = labels.clone()
                 cand[a] = c
-                add(cand, identity)
+                out.append(cand)
+    return out
+
+
+def reshuffles(labels: torch.Tensor, orders: torch.Tensor, batches: list[list[int]], classes: int
+               ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The (labels, orders) candidates one move away over reshuffled epochs, distinct
+    arrangements only, in a fixed order: two slots of one epoch's order, in different batches
+    and holding samples of different labels, trade samples (the images stay: only what
+    trained together changes), or one sample takes another class."""
+    batch_of = {i: b for b, idx in enumerate(batches) for i in idx}
+    out, seen = [], {arrangement_key(labels, batches, orders)}
+
+    def add(cand: torch.Tensor, order: torch.Tensor) -> None:
+        key = arrangement_key(cand, batches, order)
+        if key not in seen:
+            seen.add(key)
+            out.append((cand, order))
+
+    n = orders.shape[1]
+    for e in range(orders.shape[0]):
+        for a in range(n):
+            for b in range(a + 1, n):
+                if batch_of[a] != batch_of[b] and labels[orders[e, a]] != labels[orders[e, b]]:
+                    order = orders.clone()
+                    order[e, a], order[e, b] = orders[e, b], orders[e, a]
+                    add(labels, order)
+    for cand in relabels(labels, classes):
+        add(cand, orders)
     return out
 
 
@@ -141,31 +203,39 @@ def coarse_to_fine(shape: tuple[int, int, int], levels: int) -> list[tuple[int, 
 
 def rescaled(u: Unknowns, size: tuple[int, int]) -> Unknowns:
     """u with its images resized to `size`, as fresh leaves."""
-    return Unknowns(x=resize(u.x.detach(), size).clone().requires_grad_(True), y_logits=u.y_logits, labels=u.labels)
+    return Unknowns(x=resize(u.x.detach(), size).clone().requires_grad_(True), y_logits=u.y_logits, labels=u.labels,
+                    orders=u.orders)
 
 
 def subset(u: Unknowns, keep: torch.Tensor) -> Unknowns:
     """The restarts `keep` of u, as fresh leaves."""
     return Unknowns(x=u.x.detach()[keep].clone().requires_grad_(True),
                     y_logits=None if u.y_logits is None else u.y_logits.detach()[keep].clone().requires_grad_(True),
-                    labels=None if u.labels is None else u.labels[keep])
+                    labels=None if u.labels is None else u.labels[keep],
+                    orders=None if u.orders is None else u.orders[keep])
 
 
 def batched_objective(problem: Matching, u: Unknowns, which: str = "objective") -> torch.Tensor:
     """Per-restart losses (R,) for all restarts at once."""
-    fn = getattr(problem, which)
-    labels = _labels_for(u)
+    return restart_losses(*per_restart(getattr(problem, which), u, u.x))
+
+
+def per_restart(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], u: Unknowns, x: torch.Tensor
+                ) -> tuple[Callable[..., torch.Tensor], torch.Tensor, torch.Tensor]:
+    """fn(images, labels) as one restart's function of the tensors `restart_losses` batches
+    (images x first): per-epoch copies share their labels (tiled over the epoch axis);
+    per-epoch orders index the images and labels each epoch trains on; label logits pass
+    through a softmax."""
+    if u.orders is not None:
+        return (lambda xi, yi, oi: fn(xi[oi], yi[oi])), x, u.labels, u.orders
+    copies = u.x.shape[1] if u.x.dim() == 6 else 0
+
+    def tiled(y: torch.Tensor) -> torch.Tensor:
+        return y.unsqueeze(0).expand(copies, *y.shape) if copies else y
+
     if u.y_logits is None:
-        return restart_losses(lambda x, y: fn(x, labels(y)), u.x, u.labels)
-    return restart_losses(lambda x, yl: fn(x, labels(torch.softmax(yl, dim=-1))), u.x, u.y_logits)
-
-
-def _labels_for(u: Unknowns) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Per-epoch copies of the images share their labels: tile them over the epoch axis."""
-    if u.x.dim() == 6:
-        copies = u.x.shape[1]
-        return lambda y: y.unsqueeze(0).expand(copies, *y.shape)
-    return lambda y: y
+        return (lambda xi, yi: fn(xi, tiled(yi))), x, u.labels
+    return (lambda xi, yl: fn(xi, tiled(torch.softmax(yl, dim=-1)))), x, u.y_logits
 
 
 @dataclass(repr=False)  # reprs would print every tensor
@@ -245,9 +315,9 @@ def _balance(problem: Matching | Resized, u: Unknowns) -> float:
     whatever the scale of its gradients with respect to the input."""
     x = u.x.detach().requires_grad_(True)
     target = problem.problem if isinstance(problem, Resized) else problem
-    y = u.labels if u.y_logits is None else torch.softmax(u.y_logits.detach(), dim=-1)
-    labels = _labels_for(u)
-    mismatch = restart_losses(lambda xi, yi: problem.mismatch(xi, labels(yi)), x, y).sum()
+    frozen = Unknowns(x=u.x, labels=u.labels, orders=u.orders,
+                      y_logits=None if u.y_logits is None else u.y_logits.detach())
+    mismatch = restart_losses(*per_restart(problem.mismatch, frozen, x)).sum()
     g_m = torch.autograd.grad(mismatch, x)[0].norm()
     weights = sum(w for w, _ in target.priors)
     x2 = u.x.detach().requires_grad_(True)
@@ -259,49 +329,109 @@ def _balance(problem: Matching | Resized, u: Unknowns) -> float:
     return float(weights * g_m / g_p)
 
 
+def descend(problem: Matching | Resized, x: torch.Tensor, labels: torch.Tensor, orders: torch.Tensor,
+            batches: list[list[int]], classes: int, evaluations: int, gen: torch.Generator, chunk: int = 64
+            ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Greedy descent over reshuffled-epoch arrangements with the images x (N, C, H, W) held
+    fixed: a candidate one move away (`reshuffles`) costs one replay of the client's training
+    and no optimization, and the search moves to the best of them while it lowers the
+    mismatch, until it has spent `evaluations` replays (where there are more candidates than
+    that left, a sample drawn by `gen`). Where the labels dominate the update (a sigmoid
+    LeNet's), the images matter little and the moves regroup the labels of each epoch."""
+
+    def mismatch(cands: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(cands), chunk):
+                part = cands[i:i + chunk]
+                u = Unknowns(x=x.expand(len(part), *x.shape), labels=torch.stack([c for c, _ in part]).to(x.device),
+                             orders=torch.stack([o for _, o in part]).to(x.device))
+                out.append(finite_or_inf(batched_objective(problem, u, "mismatch").cpu()))
+        return torch.cat(out)
+
+    best = float(mismatch([(labels, orders)])[0])
+    while evaluations > 0:
+        cands = reshuffles(labels, orders, batches, classes)
+        if not cands:
+            break
+        if len(cands) > evaluations:
+            cands = [cands[int(j)] for j in torch.randperm(len(cands), generator=gen)[:evaluations]]
+        evaluations -= len(cands)
+        m = mismatch(cands)
+        j = int(torch.argmin(m))
+        if float(m[j]) >= best:
+            break
+        (labels, orders), best = cands[j], float(m[j])
+    return labels, orders, best
+
+
 def screen_labels(problem: Matching | Resized, plan: torch.Tensor, keep: int, sched: AdamSchedule, *,
                   data: DataSpec, protocol: Protocol, gen: torch.Generator, device: torch.device, init: str,
                   size: tuple[int, int] | None, bounds: tuple[torch.Tensor, torch.Tensor], rounds: int = 4,
-                  moves: int | None = None) -> Unknowns:
+                  moves: int | None = None, orders: torch.Tensor | None = None) -> Unknowns:
     """Label candidates screened by a short run each, then a local search over them.
 
     Every candidate of `plan` (K, N) runs `sched` from its own start. The candidates are a
     sample: over several local steps the grouping of labels into steps matters and there are
-    many groupings, and the multisets are count estimates. Then, for `rounds` rounds, the
-    candidates one move away from the best so far (`neighbours`: a swap between steps or one
-    relabelled sample; at most `moves` of them, default K, drawn by `gen`) continue from the
-    best's images, carried along with their labels, for another `sched`; the search moves to
-    the best while it lowers the mismatch. The K/8 with the lowest mismatch then run three
-    times as long again, and the `keep` lowest after that are returned, to be optimized
-    further."""
+    many groupings, and the multisets are count estimates. With `orders` (K, E, N) the client
+    reshuffled every epoch (`epoch_batches`) and each candidate also carries one order per
+    epoch. Then, for `rounds` rounds, the candidates one move away from the best so far
+    (`neighbours`: a swap between steps or one relabelled sample; over reshuffled epochs
+    `reshuffles`: a swap within one epoch's order or a relabel; at most `moves` of them,
+    default K, drawn by `gen`) continue from the best's images, carried along with their
+    labels, for another `sched`; the search moves to the best while it lowers the mismatch.
+    The K/8 with the lowest mismatch then run three times as long again, and the `keep`
+    lowest after that are returned, to be optimized further."""
     n = plan.shape[1]
-    steps = schedule(n, protocol.batch_size, protocol.local_steps, protocol.local_epochs)
+    batches = epoch_batches(n, protocol) if orders is not None else None
+    steps = batches or schedule(n, protocol.batch_size, protocol.local_steps, protocol.local_epochs)
+    orders = None if batches is None else orders
+
+    def key(k: int, labels: torch.Tensor, order: torch.Tensor | None) -> tuple:
+        return arrangement_key(labels[k], steps, None if order is None else order[k])
+
+    def near(labels: torch.Tensor, order: torch.Tensor | None) -> list:
+        if order is None:
+            return [(c, None, carry) for c, carry in neighbours(labels, steps, data.num_classes)]
+        return [(c, o, list(range(n))) for c, o in reshuffles(labels, order, steps, data.num_classes)]
+
     u = init_unknowns(data, n, len(plan), plan, gen, device, init, size=size)
+    u.orders = None if orders is None else orders.to(device)
     mismatch = finite_or_inf(run_adam(problem, u, sched, bounds).cpu())
-    pool = [(u.x.detach(), plan, mismatch)]
-    seen = {arrangement_key(c, steps) for c in plan}
+    pool = [(u.x.detach(), plan, orders, mismatch)]
+    seen = {key(k, plan, orders) for k in range(len(plan))}
     i = int(torch.argmin(mismatch))
-    best, best_x, best_m = plan[i], u.x.detach()[i], float(mismatch[i])
+    best = (plan[i], None if orders is None else orders[i])
+    best_x, best_m = u.x.detach()[i], float(mismatch[i])
     for _ in range(rounds):
-        near = [(c, order) for c, order in neighbours(best, steps, data.num_classes)
-                if arrangement_key(c, steps) not in seen]
-        if not near:
+        descended = []
+        if orders is not None:  # first the cheap moves at the best's images, then the short runs
+            labels, order, _ = descend(problem, best_x, *best, steps, data.num_classes,
+                                       evaluations=len(plan) * sched.iterations, gen=gen)
+            best, descended = (labels, order), [(labels, order, list(range(n)))]
+        cands = [c for c in descended + near(*best) if arrangement_key(c[0], steps, c[1]) not in seen]
+        if not cands:
             break
-        if len(near) > (moves or len(plan)):
-            near = [near[int(j)] for j in torch.randperm(len(near), generator=gen)[: moves or len(plan)]]
-        cands = torch.stack([c for c, _ in near])
-        seen.update(arrangement_key(c, steps) for c in cands)
-        v = Unknowns(x=torch.stack([best_x[order] for _, order in near]).clone().requires_grad_(True),
-                     labels=cands.to(device))
+        if len(cands) > (moves or len(plan)):
+            cands = cands[:len(descended)] + [cands[len(descended) + int(j)] for j in torch.randperm(
+                len(cands) - len(descended), generator=gen)[: (moves or len(plan)) - len(descended)]]
+        labels = torch.stack([c for c, _, _ in cands])
+        order = None if orders is None else torch.stack([o for _, o, _ in cands])
+        seen.update(key(k, labels, order) for k in range(len(cands)))
+        v = Unknowns(x=torch.stack([best_x[carry] for _, _, carry in cands]).clone().requires_grad_(True),
+                     labels=labels.to(device), orders=None if order is None else order.to(device))
         mismatch = finite_or_inf(run_adam(problem, v, sched, bounds).cpu())
-        pool.append((v.x.detach(), cands, mismatch))
+        pool.append((v.x.detach(), labels, order, mismatch))
         j = int(torch.argmin(mismatch))
         if float(mismatch[j]) >= best_m:
             break
-        best, best_x, best_m = cands[j], v.x.detach()[j], float(mismatch[j])
-    x, labels, mismatch = (torch.cat(part) for part in zip(*pool))
+        best = (labels[j], None if order is None else order[j])
+        best_x, best_m = v.x.detach()[j], float(mismatch[j])
+    x, labels, mismatch = (torch.cat([part[i] for part in pool]) for i in (0, 1, 3))
+    order = None if orders is None else torch.cat([part[2] for part in pool])
     finalists = torch.argsort(mismatch)[: max(keep, len(plan) // 8)]
-    u = Unknowns(x=x[finalists].clone().requires_grad_(True), labels=labels[finalists].to(device))
+    u = Unknowns(x=x[finalists].clone().requires_grad_(True), labels=labels[finalists].to(device),
+                 orders=None if order is None else order[finalists].to(device))
     if len(finalists) > keep:  # a longer look at the closest candidates before choosing
         longer = AdamSchedule(3 * sched.iterations, sched.lr, sched.signed, sched.boxed, decay=False,
                               balanced=sched.balanced)

@@ -52,6 +52,18 @@ def training_order(truth: Truth, *overrides: str) -> list[int]:
     return [pos[i] for i in dict.fromkeys(int(i) for b in batches for i in b)]
 
 
+def epoch_orders(truth: Truth, *overrides: str) -> torch.Tensor:
+    """Per-epoch orders (E, N) of the victim client of `observed_update(*overrides)`, which
+    reshuffles every local epoch, over its samples in `training_order`: slot j of epoch e
+    trained on sample [e, j] (the first epoch's order is the identity), as
+    `fedattack.attacks.optimize.Unknowns.orders` holds them."""
+    batches = schedule(np.asarray(truth.indices), case_config(*overrides), 1, 0)
+    first = [int(truth.indices[k]) for k in training_order(truth, *overrides)]
+    slot = {i: k for k, i in enumerate(first)}
+    flat = [slot[int(i)] for b in batches for i in b]
+    return torch.tensor(flat).reshape(-1, len(first))
+
+
 def psnr_ssim(images: torch.Tensor, truth: Truth, obs: Observation) -> tuple[float, float]:
     """Mean PSNR and SSIM of reconstructed `images` (model space) against the truth, matched."""
     s = match_and_score(obs.data.to_pixels(images.detach().cpu()).numpy(),

@@ -130,9 +130,11 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
             key = obs.protocol
             if key not in calibrations:  # once per (model, protocol, defense): later seeds reuse it
                 x, y = exp.test.get(range(len(exp.test)))
-                sim = simulate_cases(obs, x, y, count=1 if quick else count, seed=seed)
+                per = 1 if quick else count
+                sim, held_out = simulate_cases(obs, x, y, count=2 * per, seed=seed).split(per)
                 t0 = time.perf_counter()
-                calibrations[key] = calibrate(attack, base_params, sim, budget=2 if quick else budget, ctx=ctx)
+                calibrations[key] = calibrate(attack, base_params, sim, budget=2 if quick else budget, ctx=ctx,
+                                              held_out=held_out)
                 calib_s += time.perf_counter() - t0
             params, tuned = calibrations[key].params, calibrations[key].tuned
         t0 = time.perf_counter()

@@ -65,6 +65,27 @@ def test_calibration_tunes_on_its_own_cases_and_keeps_the_defaults_first():
     assert tuned.record()["tuned"] == tuned.tuned and np.isfinite(tuned.record()["best_psnr"])
 
 
+def test_the_winner_is_used_only_where_it_also_wins_on_fresh_cases():
+    # tuned on dark images the flat guess moves to their brightness; on fresh cases that are as
+    # dark it is confirmed, on fresh cases as bright as the configured guess it loses and the
+    # configured value stays
+    obs, _ = observed_update("seed=0", "client.local_steps=1", "client.batch_size=2")
+    gen = torch.Generator().manual_seed(1)
+    dark = obs.data.normalize(torch.rand((32, 1, 32, 32), generator=gen) * 0.2 + 0.2)
+    bright = obs.data.normalize(torch.rand((16, 1, 32, 32), generator=gen) * 0.1 + 0.85)
+    zeros = torch.zeros(32, dtype=torch.long)
+    tune, like = simulate_cases(obs, dark, zeros, count=4, seed=0).split(2)
+    unlike = simulate_cases(obs, bright, zeros[:16], count=2, seed=0)
+    spec = AttackSpec("test-flat", _flat, _FlatParams, "test", tunable=(("level", LogRange(0.05, 0.95)),))
+    with ATTACKS.temporarily(spec.name, spec):
+        kept = calibrate("test-flat", _FlatParams(), tune, budget=10, ctx=AttackContext(seed=0), held_out=like)
+        lost = calibrate("test-flat", _FlatParams(), tune, budget=10, ctx=AttackContext(seed=0), held_out=unlike)
+    assert kept.held_out["confirmed"] and kept.params.level < 0.6 and kept.tuned
+    assert not lost.held_out["confirmed"] and lost.params == _FlatParams() and lost.tuned == {}
+    assert lost.best_psnr == lost.default_psnr and len(lost.held_out["chosen"]) == 2
+    assert lost.record()["held_out"]["confirmed"] is False
+
+
 def test_a_candidate_replaces_the_configured_values_only_where_it_is_no_worse_on_any_case():
     assert dominates([11.0, 9.5], [11.0, 9.0])
     assert not dominates([20.0, 8.9], [11.0, 9.0])  # a better mean bought by losing on one case
@@ -93,5 +114,6 @@ def test_an_audit_calibrates_before_its_first_jobs_and_records_the_choice(tmp_pa
     (record,) = json.loads((tmp_path / "run" / "calibration.json").read_text())
     assert record["attack"] == "test-flat" and record["trials"][0]["values"] == {"level": 0.9}
     assert record["protocol"]["batch_size"] == 2 and record["cases"] == 1
+    assert record["held_out"]["cases"] == 1 and record["held_out"]["confirmed"]  # and confirmed on a fresh one
     assert abs(record["params"]["level"] - 0.9) > 0.2 and record["best_psnr"] > record["default_psnr"] + 1.0
     assert "<h2>Calibration</h2>" in (tmp_path / "run" / "report.html").read_text()

@@ -10,6 +10,9 @@ parameters are always the first candidate, and a candidate replaces them only wh
 least as well on every one of the cases and better on their mean: a handful of cases is a
 noisy judge (one unlucky label recovery moves a mean by several dB), and a choice that wins
 on one case by losing on another says more about the cases than about the deployment. The
+winner of a search over a few cases is also flattered by them (the best of a dozen noisy
+scores is biased upward), so where `held_out` cases are given, the winner must beat the
+configured values again, by the same rule, on those fresh cases before it is used. The
 victims' data is never used: the cases come from the images the
 caller passes (the test split, or another dataset the user names).
 
@@ -50,6 +53,10 @@ def tunable(attack: str) -> dict[str, LogRange | Choice]:
 class CalibrationCases:
     cases: list[tuple[Observation, Truth]]
     unmodelled: tuple[str, ...] = ()  # defenses in force that the simulation leaves out
+
+    def split(self, k: int) -> tuple["CalibrationCases", "CalibrationCases"]:
+        """The first k cases and the rest (to tune on, and to confirm the choice on)."""
+        return (CalibrationCases(self.cases[:k], self.unmodelled), CalibrationCases(self.cases[k:], self.unmodelled))
 
 
 def simulate_cases(obs: Observation, images: torch.Tensor, labels: torch.Tensor, *, count: int, seed: int
@@ -107,12 +114,13 @@ class Calibration:
     cases: int = 0
     seconds: float = 0.0
     unmodelled: tuple[str, ...] = ()
+    held_out: dict = field(default_factory=dict)  # the winner checked on fresh cases: per-case PSNRs, confirmed
 
     def record(self) -> dict:
         """A plain record for the run directory."""
         return {"attack": self.attack, "tuned": self.tuned, "default_psnr": self.default_psnr,
                 "best_psnr": self.best_psnr, "cases": self.cases, "seconds": round(self.seconds, 1),
-                "unmodelled_defenses": list(self.unmodelled), "trials": self.trials,
+                "unmodelled_defenses": list(self.unmodelled), "trials": self.trials, "held_out": self.held_out,
                 "params": asdict(self.params)}
 
 
@@ -151,11 +159,13 @@ def dominates(candidate: list[float], configured: list[float]) -> bool:
 
 
 def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int, ctx: AttackContext,
-              on_trial: Callable[[dict, float], None] | None = None) -> Calibration:
+              held_out: CalibrationCases | None = None, on_trial: Callable[[dict, float], None] | None = None
+              ) -> Calibration:
     """Tune `attack`'s registered `tunable` hyperparameters on simulated cases with nevergrad's NGOpt,
     `budget` evaluations in all, the configured `params` first. Returns the best mean among the
     candidates that did at least as well as the configured values on every case (`dominates`),
-    or the configured values."""
+    or the configured values; with `held_out` cases, the best only where it dominates the
+    configured values on those as well."""
     t0 = time.perf_counter()
     space = {k: v for k, v in tunable(attack).items() if k in {f.name for f in fields(params)}}
     start = {k: getattr(params, k) for k in space}
@@ -182,10 +192,18 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
                     on_trial(values, psnr)
                 if psnr > best and dominates(found, per_case):
                     best, best_values = psnr, values
+    check: dict = {}
+    if held_out is not None and held_out.cases and best > base:
+        configured = evaluate(attack, params, held_out.cases, ctx)
+        chosen = evaluate(attack, replace(params, **best_values), held_out.cases, ctx)
+        check = {"cases": len(held_out.cases), "configured": [round(v, 3) for v in configured],
+                 "chosen": [round(v, 3) for v in chosen], "confirmed": dominates(chosen, configured)}
+        if not check["confirmed"]:
+            best_values, best = dict(start), base
     tuned = replace(params, **best_values)
     return Calibration(attack=attack, params=tuned, tuned=best_values if best > base else {}, default_psnr=base,
                        best_psnr=best, trials=trials, cases=len(cases.cases), seconds=time.perf_counter() - t0,
-                       unmodelled=cases.unmodelled)
+                       unmodelled=cases.unmodelled, held_out=check)
 
 
 def calibration_key(attack: str, obs: Observation, adaptive: bool) -> tuple:

@@ -261,9 +261,11 @@ class Auditor:
         images, labels = self.plan.calibration_data
         record: dict[str, Any] = {"attack": attack, "protocol": asdict(observation.protocol)}
         try:
-            cases = simulate_cases(observation, images, labels, count=opts.calibration_cases, seed=self.plan.seed)
+            count = opts.calibration_cases
+            cases, held_out = simulate_cases(observation, images, labels, count=2 * count,
+                                             seed=self.plan.seed).split(count)
             ctx = AttackContext(seed=self.plan.seed, labels=opts.labels)
-            cal = calibrate(attack, params, cases, budget=opts.calibration_budget, ctx=ctx)
+            cal = calibrate(attack, params, cases, budget=opts.calibration_budget, ctx=ctx, held_out=held_out)
         except (ValueError, FedattackError, RuntimeError) as exc:
             record["skipped"] = f"{type(exc).__name__}: {exc}"
             log(WARNING, "fedattack: calibration of %s skipped (%s); it runs with its configured parameters",
@@ -632,7 +634,8 @@ class AuditStrategy(Strategy):
         Candidate settings calibration tries, the configured parameters first; each costs
         `calibration_cases` attack runs.
     calibration_cases : int (default: 2)
-        Simulated client updates calibration scores each candidate on.
+        Simulated client updates calibration scores each candidate on; as many fresh ones
+        confirm the winner against the configured parameters before it is used.
     server_mode : str (default: "honest")
         "malicious" when the model carries a malicious server's extension blocks (fedattack's
         own models): they are re-sent every round and the report says so.

@@ -120,7 +120,7 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
         base_params = replace(base_params, iterations=iterations)
     if quick:
         base_params = replace(base_params, iterations=min(base_params.iterations, 100))
-    per, seconds, calib_s, tuned = [], [], 0.0, {}
+    per, seconds, calib_s, tuned, check = [], [], 0.0, {}, {}
     calibrations: dict = {}
     for seed in case.seeds:
         obs, truth, exp = victim(case, seed)
@@ -130,13 +130,13 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
             key = obs.protocol
             if key not in calibrations:  # once per (model, protocol, defense): later seeds reuse it
                 x, y = exp.test.get(range(len(exp.test)))
-                per = 1 if quick else count
-                sim, held_out = simulate_cases(obs, x, y, count=2 * per, seed=seed).split(per)
+                k = 1 if quick else count
+                sim, held_out = simulate_cases(obs, x, y, count=2 * k, seed=seed).split(k)
                 t0 = time.perf_counter()
                 calibrations[key] = calibrate(attack, base_params, sim, budget=2 if quick else budget, ctx=ctx,
                                               held_out=held_out)
                 calib_s += time.perf_counter() - t0
-            params, tuned = calibrations[key].params, calibrations[key].tuned
+            params, tuned, check = calibrations[key].params, calibrations[key].tuned, calibrations[key].held_out
         t0 = time.perf_counter()
         rec = spec(obs, params, ctx)
         seconds.append(time.perf_counter() - t0)
@@ -148,7 +148,8 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
             "ssim": float(np.mean([p["ssim"] for p in per])),
             "recovered": f"{sum(p['recovered'] for p in per)}/{sum(p['images'] for p in per)}",
             "label_acc": float(np.mean([p["label_acc"] for p in per])), "s_per_job": float(np.mean(seconds)),
-            "calibration_s": calib_s, "tuned": str(tuned) if calibrated else "", "seeds": len(case.seeds),
+            "calibration_s": calib_s, "tuned": str(tuned) if calibrated else "",
+            "held_out": str(check) if calibrated else "", "seeds": len(case.seeds),
             "iterations": base_params.iterations, "update_entries": sum(v.numel() for v in obs.update.values()),
             "unknown_pixels": case.images * int(np.prod(obs.data.shape))}
 
@@ -156,7 +157,8 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
 @dataclass(frozen=True)
 class Plan:
     """Which cases a benchmark runs, and what it calibrates (a calibration costs `budget` x `count`
-    attack runs, once per case: its victims share the protocol)."""
+    attack runs, and 2 x `count` more to confirm a winner on fresh updates, once per case: its
+    victims share the protocol)."""
 
     cases: tuple[int, ...]
     calibrated: tuple[str, ...] = ("invgrad",)  # attacks also run calibrated

@@ -245,8 +245,11 @@ def calibration_section(run_dir: Path) -> str:
     rows = []
     for r in records:
         p = r.get("protocol") or {}
-        setting = (f"{p.get('num_examples', '?')} images, {p.get('local_steps', '?')} steps of batch "
-                   f"{p.get('batch_size', '?')} at lr {p.get('lr', '?')}")
+        steps = (f"{p.get('local_epochs', '?')} epoch(s)" if p.get("local_steps") == 0
+                 else f"{p.get('local_steps', '?')} step(s)")
+        setting = (f"{p.get('num_examples', '?')} images, {steps} of batch {p.get('batch_size', '?')} "
+                   f"at lr {p.get('lr', '?')}")
+        fresh = ""
         if r.get("skipped"):
             chosen, gain = f"skipped: {r['skipped']}", ""
         else:
@@ -254,11 +257,12 @@ def calibration_section(run_dir: Path) -> str:
             chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned.items())
             gain = f"{r.get('default_psnr', float('nan')):.1f} &rarr; {r.get('best_psnr', float('nan')):.1f}"
             check = r.get("held_out") or {}
+            fresh = f" + {check['cases']} fresh" if check.get("cases") else ""
             if check and not check.get("confirmed"):
                 chosen = "the configured parameters (the best candidate lost on fresh updates)"
         rows.append(f"<tr><td>{esc(r.get('attack', ''))}</td><td>{esc(setting)}</td>"
                     f"<td>{esc(chosen or 'the configured parameters')}</td><td>{gain}</td>"
-                    f"<td>{r.get('cases', '')}</td><td>{r.get('seconds', '')}</td></tr>")
+                    f"<td>{r.get('cases', '')}{fresh}</td><td>{r.get('seconds', '')}</td></tr>")
     return ("<h2>Calibration</h2><p class='note'>Before attacking, the server tuned each attack on client updates "
             "it simulated with its own data (never the clients'): the same model, protocol and update defenses. "
             "PSNR: mean over the simulated updates, configured &rarr; best found; a choice is used only where it "

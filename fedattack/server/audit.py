@@ -273,10 +273,11 @@ class Auditor:
             self._record_calibration(record)
             return params
         record.update(cal.record())
+        chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in cal.tuned.items())
+        if cal.held_out and not cal.held_out["confirmed"]:
+            chosen = "the configured parameters (the best candidate lost on fresh simulated updates)"
         log(INFO, "fedattack: calibrated %s on %d simulated updates in %.0f s: %s (PSNR %.1f -> %.1f dB)", attack,
-            cal.cases, cal.seconds, ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                              for k, v in cal.tuned.items()) or "the configured parameters",
-            cal.default_psnr, cal.best_psnr)
+            cal.cases, cal.seconds, chosen or "the configured parameters", cal.default_psnr, cal.best_psnr)
         self._record_calibration(record)
         return cal.params
 

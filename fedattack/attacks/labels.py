@@ -15,8 +15,11 @@ so a class present in the batch pulls its row negative in proportion to its coun
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Callable
 
+import numpy as np
 import torch
 
 from fedattack.attacks.engine import functional_model
@@ -181,17 +184,63 @@ def nearby_counts(expected: torch.Tensor, n: int, k: int) -> list[torch.Tensor]:
     return [base] + [torch.tensor(t) for t in ranked[: max(0, k - 1)]]
 
 
+def present_classes(obs: Observation) -> torch.Tensor | None:
+    """The classes the update proves present, or None where the protocol proves nothing.
+
+    Under softmax cross-entropy an absent class c has dL/db_c = mean_u p_uc > 0 at every local
+    step, and SGD (with or without momentum) or Adam without weight decay moves its bias down
+    by a positive combination of those: its bias update is never positive, so every class whose
+    bias went up is in the batch. Any defense (noise, mixup, quantization, ...) can flip signs,
+    so a defended update proves nothing."""
+    p = obs.protocol
+    if p.defenses or p.weight_decay or p.optimizer not in ("sgd", "adam"):
+        return None
+    _, db = last_layer(obs)
+    return None if db is None else torch.nonzero(db < 0).flatten()
+
+
 def label_hypotheses(obs: Observation, n: int, method: str = "auto", k: int = 1) -> tuple[list[torch.Tensor], str]:
     """Up to k candidate label multisets, most plausible first (the method's own answer).
 
     Count methods (bias, geng) rank nearby integer counts by distance to their real-valued
-    estimate; the others give their answer only. An attack that can score candidates (by its
-    final gradient mismatch) spreads its restarts over them."""
+    estimate; the others give their answer only. Candidates that leave out a class the update
+    proves present (`present_classes`) are dropped: where few samples are left to place, every
+    completion of the proven classes is ranked (n proven classes: the multiset is known). An
+    attack that can score candidates (by its final gradient mismatch) spreads its restarts over
+    them."""
     labels, method = recover_labels(obs, n, method)
     if k <= 1 or method not in COUNT_ESTIMATES:
         return [labels], method
     device = labels.device
-    return [counts_to_labels(c).to(device) for c in nearby_counts(COUNT_ESTIMATES[method](obs, n), n, k)], method
+    expected = COUNT_ESTIMATES[method](obs, n)
+    present = present_classes(obs)
+    if present is not None and 0 < len(present) <= n:
+        counts = completions(present.cpu(), expected, n, k)
+        if counts:
+            return [counts_to_labels(c).to(device) for c in counts], method
+    counts = nearby_counts(expected, n, k)
+    if present is not None:
+        counts = [c for c in counts if bool((c[present.cpu()] > 0).all())] or counts
+    return [counts_to_labels(c).to(device) for c in counts], method
+
+
+def completions(present: torch.Tensor, expected: torch.Tensor, n: int, k: int,
+                limit: int = 20_000) -> list[torch.Tensor]:
+    """The k count vectors with every `present` class at least once, closest to `expected`
+    (scaled to n, as in `nearby_counts`) first, when there are at most `limit` of them (else
+    none: the caller falls back to `nearby_counts`)."""
+    classes, rest = len(expected), n - len(present)
+    if math.comb(classes + rest - 1, rest) > limit:
+        return []
+    e = expected.detach().double().cpu().clamp(min=0).numpy()
+    e = e * n / e.sum() if e.sum() > 0 else np.full(classes, n / classes)
+    base = np.zeros(classes, dtype=np.int64)
+    base[present.numpy()] = 1
+    extra = np.array(list(itertools.combinations_with_replacement(range(classes), rest)), dtype=np.int64)
+    counts = base + (extra.reshape(len(extra), rest)[:, :, None] == np.arange(classes)).sum(1)
+    distance = ((counts - e) ** 2).sum(1)
+    order = np.lexsort((*counts.T[::-1], distance))  # by distance, ties by the counts themselves
+    return [torch.from_numpy(counts[i].copy()) for i in order[:k]]
 
 
 def recover_labels(obs: Observation, n: int, method: str = "auto") -> tuple[torch.Tensor, str]:

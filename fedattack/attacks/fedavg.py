@@ -43,7 +43,7 @@ class FedAvgParams:
     iterations: int = 1000
     lr: float = 0.1  # Adam step size in model-input units
     lr_decay: float = 0.01  # the step size falls geometrically to lr * lr_decay over the run
-    tv: float = 1e-2  # weight of total variation
+    tv: float = 0.1  # weight of total variation (absolute; the distance is a mean of per-layer cosines)
     invariance: float = 1.0  # weight of the epoch-order-invariant prior
     restarts: int = 1
     loss: str = "layer-cosine"

@@ -14,7 +14,7 @@ from fedattack.attacks.invgrad import InvGradParams
 from fedattack.defenses.base import DEFENSES, DefenseSpec
 from fedattack.errors import ConfigError
 from fedattack.testing.cases import observed_update, psnr_ssim
-from fedattack.threat import DefenseSetting
+from fedattack.threat import DefenseSetting, Reconstruction
 
 ONE_IMAGE = ("client.batch_size=1", "client.local_steps=1")
 
@@ -77,6 +77,27 @@ def test_invgrad_multi_step_unrolls_local_training():
     assert psnr > 18 and ssim > 0.4  # measured ~23 dB, SSIM 0.65
     assert sorted(rec.labels.tolist()) == sorted(truth.labels.tolist())
     assert rec.info["local_steps"] == 2
+
+
+def test_invgrad_reruns_a_collapsed_run_with_the_per_layer_cosine(monkeypatch):
+    from fedattack.attacks import invgrad as module
+
+    obs, _ = observed_update("seed=0", *ONE_IMAGE)
+    lo, hi = obs.data.bounds()
+    noise = torch.where(torch.rand(1, *obs.data.shape) < 0.5, lo, hi)  # saturated colour noise
+    assert module.saturation(noise, (lo, hi)) == 1.0 and module.saturation(0.5 * (lo + hi), (lo, hi)) == 0.0
+    calls = []
+
+    def fake(obs, params, ctx):
+        calls.append(params.loss)
+        x = noise if params.loss == "cosine" else (lo + hi).expand_as(noise) / 2
+        return Reconstruction(images=x, info={"saturated": module.saturation(x, (lo, hi))})
+
+    monkeypatch.setattr(module, "_invert", fake)
+    rec = attack("invgrad", InvGradParams(), obs)
+    assert calls == ["cosine", "layer-cosine"] and rec.info["collapsed"] == {"loss": "cosine", "saturated": 1.0}
+    calls.clear()
+    assert attack("invgrad", InvGradParams(saturated=1.0), obs).info["saturated"] == 1.0 and calls == ["cosine"]
 
 
 @dataclass

@@ -28,7 +28,7 @@ the global cosine is carried by the classifier's gradient, which the labels near
 pixels' own gradient is close to noise; signed steps give every pixel a full step whatever its
 gradient, so the pixels random-walk into the box bounds and the output is saturated noise, far
 below a flat grey image. A run whose output has more than `saturated` of its pixels at the
-bounds (collapsed runs: about two thirds; healthy ones: a few percent, as natural images) is
+bounds (collapsed runs: a quarter to four fifths; healthy ones: a few percent, as natural images) is
 run again with the per-layer cosine, which gives the pixels' layers their weight, and the less
 saturated output is kept (`info["collapsed"]` says so).
 """
@@ -68,7 +68,7 @@ class InvGradParams:
     lr_decay: bool = True
     tv_decay: bool = False  # the priors' weights decay with the step size (x0.1 at each lr decay)
     balanced: bool = True  # tv and l2 as shares of the mismatch's input gradient at the start (model-independent)
-    saturated: float = 0.5  # share of pixels at the box bounds that marks a collapsed run (rerun per-layer; 1: off)
+    saturated: float = 0.2  # share of pixels at the box bounds that marks a collapsed run (rerun per-layer; 1: off)
 
     def validate(self, name: str) -> None:
         check_range(name, "iterations", self.iterations, 1)

@@ -260,6 +260,9 @@ class Auditor:
         opts = self.plan.options
         images, labels = self.plan.calibration_data
         record: dict[str, Any] = {"attack": attack, "protocol": asdict(observation.protocol)}
+        log(INFO, "fedattack: calibrating %s before its first jobs: up to %d settings on %d simulated updates of "
+            "this protocol (once per model, protocol and defense)", attack, opts.calibration_budget,
+            opts.calibration_cases)
         try:
             count = opts.calibration_cases
             cases, held_out = simulate_cases(observation, images, labels, count=2 * count,

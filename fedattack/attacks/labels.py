@@ -55,12 +55,18 @@ def _ranked(score: torch.Tensor, n: int) -> torch.Tensor:
     return _multiset(order[torch.arange(n, device=order.device) % len(order)])
 
 
+def scaled(expected: torch.Tensor, n: int) -> torch.Tensor:
+    """Real-valued expected counts (C,) as float64 summing to n: negative estimates count as
+    zero; all-zero estimates become uniform."""
+    k = expected.detach().double().clamp(min=0)
+    k = torch.ones_like(k) if float(k.sum()) <= 0 else k
+    return k * n / k.sum()
+
+
 def apportion(expected: torch.Tensor, n: int) -> torch.Tensor:
     """Integer counts per class summing to n from real-valued expected counts
     (negative estimates count as zero; largest remainders get the leftover units)."""
-    k = expected.detach().double().clamp(min=0)
-    k = torch.ones_like(k) if float(k.sum()) <= 0 else k
-    k = k * n / k.sum()
+    k = scaled(expected, n)
     counts = torch.floor(k)
     left = int(n - counts.sum())
     if left > 0:
@@ -161,8 +167,7 @@ def bias(obs: Observation, n: int) -> torch.Tensor:
 def nearby_counts(expected: torch.Tensor, n: int, k: int) -> list[torch.Tensor]:
     """Up to k integer count vectors summing to n, closest to `expected` first: the rounded
     estimate, then the vectors one or two unit moves away, by squared distance."""
-    e = expected.detach().double().cpu().clamp(min=0)
-    e = e * n / e.sum() if float(e.sum()) > 0 else torch.full_like(e, n / len(e))
+    e = scaled(expected, n).cpu()
     base = apportion(e, n).cpu()
     found = {tuple(base.tolist())}
     frontier = [base]
@@ -227,13 +232,12 @@ def label_hypotheses(obs: Observation, n: int, method: str = "auto", k: int = 1)
 def completions(present: torch.Tensor, expected: torch.Tensor, n: int, k: int,
                 limit: int = 20_000) -> list[torch.Tensor]:
     """The k count vectors with every `present` class at least once, closest to `expected`
-    (scaled to n, as in `nearby_counts`) first, when there are at most `limit` of them (else
+    (`scaled` to n) first, when there are at most `limit` of them (else
     none: the caller falls back to `nearby_counts`)."""
     classes, rest = len(expected), n - len(present)
     if math.comb(classes + rest - 1, rest) > limit:
         return []
-    e = expected.detach().double().cpu().clamp(min=0).numpy()
-    e = e * n / e.sum() if e.sum() > 0 else np.full(classes, n / classes)
+    e = scaled(expected, n).cpu().numpy()
     base = np.zeros(classes, dtype=np.int64)
     base[present.numpy()] = 1
     extra = np.array(list(itertools.combinations_with_replacement(range(classes), rest)), dtype=np.int64)

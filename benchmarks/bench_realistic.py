@@ -36,10 +36,11 @@ import torch
 
 from fedattack import config as fconfig
 from fedattack.attacks import ATTACKS, AttackContext
-from fedattack.attacks.calibrate import calibrate, simulate_cases
+from fedattack.attacks.calibrate import calibrate, case_count, simulate_cases
 from fedattack.experiment import build
 from fedattack.metrics.images import match_and_score, psnr, ssim
 from fedattack.metrics.labels import label_accuracy
+from fedattack.schema import AuditConfig
 from fedattack.testing.cases import observed_update
 
 
@@ -130,7 +131,7 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
             key = obs.protocol
             if key not in calibrations:  # once per (model, protocol, defense): later seeds reuse it
                 x, y = exp.test.get(range(len(exp.test)))
-                k = 1 if quick else count
+                k = 1 if quick else case_count(count, case.images, AuditConfig.calibration_images)
                 sim, held_out = simulate_cases(obs, x, y, count=2 * k, seed=seed).split(k)
                 t0 = time.perf_counter()
                 calibrations[key] = calibrate(attack, base_params, sim, budget=2 if quick else budget, ctx=ctx,
@@ -158,7 +159,8 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
 class Plan:
     """Which cases a benchmark runs, and what it calibrates (a calibration costs `budget` x `count`
     attack runs, and 2 x `count` more to confirm a winner on fresh updates, once per case: its
-    victims share the protocol)."""
+    victims share the protocol; `count` grows where its updates hold fewer than
+    `audit.calibration_images` images, as the audit's does)."""
 
     cases: tuple[int, ...]
     calibrated: tuple[str, ...] = ("invgrad",)  # attacks also run calibrated

@@ -96,6 +96,7 @@ class AuditConfig:
     calibrate: bool = False  # tune each attack on simulated updates of the server's own data first
     calibration_budget: int = 12  # candidate settings calibration tries (the configured parameters first)
     calibration_cases: int = 2  # simulated client updates per calibration
+    calibration_images: int = 8  # images those updates hold at least (more updates for smaller clients)
     calibration_samples: int = 256  # images of the server's own data (the test split) calibration draws from
     calibration_data: str | None = None  # a dataset (as data.name) whose test split the server holds; None: the run's
 

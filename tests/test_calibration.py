@@ -9,7 +9,7 @@ import torch
 
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.base import AttackSpec, LogRange
-from fedattack.attacks.calibrate import calibrate, calibration_key, dominates, simulate_cases
+from fedattack.attacks.calibrate import calibrate, calibration_key, case_count, dominates, simulate_cases
 from fedattack.defenses.clipping import global_norm
 from fedattack.cli import main
 from fedattack.threat import DefenseSetting, Reconstruction
@@ -113,7 +113,38 @@ def test_an_audit_calibrates_before_its_first_jobs_and_records_the_choice(tmp_pa
 
     (record,) = json.loads((tmp_path / "run" / "calibration.json").read_text())
     assert record["attack"] == "test-flat" and record["trials"][0]["values"] == {"level": 0.9}
-    assert record["protocol"]["batch_size"] == 2 and record["cases"] == 1
-    assert record["held_out"]["cases"] == 1 and record["held_out"]["confirmed"]  # and confirmed on a fresh one
+    # one case asked for, but a judge holds at least 8 images: 4 simulated clients of 2
+    assert record["protocol"]["batch_size"] == 2 and record["cases"] == 4
+    assert record["held_out"]["cases"] == 4 and record["held_out"]["confirmed"]  # and confirmed on fresh ones
     assert abs(record["params"]["level"] - 0.9) > 0.2 and record["best_psnr"] > record["default_psnr"] + 1.0
     assert "<h2>Calibration</h2>" in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_a_calibration_judge_holds_at_least_the_images_asked_for():
+    assert case_count(2, 1, 8) == 8 and case_count(2, 3, 8) == 3 and case_count(2, 4, 8) == 2
+    assert case_count(2, 16, 8) == 2 and case_count(5, 1, 1) == 5
+
+
+def test_a_stop_request_ends_a_calibration_before_its_next_attack_run(tmp_path):
+    # calibration runs the attack dozens of times before the first job; a stop request (SIGINT,
+    # SIGTERM) must not wait for all of them: the audit's check ends it before the next run
+    from fedattack import shutdown
+
+    calls = []
+
+    def stopping(obs, params, ctx):
+        calls.append(params.level)
+        shutdown.request("test")
+        return _flat(obs, params, ctx)
+
+    spec = AttackSpec("test-stop", stopping, _FlatParams, "test", tunable=(("level", LogRange(0.05, 0.95)),))
+    try:
+        with ATTACKS.temporarily(spec.name, spec):
+            code = main(["attack", "--out", str(tmp_path / "run"), "--quiet", "audit.attacks=[test-stop]",
+                         "audit.calibrate=true", "audit.calibration_budget=10", "client.batch_size=2",
+                         "client.local_steps=1"])
+    finally:
+        shutdown.reset()
+    assert code != 0 and calls == [0.9]  # stopped after the first of 10 x 4 x 2 runs
+    assert not (tmp_path / "run" / "leakage.csv").exists() or len((tmp_path / "run" / "leakage.csv").read_text()
+                                                                   .splitlines()) <= 1

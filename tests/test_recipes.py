@@ -126,7 +126,7 @@ def _shrink(cmd: Command, cwd: Path, pythonpath: list[str]) -> list[str]:
     extra = [f"{ATTACKS.get(a).name}.{f.name}=1" for a in cfg.audit.attacks for f in fields(ATTACKS.get(a).params)
              if f.name in SHRINK_FIELDS]
     if cfg.audit.calibrate:
-        extra += ["audit.calibration_budget=2", "audit.calibration_cases=1"]
+        extra += ["audit.calibration_budget=2", "audit.calibration_cases=1", "audit.calibration_images=1"]
     if verb == "attack":
         return extra
     if verb == "sweep":  # its first value and seed (plus the reference run it always has)

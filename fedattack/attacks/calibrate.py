@@ -59,6 +59,12 @@ class CalibrationCases:
         return (CalibrationCases(self.cases[:k], self.unmodelled), CalibrationCases(self.cases[k:], self.unmodelled))
 
 
+def case_count(cases: int, images_per_case: int, min_images: int) -> int:
+    """Simulated updates per judge (to tune on, and as many to confirm on): `cases`, or more
+    where `cases` updates of `images_per_case` images hold fewer than `min_images` images in all."""
+    return max(cases, -(-max(0, min_images) // max(1, images_per_case)))
+
+
 def simulate_cases(obs: Observation, images: torch.Tensor, labels: torch.Tensor, *, count: int, seed: int
                    ) -> CalibrationCases:
     """`count` simulated client updates of the protocol `obs` was produced under, each on
@@ -138,11 +144,13 @@ def _parametrization(space: dict[str, LogRange | Choice], start: dict[str, Any])
 
 
 def evaluate(attack: str, params: Any, cases: list[tuple[Observation, Truth]], ctx: AttackContext,
-             success_ssim: float = 0.5) -> list[float]:
-    """PSNR of `attack` with `params` on each case (a failed case counts as 0 dB)."""
+             success_ssim: float = 0.5, check: Callable[[], None] = lambda: None) -> list[float]:
+    """PSNR of `attack` with `params` on each case (a failed case counts as 0 dB); `check` is
+    called before each case (it raises to stop)."""
     spec = ATTACKS.get(attack)
     values = []
     for i, (obs, truth) in enumerate(cases):
+        check()
         try:
             rec: Reconstruction = spec(obs.to(ctx.device), params, replace(ctx, seed=ctx.seed + i))
             s = score(rec, truth, obs.data, success_ssim)
@@ -159,17 +167,18 @@ def dominates(candidate: list[float], configured: list[float]) -> bool:
 
 
 def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int, ctx: AttackContext,
-              held_out: CalibrationCases | None = None, on_trial: Callable[[dict, float], None] | None = None
-              ) -> Calibration:
+              held_out: CalibrationCases | None = None, on_trial: Callable[[dict, float], None] | None = None,
+              check: Callable[[], None] = lambda: None) -> Calibration:
     """Tune `attack`'s registered `tunable` hyperparameters on simulated cases with nevergrad's NGOpt,
     `budget` evaluations in all, the configured `params` first. Returns the best mean among the
     candidates that did at least as well as the configured values on every case (`dominates`),
     or the configured values; with `held_out` cases, the best only where it dominates the
-    configured values on those as well."""
+    configured values on those as well. `check` is called before every attack run and raises
+    to stop the calibration (a run's stop request)."""
     t0 = time.perf_counter()
     space = {k: v for k, v in tunable(attack).items() if k in {f.name for f in fields(params)}}
     start = {k: getattr(params, k) for k in space}
-    per_case = evaluate(attack, params, cases.cases, ctx)
+    per_case = evaluate(attack, params, cases.cases, ctx, check=check)
     base = float(np.mean(per_case)) if per_case else float("nan")
     trials = [{"values": start, "psnr": round(base, 3), "per_case": [round(v, 3) for v in per_case]}]
     best_values, best = dict(start), base
@@ -183,7 +192,7 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
             for _ in range(budget - 1):
                 cand = opt.ask()
                 values = {k: (float(v) if isinstance(space[k], LogRange) else v) for k, v in cand.value.items()}
-                found = evaluate(attack, replace(params, **values), cases.cases, ctx)
+                found = evaluate(attack, replace(params, **values), cases.cases, ctx, check=check)
                 psnr = float(np.mean(found)) if found else float("nan")
                 opt.tell(cand, -psnr)
                 trials.append({"values": values, "psnr": round(psnr, 3), "per_case": [round(v, 3) for v in found],
@@ -192,18 +201,18 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
                     on_trial(values, psnr)
                 if psnr > best and dominates(found, per_case):
                     best, best_values = psnr, values
-    check: dict = {}
+    confirmation: dict = {}
     if held_out is not None and held_out.cases and best > base:
-        configured = evaluate(attack, params, held_out.cases, ctx)
-        chosen = evaluate(attack, replace(params, **best_values), held_out.cases, ctx)
-        check = {"cases": len(held_out.cases), "configured": [round(v, 3) for v in configured],
-                 "chosen": [round(v, 3) for v in chosen], "confirmed": dominates(chosen, configured)}
-        if not check["confirmed"]:
+        configured = evaluate(attack, params, held_out.cases, ctx, check=check)
+        chosen = evaluate(attack, replace(params, **best_values), held_out.cases, ctx, check=check)
+        confirmation = {"cases": len(held_out.cases), "configured": [round(v, 3) for v in configured],
+                        "chosen": [round(v, 3) for v in chosen], "confirmed": dominates(chosen, configured)}
+        if not confirmation["confirmed"]:
             best_values, best = dict(start), base
     tuned = replace(params, **best_values)
     return Calibration(attack=attack, params=tuned, tuned=best_values if best > base else {}, default_psnr=base,
                        best_psnr=best, trials=trials, cases=len(cases.cases), seconds=time.perf_counter() - t0,
-                       unmodelled=cases.unmodelled, held_out=check)
+                       unmodelled=cases.unmodelled, held_out=confirmation)
 
 
 def calibration_key(attack: str, obs: Observation, adaptive: bool) -> tuple:

@@ -49,7 +49,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedattack import shutdown
 from fedattack.attacks import ATTACKS, AttackContext
-from fedattack.attacks.calibrate import calibrate, calibration_key, simulate_cases
+from fedattack.attacks.calibrate import calibrate, calibration_key, case_count, simulate_cases
 from fedattack.client.record import AUDIT_KEY, TRUTH_KEY, ClientRecord, pop_record
 from fedattack.config import from_dict
 from fedattack.data import load_dataset
@@ -260,15 +260,16 @@ class Auditor:
         opts = self.plan.options
         images, labels = self.plan.calibration_data
         record: dict[str, Any] = {"attack": attack, "protocol": asdict(observation.protocol)}
+        n = observation.protocol.num_examples or observation.protocol.batch_size
+        count = case_count(opts.calibration_cases, n, opts.calibration_images)
         log(INFO, "fedattack: calibrating %s before its first jobs: up to %d settings on %d simulated updates of "
-            "this protocol (once per model, protocol and defense)", attack, opts.calibration_budget,
-            opts.calibration_cases)
+            "this protocol (once per model, protocol and defense)", attack, opts.calibration_budget, count)
         try:
-            count = opts.calibration_cases
             cases, held_out = simulate_cases(observation, images, labels, count=2 * count,
                                              seed=self.plan.seed).split(count)
             ctx = AttackContext(seed=self.plan.seed, labels=opts.labels)
-            cal = calibrate(attack, params, cases, budget=opts.calibration_budget, ctx=ctx, held_out=held_out)
+            cal = calibrate(attack, params, cases, budget=opts.calibration_budget, ctx=ctx, held_out=held_out,
+                            check=shutdown.check)
         except (ValueError, FedattackError, RuntimeError) as exc:
             record["skipped"] = f"{type(exc).__name__}: {exc}"
             log(WARNING, "fedattack: calibration of %s skipped (%s); it runs with its configured parameters",
@@ -640,6 +641,9 @@ class AuditStrategy(Strategy):
     calibration_cases : int (default: 2)
         Simulated client updates calibration scores each candidate on; as many fresh ones
         confirm the winner against the configured parameters before it is used.
+    calibration_images : int (default: 8)
+        Images each of those two sets holds at least: clients of fewer images are simulated
+        more than `calibration_cases` times (one image's PSNR says little about the next's).
     server_mode : str (default: "honest")
         "malicious" when the model carries a malicious server's extension blocks (fedattack's
         own models): they are re-sent every round and the report says so.
@@ -665,7 +669,7 @@ class AuditStrategy(Strategy):
                  on_round: Callable[[RoundResult, int, int], None] | None = None,
                  record: Any = None, dispatcher: Dispatcher | None = None, calibrate: bool = False,
                  calibration_data: tuple[Any, Any] | None = None, calibration_budget: int = 12,
-                 calibration_cases: int = 2) -> None:
+                 calibration_cases: int = 2, calibration_images: int = 8) -> None:
         problem = strategy_problem(strategy)
         if problem:
             raise ConfigError("strategy", f"{type(strategy).__name__} {problem}")
@@ -686,7 +690,8 @@ class AuditStrategy(Strategy):
                                                   threads_per_job=threads_per_job, tf32=tf32,
                                                   save_images=save_images, job_timeout=job_timeout,
                                                   calibrate=calibrate, calibration_budget=calibration_budget,
-                                                  calibration_cases=calibration_cases)
+                                                  calibration_cases=calibration_cases,
+                                                  calibration_images=calibration_images)
         if server_mode not in ("honest", "malicious"):
             raise ConfigError("server_mode", f"unknown value '{server_mode}'; allowed: honest, malicious")
         if record is None:

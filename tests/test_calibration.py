@@ -65,6 +65,27 @@ def test_calibration_tunes_on_its_own_cases_and_keeps_the_defaults_first():
     assert tuned.record()["tuned"] == tuned.tuned and np.isfinite(tuned.record()["best_psnr"])
 
 
+def test_calibration_spends_its_budget_on_settings_it_has_not_scored():
+    obs, _ = observed_update("seed=0", "client.local_steps=1", "client.batch_size=2")
+    x = obs.data.normalize(torch.rand((16, 1, 32, 32), generator=torch.Generator().manual_seed(0)))
+    sim = simulate_cases(obs, x, torch.zeros(16, dtype=torch.long), count=2, seed=0)
+    runs = []
+
+    def counted(obs, params, ctx):
+        runs.append(params.level)
+        return _flat(obs, params, ctx)
+
+    spec = AttackSpec("test-count", counted, _FlatParams, "test", tunable=(("level", LogRange(0.05, 0.95)),))
+    with ATTACKS.temporarily(spec.name, spec):
+        for seed in (0, 1):
+            runs.clear()
+            cal = calibrate("test-count", _FlatParams(), sim, budget=6, ctx=AttackContext(seed=seed))
+            levels = [t["values"]["level"] for t in cal.trials]
+            assert len(levels) <= 6 and len(runs) == 2 * len(levels)  # each scored setting: one run per case
+            assert len(set(np.round(levels, 9))) == len(levels)  # none scored twice
+            assert len(levels) >= 5  # the configured value, and at least 4 fresh settings
+
+
 def test_the_winner_is_used_only_where_it_also_wins_on_fresh_cases():
     # tuned on dark images the flat guess moves to their brightness; on fresh cases that are as
     # dark it is confirmed, on fresh cases as bright as the configured guess it loses and the

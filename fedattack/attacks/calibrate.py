@@ -26,6 +26,7 @@ clipping, mixup, ...) are not simulated; `CalibrationCases.unmodelled` names the
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Callable
 
@@ -160,6 +161,13 @@ def evaluate(attack: str, params: Any, cases: list[tuple[Observation, Truth]], c
     return values
 
 
+def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The same setting (floats equal to a relative 1e-9)."""
+    return a.keys() == b.keys() and all(
+        np.isclose(a[k], b[k], rtol=1e-9, atol=0) if isinstance(a[k], float) and isinstance(b[k], float) else a[k] == b[k]
+        for k in a)
+
+
 def dominates(candidate: list[float], configured: list[float]) -> bool:
     """At least as good as the configured values on every case and better on the mean."""
     better = float(np.mean(candidate)) > float(np.mean(configured))
@@ -187,11 +195,21 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
 
         param = _parametrization(space, start)
         param.random_state = np.random.RandomState(ctx.seed % (2**32))
-        opt = ng.optimizers.NGOpt(parametrization=param, budget=budget - 1)
-        with blas_single_thread():
-            for _ in range(budget - 1):
+        # one ask to spare: NGOpt's continuous stages often propose the starting point first,
+        # which is scored already and costs nothing the second time
+        opt = ng.optimizers.NGOpt(parametrization=param, budget=budget)
+        with blas_single_thread(), warnings.catch_warnings():
+            # NGOpt's COBYLA stage complains about its own small budgets; nothing a user can act on
+            warnings.filterwarnings("ignore", message="COBYLA", category=UserWarning)
+            for _ in range(budget):
+                if len(trials) >= budget:
+                    break
                 cand = opt.ask()
                 values = {k: (float(v) if isinstance(space[k], LogRange) else v) for k, v in cand.value.items()}
+                known = next((t for t in trials if _same(t["values"], values)), None)
+                if known is not None:
+                    opt.tell(cand, -known["psnr"])
+                    continue
                 found = evaluate(attack, replace(params, **values), cases.cases, ctx, check=check)
                 psnr = float(np.mean(found)) if found else float("nan")
                 opt.tell(cand, -psnr)

@@ -165,6 +165,7 @@ class Auditor:
         self.on_result = on_result or log_result
         self.on_round = on_round or log_round
         self.on_waiting: Callable[[int], None] = lambda n: log(INFO, "fedattack: waiting for %d attack jobs ...", n)
+        self.on_calibration: Callable[[str], None] = lambda msg: log(INFO, "fedattack: %s", msg)  # its progress
         model = build_model(plan.model, seed=plan.seed)
         self.param_names = [n for n, _ in model.named_parameters()]
         # a malicious server re-sends its crafted blocks (e.g. the imprint block) every round
@@ -262,26 +263,31 @@ class Auditor:
         record: dict[str, Any] = {"attack": attack, "protocol": asdict(observation.protocol)}
         n = observation.protocol.num_examples or observation.protocol.batch_size
         count = case_count(opts.calibration_cases, n, opts.calibration_images)
-        log(INFO, "fedattack: calibrating %s before its first jobs: up to %d settings on %d simulated updates of "
-            "this protocol (once per model, protocol and defense)", attack, opts.calibration_budget, count)
+        say = self.on_calibration
+        say(f"calibrating {attack} before its first jobs: up to {opts.calibration_budget} settings on {count} "
+            f"simulated updates of this protocol (once per model, protocol and defense)")
+        tried = iter(range(2, opts.calibration_budget + 1))
+
+        def on_trial(values: dict, psnr: float) -> None:
+            say(f"calibrating {attack}: setting {next(tried, '?')} of {opts.calibration_budget}: {psnr:.1f} dB")
+
         try:
             cases, held_out = simulate_cases(observation, images, labels, count=2 * count,
                                              seed=self.plan.seed).split(count)
             ctx = AttackContext(seed=self.plan.seed, labels=opts.labels)
             cal = calibrate(attack, params, cases, budget=opts.calibration_budget, ctx=ctx, held_out=held_out,
-                            check=shutdown.check)
+                            on_trial=on_trial, check=shutdown.check)
         except (ValueError, FedattackError, RuntimeError) as exc:
             record["skipped"] = f"{type(exc).__name__}: {exc}"
-            log(WARNING, "fedattack: calibration of %s skipped (%s); it runs with its configured parameters",
-                attack, record["skipped"])
+            say(f"calibration of {attack} skipped ({record['skipped']}); it runs with its configured parameters")
             self._record_calibration(record)
             return params
         record.update(cal.record())
         chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in cal.tuned.items())
         if cal.held_out and not cal.held_out["confirmed"]:
             chosen = "the configured parameters (the best candidate lost on fresh simulated updates)"
-        log(INFO, "fedattack: calibrated %s on %d simulated updates in %.0f s: %s (PSNR %.1f -> %.1f dB)", attack,
-            cal.cases, cal.seconds, chosen or "the configured parameters", cal.default_psnr, cal.best_psnr)
+        say(f"calibrated {attack} on {cal.cases} simulated updates in {cal.seconds:.0f} s: "
+            f"{chosen or 'the configured parameters'} (PSNR {cal.default_psnr:.1f} -> {cal.best_psnr:.1f} dB)")
         self._record_calibration(record)
         return cal.params
 

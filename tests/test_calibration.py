@@ -9,7 +9,8 @@ import torch
 
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.base import AttackSpec, LogRange
-from fedattack.attacks.calibrate import calibrate, calibration_key, case_count, dominates, simulate_cases
+from fedattack.attacks.calibrate import (calibrate, calibration_key, case_count, dominates, simulate_cases,
+                                        size_band)
 from fedattack.defenses.clipping import global_norm
 from fedattack.cli import main
 from fedattack.threat import DefenseSetting, Reconstruction
@@ -119,6 +120,11 @@ def test_calibration_key_ignores_the_weights_but_not_the_protocol():
     other = replace(obs, protocol=replace(obs.protocol, lr=0.1))
     assert calibration_key("invgrad", obs, False) == calibration_key("invgrad", later, False)
     assert calibration_key("invgrad", obs, False) != calibration_key("invgrad", other, False)
+    # clients of 5 to 8 examples share a calibration; 9 is another band
+    sized = [replace(obs, protocol=replace(obs.protocol, num_examples=n)) for n in (5, 8, 9)]
+    keys = [calibration_key("invgrad", o, False) for o in sized]
+    assert keys[0] == keys[1] != keys[2]
+    assert [size_band(n) for n in (1, 2, 3, 4, 5, 16, 17)] == [0, 1, 2, 2, 3, 4, 5]
 
 
 def test_an_audit_calibrates_before_its_first_jobs_and_records_the_choice(tmp_path):

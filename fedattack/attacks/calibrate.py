@@ -233,10 +233,17 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
                        unmodelled=cases.unmodelled, held_out=confirmation)
 
 
+def size_band(n: int | None) -> int:
+    """The power-of-two band of a client's example count: 1, 2, 3-4, 5-8, 9-16, ... -> 0, 1, 2, 3, 4, ..."""
+    return max(0, int(n or 0) - 1).bit_length()
+
+
 def calibration_key(attack: str, obs: Observation, adaptive: bool) -> tuple:
-    """What a calibration depends on: the attack, the model, the protocol (with the number of
-    samples) and the defenses; later rounds with the same key reuse it."""
+    """What a calibration depends on: the attack, the model, the protocol, the defenses and the
+    band of the client's example count (`size_band`: on a non-IID split every client holds a
+    different number, and a calibration per count would repeat for almost every client);
+    later rounds and clients with the same key reuse it."""
     p = obs.protocol
     return (attack, adaptive, obs.model, obs.data.shape, p.lr, p.local_steps, p.local_epochs, p.batch_size,
-            p.num_examples, p.momentum, p.optimizer, p.weight_decay, p.nesterov,
+            size_band(p.num_examples), p.momentum, p.optimizer, p.weight_decay, p.nesterov,
             tuple((d.name, tuple(sorted(d.params.items()))) for d in p.defenses))

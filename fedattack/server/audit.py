@@ -265,7 +265,7 @@ class Auditor:
         count = case_count(opts.calibration_cases, n, opts.calibration_images)
         say = self.on_calibration
         say(f"calibrating {attack} before its first jobs: up to {opts.calibration_budget} settings on {count} "
-            f"simulated updates of this protocol (once per model, protocol and defense)")
+            f"simulated updates of this protocol (once per model, protocol, defense and band of client sizes)")
         tried = iter(range(2, opts.calibration_budget + 1))
 
         def on_trial(values: dict, psnr: float) -> None:

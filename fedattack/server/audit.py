@@ -165,7 +165,8 @@ class Auditor:
         self.on_result = on_result or log_result
         self.on_round = on_round or log_round
         self.on_waiting: Callable[[int], None] = lambda n: log(INFO, "fedattack: waiting for %d attack jobs ...", n)
-        self.on_calibration: Callable[[str], None] = lambda msg: log(INFO, "fedattack: %s", msg)  # its progress
+        # calibration's progress: each message, and its log level (WARNING where it was skipped)
+        self.on_calibration: Callable[..., None] = lambda msg, level=INFO: log(level, "fedattack: %s", msg)
         model = build_model(plan.model, seed=plan.seed)
         self.param_names = [n for n, _ in model.named_parameters()]
         # a malicious server re-sends its crafted blocks (e.g. the imprint block) every round
@@ -279,7 +280,8 @@ class Auditor:
                             on_trial=on_trial, check=shutdown.check)
         except (ValueError, FedattackError, RuntimeError) as exc:
             record["skipped"] = f"{type(exc).__name__}: {exc}"
-            say(f"calibration of {attack} skipped ({record['skipped']}); it runs with its configured parameters")
+            say(f"calibration of {attack} skipped ({record['skipped']}); it runs with its configured parameters",
+                WARNING)
             self._record_calibration(record)
             return params
         record.update(cal.record())

@@ -36,7 +36,7 @@ import torch
 
 from fedattack import config as fconfig
 from fedattack.attacks import ATTACKS, AttackContext
-from fedattack.attacks.calibrate import calibrate, case_count, simulate_cases
+from fedattack.attacks.calibrate import calibrate, judges
 from fedattack.experiment import build
 from fedattack.metrics.images import match_and_score, psnr, ssim
 from fedattack.metrics.labels import label_accuracy
@@ -131,8 +131,8 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
             key = obs.protocol
             if key not in calibrations:  # once per (model, protocol, defense): later seeds reuse it
                 x, y = exp.test.get(range(len(exp.test)))
-                k = 1 if quick else case_count(count, case.images, AuditConfig.calibration_images)
-                sim, held_out = simulate_cases(obs, x, y, count=2 * k, seed=seed).split(k)
+                sim, held_out = judges(obs, x, y, cases=1 if quick else count, seed=seed,
+                                       min_images=1 if quick else AuditConfig.calibration_images)
                 t0 = time.perf_counter()
                 calibrations[key] = calibrate(attack, base_params, sim, budget=2 if quick else budget, ctx=ctx,
                                               held_out=held_out)

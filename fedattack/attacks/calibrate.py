@@ -66,12 +66,25 @@ def case_count(cases: int, images_per_case: int, min_images: int) -> int:
     return max(cases, -(-max(0, min_images) // max(1, images_per_case)))
 
 
+def client_size(obs: Observation) -> int:
+    """Images per simulated client: the observed client's example count (its batch size where unknown)."""
+    return max(1, obs.protocol.num_examples or obs.protocol.batch_size)
+
+
+def judges(obs: Observation, images: torch.Tensor, labels: torch.Tensor, *, cases: int, min_images: int, seed: int
+           ) -> tuple[CalibrationCases, CalibrationCases]:
+    """The simulated updates to tune on and as many fresh ones to confirm the winner on:
+    `case_count(cases, client_size(obs), min_images)` each (`simulate_cases`)."""
+    k = case_count(cases, client_size(obs), min_images)
+    return simulate_cases(obs, images, labels, count=2 * k, seed=seed).split(k)
+
+
 def simulate_cases(obs: Observation, images: torch.Tensor, labels: torch.Tensor, *, count: int, seed: int
                    ) -> CalibrationCases:
     """`count` simulated client updates of the protocol `obs` was produced under, each on
-    `obs.protocol.num_examples` images drawn (seeded) from the server's own `images`/`labels`
+    `client_size(obs)` images drawn (seeded) from the server's own `images`/`labels`
     (model-input space), starting from the global weights `obs` holds."""
-    n = max(1, obs.protocol.num_examples or obs.protocol.batch_size)
+    n = client_size(obs)
     if n > len(labels):
         raise ValueError(f"calibration needs {n} images per simulated client; the calibration data has {len(labels)}")
     rng = np.random.default_rng(seed)

@@ -49,7 +49,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedattack import shutdown
 from fedattack.attacks import ATTACKS, AttackContext
-from fedattack.attacks.calibrate import calibrate, calibration_key, case_count, simulate_cases
+from fedattack.attacks.calibrate import calibrate, calibration_key, judges
 from fedattack.client.record import AUDIT_KEY, TRUTH_KEY, ClientRecord, pop_record
 from fedattack.config import from_dict
 from fedattack.data import load_dataset
@@ -262,19 +262,18 @@ class Auditor:
         opts = self.plan.options
         images, labels = self.plan.calibration_data
         record: dict[str, Any] = {"attack": attack, "protocol": asdict(observation.protocol)}
-        n = observation.protocol.num_examples or observation.protocol.batch_size
-        count = case_count(opts.calibration_cases, n, opts.calibration_images)
         say = self.on_calibration
-        say(f"calibrating {attack} before its first jobs: up to {opts.calibration_budget} settings on {count} "
-            f"simulated updates of this protocol (once per model, protocol, defense and band of client sizes)")
         tried = iter(range(2, opts.calibration_budget + 1))
 
         def on_trial(values: dict, psnr: float) -> None:
             say(f"calibrating {attack}: setting {next(tried, '?')} of {opts.calibration_budget}: {psnr:.1f} dB")
 
         try:
-            cases, held_out = simulate_cases(observation, images, labels, count=2 * count,
-                                             seed=self.plan.seed).split(count)
+            cases, held_out = judges(observation, images, labels, cases=opts.calibration_cases,
+                                     min_images=opts.calibration_images, seed=self.plan.seed)
+            say(f"calibrating {attack} before its first jobs: up to {opts.calibration_budget} settings on "
+                f"{len(cases.cases)} simulated updates of this protocol (once per model, protocol, defense and band "
+                f"of client sizes)")
             ctx = AttackContext(seed=self.plan.seed, labels=opts.labels)
             cal = calibrate(attack, params, cases, budget=opts.calibration_budget, ctx=ctx, held_out=held_out,
                             on_trial=on_trial, check=shutdown.check)

@@ -215,11 +215,13 @@ def test_console_text_is_plain_and_a_status_line_reports_outstanding_jobs():
     out = io.StringIO()
     progress = Progress(console=Console(file=out, width=200), status_every=0)
     progress.print("--out o[/x]")  # rich markup would raise MarkupError here
+    progress.calibration("calibrating invgrad: setting 1 of 4: 17.2 dB", 30)  # WARNING as well as INFO
     failed = JobResult(round=1, client=0, attack="a[/x]", defense="none", status="failed", seconds=1.0,
                        error="ValueError: closing tag '[/x]' has nothing to close")
     progress.result(failed)
     progress.round_done(RoundResult(round=1, replies=2), done=1, submitted=5)
     progress.concurrency = 2
+    assert "setting 1 of 4: 17.2 dB" in out.getvalue()
     assert "o[/x]" in out.getvalue() and "closing tag '[/x]'" in out.getvalue() and "a[/x]" in out.getvalue()
     assert progress.status_line() == ("audit: 1/5 attack jobs done, 2 running, 2 queued; about 2 s left "
                                       "(1 s per job, 2 at a time)")

@@ -76,6 +76,10 @@ class Progress:
             self.console.print(msg if isinstance(msg, Text) else Text(str(msg)), soft_wrap=True)
             self._last_print = time.monotonic()
 
+    def calibration(self, msg: str, level: int | None = None) -> None:
+        """A calibration's news (`Auditor.on_calibration`): printed at every level."""
+        self.print(msg)
+
     def header(self, cfg: Config, run_dir: object) -> None:
         """The run's first line: what runs, under which defense and server mode, and where it goes."""
         self.concurrency = max(1, cfg.audit.max_concurrent)

@@ -69,7 +69,7 @@ def run_model(model: str, quick: bool = False) -> list[dict]:
 
 def table(rows: list[dict]) -> list[dict]:
     """One row per (model, protocol): the problem's size, the flat baseline, and per attack its
-    PSNR, images recovered and seconds per job (calibration's one-off cost beside it)."""
+    PSNR, images recovered and seconds per job (a calibrated attack's one-off calibration cost beside it)."""
     out: dict[tuple, dict] = {}
     for r in rows:
         key = (r["model"], r["images"], r["batch"], r["epochs"])
@@ -79,7 +79,7 @@ def table(rows: list[dict]) -> list[dict]:
         a = r["attack"].replace(" (calibrated)", " cal.")
         row[f"{a} PSNR"], row[f"{a} rec."], row[f"{a} s"] = r["psnr"], r["recovered"], r["s_per_job"]
         if r["calibration_s"]:
-            row["calibration s"] = r["calibration_s"]
+            row[f"{a} calibration s"] = r["calibration_s"]
     return list(out.values())
 
 

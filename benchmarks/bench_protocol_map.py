@@ -3,11 +3,11 @@
 The question Flower users ask: "attacks work poorly on my app with 3 epochs of batch 32: is my
 deployment safe?". For each model (LeNet sigmoid, ConvNet, Flower's quickstart CNN) and each
 client protocol on a grid of images per client x batch size x local epochs (photos, lr 0.01,
-the client reshuffling every epoch), one client update is attacked by `invgrad` and `fedavg`, at their defaults and
-calibrated on the server's own test split (`audit.calibrate` with 4 attack runs per setting on
-simulated clients holding at least `audit.calibration_images` images in all, once per
-protocol), all on the same victims. One row per model and protocol:
-the size of the problem (update entries per unknown pixel: below 1, the update holds fewer
+the client reshuffling every epoch), one client update is attacked by `invgrad` and `fedavg`,
+at their defaults and calibrated on the server's own test split (`audit.calibrate` with 4
+attack runs per setting on simulated clients holding at least `audit.calibration_images` images
+in all, once per protocol), all on the same victims. One row per model and protocol: the size
+of the problem (update entries per unknown pixel: below 1, the update holds fewer
 numbers than the pixels it hides), the flat-image baseline of the victims (mean PSNR of the best
 constant image per victim), and per attack its mean PSNR, images recovered (SSIM >= 0.5 and
 above the best flat guess's SSIM) and seconds per job, with calibration's one-off cost.

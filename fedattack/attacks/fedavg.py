@@ -65,8 +65,9 @@ def epochs_of(obs: Observation, n: int) -> int:
     return max(epoch_of_step(n, obs.protocol)) + 1
 
 
-# the step size that suits a model varies tenfold (benchmarks/bench_realistic.py): the quickstart
-# CNN (ReLU, max-pooling) leaks most near 1.0, LeNet sigmoid on faces near the default 0.1
+# the step size that suits a model varies tenfold (the cases of benchmarks/bench_realistic.py run at
+# fixed step sizes 0.1, 0.3 and 1.0): the quickstart CNN (ReLU, max-pooling) leaked most at 1.0,
+# LeNet sigmoid on faces at the default 0.1
 @register_attack("fedavg", params=FedAvgParams, adaptive=True,
                  tunable={"tv": LogRange(1e-4, 1.0), "lr": LogRange(0.01, 1.0), "invariance": LogRange(1e-2, 1e2)},
                  paper="Dimitrov et al., Data Leakage in Federated Averaging, TMLR 2022")

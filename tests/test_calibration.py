@@ -9,8 +9,8 @@ import torch
 
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.base import AttackSpec, LogRange
-from fedattack.attacks.calibrate import (calibrate, calibration_key, case_count, dominates, simulate_cases,
-                                        size_band)
+from fedattack.attacks.calibrate import (calibrate, calibration_key, case_count, dominates, gain_lower_bound, improves,
+                                         simulate_cases, size_band)
 from fedattack.defenses.clipping import global_norm
 from fedattack.cli import main
 from fedattack.threat import DefenseSetting, Reconstruction
@@ -112,6 +112,21 @@ def test_a_candidate_replaces_the_configured_values_only_where_it_is_no_worse_on
     assert dominates([11.0, 9.5], [11.0, 9.0])
     assert not dominates([20.0, 8.9], [11.0, 9.0])  # a better mean bought by losing on one case
     assert not dominates([11.0, 9.0], [11.0, 9.0])  # ties keep the configured values
+    assert not improves([20.0, 8.9], [11.0, 9.0])  # two cases: the t bound says nothing
+
+
+def test_over_many_cases_a_clear_mean_gain_wins_despite_one_small_loss():
+    configured = [15.0, 17.8, 21.7, 13.6, 20.3, 17.9, 15.5, 10.3]
+    gains = [4.0, 2.0, 1.9, 4.5, 1.2, 2.2, -0.26, 3.0]
+    chosen = [c + g for c, g in zip(configured, gains)]
+    assert not dominates(chosen, configured) and improves(chosen, configured)
+    assert 0 < gain_lower_bound(chosen, configured) < np.mean(gains)
+    # gains that are noise around zero do not pass, nor does one lucky case among losses
+    noisy = [c + g for c, g in zip(configured, [3.0, -2.5, 1.0, -1.5, 2.0, -1.0, 0.5, -1.0])]
+    lucky = [c + g for c, g in zip(configured, [12.0, -0.5, -0.5, -0.5, -0.5, -0.5, -0.5, -0.5])]
+    assert not improves(noisy, configured) and not improves(lucky, configured)
+    assert gain_lower_bound([11.0, 12.0], [10.0, 10.0]) == float("-inf")
+    assert gain_lower_bound([11.0] * 4, [10.0] * 4) == 1.0  # identical gains: the gain itself
 
 
 def test_calibration_key_ignores_the_weights_but_not_the_protocol():

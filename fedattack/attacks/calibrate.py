@@ -6,13 +6,16 @@ batch size, defenses), so it can simulate a client on data it holds itself, run 
 those simulated updates, score the reconstructions against the images it knows, and keep the
 hyperparameters that leak most. That is what `calibrate` does, with a well-kept tuner
 (nevergrad's NGOpt) over each attack's search space (the `tunable` it registers); the attack's configured
-parameters are always the first candidate, and a candidate replaces them only where it did at
-least as well on every one of the cases and better on their mean: a handful of cases is a
-noisy judge (one unlucky label recovery moves a mean by several dB), and a choice that wins
-on one case by losing on another says more about the cases than about the deployment. The
-winner of a search over a few cases is also flattered by them (the best of a dozen noisy
-scores is biased upward), so where `held_out` cases are given, the winner must beat the
-configured values again, by the same rule, on those fresh cases before it is used. The
+parameters are always the first candidate, and a candidate replaces them only where it
+`improves` on them: at least as well on every one of the cases and better on their mean, or,
+over three cases or more, a mean paired gain whose one-sided 95% Student-t lower bound is above
+zero. A handful of cases is a noisy judge (one unlucky label recovery moves a mean by several
+dB), and a choice that wins on one case by losing on another says more about the cases than
+about the deployment; but over eight single-image cases, one small loss beside seven large
+gains is a clear win, and the t bound says so. The winner of a search over a few cases is also
+flattered by them (the best of a dozen noisy scores is biased upward), so where `held_out`
+cases are given, the winner must beat the configured values again, by the same rule, on those
+fresh cases before it is used. The
 victims' data is never used: the cases come from the images the
 caller passes (the test split, or another dataset the user names).
 
@@ -187,14 +190,32 @@ def dominates(candidate: list[float], configured: list[float]) -> bool:
     return better and all(c >= d for c, d in zip(candidate, configured))
 
 
+def gain_lower_bound(candidate: list[float], configured: list[float], confidence: float = 0.95) -> float:
+    """The one-sided Student-t lower confidence bound on the mean paired gain of `candidate`
+    over `configured` (per case, in dB); -inf with fewer than three cases, where the bound
+    says nothing, and the mean gain itself where every gain is the same."""
+    gains = np.asarray(candidate, dtype=float) - np.asarray(configured, dtype=float)
+    if len(gains) < 3:
+        return float("-inf")
+    from scipy import stats
+
+    spread = float(gains.std(ddof=1)) / np.sqrt(len(gains))
+    return float(gains.mean() - stats.t.ppf(confidence, len(gains) - 1) * spread)
+
+
+def improves(candidate: list[float], configured: list[float]) -> bool:
+    """The candidate beats the configured values: it `dominates` them, or its mean paired gain
+    is above zero at 95% confidence (`gain_lower_bound`, three cases or more)."""
+    return dominates(candidate, configured) or gain_lower_bound(candidate, configured) > 0
+
+
 def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int, ctx: AttackContext,
               held_out: CalibrationCases | None = None, on_trial: Callable[[dict, float], None] | None = None,
               check: Callable[[], None] = lambda: None) -> Calibration:
     """Tune `attack`'s registered `tunable` hyperparameters on simulated cases with nevergrad's NGOpt,
     `budget` evaluations in all, the configured `params` first. Returns the best mean among the
-    candidates that did at least as well as the configured values on every case (`dominates`),
-    or the configured values; with `held_out` cases, the best only where it dominates the
-    configured values on those as well. `check` is called before every attack run and raises
+    candidates that beat the configured values (`improves`), or the configured values; with
+    `held_out` cases, the best only where it beats the configured values on those as well. `check` is called before every attack run and raises
     to stop the calibration (a run's stop request)."""
     t0 = time.perf_counter()
     space = {k: v for k, v in tunable(attack).items() if k in {f.name for f in fields(params)}}
@@ -227,17 +248,17 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
                 psnr = float(np.mean(found)) if found else float("nan")
                 opt.tell(cand, -psnr)
                 trials.append({"values": values, "psnr": round(psnr, 3), "per_case": [round(v, 3) for v in found],
-                               "dominates": dominates(found, per_case)})
+                               "improves": improves(found, per_case)})
                 if on_trial is not None:
                     on_trial(values, psnr)
-                if psnr > best and dominates(found, per_case):
+                if psnr > best and improves(found, per_case):
                     best, best_values = psnr, values
     confirmation: dict = {}
     if held_out is not None and held_out.cases and best > base:
         configured = evaluate(attack, params, held_out.cases, ctx, check=check)
         chosen = evaluate(attack, replace(params, **best_values), held_out.cases, ctx, check=check)
         confirmation = {"cases": len(held_out.cases), "configured": [round(v, 3) for v in configured],
-                        "chosen": [round(v, 3) for v in chosen], "confirmed": dominates(chosen, configured)}
+                        "chosen": [round(v, 3) for v in chosen], "confirmed": improves(chosen, configured)}
         if not confirmation["confirmed"]:
             best_values, best = dict(start), base
     tuned = replace(params, **best_values)

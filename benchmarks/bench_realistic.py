@@ -73,7 +73,7 @@ def cases(quick: bool) -> list[Case]:
              ("data.name=photos", "model.name=lenet", *epochs), 16),
         Case("1 img, 1 step, quickstart CNN, photos",
              ("data.name=photos", "model.name=quickstart-cnn", "model.activation=relu", "client.local_steps=1",
-              "client.batch_size=1"), 1, seeds=(0, 1, 2, 3)),
+              "client.batch_size=1"), 1, seeds=tuple(range(8))),  # one image's PSNR swings by 20 dB
         Case("4 img, 2 steps of 2, quickstart CNN, photos",
              ("data.name=photos", "model.name=quickstart-cnn", "model.activation=relu", "client.local_steps=2",
               "client.batch_size=2"), 4),

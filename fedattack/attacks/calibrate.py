@@ -214,8 +214,9 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
     """Tune `attack`'s registered `tunable` hyperparameters on simulated cases with nevergrad's NGOpt,
     `budget` evaluations in all, the configured `params` first. Returns the best mean among the
     candidates that beat the configured values (`improves`), or the configured values; with
-    `held_out` cases, the best only where it beats the configured values on those as well. `check` is called before every attack run and raises
-    to stop the calibration (a run's stop request)."""
+    `held_out` cases, the best only where it beats the configured values on those as well.
+    `check` is called before every attack run and raises to stop the calibration (a run's stop
+    request)."""
     t0 = time.perf_counter()
     space = {k: v for k, v in tunable(attack).items() if k in {f.name for f in fields(params)}}
     start = {k: getattr(params, k) for k in space}

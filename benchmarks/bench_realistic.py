@@ -121,6 +121,7 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
         base_params = replace(base_params, iterations=iterations)
     if quick:
         base_params = replace(base_params, iterations=min(base_params.iterations, 100))
+    budget = 2 if quick else budget
     per, seconds, calib_s, tuned, check = [], [], 0.0, {}, {}
     calibrations: dict = {}
     for seed in case.seeds:
@@ -134,7 +135,7 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
                 sim, held_out = judges(obs, x, y, cases=1 if quick else count, seed=seed,
                                        min_images=1 if quick else AuditConfig.calibration_images)
                 t0 = time.perf_counter()
-                calibrations[key] = calibrate(attack, base_params, sim, budget=2 if quick else budget, ctx=ctx,
+                calibrations[key] = calibrate(attack, base_params, sim, budget=budget, ctx=ctx,
                                               held_out=held_out)
                 calib_s += time.perf_counter() - t0
             params, tuned, check = calibrations[key].params, calibrations[key].tuned, calibrations[key].held_out
@@ -149,7 +150,7 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
             "ssim": float(np.mean([p["ssim"] for p in per])),
             "recovered": f"{sum(p['recovered'] for p in per)}/{sum(p['images'] for p in per)}",
             "label_acc": float(np.mean([p["label_acc"] for p in per])), "s_per_job": float(np.mean(seconds)),
-            "calibration_s": calib_s, "budget": (2 if quick else budget) if calibrated else "",
+            "calibration_s": calib_s, "budget": budget if calibrated else "",
             "tuned": str(tuned) if calibrated else "",
             "held_out": str(check) if calibrated else "", "seeds": len(case.seeds),
             "iterations": base_params.iterations, "update_entries": sum(v.numel() for v in obs.update.values()),

@@ -247,11 +247,12 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
                 found = evaluate(attack, replace(params, **values), cases.cases, ctx, check=check)
                 psnr = float(np.mean(found)) if found else float("nan")
                 opt.tell(cand, -psnr)
+                wins = improves(found, per_case)
                 trials.append({"values": values, "psnr": round(psnr, 3), "per_case": [round(v, 3) for v in found],
-                               "improves": improves(found, per_case)})
+                               "improves": wins})
                 if on_trial is not None:
                     on_trial(values, psnr)
-                if psnr > best and improves(found, per_case):
+                if psnr > best and wins:
                     best, best_values = psnr, values
     confirmation: dict = {}
     if held_out is not None and held_out.cases and best > base:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections import Counter
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -131,6 +132,17 @@ class JobResult:
     def scored(self) -> bool:
         """Whether the scores mean anything: False where the client sent no ground truth."""
         return not self.unscored
+
+    @property
+    def labels_text(self) -> str:
+        """The recovered labels for a log line: listed, or as counts per class past eight."""
+        if self.recon_labels is None:
+            return "-"
+        labels = sorted(int(v) for v in np.asarray(self.recon_labels).reshape(-1))
+        if len(labels) <= 8:
+            return " ".join(map(str, labels))
+        counts = Counter(labels)
+        return ", ".join(f"{c} x{k}" for c, k in sorted(counts.items())) + f" ({len(labels)} in all)"
 
     @property
     def label(self) -> str:

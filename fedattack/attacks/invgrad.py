@@ -15,7 +15,8 @@ Labels are recovered first (`audit.labels`). A count estimate leaves some doubt 
 multiset, and over several steps the grouping of labels into steps matters too: a wrong
 grouping leaves even the true images unable to reproduce the update. The attack therefore
 screens up to `candidates` (multiset, grouping) pairs, most plausible first, for 1/40 of
-the iterations each, searches from the best of them over the candidates one swap or one
+the iterations each (and no more candidates than iterations: a run of a few iterations is a
+quick look, not a search), searches from the best of them over the candidates one swap or one
 relabelled sample away (`label_search` rounds), gives the closest eighth a longer look, and
 continues the `restarts` with the lowest gradient mismatch. Over several local epochs, each
 reshuffled by the client, every candidate also holds one order per epoch, and the search
@@ -56,7 +57,7 @@ class InvGradParams:
     tv: float = 0.1  # weight of total variation (mean absolute neighbour difference); see `balanced`
     l2: float = 0.0  # weight of the mean squared pixel in model-input units (a pull toward the data mean)
     restarts: int = 2
-    candidates: int = 64  # label candidates screened when the labels are in doubt
+    candidates: int = 64  # label candidates screened when the labels are in doubt (at most `iterations`)
     label_search: int = 4  # rounds of local search over label candidates (swaps between steps, relabels)
     loss: str = "cosine"  # cosine | layer-cosine | l2 | l1
     init: str = "randn"  # randn | uniform | mean
@@ -111,7 +112,7 @@ def saturation(x: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor]) -> fl
 def _invert(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reconstruction:
     n = num_images(obs)
     gen = ctx.generator()
-    k = max(params.restarts, params.candidates)
+    k = max(params.restarts, min(params.candidates, params.iterations))
     hypotheses, method = label_hypotheses(obs, n, ctx.labels, k=k)
     plan = label_plan(hypotheses, obs.protocol, k, gen)
     problem = matching(obs, ctx.device, params.loss, {"tv": params.tv, "l2": params.l2}, adaptive=ctx.adaptive)

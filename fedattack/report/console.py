@@ -118,8 +118,7 @@ class Progress:
             self.print(line)
             return
         if r.unscored:
-            labels = " ".join(str(int(v)) for v in r.recon_labels) if r.recon_labels is not None else "-"
-            line.append(f"reconstructed, labels {labels} · ")
+            line.append(f"reconstructed, labels {r.labels_text} · ")
             line.append("unscored", style="yellow")
             line.append(f": {r.unscored} · {r.seconds:.1f} s")
             self.print(line)

@@ -552,8 +552,8 @@ def log_result(r: JobResult) -> None:
     if not r.ok:
         log(WARNING, "fedattack: round %s, %s, %s: %s: %s", r.round, who, r.label, r.status, r.error)
     elif not r.scored:
-        labels = list(r.recon_labels) if r.recon_labels is not None else "-"
-        log(INFO, "fedattack: round %s, %s, %s: reconstructed, labels %s (unscored)", r.round, who, r.label, labels)
+        log(INFO, "fedattack: round %s, %s, %s: reconstructed, labels %s (unscored)", r.round, who, r.label,
+            r.labels_text)
     else:
         s = r.score
         log(INFO, "fedattack: round %s, %s, %s: PSNR %.1f dB, SSIM %.3f, labels %.0f%%, %d/%d recovered%s",

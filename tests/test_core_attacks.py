@@ -83,6 +83,15 @@ def test_invgrad_multi_step_unrolls_local_training():
     assert rec.info["local_steps"] == 2
 
 
+def test_invgrad_screens_no_more_label_candidates_than_iterations():
+    # 8 images over 4 steps of 2: the groupings are in doubt and the labels are screened
+    obs, _ = observed_update("seed=0", "client.batch_size=2", "client.local_steps=4")
+    few = attack("invgrad", InvGradParams(iterations=3, saturated=1.0), obs)
+    assert few.info["label_candidates"] <= 3 and few.info["iterations"] == 3
+    more = attack("invgrad", InvGradParams(iterations=40, candidates=16, saturated=1.0), obs)
+    assert more.info["label_candidates"] > 3  # the cap is the iterations, not a fixed number
+
+
 def test_invgrad_reruns_a_collapsed_run_with_the_per_layer_cosine(monkeypatch):
     from fedattack.attacks import invgrad as module
 

@@ -44,6 +44,22 @@ def test_the_same_seed_builds_the_same_weights():
     assert all(p.abs().max() <= 0.5 for p in uniform.parameters())
 
 
+@pytest.mark.parametrize("in_shape", [(3, 32, 32), (3, 300, 300)])  # traced on the CPU, on the meta device
+def test_the_footprint_counts_the_weights_and_leaves_the_random_state_alone(in_shape):
+    from fedattack.limits import REAL_TRACE_VALUES, footprint
+
+    spec = ModelSpec(name="lenet", activation="sigmoid", num_classes=2, in_shape=in_shape)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    fp = footprint(spec)
+    assert torch.equal(torch.rand(3), expected)  # the run's draws come out as without the check
+    model = build_model(spec)
+    assert fp.params == sum(p.numel() * 4 for p in model.parameters())
+    assert fp.per_sample > 4 * 3 * in_shape[1] * in_shape[2]  # the image and every layer's output
+    assert (3 * in_shape[1] * in_shape[2] <= REAL_TRACE_VALUES) == (in_shape == (3, 32, 32))
+
+
 def test_extensions_wrap_the_model_by_name():
     spec = _spec("lenet", extensions=(("precode", '{"size": 8}'), ("imprint", '{"num_bins": 4}')))
     model = build_model(spec, seed=0)

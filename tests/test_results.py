@@ -25,6 +25,15 @@ def _result(**kw) -> JobResult:
     return JobResult(**{**base, **kw})
 
 
+def test_recovered_labels_read_as_plain_numbers_and_as_counts_past_eight():
+    import numpy as np
+
+    assert _result().labels_text == "-"
+    assert _result(recon_labels=np.array([3, 1, 1], dtype=np.int64)).labels_text == "1 1 3"
+    many = _result(recon_labels=np.array([2] * 5 + [0] * 10 + [6], dtype=np.int64)).labels_text
+    assert many == "0 x10, 2 x5, 6 x1 (16 in all)"
+
+
 def test_job_results_hold_the_precision_the_run_directory_records():
     r = _result()
     assert (r.seconds, r.score.psnr, r.score.ssim, r.score.mse) == (1.23, 31.23, 0.6123, 0.00123)

@@ -552,7 +552,7 @@ def log_result(r: JobResult) -> None:
     if not r.ok:
         log(WARNING, "fedattack: round %s, %s, %s: %s: %s", r.round, who, r.label, r.status, r.error)
     elif not r.scored:
-        log(INFO, "fedattack: round %s, %s, %s: reconstructed, labels %s (unscored)", r.round, who, r.label,
+        log(INFO, "fedattack: round %s, %s, %s: reconstructed (unscored), labels %s", r.round, who, r.label,
             r.labels_text)
     else:
         s = r.score

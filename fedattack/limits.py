@@ -84,7 +84,7 @@ def footprint(spec: ModelSpec) -> Footprint:
 
 def check_model(exp: Experiment) -> Footprint | None:
     """The model builds and takes the configured images; its footprint (None where the meta
-    device cannot trace it and a real build, for small inputs, had to stand in)."""
+    device cannot trace it and a real build, for mid-sized inputs, had to stand in)."""
     spec = exp.model_spec
     c, h, w = spec.in_shape
     where = f"{c}x{h}x{w} images and {spec.num_classes} classes"
@@ -92,12 +92,10 @@ def check_model(exp: Experiment) -> Footprint | None:
         return footprint(spec)
     except ConfigError:  # the registry refused the model by name: its own line
         raise
-    except (NotImplementedError, RuntimeError) as exc:
-        meta_error: BaseException | None = exc
     except Exception as exc:  # noqa: BLE001 - a user's factory may raise anything
-        meta_error = exc
-    if c * h * w > 2 ** 22:  # too large to try for real: the meta device's answer stands
-        raise _model_error(exp, where, meta_error)
+        traced_error = exc
+    if c * h * w <= REAL_TRACE_VALUES or c * h * w > 2 ** 22:  # it ran for real, or is too large to
+        raise _model_error(exp, where, traced_error)  # try for real: the footprint's answer stands
     try:  # some layers have no meta kernels: build it for real, one image
         model = build_model(spec)
         with torch.no_grad():

@@ -171,6 +171,38 @@ def test_unreachable_address_is_a_one_line_config_error():
         init_ray(cfg)
 
 
+@pytest.mark.slow
+def test_the_local_instance_keeps_a_warm_attack_worker_while_clients_hold_every_cpu():
+    import os
+
+    import ray
+
+    from fedattack.simulate import init_ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    init_ray(fconfig.load(None, ["audit.max_concurrent=1"]), num_cpus=1)
+    try:
+        @ray.remote(num_cpus=1)
+        class Client:  # as Flower's client actor: it holds the instance's one CPU
+            def ping(self) -> int:
+                return os.getpid()
+
+        client = Client.remote()
+        ray.get(client.ping.remote())
+        dispatcher = RayDispatcher(max_concurrent=1, on_warning=lambda msg: None)
+        dispatcher.warm()
+        warm_pid = ray.get(dispatcher._warming, timeout=120)
+        time.sleep(3)  # a round of training: Ray's idle-worker reaper looks every second
+
+        def pid() -> int:
+            return os.getpid()
+
+        assert ray.get(ray.remote(pid).options(**dispatcher.options).remote(), timeout=120) == warm_pid
+    finally:
+        ray.shutdown()
+
+
 # -- real clusters ---------------------------------------------------------------------
 
 @pytest.mark.slow

@@ -203,6 +203,14 @@ class Auditor:
                                                max_concurrent=self.plan.options.max_concurrent)
         return self._dispatcher
 
+    def warm_up(self) -> None:
+        """Where attack jobs will run as Ray tasks, start a worker for them now, while the
+        first round trains (a worker's start and imports take seconds)."""
+        if self.plan.attacks:
+            warm = getattr(self.dispatcher, "warm", None)
+            if warm is not None:
+                warm()
+
     def open_store(self) -> RunStore | None:
         """The run directory, created when the first round has been checked (nothing half-written before)."""
         with self._lock:

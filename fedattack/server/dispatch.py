@@ -20,6 +20,7 @@ no further Ray call: what is pending is cancelled and counted, and `drain` retur
 
 from __future__ import annotations
 
+import os
 import queue
 import sys
 import threading
@@ -197,6 +198,15 @@ def run_remote(job: AttackJob, observation: Any, truth: Truth, spec: Any) -> Job
     return run_job(replace(job, observation=observation), truth)
 
 
+def warm_worker() -> int:
+    """A Ray task that only imports what attack jobs need, so that a worker process has done
+    it (several seconds on a small machine) before the first job arrives; returns its pid."""
+    import fedattack.attacks  # noqa: F401 - the import is the work
+    import fedattack.server.jobs  # noqa: F401
+
+    return os.getpid()
+
+
 class RayDispatcher:
     """Runs jobs as Ray tasks on the cluster this process is connected to.
 
@@ -226,6 +236,7 @@ class RayDispatcher:
         self._queue: deque[tuple[AttackJob, tuple]] = deque()  # job, its task arguments
         self._refs: dict[Any, tuple[AttackJob, float]] = {}  # task -> job, when it got its slot (monotonic)
         self._shared: dict[str, tuple[Any, Any]] = {}  # what consecutive jobs share -> (object, its ref)
+        self._warming: Any = None  # the warm-up task (warm), left to finish on its own
 
     def _setup(self) -> None:
         opts, notes = task_options(self._ray.nodes(), self.gpus_per_job, self.max_retries)
@@ -249,6 +260,14 @@ class RayDispatcher:
         """Whether Ray may be called: connected, and no stop requested (a Ray call after
         `ray.shutdown()` would start a new local instance)."""
         return shutdown.requested() is None and self._ray.is_initialized()
+
+    def warm(self) -> None:
+        """Start an attack worker now (its imports overlap the first round's training)."""
+        if not self._live():
+            return
+        if self.options is None:
+            self._setup()
+        self._warming = self._ray.remote(warm_worker).options(**self.options).remote()
 
     def submit(self, job: AttackJob, truth: Truth) -> None:
         if not self._live():

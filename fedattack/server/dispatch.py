@@ -199,11 +199,9 @@ def run_remote(job: AttackJob, observation: Any, truth: Truth, spec: Any) -> Job
 
 
 def warm_worker() -> int:
-    """A Ray task that only imports what attack jobs need, so that a worker process has done
-    it (several seconds on a small machine) before the first job arrives; returns its pid."""
-    import fedattack.attacks  # noqa: F401 - the import is the work
-    import fedattack.server.jobs  # noqa: F401
-
+    """A Ray task that does nothing but load itself: the worker imports this module, and with it
+    everything attack jobs need (seconds on a small machine), before the first job arrives.
+    Returns the worker's pid."""
     return os.getpid()
 
 

@@ -172,6 +172,8 @@ class Plan:
     count: int = 2
     seeds: tuple[int, ...] | None = None  # None: each case's own
     cpu_iterations: int | None = None  # on a CPU, every attack at this many iterations (None: defaults)
+    iterations: int | None = None  # on any device, every attack at this many iterations (None: as above)
+    attacks: tuple[str, ...] = ("invgrad", "fedavg")
 
     def budget_for(self, attack: str) -> int:
         return dict(self.budgets).get(attack, self.budget)
@@ -181,6 +183,7 @@ PLANS = {
     "realistic": Plan(cases=(0, 1, 5, 6), calibrated=("invgrad", "fedavg")),
     "realistic_epochs": Plan(cases=(3, 4), calibrated=("invgrad", "fedavg"), count=1, seeds=(0, 1)),
     "dimitrov": Plan(cases=(2, 7, 8), calibrated=(), seeds=(0,), cpu_iterations=250),
+    "realistic_long": Plan(cases=(0, 5, 6), calibrated=(), attacks=("invgrad",), iterations=4000),
 }
 
 
@@ -192,8 +195,8 @@ def run_plan(plan: Plan, quick: bool) -> list[dict]:
     for case in chosen:
         if plan.seeds is not None and len(case.seeds) > 1:
             case = replace(case, seeds=plan.seeds)
-        iterations = None if full_scale() else plan.cpu_iterations
-        for attack in ("invgrad", "fedavg"):
+        iterations = plan.iterations or (None if full_scale() else plan.cpu_iterations)
+        for attack in plan.attacks:
             for calibrated in (False, True) if attack in plan.calibrated else (False,):
                 rows.append(measure(case, attack, calibrated, quick, budget=plan.budget_for(attack), count=plan.count,
                                     iterations=iterations))

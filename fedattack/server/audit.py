@@ -206,7 +206,7 @@ class Auditor:
     def warm_up(self) -> None:
         """Where attack jobs will run as Ray tasks, start a worker for them now, while the
         first round trains (a worker's start and imports take seconds)."""
-        if self.plan.attacks:
+        if self.plan.attacks and self.plan.options.every > 0:
             warm = getattr(self.dispatcher, "warm", None)
             if warm is not None:
                 warm()

@@ -160,7 +160,7 @@ def test_sweep_files_hold_the_answer(tmp_path):
 def test_sweep_writes_table_frontier_protocol_map_and_page(tmp_path):
     out = tmp_path / "sweep"
     code = main(["sweep", "audit.attacks=[idlg]", "idlg.iterations=3", "fl.num_clients=2", "fl.rounds=1",
-                 "sweep.defense=topk", "sweep.values=[1.0,0.01]", "--out", str(out), "--quiet"])
+                 "sweep.defense=topk", "sweep.values=[1.0,0.01]", "sweep.parallel=2", "--out", str(out), "--quiet"])
     assert code == 0
     rows = list(csv.DictReader((out / "sweep.csv").open()))
     assert [(r["value"], r["reference"]) for r in rows] == [("1.0", "False"), ("0.01", "False"), ("", "True")]

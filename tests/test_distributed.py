@@ -191,8 +191,7 @@ def test_the_local_instance_keeps_a_warm_attack_worker_while_clients_hold_every_
         client = Client.remote()
         ray.get(client.ping.remote())
         dispatcher = RayDispatcher(max_concurrent=1, on_warning=lambda msg: None)
-        dispatcher.warm()
-        warm_pid = ray.get(dispatcher._warming, timeout=120)
+        warm_pid = ray.get(dispatcher.warm(), timeout=120)
         time.sleep(3)  # a round of training: Ray's idle-worker reaper looks every second
 
         def pid() -> int:

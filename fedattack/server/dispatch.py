@@ -259,13 +259,15 @@ class RayDispatcher:
         `ray.shutdown()` would start a new local instance)."""
         return shutdown.requested() is None and self._ray.is_initialized()
 
-    def warm(self) -> None:
-        """Start an attack worker now (its imports overlap the first round's training)."""
+    def warm(self) -> Any:
+        """Start an attack worker now (its imports overlap the first round's training); returns
+        the Ray reference to its pid (None when Ray may not be called)."""
         if not self._live():
-            return
+            return None
         if self.options is None:
             self._setup()
         self._warming = self._ray.remote(warm_worker).options(**self.options).remote()
+        return self._warming
 
     def submit(self, job: AttackJob, truth: Truth) -> None:
         if not self._live():

@@ -221,6 +221,7 @@ class RunHeader:
     success_ssim: float = 0.5  # an image is recovered at SSIM >= this (and above the flat guess's SSIM)
     success_margin: float = 0.5  # dB: a row leaks only when its PSNR beats the flat baseline by more
     protocol: str = ""  # the clients' local training, in words
+    budgets: tuple[str, ...] = ()  # the configured attacks' iteration budgets, in words ("invgrad 400 iterations")
 
     @classmethod
     def from_config(cls, raw: dict) -> "RunHeader":
@@ -237,7 +238,9 @@ class RunHeader:
                    num_clients=int(fl.get("num_clients", 0)), clients_per_round=int(fl.get("clients_per_round", 0)),
                    configured_attacks=tuple(str(a) for a in audit.get("attacks") or ()),
                    success_ssim=float(audit.get("success_ssim", 0.5)),
-                   success_margin=float(audit.get("success_margin", 0.5)), protocol=protocol)
+                   success_margin=float(audit.get("success_margin", 0.5)), protocol=protocol,
+                   budgets=tuple(f"{a} {raw[a]['iterations']} iterations" for a in audit.get("attacks") or ()
+                                 if isinstance(raw.get(a), dict) and "iterations" in raw[a]))
 
 
 @dataclass(frozen=True)

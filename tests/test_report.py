@@ -152,6 +152,22 @@ def test_the_report_answers_what_leaked_at_the_top(tmp_path):
     assert len(list((run_dir / "images" / "best").glob("*.png"))) == 7  # every scored sample's best: 10-12, 20, 21, 30, 31
 
 
+@pytest.mark.parametrize("leaks", [False, True])
+def test_a_run_where_nothing_leaked_names_the_attack_budgets_it_rests_on(tmp_path, leaks):
+    cfg = fconfig.load(None, ["fl.rounds=1", "audit.attacks=[idlg,invgrad]", "invgrad.iterations=250"])
+    store = RunStore(tmp_path / "run", cfg=cfg, partitions=PARTITIONS)
+    store.add_result(_result(1, 0, "idlg", [10, 11], "flat"))
+    store.add_result(_result(1, 0, "invgrad", [10, 11], "leak" if leaks else "flat"))
+    store.add_round(RoundResult(round=1, replies=2, audited_clients=1, jobs=2))
+    summary = store.finish()
+    out = io.StringIO()
+    Progress(console=Console(file=out, width=200)).summary_table(summary)
+    head = (tmp_path / "run" / "report.html").read_text()
+    head = head[:head.index("Clients &times; rounds")]
+    budgets = "configured budgets (idlg 300 iterations, invgrad 250 iterations)"
+    assert (budgets in head) == (budgets in out.getvalue()) == (not leaks), (head, out.getvalue())
+
+
 def test_rows_and_images_read_back_equal_what_was_written(tmp_path):
     store = _run(tmp_path)
     summary = store.finish()

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fedattack.report.summary import Summary
+from fedattack.report.summary import Summary, budget_caveat
 from fedattack.results import JobResult, RoundResult, describe_defenses
 from fedattack.schema import Config
 
@@ -201,6 +201,8 @@ class Progress:
                        f"{h.exposed_samples} of {h.samples} training samples recovered "
                        f"({_f(100 * h.exposed_share if h.exposed_share is not None else None, '.1f')}%)"
                        + (" — the run was interrupted" if summary.interrupted is not None else ""))
+            if h.audited_updates and not h.leaked_updates and summary.header.budgets:
+                self.print(budget_caveat(summary.header))
 
 
 @contextmanager

@@ -82,6 +82,13 @@ class Summary:
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.header).items()}}
 
 
+def budget_caveat(header: RunHeader) -> str:
+    """What a run in which no attack recovered an image does not prove: the attacks ran at their
+    configured budgets, and the papers' own code runs optimization attacks several times longer."""
+    return (f"The attacks ran at their configured budgets ({', '.join(header.budgets)}); more iterations can "
+            "recover more (docs/attacks.md: the iteration budget).")
+
+
 def headline(results: list[JobResult], rows: list[ExposureRow]) -> Headline:
     scored = {(r.round, r.client) for r in results if r.ok and r.scored}
     leaked = {(r.round, r.client) for r in results if r.success}

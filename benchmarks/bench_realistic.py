@@ -114,7 +114,8 @@ def scores(rec, truth, obs) -> dict:
 
 
 def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int = 6, count: int = 2,
-            iterations: int | None = None) -> dict:
+            iterations: int | None = None,
+            iteration_factor: int = AuditConfig.calibration_iteration_factor) -> dict:
     spec = ATTACKS.get(attack)
     base_params = spec.params()
     if iterations:
@@ -136,7 +137,7 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
                                        min_images=1 if quick else AuditConfig.calibration_images)
                 t0 = time.perf_counter()
                 calibrations[key] = calibrate(attack, base_params, sim, budget=budget, ctx=ctx,
-                                              held_out=held_out)
+                                              held_out=held_out, iteration_factor=2 if quick else iteration_factor)
                 calib_s += time.perf_counter() - t0
             params, tuned, check = calibrations[key].params, calibrations[key].tuned, calibrations[key].held_out
         t0 = time.perf_counter()

@@ -97,6 +97,7 @@ class AuditConfig:
     calibration_budget: int = 12  # candidate settings calibration tries (the configured parameters first)
     calibration_cases: int = 2  # simulated client updates per calibration
     calibration_images: int = 8  # images those updates hold at least (more updates for smaller clients)
+    calibration_iteration_factor: int = 4  # calibration may double an attack's iterations up to this factor
     calibration_samples: int = 256  # images of the server's own data (the test split) calibration draws from
     calibration_data: str | None = None  # a dataset (as data.name) whose test split the server holds; None: the run's
 

@@ -108,6 +108,32 @@ def test_the_winner_is_used_only_where_it_also_wins_on_fresh_cases():
     assert lost.record()["held_out"]["confirmed"] is False
 
 
+@dataclass
+class _SlowParams:
+    iterations: int = 50  # the flat guess walks from 0.9 towards 0.3 over its first 200 iterations
+
+
+def _slow(obs, params: _SlowParams, ctx) -> Reconstruction:
+    return _flat(obs, _FlatParams(level=0.9 - 0.6 * min(params.iterations, 200) / 200), ctx)
+
+
+def test_calibration_doubles_the_iterations_while_they_pay_and_within_the_factor():
+    obs, _ = observed_update("seed=0", "client.local_steps=1", "client.batch_size=2")
+    x = obs.data.normalize(torch.rand((16, 1, 32, 32), generator=torch.Generator().manual_seed(0)) * 0.4 + 0.1)
+    sim = simulate_cases(obs, x, torch.zeros(16, dtype=torch.long), count=2, seed=0)
+    spec = AttackSpec("test-slow", _slow, _SlowParams, "test")
+    with ATTACKS.temporarily(spec.name, spec):
+        runs = {f: calibrate("test-slow", _SlowParams(), sim, budget=4, ctx=AttackContext(seed=0), iteration_factor=f)
+                for f in (1, 2, 16)}
+    assert runs[1].params == _SlowParams() and runs[1].tuned == {} and len(runs[1].trials) == 1
+    assert runs[2].params.iterations == 100 and runs[2].tuned == {"iterations": 100}
+    # 50 -> 100 -> 200 pay; 400 does no better, so the search stops there, short of 16x (800)
+    assert runs[16].params.iterations == 200 and runs[16].tuned == {"iterations": 200}
+    assert [t["values"] for t in runs[16].trials[1:]] == [{"iterations": n} for n in (100, 200, 400)]
+    assert runs[16].trials[-1]["improves"] is False
+    assert runs[16].best_psnr > runs[2].best_psnr > runs[2].default_psnr
+
+
 def test_a_candidate_replaces_the_configured_values_only_where_it_is_no_worse_on_any_case():
     assert dominates([11.0, 9.5], [11.0, 9.0])
     assert not dominates([20.0, 8.9], [11.0, 9.0])  # a better mean bought by losing on one case

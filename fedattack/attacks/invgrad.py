@@ -88,7 +88,7 @@ class InvGradParams:
 
 
 @register_attack("invgrad", params=InvGradParams, adaptive=True,
-                 tunable={"tv": LogRange(1e-3, 1.0), "l2": LogRange(1e-3, 1.0), "lr": LogRange(0.01, 0.3),
+                 tunable={"tv": LogRange(1e-3, 1.0), "l2": LogRange(1e-3, 1.0), "lr": LogRange(0.01, 1.0),
                           "loss": Choice(("cosine", "layer-cosine")), "init": Choice(("randn", "mean")),
                           "output": Choice(("best", "consensus"))},
                  paper="Geiping et al., Inverting Gradients - How easy is it to break privacy in federated "

@@ -274,7 +274,10 @@ class Auditor:
         tried = iter(range(2, opts.calibration_budget + 1))
 
         def on_trial(values: dict, psnr: float) -> None:
-            say(f"calibrating {attack}: setting {next(tried, '?')} of {opts.calibration_budget}: {psnr:.1f} dB")
+            if set(values) == {"iterations"}:  # the iteration budget, after the tuning
+                say(f"calibrating {attack}: {values['iterations']} iterations: {psnr:.1f} dB")
+            else:
+                say(f"calibrating {attack}: setting {next(tried, '?')} of {opts.calibration_budget}: {psnr:.1f} dB")
 
         try:
             cases, held_out = judges(observation, images, labels, cases=opts.calibration_cases,
@@ -284,7 +287,8 @@ class Auditor:
                 f"of client sizes)")
             ctx = AttackContext(seed=self.plan.seed, labels=opts.labels)
             cal = calibrate(attack, params, cases, budget=opts.calibration_budget, ctx=ctx, held_out=held_out,
-                            on_trial=on_trial, check=shutdown.check)
+                            on_trial=on_trial, check=shutdown.check,
+                            iteration_factor=opts.calibration_iteration_factor)
         except (ValueError, FedattackError, RuntimeError) as exc:
             record["skipped"] = f"{type(exc).__name__}: {exc}"
             say(f"calibration of {attack} skipped ({record['skipped']}); it runs with its configured parameters",
@@ -659,6 +663,9 @@ class AuditStrategy(Strategy):
     calibration_images : int (default: 8)
         Images each of those two sets holds at least: clients of fewer images are simulated
         more than `calibration_cases` times (one image's PSNR says little about the next's).
+    calibration_iteration_factor : int (default: 4)
+        After tuning, calibration doubles an attack's iterations while the longer run leaks
+        more on the simulated updates, up to this factor (1: keep the configured count).
     server_mode : str (default: "honest")
         "malicious" when the model carries a malicious server's extension blocks (fedattack's
         own models): they are re-sent every round and the report says so.
@@ -684,7 +691,8 @@ class AuditStrategy(Strategy):
                  on_round: Callable[[RoundResult, int, int], None] | None = None,
                  record: Any = None, dispatcher: Dispatcher | None = None, calibrate: bool = False,
                  calibration_data: tuple[Any, Any] | None = None, calibration_budget: int = 12,
-                 calibration_cases: int = 2, calibration_images: int = 8) -> None:
+                 calibration_cases: int = 2, calibration_images: int = 8,
+                 calibration_iteration_factor: int = 4) -> None:
         problem = strategy_problem(strategy)
         if problem:
             raise ConfigError("strategy", f"{type(strategy).__name__} {problem}")
@@ -706,7 +714,8 @@ class AuditStrategy(Strategy):
                                                   save_images=save_images, job_timeout=job_timeout,
                                                   calibrate=calibrate, calibration_budget=calibration_budget,
                                                   calibration_cases=calibration_cases,
-                                                  calibration_images=calibration_images)
+                                                  calibration_images=calibration_images,
+                                                  calibration_iteration_factor=calibration_iteration_factor)
         if server_mode not in ("honest", "malicious"):
             raise ConfigError("server_mode", f"unknown value '{server_mode}'; allowed: honest, malicious")
         if record is None:

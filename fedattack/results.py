@@ -204,6 +204,18 @@ def describe_defenses(raw: dict) -> str:
     return "+".join(parts) or "none"
 
 
+def describe_calibration(tuned: dict, held_out: dict) -> str:
+    """What a calibration chose, in words: the tuned values (e.g. 'tv=0.03, iterations=2000'),
+    or the configured parameters, and why where the best candidate lost on fresh updates (the
+    iteration count, chosen afterwards, is named either way)."""
+    rejected = bool(held_out) and not held_out.get("confirmed")
+    shown = {k: v for k, v in tuned.items() if not rejected or k == "iterations"}
+    text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+    if rejected:
+        return "the configured parameters (the best candidate lost on fresh updates)" + (f"; {text}" if text else "")
+    return text or "the configured parameters"
+
+
 @dataclass(frozen=True)
 class RunHeader:
     """What a run was: the facts every summary and report starts with."""

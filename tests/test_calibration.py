@@ -230,3 +230,12 @@ def test_a_calibration_that_cannot_run_is_recorded_and_the_attack_runs_configure
     (record,) = json.loads((tmp_path / "run" / "calibration.json").read_text())
     assert code == 0 and "needs 2 images" in record["skipped"] and "trials" not in record
     assert (tmp_path / "run" / "leakage.csv").read_text().count("test-flat") == 1  # the job ran all the same
+
+
+def test_the_record_names_the_stretched_iterations_even_where_the_tuned_values_lost():
+    from fedattack.results import describe_calibration
+
+    assert describe_calibration({}, {}) == "the configured parameters"
+    assert describe_calibration({"tv": 0.0312, "iterations": 2000}, {"confirmed": True}) == "tv=0.0312, iterations=2000"
+    lost = describe_calibration({"tv": 0.0312, "iterations": 2000}, {"confirmed": False})
+    assert lost.startswith("the configured parameters (") and lost.endswith("; iterations=2000") and "tv" not in lost

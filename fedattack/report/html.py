@@ -24,7 +24,7 @@ from fedattack.report import plots
 from fedattack.report.exposure import ALL, best_per_sample, worst_clients
 from fedattack.report.images import PAD, columns
 from fedattack.report.summary import Summary, budget_caveat
-from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader
+from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader, describe_calibration
 
 MAX_GALLERIES = 60  # per-update galleries shown (leaks first when there are more)
 MAX_SAMPLES = 32  # best reconstructions per sample shown
@@ -254,20 +254,18 @@ def calibration_section(run_dir: Path) -> str:
         if r.get("skipped"):
             chosen, gain = f"skipped: {r['skipped']}", ""
         else:
-            tuned = r.get("tuned") or {}
-            chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned.items())
-            gain = f"{r.get('default_psnr', float('nan')):.1f} &rarr; {r.get('best_psnr', float('nan')):.1f}"
             check = r.get("held_out") or {}
+            chosen = describe_calibration(r.get("tuned") or {}, check)
+            gain = f"{r.get('default_psnr', float('nan')):.1f} &rarr; {r.get('best_psnr', float('nan')):.1f}"
             fresh = f" + {check['cases']} fresh" if check.get("cases") else ""
-            if check and not check.get("confirmed"):
-                chosen = "the configured parameters (the best candidate lost on fresh updates)"
         rows.append(f"<tr><td>{esc(r.get('attack', ''))}</td><td>{esc(setting)}</td>"
-                    f"<td>{esc(chosen or 'the configured parameters')}</td><td>{gain}</td>"
+                    f"<td>{esc(chosen)}</td><td>{gain}</td>"
                     f"<td>{r.get('cases', '')}{fresh}</td><td>{r.get('seconds', '')}</td></tr>")
     return ("<h2>Calibration</h2><p class='note'>Before attacking, the server tuned each attack on client updates "
             "it simulated with its own data (never the clients'): the same model, protocol and update defenses. "
             "PSNR: mean over the simulated updates, configured &rarr; best found; a choice is used only where it "
-            "also beats the configured values on as many fresh simulated updates. Clients whose example counts fall "
+            "also beats the configured values on as many fresh simulated updates; then the iterations double while "
+            "that leaks more (up to the configured factor). Clients whose example counts fall "
             "in one power-of-two band (3-4, 5-8, 9-16, ...) share the calibration of the first of them.</p>"
             "<table><tr><th>attack</th><th>setting</th><th>chosen</th><th>PSNR (dB)</th><th>cases</th>"
             "<th>seconds</th></tr>" + "".join(rows) + "</table>")

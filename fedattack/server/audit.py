@@ -58,7 +58,7 @@ from fedattack.experiment import Experiment
 from fedattack.models import build_model
 from fedattack.models.user import user_model_spec
 from fedattack.report.store import RunStore, default_out_dir
-from fedattack.results import JobResult, RoundResult, RoundStats
+from fedattack.results import JobResult, RoundResult, RoundStats, describe_calibration
 from fedattack.schema import AuditConfig
 from fedattack.server.dispatch import Dispatcher, make_dispatcher
 from fedattack.server.interrupt import interruption
@@ -296,11 +296,9 @@ class Auditor:
             self._record_calibration(record)
             return params
         record.update(cal.record())
-        chosen = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in cal.tuned.items())
-        if cal.held_out and not cal.held_out["confirmed"]:
-            chosen = "the configured parameters (the best candidate lost on fresh simulated updates)"
+        chosen = describe_calibration(cal.tuned, cal.held_out)
         say(f"calibrated {attack} on {cal.cases} simulated updates in {cal.seconds:.0f} s: "
-            f"{chosen or 'the configured parameters'} (PSNR {cal.default_psnr:.1f} -> {cal.best_psnr:.1f} dB)")
+            f"{chosen} (PSNR {cal.default_psnr:.1f} -> {cal.best_psnr:.1f} dB)")
         self._record_calibration(record)
         return cal.params
 

@@ -283,7 +283,8 @@ def stretch_iterations(attack: str, params: Any, scores: list[float], cases: Cal
     about 3 dB from 1000 to 4000 iterations), and how many steps pay depends on the model and
     the protocol. Doubles `params.iterations` while the doubled run `improves` on the current
     one on the cases, up to `factor` times the count given; each doubling tried is appended to
-    `trials` (and passed to `on_trial`). Returns the parameters and, where they changed, their per-case PSNRs (else [])."""
+    `trials` (and passed to `on_trial`). Returns the parameters and, where they changed, their
+    per-case PSNRs (else [])."""
     if factor <= 1 or not hasattr(params, "iterations") or not scores:
         return params, []
     cap, current, kept = params.iterations * factor, params, []

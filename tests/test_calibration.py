@@ -50,10 +50,15 @@ def _flat(obs, params: _FlatParams, ctx) -> Reconstruction:
     return Reconstruction(images=obs.data.normalize(pixels), labels=torch.zeros(n, dtype=torch.long))
 
 
-def test_calibration_tunes_on_its_own_cases_and_keeps_the_defaults_first():
+def _dim_cases():
+    """Two simulated one-step updates of 8 dark images (pixels 0.1-0.5, mean 0.3)."""
     obs, _ = observed_update("seed=0", "client.local_steps=1", "client.batch_size=2")
     x = obs.data.normalize(torch.rand((16, 1, 32, 32), generator=torch.Generator().manual_seed(0)) * 0.4 + 0.1)
-    sim = simulate_cases(obs, x, torch.zeros(16, dtype=torch.long), count=2, seed=0)
+    return simulate_cases(obs, x, torch.zeros(16, dtype=torch.long), count=2, seed=0)
+
+
+def test_calibration_tunes_on_its_own_cases_and_keeps_the_defaults_first():
+    sim = _dim_cases()
     spec = AttackSpec("test-flat", _flat, _FlatParams, "test", tunable=(("level", LogRange(0.05, 0.95)),))
     with ATTACKS.temporarily(spec.name, spec):
         once = calibrate("test-flat", _FlatParams(), sim, budget=1, ctx=AttackContext(seed=0))
@@ -118,9 +123,7 @@ def _slow(obs, params: _SlowParams, ctx) -> Reconstruction:
 
 
 def test_calibration_doubles_the_iterations_while_they_pay_and_within_the_factor():
-    obs, _ = observed_update("seed=0", "client.local_steps=1", "client.batch_size=2")
-    x = obs.data.normalize(torch.rand((16, 1, 32, 32), generator=torch.Generator().manual_seed(0)) * 0.4 + 0.1)
-    sim = simulate_cases(obs, x, torch.zeros(16, dtype=torch.long), count=2, seed=0)
+    sim = _dim_cases()
     spec = AttackSpec("test-slow", _slow, _SlowParams, "test")
     with ATTACKS.temporarily(spec.name, spec):
         runs = {f: calibrate("test-slow", _SlowParams(), sim, budget=4, ctx=AttackContext(seed=0), iteration_factor=f)
@@ -142,9 +145,7 @@ def _uneven(obs, params: _SlowParams, ctx) -> Reconstruction:
 
 
 def test_each_iteration_count_is_judged_against_the_configured_one_not_the_step_before():
-    obs, _ = observed_update("seed=0", "client.local_steps=1", "client.batch_size=2")
-    x = obs.data.normalize(torch.rand((16, 1, 32, 32), generator=torch.Generator().manual_seed(0)) * 0.4 + 0.1)
-    sim = simulate_cases(obs, x, torch.zeros(16, dtype=torch.long), count=2, seed=0)
+    sim = _dim_cases()
     spec = AttackSpec("test-uneven", _uneven, _SlowParams, "test")
     with ATTACKS.temporarily(spec.name, spec):
         cal = calibrate("test-uneven", _SlowParams(), sim, budget=1, ctx=AttackContext(seed=0), iteration_factor=4)

@@ -154,6 +154,24 @@ def test_each_iteration_count_is_judged_against_the_configured_one_not_the_step_
     assert cal.params.iterations == 200 and cal.tuned == {"iterations": 200}
 
 
+def _slow_and_costly(obs, params: _SlowParams, ctx) -> Reconstruction:
+    import time
+
+    time.sleep(params.iterations * 2e-3)  # 100 iterations: 0.2 s a run
+    return _slow(obs, params, ctx)
+
+
+def test_calibration_stretches_no_further_than_half_the_job_time_out_allows():
+    sim = _dim_cases()
+    spec = AttackSpec("test-costly", _slow_and_costly, _SlowParams, "test")
+    with ATTACKS.temporarily(spec.name, spec):
+        cal = calibrate("test-costly", _SlowParams(), sim, budget=1, ctx=AttackContext(seed=0), iteration_factor=16,
+                        job_seconds=0.6)
+    # 100 iterations run in about 0.2 s, within half of 0.6; 200 would take 0.4, so it is not tried
+    assert cal.params.iterations == 100 and [t["values"] for t in cal.trials[1:]] == [{"iterations": 100}]
+    assert 0.2 <= cal.trials[1]["seconds_per_case"] < 0.3
+
+
 def test_a_candidate_replaces_the_configured_values_only_where_it_is_no_worse_on_any_case():
     assert dominates([11.0, 9.5], [11.0, 9.0])
     assert not dominates([20.0, 8.9], [11.0, 9.0])  # a better mean bought by losing on one case

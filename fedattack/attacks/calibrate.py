@@ -210,15 +210,16 @@ def improves(candidate: list[float], configured: list[float]) -> bool:
 
 def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int, ctx: AttackContext,
               held_out: CalibrationCases | None = None, on_trial: Callable[[dict, float], None] | None = None,
-              check: Callable[[], None] = lambda: None, iteration_factor: int = 1) -> Calibration:
+              check: Callable[[], None] = lambda: None, iteration_factor: int = 1,
+              job_seconds: float = 0.0) -> Calibration:
     """Tune `attack`'s registered `tunable` hyperparameters on simulated cases with nevergrad's NGOpt,
     `budget` evaluations in all, the configured `params` first. Returns the best mean among the
     candidates that beat the configured values (`improves`), or the configured values; with
     `held_out` cases, the best only where it beats the configured values on those as well.
     Then, for an attack with `iterations` and an `iteration_factor` above 1, the iterations
-    double while the doubled run `improves` on the current one, up to that factor times the
-    configured count (`stretch_iterations`). `check` is called before every attack run and raises
-    to stop the calibration (a run's stop request)."""
+    double, up to that factor times the configured count and within half of `job_seconds` per run
+    (0: no limit), each count judged against the configured one (`stretch_iterations`). `check`
+    is called before every attack run and raises to stop the calibration (a run's stop request)."""
     t0 = time.perf_counter()
     space = {k: v for k, v in tunable(attack).items() if k in {f.name for f in fields(params)}}
     start = {k: getattr(params, k) for k in space}
@@ -266,7 +267,8 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
             best_values, best, best_cases = dict(start), base, per_case
     chosen = best_values if best > base else {}
     tuned, stretched = stretch_iterations(attack, replace(params, **best_values), best_cases, cases, ctx,
-                                          factor=iteration_factor, trials=trials, check=check, on_trial=on_trial)
+                                          factor=iteration_factor, trials=trials, check=check, on_trial=on_trial,
+                                          job_seconds=job_seconds)
     if stretched:
         best = float(np.mean(stretched))
         chosen = {**chosen, "iterations": tuned.iterations}
@@ -277,7 +279,8 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
 
 def stretch_iterations(attack: str, params: Any, scores: list[float], cases: CalibrationCases, ctx: AttackContext,
                        *, factor: int, trials: list[dict], check: Callable[[], None] = lambda: None,
-                       on_trial: Callable[[dict, float], None] | None = None) -> tuple[Any, list[float]]:
+                       on_trial: Callable[[dict, float], None] | None = None, job_seconds: float = 0.0
+                       ) -> tuple[Any, list[float]]:
     """The iteration budget, the other lever: an optimization attack stopped early leaves images
     it would recover with more steps (on Flower's quickstart CNN, one image, `invgrad` gains
     about 3 dB from 1000 to 4000 iterations), and how many steps pay depends on the model and
@@ -286,18 +289,25 @@ def stretch_iterations(attack: str, params: Any, scores: list[float], cases: Cal
     those that `improve` on the count given (`scores`: its per-case PSNRs). Each step's gain is
     small beside one image's swings (1000 to 2000 iterations on the quickstart CNN: +0.25 dB
     mean over 8 single-image cases, one of them -2.8 dB), so each count is judged against the
-    count given, not the step before. Each doubling tried is appended to `trials` (and passed to
-    `on_trial`). Returns the parameters and, where they changed, their per-case PSNRs (else [])."""
+    count given, not the step before. A count whose runs take more than half of `job_seconds`
+    (the audit's job time-out; 0: none) is not chosen, and no longer count is tried once one
+    would (twice the last count's time): a stretched attack must still finish its real jobs. Each doubling
+    tried is appended to `trials` (and passed to `on_trial`). Returns the parameters and, where
+    they changed, their per-case PSNRs (else [])."""
     if factor <= 1 or not hasattr(params, "iterations") or not scores:
         return params, []
     cap, longer, last = params.iterations * factor, params, float(np.mean(scores))
-    best, kept = params, []
-    while longer.iterations * 2 <= cap:
+    best, kept, seconds = params, [], 0.0
+    limit = job_seconds / 2 if job_seconds > 0 else float("inf")
+    while longer.iterations * 2 <= cap and 2 * seconds <= limit:
         longer = replace(longer, iterations=longer.iterations * 2)
+        t0 = time.perf_counter()
         found = evaluate(attack, longer, cases.cases, ctx, check=check)
-        mean, wins = float(np.mean(found)), improves(found, scores)
+        seconds = (time.perf_counter() - t0) / len(cases.cases)
+        mean, wins = float(np.mean(found)), improves(found, scores) and seconds <= limit
         trials.append({"values": {"iterations": longer.iterations}, "psnr": round(mean, 3),
-                       "per_case": [round(v, 3) for v in found], "improves": wins})
+                       "per_case": [round(v, 3) for v in found], "improves": wins,
+                       "seconds_per_case": round(seconds, 3)})
         if on_trial is not None:
             on_trial({"iterations": longer.iterations}, mean)
         if wins and (not kept or mean > float(np.mean(kept))):

@@ -288,7 +288,7 @@ class Auditor:
             ctx = AttackContext(seed=self.plan.seed, labels=opts.labels)
             cal = calibrate(attack, params, cases, budget=opts.calibration_budget, ctx=ctx, held_out=held_out,
                             on_trial=on_trial, check=shutdown.check,
-                            iteration_factor=opts.calibration_iteration_factor)
+                            iteration_factor=opts.calibration_iteration_factor, job_seconds=opts.job_timeout)
         except (ValueError, FedattackError, RuntimeError) as exc:
             record["skipped"] = f"{type(exc).__name__}: {exc}"
             say(f"calibration of {attack} skipped ({record['skipped']}); it runs with its configured parameters",

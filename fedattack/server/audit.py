@@ -663,7 +663,8 @@ class AuditStrategy(Strategy):
         more than `calibration_cases` times (one image's PSNR says little about the next's).
     calibration_iteration_factor : int (default: 4)
         After tuning, calibration doubles an attack's iterations while the longer run leaks
-        more on the simulated updates, up to this factor (1: keep the configured count).
+        more on the simulated updates, up to this factor and within half of `job_timeout`
+        (1: keep the configured count).
     server_mode : str (default: "honest")
         "malicious" when the model carries a malicious server's extension blocks (fedattack's
         own models): they are re-sent every round and the report says so.

@@ -265,14 +265,14 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
                         "chosen": [round(v, 3) for v in chosen], "confirmed": improves(chosen, configured)}
         if not confirmation["confirmed"]:
             best_values, best, best_cases = dict(start), base, per_case
-    chosen = best_values if best > base else {}
+    tuned_values = best_values if best > base else {}
     tuned, stretched = stretch_iterations(attack, replace(params, **best_values), best_cases, cases, ctx,
                                           factor=iteration_factor, trials=trials, check=check, on_trial=on_trial,
                                           job_seconds=job_seconds)
     if stretched:
         best = float(np.mean(stretched))
-        chosen = {**chosen, "iterations": tuned.iterations}
-    return Calibration(attack=attack, params=tuned, tuned=chosen, default_psnr=base,
+        tuned_values = {**tuned_values, "iterations": tuned.iterations}
+    return Calibration(attack=attack, params=tuned, tuned=tuned_values, default_psnr=base,
                        best_psnr=best, trials=trials, cases=len(cases.cases), seconds=time.perf_counter() - t0,
                        unmodelled=cases.unmodelled, held_out=confirmation)
 
@@ -291,9 +291,9 @@ def stretch_iterations(attack: str, params: Any, scores: list[float], cases: Cal
     mean over 8 single-image cases, one of them -2.8 dB), so each count is judged against the
     count given, not the step before. A count whose runs take more than half of `job_seconds`
     (the audit's job time-out; 0: none) is not chosen, and no longer count is tried once one
-    would (twice the last count's time): a stretched attack must still finish its real jobs. Each doubling
-    tried is appended to `trials` (and passed to `on_trial`). Returns the parameters and, where
-    they changed, their per-case PSNRs (else [])."""
+    would (twice the last count's time): a stretched attack must still finish its real jobs.
+    Each doubling tried is appended to `trials` (and passed to `on_trial`). Returns the
+    parameters and, where they changed, their per-case PSNRs (else [])."""
     if factor <= 1 or not hasattr(params, "iterations") or not scores:
         return params, []
     cap, longer, last = params.iterations * factor, params, float(np.mean(scores))

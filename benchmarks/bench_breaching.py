@@ -28,8 +28,8 @@ Rows:
   its config's label strategy "bias-corrected") with the iteration count set to this
   benchmark's; fedattack's `invgrad` with the same settings (loss=cosine, absolute tv=0.2, lr=0.1,
   signed, boxed, decay, the same iterations, restarts=1, candidates=1) and at its defaults
-  (named in the `settings` column: TV relative to the mismatch, 2 restarts, up to 16 label
-  candidates screened for a tenth of the iterations; same iterations), labels by
+  (named in the `settings` column: TV relative to the mismatch, its restarts, and the label
+  candidates screened; same iterations), labels by
   `audit.labels=auto`. TV: both are the mean absolute difference of
   neighbouring pixels, dx + dy (breaching's convolution also counts the image border
   against zero padding). Over several local steps breaching's objective takes the labels of

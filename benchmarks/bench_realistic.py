@@ -115,9 +115,10 @@ def scores(rec, truth, obs) -> dict:
 
 def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int = 6, count: int = 2,
             iterations: int | None = None,
-            iteration_factor: int = AuditConfig.calibration_iteration_factor) -> dict:
+            iteration_factor: int = AuditConfig.calibration_iteration_factor, overrides: dict | None = None) -> dict:
+    """One row: `attack` (its defaults, then `overrides`, then `iterations`) on every seed of `case`."""
     spec = ATTACKS.get(attack)
-    base_params = spec.params()
+    base_params = replace(spec.params(), **(overrides or {}))
     if iterations:
         base_params = replace(base_params, iterations=iterations)
     if quick:
@@ -144,7 +145,8 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
         rec = spec(obs, params, ctx)
         seconds.append(time.perf_counter() - t0)
         per.append(scores(rec, truth, obs))
-    return {"case": case.name, "attack": attack + (" (calibrated)" if calibrated else ""),
+    named = ", ".join(f"{k}={v}" for k, v in (overrides or {}).items())
+    return {"case": case.name, "attack": attack + (f" ({named})" if named else "") + (" (calibrated)" if calibrated else ""),
             "psnr": float(np.mean([p["psnr"] for p in per])), "flat": float(np.mean([p["flat"] for p in per])),
             "margin": float(np.mean([p["psnr"] - p["flat"] for p in per])),
             "worst_margin": float(min(p["worst_margin"] for p in per)),
@@ -175,6 +177,7 @@ class Plan:
     cpu_iterations: int | None = None  # on a CPU, every attack at this many iterations (None: defaults)
     iterations: int | None = None  # on any device, every attack at this many iterations (None: as above)
     attacks: tuple[str, ...] = ("invgrad", "fedavg")
+    variants: tuple[tuple[tuple[str, object], ...], ...] = ((),)  # per attack: settings over its defaults
 
     def budget_for(self, attack: str) -> int:
         return dict(self.budgets).get(attack, self.budget)
@@ -185,6 +188,8 @@ PLANS = {
     "realistic_epochs": Plan(cases=(3, 4), calibrated=("invgrad", "fedavg"), count=1, seeds=(0, 1)),
     "dimitrov": Plan(cases=(2, 7, 8), calibrated=(), seeds=(0,), cpu_iterations=250),
     "realistic_long": Plan(cases=(0, 5, 6), calibrated=(), attacks=("invgrad",), iterations=4000),
+    "restarts": Plan(cases=(0, 1, 5, 6), calibrated=(), attacks=("invgrad",),
+                     variants=((("restarts", 2), ("iterations", 1000)), ())),
 }
 
 
@@ -198,10 +203,11 @@ def run_plan(plan: Plan, quick: bool) -> list[dict]:
             case = replace(case, seeds=plan.seeds)
         iterations = plan.iterations or (None if full_scale() else plan.cpu_iterations)
         for attack in plan.attacks:
-            for calibrated in (False, True) if attack in plan.calibrated else (False,):
-                rows.append(measure(case, attack, calibrated, quick, budget=plan.budget_for(attack), count=plan.count,
-                                    iterations=iterations))
-                print(rows[-1], flush=True)  # a long benchmark shows each row as it is measured
+            for variant in plan.variants:
+                for calibrated in (False, True) if attack in plan.calibrated else (False,):
+                    rows.append(measure(case, attack, calibrated, quick, budget=plan.budget_for(attack),
+                                        count=plan.count, iterations=iterations, overrides=dict(variant)))
+                    print(rows[-1], flush=True)  # a long benchmark shows each row as it is measured
     return rows
 
 

@@ -38,7 +38,7 @@ def test_default_config_runs_the_documented_default_scenario():
     # every listed attack has its parameters; the default config cuts dlg's and idlg's L-BFGS evaluations
     # and invgrad's iterations
     assert set(cfg.attack_params) == {"idlg", "dlg", "invgrad"}
-    assert cfg.attack("dlg").max_iter == cfg.attack("idlg").max_iter == 1 and cfg.attack("invgrad").iterations == 400
+    assert cfg.attack("dlg").max_iter == cfg.attack("idlg").max_iter == 1 and cfg.attack("invgrad").iterations == 800
     with pytest.raises(ConfigError, match=r"^audit\.attacks: 'rtf' is not a configured attack"):
         cfg.attack("rtf")
 

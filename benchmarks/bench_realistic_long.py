@@ -1,4 +1,4 @@
-"""realistic_long: `invgrad` at 4000 iterations (4x its default, which is sized for a CPU audit;
+"""realistic_long: `invgrad` at 4000 iterations (twice its default, which is sized for a CPU audit;
 Geiping et al.'s inversefed defaults to 4800, LeakPro to 8000, breaching to 24,000) on the
 `realistic` cases where the default stays near or below the flat-image baseline: 8 faces in 4
 local steps of 2 on LeNet sigmoid, and Flower's quickstart CNN with 1 image in 1 step and 4

@@ -24,8 +24,9 @@ regroups each epoch's batches as well. All restarts run as one
 vmapped batch; the output is the restart with the lowest final mismatch, or
 (`output=consensus`) the mean of all restarts aligned to it. By default one start runs 2000
 iterations: at the same number of gradient evaluations, one long run beat two restarts of 1000
-on every case of the `restarts` benchmark (a start that converges further counted for more than
-a second start); on a GPU, where restarts run side by side, raise `restarts` as well.
+on three of the four cases of the `restarts` benchmark, by up to several dB, and lost a little on
+the fourth (a start that converges further counted for more than a second start); on a GPU,
+where restarts run side by side, raise `restarts` as well.
 
 Collapse: where the update holds few numbers per unknown pixel (16 images on a sigmoid LeNet),
 the global cosine is carried by the classifier's gradient, which the labels nearly fix, and the

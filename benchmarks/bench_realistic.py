@@ -22,7 +22,7 @@ SSIM), label accuracy, seconds per job, and for calibrated rows the calibration'
 
 On a CPU the ConvNet is run at width 8 and the Dimitrov-scale cases on 16 px images
 (`FEDATTACK_FULL=1`, or a GPU, runs them at width 32 and 32 px): a width-32 ConvNet iteration
-over 16 images and 2 epochs takes about 2-5 s on one core, and 1000 iterations per attack.
+over 16 images and 2 epochs takes about 2-5 s on one core, and 1000 to 2000 iterations per attack.
 """
 
 from __future__ import annotations

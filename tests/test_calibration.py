@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from fedattack.attacks import ATTACKS, AttackContext
+from fedattack.attacks import calibrate as calibrate_module
 from fedattack.attacks.base import AttackSpec, LogRange
 from fedattack.attacks.calibrate import (calibrate, calibration_key, case_count, dominates, gain_lower_bound, improves,
                                          simulate_cases, size_band)
@@ -154,16 +155,26 @@ def test_each_iteration_count_is_judged_against_the_configured_one_not_the_step_
     assert cal.params.iterations == 200 and cal.tuned == {"iterations": 200}
 
 
-def _slow_and_costly(obs, params: _SlowParams, ctx) -> Reconstruction:
-    import time
+class _Clock:
+    """The clock calibration reads, advanced by the attack below instead of by sleeping: the
+    time-out rule is tested on exact run times, whatever the machine's load."""
 
-    time.sleep(params.iterations * 2e-3)  # 100 iterations: 0.2 s a run
+    now = 0.0
+
+    @classmethod
+    def perf_counter(cls) -> float:
+        return cls.now
+
+
+def _slow_and_costly(obs, params: _SlowParams, ctx) -> Reconstruction:
+    _Clock.now += params.iterations * 2e-3  # 100 iterations: 0.2 s a run
     return _slow(obs, params, ctx)
 
 
-def test_calibration_stretches_no_further_than_half_the_job_time_out_allows():
+def test_calibration_stretches_no_further_than_half_the_job_time_out_allows(monkeypatch):
     sim = _dim_cases()
     spec = AttackSpec("test-costly", _slow_and_costly, _SlowParams, "test")
+    monkeypatch.setattr(calibrate_module, "time", _Clock)
     with ATTACKS.temporarily(spec.name, spec):
         cal = calibrate("test-costly", _SlowParams(), sim, budget=1, ctx=AttackContext(seed=0), iteration_factor=16,
                         job_seconds=0.6)

@@ -206,14 +206,18 @@ def describe_defenses(raw: dict) -> str:
 
 def describe_calibration(tuned: dict, held_out: dict) -> str:
     """What a calibration chose, in words: the tuned values (e.g. 'tv=0.03, iterations=2000'),
-    or the configured parameters, and why where the best candidate lost on fresh updates (the
-    iteration count, chosen afterwards, is named either way)."""
-    rejected = bool(held_out) and not held_out.get("confirmed")
+    or the configured parameters, and why where the best candidate or a longer iteration count
+    lost on fresh updates (the iteration count, chosen afterwards, is named either way)."""
+    rejected = held_out.get("confirmed") is False
     shown = {k: v for k, v in tuned.items() if not rejected or k == "iterations"}
     text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+    longer = held_out.get("iterations") or {}
+    lost = (f" ({longer.get('count')} iterations lost on fresh updates)"
+            if longer.get("confirmed") is False else "")
     if rejected:
-        return "the configured parameters (the best candidate lost on fresh updates)" + (f"; {text}" if text else "")
-    return text or "the configured parameters"
+        return ("the configured parameters (the best candidate lost on fresh updates)" + (f"; {text}" if text else "")
+                + lost)
+    return (text or "the configured parameters") + lost
 
 
 @dataclass(frozen=True)

@@ -139,6 +139,29 @@ def test_calibration_doubles_the_iterations_while_they_pay_and_within_the_factor
     assert runs[16].best_psnr > runs[2].best_psnr > runs[2].default_psnr
 
 
+def test_a_longer_iteration_count_is_kept_only_where_it_also_wins_on_fresh_cases():
+    # more iterations walk the flat guess towards 0.3: that wins on dark images, and loses on
+    # fresh cases as bright as the configured guess, where the configured count stays
+    obs, _ = observed_update("seed=0", "client.local_steps=1", "client.batch_size=2")
+    gen = torch.Generator().manual_seed(2)
+    dark = obs.data.normalize(torch.rand((32, 1, 32, 32), generator=gen) * 0.2 + 0.2)
+    bright = obs.data.normalize(torch.rand((16, 1, 32, 32), generator=gen) * 0.1 + 0.85)
+    zeros = torch.zeros(32, dtype=torch.long)
+    tune, like = simulate_cases(obs, dark, zeros, count=4, seed=0).split(2)
+    unlike = simulate_cases(obs, bright, zeros[:16], count=2, seed=0)
+    spec = AttackSpec("test-slow", _slow, _SlowParams, "test")
+    with ATTACKS.temporarily(spec.name, spec):
+        kept, lost = (calibrate("test-slow", _SlowParams(), tune, budget=1, ctx=AttackContext(seed=0),
+                                held_out=fresh, iteration_factor=2) for fresh in (like, unlike))
+    assert kept.params.iterations == 100 and kept.tuned == {"iterations": 100}
+    assert kept.held_out["iterations"]["confirmed"] and kept.best_psnr > kept.default_psnr
+    check = lost.held_out["iterations"]
+    assert not check["confirmed"] and check["count"] == 100 and lost.held_out["cases"] == 2
+    assert np.mean(check["longer"]) < np.mean(check["shorter"])  # it did lose there
+    assert lost.params == _SlowParams() and lost.tuned == {} and lost.best_psnr == lost.default_psnr
+    assert "confirmed" not in lost.held_out  # no tuned value was up for confirmation
+
+
 def _uneven(obs, params: _SlowParams, ctx) -> Reconstruction:
     # at 100 iterations one case of two (by the per-case seed) gets worse, the other much better
     level = {50: 0.9, 100: 0.95 if ctx.seed % 2 == 0 else 0.6}.get(params.iterations, 0.3)
@@ -288,3 +311,8 @@ def test_the_record_names_the_stretched_iterations_even_where_the_tuned_values_l
     assert describe_calibration({"tv": 0.0312, "iterations": 2000}, {"confirmed": True}) == "tv=0.0312, iterations=2000"
     lost = describe_calibration({"tv": 0.0312, "iterations": 2000}, {"confirmed": False})
     assert lost.startswith("the configured parameters (") and lost.endswith("; iterations=2000") and "tv" not in lost
+    # a longer count that lost on fresh updates is named as such; the tuned values stand
+    longer = {"cases": 2, "confirmed": True, "iterations": {"count": 4000, "confirmed": False}}
+    assert describe_calibration({"tv": 0.0312}, longer) == "tv=0.0312 (4000 iterations lost on fresh updates)"
+    assert describe_calibration({"iterations": 4000}, {"cases": 2, "iterations": {"count": 4000, "confirmed": True}}) \
+        == "iterations=4000"

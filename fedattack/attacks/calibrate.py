@@ -218,7 +218,8 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
     `held_out` cases, the best only where it beats the configured values on those as well.
     Then, for an attack with `iterations` and an `iteration_factor` above 1, the iterations
     double, up to that factor times the configured count and within half of `job_seconds` per run
-    (0: no limit), each count judged against the configured one (`stretch_iterations`). `check`
+    (0: no limit), each count judged against the configured one (`stretch_iterations`); with
+    `held_out` cases, the longer count is kept only where it wins on those as well. `check`
     is called before every attack run and raises to stop the calibration (a run's stop request)."""
     t0 = time.perf_counter()
     space = {k: v for k, v in tunable(attack).items() if k in {f.name for f in fields(params)}}
@@ -258,17 +259,31 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
                 if psnr > best and wins:
                     best, best_values, best_cases = psnr, values, found
     confirmation: dict = {}
-    if held_out is not None and held_out.cases and best > base:
+    fresh = held_out is not None and bool(held_out.cases)
+    reference: list[float] | None = None  # the fresh cases' PSNRs of the values chosen so far
+    if fresh and best > base:
         configured = evaluate(attack, params, held_out.cases, ctx, check=check)
         chosen = evaluate(attack, replace(params, **best_values), held_out.cases, ctx, check=check)
         confirmation = {"cases": len(held_out.cases), "configured": [round(v, 3) for v in configured],
                         "chosen": [round(v, 3) for v in chosen], "confirmed": improves(chosen, configured)}
+        reference = chosen if confirmation["confirmed"] else configured
         if not confirmation["confirmed"]:
             best_values, best, best_cases = dict(start), base, per_case
     tuned_values = best_values if best > base else {}
-    tuned, stretched = stretch_iterations(attack, replace(params, **best_values), best_cases, cases, ctx,
+    shorter = replace(params, **best_values)
+    tuned, stretched = stretch_iterations(attack, shorter, best_cases, cases, ctx,
                                           factor=iteration_factor, trials=trials, check=check, on_trial=on_trial,
                                           job_seconds=job_seconds)
+    if stretched and fresh:  # the longer count, too, is used only where it wins on the fresh cases
+        if reference is None:
+            reference = evaluate(attack, shorter, held_out.cases, ctx, check=check)
+        longer = evaluate(attack, tuned, held_out.cases, ctx, check=check)
+        confirmation = {"cases": len(held_out.cases), **confirmation,
+                        "iterations": {"count": tuned.iterations, "shorter": [round(v, 3) for v in reference],
+                                       "longer": [round(v, 3) for v in longer],
+                                       "confirmed": improves(longer, reference)}}
+        if not confirmation["iterations"]["confirmed"]:
+            tuned, stretched = shorter, []
     if stretched:
         best = float(np.mean(stretched))
         tuned_values = {**tuned_values, "iterations": tuned.iterations}

@@ -145,7 +145,7 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
         rec = spec(obs, params, ctx)
         seconds.append(time.perf_counter() - t0)
         per.append(scores(rec, truth, obs))
-    named = ", ".join(f"{k}={v}" for k, v in (overrides or {}).items())
+    named = ", ".join(f"{k}={getattr(base_params, k)}" for k in (overrides or {}))  # as run (quick caps iterations)
     return {"case": case.name, "attack": attack + (f" ({named})" if named else "") + (" (calibrated)" if calibrated else ""),
             "psnr": float(np.mean([p["psnr"] for p in per])), "flat": float(np.mean([p["flat"] for p in per])),
             "margin": float(np.mean([p["psnr"] - p["flat"] for p in per])),

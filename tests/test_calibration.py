@@ -93,17 +93,24 @@ def test_calibration_spends_its_budget_on_settings_it_has_not_scored():
             assert len(levels) >= 5  # the configured value, and at least 4 fresh settings
 
 
-def test_the_winner_is_used_only_where_it_also_wins_on_fresh_cases():
-    # tuned on dark images the flat guess moves to their brightness; on fresh cases that are as
-    # dark it is confirmed, on fresh cases as bright as the configured guess it loses and the
-    # configured value stays
+def _dark_then_bright(seed: int):
+    """Two simulated one-step updates of dark images (pixels 0.2-0.4) to tune on, two more of
+    dark images to confirm on, and two of bright ones (0.85-0.95) that a choice tuned on dark
+    images loses on."""
     obs, _ = observed_update("seed=0", "client.local_steps=1", "client.batch_size=2")
-    gen = torch.Generator().manual_seed(1)
+    gen = torch.Generator().manual_seed(seed)
     dark = obs.data.normalize(torch.rand((32, 1, 32, 32), generator=gen) * 0.2 + 0.2)
     bright = obs.data.normalize(torch.rand((16, 1, 32, 32), generator=gen) * 0.1 + 0.85)
     zeros = torch.zeros(32, dtype=torch.long)
     tune, like = simulate_cases(obs, dark, zeros, count=4, seed=0).split(2)
-    unlike = simulate_cases(obs, bright, zeros[:16], count=2, seed=0)
+    return tune, like, simulate_cases(obs, bright, zeros[:16], count=2, seed=0)
+
+
+def test_the_winner_is_used_only_where_it_also_wins_on_fresh_cases():
+    # tuned on dark images the flat guess moves to their brightness; on fresh cases that are as
+    # dark it is confirmed, on fresh cases as bright as the configured guess it loses and the
+    # configured value stays
+    tune, like, unlike = _dark_then_bright(seed=1)
     spec = AttackSpec("test-flat", _flat, _FlatParams, "test", tunable=(("level", LogRange(0.05, 0.95)),))
     with ATTACKS.temporarily(spec.name, spec):
         kept = calibrate("test-flat", _FlatParams(), tune, budget=10, ctx=AttackContext(seed=0), held_out=like)
@@ -142,13 +149,7 @@ def test_calibration_doubles_the_iterations_while_they_pay_and_within_the_factor
 def test_a_longer_iteration_count_is_kept_only_where_it_also_wins_on_fresh_cases():
     # more iterations walk the flat guess towards 0.3: that wins on dark images, and loses on
     # fresh cases as bright as the configured guess, where the configured count stays
-    obs, _ = observed_update("seed=0", "client.local_steps=1", "client.batch_size=2")
-    gen = torch.Generator().manual_seed(2)
-    dark = obs.data.normalize(torch.rand((32, 1, 32, 32), generator=gen) * 0.2 + 0.2)
-    bright = obs.data.normalize(torch.rand((16, 1, 32, 32), generator=gen) * 0.1 + 0.85)
-    zeros = torch.zeros(32, dtype=torch.long)
-    tune, like = simulate_cases(obs, dark, zeros, count=4, seed=0).split(2)
-    unlike = simulate_cases(obs, bright, zeros[:16], count=2, seed=0)
+    tune, like, unlike = _dark_then_bright(seed=2)
     spec = AttackSpec("test-slow", _slow, _SlowParams, "test")
     with ATTACKS.temporarily(spec.name, spec):
         kept, lost = (calibrate("test-slow", _SlowParams(), tune, budget=1, ctx=AttackContext(seed=0),

@@ -136,7 +136,8 @@ class Calibration:
     cases: int = 0
     seconds: float = 0.0
     unmodelled: tuple[str, ...] = ()
-    held_out: dict = field(default_factory=dict)  # the winner checked on fresh cases: per-case PSNRs, confirmed
+    held_out: dict = field(default_factory=dict)  # the choice checked on fresh cases: per-case PSNRs, confirmed
+    # (tuned values), and under 'iterations' the same for a longer iteration count
 
     def record(self) -> dict:
         """A plain record for the run directory."""

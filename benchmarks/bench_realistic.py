@@ -188,6 +188,8 @@ PLANS = {
     "realistic_epochs": Plan(cases=(3, 4), calibrated=("invgrad", "fedavg"), count=1, seeds=(0, 1)),
     "dimitrov": Plan(cases=(2, 7, 8), calibrated=(), seeds=(0,), cpu_iterations=250),
     "realistic_long": Plan(cases=(0, 5, 6), calibrated=(), attacks=("invgrad",), iterations=4000),
+    "init_colour": Plan(cases=(5, 6), calibrated=(), attacks=("invgrad", "fedavg"),
+                        variants=((("init", "randn"),), (("init", "mean"),), (("init", "leaked-mean"),))),
     "restarts": Plan(cases=(0, 1, 5, 6), calibrated=(), attacks=("invgrad",),
                      variants=((("restarts", 2), ("iterations", 1000)), ())),
 }

@@ -225,3 +225,40 @@ def test_label_search_finds_each_epochs_grouping(seed):
     batches = epoch_batches(4, obs.protocol)
     truth_key = arrangement_key(labels, batches, orders)
     assert arrangement_key(u.labels[0], batches, u.orders[0]) == truth_key
+
+
+def _first_layer_gradient(layer: torch.nn.Module, x: torch.Tensor, signal: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The first layer's gradient when each output unit k passes back the error `signal[k]`
+    at every position and image (a one-signed signal where all of it is positive)."""
+    out = layer(x)
+    (out * signal.view(1, -1, *([1] * (out.dim() - 2)))).sum().backward()
+    return {f"first.{k}": p.grad.detach().clone() for k, p in layer.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_leaked_colour_is_the_images_mean_where_the_signal_has_one_sign(kind):
+    from fedattack.attacks.engine import leaked_colour
+    from fedattack.threat import DataSpec
+    data = DataSpec(shape=(3, 8, 8), num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3)
+    x = data.normalize(torch.rand((3, 3, 8, 8), generator=torch.Generator().manual_seed(0)) * 0.5 + 0.3)
+    torch.manual_seed(0)
+    layer = torch.nn.Conv2d(3, 6, 1) if kind == "conv" else torch.nn.Sequential(torch.nn.Flatten(),
+                                                                                   torch.nn.Linear(192, 6))
+    target = _first_layer_gradient(layer, x, torch.rand(6) + 0.5)
+    guess = leaked_colour(target, data)
+    assert guess is not None and torch.allclose(guess, x.mean((0, 2, 3)), atol=1e-4)
+    assert not torch.allclose(guess, torch.zeros(3), atol=0.1)  # the images are not the dataset mean
+
+
+def test_leaked_colour_drops_guesses_outside_the_pixel_range_and_needs_a_bias():
+    from fedattack.attacks.engine import leaked_colour
+    from fedattack.threat import DataSpec
+    data = DataSpec(shape=(1, 4, 4), num_classes=2, mean=(0.5,), std=(0.25,))  # valid inputs: [-2, 2]
+    db = torch.tensor([1.0, 1.0, 1.0, 1.0, 1e-6])
+    colours = torch.tensor([0.5, 0.7, 9.0, -5.0, 1.5])  # units 2 and 3 out of range, unit 4 has no signal
+    dw = (colours * db).view(5, 1, 1, 1).expand(5, 1, 3, 3).clone()
+    assert torch.allclose(leaked_colour({"c.weight": dw, "c.bias": db}, data), torch.tensor([0.5]))
+    assert leaked_colour({"c.weight": dw}, data) is None  # a convolution without bias
+    assert leaked_colour({"c.weight": dw, "c.bias": torch.zeros(5)}, data) is None  # BatchNorm right after it
+    assert leaked_colour({"c.weight": dw.expand(5, 3, 3, 3), "c.bias": db}, data) is None  # not the image's channels
+    assert leaked_colour({"c.weight": torch.full((5, 1, 3, 3), 9.0), "c.bias": torch.ones(5)}, data) is None

@@ -33,7 +33,7 @@ from torch.func import functional_call, grad, vmap
 
 from fedattack.defenses.base import DEFENSES, adapt_update
 from fedattack.models import build_model
-from fedattack.threat import Observation, Protocol
+from fedattack.threat import DataSpec, Observation, Protocol
 
 Params = dict[str, torch.Tensor]
 
@@ -376,6 +376,39 @@ def leaked_features(trial: "TrialUpdate", target: Params, n: int) -> LeakedFeatu
         if solved is not None:
             targets[name] = solved[0].float()
     return LeakedFeatures(trial.model, targets) if targets else None
+
+
+def leaked_colour(target: Params, data: DataSpec) -> torch.Tensor | None:
+    """Each channel's mean over the client's images (C,), in model-input units, as the gradient
+    of the layer that takes the images gives it away, or None.
+
+    For every output unit k of that layer (a convolution or a fully connected layer, with a
+    bias), dW_k / db_k is an average of the input patches weighted by the unit's error signal:
+    its per-channel mean is the images' mean colour wherever that signal has one sign over the
+    images and positions, and some other weighting where it has not. The guess of every unit
+    whose colour falls outside the valid pixel range, or whose bias gradient is below 1e-3 of the
+    largest, is dropped; the median of the others is returned. None where the first layer has no
+    bias, or a bias without gradient (BatchNorm right after it), or takes other inputs, or where
+    no unit is left."""
+    c, h, w = data.shape
+    weight = next((name for name, p in target.items() if name.endswith(".weight") and p.ndim in (2, 4)), None)
+    bias = None if weight is None else weight[: -len("weight")] + "bias"
+    if bias not in target:
+        return None
+    dw, db = target[weight].detach().double(), target[bias].detach().double()
+    if db.abs().max() <= 1e-6 * dw.abs().max():  # BatchNorm right after it zeroes the bias's gradient
+        return None
+    if dw.ndim == 4 and dw.shape[1] == c:
+        per_unit = dw.mean((2, 3))
+    elif dw.ndim == 2 and dw.shape[1] == c * h * w:
+        per_unit = dw.view(len(dw), c, h * w).mean(2)
+    else:
+        return None
+    guess = per_unit / db[:, None]
+    lo, hi = (b.flatten().double().to(guess.device) for b in data.bounds())
+    ok = (torch.isfinite(guess).all(1) & (guess >= lo).all(1) & (guess <= hi).all(1)
+          & (db.abs() > 1e-3 * db.abs().max()))
+    return guess[ok].median(0).values.float().cpu() if ok.any() else None
 
 
 PRIORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

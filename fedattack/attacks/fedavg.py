@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from fedattack.attacks.base import AttackContext, LogRange, register_attack
-from fedattack.attacks.engine import DISTANCES, epoch_of_step, matching, num_images
+from fedattack.attacks.engine import DISTANCES, epoch_of_step, leaked_colour, matching, num_images
 from fedattack.attacks.labels import label_hypotheses
 from fedattack.attacks.optimize import INITS, best_restart, consensus, init_unknowns, label_plan
 from fedattack.attacks.optimize import batched_objective
@@ -47,7 +47,7 @@ class FedAvgParams:
     invariance: float = 1.0  # weight of the epoch-order-invariant prior
     restarts: int = 1
     loss: str = "layer-cosine"
-    init: str = "mean"
+    init: str = "mean"  # mean | leaked-mean (randn around the colour the first layer leaks) | randn | uniform
 
     def validate(self, name: str) -> None:
         check_range(name, "iterations", self.iterations, 1)
@@ -80,8 +80,9 @@ def fedavg(obs: Observation, params: FedAvgParams, ctx: AttackContext) -> Recons
     plan = label_plan(hypotheses, obs.protocol, params.restarts, gen)
     priors = {"tv": params.tv, "epoch-invariance": params.invariance if copies > 1 else 0.0}
     problem = matching(obs, ctx.device, params.loss, priors, adaptive=ctx.adaptive)
+    centre = leaked_colour(problem.target, obs.data) if params.init == "leaked-mean" else None
     u = init_unknowns(obs.data, n, params.restarts, plan, gen, ctx.device, params.init,
-                      copies=copies if copies > 1 else 0)
+                      copies=copies if copies > 1 else 0, centre=centre)
     lo, hi = obs.data.bounds(ctx.device)
     opt = torch.optim.Adam([u.x], lr=params.lr)
     gamma = params.lr_decay ** (1.0 / max(1, params.iterations))
@@ -100,4 +101,5 @@ def fedavg(obs: Observation, params: FedAvgParams, ctx: AttackContext) -> Recons
     images = consensus(x) if copies > 1 else x
     return Reconstruction(images=images, labels=u.final_labels(r),
                           info={"loss": float(final[r]), "iterations": params.iterations, "epochs": copies,
-                                "restarts": params.restarts, "label_method": method})
+                                "restarts": params.restarts, "label_method": method,
+                                "init_colour": None if centre is None else [round(float(v), 4) for v in centre]})

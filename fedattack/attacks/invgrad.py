@@ -28,6 +28,15 @@ on three of the four cases of the `restarts` benchmark, by up to several dB, and
 the fourth (a start that converges further counted for more than a second start); on a GPU,
 where restarts run side by side, raise `restarts` as well.
 
+Start: Geiping et al. start from N(0, 1) in model-input units, around the dataset's mean
+colour. On a ReLU CNN the run keeps the colour it starts with: the first layer, where colour
+lives, holds a tiny share of the update's norm, so the global cosine barely sees it, and a
+near-white photo came out lime green. The default start (`init=leaked-mean`) is the same noise
+around the client's mean colour as the first layer's gradient gives it away
+(`engine.leaked_colour`: dW_k / db_k of each unit of a layer with a bias averages the input
+patches), or around the dataset mean where it gives nothing away (no bias, BatchNorm right after
+the layer, no unit's guess within the pixel range). `info["init_colour"]` says which.
+
 Collapse: where the update holds few numbers per unknown pixel (16 images on a sigmoid LeNet),
 the global cosine is carried by the classifier's gradient, which the labels nearly fix, and the
 pixels' own gradient is close to noise; signed steps give every pixel a full step whatever its
@@ -45,7 +54,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from fedattack.attacks.base import AttackContext, Choice, LogRange, register_attack
-from fedattack.attacks.engine import DISTANCES, leaked_features, matching, num_images
+from fedattack.attacks.engine import DISTANCES, leaked_colour, leaked_features, matching, num_images
 from fedattack.attacks.labels import label_hypotheses
 from fedattack.attacks.optimize import (INITS, AdamSchedule, Resized, best_restart, coarse_to_fine, consensus,
                                         epoch_batches, init_unknowns, label_plan, random_orders, rescaled, run_adam,
@@ -64,7 +73,7 @@ class InvGradParams:
     candidates: int = 64  # label candidates screened when the labels are in doubt (at most `iterations`)
     label_search: int = 4  # rounds of local search over label candidates (swaps between steps, relabels)
     loss: str = "cosine"  # cosine | layer-cosine | l2 | l1
-    init: str = "randn"  # randn | uniform | mean
+    init: str = "leaked-mean"  # noise around the colour the first layer leaks (docstring) | randn | uniform | mean
     output: str = "best"  # best (lowest mismatch) | consensus (mean of the aligned restarts)
     features: float = 0.0  # weight of the leaked-features prior (one image, one step: FC layers' inputs, exact)
     levels: int = 1  # coarse to fine: optimize at 1/2**(levels-1) of the resolution first, doubling per level
@@ -93,7 +102,8 @@ class InvGradParams:
 
 @register_attack("invgrad", params=InvGradParams, adaptive=True,
                  tunable={"tv": LogRange(1e-3, 1.0), "l2": LogRange(1e-3, 1.0), "lr": LogRange(0.01, 1.0),
-                          "loss": Choice(("cosine", "layer-cosine")), "init": Choice(("randn", "mean"))},
+                          "loss": Choice(("cosine", "layer-cosine")),
+                          "init": Choice(("leaked-mean", "randn", "mean"))},
                  paper="Geiping et al., Inverting Gradients - How easy is it to break privacy in federated "
                        "learning?, NeurIPS 2020")
 def invgrad(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reconstruction:
@@ -122,6 +132,7 @@ def _invert(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
     leaked = leaked_features(problem.trial, problem.target, n) if params.features else None
     if leaked is not None:
         problem = replace(problem, priors=(*problem.priors, (params.features, leaked)))
+    centre = leaked_colour(problem.target, obs.data) if params.init == "leaked-mean" else None
     bounds = obs.data.bounds(ctx.device)
     sizes = coarse_to_fine(obs.data.shape, params.levels)
     full = tuple(obs.data.shape[1:])
@@ -137,9 +148,10 @@ def _invert(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
                               balanced=params.balanced)
         u = screen_labels(at(sizes[0]), plan, params.restarts, screen, data=obs.data, protocol=obs.protocol, gen=gen,
                           device=ctx.device, init=params.init, size=sizes[0], bounds=bounds,
-                          rounds=params.label_search, orders=orders)
+                          rounds=params.label_search, orders=orders, centre=centre)
     else:
-        u = init_unknowns(obs.data, n, params.restarts, plan, gen, ctx.device, params.init, size=sizes[0])
+        u = init_unknowns(obs.data, n, params.restarts, plan, gen, ctx.device, params.init, size=sizes[0],
+                          centre=centre)
     per_level = max(1, params.iterations // len(sizes))
     for level, size in enumerate(sizes):
         if level:
@@ -157,4 +169,5 @@ def _invert(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
                           info={"loss": float(final[r]), "iterations": params.iterations, "restarts": params.restarts,
                                 "label_method": method, "label_candidates": len(plan) if screened else 1,
                                 "local_steps": max(1, obs.protocol.local_steps),
-                                "saturated": saturation(images, bounds), "loss_used": params.loss})
+                                "saturated": saturation(images, bounds), "loss_used": params.loss,
+                                "init_colour": None if centre is None else [round(float(v), 4) for v in centre]})

@@ -157,14 +157,18 @@ def label_plan(hypotheses: list[torch.Tensor], protocol: Protocol, k: int, gen: 
     return torch.stack([per[i][j] for _, i, j in pairs[:k]])
 
 
-def init_images(how: str, shape: tuple[int, ...], data: DataSpec, gen: torch.Generator) -> torch.Tensor:
+def init_images(how: str, shape: tuple[int, ...], data: DataSpec, gen: torch.Generator,
+                centre: torch.Tensor | None = None) -> torch.Tensor:
     """Starting images of `shape` (..., C, H, W) in model-input space.
 
     randn: N(0, 1) in model-input units (Geiping et al.'s and DLG's start); uniform: uniform
     pixels in [0, 1]; mean: the dataset mean with a little noise (std 0.1 in model-input
-    units), so that directions the update does not constrain start, and stay, smooth."""
-    if how == "randn":
-        return torch.randn(shape, generator=gen)
+    units), so that directions the update does not constrain start, and stay, smooth;
+    leaked-mean: randn around `centre`, each channel's mean as the update gives it away
+    (`engine.leaked_colour`), or plain randn where it gives none away."""
+    if how in ("randn", "leaked-mean"):
+        x = torch.randn(shape, generator=gen)
+        return x if how == "randn" or centre is None else x + centre.view(-1, 1, 1).to(x)
     if how == "uniform":
         return data.normalize(torch.rand(shape, generator=gen).reshape(-1, *shape[-3:])).reshape(shape)
     if how == "mean":
@@ -172,21 +176,22 @@ def init_images(how: str, shape: tuple[int, ...], data: DataSpec, gen: torch.Gen
     raise ValueError(f"unknown image initialization '{how}'")
 
 
-INITS = ("randn", "uniform", "mean")
+INITS = ("randn", "uniform", "mean", "leaked-mean")
 
 
 def init_unknowns(data: DataSpec, n: int, restarts: int, labels: torch.Tensor | None, gen: torch.Generator,
                   device: torch.device, init: str = "randn", copies: int = 0,
-                  size: tuple[int, int] | None = None) -> Unknowns:
+                  size: tuple[int, int] | None = None, centre: torch.Tensor | None = None) -> Unknowns:
     """Random images for R restarts, and either fixed labels or random label logits.
 
     `labels`: one multiset (N,), shared by all restarts, or per-candidate labels (K, N)
     assigned to restarts in turn (different image initializations tell repeats apart).
     `copies` > 0: that many copies of the images per restart (one per local epoch). `size`:
-    the images' (H, W) when they are optimized at a lower resolution (see `Resized`)."""
+    the images' (H, W) when they are optimized at a lower resolution (see `Resized`). `centre`:
+    the per-channel mean the `leaked-mean` start is drawn around (see `init_images`)."""
     lead = (restarts, copies) if copies else (restarts,)
     shape = (data.shape[0], *(size or data.shape[1:]))
-    x = init_images(init, (*lead, n, *shape), data, gen).to(device).requires_grad_(True)
+    x = init_images(init, (*lead, n, *shape), data, gen, centre).to(device).requires_grad_(True)
     if labels is not None:
         plan = labels[None] if labels.ndim == 1 else labels
         return Unknowns(x=x, labels=plan[torch.arange(restarts) % len(plan)].to(device))
@@ -368,7 +373,8 @@ def descend(problem: Matching | Resized, x: torch.Tensor, labels: torch.Tensor, 
 def screen_labels(problem: Matching | Resized, plan: torch.Tensor, keep: int, sched: AdamSchedule, *,
                   data: DataSpec, protocol: Protocol, gen: torch.Generator, device: torch.device, init: str,
                   size: tuple[int, int] | None, bounds: tuple[torch.Tensor, torch.Tensor], rounds: int = 4,
-                  moves: int | None = None, orders: torch.Tensor | None = None) -> Unknowns:
+                  moves: int | None = None, orders: torch.Tensor | None = None,
+                  centre: torch.Tensor | None = None) -> Unknowns:
     """Label candidates screened by a short run each, then a local search over them.
 
     Every candidate of `plan` (K, N) runs `sched` from its own start. The candidates are a
@@ -395,7 +401,7 @@ def screen_labels(problem: Matching | Resized, plan: torch.Tensor, keep: int, sc
             return [(c, None, carry) for c, carry in neighbours(labels, steps, data.num_classes)]
         return [(c, o, list(range(n))) for c, o in reshuffles(labels, order, steps, data.num_classes)]
 
-    u = init_unknowns(data, n, len(plan), plan, gen, device, init, size=size)
+    u = init_unknowns(data, n, len(plan), plan, gen, device, init, size=size, centre=centre)
     u.orders = None if orders is None else orders.to(device)
     mismatch = finite_or_inf(run_adam(problem, u, sched, bounds).cpu())
     pool = [(u.x.detach(), plan, orders, mismatch)]

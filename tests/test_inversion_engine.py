@@ -6,10 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedattack.attacks.engine import cosine_distance, functional_model, matching, replay, schedule
+from fedattack.attacks.engine import cosine_distance, functional_model, leaked_colour, matching, replay, schedule
 from fedattack.attacks.optimize import (AdamSchedule, Unknowns, arrangement_key, batched_objective, epoch_batches,
                                         label_plan, neighbours, random_orders, reshuffles, screen_labels)
 from fedattack.testing.cases import epoch_orders, observed_update, synthetic_update, training_order
+from fedattack.threat import DataSpec
 
 
 @pytest.mark.parametrize("overrides", [
@@ -237,8 +238,6 @@ def _first_layer_gradient(layer: torch.nn.Module, x: torch.Tensor, signal: torch
 
 @pytest.mark.parametrize("kind", ["conv", "linear"])
 def test_leaked_colour_is_the_images_mean_where_the_signal_has_one_sign(kind):
-    from fedattack.attacks.engine import leaked_colour
-    from fedattack.threat import DataSpec
     data = DataSpec(shape=(3, 8, 8), num_classes=4, mean=(0.5,) * 3, std=(0.25,) * 3)
     x = data.normalize(torch.rand((3, 3, 8, 8), generator=torch.Generator().manual_seed(0)) * 0.5 + 0.3)
     torch.manual_seed(0)
@@ -251,8 +250,6 @@ def test_leaked_colour_is_the_images_mean_where_the_signal_has_one_sign(kind):
 
 
 def test_leaked_colour_drops_guesses_outside_the_pixel_range_and_needs_a_bias():
-    from fedattack.attacks.engine import leaked_colour
-    from fedattack.threat import DataSpec
     data = DataSpec(shape=(1, 4, 4), num_classes=2, mean=(0.5,), std=(0.25,))  # valid inputs: [-2, 2]
     db = torch.tensor([1.0, 1.0, 1.0, 1.0, 1e-6])
     colours = torch.tensor([0.5, 0.7, 9.0, -5.0, 1.5])  # units 2 and 3 out of range, unit 4 has no signal
@@ -268,7 +265,6 @@ def test_leaked_colour_is_closer_to_the_clients_colour_than_the_dataset_mean():
     """On Flower's quickstart CNN (ReLU, max-pooling), one photo in one step: the colour read off
     the first convolution's gradient beats the dataset mean (what `randn` starts around) as a
     guess at the photo's mean colour on most victims."""
-    from fedattack.attacks.engine import leaked_colour
     closer = 0
     for seed in range(6):
         obs, truth = observed_update("data.name=photos", "model.name=quickstart-cnn", "model.activation=relu",

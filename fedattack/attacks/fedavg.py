@@ -30,10 +30,10 @@ from dataclasses import dataclass
 import torch
 
 from fedattack.attacks.base import AttackContext, LogRange, register_attack
-from fedattack.attacks.engine import DISTANCES, epoch_of_step, leaked_colour, matching, num_images
+from fedattack.attacks.engine import DISTANCES, epoch_of_step, matching, num_images
 from fedattack.attacks.labels import label_hypotheses
-from fedattack.attacks.optimize import INITS, best_restart, consensus, init_unknowns, label_plan
-from fedattack.attacks.optimize import batched_objective
+from fedattack.attacks.optimize import INITS, best_restart, centre_info, consensus, init_unknowns, label_plan
+from fedattack.attacks.optimize import batched_objective, start_centre
 from fedattack.threat import Observation, Reconstruction
 from fedattack.validate import check_choice, check_range
 
@@ -80,7 +80,7 @@ def fedavg(obs: Observation, params: FedAvgParams, ctx: AttackContext) -> Recons
     plan = label_plan(hypotheses, obs.protocol, params.restarts, gen)
     priors = {"tv": params.tv, "epoch-invariance": params.invariance if copies > 1 else 0.0}
     problem = matching(obs, ctx.device, params.loss, priors, adaptive=ctx.adaptive)
-    centre = leaked_colour(problem.target, obs.data) if params.init == "leaked-mean" else None
+    centre = start_centre(params.init, problem.target, obs.data)
     u = init_unknowns(obs.data, n, params.restarts, plan, gen, ctx.device, params.init,
                       copies=copies if copies > 1 else 0, centre=centre)
     lo, hi = obs.data.bounds(ctx.device)
@@ -102,4 +102,4 @@ def fedavg(obs: Observation, params: FedAvgParams, ctx: AttackContext) -> Recons
     return Reconstruction(images=images, labels=u.final_labels(r),
                           info={"loss": float(final[r]), "iterations": params.iterations, "epochs": copies,
                                 "restarts": params.restarts, "label_method": method,
-                                "init_colour": None if centre is None else [round(float(v), 4) for v in centre]})
+                                "init_colour": centre_info(centre)})

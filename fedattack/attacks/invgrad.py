@@ -54,11 +54,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from fedattack.attacks.base import AttackContext, Choice, LogRange, register_attack
-from fedattack.attacks.engine import DISTANCES, leaked_colour, leaked_features, matching, num_images
+from fedattack.attacks.engine import DISTANCES, leaked_features, matching, num_images
 from fedattack.attacks.labels import label_hypotheses
-from fedattack.attacks.optimize import (INITS, AdamSchedule, Resized, best_restart, coarse_to_fine, consensus,
-                                        epoch_batches, init_unknowns, label_plan, random_orders, rescaled, run_adam,
-                                        screen_labels)
+from fedattack.attacks.optimize import (INITS, AdamSchedule, Resized, best_restart, centre_info, coarse_to_fine,
+                                        consensus, epoch_batches, init_unknowns, label_plan, random_orders, rescaled,
+                                        run_adam, screen_labels, start_centre)
 from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
@@ -132,7 +132,7 @@ def _invert(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
     leaked = leaked_features(problem.trial, problem.target, n) if params.features else None
     if leaked is not None:
         problem = replace(problem, priors=(*problem.priors, (params.features, leaked)))
-    centre = leaked_colour(problem.target, obs.data) if params.init == "leaked-mean" else None
+    centre = start_centre(params.init, problem.target, obs.data)
     bounds = obs.data.bounds(ctx.device)
     sizes = coarse_to_fine(obs.data.shape, params.levels)
     full = tuple(obs.data.shape[1:])
@@ -170,4 +170,4 @@ def _invert(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
                                 "label_method": method, "label_candidates": len(plan) if screened else 1,
                                 "local_steps": max(1, obs.protocol.local_steps),
                                 "saturated": saturation(images, bounds), "loss_used": params.loss,
-                                "init_colour": None if centre is None else [round(float(v), 4) for v in centre]})
+                                "init_colour": centre_info(centre)})

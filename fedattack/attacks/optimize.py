@@ -14,7 +14,8 @@ from typing import Callable
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from fedattack.attacks.engine import Matching, epoch_of_step, finite_or_inf, restart_losses, schedule
+from fedattack.attacks.engine import (Matching, Params, epoch_of_step, finite_or_inf, leaked_colour, restart_losses,
+                                      schedule)
 from fedattack.threat import DataSpec, Protocol
 
 
@@ -177,6 +178,17 @@ def init_images(how: str, shape: tuple[int, ...], data: DataSpec, gen: torch.Gen
 
 
 INITS = ("randn", "uniform", "mean", "leaked-mean")
+
+
+def start_centre(init: str, target: Params, data: DataSpec) -> torch.Tensor | None:
+    """The per-channel centre an `init` start is drawn around: the colour the update's first
+    layer leaks (`engine.leaked_colour`) for `leaked-mean`, else None."""
+    return leaked_colour(target, data) if init == "leaked-mean" else None
+
+
+def centre_info(centre: torch.Tensor | None) -> list[float] | None:
+    """`centre` as an attack's info records it (`init_colour`)."""
+    return None if centre is None else [round(float(v), 4) for v in centre]
 
 
 def init_unknowns(data: DataSpec, n: int, restarts: int, labels: torch.Tensor | None, gen: torch.Generator,

@@ -374,10 +374,12 @@ def speed_rows(breaching, cases: list[tuple[str, str]], size: int, iterations: i
 
 
 def _fed_iterations(r: dict) -> int:
-    """Optimizer iterations of a fedattack invgrad run: the screening's and the main run's."""
+    """Optimizer iterations of a fedattack invgrad run: the screening's and the main run's, for
+    each flat grey start where it ran several (each of half the iterations)."""
     info = r["info"]
-    main = info["iterations"]
-    return main + (max(1, main // 10) if info.get("label_candidates", 1) > 1 else 0)
+    runs = len(info.get("grey_starts", {}).get("losses", ())) or 1
+    each = info["iterations"] if runs == 1 else max(1, info["iterations"] // 2)
+    return runs * (each + (max(1, each // 10) if info.get("label_candidates", 1) > 1 else 0))
 
 
 def _warm_up(breaching) -> None:

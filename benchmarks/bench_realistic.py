@@ -83,6 +83,9 @@ def cases(quick: bool) -> list[Case]:
         Case("Dimitrov: 50 img, 5 epochs of 10, ConvNet, photos",
              ("data.name=photos", "model.name=convnet", "model.activation=relu", width, small,
               "client.local_steps=0", "client.local_epochs=5", "client.batch_size=10"), 50, seeds=(0,)),
+        Case("1 img, 1 step, ConvNet (BatchNorm), photos",
+             ("data.name=photos", "model.name=convnet", "model.activation=relu", width, "client.local_steps=1",
+              "client.batch_size=1"), 1, seeds=tuple(range(8))),
     ]
     return out
 
@@ -190,6 +193,7 @@ PLANS = {
     "realistic_long": Plan(cases=(0, 5, 6), calibrated=(), attacks=("invgrad",), iterations=4000),
     "init_colour": Plan(cases=(5, 6), calibrated=(), attacks=("invgrad", "fedavg"),
                         variants=((("init", "randn"),), (("init", "mean"),), (("init", "leaked-mean"),))),
+    "grey_starts": Plan(cases=(9,), calibrated=(), attacks=("invgrad",), variants=((("greys", 1),), ())),
     "restarts": Plan(cases=(0, 1, 5, 6), calibrated=(), attacks=("invgrad",),
                      variants=((("restarts", 2), ("iterations", 1000)), ())),
 }

@@ -113,6 +113,35 @@ def test_invgrad_reruns_a_collapsed_run_with_the_per_layer_cosine(monkeypatch):
     assert attack("invgrad", InvGradParams(saturated=1.0), obs).info["saturated"] == 1.0 and calls == ["cosine"]
 
 
+BATCHNORM_ONE_IMAGE = ("data.name=photos", "model.name=convnet", "model.activation=relu", "model.width=8",
+                       *ONE_IMAGE)
+
+
+def test_invgrad_screens_flat_grey_starts_only_where_the_colour_does_not_leak():
+    obs, _ = observed_update("seed=0", *BATCHNORM_ONE_IMAGE)  # BatchNorm after the first convolution
+    rec = attack("invgrad", InvGradParams(iterations=40), obs)
+    losses = rec.info["grey_starts"]["losses"]
+    assert len(losses) == 3 and rec.info["grey_starts"]["chosen"] == losses.index(min(losses))
+    assert rec.info["iterations"] == 40 and abs(rec.info["loss"] - min(losses)) < 1e-4
+    assert "grey_starts" not in attack("invgrad", InvGradParams(iterations=40, greys=1), obs).info
+    leaks, _ = observed_update("seed=0", *ONE_IMAGE)  # LeNet: its first layer's bias gives the colour away
+    assert "grey_starts" not in attack("invgrad", InvGradParams(iterations=40), leaks).info
+
+
+def test_invgrad_grey_starts_beat_noise_on_a_batchnorm_convnet():
+    """One photo on a BatchNorm ConvNet: noise around the dataset mean (`greys=1`, the start where
+    no colour leaks) stays noise; flat grey starts recover some of the image (measured over
+    seeds 0-2 at 400 iterations: 12.9 against 11.0 dB, SSIM 0.22 against 0.03)."""
+    grey, noise = [], []
+    for seed in range(3):
+        obs, truth = observed_update(f"seed={seed}", *BATCHNORM_ONE_IMAGE)
+        for out, greys in ((grey, 3), (noise, 1)):
+            out.append(psnr_ssim(attack("invgrad", InvGradParams(iterations=400, greys=greys), obs, seed).images,
+                                 truth, obs))
+    mean = lambda rows, i: sum(r[i] for r in rows) / len(rows)  # noqa: E731
+    assert mean(grey, 0) > mean(noise, 0) + 1.0 and mean(grey, 1) > mean(noise, 1) + 0.1
+
+
 @dataclass
 class _NoParams:
     pass

@@ -164,7 +164,8 @@ def init_images(how: str, shape: tuple[int, ...], data: DataSpec, gen: torch.Gen
 
     randn: N(0, 1) in model-input units (Geiping et al.'s and DLG's start); uniform: uniform
     pixels in [0, 1]; mean: the dataset mean with a little noise (std 0.1 in model-input
-    units), so that directions the update does not constrain start, and stay, smooth;
+    units, around `centre` where one is given), so that directions the update does not
+    constrain start, and stay, smooth;
     leaked-mean: randn around `centre`, each channel's mean as the update gives it away
     (`engine.leaked_colour`), or plain randn where it gives none away."""
     if how in ("randn", "leaked-mean"):
@@ -173,7 +174,8 @@ def init_images(how: str, shape: tuple[int, ...], data: DataSpec, gen: torch.Gen
     if how == "uniform":
         return data.normalize(torch.rand(shape, generator=gen).reshape(-1, *shape[-3:])).reshape(shape)
     if how == "mean":
-        return 0.1 * torch.randn(shape, generator=gen)
+        x = 0.1 * torch.randn(shape, generator=gen)
+        return x if centre is None else x + centre.view(-1, 1, 1).to(x)
     raise ValueError(f"unknown image initialization '{how}'")
 
 
@@ -184,6 +186,13 @@ def start_centre(init: str, target: Params, data: DataSpec) -> torch.Tensor | No
     """The per-channel centre an `init` start is drawn around: the colour the update's first
     layer leaks (`engine.leaked_colour`) for `leaked-mean`, else None."""
     return leaked_colour(target, data) if init == "leaked-mean" else None
+
+
+def grey_centres(data: DataSpec, k: int) -> list[torch.Tensor]:
+    """k flat grey levels evenly over [0.2, 0.8] of the pixel range (one level: 0.5), each as
+    the per-channel centre in model-input units that `init_images` draws a start around."""
+    levels = [0.5] if k == 1 else [0.2 + 0.6 * i / (k - 1) for i in range(k)]
+    return [data.normalize(torch.full((1, data.shape[0], 1, 1), v)).view(-1) for v in levels]
 
 
 def centre_info(centre: torch.Tensor | None) -> list[float] | None:

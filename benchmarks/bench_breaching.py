@@ -375,10 +375,10 @@ def speed_rows(breaching, cases: list[tuple[str, str]], size: int, iterations: i
 
 def _fed_iterations(r: dict) -> int:
     """Optimizer iterations of a fedattack invgrad run: the screening's and the main run's, for
-    each flat grey start where it ran several (each of half the iterations)."""
+    each flat grey start where it ran several."""
     info = r["info"]
-    runs = len(info.get("grey_starts", {}).get("losses", ())) or 1
-    each = info["iterations"] if runs == 1 else max(1, info["iterations"] // 2)
+    greys = info.get("grey_starts", {})
+    runs, each = len(greys.get("losses", ())) or 1, greys.get("iterations_each", info["iterations"])
     return runs * (each + (max(1, each // 10) if info.get("label_candidates", 1) > 1 else 0))
 
 

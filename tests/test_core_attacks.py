@@ -101,7 +101,7 @@ def test_invgrad_reruns_a_collapsed_run_with_the_per_layer_cosine(monkeypatch):
     assert module.saturation(noise, (lo, hi)) == 1.0 and module.saturation(0.5 * (lo + hi), (lo, hi)) == 0.0
     calls = []
 
-    def fake(obs, params, ctx):
+    def fake(obs, params, ctx, centre=None):
         calls.append(params.loss)
         x = noise if params.loss == "cosine" else (lo + hi).expand_as(noise) / 2
         return Reconstruction(images=x, info={"saturated": module.saturation(x, (lo, hi))})

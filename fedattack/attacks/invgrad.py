@@ -133,15 +133,15 @@ def _started(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Rec
     """One inversion from the leaked colour or, where the update does not give it away and
     `greys` > 1, the lowest-loss of `greys` inversions from flat grey starts, each of half the
     iterations (see the docstring)."""
-    leaks = start_centre(params.init, target(obs), obs.data) is not None
-    if params.init != "leaked-mean" or params.greys < 2 or leaks:
-        return _invert(obs, params, ctx)
+    centre = start_centre(params.init, target(obs), obs.data)
+    if centre is not None or params.init != "leaked-mean" or params.greys < 2:
+        return _invert(obs, params, ctx, centre=centre)
     share = replace(params, init="mean", iterations=max(1, params.iterations // 2))
     runs = [_invert(obs, share, ctx, centre=c) for c in grey_centres(obs.data, params.greys)]
     best = min(range(len(runs)), key=lambda i: runs[i].info["loss"])
     rec = runs[best]
-    rec.info.update(iterations=params.iterations,
-                    grey_starts={"losses": [round(r.info["loss"], 5) for r in runs], "chosen": best})
+    rec.info.update(iterations=params.iterations, grey_starts={
+        "losses": [round(r.info["loss"], 5) for r in runs], "chosen": best, "iterations_each": share.iterations})
     return rec
 
 

@@ -20,8 +20,8 @@ the model input it hides entirely). A likely reason: BatchNorm divides each chan
 over the batch's own images and positions, so a channel that responds little to a smooth image is
 scaled up, noise and all. The update is then dominated by fine detail an inversion from noise does
 not get right, and the truth lies in a basin narrower than the inversion's steps: `invgrad` stalls
-there at a mismatch of about 0.1 (`grey_starts`), which the true image reaches with faint noise.
-Four images in the batch lower the ratio, but not to the other models'.
+on that plateau (the `grey_starts` section scores what it reaches). Four images in the batch lower
+the ratio, but not to the other models'.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ import torch
 from benchmarks.bench_realistic import Case, victim
 from fedattack.attacks.engine import DISTANCES, target, trial_update
 from fedattack.metrics.images import psnr
-from fedattack.models.architectures import Classifier, conv_block
+from fedattack.models.architectures import convnet
 
 CONVNET = ("model.name=convnet", "model.activation=relu")
 MODELS = {  # name: (overrides, images in the client's one batch)
@@ -50,13 +50,11 @@ DISTANCE = "cosine"
 
 
 def convnet_without_batchnorm(in_shape, num_classes, act) -> torch.nn.Module:
-    """Geiping et al.'s ConvNet at width 8 with ReLU and no BatchNorm (a model.name=module:fn builder)."""
-    w, relu = 8, torch.nn.ReLU
-    body = torch.nn.Sequential(
-        *conv_block(in_shape[0], w, relu), *conv_block(w, 2 * w, relu), torch.nn.MaxPool2d(2),
-        *conv_block(2 * w, 2 * w, relu), *conv_block(2 * w, 4 * w, relu), torch.nn.MaxPool2d(2),
-        *conv_block(4 * w, 4 * w, relu), torch.nn.AdaptiveAvgPool2d(1))
-    return Classifier(body, in_shape, num_classes)
+    """fedattack's `convnet` at width 8 with ReLU, its BatchNorm layers taken out (a
+    model.name=module:fn builder)."""
+    model = convnet(in_shape, num_classes, torch.nn.ReLU, width=8)
+    model.body = torch.nn.Sequential(*(m for m in model.body if not isinstance(m, torch.nn.BatchNorm2d)))
+    return model
 
 
 def in_double(obs):

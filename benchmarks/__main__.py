@@ -47,12 +47,15 @@ def machine() -> str:
     return f"{os.cpu_count()} CPU cores ({platform.machine()}), no GPU, torch {torch.__version__}"
 
 
-def save(name: str, rows: list[dict], *, quick: bool, seconds: float, note: str = "") -> Path:
-    """benchmarks/results/NAME.json: the rows and how they were measured."""
+def save(name: str, rows: list[dict], *, quick: bool, seconds: float, note: str = "", tag: str = "") -> Path:
+    """benchmarks/results/NAME.json (NAME-TAG.json with a tag): the rows and how they were measured."""
     RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / f"{name}.json"
-    meta = {"benchmark": name, "command": f"python -m benchmarks {name}{' --quick' if quick else ''} --save",
+    path = RESULTS / f"{name}{'-' + tag if tag else ''}.json"
+    meta = {"benchmark": name, "command": f"python -m benchmarks {name}{' --quick' if quick else ''} --save"
+                                          f"{' --tag ' + tag if tag else ''}",
             "date": time.strftime("%Y-%m-%d"), "machine": machine(), "quick": quick, "seconds": round(seconds, 1)}
+    if tag:
+        meta["tag"] = tag
     if note:
         meta["note"] = note
     path.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str) + "\n")
@@ -69,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                              "rendered from: python -m benchmarks.render_docs)")
     parser.add_argument("--note", default="", help="with --save: how it was measured (e.g. what else ran), shown "
                                                    "above the table in docs/results.md")
+    parser.add_argument("--tag", default="", help="with --save: keep these rows beside the benchmark's others, in "
+                                                  "NAME-TAG.json (e.g. gpu, for a run on another machine)")
     ns = parser.parse_args(argv)
     names = ns.names or available()
     unknown = sorted(set(names) - set(available()))
@@ -86,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{'cuda' if torch.cuda.is_available() else 'cpu'})", rows)
         everything[name] = rows
         if ns.save:
-            save(name, rows, quick=ns.quick, seconds=time.perf_counter() - t0, note=ns.note)
+            save(name, rows, quick=ns.quick, seconds=time.perf_counter() - t0, note=ns.note, tag=ns.tag)
     if ns.json:
         ns.json.write_text(json.dumps(everything, indent=2, default=str))
     return 0

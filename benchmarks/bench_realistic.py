@@ -23,6 +23,9 @@ SSIM), label accuracy, seconds per job, and for calibrated rows the calibration'
 On a CPU the ConvNet is run at width 8 and the Dimitrov-scale cases on 16 px images
 (`FEDATTACK_FULL=1`, or a GPU, runs them at width 32 and 32 px): a width-32 ConvNet iteration
 over 16 images and 2 epochs takes about 2-5 s on one core, and 1000 to 2000 iterations per attack.
+FEDATTACK_PLAN_CASES (positions in a benchmark's list of cases, e.g. `1,2`) and
+FEDATTACK_PLAN_ATTACKS (e.g. `fedavg,invgrad`, in that order) run part of a benchmark where
+device time is scarce.
 """
 
 from __future__ import annotations
@@ -132,7 +135,8 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
     for seed in case.seeds:
         obs, truth, exp = victim(case, seed)
         params = base_params
-        ctx = AttackContext(seed=seed)
+        device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+        ctx = AttackContext(seed=seed, device=device)
         if calibrated:
             key = obs.protocol
             if key not in calibrations:  # once per (model, protocol, defense): later seeds reuse it
@@ -145,7 +149,9 @@ def measure(case: Case, attack: str, calibrated: bool, quick: bool, budget: int 
                 calib_s += time.perf_counter() - t0
             params, tuned, check = calibrations[key].params, calibrations[key].tuned, calibrations[key].held_out
         t0 = time.perf_counter()
-        rec = spec(obs, params, ctx)
+        rec = spec(obs.to(device), params, ctx)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         seconds.append(time.perf_counter() - t0)
         per.append(scores(rec, truth, obs))
     named = ", ".join(f"{k}={getattr(base_params, k)}" for k in (overrides or {}))  # as run (quick caps iterations)
@@ -203,12 +209,16 @@ def run_plan(plan: Plan, quick: bool) -> list[dict]:
     torch.set_num_threads(1)
     every = cases(False)
     chosen = [every[i] for i in plan.cases][: 1 if quick else None]
+    if os.environ.get("FEDATTACK_PLAN_CASES"):
+        chosen = [chosen[int(i)] for i in os.environ["FEDATTACK_PLAN_CASES"].split(",")]
+    attacks = tuple(os.environ["FEDATTACK_PLAN_ATTACKS"].split(",")) if os.environ.get("FEDATTACK_PLAN_ATTACKS") \
+        else plan.attacks
     rows = []
     for case in chosen:
         if plan.seeds is not None and len(case.seeds) > 1:
             case = replace(case, seeds=plan.seeds)
         iterations = plan.iterations or (None if full_scale() else plan.cpu_iterations)
-        for attack in plan.attacks:
+        for attack in attacks:
             for variant in plan.variants:
                 for calibrated in (False, True) if attack in plan.calibrated else (False,):
                     rows.append(measure(case, attack, calibrated, quick, budget=plan.budget_for(attack),

@@ -24,12 +24,15 @@ Rows:
   size and image size grow (DLG setting otherwise), fedattack against the reference.
 - quality: invgrad at its defaults on the 8-image multi-step case (mean PSNR / SSIM).
 Timings are single runs on the device torch picks, torch threads in the `threads` column;
-on a shared CPU they are noisy.
+on a shared CPU they are noisy. Environment: FEDATTACK_SPEED_FACES (how many of the DLG-setting
+faces, default all 5) and FEDATTACK_SPEED_SECONDS (each time-to-target run's cap, default 60)
+shorten a run where device time is scarce.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -39,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from fedattack.attacks import ATTACKS, AttackContext, inversion
+from fedattack.attacks import ATTACKS, AttackContext, engine, optimize
 from fedattack.attacks import cpl as cpl_module
 from fedattack.attacks.labels import label_hypotheses
 from fedattack.models import build_model
@@ -50,6 +53,8 @@ CHECK_EVERY = 10
 THREADS = 1
 DLG_SETTING = ("model.init=uniform", "data.channels=3", "client.batch_size=1", "client.local_steps=1")
 DLG_FACES = [2, 3, 4, 7, 8]  # training-split faces of lfw-subset that DLG recovers in its setting
+# invgrad doing the reference's work: one label candidate, one start (no grey starts), no rerun
+EQUAL_WORK = {"candidates": 1, "greys": 1, "saturated": 1.0}
 MULTI_STEP = ("model.init=uniform", "data.channels=3", "client.batch_size=2", "client.local_steps=2")
 
 
@@ -214,13 +219,13 @@ def naive_invgrad(obs, x0: torch.Tensor, labels: torch.Tensor, iterations: int, 
 def _watch(attack: str, hook):
     """Call `hook(images)` before each objective evaluation of fedattack's optimizer."""
     if attack == "dlg":
-        original = inversion.Matching.objective
+        original = engine.Matching.objective
 
         def objective(self, x, y):
             hook(x)
             return original(self, x, y)
 
-        with mock.patch.object(inversion.Matching, "objective", objective):
+        with mock.patch.object(engine.Matching, "objective", objective):
             yield
     elif attack == "cpl":
         original = cpl_module.gradient
@@ -232,14 +237,14 @@ def _watch(attack: str, hook):
         with mock.patch.object(cpl_module, "gradient", gradient):
             yield
     else:
-        original = inversion.batched_objective
+        original = optimize.batched_objective
 
         def batched(problem, u, which="objective"):
             if which == "objective":
                 hook(u.x[0])
             return original(problem, u, which)
 
-        with mock.patch.object(inversion, "batched_objective", batched):
+        with mock.patch.object(optimize, "batched_objective", batched):
             yield
 
 
@@ -372,8 +377,8 @@ def _timed(fn) -> float:
 
 def _scaling_row(axis: str, value, attack: str, obs, restarts: int, evals: int) -> dict:
     obs = obs.to(_device())
-    # invgrad: one label candidate, as the reference; cpl: L-BFGS at every size, as the reference
-    extra = {"invgrad": {"candidates": 1}, "cpl": {"optimizer": "lbfgs"}}.get(attack, {})
+    # invgrad: one label candidate and one start, no rerun, as the reference; cpl: L-BFGS at every size
+    extra = {"invgrad": EQUAL_WORK, "cpl": {"optimizer": "lbfgs"}}.get(attack, {})
     fed = _timed(lambda: _fedattack(attack, obs, evals, restarts, **extra))
     naive = _timed(lambda: _naive(attack, obs, restarts, evals))
     return {"table": f"scaling: {axis}", "case": f"{axis}={value}", "attack": attack, "evals": evals,
@@ -386,7 +391,7 @@ def quality_rows(quick: bool) -> list[dict]:
     obs = obs.to(_device())
     rows = []
     spec = ATTACKS.get("invgrad")
-    for iterations in ([100] if quick else [spec.params().iterations, 2000]):
+    for iterations in ([100] if quick else [spec.params().iterations]):
         params = replace(spec.params(), iterations=iterations)
         t0 = time.perf_counter()
         rec = spec(obs, params, AttackContext(device=_device(), seed=0))
@@ -402,7 +407,7 @@ def quality_rows(quick: bool) -> list[dict]:
 def _warm_up(obs) -> None:
     """One short run of each side first, so that no timed row pays the process's first calls."""
     _fedattack("dlg", obs, 3, 1)
-    _fedattack("invgrad", obs, 3, 1, candidates=1)
+    _fedattack("invgrad", obs, 3, 1, **EQUAL_WORK)
     ATTACKS.get("rgap")(obs, ATTACKS.get("rgap").params(), AttackContext(device=_device()))
     _fedattack("cpl", obs, 3, 1)
     for attack in ("dlg", "invgrad", "cpl"):
@@ -412,10 +417,12 @@ def _warm_up(obs) -> None:
 def run(quick: bool = False) -> list[dict]:
     torch.set_num_threads(THREADS)
     rows = []
-    dlg_evals, inv_evals, seconds = (100, 200, 5.0) if quick else (6000, 1000, 60.0)
+    dlg_evals, inv_evals, seconds = (100, 200, 5.0) if quick else (
+        6000, 1000, float(os.environ.get("FEDATTACK_SPEED_SECONDS", 60)))
+    faces = DLG_FACES[:1] if quick else DLG_FACES[:int(os.environ.get("FEDATTACK_SPEED_FACES", len(DLG_FACES)))]
     obs, truth = observed_update("seed=0", *DLG_SETTING)
     _warm_up(obs)
-    for face in (DLG_FACES[:1] if quick else DLG_FACES):  # DLG's full budget: 300 steps x 20
+    for face in faces:  # DLG's full budget: 300 steps x 20
         rows += dlg_setting_rows(face, dlg_evals, seconds)
     rows.append(invgrad_row("DLG setting (1 img, 1 step)", obs, truth, inv_evals, seconds))
     if not quick:

@@ -63,7 +63,8 @@ def describe(name: str) -> str:
 def section(path: Path) -> str:
     data = json.loads(path.read_text())
     meta, rows = data["meta"], data["rows"]
-    parts = [f"## {meta['benchmark']}", "", describe(meta["benchmark"]), "",
+    tag = f" ({meta['tag']})" if meta.get("tag") else ""
+    parts = [f"## {meta['benchmark']}{tag}", "", describe(meta["benchmark"]), "",
              f"`{meta['command']}` on {meta['machine']}, {meta['date']}"
              f"{' (quick: smaller cases, a smoke run)' if meta.get('quick') else ''}; {meta['seconds']:.0f} s.", "",
              *([f"**{meta['note']}**", ""] if meta.get("note") else []),

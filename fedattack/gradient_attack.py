@@ -88,7 +88,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     one = replace(cfg, fl=replace(cfg.fl, rounds=1, num_clients=1, clients_per_round=1))
     auditor = Auditor(replace(experiment_plan(exp), record=one), out_dir=out_dir, dispatcher=dispatcher,
                       on_result=on_result, on_round=lambda row, done, submitted: None)
-    auditor.store_args = {"partitions": {cfg.victim.client: idx}, "expected_rounds": 1}
+    auditor.store_args.update(partitions={cfg.victim.client: idx}, expected_rounds=1)
     auditor.on_waiting = progress.waiting
     auditor.on_calibration = progress.calibration
     obs = make_observation(exp, auditor.param_names, sent, received,

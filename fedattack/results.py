@@ -238,6 +238,7 @@ class RunHeader:
     success_margin: float = 0.5  # dB: a row leaks only when its PSNR beats the flat baseline by more
     protocol: str = ""  # the clients' local training, in words
     budgets: tuple[str, ...] = ()  # the configured attacks' iteration budgets, in words ("invgrad 400 iterations")
+    batch_norm: bool = False  # the model trains BatchNorm layers (set by the run, which builds the model)
 
     @classmethod
     def from_config(cls, raw: dict) -> "RunHeader":

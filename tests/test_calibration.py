@@ -317,3 +317,46 @@ def test_the_record_names_the_stretched_iterations_even_where_the_tuned_values_l
     assert describe_calibration({"tv": 0.0312}, longer) == "tv=0.0312 (4000 iterations lost on fresh updates)"
     assert describe_calibration({"iterations": 4000}, {"cases": 2, "iterations": {"count": 4000, "confirmed": True}}) \
         == "iterations=4000"
+
+
+@dataclass
+class _NoisyParams:
+    shrink: float = 0.0
+
+
+def _noisy(obs, params: _NoisyParams, ctx) -> Reconstruction:
+    """Uniform noise: detail that is all wrong (the flat part, mid-grey, is right on average)."""
+    from fedattack.attacks.optimize import shrink
+
+    n = obs.protocol.num_examples
+    pixels = torch.rand((n, *obs.data.shape), generator=ctx.generator())
+    return Reconstruction(images=shrink(obs.data.normalize(pixels), params.shrink), labels=torch.zeros(n, dtype=torch.long))
+
+
+def test_shrinkage_pulls_each_image_toward_its_own_mean_colour():
+    from fedattack.attacks.optimize import shrink
+
+    x = torch.rand((3, 2, 8, 8), generator=torch.Generator().manual_seed(0))
+    mean = x.mean(dim=(-2, -1), keepdim=True)
+    assert torch.equal(shrink(x, 0.0), x)
+    assert torch.allclose(shrink(x, 1.0), mean.expand_as(x))
+    assert torch.allclose(shrink(x, 0.5) - mean, 0.5 * (x - mean), atol=1e-6)
+
+
+def test_calibration_shrinks_output_whose_detail_is_wrong_and_leaves_flat_output_alone():
+    tune, like = _dim_cases(), _dark_then_bright(seed=2)[1]
+    noisy = AttackSpec("test-noisy", _noisy, _NoisyParams, "test")
+    with ATTACKS.temporarily(noisy.name, noisy):
+        cal = calibrate("test-noisy", _NoisyParams(), tune, budget=1, ctx=AttackContext(seed=0), held_out=like)
+    assert cal.params.shrink >= 0.75 and cal.tuned == {"shrink": cal.params.shrink}
+    assert cal.held_out["shrink"]["confirmed"] and cal.best_psnr > cal.default_psnr + 3
+    assert cal.trials[-1]["by_amount"]["1.0"] > cal.trials[-1]["by_amount"]["0.0"]
+
+    @dataclass
+    class _FlatShrinkParams(_FlatParams):
+        shrink: float = 0.0
+
+    flat = AttackSpec("test-flat-shrink", _flat, _FlatShrinkParams, "test")
+    with ATTACKS.temporarily(flat.name, flat):  # shrinking a flat image changes nothing: 0 stays
+        same = calibrate("test-flat-shrink", _FlatShrinkParams(), tune, budget=1, ctx=AttackContext(seed=0))
+    assert same.params.shrink == 0.0 and same.tuned == {} and not same.trials[-1]["improves"]

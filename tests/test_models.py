@@ -67,3 +67,13 @@ def test_extensions_wrap_the_model_by_name():
     assert names[:2] == ["imprint.linear0.weight", "imprint.linear0.bias"]
     assert "model.precode.encoder.weight" in names and names[-1] == "model.fc.bias"  # the head stays last
     assert model(torch.zeros(3, 1, 16, 16)).shape == (3, 2)
+
+
+def test_batch_norm_layers_are_found_in_the_models_that_have_them():
+    from fedattack.models import batch_norm_layers
+
+    spec = lambda name: ModelSpec(name=name, in_shape=(3, 32, 32), num_classes=10, activation="relu")  # noqa: E731
+    assert batch_norm_layers(build_model(spec("convnet")))
+    assert batch_norm_layers(build_model(spec("resnet18")))
+    assert not batch_norm_layers(build_model(spec("lenet")))
+    assert not batch_norm_layers(build_model(spec("quickstart-cnn")))

@@ -168,6 +168,22 @@ def test_a_run_where_nothing_leaked_names_the_attack_budgets_it_rests_on(tmp_pat
     assert (budgets in head) == (budgets in out.getvalue()) == (not leaks), (head, out.getvalue())
 
 
+@pytest.mark.parametrize("model", ["convnet", "lenet"])
+def test_a_model_that_trains_batch_norm_is_reported_as_a_lower_bound(tmp_path, model):
+    cfg = fconfig.load(None, ["fl.rounds=1", "audit.attacks=[invgrad]", f"model.name={model}", "model.activation=relu"])
+    store = RunStore(tmp_path / "run", cfg=cfg, partitions=PARTITIONS)
+    store.add_result(_result(1, 0, "invgrad", [10, 11], "leak"))
+    store.add_round(RoundResult(round=1, replies=2, audited_clients=1, jobs=1))
+    summary = store.finish()
+    out = io.StringIO()
+    Progress(console=Console(file=out, width=400)).summary_table(summary)
+    html = (tmp_path / "run" / "report.html").read_text()
+    caveat = "read these scores as a lower bound"
+    batch_norm = model == "convnet"
+    assert (caveat in html) == (caveat in out.getvalue()) == batch_norm, out.getvalue()
+    assert load_run(tmp_path / "run").header.batch_norm == batch_norm  # kept in summary.json
+
+
 def test_rows_and_images_read_back_equal_what_was_written(tmp_path):
     store = _run(tmp_path)
     summary = store.finish()

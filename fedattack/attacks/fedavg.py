@@ -33,7 +33,7 @@ from fedattack.attacks.base import AttackContext, LogRange, register_attack
 from fedattack.attacks.engine import DISTANCES, epoch_of_step, matching, num_images
 from fedattack.attacks.labels import label_hypotheses
 from fedattack.attacks.optimize import INITS, best_restart, centre_info, consensus, init_unknowns, label_plan
-from fedattack.attacks.optimize import batched_objective, start_centre
+from fedattack.attacks.optimize import batched_objective, shrink, start_centre
 from fedattack.threat import Observation, Reconstruction
 from fedattack.validate import check_choice, check_range
 
@@ -48,6 +48,7 @@ class FedAvgParams:
     restarts: int = 1
     loss: str = "layer-cosine"
     init: str = "mean"  # mean | leaked-mean (randn around the colour the first layer leaks) | randn | uniform
+    shrink: float = 0.0  # pull each output image toward its mean colour (0: none, 1: flat); calibration sets it
 
     def validate(self, name: str) -> None:
         check_range(name, "iterations", self.iterations, 1)
@@ -58,6 +59,7 @@ class FedAvgParams:
         check_range(name, "restarts", self.restarts, 1)
         check_choice(name, "loss", self.loss, sorted(DISTANCES))
         check_choice(name, "init", self.init, list(INITS))
+        check_range(name, "shrink", self.shrink, 0, 1)
 
 
 def epochs_of(obs: Observation, n: int) -> int:
@@ -98,7 +100,7 @@ def fedavg(obs: Observation, params: FedAvgParams, ctx: AttackContext) -> Recons
         final = batched_objective(problem, u, "mismatch").detach().cpu()
     r = best_restart(final)
     x = u.x.detach()[r]
-    images = consensus(x) if copies > 1 else x
+    images = shrink(consensus(x) if copies > 1 else x, params.shrink)
     return Reconstruction(images=images, labels=u.final_labels(r),
                           info={"loss": float(final[r]), "iterations": params.iterations, "epochs": copies,
                                 "restarts": params.restarts, "label_method": method,

@@ -63,7 +63,7 @@ from fedattack.attacks.engine import DISTANCES, leaked_features, matching, num_i
 from fedattack.attacks.labels import label_hypotheses
 from fedattack.attacks.optimize import (INITS, AdamSchedule, Resized, best_restart, centre_info, coarse_to_fine,
                                         consensus, epoch_batches, grey_centres, init_unknowns, label_plan,
-                                        random_orders, rescaled, run_adam, screen_labels, start_centre)
+                                        random_orders, rescaled, run_adam, screen_labels, shrink, start_centre)
 from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
 
@@ -89,6 +89,7 @@ class InvGradParams:
     balanced: bool = True  # tv and l2 as shares of the mismatch's input gradient at the start (model-independent)
     saturated: float = 0.2  # share of pixels at the box bounds that marks a collapsed run (rerun per-layer; 1: off)
     greys: int = 3  # flat grey starts sharing the iterations where the colour does not leak (docstring; 1: off)
+    shrink: float = 0.0  # pull each output image toward its mean colour (0: none, 1: flat); calibration sets it
 
     def validate(self, name: str) -> None:
         check_range(name, "iterations", self.iterations, 1)
@@ -105,6 +106,7 @@ class InvGradParams:
         check_range(name, "features", self.features, 0)
         check_range(name, "saturated", self.saturated, 0, 1)
         check_range(name, "greys", self.greys, 1)
+        check_range(name, "shrink", self.shrink, 0, 1)
 
 
 @register_attack("invgrad", params=InvGradParams, adaptive=True,
@@ -115,11 +117,11 @@ class InvGradParams:
                        "learning?, NeurIPS 2020")
 def invgrad(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reconstruction:
     rec = _started(obs, params, ctx)
-    if rec.info["saturated"] <= params.saturated or params.loss == "layer-cosine":
-        return rec
-    rerun = _started(obs, replace(params, loss="layer-cosine"), ctx)
-    rerun.info["collapsed"] = {"loss": params.loss, "saturated": rec.info["saturated"]}
-    return rerun if rerun.info["saturated"] < rec.info["saturated"] else rec
+    if rec.info["saturated"] > params.saturated and params.loss != "layer-cosine":
+        rerun = _started(obs, replace(params, loss="layer-cosine"), ctx)
+        rerun.info["collapsed"] = {"loss": params.loss, "saturated": rec.info["saturated"]}
+        rec = rerun if rerun.info["saturated"] < rec.info["saturated"] else rec
+    return replace(rec, images=shrink(rec.images, params.shrink))
 
 
 def saturation(x: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor]) -> float:

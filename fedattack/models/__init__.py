@@ -7,8 +7,8 @@ generative attacks are in `fedattack.models.generator`.
 """
 
 from fedattack.models.architectures import ACTIVATIONS, INITIALIZERS, MODELS, check_width
-from fedattack.models.build import buffers, build_model, float_params
+from fedattack.models.build import batch_norm_layers, buffers, build_model, float_params
 from fedattack.models.extensions import EXTENSIONS
 
 __all__ = ["ACTIVATIONS", "INITIALIZERS", "MODELS", "EXTENSIONS", "check_width", "build_model", "float_params",
-           "buffers"]
+           "buffers", "batch_norm_layers"]

@@ -40,5 +40,12 @@ def float_params(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters()}
 
 
+def batch_norm_layers(model: nn.Module) -> list[str]:
+    """The names of the model's BatchNorm layers. A client trains them in training mode, on
+    its batch's own statistics: every optimization attack then stays coarse on small batches
+    (docs/attacks.md: why BatchNorm models stay coarse), and a low score is a lower bound."""
+    return [name for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_buffers()}

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fedattack.report.summary import Summary, budget_caveat
+from fedattack.report.summary import Summary, batch_norm_caveat, budget_caveat
 from fedattack.results import JobResult, RoundResult, describe_defenses
 from fedattack.schema import Config
 
@@ -203,6 +203,8 @@ class Progress:
                        + (" — the run was interrupted" if summary.interrupted is not None else ""))
             if h.audited_updates and not h.leaked_updates and summary.header.budgets:
                 self.print(budget_caveat(summary.header))
+            if h.audited_updates and batch_norm_caveat(summary.header):
+                self.print(batch_norm_caveat(summary.header))
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from urllib.parse import quote
 from fedattack.report import plots
 from fedattack.report.exposure import ALL, best_per_sample, worst_clients
 from fedattack.report.images import PAD, columns
-from fedattack.report.summary import Summary, budget_caveat
+from fedattack.report.summary import Summary, batch_norm_caveat, budget_caveat
 from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader, describe_calibration
 
 MAX_GALLERIES = 60  # per-update galleries shown (leaks first when there are more)
@@ -146,6 +146,8 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
             items.append(f"No attack recovered an image. Closest to leaking: <b>{esc(h.strongest_attack)}</b> "
                          f"(mean PSNR margin {num(a.margin if a else None, 2, sign=True)} dB over a blank guess)."
                          + (f" {esc(budget_caveat(header))}" if header.budgets else ""))
+    if h is not None and h.audited_updates and batch_norm_caveat(header):
+        items.append(esc(batch_norm_caveat(header)))
     if h is not None and h.worst_client is not None and h.worst_client_recovered:
         pct = h.worst_client_recovered / h.worst_client_samples if h.worst_client_samples else None
         items.append(f"Worst-exposed client: <b>{esc(who(h.worst_client))}</b> &mdash; {h.worst_client_recovered} "

@@ -36,6 +36,7 @@ import yaml
 from fedattack.errors import FedattackError
 from fedattack.experiment import build
 from fedattack.metrics.lpips import download_backbone, locate
+from fedattack.models import batch_norm_layers, build_model
 from fedattack.report import tables
 from fedattack.report.exposure import better, exposure, image_rows, owners_of
 from fedattack.report.html import render
@@ -109,21 +110,25 @@ def lpips_status(cfg: Config) -> str:
 
 class RunStore:
     """`partitions`: each client's dataset indices (default: the config's own partitions), for
-    exposure; `expected_rounds`: rounds a complete run records (default: fl.rounds)."""
+    exposure; `expected_rounds`: rounds a complete run records (default: fl.rounds);
+    `batch_norm`: whether the model trains BatchNorm layers (default: the config's model's)."""
 
     def __init__(self, out_dir: str | Path, *, cfg: Any, partitions: Mapping[int | str, Iterable[int]] | None = None,
-                 expected_rounds: int | None = None):
+                 expected_rounds: int | None = None, batch_norm: bool | None = None):
         """`cfg`: fedattack's Config, or what an audit of a Flower app records (its `to_yaml`,
-        `to_dict` and `audit` section; partitions and rounds then unknown unless given)."""
+        `to_dict` and `audit` section; partitions, rounds and BatchNorm then unknown unless given)."""
+        exp = build(cfg) if isinstance(cfg, Config) and (partitions is None or batch_norm is None) else None
         if partitions is None:
-            partitions = dict(enumerate(build(cfg).partitions)) if isinstance(cfg, Config) else {}
+            partitions = dict(enumerate(exp.partitions)) if exp is not None else {}
+        if batch_norm is None:
+            batch_norm = bool(batch_norm_layers(build_model(exp.model_spec))) if exp is not None else False
         if expected_rounds is None:
             expected_rounds = cfg.fl.rounds if isinstance(cfg, Config) else 0
         self.dir = Path(out_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "images").mkdir(exist_ok=True)
         (self.dir / "config.yaml").write_text(cfg.to_yaml())
-        self.header = RunHeader.from_config(cfg.to_dict())
+        self.header = replace(RunHeader.from_config(cfg.to_dict()), batch_norm=batch_norm)
         self.save_images = cfg.audit.save_images
         self.expected_rounds = expected_rounds
         self.owners, self.sizes = owners_of(partitions)
@@ -219,7 +224,9 @@ class RunStore:
                                         f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300])
                 elif recorded < self.expected_rounds:
                     stop = Interruption(reason=f"{recorded} of {self.expected_rounds} rounds recorded")
-            run = replace(load_run(self.dir), interrupted=stop, lpips_note=self.lpips_note)
+            run = load_run(self.dir)
+            run = replace(run, interrupted=stop, lpips_note=self.lpips_note,
+                          header=replace(run.header, batch_norm=self.header.batch_norm))  # summary.json keeps it
             return write_report(self.dir, run)
 
 
@@ -275,5 +282,6 @@ def load_run(run_dir: str | Path) -> Run:
     else:
         stop = summary.get("interrupted")
         interrupted = Interruption.from_dict(stop) if isinstance(stop, dict) else None
+        header = replace(header, batch_norm=bool(summary.get("batch_norm", False)))
         note = str(summary.get("lpips_note", ""))
     return Run(header, results, rounds, images=images, sizes=sizes, interrupted=interrupted, lpips_note=note)

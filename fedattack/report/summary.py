@@ -89,6 +89,15 @@ def budget_caveat(header: RunHeader) -> str:
             "recover more (docs/attacks.md: the iteration budget).")
 
 
+def batch_norm_caveat(header: RunHeader) -> str:
+    """What a run on a model that trains BatchNorm does not prove ("" for other models)."""
+    if not header.batch_norm:
+        return ""
+    return ("The model trains BatchNorm layers on each batch's statistics, which leaves optimization attacks "
+            "coarse on small batches: read these scores as a lower bound on what leaks (docs/attacks.md: "
+            "why BatchNorm models stay coarse).")
+
+
 def headline(results: list[JobResult], rows: list[ExposureRow]) -> Headline:
     scored = {(r.round, r.client) for r in results if r.ok and r.scored}
     leaked = {(r.round, r.client) for r in results if r.success}

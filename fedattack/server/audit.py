@@ -55,7 +55,7 @@ from fedattack.config import from_dict
 from fedattack.data import load_dataset
 from fedattack.errors import ConfigError, FedattackError
 from fedattack.experiment import Experiment
-from fedattack.models import build_model
+from fedattack.models import batch_norm_layers, build_model
 from fedattack.models.user import user_model_spec
 from fedattack.report.store import RunStore, default_out_dir
 from fedattack.results import JobResult, RoundResult, RoundStats, describe_calibration
@@ -181,7 +181,8 @@ class Auditor:
         self._calibrations: dict[tuple, Any] = {}
         self._calibration_lock = threading.Lock()
         self.calibrations: list[dict] = []  # what calibration.json holds
-        self.store_args: dict[str, Any] = {}  # RunStore's partitions and expected_rounds, where known
+        # RunStore's partitions and expected_rounds, where known, and whether the model trains BatchNorm
+        self.store_args: dict[str, Any] = {"batch_norm": bool(batch_norm_layers(model))}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # jobs are waiting to be handed to the dispatcher

@@ -330,17 +330,21 @@ def _noisy(obs, params: _NoisyParams, ctx) -> Reconstruction:
 
     n = obs.protocol.num_examples
     pixels = torch.rand((n, *obs.data.shape), generator=ctx.generator())
-    return Reconstruction(images=shrink(obs.data.normalize(pixels), params.shrink), labels=torch.zeros(n, dtype=torch.long))
+    return Reconstruction(images=shrink(obs.data.normalize(pixels), params.shrink, obs.data),
+                          labels=torch.zeros(n, dtype=torch.long))
 
 
-def test_shrinkage_pulls_each_image_toward_its_own_mean_colour():
+def test_shrinkage_pulls_each_image_toward_its_own_mean_grey():
     from fedattack.attacks.optimize import shrink
+    from fedattack.threat import DataSpec
 
-    x = torch.rand((3, 2, 8, 8), generator=torch.Generator().manual_seed(0))
-    mean = x.mean(dim=(-2, -1), keepdim=True)
-    assert torch.equal(shrink(x, 0.0), x)
-    assert torch.allclose(shrink(x, 1.0), mean.expand_as(x))
-    assert torch.allclose(shrink(x, 0.5) - mean, 0.5 * (x - mean), atol=1e-6)
+    data = DataSpec(shape=(3, 8, 8), num_classes=2, mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    px = torch.rand((2, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    grey = px.mean(dim=(1, 2, 3), keepdim=True)
+    x = data.normalize(px)
+    assert torch.equal(shrink(x, 0.0, data), x)
+    assert torch.allclose(data.to_pixels(shrink(x, 1.0, data)), grey.expand_as(px), atol=1e-6)  # flat grey
+    assert torch.allclose(data.to_pixels(shrink(x, 0.5, data)) - grey, 0.5 * (px - grey), atol=1e-6)
 
 
 def test_calibration_shrinks_output_whose_detail_is_wrong_and_leaves_flat_output_alone():
@@ -350,7 +354,7 @@ def test_calibration_shrinks_output_whose_detail_is_wrong_and_leaves_flat_output
         cal = calibrate("test-noisy", _NoisyParams(), tune, budget=1, ctx=AttackContext(seed=0), held_out=like)
     assert cal.params.shrink >= 0.75 and cal.tuned == {"shrink": cal.params.shrink}
     assert cal.held_out["shrink"]["confirmed"] and cal.best_psnr > cal.default_psnr + 3
-    assert cal.trials[-1]["by_amount"]["1.0"] > cal.trials[-1]["by_amount"]["0.0"]
+    assert cal.trials[-1]["by_amount"]["0.9"] > cal.trials[-1]["by_amount"]["0.0"]
 
     @dataclass
     class _FlatShrinkParams(_FlatParams):

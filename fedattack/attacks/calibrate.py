@@ -299,14 +299,14 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
                        unmodelled=cases.unmodelled, held_out=confirmation)
 
 
-SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 0.9, 1.0)
+SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 0.9)  # an output keeps a tenth of its detail: the report still shows it
 
 
 def shrink_scores(attack: str, params: Any, cases: list[tuple[Observation, Truth]], ctx: AttackContext,
                   grid: tuple[float, ...] = SHRINK_GRID, check: Callable[[], None] = lambda: None
                   ) -> dict[float, list[float]]:
     """Per shrink amount in `grid`, the PSNR on each case of `attack`'s output shrunk by it
-    (fedattack.attacks.optimize.shrink): one attack run per case, scored at every amount."""
+    (fedattack.attacks.optimize.shrink; to 1/1000 dB): one attack run per case, scored at every amount."""
     spec = ATTACKS.get(attack)
     out: dict[float, list[float]] = {a: [] for a in grid}
     for i, (obs, truth) in enumerate(cases):
@@ -319,15 +319,15 @@ def shrink_scores(attack: str, params: Any, cases: list[tuple[Observation, Truth
             if rec is None or rec.images is None:
                 out[a].append(0.0)
                 continue
-            s = score(replace(rec, images=shrink(rec.images, a)), truth, obs.data)
-            out[a].append(float(s.psnr) if np.isfinite(s.psnr) else 0.0)
+            s = score(replace(rec, images=shrink(rec.images, a, obs.data)), truth, obs.data)
+            out[a].append(round(float(s.psnr), 3) if np.isfinite(s.psnr) else 0.0)  # float noise is no gain
     return out
 
 
 def choose_shrink(attack: str, params: Any, cases: CalibrationCases, held_out: CalibrationCases | None,
                   ctx: AttackContext, *, trials: list[dict], confirmation: dict,
                   check: Callable[[], None] = lambda: None) -> tuple[Any, list[float]]:
-    """How far to pull the attack's output toward each image's mean colour (its `shrink`), for
+    """How far to pull the attack's output toward each image's mean grey (its `shrink`), for
     attacks that have one: the amount with the best mean PSNR on the cases, kept where it
     `improves` on the configured amount there and, with `held_out` cases, on those as well
     (recorded in `confirmation['shrink']`). The amount costs no extra attack runs per value:

@@ -48,7 +48,7 @@ class FedAvgParams:
     restarts: int = 1
     loss: str = "layer-cosine"
     init: str = "mean"  # mean | leaked-mean (randn around the colour the first layer leaks) | randn | uniform
-    shrink: float = 0.0  # pull each output image toward its mean colour (0: none, 1: flat); calibration sets it
+    shrink: float = 0.0  # pull each output image toward its mean grey (0: none, 1: flat); calibration sets it
 
     def validate(self, name: str) -> None:
         check_range(name, "iterations", self.iterations, 1)
@@ -100,7 +100,7 @@ def fedavg(obs: Observation, params: FedAvgParams, ctx: AttackContext) -> Recons
         final = batched_objective(problem, u, "mismatch").detach().cpu()
     r = best_restart(final)
     x = u.x.detach()[r]
-    images = shrink(consensus(x) if copies > 1 else x, params.shrink)
+    images = shrink(consensus(x) if copies > 1 else x, params.shrink, obs.data)
     return Reconstruction(images=images, labels=u.final_labels(r),
                           info={"loss": float(final[r]), "iterations": params.iterations, "epochs": copies,
                                 "restarts": params.restarts, "label_method": method,

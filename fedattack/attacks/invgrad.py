@@ -89,7 +89,7 @@ class InvGradParams:
     balanced: bool = True  # tv and l2 as shares of the mismatch's input gradient at the start (model-independent)
     saturated: float = 0.2  # share of pixels at the box bounds that marks a collapsed run (rerun per-layer; 1: off)
     greys: int = 3  # flat grey starts sharing the iterations where the colour does not leak (docstring; 1: off)
-    shrink: float = 0.0  # pull each output image toward its mean colour (0: none, 1: flat); calibration sets it
+    shrink: float = 0.0  # pull each output image toward its mean grey (0: none, 1: flat); calibration sets it
 
     def validate(self, name: str) -> None:
         check_range(name, "iterations", self.iterations, 1)
@@ -121,7 +121,7 @@ def invgrad(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
         rerun = _started(obs, replace(params, loss="layer-cosine"), ctx)
         rerun.info["collapsed"] = {"loss": params.loss, "saturated": rec.info["saturated"]}
         rec = rerun if rerun.info["saturated"] < rec.info["saturated"] else rec
-    return replace(rec, images=shrink(rec.images, params.shrink))
+    return replace(rec, images=shrink(rec.images, params.shrink, obs.data))
 
 
 def saturation(x: torch.Tensor, bounds: tuple[torch.Tensor, torch.Tensor]) -> float:

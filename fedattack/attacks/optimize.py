@@ -545,17 +545,21 @@ def align(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
     return images[order.to(images.device)]
 
 
-def shrink(images: torch.Tensor, amount: float) -> torch.Tensor:
-    """Images (N, C, H, W) pulled toward their own mean colour: each pixel keeps 1 - `amount` of
-    its deviation from its image's per-channel mean (0: unchanged, 1: flat). Where a
-    reconstruction's detail is mostly wrong, as on updates that hold fewer numbers than the
-    pixels they hide, the flat part is the part that is right: shrinkage toward it is the
-    squared-error estimate's answer to uncertain detail (James and Stein's, in spirit), and
-    calibration picks the amount on the server's own simulated clients."""
+def shrink(images: torch.Tensor, amount: float, data: DataSpec) -> torch.Tensor:
+    """Images (N, C, H, W, model-input units) pulled toward their own mean grey: each pixel
+    keeps 1 - `amount` of its deviation from its image's mean pixel value (0: unchanged, 1: a
+    flat grey image). Where a reconstruction's detail is mostly wrong, as on updates that hold
+    fewer numbers than the pixels they hide, its brightness is the part that is right:
+    shrinkage toward it is the squared-error estimate's answer to uncertain detail (James and
+    Stein's, in spirit), and calibration picks the amount on the server's own simulated
+    clients. Grey, not each channel's mean: a flat grey image is the baseline every score is
+    set against (fedattack.metrics.score.flat_baseline), and a flat colour would beat it on
+    colour alone."""
     if not amount:
         return images
-    mean = images.mean(dim=(-2, -1), keepdim=True)
-    return mean + (1.0 - amount) * (images - mean)
+    pixels = data.to_pixels(images)
+    grey = pixels.mean(dim=(-3, -2, -1), keepdim=True)
+    return data.normalize(grey + (1.0 - amount) * (pixels - grey))
 
 
 def consensus(images: torch.Tensor, reference: int = 0) -> torch.Tensor:

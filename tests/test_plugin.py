@@ -173,6 +173,8 @@ def test_user_model_with_batchnorm_dropout_pooling_and_own_layer_is_audited_agai
     assert [(r["round"], r["replies"], r["audited_clients"], r["jobs"]) for r in rounds] == [("1", "2", "2", "4")]
     assert (tmp_path / "run" / "report.html").is_file()
     assert sorted(p.name for p in (tmp_path / "run" / "reconstructions").iterdir())[0] == "r001_c0_idlg.npz"
+    # the user's model trains BatchNorm: the report says its scores are a lower bound
+    assert "read these scores as a lower bound" in (tmp_path / "run" / "report.html").read_text()
 
 
 def test_without_the_client_record_the_audit_runs_unscored_and_says_why(tmp_path, flower_task):

@@ -37,8 +37,8 @@ import torch
 
 from fedattack.attacks.base import ATTACKS, AttackContext, Choice, LogRange
 from fedattack.attacks.engine import functional_model, replay, schedule
-from fedattack.attacks.optimize import shrink
 from fedattack.attacks.ggl import blas_single_thread
+from fedattack.attacks.optimize import shrink
 from fedattack.defenses.base import DEFENSES, DefenseContext
 from fedattack.metrics.score import score
 from fedattack.threat import Observation, Reconstruction, Truth

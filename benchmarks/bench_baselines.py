@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.bench_realistic import cases
-from fedattack import config as fconfig
-from fedattack.experiment import build
+from benchmarks.bench_realistic import cases, flat_psnr, victim_indices
 from fedattack.metrics.images import psnr
 
 
@@ -29,11 +27,10 @@ def _baselines(overrides: tuple[str, ...], n: int, seeds: tuple[int, ...]) -> tu
     """Mean `flat` and `batch grey` PSNR over the victims `bench_realistic.victim` draws."""
     flat, grey = [], []
     for seed in seeds:
-        exp = build(fconfig.load(None, ["audit.attacks=[]", *overrides, f"seed={seed}"]))
-        idx = sorted(np.random.default_rng(seed).choice(len(exp.train), n, replace=False).tolist())
+        exp, idx = victim_indices(overrides, n, seed)
         x, _ = exp.train.get(idx)
         t = exp.train.spec.to_pixels(x.float()).numpy()
-        flat += [psnr(np.full_like(im, float(im.mean())), im) for im in t]
+        flat += flat_psnr(t).tolist()
         grey += [psnr(np.full_like(im, float(t.mean())), im) for im in t]
     return float(np.mean(flat)), float(np.mean(grey))
 

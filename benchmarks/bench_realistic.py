@@ -93,12 +93,16 @@ def cases(quick: bool) -> list[Case]:
     return out
 
 
+def victim_indices(overrides: tuple[str, ...], n: int, seed: int):
+    """The experiment of `overrides` at `seed`, and the `n` training images the victim holds, drawn by seed."""
+    exp = build(fconfig.load(None, ["audit.attacks=[]", *overrides, f"seed={seed}"]))
+    return exp, sorted(np.random.default_rng(seed).choice(len(exp.train), n, replace=False).tolist())
+
+
 def victim(case: Case, seed: int):
     """The victim's update and truth: `case.images` training images drawn by seed."""
-    overrides = (*case.overrides, f"seed={seed}")
-    exp = build(fconfig.load(None, ["audit.attacks=[]", *overrides]))
-    idx = sorted(np.random.default_rng(seed).choice(len(exp.train), case.images, replace=False).tolist())
-    obs, truth = observed_update(*overrides, indices=idx)
+    exp, idx = victim_indices(case.overrides, case.images, seed)
+    obs, truth = observed_update(*case.overrides, f"seed={seed}", indices=idx)
     return obs, truth, exp
 
 

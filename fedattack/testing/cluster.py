@@ -25,10 +25,21 @@ RAY = Path(sys.executable).parent / "ray"
 PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # where `import fedattack` resolves from
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports: every socket stays bound until all are chosen, so the OS
+    cannot hand the same port out twice (separate calls can, once a socket is closed)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 class LocalCluster:
@@ -39,7 +50,9 @@ class LocalCluster:
 
     def __init__(self, pythonpath: list[str | Path] = (), cwd: str | Path | None = None) -> None:
         self.temp_dir = tempfile.mkdtemp(prefix="fa-ray-", dir="/tmp")  # short: Unix socket paths
-        self.port = free_port()
+        # every port this cluster asks for by number, chosen at once so that none repeats
+        # (a head and up to 7 more nodes)
+        self.port, self._client_port, self._dashboard_port, *self._agent_ports = free_ports(3 + 8)
         self.address = f"127.0.0.1:{self.port}"
         self.env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_")},
                     "RAY_USAGE_STATS_ENABLED": "0",
@@ -52,7 +65,7 @@ class LocalCluster:
         log = Path(self.temp_dir) / f"{name}.log"
         pin = [shutil.which("taskset") or "taskset", "-c", ",".join(map(str, cpus))] if cpus else []
         cmd = [*pin, str(RAY), "start", *args, "--disable-usage-stats", "--object-store-memory=100000000",
-               f"--dashboard-agent-listen-port={free_port()}", "--block"]
+               f"--dashboard-agent-listen-port={self._agent_ports[len(self.procs)]}", "--block"]
         proc = subprocess.Popen(cmd, env=self.env, cwd=self.cwd, start_new_session=True,
                                 stdout=log.open("w"), stderr=subprocess.STDOUT)
         self.procs.append((proc, log))
@@ -66,7 +79,7 @@ class LocalCluster:
         """The head node, offering `cpus` CPUs (and `resources`); `pin`: cores it runs on."""
         self._start("head", ["--head", f"--port={self.port}", "--node-ip-address=127.0.0.1", f"--num-cpus={cpus}",
                              "--num-gpus=0", "--include-dashboard=false", f"--temp-dir={self.temp_dir}",
-                             f"--ray-client-server-port={free_port()}", f"--dashboard-port={free_port()}",
+                             f"--ray-client-server-port={self._client_port}", f"--dashboard-port={self._dashboard_port}",
                              *([f"--resources={json.dumps(resources)}"] if resources else [])], pin)
 
     def add_node(self, cpus: int, resources: dict | None = None, pin: list[int] | None = None) -> None:

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedattack.testing.cluster import free_port
+from fedattack.testing.cluster import free_ports
 
 
 def run_app(app_dir: str | Path, *, num_supernodes: int, run_config: dict[str, Any] | None = None,
@@ -71,9 +71,10 @@ class FlowerHome:
     def __init__(self, root: str | Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        http_port, control_port = free_ports(2)
         self.env = {**os.environ, "FLWR_HOME": str(self.root), "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-                    "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()),
-                    "FLWR_LOCAL_CONTROL_API_PORT": str(free_port()), "RAY_USAGE_STATS_ENABLED": "0",
+                    "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(http_port),
+                    "FLWR_LOCAL_CONTROL_API_PORT": str(control_port), "RAY_USAGE_STATS_ENABLED": "0",
                     # `flwr run` starts `flower-superlink` from PATH: this environment's
                     "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
 

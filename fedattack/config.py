@@ -321,6 +321,7 @@ def validate(cfg: Config) -> None:
     check_range("audit", "calibration_cases", cfg.audit.calibration_cases, 1, 100)
     check_range("audit", "calibration_images", cfg.audit.calibration_images, 1, 1000)
     check_range("audit", "calibration_iteration_factor", cfg.audit.calibration_iteration_factor, 1, 64)
+    check_range("audit", "calibration_restart_factor", cfg.audit.calibration_restart_factor, 1, 64)
     check_range("audit", "calibration_samples", cfg.audit.calibration_samples, 1)
     if cfg.audit.labels != "auto":
         LABELS.check(cfg.audit.labels)

@@ -98,6 +98,7 @@ class AuditConfig:
     calibration_cases: int = 2  # simulated client updates per calibration
     calibration_images: int = 8  # images those updates hold at least (more updates for smaller clients)
     calibration_iteration_factor: int = 4  # calibration may double an attack's iterations up to this factor
+    calibration_restart_factor: int = 4  # then its restarts, up to this factor
     calibration_samples: int = 256  # images of the server's own data (the test split) calibration draws from
     calibration_data: str | None = None  # a dataset (as data.name) whose test split the server holds; None: the run's
 

@@ -158,7 +158,7 @@ def test_a_longer_iteration_count_is_kept_only_where_it_also_wins_on_fresh_cases
     assert kept.held_out["iterations"]["confirmed"] and kept.best_psnr > kept.default_psnr
     check = lost.held_out["iterations"]
     assert not check["confirmed"] and check["count"] == 100 and lost.held_out["cases"] == 2
-    assert np.mean(check["longer"]) < np.mean(check["shorter"])  # it did lose there
+    assert np.mean(check["larger"]) < np.mean(check["given"])  # it did lose there
     assert lost.params == _SlowParams() and lost.tuned == {} and lost.best_psnr == lost.default_psnr
     assert "confirmed" not in lost.held_out  # no tuned value was up for confirmation
 
@@ -205,6 +205,31 @@ def test_calibration_stretches_no_further_than_half_the_job_time_out_allows(monk
     # 100 iterations run in about 0.2 s, within half of 0.6; 200 would take 0.4, so it is not tried
     assert cal.params.iterations == 100 and [t["values"] for t in cal.trials[1:]] == [{"iterations": 100}]
     assert 0.2 <= cal.trials[1]["seconds_per_case"] < 0.3
+
+
+@dataclass
+class _StartsParams:
+    iterations: int = 50
+    restarts: int = 1  # each doubling moves the flat guess from 0.9 towards 0.3, up to 4 restarts
+
+
+def _starts(obs, params: _StartsParams, ctx) -> Reconstruction:
+    return _flat(obs, _FlatParams(level=0.9 - 0.6 * min(params.restarts, 4) / 4), ctx)
+
+
+def test_calibration_doubles_the_restarts_while_they_pay_after_the_iterations():
+    sim = _dim_cases()
+    spec = AttackSpec("test-starts", _starts, _StartsParams, "test")
+    with ATTACKS.temporarily(spec.name, spec):
+        runs = {f: calibrate("test-starts", _StartsParams(), sim, budget=1, ctx=AttackContext(seed=0),
+                             iteration_factor=2, restart_factor=f) for f in (1, 16)}
+    # more iterations change nothing here, so they are tried once and not kept
+    assert runs[1].params == _StartsParams() and runs[1].tuned == {}
+    assert [t["values"] for t in runs[1].trials[1:]] == [{"iterations": 100}]
+    # 1 -> 2 -> 4 restarts pay; 8 does no better than 4, so the search stops short of 16
+    assert runs[16].params.restarts == 4 and runs[16].tuned == {"restarts": 4}
+    assert [t["values"] for t in runs[16].trials[2:]] == [{"restarts": n} for n in (2, 4, 8)]
+    assert runs[16].best_psnr > runs[16].default_psnr
 
 
 def test_a_candidate_replaces_the_configured_values_only_where_it_is_no_worse_on_any_case():

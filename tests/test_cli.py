@@ -178,6 +178,7 @@ BAD_INPUTS = [
     ("run", ["audit.job_timeout=-1"], "audit.job_timeout"),
     ("attack", ["audit.calibrate=true", "audit.calibration_budget=0"], "audit.calibration_budget"),
     ("attack", ["audit.calibrate=true", "audit.calibration_iteration_factor=0"], "audit.calibration_iteration_factor"),
+    ("attack", ["audit.calibrate=true", "audit.calibration_restart_factor=0"], "audit.calibration_restart_factor"),
     ("attack", ["audit.calibrate=true", "audit.calibration_data=nope"], "audit.calibration_data"),
     ("run", ["client.optimizer=rmsprop"], "client.optimizer"),
     ("run", ["client.nesterov=true"], "client.nesterov"),

@@ -212,7 +212,7 @@ def improves(candidate: list[float], configured: list[float]) -> bool:
 
 def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int, ctx: AttackContext,
               held_out: CalibrationCases | None = None, on_trial: Callable[[dict, float], None] | None = None,
-              check: Callable[[], None] = lambda: None, iteration_factor: int = 1,
+              check: Callable[[], None] = lambda: None, iteration_factor: int = 1, restart_factor: int = 1,
               job_seconds: float = 0.0) -> Calibration:
     """Tune `attack`'s registered `tunable` hyperparameters on simulated cases with nevergrad's NGOpt,
     `budget` evaluations in all, the configured `params` first. Returns the best mean among the
@@ -220,8 +220,9 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
     `held_out` cases, the best only where it beats the configured values on those as well.
     Then, for an attack with `iterations` and an `iteration_factor` above 1, the iterations
     double, up to that factor times the configured count and within half of `job_seconds` per run
-    (0: no limit), each count judged against the configured one (`stretch_iterations`); with
-    `held_out` cases, the longer count is kept only where it wins on those as well. `check`
+    (0: no limit), each count judged against the configured one (`stretch`); then, with a
+    `restart_factor` above 1, the restarts likewise. With `held_out` cases, a larger budget is
+    kept only where it wins on those as well. `check`
     is called before every attack run and raises to stop the calibration (a run's stop request)."""
     t0 = time.perf_counter()
     space = {k: v for k, v in tunable(attack).items() if k in {f.name for f in fields(params)}}
@@ -272,23 +273,25 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
         if not confirmation["confirmed"]:
             best_values, best, best_cases = dict(start), base, per_case
     tuned_values = best_values if best > base else {}
-    shorter = replace(params, **best_values)
-    tuned, stretched = stretch_iterations(attack, shorter, best_cases, cases, ctx,
-                                          factor=iteration_factor, trials=trials, check=check, on_trial=on_trial,
-                                          job_seconds=job_seconds)
-    if stretched and fresh:  # the longer count, too, is used only where it wins on the fresh cases
-        if reference is None:
-            reference = evaluate(attack, shorter, held_out.cases, ctx, check=check)
-        longer = evaluate(attack, tuned, held_out.cases, ctx, check=check)
-        confirmation = {"cases": len(held_out.cases), **confirmation,
-                        "iterations": {"count": tuned.iterations, "shorter": [round(v, 3) for v in reference],
-                                       "longer": [round(v, 3) for v in longer],
-                                       "confirmed": improves(longer, reference)}}
-        if not confirmation["iterations"]["confirmed"]:
-            tuned, stretched = shorter, []
-    if stretched:
-        best = float(np.mean(stretched))
-        tuned_values = {**tuned_values, "iterations": tuned.iterations}
+    tuned = replace(params, **best_values)
+    for key, factor in (("iterations", iteration_factor), ("restarts", restart_factor)):
+        given = tuned
+        tuned, stretched = stretch(attack, given, key, best_cases, cases, ctx, factor=factor, trials=trials,
+                                   check=check, on_trial=on_trial, job_seconds=job_seconds)
+        if stretched and fresh:  # the larger budget, too, is used only where it wins on the fresh cases
+            if reference is None:
+                reference = evaluate(attack, given, held_out.cases, ctx, check=check)
+            larger = evaluate(attack, tuned, held_out.cases, ctx, check=check)
+            confirmation = {"cases": len(held_out.cases), **confirmation,
+                            key: {"count": getattr(tuned, key), "given": [round(v, 3) for v in reference],
+                                  "larger": [round(v, 3) for v in larger], "confirmed": improves(larger, reference)}}
+            if confirmation[key]["confirmed"]:
+                reference = larger
+            else:
+                tuned, stretched = given, []
+        if stretched:
+            best, best_cases = float(np.mean(stretched)), stretched
+            tuned_values = {**tuned_values, key: getattr(tuned, key)}
     tuned, shrunk = choose_shrink(attack, tuned, cases, held_out if fresh else None, ctx, trials=trials,
                                   confirmation=confirmation, check=check)
     if shrunk:
@@ -356,41 +359,46 @@ def choose_shrink(attack: str, params: Any, cases: CalibrationCases, held_out: C
     return replace(params, shrink=chosen), found[chosen]
 
 
-def stretch_iterations(attack: str, params: Any, scores: list[float], cases: CalibrationCases, ctx: AttackContext,
-                       *, factor: int, trials: list[dict], check: Callable[[], None] = lambda: None,
-                       on_trial: Callable[[dict, float], None] | None = None, job_seconds: float = 0.0
-                       ) -> tuple[Any, list[float]]:
-    """The iteration budget, the other lever: an optimization attack stopped early leaves images
-    it would recover with more steps (on Flower's quickstart CNN, one image, `invgrad` gains
-    about 3 dB from 1000 to 4000 iterations), and how many steps pay depends on the model and
-    the protocol. Doubles `params.iterations` up to `factor` times the count given, while each
-    doubling raises the mean PSNR on the cases, and keeps the count with the best mean among
-    those that `improve` on the count given (`scores`: its per-case PSNRs). Each step's gain is
-    small beside one image's swings (1000 to 2000 iterations on the quickstart CNN: +0.25 dB
-    mean over 8 single-image cases, one of them -2.8 dB), so each count is judged against the
-    count given, not the step before. A count whose runs take more than half of `job_seconds`
-    (the audit's job time-out; 0: none) is not chosen, and no longer count is tried once one
-    would (twice the last count's time): a stretched attack must still finish its real jobs.
-    Each doubling tried is appended to `trials` (and passed to `on_trial`). Returns the
-    parameters and, where they changed, their per-case PSNRs (else [])."""
-    if factor <= 1 or not hasattr(params, "iterations") or not scores:
+STRETCHED = ("iterations", "restarts")  # the budgets calibration may double, in this order
+
+
+def stretch(attack: str, params: Any, key: str, scores: list[float], cases: CalibrationCases, ctx: AttackContext,
+            *, factor: int, trials: list[dict], check: Callable[[], None] = lambda: None,
+            on_trial: Callable[[dict, float], None] | None = None, job_seconds: float = 0.0
+            ) -> tuple[Any, list[float]]:
+    """An attack's budget, the other lever beside its hyperparameters: `key` is `iterations` or
+    `restarts`. An optimization attack stopped early leaves images it would recover with more
+    steps (on Flower's quickstart CNN, one image, `invgrad` gains about 3 dB from 1000 to 4000
+    iterations), and a run that ends in a poor basin is saved by another start; how much of
+    either pays depends on the model and the protocol. Doubles `params.<key>` up to `factor`
+    times the value given, while each doubling raises the mean PSNR on the cases, and keeps the
+    value with the best mean among those that `improve` on the value given (`scores`: its
+    per-case PSNRs). Each step's gain is small beside one image's swings (1000 to 2000
+    iterations on the quickstart CNN: +0.25 dB mean over 8 single-image cases, one of them
+    -2.8 dB), so each value is judged against the value given, not the step before. A value
+    whose runs take more than half of `job_seconds` (the audit's job time-out; 0: none) is not
+    chosen, and no larger value is tried once one would (twice the last value's time): a
+    stretched attack must still finish its real jobs. Each doubling tried is appended to `trials`
+    (and passed to `on_trial`). Returns the parameters and, where they changed, their per-case
+    PSNRs (else [])."""
+    if factor <= 1 or not hasattr(params, key) or not scores:
         return params, []
-    cap, longer, last = params.iterations * factor, params, float(np.mean(scores))
+    cap, larger, last = getattr(params, key) * factor, params, float(np.mean(scores))
     best, kept, seconds = params, [], 0.0
     limit = job_seconds / 2 if job_seconds > 0 else float("inf")
-    while longer.iterations * 2 <= cap and 2 * seconds <= limit:
-        longer = replace(longer, iterations=longer.iterations * 2)
+    while getattr(larger, key) * 2 <= cap and 2 * seconds <= limit:
+        larger = replace(larger, **{key: getattr(larger, key) * 2})
         t0 = time.perf_counter()
-        found = evaluate(attack, longer, cases.cases, ctx, check=check)
+        found = evaluate(attack, larger, cases.cases, ctx, check=check)
         seconds = (time.perf_counter() - t0) / len(cases.cases)
         mean, wins = float(np.mean(found)), improves(found, scores) and seconds <= limit
-        trials.append({"values": {"iterations": longer.iterations}, "psnr": round(mean, 3),
+        trials.append({"values": {key: getattr(larger, key)}, "psnr": round(mean, 3),
                        "per_case": [round(v, 3) for v in found], "improves": wins,
                        "seconds_per_case": round(seconds, 3)})
         if on_trial is not None:
-            on_trial({"iterations": longer.iterations}, mean)
+            on_trial({key: getattr(larger, key)}, mean)
         if wins and (not kept or mean > float(np.mean(kept))):
-            best, kept = longer, found
+            best, kept = larger, found
         if mean <= last:
             break
         last = mean

@@ -34,7 +34,7 @@ from fedattack.server.strategies import build_strategy
 AUDIT_OPTIONS = ("every", "max_clients", "labels", "adaptive", "success_ssim", "max_concurrent", "gpus_per_job",
                  "threads_per_job", "tf32", "save_images", "job_timeout", "calibrate",
                  "calibration_budget", "calibration_cases", "calibration_images",
-                 "calibration_iteration_factor")
+                 "calibration_iteration_factor", "calibration_restart_factor")
 
 
 def uses_secagg(cfg: Config) -> bool:

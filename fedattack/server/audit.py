@@ -289,7 +289,8 @@ class Auditor:
             ctx = AttackContext(seed=self.plan.seed, labels=opts.labels)
             cal = calibrate(attack, params, cases, budget=opts.calibration_budget, ctx=ctx, held_out=held_out,
                             on_trial=on_trial, check=shutdown.check,
-                            iteration_factor=opts.calibration_iteration_factor, job_seconds=opts.job_timeout)
+                            iteration_factor=opts.calibration_iteration_factor,
+                            restart_factor=opts.calibration_restart_factor, job_seconds=opts.job_timeout)
         except (ValueError, FedattackError, RuntimeError) as exc:
             record["skipped"] = f"{type(exc).__name__}: {exc}"
             say(f"calibration of {attack} skipped ({record['skipped']}); it runs with its configured parameters",
@@ -666,6 +667,8 @@ class AuditStrategy(Strategy):
         After tuning, calibration doubles an attack's iterations while the longer run leaks
         more on the simulated updates, up to this factor and within half of `job_timeout`
         (1: keep the configured count).
+    calibration_restart_factor : int (default: 4)
+        Then it doubles the attack's restarts likewise, up to this factor (1: keep them).
     server_mode : str (default: "honest")
         "malicious" when the model carries a malicious server's extension blocks (fedattack's
         own models): they are re-sent every round and the report says so.
@@ -692,7 +695,7 @@ class AuditStrategy(Strategy):
                  record: Any = None, dispatcher: Dispatcher | None = None, calibrate: bool = False,
                  calibration_data: tuple[Any, Any] | None = None, calibration_budget: int = 12,
                  calibration_cases: int = 2, calibration_images: int = 8,
-                 calibration_iteration_factor: int = 4) -> None:
+                 calibration_iteration_factor: int = 4, calibration_restart_factor: int = 4) -> None:
         problem = strategy_problem(strategy)
         if problem:
             raise ConfigError("strategy", f"{type(strategy).__name__} {problem}")
@@ -715,7 +718,8 @@ class AuditStrategy(Strategy):
                                                   calibrate=calibrate, calibration_budget=calibration_budget,
                                                   calibration_cases=calibration_cases,
                                                   calibration_images=calibration_images,
-                                                  calibration_iteration_factor=calibration_iteration_factor)
+                                                  calibration_iteration_factor=calibration_iteration_factor,
+                                                  calibration_restart_factor=calibration_restart_factor)
         if server_mode not in ("honest", "malicious"):
             raise ConfigError("server_mode", f"unknown value '{server_mode}'; allowed: honest, malicious")
         if record is None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedattack.attacks.engine import cosine_distance, functional_model, leaked_colour, matching, replay, schedule
+from fedattack.attacks.engine import (cosine_distance, functional_model, leaked_colour, matching, replay, schedule,
+                                      weighted_median)
 from fedattack.attacks.optimize import (AdamSchedule, Unknowns, arrangement_key, batched_objective, epoch_batches,
                                         label_plan, neighbours, random_orders, reshuffles, screen_labels)
 from fedattack.testing.cases import epoch_orders, observed_update, synthetic_update, training_order
@@ -269,7 +270,29 @@ def test_leaked_colour_is_closer_to_the_clients_colour_than_the_dataset_mean():
     for seed in range(6):
         obs, truth = observed_update("data.name=photos", "model.name=quickstart-cnn", "model.activation=relu",
                                      "client.local_steps=1", "client.batch_size=1", f"seed={seed}")
-        guess = leaked_colour(matching(obs, None, "cosine", {}).target, obs.data)
+        guess = leaked_colour(matching(obs, None, "cosine", {}).target, obs.data, images=1)
         true_colour = truth.images.mean((0, 2, 3))
         closer += guess is not None and float((guess - true_colour).norm()) < float(true_colour.norm())
     assert closer >= 5
+
+
+def test_one_images_colour_weighs_each_units_guess_by_its_bias_gradient():
+    """A unit whose error signal changes sign cancels in db_k and guesses wrong; on one image the
+    |db_k|-weighted median is closer to the image's colour than the plain median, summed over
+    victims (quickstart CNN and a ReLU LeNet, one photo in one step)."""
+    errors = {None: 0.0, 1: 0.0}
+    for model in ("quickstart-cnn", "lenet"):
+        for seed in range(4):
+            obs, truth = observed_update("data.name=photos", f"model.name={model}", "model.activation=relu",
+                                         "client.local_steps=1", "client.batch_size=1", f"seed={seed}")
+            target = matching(obs, None, "cosine", {}).target
+            for images in errors:
+                guess = leaked_colour(target, obs.data, images=images)
+                errors[images] += float((guess - truth.images.mean((0, 2, 3))).abs().max())
+    assert errors[1] < 0.85 * errors[None]
+
+
+def test_weighted_median_is_the_value_where_half_the_weight_is_reached():
+    values = torch.tensor([[1.0, 5.0], [2.0, 4.0], [3.0, 3.0]])
+    assert torch.equal(weighted_median(values, torch.tensor([1.0, 1.0, 1.0])), torch.tensor([2.0, 4.0]))
+    assert torch.equal(weighted_median(values, torch.tensor([0.1, 0.1, 5.0])), torch.tensor([3.0, 3.0]))

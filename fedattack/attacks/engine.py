@@ -378,7 +378,16 @@ def leaked_features(trial: "TrialUpdate", target: Params, n: int) -> LeakedFeatu
     return LeakedFeatures(trial.model, targets) if targets else None
 
 
-def leaked_colour(target: Params, data: DataSpec) -> torch.Tensor | None:
+def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per column of `values` (K, C), the value at which the weights (K,) of the smaller values
+    first reach half of their total."""
+    order = values.argsort(0)
+    cumulative = weights[order].cumsum(0)
+    first = (cumulative >= cumulative[-1:] / 2).float().argmax(0)
+    return values.gather(0, order.gather(0, first[None]))[0]
+
+
+def leaked_colour(target: Params, data: DataSpec, images: int | None = None) -> torch.Tensor | None:
     """Each channel's mean over the client's images (C,), in model-input units, as the gradient
     of the layer that takes the images gives it away, or None.
 
@@ -389,7 +398,16 @@ def leaked_colour(target: Params, data: DataSpec) -> torch.Tensor | None:
     whose colour falls outside the valid pixel range, or whose bias gradient is below 1e-3 of the
     largest, is dropped; the median of the others is returned. None where the first layer has no
     bias, or a bias without gradient (BatchNorm right after it), or takes other inputs, or where
-    no unit is left."""
+    no unit is left.
+
+    Where the client holds one image (`images` == 1), the median weighs each guess by |db_k|: a
+    unit whose error signal changes sign over the positions averages its patches with weights of
+    both signs, which cancel in db_k and throw the guess off, so the units with the largest
+    |db_k| cancel least (one image in one or two steps, on LeNet and the quickstart CNN, photos,
+    faces and digits: the worst channel 0.04-0.22 off on average, against 0.05-0.24 for the plain
+    median). Over several images the largest |db_k| belong to units that one image's large error
+    signal dominates, which give that image's colour, so the plain median is kept there (0.08-0.21
+    off, against 0.08-0.25 weighted)."""
     c, h, w = data.shape
     weight = next((name for name, p in target.items() if name.endswith(".weight") and p.ndim in (2, 4)), None)
     bias = None if weight is None else weight[: -len("weight")] + "bias"
@@ -408,7 +426,11 @@ def leaked_colour(target: Params, data: DataSpec) -> torch.Tensor | None:
     lo, hi = (b.flatten().double().to(guess.device) for b in data.bounds())
     ok = (torch.isfinite(guess).all(1) & (guess >= lo).all(1) & (guess <= hi).all(1)
           & (db.abs() > 1e-3 * db.abs().max()))
-    return guess[ok].median(0).values.float().cpu() if ok.any() else None
+    if not ok.any():
+        return None
+    if images == 1:
+        return weighted_median(guess[ok], db[ok].abs()).float().cpu()
+    return guess[ok].median(0).values.float().cpu()
 
 
 PRIORS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {

@@ -1,0 +1,70 @@
+"""leaked_colour: how well the first layer's gradient gives the client's mean colour away.
+
+For each unit k of the layer that takes the images (with a bias), dW_k / db_k averages the
+input patches weighted by the unit's error signal: the client's mean colour where that signal
+has one sign, something else where it cancels (`fedattack.attacks.engine.leaked_colour`, the
+centre of `invgrad`'s and `fedavg`'s default start, init=leaked-mean). Two ways to pool the
+units' guesses: the plain median, and the median with each guess weighted by |db_k| (the units
+that cancel least). Per case, over its victims: the mean and the largest error of the worst
+channel, in units of the pixel range (0..1), of each pooling. No attack runs; the victims are
+`bench_realistic.victim`'s (client training by fedattack's own client code, images drawn by seed).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from benchmarks.bench_realistic import Case, victim
+from fedattack.attacks.engine import leaked_colour, target
+
+ONE = ("client.local_steps=1", "client.batch_size=1")
+QS = ("model.name=quickstart-cnn", "model.activation=relu")
+
+
+def colour_cases() -> list[Case]:
+    seeds = tuple(range(8))
+    return [
+        Case("1 img, 1 step, quickstart CNN, photos", ("data.name=photos", *QS, *ONE), 1, seeds),
+        Case("1 img, 1 step, quickstart CNN, lfw-subset", ("data.name=lfw-subset", *QS, *ONE), 1, seeds),
+        Case("1 img, 1 step, quickstart CNN, digits", ("data.name=digits", *QS, *ONE), 1, seeds),
+        Case("1 img, 2 steps, quickstart CNN, photos",
+             ("data.name=photos", *QS, "client.local_steps=2", "client.batch_size=1"), 1, seeds),
+        Case("1 img, 1 step, LeNet sigmoid, photos", ("data.name=photos", "model.name=lenet", *ONE), 1, seeds),
+        Case("1 img, 1 step, LeNet ReLU, photos",
+             ("data.name=photos", "model.name=lenet", "model.activation=relu", *ONE), 1, seeds),
+        Case("4 img, 1 step, quickstart CNN, photos",
+             ("data.name=photos", *QS, "client.local_steps=1", "client.batch_size=4"), 4, seeds),
+        Case("4 img, 1 step, LeNet sigmoid, photos",
+             ("data.name=photos", "model.name=lenet", "client.local_steps=1", "client.batch_size=4"), 4, seeds),
+        Case("4 img, 2 steps of 2, quickstart CNN, photos",
+             ("data.name=photos", *QS, "client.local_steps=2", "client.batch_size=2"), 4, seeds),
+        Case("8 img, 4 steps of 2, LeNet sigmoid, photos",
+             ("data.name=photos", "model.name=lenet", "client.local_steps=4", "client.batch_size=2"), 8, seeds),
+    ]
+
+
+def run(quick: bool = False) -> list[dict]:
+    torch.set_num_threads(1)
+    rows = []
+    for case in colour_cases()[: 2 if quick else None]:
+        errors: dict[str, list[float]] = {"median": [], "weighted": []}
+        missing = 0
+        for seed in case.seeds[: 2 if quick else None]:
+            obs, truth, _ = victim(case, seed)
+            lo, hi = (b.flatten() for b in obs.data.bounds())
+            true = truth.images.float().mean((0, 2, 3))
+            update = target(obs)
+            guesses = {pooling: leaked_colour(update, obs.data, weighted=pooling == "weighted")
+                       for pooling in errors}
+            if any(g is None for g in guesses.values()):
+                missing += 1
+                continue
+            for pooling, guess in guesses.items():
+                errors[pooling].append(float(((guess - true) / (hi - lo)).abs().max()))
+        rows.append({"case": case.name, "images": case.images, "victims": len(errors["median"]),
+                     "no colour": missing,
+                     **{f"{p} mean": float(np.mean(v)) for p, v in errors.items()},
+                     **{f"{p} max": float(np.max(v)) for p, v in errors.items()},
+                     "default": "weighted" if case.images == 1 else "median"})
+    return rows

@@ -6,7 +6,8 @@ has one sign, something else where it cancels (`fedattack.attacks.engine.leaked_
 centre of `invgrad`'s and `fedavg`'s default start, init=leaked-mean). Two ways to pool the
 units' guesses: the plain median, and the median with each guess weighted by |db_k| (the units
 that cancel least). Per case, over its victims: the mean and the largest error of the worst
-channel, in units of the pixel range (0..1), of each pooling. No attack runs; the victims are
+channel, in units of the pixel range (0..1), of each pooling, and of the dataset's mean colour
+(what `init=randn` starts around: over many images a client's mean colour nears it). No attack runs; the victims are
 `bench_realistic.victim`'s (client training by fedattack's own client code, images drawn by seed).
 """
 
@@ -20,6 +21,8 @@ from fedattack.attacks.engine import leaked_colour, target
 
 ONE = ("client.local_steps=1", "client.batch_size=1")
 QS = ("model.name=quickstart-cnn", "model.activation=relu")
+EPOCH_OF_8 = ("client.local_steps=0", "client.local_epochs=1", "client.batch_size=8")
+TWO_EPOCHS_OF_4 = ("client.local_steps=0", "client.local_epochs=2", "client.batch_size=4")
 
 
 def colour_cases() -> list[Case]:
@@ -41,6 +44,14 @@ def colour_cases() -> list[Case]:
              ("data.name=photos", *QS, "client.local_steps=2", "client.batch_size=2"), 4, seeds),
         Case("8 img, 4 steps of 2, LeNet sigmoid, photos",
              ("data.name=photos", "model.name=lenet", "client.local_steps=4", "client.batch_size=2"), 8, seeds),
+        Case("8 img, 4 steps of 2, LeNet sigmoid, lfw-subset",
+             ("data.name=lfw-subset", "model.name=lenet", "client.local_steps=4", "client.batch_size=2"), 8, seeds),
+        Case("16 img, 1 epoch of 8, LeNet sigmoid, photos",
+             ("data.name=photos", "model.name=lenet", *EPOCH_OF_8), 16, seeds),
+        Case("16 img, 1 epoch of 8, quickstart CNN, photos", ("data.name=photos", *QS, *EPOCH_OF_8), 16, seeds),
+        Case("16 img, 2 epochs of 4, LeNet sigmoid, photos",
+             ("data.name=photos", "model.name=lenet", *TWO_EPOCHS_OF_4), 16, seeds),
+        Case("16 img, 2 epochs of 4, quickstart CNN, photos", ("data.name=photos", *QS, *TWO_EPOCHS_OF_4), 16, seeds),
     ]
 
 
@@ -48,7 +59,7 @@ def run(quick: bool = False) -> list[dict]:
     torch.set_num_threads(1)
     rows = []
     for case in colour_cases()[: 2 if quick else None]:
-        errors: dict[str, list[float]] = {"median": [], "weighted": []}
+        errors: dict[str, list[float]] = {"median": [], "weighted": [], "dataset mean": []}
         missing = 0
         for seed in case.seeds[: 2 if quick else None]:
             obs, truth, _ = victim(case, seed)
@@ -56,7 +67,8 @@ def run(quick: bool = False) -> list[dict]:
             true = truth.images.float().mean((0, 2, 3))
             update = target(obs)
             guesses = {pooling: leaked_colour(update, obs.data, weighted=pooling == "weighted")
-                       for pooling in errors}
+                       for pooling in ("median", "weighted")}
+            guesses["dataset mean"] = torch.zeros_like(true)  # model inputs are centred on it
             if any(g is None for g in guesses.values()):
                 missing += 1
                 continue

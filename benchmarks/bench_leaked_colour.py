@@ -4,11 +4,12 @@ For each unit k of the layer that takes the images (with a bias), dW_k / db_k av
 input patches weighted by the unit's error signal: the client's mean colour where that signal
 has one sign, something else where it cancels (`fedattack.attacks.engine.leaked_colour`, the
 centre of `invgrad`'s and `fedavg`'s default start, init=leaked-mean). Two ways to pool the
-units' guesses: the plain median, and the median with each guess weighted by |db_k| (the units
-that cancel least). Per case, over its victims: the mean and the largest error of the worst
-channel, in units of the pixel range (0..1), of each pooling, and of the dataset's mean colour
-(what `init=randn` starts around: over many images a client's mean colour nears it). No attack runs; the victims are
-`bench_realistic.victim`'s (client training by fedattack's own client code, images drawn by seed).
+units' guesses: the plain median (what the attacks start from), and the median with each guess
+weighted by |db_k| (the units that cancel least). Per case, over its victims: the mean and the
+largest error of the worst channel, in units of the pixel range (0..1), of each pooling, and of
+the dataset's mean colour (what `init=randn` starts around: over many images a client's mean
+colour nears it). No attack runs; the victims are `bench_realistic.victim`'s (client training by
+fedattack's own client code, images drawn by seed).
 """
 
 from __future__ import annotations
@@ -77,6 +78,5 @@ def run(quick: bool = False) -> list[dict]:
         rows.append({"case": case.name, "images": case.images, "victims": len(errors["median"]),
                      "no colour": missing,
                      **{f"{p} mean": float(np.mean(v)) for p, v in errors.items()},
-                     **{f"{p} max": float(np.max(v)) for p, v in errors.items()},
-                     "default": "weighted" if case.images == 1 else "median"})
+                     **{f"{p} max": float(np.max(v)) for p, v in errors.items()}})
     return rows

@@ -270,26 +270,26 @@ def test_leaked_colour_is_closer_to_the_clients_colour_than_the_dataset_mean():
     for seed in range(6):
         obs, truth = observed_update("data.name=photos", "model.name=quickstart-cnn", "model.activation=relu",
                                      "client.local_steps=1", "client.batch_size=1", f"seed={seed}")
-        guess = leaked_colour(matching(obs, None, "cosine", {}).target, obs.data, images=1)
+        guess = leaked_colour(matching(obs, None, "cosine", {}).target, obs.data)
         true_colour = truth.images.mean((0, 2, 3))
         closer += guess is not None and float((guess - true_colour).norm()) < float(true_colour.norm())
     assert closer >= 5
 
 
-def test_one_images_colour_weighs_each_units_guess_by_its_bias_gradient():
+def test_weighing_each_units_colour_guess_by_its_bias_gradient_helps_on_one_image():
     """A unit whose error signal changes sign cancels in db_k and guesses wrong; on one image the
     |db_k|-weighted median is closer to the image's colour than the plain median, summed over
     victims (quickstart CNN and a ReLU LeNet, one photo in one step)."""
-    errors = {None: 0.0, 1: 0.0}
+    errors = {False: 0.0, True: 0.0}
     for model in ("quickstart-cnn", "lenet"):
         for seed in range(4):
             obs, truth = observed_update("data.name=photos", f"model.name={model}", "model.activation=relu",
                                          "client.local_steps=1", "client.batch_size=1", f"seed={seed}")
             target = matching(obs, None, "cosine", {}).target
-            for images in errors:
-                guess = leaked_colour(target, obs.data, images=images)
-                errors[images] += float((guess - truth.images.mean((0, 2, 3))).abs().max())
-    assert errors[1] < 0.85 * errors[None]
+            for weighted in errors:
+                guess = leaked_colour(target, obs.data, weighted=weighted)
+                errors[weighted] += float((guess - truth.images.mean((0, 2, 3))).abs().max())
+    assert errors[True] < 0.85 * errors[False]
 
 
 def test_weighted_median_is_the_value_where_half_the_weight_is_reached():

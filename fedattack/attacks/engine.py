@@ -387,8 +387,7 @@ def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor
     return values.gather(0, order.gather(0, first[None]))[0]
 
 
-def leaked_colour(target: Params, data: DataSpec, images: int | None = None,
-                  weighted: bool | None = None) -> torch.Tensor | None:
+def leaked_colour(target: Params, data: DataSpec, weighted: bool = False) -> torch.Tensor | None:
     """Each channel's mean over the client's images (C,), in model-input units, as the gradient
     of the layer that takes the images gives it away, or None.
 
@@ -401,15 +400,15 @@ def leaked_colour(target: Params, data: DataSpec, images: int | None = None,
     bias, or a bias without gradient (BatchNorm right after it), or takes other inputs, or where
     no unit is left.
 
-    Where the client holds one image (`images` == 1), the median weighs each guess by |db_k|: a
-    unit whose error signal changes sign over the positions averages its patches with weights of
-    both signs, which cancel in db_k and throw the guess off, so the units with the largest
-    |db_k| cancel least. Over several images the largest |db_k| may instead belong to units that
-    one image's large error signal dominates, which give that image's colour. Measured (the
-    `leaked_colour` benchmark, 8 victims per case): on one image the weighting halves the error on
-    the quickstart CNN and a ReLU LeNet with photos and is within 0.01 of the plain median on
-    digits; over 4 to 8 images it gains up to 0.03 on the quickstart CNN and loses up to 0.015 on
-    LeNet, so the plain median stays there. `weighted` overrides the choice."""
+    `weighted`: each guess counts by |db_k| in the median. A unit whose error signal changes
+    sign over the positions averages its patches with weights of both signs, which cancel in db_k
+    and throw the guess off, so the units with the largest |db_k| cancel least; over several
+    images they may instead be the units one image's large error signal dominates. Measured (the
+    `leaked_colour` benchmark, 8 victims per case): on one image the weighting halves the colour's
+    error on the quickstart CNN and a ReLU LeNet with photos; over 4 to 16 images it gains or
+    loses a few hundredths. As a start it did not pay: on the quickstart CNN, one photo, `invgrad`
+    from the weighted colour recovered 2 of 8 victims where the plain median's recovered 4 (a
+    start near a box bound loses its noise to the box), so attacks start from the plain median."""
     c, h, w = data.shape
     weight = next((name for name, p in target.items() if name.endswith(".weight") and p.ndim in (2, 4)), None)
     bias = None if weight is None else weight[: -len("weight")] + "bias"
@@ -430,7 +429,7 @@ def leaked_colour(target: Params, data: DataSpec, images: int | None = None,
           & (db.abs() > 1e-3 * db.abs().max()))
     if not ok.any():
         return None
-    if (images == 1) if weighted is None else weighted:
+    if weighted:
         return weighted_median(guess[ok], db[ok].abs()).float().cpu()
     return guess[ok].median(0).values.float().cpu()
 

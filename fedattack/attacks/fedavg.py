@@ -82,7 +82,7 @@ def fedavg(obs: Observation, params: FedAvgParams, ctx: AttackContext) -> Recons
     plan = label_plan(hypotheses, obs.protocol, params.restarts, gen)
     priors = {"tv": params.tv, "epoch-invariance": params.invariance if copies > 1 else 0.0}
     problem = matching(obs, ctx.device, params.loss, priors, adaptive=ctx.adaptive)
-    centre = start_centre(params.init, problem.target, obs.data, n)
+    centre = start_centre(params.init, problem.target, obs.data)
     u = init_unknowns(obs.data, n, params.restarts, plan, gen, ctx.device, params.init,
                       copies=copies if copies > 1 else 0, centre=centre)
     lo, hi = obs.data.bounds(ctx.device)

@@ -135,7 +135,7 @@ def _started(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Rec
     """One inversion from the leaked colour or, where the update does not give it away and
     `greys` > 1, the lowest-loss of `greys` inversions from flat grey starts, each of half the
     iterations (see the docstring)."""
-    centre = start_centre(params.init, target(obs), obs.data, num_images(obs))
+    centre = start_centre(params.init, target(obs), obs.data)
     if centre is not None or params.init != "leaked-mean" or params.greys < 2:
         return _invert(obs, params, ctx, centre=centre)
     share = replace(params, init="mean", iterations=max(1, params.iterations // 2))
@@ -159,7 +159,7 @@ def _invert(obs: Observation, params: InvGradParams, ctx: AttackContext,
     leaked = leaked_features(problem.trial, problem.target, n) if params.features else None
     if leaked is not None:
         problem = replace(problem, priors=(*problem.priors, (params.features, leaked)))
-    centre = start_centre(params.init, problem.target, obs.data, n) if centre is None else centre
+    centre = start_centre(params.init, problem.target, obs.data) if centre is None else centre
     bounds = obs.data.bounds(ctx.device)
     sizes = coarse_to_fine(obs.data.shape, params.levels)
     full = tuple(obs.data.shape[1:])

@@ -182,11 +182,10 @@ def init_images(how: str, shape: tuple[int, ...], data: DataSpec, gen: torch.Gen
 INITS = ("randn", "uniform", "mean", "leaked-mean")
 
 
-def start_centre(init: str, target: Params, data: DataSpec, images: int | None = None) -> torch.Tensor | None:
+def start_centre(init: str, target: Params, data: DataSpec) -> torch.Tensor | None:
     """The per-channel centre an `init` start is drawn around: the colour the update's first
-    layer leaks (`engine.leaked_colour`; `images`: how many the client holds) for `leaked-mean`,
-    else None."""
-    return leaked_colour(target, data, images) if init == "leaked-mean" else None
+    layer leaks (`engine.leaked_colour`) for `leaked-mean`, else None."""
+    return leaked_colour(target, data) if init == "leaked-mean" else None
 
 
 def grey_centres(data: DataSpec, k: int) -> list[torch.Tensor]:

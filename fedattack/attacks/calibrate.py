@@ -210,6 +210,9 @@ def improves(candidate: list[float], configured: list[float]) -> bool:
     return dominates(candidate, configured) or gain_lower_bound(candidate, configured) > 0
 
 
+STRETCHED = ("iterations", "restarts")  # the budgets calibration may double, in this order
+
+
 def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int, ctx: AttackContext,
               held_out: CalibrationCases | None = None, on_trial: Callable[[dict, float], None] | None = None,
               check: Callable[[], None] = lambda: None, iteration_factor: int = 1, restart_factor: int = 1,
@@ -274,7 +277,7 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
             best_values, best, best_cases = dict(start), base, per_case
     tuned_values = best_values if best > base else {}
     tuned = replace(params, **best_values)
-    for key, factor in (("iterations", iteration_factor), ("restarts", restart_factor)):
+    for key, factor in zip(STRETCHED, (iteration_factor, restart_factor)):
         given = tuned
         tuned, stretched = stretch(attack, given, key, best_cases, cases, ctx, factor=factor, trials=trials,
                                    check=check, on_trial=on_trial, job_seconds=job_seconds)
@@ -357,9 +360,6 @@ def choose_shrink(attack: str, params: Any, cases: CalibrationCases, held_out: C
         if not confirmed:
             return params, []
     return replace(params, shrink=chosen), found[chosen]
-
-
-STRETCHED = ("iterations", "restarts")  # the budgets calibration may double, in this order
 
 
 def stretch(attack: str, params: Any, key: str, scores: list[float], cases: CalibrationCases, ctx: AttackContext,

@@ -342,6 +342,9 @@ def test_the_record_names_the_stretched_iterations_even_where_the_tuned_values_l
     assert describe_calibration({"tv": 0.0312}, longer) == "tv=0.0312 (4000 iterations lost on fresh updates)"
     assert describe_calibration({"iterations": 4000}, {"cases": 2, "iterations": {"count": 4000, "confirmed": True}}) \
         == "iterations=4000"
+    # so are more restarts, beside a longer count that won
+    both = {"cases": 2, "iterations": {"count": 4000, "confirmed": True}, "restarts": {"count": 4, "confirmed": False}}
+    assert describe_calibration({"iterations": 4000}, both) == "iterations=4000 (4 restarts lost on fresh updates)"
 
 
 @dataclass

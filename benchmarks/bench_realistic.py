@@ -210,7 +210,7 @@ PLANS = {
                         variants=((("init", "randn"),), (("init", "mean"),), (("init", "leaked-mean"),))),
     "grey_starts": Plan(cases=(9,), calibrated=(), attacks=("invgrad",), variants=((("greys", 1),), ())),
     "restarts": Plan(cases=(0, 1, 5, 6), calibrated=(), attacks=("invgrad",),
-                     variants=((("restarts", 2), ("iterations", 1000)), ())),
+                     variants=((("restarts", 2), ("iterations", 1000)), (), (("restarts", 4),))),
 }
 
 

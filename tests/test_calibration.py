@@ -124,6 +124,7 @@ def test_the_winner_is_used_only_where_it_also_wins_on_fresh_cases():
 @dataclass
 class _SlowParams:
     iterations: int = 50  # the flat guess walks from 0.9 towards 0.3 over its first 200 iterations
+    restarts: int = 1  # (`_starts`: over its first 4 restarts instead)
 
 
 def _slow(obs, params: _SlowParams, ctx) -> Reconstruction:
@@ -207,24 +208,18 @@ def test_calibration_stretches_no_further_than_half_the_job_time_out_allows(monk
     assert 0.2 <= cal.trials[1]["seconds_per_case"] < 0.3
 
 
-@dataclass
-class _StartsParams:
-    iterations: int = 50
-    restarts: int = 1  # each doubling moves the flat guess from 0.9 towards 0.3, up to 4 restarts
-
-
-def _starts(obs, params: _StartsParams, ctx) -> Reconstruction:
+def _starts(obs, params: _SlowParams, ctx) -> Reconstruction:
     return _flat(obs, _FlatParams(level=0.9 - 0.6 * min(params.restarts, 4) / 4), ctx)
 
 
 def test_calibration_doubles_the_restarts_while_they_pay_after_the_iterations():
     sim = _dim_cases()
-    spec = AttackSpec("test-starts", _starts, _StartsParams, "test")
+    spec = AttackSpec("test-starts", _starts, _SlowParams, "test")
     with ATTACKS.temporarily(spec.name, spec):
-        runs = {f: calibrate("test-starts", _StartsParams(), sim, budget=1, ctx=AttackContext(seed=0),
+        runs = {f: calibrate("test-starts", _SlowParams(), sim, budget=1, ctx=AttackContext(seed=0),
                              iteration_factor=2, restart_factor=f) for f in (1, 16)}
     # more iterations change nothing here, so they are tried once and not kept
-    assert runs[1].params == _StartsParams() and runs[1].tuned == {}
+    assert runs[1].params == _SlowParams() and runs[1].tuned == {}
     assert [t["values"] for t in runs[1].trials[1:]] == [{"iterations": 100}]
     # 1 -> 2 -> 4 restarts pay; 8 does no better than 4, so the search stops short of 16
     assert runs[16].params.restarts == 4 and runs[16].tuned == {"restarts": 4}

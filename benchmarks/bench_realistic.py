@@ -18,8 +18,9 @@ Every row: the size of the problem (update entries against unknown pixels: the u
 and seeds, the flat-image baseline on the same victims (the best constant image per victim)
 and the margin over it, SSIM, images recovered (SSIM >= 0.5 and above the best flat guess's
 SSIM: a flat grey scores SSIM 0.9 on some smooth photos), images with SSIM >= 0.5 whatever a
-flat guess scores (the common definition; rows measured before it was added show "-"), label accuracy, seconds per job, and for calibrated rows the calibration's one-off cost
-(per model, protocol and defense).
+flat guess scores (the common definition; rows measured before it was added show "-"), label
+accuracy, seconds per job, and for calibrated rows the calibration's one-off cost (per model,
+protocol and defense).
 
 On a CPU the ConvNet is run at width 8 and the Dimitrov-scale cases on 16 px images
 (`FEDATTACK_FULL=1`, or a GPU, runs them at width 32 and 32 px): a width-32 ConvNet iteration

@@ -204,15 +204,17 @@ def describe_defenses(raw: dict) -> str:
     return "+".join(parts) or "none"
 
 
+STRETCHED = ("iterations", "restarts")  # the budgets calibration may double after tuning, in this order
+
+
 def describe_calibration(tuned: dict, held_out: dict) -> str:
     """What a calibration chose, in words: the tuned values (e.g. 'tv=0.03, iterations=2000'),
     or the configured parameters, and why where the best candidate or a larger budget (more
     iterations or restarts) lost on fresh updates (a budget, chosen afterwards, is named either way)."""
-    budgets = ("iterations", "restarts")
     rejected = held_out.get("confirmed") is False
-    shown = {k: v for k, v in tuned.items() if not rejected or k in budgets}
+    shown = {k: v for k, v in tuned.items() if not rejected or k in STRETCHED}
     text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
-    lost = "".join(f" ({(held_out.get(k) or {}).get('count')} {k} lost on fresh updates)" for k in budgets
+    lost = "".join(f" ({(held_out.get(k) or {}).get('count')} {k} lost on fresh updates)" for k in STRETCHED
                    if (held_out.get(k) or {}).get("confirmed") is False)
     if rejected:
         return ("the configured parameters (the best candidate lost on fresh updates)" + (f"; {text}" if text else "")

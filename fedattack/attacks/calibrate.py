@@ -41,6 +41,7 @@ from fedattack.attacks.ggl import blas_single_thread
 from fedattack.attacks.optimize import shrink
 from fedattack.defenses.base import DEFENSES, DefenseContext
 from fedattack.metrics.score import score
+from fedattack.results import STRETCHED
 from fedattack.threat import Observation, Reconstruction, Truth
 
 
@@ -208,9 +209,6 @@ def improves(candidate: list[float], configured: list[float]) -> bool:
     """The candidate beats the configured values: it `dominates` them, or its mean paired gain
     is above zero at 95% confidence (`gain_lower_bound`, three cases or more)."""
     return dominates(candidate, configured) or gain_lower_bound(candidate, configured) > 0
-
-
-STRETCHED = ("iterations", "restarts")  # the budgets calibration may double, in this order
 
 
 def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int, ctx: AttackContext,

@@ -225,3 +225,19 @@ def test_fedavg_reconstructs_one_copy_per_epoch():
     steps, _ = observed_update("seed=0", "client.local_steps=2", "client.batch_size=2", "data.image_size=16",
                                indices=[0, 1, 2, 3])
     assert epochs_of(steps, 4) == 1 and attack("fedavg", FedAvgParams(iterations=5), steps).info["epochs"] == 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_invgrad_weighs_its_prior_where_each_phase_of_a_screened_run_starts(monkeypatch, seed):
+    # screened labels, then the run itself from the best of them: each phase balances the
+    # TV prior against the mismatch at its own start, where the mismatch has shrunk (optimize.run_adam)
+    from fedattack.attacks import optimize
+
+    factors = []
+    real = optimize._balance
+    monkeypatch.setattr(optimize, "_balance", lambda problem, u: factors.append(real(problem, u)) or factors[-1])
+    obs, _ = observed_update(f"seed={seed}", "client.batch_size=2", "client.local_steps=2")
+    rec = attack("invgrad", InvGradParams(iterations=200, candidates=8, saturated=1.0), obs)
+    assert rec.info["label_candidates"] > 1
+    assert len(factors) >= 2  # the screen and the run, at least
+    assert factors[-1] < factors[0]  # the converged images' mismatch has less gradient to weigh against

@@ -6,7 +6,9 @@ observed one, under a total-variation prior, with signed Adam steps, a step-size
 (`balanced`, the default): `tv` is the share of the mismatch's gradient norm with respect to
 the images that the prior's gradient has at the start, so one weight means the same on a
 sigmoid LeNet, whose input gradients are tiny, and on a ReLU CNN, whose are not
-(`balanced=false`: the paper's absolute weight). With several local steps or epochs
+(`balanced=false`: the paper's absolute weight). A run that continues a label screen is
+balanced again where it starts, against a mismatch that has shrunk: the prior weighs less
+there (`optimize.run_adam` says why). With several local steps or epochs
 the client's local training is unrolled on the dummy data (the paper's FedAvg attack); one
 step is gradient matching. With `audit.adaptive`, the known defenses are modelled on the
 simulated update.

@@ -312,12 +312,12 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
     lo, hi = bounds
     target = problem.problem if isinstance(problem, Resized) else problem
     original = target.prior_scale
-    # Balanced at the start of every run, a continued one included: a run that continues a screened
-    # one (labels, starts) weighs the priors against the mismatch where it starts, which has shrunk as
-    # the images converged (on a sigmoid LeNet 20 to 1000 times over the phases of a screened run), so
-    # the priors weigh less in the later phases. Fixing the weight where the first run starts scored
-    # several dB lower on a sigmoid LeNet over 8 images in 4 steps (the `realistic` cases) and better
-    # on the quickstart CNN over 4 images in 2 steps; `audit.calibrate` tunes `tv` per deployment.
+    # Balanced at the start of every run, a continued one included: a run that continues a label
+    # screen weighs the priors against the mismatch where it starts, which has shrunk as the images
+    # converged (on a sigmoid LeNet 20 to 1000 times over the phases of a screened run), so the
+    # priors weigh less in the later phases. Fixing the weight where the first run starts scored
+    # lower on a sigmoid LeNet over 8 images in 4 steps (the `realistic` cases) and higher on the
+    # quickstart CNN over 4 images in 2 steps; `audit.calibrate` tunes `tv` per deployment.
     start_scale = original * _balance(problem, u) if sched.balanced and target.priors else original
     target.prior_scale = start_scale
     for it in range(sched.iterations):

@@ -235,7 +235,12 @@ def test_invgrad_weighs_its_prior_where_each_phase_of_a_screened_run_starts(monk
 
     factors = []
     real = optimize._balance
-    monkeypatch.setattr(optimize, "_balance", lambda problem, u: factors.append(real(problem, u)) or factors[-1])
+
+    def recorded(problem, u):
+        factors.append(real(problem, u))
+        return factors[-1]
+
+    monkeypatch.setattr(optimize, "_balance", recorded)
     obs, _ = observed_update(f"seed={seed}", "client.batch_size=2", "client.local_steps=2")
     rec = attack("invgrad", InvGradParams(iterations=200, candidates=8, saturated=1.0), obs)
     assert rec.info["label_candidates"] > 1

@@ -205,18 +205,20 @@ def describe_defenses(raw: dict) -> str:
 
 
 STRETCHED = ("iterations", "restarts")  # the budgets calibration may double after tuning, in this order
+SWITCHES = ("rebalance",)  # an attack's on/off settings calibration tries flipped after tuning, one at a time
 
 
 def describe_calibration(tuned: dict, held_out: dict) -> str:
     """What a calibration chose, in words: the tuned values (e.g. 'tv=0.03, iterations=2000'),
-    or the configured parameters, and why where the best candidate or a larger budget (more
-    iterations or restarts) lost on fresh updates (a budget, chosen afterwards, is named either way)."""
-    rejected = held_out.get("confirmed") is False
-    shown = {k: v for k, v in tuned.items() if not rejected or k in STRETCHED}
-    text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+    or the configured parameters, and why where the best candidate, a larger budget (more
+    iterations or restarts) or a flipped switch lost on fresh updates. A rejected candidate's
+    values are not in `tuned`; what was chosen after it (a budget, a switch) is."""
+    text = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in tuned.items())
     lost = "".join(f" ({(held_out.get(k) or {}).get('count')} {k} lost on fresh updates)" for k in STRETCHED
                    if (held_out.get(k) or {}).get("confirmed") is False)
-    if rejected:
+    lost += "".join(f" ({k}={(held_out.get(k) or {}).get('value')} lost on fresh updates)" for k in SWITCHES
+                    if (held_out.get(k) or {}).get("confirmed") is False)
+    if held_out.get("confirmed") is False:
         return ("the configured parameters (the best candidate lost on fresh updates)" + (f"; {text}" if text else "")
                 + lost)
     return (text or "the configured parameters") + lost

@@ -164,6 +164,32 @@ def test_a_longer_iteration_count_is_kept_only_where_it_also_wins_on_fresh_cases
     assert "confirmed" not in lost.held_out  # no tuned value was up for confirmation
 
 
+@dataclass
+class _SwitchParams:
+    rebalance: bool = True  # off: the flat guess is dark (0.3), on: bright (0.9)
+
+
+def _switched(obs, params: _SwitchParams, ctx) -> Reconstruction:
+    return _flat(obs, _FlatParams(level=0.9 if params.rebalance else 0.3), ctx)
+
+
+def test_a_switch_is_flipped_only_where_it_wins_on_the_cases_and_on_fresh_ones():
+    tune, like, unlike = _dark_then_bright(seed=3)
+    spec = AttackSpec("test-switch", _switched, _SwitchParams, "test")
+    with ATTACKS.temporarily(spec.name, spec):
+        kept, lost = (calibrate("test-switch", _SwitchParams(), tune, budget=1, ctx=AttackContext(seed=0),
+                                held_out=fresh) for fresh in (like, unlike))
+        bright = calibrate("test-switch", _SwitchParams(rebalance=False), unlike, budget=1, ctx=AttackContext(seed=0))
+    assert kept.params.rebalance is False and kept.tuned == {"rebalance": False}
+    assert kept.held_out["rebalance"]["confirmed"] and kept.best_psnr > kept.default_psnr + 3
+    assert [t["values"] for t in kept.trials[1:]] == [{"rebalance": False}]
+    check = lost.held_out["rebalance"]
+    assert not check["confirmed"] and np.mean(check["chosen"]) < np.mean(check["given"])
+    assert lost.params == _SwitchParams() and lost.tuned == {} and lost.best_psnr == lost.default_psnr
+    # without fresh cases the cases alone decide, either way round
+    assert bright.params.rebalance is True and bright.tuned == {"rebalance": True} and not bright.held_out
+
+
 def _uneven(obs, params: _SlowParams, ctx) -> Reconstruction:
     # at 100 iterations one case of two (by the per-case seed) gets worse, the other much better
     level = {50: 0.9, 100: 0.95 if ctx.seed % 2 == 0 else 0.6}.get(params.iterations, 0.3)
@@ -330,8 +356,9 @@ def test_the_record_names_the_stretched_iterations_even_where_the_tuned_values_l
 
     assert describe_calibration({}, {}) == "the configured parameters"
     assert describe_calibration({"tv": 0.0312, "iterations": 2000}, {"confirmed": True}) == "tv=0.0312, iterations=2000"
-    lost = describe_calibration({"tv": 0.0312, "iterations": 2000}, {"confirmed": False})
-    assert lost.startswith("the configured parameters (") and lost.endswith("; iterations=2000") and "tv" not in lost
+    # a rejected candidate's values are not in the record; what was chosen after it is
+    lost = describe_calibration({"iterations": 2000}, {"confirmed": False})
+    assert lost.startswith("the configured parameters (") and lost.endswith("; iterations=2000")
     # a longer count that lost on fresh updates is named as such; the tuned values stand
     longer = {"cases": 2, "confirmed": True, "iterations": {"count": 4000, "confirmed": False}}
     assert describe_calibration({"tv": 0.0312}, longer) == "tv=0.0312 (4000 iterations lost on fresh updates)"
@@ -340,6 +367,11 @@ def test_the_record_names_the_stretched_iterations_even_where_the_tuned_values_l
     # so are more restarts, beside a longer count that won
     both = {"cases": 2, "iterations": {"count": 4000, "confirmed": True}, "restarts": {"count": 4, "confirmed": False}}
     assert describe_calibration({"iterations": 4000}, both) == "iterations=4000 (4 restarts lost on fresh updates)"
+    # and a switch, kept or lost on fresh updates
+    flipped = {"cases": 2, "confirmed": False, "rebalance": {"value": False, "confirmed": True}}
+    assert describe_calibration({"rebalance": False}, flipped).endswith("; rebalance=False")
+    assert describe_calibration({}, {"cases": 2, "rebalance": {"value": False, "confirmed": False}}) \
+        == "the configured parameters (rebalance=False lost on fresh updates)"
 
 
 @dataclass

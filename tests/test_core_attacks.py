@@ -246,3 +246,7 @@ def test_invgrad_weighs_its_prior_where_each_phase_of_a_screened_run_starts(monk
     assert rec.info["label_candidates"] > 1
     assert len(factors) >= 2  # the screen and the run, at least
     assert factors[-1] < factors[0]  # the converged images' mismatch has less gradient to weigh against
+    # rebalance=false: measured once, where the first phase starts, and kept for the later ones
+    factors.clear()
+    again = attack("invgrad", InvGradParams(iterations=200, candidates=8, saturated=1.0, rebalance=False), obs)
+    assert len(factors) == 1 and again.info["label_candidates"] == rec.info["label_candidates"]

@@ -451,6 +451,7 @@ class Matching:
     distance: Callable[[Params, Params], torch.Tensor]
     priors: tuple[tuple[float, Callable[[torch.Tensor], torch.Tensor]], ...] = ()
     prior_scale: float = 1.0  # multiplies every prior weight (an optimizer may anneal it)
+    balance: float | None = None  # the priors' balance factor where the last balanced run measured it
 
     def mismatch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.distance(self.trial(x, y), self.target)

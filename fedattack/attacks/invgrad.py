@@ -8,7 +8,8 @@ the images that the prior's gradient has at the start, so one weight means the s
 sigmoid LeNet, whose input gradients are tiny, and on a ReLU CNN, whose are not
 (`balanced=false`: the paper's absolute weight). A run that continues a label screen is
 balanced again where it starts, against a mismatch that has shrunk: the prior weighs less
-there (`optimize.run_adam` says why). With several local steps or epochs
+there (`optimize.run_adam` says why; `rebalance=false` keeps the weight of the first start,
+and `audit.calibrate` tries it). With several local steps or epochs
 the client's local training is unrolled on the dummy data (the paper's FedAvg attack); one
 step is gradient matching. With `audit.adaptive`, the known defenses are modelled on the
 simulated update.
@@ -89,6 +90,7 @@ class InvGradParams:
     lr_decay: bool = True
     tv_decay: bool = False  # the priors' weights decay with the step size (x0.1 at each lr decay)
     balanced: bool = True  # tv and l2 as shares of the mismatch's input gradient at the start (model-independent)
+    rebalance: bool = True  # balanced again where each phase starts (False: once, where the first starts)
     saturated: float = 0.2  # share of pixels at the box bounds that marks a collapsed run (rerun per-layer; 1: off)
     greys: int = 3  # flat grey starts sharing the iterations where the colour does not leak (docstring; 1: off)
     shrink: float = 0.0  # pull each output image toward its mean grey (0: none, 1: flat); calibration sets it
@@ -174,7 +176,7 @@ def _invert(obs: Observation, params: InvGradParams, ctx: AttackContext,
     screened = len(plan) > params.restarts or reshuffled
     if screened:
         screen = AdamSchedule(max(1, params.iterations // 40), params.lr, params.signed, params.boxed, decay=False,
-                              balanced=params.balanced)
+                              balanced=params.balanced, rebalance=params.rebalance)
         u = screen_labels(at(sizes[0]), plan, params.restarts, screen, data=obs.data, protocol=obs.protocol, gen=gen,
                           device=ctx.device, init=params.init, size=sizes[0], bounds=bounds,
                           rounds=params.label_search, orders=orders, centre=centre)
@@ -186,7 +188,7 @@ def _invert(obs: Observation, params: InvGradParams, ctx: AttackContext,
         if level:
             u = rescaled(u, size)
         sched = AdamSchedule(per_level, params.lr, params.signed, params.boxed, params.lr_decay, params.tv_decay,
-                             params.balanced)
+                             params.balanced, params.rebalance)
         final = run_adam(at(size), u, sched, bounds)
     r = best_restart(final)
     images = u.x[r].detach()

@@ -8,7 +8,7 @@ L-BFGS couples its coordinates, so its restarts run one after another. Label can
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -301,6 +301,7 @@ class AdamSchedule:
     decay: bool = True  # lr x 0.1 at 3/8, 5/8, 7/8 of the iterations
     prior_decay: bool = False  # the priors' weights decay with the step size (strong early, weak late)
     balanced: bool = False  # prior weights relative to the mismatch: w = the priors' share of the gradient norm at the start
+    rebalance: bool = True  # balanced anew where each run starts (False: at the problem's first balanced run only)
 
 
 def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[torch.Tensor, torch.Tensor],
@@ -312,13 +313,15 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
     lo, hi = bounds
     target = problem.problem if isinstance(problem, Resized) else problem
     original = target.prior_scale
-    # Balanced at the start of every run, a continued one included: a run that continues a label
-    # screen weighs the priors against the mismatch where it starts, which has shrunk as the images
-    # converged (on a sigmoid LeNet 20 to 1000 times over the phases of a screened run), so the
-    # priors weigh less in the later phases. Fixing the weight where the first run starts scored
-    # lower on a sigmoid LeNet over 8 images in 4 steps (the `realistic` cases) and higher on the
-    # quickstart CNN over 4 images in 2 steps; `audit.calibrate` tunes `tv` per deployment.
-    start_scale = original * _balance(problem, u) if sched.balanced and target.priors else original
+    # Balanced at the start of every run by default, a continued one included: a run that continues
+    # a label screen weighs the priors against the mismatch where it starts, which has shrunk as the
+    # images converged (on a sigmoid LeNet 20 to 1000 times over the phases of a screened run), so
+    # the priors weigh less in the later phases. Fixing the weight where the first run starts
+    # (`rebalance=False`) scored lower on a sigmoid LeNet over 8 images in 4 steps (the `realistic`
+    # cases) and higher on the quickstart CNN over 4 images in 2 steps; `audit.calibrate` chooses.
+    if sched.balanced and target.priors and (sched.rebalance or target.balance is None):
+        target.balance = _balance(problem, u)
+    start_scale = original * target.balance if sched.balanced and target.priors else original
     target.prior_scale = start_scale
     for it in range(sched.iterations):
         if sched.prior_decay:
@@ -466,8 +469,7 @@ def screen_labels(problem: Matching | Resized, plan: torch.Tensor, keep: int, sc
     u = Unknowns(x=x[finalists].clone().requires_grad_(True), labels=labels[finalists].to(device),
                  orders=None if order is None else order[finalists].to(device))
     if len(finalists) > keep:  # a longer look at the closest candidates before choosing
-        longer = AdamSchedule(3 * sched.iterations, sched.lr, sched.signed, sched.boxed, decay=False,
-                              balanced=sched.balanced)
+        longer = replace(sched, iterations=3 * sched.iterations, decay=False, prior_decay=False)
         mismatch = finite_or_inf(run_adam(problem, u, longer, bounds).cpu())
         u = subset(u, torch.argsort(mismatch)[:keep])
     return u

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
@@ -33,6 +34,7 @@ from fedattack.registry import Registry
 from fedattack.report.console import Progress, library_logs
 from fedattack.report.screenshot import screenshot
 from fedattack.report.store import check_out, default_out_dir, load_run, write_report
+from fedattack.results import SWITCHES
 from fedattack.server.dispatch import abandoned_threads
 from fedattack.simulate import run
 from fedattack.strategies import STRATEGIES
@@ -64,9 +66,12 @@ def cmd_list(ns: argparse.Namespace) -> int:
     reg = LISTINGS[ns.kind]
     for name in reg.names():
         print(f"{name:16s} {reg.doc(name)}")
-        space = getattr(reg.get(name), "tunable", None) if ns.kind == "attacks" else None
-        if space:  # what audit.calibrate tunes
-            print(f"{'':16s} calibrates: {', '.join(k for k, _ in space)}")
+        if ns.kind != "attacks":
+            continue
+        spec = reg.get(name)  # what audit.calibrate tunes, then the on/off settings it tries flipped
+        space = [k for k, _ in spec.tunable] + [k for k in SWITCHES if k in {f.name for f in fields(spec.params)}]
+        if space:
+            print(f"{'':16s} calibrates: {', '.join(space)}")
     return 0
 
 

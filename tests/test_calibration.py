@@ -419,3 +419,11 @@ def test_calibration_shrinks_output_whose_detail_is_wrong_and_leaves_flat_output
     with ATTACKS.temporarily(flat.name, flat):  # shrinking a flat image changes nothing: 0 stays
         same = calibrate("test-flat-shrink", _FlatShrinkParams(), tune, budget=1, ctx=AttackContext(seed=0))
     assert same.params.shrink == 0.0 and same.tuned == {} and not same.trials[-1]["improves"]
+
+
+def test_the_attack_listing_names_what_calibration_tunes_and_flips(capsys):
+    assert main(["list", "attacks"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    below = {lines[i].split()[0]: lines[i + 1].strip() for i in range(len(lines) - 1) if not lines[i].startswith(" ")}
+    assert below["invgrad"] == "calibrates: tv, l2, lr, loss, init, rebalance"
+    assert below["fedavg"] == "calibrates: tv, lr, invariance"  # no on/off setting to flip

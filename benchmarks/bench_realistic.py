@@ -91,6 +91,12 @@ def cases(quick: bool) -> list[Case]:
         Case("1 img, 1 step, ConvNet (BatchNorm), photos",
              ("data.name=photos", "model.name=convnet", "model.activation=relu", width, "client.local_steps=1",
               "client.batch_size=1"), 1, seeds=tuple(range(8))),
+        Case("4 img, 2 steps of 2, quickstart CNN, lfw-subset",
+             ("data.name=lfw-subset", "model.name=quickstart-cnn", "model.activation=relu", "client.local_steps=2",
+              "client.batch_size=2"), 4),
+        Case("4 img, 2 steps of 2, ConvNet (BatchNorm), photos",
+             ("data.name=photos", "model.name=convnet", "model.activation=relu", width, "client.local_steps=2",
+              "client.batch_size=2"), 4),
     ]
     return out
 
@@ -212,6 +218,8 @@ PLANS = {
     "grey_starts": Plan(cases=(9,), calibrated=(), attacks=("invgrad",), variants=((("greys", 1),), ())),
     "restarts": Plan(cases=(0, 1, 5, 6), calibrated=(), attacks=("invgrad",),
                      variants=((("restarts", 2), ("iterations", 1000)), (), (("restarts", 4),))),
+    "rebalance": Plan(cases=(0, 1, 6, 10, 11), calibrated=(), attacks=("invgrad",),
+                      variants=((), (("rebalance", False),))),
 }
 
 

@@ -267,8 +267,9 @@ def calibration_section(run_dir: Path) -> str:
             "it simulated with its own data (never the clients'): the same model, protocol and update defenses. "
             "PSNR: mean over the simulated updates, configured &rarr; best found; a choice is used only where it "
             "also beats the configured values on as many fresh simulated updates; then on/off settings are tried "
-            "flipped, each kept only where it wins on both, and the iterations double while that leaks more (up to the configured factor), a longer count kept only where it also wins on the "
-            "fresh updates. Clients whose example counts fall "
+            "flipped, each kept only where it wins on both, and the iterations double while that leaks more (up to "
+            "the configured factor), a longer count kept only where it also wins on the fresh updates. Clients "
+            "whose example counts fall "
             "in one power-of-two band (3-4, 5-8, 9-16, ...) share the calibration of the first of them.</p>"
             "<table><tr><th>attack</th><th>setting</th><th>chosen</th><th>PSNR (dB)</th><th>cases</th>"
             "<th>seconds</th></tr>" + "".join(rows) + "</table>")

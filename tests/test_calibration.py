@@ -307,6 +307,26 @@ def test_an_audit_calibrates_before_its_first_jobs_and_records_the_choice(tmp_pa
     assert "<h2>Calibration</h2>" in (tmp_path / "run" / "report.html").read_text()
 
 
+@dataclass
+class _LevelSwitchParams:
+    level: float = 0.9
+    rebalance: bool = True  # off: the flat guess is dark (0.3) whatever its level
+
+
+def test_the_console_names_each_calibration_stage(tmp_path, capfd):
+    def guess(obs, params: _LevelSwitchParams, ctx) -> Reconstruction:
+        return _flat(obs, _FlatParams(level=params.level if params.rebalance else 0.3), ctx)
+
+    spec = AttackSpec("test-switch", guess, _LevelSwitchParams, "test", tunable=(("level", LogRange(0.05, 0.95)),))
+    with ATTACKS.temporarily(spec.name, spec):
+        code = main(["attack", "--out", str(tmp_path / "run"), "audit.attacks=[test-switch]", "audit.calibrate=true",
+                     "audit.calibration_budget=2", "client.batch_size=2", "client.local_steps=1", "seed=3"])
+    captured = capfd.readouterr()
+    shown = " ".join((captured.out + captured.err).split())  # rich wraps long lines
+    assert code == 0 and "calibrating test-switch: setting 2 of 2:" in shown
+    assert "calibrating test-switch: rebalance=False:" in shown and "setting ?" not in shown
+
+
 def test_a_calibration_judge_holds_at_least_the_images_asked_for():
     assert case_count(2, 1, 8) == 8 and case_count(2, 3, 8) == 3 and case_count(2, 4, 8) == 2
     assert case_count(2, 16, 8) == 2 and case_count(5, 1, 1) == 5

@@ -58,7 +58,7 @@ from fedattack.experiment import Experiment
 from fedattack.models import batch_norm_layers, build_model
 from fedattack.models.user import user_model_spec
 from fedattack.report.store import RunStore, default_out_dir
-from fedattack.results import JobResult, RoundResult, RoundStats, describe_calibration
+from fedattack.results import STRETCHED, SWITCHES, JobResult, RoundResult, RoundStats, describe_calibration
 from fedattack.schema import AuditConfig
 from fedattack.server.dispatch import Dispatcher, make_dispatcher
 from fedattack.server.interrupt import interruption
@@ -275,8 +275,11 @@ class Auditor:
         tried = iter(range(2, opts.calibration_budget + 1))
 
         def on_trial(values: dict, psnr: float) -> None:
-            if set(values) == {"iterations"}:  # the iteration budget, after the tuning
-                say(f"calibrating {attack}: {values['iterations']} iterations: {psnr:.1f} dB")
+            key, value = next(iter(values.items())) if len(values) == 1 else (None, None)
+            if key in STRETCHED:  # a budget, after the tuning
+                say(f"calibrating {attack}: {value} {key}: {psnr:.1f} dB")
+            elif key in SWITCHES:  # an on/off setting tried flipped, after the tuning
+                say(f"calibrating {attack}: {key}={value}: {psnr:.1f} dB")
             else:
                 say(f"calibrating {attack}: setting {next(tried, '?')} of {opts.calibration_budget}: {psnr:.1f} dB")
 

@@ -17,13 +17,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
 from fedattack import shutdown, sweep, train_generator
 from fedattack.arguments import add_config_args, load_config
 from fedattack.attacks import ATTACKS
+from fedattack.attacks.calibrate import switches, tunable
 from fedattack.attacks.labels import LABELS
 from fedattack.data import DATASETS, PARTITIONERS
 from fedattack.defenses import DEFENSES
@@ -34,7 +34,6 @@ from fedattack.registry import Registry
 from fedattack.report.console import Progress, library_logs
 from fedattack.report.screenshot import screenshot
 from fedattack.report.store import check_out, default_out_dir, load_run, write_report
-from fedattack.results import SWITCHES
 from fedattack.server.dispatch import abandoned_threads
 from fedattack.simulate import run
 from fedattack.strategies import STRATEGIES
@@ -68,8 +67,7 @@ def cmd_list(ns: argparse.Namespace) -> int:
         print(f"{name:16s} {reg.doc(name)}")
         if ns.kind != "attacks":
             continue
-        spec = reg.get(name)  # what audit.calibrate tunes, then the on/off settings it tries flipped
-        space = [k for k, _ in spec.tunable] + [k for k in SWITCHES if k in {f.name for f in fields(spec.params)}]
+        space = [*tunable(name), *switches(name)]  # what audit.calibrate tunes, then the settings it flips
         if space:
             print(f"{'':16s} calibrates: {', '.join(space)}")
     return 0

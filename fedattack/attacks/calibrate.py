@@ -275,20 +275,18 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
             best_values, best, best_cases = dict(start), base, per_case
     tuned_values = best_values if best > base else {}
     tuned = replace(params, **best_values)
-    switched, reference = choose_switches(attack, tuned, best_cases, cases, held_out if fresh else None, ctx,
-                                          trials=trials, confirmation=confirmation, reference=reference,
-                                          check=check, on_trial=on_trial)
-    if switched:
-        tuned, best_cases = replace(tuned, **switched.values), switched.scores
-        best, tuned_values = float(np.mean(best_cases)), {**tuned_values, **switched.values}
+    flipped, flipped_cases, reference = choose_switches(
+        attack, tuned, best_cases, cases, held_out if fresh else None, ctx, trials=trials, confirmation=confirmation,
+        reference=reference, check=check, on_trial=on_trial)
+    if flipped:
+        tuned, best_cases = replace(tuned, **flipped), flipped_cases
+        best, tuned_values = float(np.mean(best_cases)), {**tuned_values, **flipped}
     for key, factor in zip(STRETCHED, (iteration_factor, restart_factor)):
         given = tuned
         tuned, stretched = stretch(attack, given, key, best_cases, cases, ctx, factor=factor, trials=trials,
                                    check=check, on_trial=on_trial, job_seconds=job_seconds)
         if stretched and fresh:  # the larger budget, too, is used only where it wins on the fresh cases
-            if reference is None:
-                reference = evaluate(attack, given, held_out.cases, ctx, check=check)
-            larger = evaluate(attack, tuned, held_out.cases, ctx, check=check)
+            reference, larger = on_fresh(attack, given, tuned, held_out, ctx, reference=reference, check=check)
             confirmation = {"cases": len(held_out.cases), **confirmation,
                             key: {"count": getattr(tuned, key), "given": [round(v, 3) for v in reference],
                                   "larger": [round(v, 3) for v in larger], "confirmed": improves(larger, reference)}}
@@ -309,33 +307,40 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
                        unmodelled=cases.unmodelled, held_out=confirmation)
 
 
-@dataclass
-class Switched:
-    values: dict[str, bool]  # the settings flipped
-    scores: list[float]  # the per-case PSNRs with them
+def switches(attack: str) -> list[str]:
+    """The on/off settings (SWITCHES) `attack`'s parameters have, which calibration tries flipped."""
+    names = {f.name for f in fields(ATTACKS.get(attack).params)}
+    return [k for k in SWITCHES if k in names]
 
-    def __bool__(self) -> bool:
-        return bool(self.values)
+
+def on_fresh(attack: str, given: Any, candidate: Any, held_out: CalibrationCases, ctx: AttackContext, *,
+             reference: list[float] | None, check: Callable[[], None] = lambda: None
+             ) -> tuple[list[float], list[float]]:
+    """PSNRs on the `held_out` cases of the parameters `given` (`reference`, where measured
+    already) and of a `candidate` that is to beat them there."""
+    if reference is None:
+        reference = evaluate(attack, given, held_out.cases, ctx, check=check)
+    return reference, evaluate(attack, candidate, held_out.cases, ctx, check=check)
 
 
 def choose_switches(attack: str, params: Any, scores: list[float], cases: CalibrationCases,
                     held_out: CalibrationCases | None, ctx: AttackContext, *, trials: list[dict], confirmation: dict,
                     reference: list[float] | None, check: Callable[[], None] = lambda: None,
-                    on_trial: Callable[[dict, float], None] | None = None) -> tuple[Switched, list[float] | None]:
-    """The attack's on/off settings (SWITCHES it has), each tried flipped from `params` (whose
+                    on_trial: Callable[[dict, float], None] | None = None
+                    ) -> tuple[dict[str, bool], list[float], list[float] | None]:
+    """The attack's on/off settings (`switches`), each tried flipped from `params` (whose
     per-case PSNRs are `scores`): a structural choice the tuner's few trials would rarely reach
     (invgrad's `rebalance` gains on a ReLU CNN over several images and steps, and loses on a
     sigmoid LeNet). A flip is kept where it `improves` on the cases and, with `held_out` cases,
     on those as well (against `reference`, their PSNRs at `params`, measured here if None;
-    recorded in `confirmation[key]`). Returns the flips kept with their per-case PSNRs, and the
-    held-out PSNRs of the settings chosen (None if never measured)."""
-    out = Switched(values={}, scores=scores)
-    for key in SWITCHES:
-        if not isinstance(getattr(params, key, None), bool):
-            continue
-        flipped = replace(params, **out.values, **{key: not getattr(params, key)})
+    recorded in `confirmation[key]`). Returns the flips kept, the per-case PSNRs with them, and
+    the held-out PSNRs of the settings chosen (None if never measured)."""
+    kept: dict[str, bool] = {}
+    for key in switches(attack):
+        given = replace(params, **kept)
+        flipped = replace(given, **{key: not getattr(params, key)})
         found = evaluate(attack, flipped, cases.cases, ctx, check=check)
-        wins = improves(found, out.scores)
+        wins = improves(found, scores)
         trials.append({"values": {key: getattr(flipped, key)}, "psnr": round(float(np.mean(found)), 3),
                        "per_case": [round(v, 3) for v in found], "improves": wins})
         if on_trial is not None:
@@ -343,9 +348,7 @@ def choose_switches(attack: str, params: Any, scores: list[float], cases: Calibr
         if not wins:
             continue
         if held_out is not None and held_out.cases:
-            if reference is None:
-                reference = evaluate(attack, replace(params, **out.values), held_out.cases, ctx, check=check)
-            fresh = evaluate(attack, flipped, held_out.cases, ctx, check=check)
+            reference, fresh = on_fresh(attack, given, flipped, held_out, ctx, reference=reference, check=check)
             confirmed = improves(fresh, reference)
             confirmation.setdefault("cases", len(held_out.cases))
             confirmation[key] = {"value": getattr(flipped, key), "given": [round(v, 3) for v in reference],
@@ -353,8 +356,8 @@ def choose_switches(attack: str, params: Any, scores: list[float], cases: Calibr
             if not confirmed:
                 continue
             reference = fresh
-        out = Switched(values={**out.values, key: getattr(flipped, key)}, scores=found)
-    return out, reference
+        kept, scores = {**kept, key: getattr(flipped, key)}, found
+    return kept, scores, reference
 
 
 SHRINK_GRID = (0.0, 0.25, 0.5, 0.75, 0.9)  # an output keeps a tenth of its detail: the report still shows it

@@ -319,9 +319,11 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
     # the priors weigh less in the later phases. Fixing the weight where the first run starts
     # (`rebalance=False`) scored lower on a sigmoid LeNet over 8 images in 4 steps (the `realistic`
     # cases) and higher on the quickstart CNN over 4 images in 2 steps; `audit.calibrate` chooses.
-    if sched.balanced and target.priors and (sched.rebalance or target.balance is None):
-        target.balance = _balance(problem, u)
-    start_scale = original * target.balance if sched.balanced and target.priors else original
+    start_scale = original
+    if sched.balanced and target.priors:
+        if sched.rebalance or target.balance is None:
+            target.balance = _balance(problem, u)
+        start_scale = original * target.balance
     target.prior_scale = start_scale
     for it in range(sched.iterations):
         if sched.prior_decay:

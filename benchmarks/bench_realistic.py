@@ -220,6 +220,8 @@ PLANS = {
                      variants=((("restarts", 2), ("iterations", 1000)), (), (("restarts", 4),))),
     "rebalance": Plan(cases=(0, 1, 6, 10, 11), calibrated=(), attacks=("invgrad",),
                       variants=((), (("rebalance", False),))),
+    "features": Plan(cases=(5, 9), calibrated=(), attacks=("invgrad",),
+                     variants=((), (("features", 0.01),), (("features", 0.1),), (("features", 1.0),))),
 }
 
 

@@ -1,9 +1,10 @@
 """realistic: leakage where real clients train: several images over several local steps.
 
 This module holds the cases of three benchmarks (each runnable alone, in parallel processes):
-`realistic` (local steps: LeNet on faces and photos, Flower's quickstart CNN), `realistic_epochs`
-(16 images, 2 local epochs of batch 4, on ConvNet, the quickstart CNN and LeNet) and `dimitrov`
-(Dimitrov et al.'s protocol at small scale: 50 images, batch 10, 1 and 5 epochs, ConvNet).
+`realistic` (local steps: LeNet on faces and photos, Flower's quickstart CNN on photos and, 4
+images in 2 steps, on faces), `realistic_epochs` (16 images, 2 local epochs of batch 4, on
+ConvNet, the quickstart CNN and LeNet) and `dimitrov` (Dimitrov et al.'s protocol at small scale:
+50 images, batch 10, 1 and 5 epochs, ConvNet). Other benchmarks run variants on these cases.
 
 Each case is a client update produced by fedattack's own client code (fedattack.client.train,
 reshuffling its data every epoch) on an embedded dataset, then attacked as the audit would:
@@ -209,7 +210,7 @@ class Plan:
 
 
 PLANS = {
-    "realistic": Plan(cases=(0, 1, 5, 6), calibrated=("invgrad", "fedavg")),
+    "realistic": Plan(cases=(0, 1, 5, 6, 10), calibrated=("invgrad", "fedavg")),
     "realistic_epochs": Plan(cases=(3, 4), calibrated=("invgrad", "fedavg"), count=1, seeds=(0, 1)),
     "dimitrov": Plan(cases=(2, 7, 8), calibrated=(), seeds=(0,), cpu_iterations=250),
     "realistic_long": Plan(cases=(0, 5, 6), calibrated=(), attacks=("invgrad",), iterations=4000),

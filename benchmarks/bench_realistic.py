@@ -4,7 +4,7 @@ This module holds the cases of three benchmarks (each runnable alone, in paralle
 `realistic` (local steps: LeNet on faces and photos, Flower's quickstart CNN on photos and, 4
 images in 2 steps, on faces), `realistic_epochs` (16 images, 2 local epochs of batch 4, on
 ConvNet, the quickstart CNN and LeNet) and `dimitrov` (Dimitrov et al.'s protocol at small scale:
-50 images, batch 10, 1 and 5 epochs, ConvNet). Other benchmarks run variants on these cases.
+50 images, batch 10, 1 and 5 epochs, ConvNet). Other benchmarks run parts or variants of them.
 
 Each case is a client update produced by fedattack's own client code (fedattack.client.train,
 reshuffling its data every epoch) on an embedded dataset, then attacked as the audit would:

@@ -190,6 +190,28 @@ def test_a_switch_is_flipped_only_where_it_wins_on_the_cases_and_on_fresh_ones()
     assert bright.params.rebalance is True and bright.tuned == {"rebalance": True} and not bright.held_out
 
 
+def test_a_switch_that_wins_the_mean_but_not_every_case_is_settled_by_the_fresh_cases():
+    # tuned on one dark update (the flip's dark guess gains about 20 dB) and one mid-grey update
+    # (it loses about 13): better on the mean, not on every case; fresh dark updates confirm it,
+    # and without fresh cases the two cases alone do not
+    obs, _ = observed_update("seed=0", "client.local_steps=1", "client.batch_size=2")
+    gen = torch.Generator().manual_seed(4)
+    dark = obs.data.normalize(torch.rand((24, 1, 32, 32), generator=gen) * 0.2 + 0.2)
+    grey = obs.data.normalize(torch.rand((8, 1, 32, 32), generator=gen) * 0.2 + 0.7)
+    zeros = torch.zeros(24, dtype=torch.long)
+    first, fresh = simulate_cases(obs, dark, zeros, count=3, seed=0).split(1)
+    tune = replace(first, cases=first.cases + simulate_cases(obs, grey, zeros[:8], count=1, seed=0).cases)
+    spec = AttackSpec("test-switch", _switched, _SwitchParams, "test")
+    with ATTACKS.temporarily(spec.name, spec):
+        kept = calibrate("test-switch", _SwitchParams(), tune, budget=1, ctx=AttackContext(seed=0), held_out=fresh)
+        alone = calibrate("test-switch", _SwitchParams(), tune, budget=1, ctx=AttackContext(seed=0))
+    flip = kept.trials[1]
+    assert flip["values"] == {"rebalance": False} and not flip["improves"]  # it loses the grey case
+    assert flip["psnr"] > kept.trials[0]["psnr"] + 2
+    assert kept.params.rebalance is False and kept.held_out["rebalance"]["confirmed"]
+    assert alone.params == _SwitchParams() and alone.tuned == {} and not alone.held_out
+
+
 def _uneven(obs, params: _SlowParams, ctx) -> Reconstruction:
     # at 100 iterations one case of two (by the per-case seed) gets worse, the other much better
     level = {50: 0.9, 100: 0.95 if ctx.seed % 2 == 0 else 0.6}.get(params.iterations, 0.3)

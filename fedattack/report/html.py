@@ -267,7 +267,7 @@ def calibration_section(run_dir: Path) -> str:
             "it simulated with its own data (never the clients'): the same model, protocol and update defenses. "
             "PSNR: mean over the simulated updates, configured &rarr; best found; a choice is used only where it "
             "also beats the configured values on as many fresh simulated updates; then on/off settings are tried "
-            "flipped, each kept only where it wins on both; then the iterations, and after them the restarts, "
+            "flipped, each kept only where its mean is better there and it wins on the fresh updates; then the iterations, and after them the restarts, "
             "double while that leaks more (up to the configured factors), a larger count kept only where it also "
             "wins on the fresh updates; last, the output may be pulled toward its mean grey (shrink), by the same "
             "rule. Clients whose example counts fall "

@@ -219,12 +219,13 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
     `budget` evaluations in all, the configured `params` first. Returns the best mean among the
     candidates that beat the configured values (`improves`), or the configured values; with
     `held_out` cases, the best only where it beats the configured values on those as well.
-    Then its on/off settings are tried flipped (`choose_switches`). Then, for an attack with `iterations` and an `iteration_factor` above 1, the iterations
-    double, up to that factor times the configured count and within half of `job_seconds` per run
-    (0: no limit), each count judged against the configured one (`stretch`); then, with a
-    `restart_factor` above 1, the restarts likewise. With `held_out` cases, a larger budget is
-    kept only where it wins on those as well. `check`
-    is called before every attack run and raises to stop the calibration (a run's stop request)."""
+    Then its on/off settings are tried flipped (`choose_switches`). Then, for an attack with
+    `iterations` and an `iteration_factor` above 1, the iterations double, up to that factor
+    times the configured count and within half of `job_seconds` per run (0: no limit), each
+    count judged against the configured one (`stretch`); then, with a `restart_factor` above 1,
+    the restarts likewise. With `held_out` cases, a larger budget is kept only where it wins on
+    those as well. `check` is called before every attack run and raises to stop the calibration
+    (a run's stop request)."""
     t0 = time.perf_counter()
     space = {k: v for k, v in tunable(attack).items() if k in {f.name for f in fields(params)}}
     start = {k: getattr(params, k) for k in space}

@@ -242,6 +242,7 @@ class RunHeader:
     success_margin: float = 0.5  # dB: a row leaks only when its PSNR beats the flat baseline by more
     protocol: str = ""  # the clients' local training, in words
     budgets: tuple[str, ...] = ()  # the configured attacks' iteration budgets, in words ("invgrad 400 iterations")
+    calibrated: bool = False  # audit.calibrate: calibration may have raised those budgets (calibration.json)
     batch_norm: bool = False  # the model trains BatchNorm layers (set by the run, which builds the model)
 
     @classmethod
@@ -261,7 +262,8 @@ class RunHeader:
                    success_ssim=float(audit.get("success_ssim", 0.5)),
                    success_margin=float(audit.get("success_margin", 0.5)), protocol=protocol,
                    budgets=tuple(f"{a} {raw[a]['iterations']} iterations" for a in audit.get("attacks") or ()
-                                 if isinstance(raw.get(a), dict) and "iterations" in raw[a]))
+                                 if isinstance(raw.get(a), dict) and "iterations" in raw[a]),
+                   calibrated=bool(audit.get("calibrate", False)))
 
 
 @dataclass(frozen=True)

@@ -152,9 +152,10 @@ def test_the_report_answers_what_leaked_at_the_top(tmp_path):
     assert len(list((run_dir / "images" / "best").glob("*.png"))) == 7  # every scored sample's best: 10-12, 20, 21, 30, 31
 
 
-@pytest.mark.parametrize("leaks", [False, True])
-def test_a_run_where_nothing_leaked_names_the_attack_budgets_it_rests_on(tmp_path, leaks):
-    cfg = fconfig.load(None, ["fl.rounds=1", "audit.attacks=[idlg,invgrad]", "invgrad.iterations=250"])
+@pytest.mark.parametrize("leaks,calibrated", [(False, False), (True, False), (False, True)])
+def test_a_run_where_nothing_leaked_names_the_attack_budgets_it_rests_on(tmp_path, leaks, calibrated):
+    cfg = fconfig.load(None, ["fl.rounds=1", "audit.attacks=[idlg,invgrad]", "invgrad.iterations=250",
+                              f"audit.calibrate={str(calibrated).lower()}"])
     store = RunStore(tmp_path / "run", cfg=cfg, partitions=PARTITIONS)
     store.add_result(_result(1, 0, "idlg", [10, 11], "flat"))
     store.add_result(_result(1, 0, "invgrad", [10, 11], "leak" if leaks else "flat"))
@@ -166,6 +167,8 @@ def test_a_run_where_nothing_leaked_names_the_attack_budgets_it_rests_on(tmp_pat
     head = head[:head.index("Clients &times; rounds")]
     budgets = "configured budgets (idlg 300 iterations, invgrad 250 iterations)"
     assert (budgets in head) == (budgets in out.getvalue()) == (not leaks), (head, out.getvalue())
+    chosen = "or at the counts calibration chose"  # calibration may have raised the configured budgets
+    assert (chosen in head) == (chosen in out.getvalue()) == calibrated
 
 
 @pytest.mark.parametrize("model", ["convnet", "lenet"])

@@ -84,9 +84,11 @@ class Summary:
 
 def budget_caveat(header: RunHeader) -> str:
     """What a run in which no attack recovered an image does not prove: the attacks ran at their
-    configured budgets, and the papers' own code runs optimization attacks several times longer."""
-    return (f"The attacks ran at their configured budgets ({', '.join(header.budgets)}); more iterations can "
-            "recover more (docs/attacks.md: the iteration budget).")
+    configured budgets (or the counts calibration chose), and the papers' own code runs
+    optimization attacks several times longer."""
+    chosen = ", or at the counts calibration chose where it raised them (calibration.json)" if header.calibrated else ""
+    return (f"The attacks ran at their configured budgets ({', '.join(header.budgets)}){chosen}; more iterations "
+            "can recover more (docs/attacks.md: the iteration budget).")
 
 
 def batch_norm_caveat(header: RunHeader) -> str:

@@ -186,10 +186,14 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
         for k in a)
 
 
+def better_on_mean(candidate: list[float], configured: list[float]) -> bool:
+    """A higher mean PSNR over the cases than the configured values."""
+    return float(np.mean(candidate)) > float(np.mean(configured))
+
+
 def dominates(candidate: list[float], configured: list[float]) -> bool:
     """At least as good as the configured values on every case and better on the mean."""
-    better = float(np.mean(candidate)) > float(np.mean(configured))
-    return better and all(c >= d for c, d in zip(candidate, configured))
+    return better_on_mean(candidate, configured) and all(c >= d for c, d in zip(candidate, configured))
 
 
 def gain_lower_bound(candidate: list[float], configured: list[float], confidence: float = 0.95) -> float:
@@ -352,7 +356,8 @@ def choose_switches(attack: str, params: Any, scores: list[float], cases: Calibr
                        "per_case": [round(v, 3) for v in found], "improves": wins})
         if on_trial is not None:
             on_trial({key: getattr(flipped, key)}, float(np.mean(found)))
-        if not (float(np.mean(found)) > float(np.mean(scores)) if confirm else wins):
+        # with fresh cases to settle it, a better mean here is enough to put a flip to them
+        if not (better_on_mean(found, scores) if confirm else wins):
             continue
         if confirm:
             reference, fresh = on_fresh(attack, given, flipped, held_out, ctx, reference=reference, check=check)

@@ -268,11 +268,10 @@ def calibration_section(run_dir: Path) -> str:
             "PSNR: mean over the simulated updates, configured &rarr; best found; a choice is used only where it "
             "also beats the configured values on as many fresh simulated updates; then on/off settings are tried "
             "flipped, each kept only where its mean is better there and it wins on the fresh updates; then the "
-            "iterations, and after them the restarts, "
-            "double while that leaks more (up to the configured factors), a larger count kept only where it also "
-            "wins on the fresh updates; last, the output may be pulled toward its mean grey (shrink), by the same "
-            "rule. Clients whose example counts fall "
-            "in one power-of-two band (3-4, 5-8, 9-16, ...) share the calibration of the first of them.</p>"
+            "iterations, and after them the restarts, double while that leaks more (up to the configured factors), "
+            "a larger count kept only where it also wins on the fresh updates; last, the output may be pulled toward "
+            "its mean grey (shrink), by the same rule. Clients whose example counts fall in one power-of-two band "
+            "(3-4, 5-8, 9-16, ...) share the calibration of the first of them.</p>"
             "<table><tr><th>attack</th><th>setting</th><th>chosen</th><th>PSNR (dB)</th><th>cases</th>"
             "<th>seconds</th></tr>" + "".join(rows) + "</table>")
 

@@ -340,10 +340,10 @@ def validate(cfg: Config) -> None:
         if check is not None:
             check(name)
     _defense_sections_in_force(cfg)  # after the values: a bad value names its own field first
-    for name in cfg.audit.attacks:  # a generator checkpoint loads now, not first at attack time
-        generator = getattr(cfg.attack(name), "generator", None)
-        if isinstance(generator, str) and generator:
-            check_checkpoint(generator, f"{name}.generator")
+    for name in cfg.audit.attacks:  # a generator checkpoint loads now, not first at attack time; an attack
+        params = cfg.attack(name)  # section that is not in audit.attacks needs none
+        if hasattr(params, "generator"):
+            check_checkpoint(params.generator, f"{name}.generator")
 
 
 __all__ = ["load", "from_dict", "from_json", "read_yaml", "apply_overrides", "validate", "DEFAULT_CONFIG"]

@@ -181,6 +181,8 @@ def test_missing_generator_is_a_config_error_naming_the_field(tmp_path):
         fconfig.load(None, ["audit.attacks=[ggl]"])
     with pytest.raises(ConfigError, match="ggl.generator.*not found"):
         fconfig.load(None, ["audit.attacks=[ggl]", f"ggl.generator={tmp_path / 'none.pt'}"])
+    # a section of an attack that does not run needs no checkpoint: a shared config narrowed to other attacks
+    assert fconfig.load(None, ["audit.attacks=[idlg]", "ggl.iterations=10"]).attack("ggl").iterations == 10
     bad = tmp_path / "bad.pt"
     bad.write_text("not a checkpoint")
     with pytest.raises(ConfigError, match="ggl.generator.*not a fedattack generator"):

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -40,7 +39,6 @@ from torch.func import vmap
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.engine import DISTANCES, Params, num_images, target, trial_update
 from fedattack.attacks.labels import recover_labels
-from fedattack.errors import ConfigError
 from fedattack.models.generator import load_generator, to_pixels
 from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
@@ -70,12 +68,7 @@ class GGLParams:
         check_range(name, "kl", self.kl, 0)
         check_choice(name, "loss", self.loss, ["l2", "cosine"])
         check_range(name, "restarts", self.restarts, 1)
-        if not self.generator:
-            raise ConfigError(f"{name}.generator", "required: a generator checkpoint (train one with "
-                                                   "`fedattack train-generator ... --out gen.pt`)")
-        if not Path(self.generator).expanduser().is_file():
-            raise ConfigError(f"{name}.generator", f"generator checkpoint not found: {self.generator} (train one "
-                                                   "with `fedattack train-generator ... --out PATH`)")
+        # the checkpoint itself is checked where the attack runs (fedattack.config.validate)
 
 
 # -- pieces -------------------------------------------------------------------------

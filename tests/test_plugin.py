@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
@@ -279,6 +279,60 @@ def test_seeded_sampling_picks_the_same_clients_whatever_the_node_ids():
     first, second = sampled(1), sampled(2)
     assert first == second and len({tuple(r) for r in first}) > 1
     assert random.getstate() == state  # Python's generator is restored
+
+
+class AnsweringGrid(FakeGrid):
+    """Nodes that answer an identification through `audit_mod` (partition id = position), except
+    `late` ones, whose first answer misses the wait (a client process still starting), and
+    `plain` ones, which run no audit_mod (their train function fails)."""
+
+    def __init__(self, node_ids, late=(), plain=()):
+        super().__init__(node_ids)
+        self.late, self.plain, self.asked = set(late), set(plain), []
+
+    def send_and_receive(self, messages, *, timeout=None):
+        replies = []
+        for m in messages:
+            node = m.metadata.dst_node_id
+            self.asked.append(node)
+            if node in self.late:
+                self.late.discard(node)
+                continue
+            if node in self.plain:
+                replies.append(Message(Error(code=0, reason="no arrays"), reply_to=m))
+                continue
+            ctx = Context(run_id=1, node_id=node, node_config={"partition-id": self.node_ids.index(node)},
+                          state=RecordDict(), run_config={})
+            replies.append(audit_mod(m, ctx, lambda msg, c: pytest.fail("identification reached train")))
+        return replies
+
+
+def test_seeded_sampling_asks_late_nodes_again_before_sampling(flower_task):
+    strategy = FedAvg(fraction_train=0.5, min_train_nodes=2, min_available_nodes=2)
+
+    def sampled(grid: AnsweringGrid) -> list[list[int]]:
+        sampling = SeededSampling(seed=7)
+        sampling.identify(grid, min_nodes=len(grid.node_ids), timeout=5)
+        out = []
+        for rnd in (1, 2, 3):
+            with sampling.seeded(grid, rnd, "train") as view:
+                nodes, _ = sample_nodes(view, strategy.min_available_nodes, 4)
+            out.append(sorted(grid.node_ids.index(n) for n in nodes))
+        return out
+
+    ids = random.Random(3).sample(range(10**6), 8)
+    prompt = sampled(AnsweringGrid(ids))
+    late = AnsweringGrid(ids, late=ids[:3])
+    assert sampled(late) == prompt  # the late nodes were asked again before round 1's sample
+    assert sorted(late.asked) == sorted(ids + ids[:3])
+    plain = AnsweringGrid(ids, plain=ids[5:6])
+    sampled(plain)
+    assert plain.asked.count(ids[5]) == 1  # a node without audit_mod is asked once, not every round
+    mute = AnsweringGrid(ids)
+    mute.send_and_receive = lambda messages, timeout=None: [  # node 0 never answers
+        r for r in AnsweringGrid.send_and_receive(mute, messages, timeout=timeout) if r.metadata.src_node_id != ids[0]]
+    sampled(mute)
+    assert mute.asked.count(ids[0]) == 2  # a node that never answers costs two waits, not one per round
 
 
 @pytest.mark.parametrize("path, field", [("os:system", "model.name"), ("subprocess:run", "model.name")])

@@ -768,7 +768,7 @@ class AuditStrategy(Strategy):
         self._timeout = timeout
         with self.auditor.session():
             self.sampling.identify(grid, min_nodes=int(_setting(self.strategy, "min_available_nodes", 1) or 1),
-                                   timeout=min(timeout, 120.0))
+                                   timeout=timeout)
             yield self
 
     def evaluate_fn(self, user_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None

@@ -17,7 +17,7 @@ from fedattack.limits import check_cluster, check_machine, quiet_logs
 from fedattack.report.console import Progress, library_logs
 from fedattack.report.summary import Summary
 from fedattack.schema import Config
-from fedattack.server.app import audit_strategy, run_rounds, uses_secagg
+from fedattack.server.app import audit_strategy, run_rounds
 from fedattack.server.dispatch import ATTACK_RESOURCE
 from fedattack.server.interrupt import RunGuard
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedattack import config as fconfig
 from fedattack.testing.cases import case_config
 from fedattack.server.jobs import STRICT_ENV
 

@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from fedattack.data.hf import is_hf, load_hf
 from fedattack.data.images import ImageData, Splits, from_array, image_spec, stratified_split

@@ -22,7 +22,6 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from logging import INFO, WARNING
-from typing import Any
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.common.logger import log

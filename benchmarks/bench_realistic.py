@@ -221,6 +221,7 @@ PLANS = {
                      variants=((("restarts", 2), ("iterations", 1000)), (), (("restarts", 4),))),
     "rebalance": Plan(cases=(0, 1, 6, 10, 11), calibrated=(), attacks=("invgrad",),
                       variants=((), (("rebalance", False),))),
+    "calibration_budget": Plan(cases=(6, 10), calibrated=("invgrad",), attacks=("invgrad",), budgets=()),
     "convnet_epochs": Plan(cases=(2,), calibrated=("fedavg",), attacks=("fedavg",), seeds=(0,), cpu_iterations=250),
     "features": Plan(cases=(5, 9), calibrated=(), attacks=("invgrad",),
                      variants=((), (("features", 0.01),), (("features", 0.1),), (("features", 1.0),))),

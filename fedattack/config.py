@@ -340,8 +340,10 @@ def validate(cfg: Config) -> None:
         if check is not None:
             check(name)
     _defense_sections_in_force(cfg)  # after the values: a bad value names its own field first
-    for name in cfg.audit.attacks:  # a generator checkpoint loads now, not first at attack time; an attack
-        params = cfg.attack(name)  # section that is not in audit.attacks needs none
+    # a generator checkpoint loads now, not first at attack time; the section of an attack that is
+    # not in audit.attacks needs none
+    for name in cfg.audit.attacks:
+        params = cfg.attack(name)
         if hasattr(params, "generator"):
             check_checkpoint(params.generator, f"{name}.generator")
 

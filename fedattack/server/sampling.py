@@ -11,8 +11,9 @@ the answers as long as it waits for a round's replies (a simulation's first answ
 on a loaded machine, where every client process imports torch first), and before the next sample
 asks again the nodes that joined later or missed that wait. Nodes that answer without
 identifying themselves (no `audit_mod`: their train function receives a message without arrays,
-and fails) are not asked again, nor are nodes that missed two waits; they, and nodes that have not answered yet, are
-listed after the others in node-id order; the audit says how many in one log line.
+and fails) are not asked again, nor are nodes that missed two waits; they, and nodes that have
+not answered yet, are listed after the others in node-id order; the audit says how many in one
+log line.
 """
 
 from __future__ import annotations

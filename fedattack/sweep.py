@@ -168,6 +168,19 @@ def _run_one(cfg: Config, run_dir: Path, log: Path) -> int:
                                 "--quiet"], stdout=f, stderr=subprocess.STDOUT)
 
 
+def _clock(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _estimate(total: int, mean: float | None, parallel: int, elapsed: float) -> str:
+    """The time left if every run takes as long as the finished ones did on average (runs
+    often grow with the swept value, so this is a floor); once past it, says so."""
+    if mean is None:
+        return "; no run finished yet"
+    left = total * mean / max(1, min(parallel, total)) - elapsed
+    return f"; about {_clock(left)} left" if left > 0 else "; past the estimate from the finished runs"
+
+
 def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answer:
     progress = Progress(quiet=quiet)
     key, runs, reference = plan(cfg)
@@ -189,10 +202,8 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answ
             with lock:
                 n = len(done)
                 mean = sum(done) / n if n else None
-            left = len(runs) - n
-            eta = (f"; about {left * mean / cfg.sweep.parallel / 60:.0f} min left" if mean else
-                   f"; {time.monotonic() - started:.0f} s in, no run finished yet")
-            progress.print(f"sweep: {n}/{len(runs)} runs done{eta}")
+            progress.print(f"sweep: {n}/{len(runs)} runs done, {_clock(time.monotonic() - started)} in"
+                           f"{_estimate(len(runs), mean, cfg.sweep.parallel, time.monotonic() - started)}")
 
     def one(i: int) -> int:
         r, c = runs[i]

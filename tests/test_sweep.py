@@ -169,3 +169,12 @@ def test_sweep_writes_table_frontier_protocol_map_and_page(tmp_path):
         assert (out / name).is_file(), name
     assert len(list((out / "runs").glob("*/leakage.csv"))) == 3
     assert json.loads((out / "sweep.json").read_text())["answer"]
+
+
+def test_sweep_time_left_counts_the_time_already_spent():
+    from fedattack.sweep import _estimate
+
+    assert _estimate(4, None, 1, 30.0) == "; no run finished yet"
+    assert _estimate(4, 100.0, 1, 300.0) == "; about 100 s left"  # 3 done in 300 s, one to go
+    assert _estimate(4, 100.0, 2, 20.0) == "; about 3 min left"  # two at a time
+    assert _estimate(4, 100.0, 1, 500.0) == "; past the estimate from the finished runs"

@@ -53,7 +53,7 @@ class Footprint:
 
 
 def footprint(spec: ModelSpec) -> Footprint:
-    """One forward pass of one image, counting every layer's output; raises what building or
+    """One forward pass of two images, counting every layer's output; raises what building or
     running the model raises. Images of up to `REAL_TRACE_VALUES` values run on the CPU (a few
     milliseconds for the usual models; the caller builds the model anyway), larger ones on
     PyTorch's meta device, where nothing is allocated (its first linear layer costs 2-4 s of
@@ -70,16 +70,24 @@ def footprint(spec: ModelSpec) -> Footprint:
     device = "cpu" if c * h * w <= REAL_TRACE_VALUES else "meta"
     with torch.random.fork_rng(devices=[]), torch.device(device):
         model = build_model(spec)
-        x = torch.zeros(1, *spec.in_shape)
+        x = torch.zeros(2, *spec.in_shape)  # two: BatchNorm needs more than one value per channel
     hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            model(x)
+            out = model(x)
     finally:
         for hook in hooks:
             hook.remove()
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), spec.num_classes):
+        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelOutputError(f"it returns {got} for {len(x)} images; a model returns their logits, "
+                               f"a tensor of shape ({len(x)}, {spec.num_classes})")
     params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return Footprint(per_sample=x.numel() * x.element_size() + outputs, params=params)
+    return Footprint(per_sample=(x.numel() * x.element_size() + outputs) // len(x), params=params)
+
+
+class ModelOutputError(ValueError):
+    """The model runs on the images but does not return one row of logits per image."""
 
 
 def check_model(exp: Experiment) -> Footprint | None:
@@ -92,6 +100,8 @@ def check_model(exp: Experiment) -> Footprint | None:
         return footprint(spec)
     except ConfigError:  # the registry refused the model by name: its own line
         raise
+    except ModelOutputError as exc:
+        raise ConfigError("model.name", f"model '{exp.cfg.model.name}' on {where}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a user's factory may raise anything
         traced_error = exc
     if c * h * w <= REAL_TRACE_VALUES or c * h * w > 2 ** 22:  # it ran for real, or is too large to
@@ -99,7 +109,7 @@ def check_model(exp: Experiment) -> Footprint | None:
     try:  # some layers have no meta kernels: build it for real, one image
         model = build_model(spec)
         with torch.no_grad():
-            model(torch.zeros(1, c, h, w))
+            model(torch.zeros(2, c, h, w))
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001

@@ -185,6 +185,8 @@ BAD_INPUTS = [
     ("attack", ["audit.calibrate=true", "audit.calibration_data=photos"], "audit.calibration_data"),
     ("attack", ["gaussian.sigma=0.5", "audit.attacks=[idlg]"], "gaussian"),
     ("run", ["model.name=tests.plugins.models:by_name"], "model.name"),
+    ("run", ["model.name=tests.plugins.models:pairs"], "model.name"),
+    ("run", ["model.name=tests.plugins.models:extra_logits"], "model.name"),
     ("run", ["audit.attacks=[ggl]", "ggl.generator={tmp}/pickled.pt"], "ggl.generator"),
     ("run", ["{tmp}/list.yaml", "fl.rounds=1"], "config"),
     ("run", ["{tmp}/int.yaml", "fl.rounds=1"], "config"),
@@ -257,6 +259,14 @@ def test_a_model_factory_gets_act_as_a_callable(tmp_path):
     out = tmp_path / "attack"
     assert main(["attack", "model.name=tests.plugins.models:small_cnn", "audit.attacks=[idlg]", "idlg.iterations=1",
                  "--out", str(out), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("factory", ["lazy_cnn", "pooled_to_one"])
+def test_lazy_layers_and_batchnorm_on_a_one_pixel_map_are_audited(tmp_path, factory):
+    out = tmp_path / "attack"
+    assert main(["attack", f"model.name=tests.plugins.models:{factory}", "client.batch_size=2", "client.local_steps=1",
+                 "audit.attacks=[idlg]", "idlg.iterations=1", "--out", str(out), "--quiet"]) == 0
+    assert [r["status"] for r in csv.DictReader((out / "leakage.csv").open())] == ["ok"]
 
 
 def test_a_stuck_attack_is_failed_at_its_time_limit(tmp_path):

@@ -30,9 +30,24 @@ def build_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
         extra = {} if spec.width is None else {"width": spec.width}
         model = builder(tuple(spec.in_shape), spec.num_classes, ACTIVATIONS.get(spec.activation), **extra)
         INITIALIZERS.get(spec.init)(model, spec.init_scale)
+    materialize(model, tuple(spec.in_shape))
     for name, params_json in spec.extensions:
         model = EXTENSIONS.get(name)(model, tuple(spec.in_shape), spec.num_classes, **json.loads(params_json))
     return model
+
+
+def materialize(model: nn.Module, in_shape: tuple[int, ...]) -> None:
+    """Give lazy layers (nn.LazyLinear, nn.LazyConv2d, ...) their shapes now, with one forward
+    pass of two blank images in eval mode (no BatchNorm statistics move), so that the model has
+    every parameter before any is sent, copied or counted. A model without lazy layers is left
+    untouched."""
+    if not any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        return
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(2, *in_shape))  # a fresh model is on the default device
+    model.train(was_training)
 
 
 def float_params(model: nn.Module) -> dict[str, torch.Tensor]:

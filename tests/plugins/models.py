@@ -15,3 +15,33 @@ def small_cnn(in_shape, num_classes, act, width=8):
 
 def by_name(in_shape, num_classes, act):
     return nn.Sequential(nn.Flatten(), nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], num_classes), ACTS[act]())
+
+
+def pairs(in_shape, num_classes, act):
+    """Returns (logits, logits): not a model's output."""
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], num_classes)
+
+        def forward(self, x):
+            y = self.fc(x.flatten(1))
+            return y, y
+
+    return Twice()
+
+
+def extra_logits(in_shape, num_classes, act):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], num_classes + 3))
+
+
+def lazy_cnn(in_shape, num_classes, act):
+    """Lazy layers: their shapes come from the first forward pass."""
+    return nn.Sequential(nn.LazyConv2d(4, 3), act(), nn.MaxPool2d(2), nn.Flatten(), nn.LazyLinear(num_classes))
+
+
+def pooled_to_one(in_shape, num_classes, act):
+    """BatchNorm on a 1x1 map: trains on batches of two or more, fails on one image in training mode."""
+    return nn.Sequential(nn.Conv2d(in_shape[0], 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4), act(),
+                         nn.Flatten(), nn.Linear(4, num_classes))

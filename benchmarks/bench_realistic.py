@@ -225,6 +225,7 @@ PLANS = {
     "convnet_epochs": Plan(cases=(2,), calibrated=("fedavg",), attacks=("fedavg",), seeds=(0,), cpu_iterations=250),
     "features": Plan(cases=(5, 9), calibrated=(), attacks=("invgrad",),
                      variants=((), (("features", 0.01),), (("features", 0.1),), (("features", 1.0),))),
+    "distance": Plan(cases=(5, 9, 6, 10, 0), calibrated=(), attacks=("invgrad",), variants=((), (("loss", "l2"),))),
 }
 
 

@@ -120,6 +120,19 @@ def test_breaking_points_the_answer_and_its_cost_over_seeds():
     assert "No value of gaussian.sigma stopped every attack" in ans.sentence()
 
 
+def test_a_sweep_where_nothing_leaked_even_without_the_defense_names_no_safe_value():
+    runs = _runs({(None, 0): (0.90, {"idlg": 0}), (0.01, 0): (0.90, {"idlg": 0}), (1.0, 0): (0.90, {"idlg": 0})})
+    ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 1.0], seeds=[0], reference="reference run")
+    assert ans.nothing_leaked and not ans.safe_found and ans.safe_value is None
+    assert ans.breaking == {"idlg": report.NEVER}
+    assert ans.sentence().startswith("No attack recovered any image at any value of gaussian.sigma, nor in the "
+                                     "reference run")
+    runs[0].summary = _summary(0.90, {"idlg": 1})  # the reference leaks: the weakest value is safe
+    ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 1.0], seeds=[0], reference="reference run")
+    assert not ans.nothing_leaked and ans.safe_found and ans.safe_value == 0.01
+    assert "a cost of +0.000" in ans.sentence()
+
+
 class _Tags(HTMLParser):
     def __init__(self):
         super().__init__()

@@ -64,11 +64,16 @@ class Answer:
     acc_reference: tuple[float, float] | None = None
     cost: tuple[float, float] | None = None  # paired by seed: safe minus reference
     failed_runs: list[str] = field(default_factory=list)
+    nothing_leaked: bool = False  # no attack recovered an image in any finished run, the reference's included
 
     def sentence(self) -> str:
         """The answer in one paragraph."""
         seeds = f"{len(self.seeds)} seed{'s' if len(self.seeds) != 1 else ''} ({', '.join(map(str, self.seeds))})"
-        if not self.safe_found:
+        if self.nothing_leaked:
+            text = (f"No attack recovered any image at any value of {self.key}, nor in the {self.reference} "
+                    f"({seeds}): at these attack budgets the sweep cannot tell the settings apart; raise the "
+                    f"attacks' iterations or the rounds audited before reading any value as safe.")
+        elif not self.safe_found:
             text = (f"No value of {self.key} stopped every attack: at the strongest setting tried "
                     f"({fmt_value(self.values[-1])}) some attack still recovered images ({seeds}).")
         else:
@@ -78,7 +83,7 @@ class Answer:
                 spread = (f" ± {self.cost[1]:.3f} (std over seeds, paired by seed)" if len(self.seeds) > 1
                           else " (one seed: no uncertainty; set sweep.seeds=[0,1,2] for one)")
                 text += (f" Test accuracy there: {self.acc_safe[0]:.3f}, against {self.acc_reference[0]:.3f} for the "
-                         f"{self.reference}: a cost of {-self.cost[0]:+.3f}{spread}."
+                         f"{self.reference}: a cost of {0.0 - self.cost[0] + 0.0:+.3f}{spread}."
                          if self.cost[0] <= 0 else
                          f" Test accuracy there: {self.acc_safe[0]:.3f}, against {self.acc_reference[0]:.3f} for the "
                          f"{self.reference}: no cost (a change of {self.cost[0]:+.3f}{spread}).")
@@ -115,9 +120,10 @@ def analyze(runs: list[SweepRun], *, key: str, values: list, seeds: list[int], r
             continue
         stop = next((i for i in range(len(values)) if not any(leaked[i:]) and by_value[i]), None)
         ans.breaking[attack] = fmt_value(values[stop]) if stop is not None else NOT_STOPPED
+    ans.nothing_leaked = any(r.finished for r in runs) and not any(_leaks(r) for r in runs if r.finished)
     safe = next((i for i in range(len(values)) if by_value[i] and not any(_leaks(r) for rs in by_value[i:] for r in rs)),
                 None)
-    if safe is not None:
+    if safe is not None and not ans.nothing_leaked:
         ans.safe_found, ans.safe_value = True, values[safe]
         refs = {r.seed: r for r in runs if r.reference and r.finished}
         if not refs:  # the reference is one of the swept values (the configured one)
@@ -172,6 +178,7 @@ def write_json(path: Path, answer: Answer, table: list[dict]) -> None:
                                 "safe_value": answer.safe_value if answer.safe_found else None,
                                 "test_acc_at_safe_value": answer.acc_safe, "test_acc_reference": answer.acc_reference,
                                 "accuracy_change": answer.cost, "failed_runs": answer.failed_runs,
+                                "nothing_leaked": answer.nothing_leaked,
                                 "answer": answer.sentence(), "rows": table}, indent=2, default=str))
 
 

@@ -113,7 +113,10 @@ class JobResult:
     unscored: str = ""  # one line: why the job has no scores (no ground truth from the client); "" when scored
     truth_pixels: np.ndarray | None = field(default=None, repr=False, compare=False)  # (N, C, H, W) in [0, 1]
     recon_pixels: np.ndarray | None = field(default=None, repr=False, compare=False)  # matched to truth order
-    recon_labels: np.ndarray | None = field(default=None, repr=False, compare=False)  # the recovered labels
+    # the recovered labels; where recon_pixels is matched to the truth, in the same order, -1 where
+    # no reconstruction matched that private image (recon_matched False: its image is flat grey)
+    recon_labels: np.ndarray | None = field(default=None, repr=False, compare=False)
+    recon_matched: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.score = self.score.rounded()
@@ -138,7 +141,7 @@ class JobResult:
         """The recovered labels for a log line: listed, or as counts per class past eight."""
         if self.recon_labels is None:
             return "-"
-        labels = sorted(int(v) for v in np.asarray(self.recon_labels).reshape(-1))
+        labels = sorted(int(v) for v in np.asarray(self.recon_labels).reshape(-1) if v >= 0)
         if len(labels) <= 8:
             return " ".join(map(str, labels))
         counts = Counter(labels)

@@ -6,7 +6,9 @@ import csv
 import json
 import math
 
+import numpy as np
 import pytest
+import torch
 
 from fedattack import config as fconfig
 from fedattack.attacks import ATTACKS, register_attack
@@ -139,3 +141,21 @@ def test_register_attack_plugs_into_jobs(update):
         assert r.truth_pixels.shape == r.recon_pixels.shape == (2, 1, 8, 8)
     finally:
         ATTACKS.unregister("test-echo")
+
+
+def test_saved_labels_follow_their_images_in_the_private_images_order(update):
+    """An attack that returns one of the two images (the second private one) and its label:
+    the saved images and labels line up with the private images, the missing one flagged."""
+    obs, truth = update
+
+    def half(obs, params, ctx):
+        from fedattack.threat import Reconstruction
+
+        return Reconstruction(images=truth.images[1:].clone(), labels=torch.tensor([7]))
+
+    with ATTACKS.temporarily("test-half", AttackSpec("test-half", half, dict, "test")):
+        r = run_job(_job("test-half", obs), truth)
+    assert r.status == "ok" and r.recon_pixels.shape == (2, 1, 8, 8)
+    assert r.recon_matched.tolist() == [False, True] and r.recon_labels.tolist() == [-1, 7]
+    assert np.allclose(r.recon_pixels[1], r.truth_pixels[1], atol=1e-6) and np.allclose(r.recon_pixels[0], 0.5)
+    assert r.labels_text == "7"

@@ -34,8 +34,12 @@ DUMMY_INPUTS = 64  # dummy images used to estimate mean class probabilities and 
 def last_layer_name(obs: Observation) -> str:
     """Name of the classification layer's weight: the last 2-D weight with num_classes rows."""
     c = obs.data.num_classes
-    return next(k for k in reversed(list(obs.global_params))
-                if k.endswith("weight") and obs.global_params[k].ndim == 2 and obs.global_params[k].shape[0] == c)
+    name = next((k for k in reversed(list(obs.global_params))
+                 if k.endswith("weight") and obs.global_params[k].ndim == 2 and obs.global_params[k].shape[0] == c), None)
+    if name is None:
+        raise ValueError(f"the model has no fully connected classification layer (a 2-D weight with {c} rows, one "
+                         f"per class), the layer every label-recovery method (audit.labels) reads")
+    return name
 
 
 def last_layer(obs: Observation) -> tuple[torch.Tensor, torch.Tensor | None]:

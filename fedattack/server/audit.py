@@ -497,7 +497,8 @@ class Auditor:
         if store is not None and res.ok and (res.recon_pixels is not None or res.recon_labels is not None):
             out = store.dir / "reconstructions"
             out.mkdir(exist_ok=True)
-            arrays = {k: v for k, v in (("images", res.recon_pixels), ("labels", res.recon_labels)) if v is not None}
+            arrays = {k: v for k, v in (("images", res.recon_pixels), ("labels", res.recon_labels),
+                                        ("matched", res.recon_matched)) if v is not None}
             np.savez(out / f"{res.row_id}.npz", **arrays)
         self.on_result(res)
 

@@ -138,10 +138,15 @@ def run_job(job: AttackJob, truth: Truth | None) -> JobResult:
                          recon_labels=labels)
     s = score(recon, truth, spec_data, job.success_ssim, job.success_margin, lpips_fn(job.lpips_weights))
     truth_px = spec_data.to_pixels(truth.images.float().cpu()).numpy()
-    recon_px = None
-    if recon.images is not None and s.per_image is not None:
+    recon_px, matched = None, None
+    if recon.images is not None and s.per_image is not None:  # in the private images' order, like truth_px
         rp = spec_data.to_pixels(recon.images.detach().float().cpu()).numpy()
-        recon_px = np.stack([rp[j] if j >= 0 else np.full_like(truth_px[0], 0.5) for j in s.per_image.match])
+        match = np.asarray(s.per_image.match)
+        recon_px = np.stack([rp[j] if j >= 0 else np.full_like(truth_px[0], 0.5) for j in match])
+        matched = match >= 0
+        if labels is not None and len(labels) == len(rp):
+            labels = np.array([labels[j] if j >= 0 else -1 for j in match], dtype=np.int64)
     return JobResult(round=job.round, client=job.client, attack=job.attack, defense=job.defense, status="ok",
                      seconds=seconds, score=s, adaptive=job.adaptive, scope=job.scope, device=str(device),
-                     epsilon=job.epsilon, truth_pixels=truth_px, recon_pixels=recon_px, recon_labels=labels)
+                     epsilon=job.epsilon, truth_pixels=truth_px, recon_pixels=recon_px, recon_labels=labels,
+                     recon_matched=matched)

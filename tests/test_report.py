@@ -307,3 +307,22 @@ def test_a_screenshot_of_the_report_shows_a_page(tmp_path):
     assert pixels.shape == (1400, 1000)
     assert pixels.std() > 10 and (pixels < 100).mean() > 0.005  # text and plots, not a blank page
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["headline"]["leaked_updates"] == 2
+
+
+def test_an_apps_run_without_dataset_indices_has_no_exposure_and_says_why():
+    from fedattack.report.html import exposure_table
+    from fedattack.report.summary import summarize
+    from fedattack.results import ImageRow, RunHeader
+
+    result = JobResult(round=1, client=0, attack="idlg", defense="none", status="ok", seconds=1.0,
+                       score=Score(psnr=30.0, ssim=0.9, recovered=2, num_images=2, baseline_psnr=15.0,
+                                   baseline_ssim=0.2))
+    images = [ImageRow(round=1, client=0, attack="idlg", adaptive=False, position=p, index=-1, owner="", psnr=30.0,
+                       ssim=0.9, baseline_psnr=15.0, baseline_ssim=0.2, lpips=float("nan"), recovered=True)
+              for p in range(2)]
+    summary = summarize([result], [RoundResult(round=1)], RunHeader(), images=images, sizes={})
+    assert summary.exposure == [] and summary.headline.samples == 0 and summary.headline.leaked_updates == 1
+    assert "Exposure per training sample is not shown" in exposure_table(summary)
+    indexed = [ImageRow(**{**vars(r), "index": 10 + r.position, "owner": 0}) for r in images]
+    summary = summarize([result], [RoundResult(round=1)], RunHeader(), images=indexed, sizes={0: 5})
+    assert summary.headline.exposed_samples == 2 and summary.headline.samples == 5

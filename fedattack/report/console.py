@@ -86,7 +86,7 @@ class Progress:
         self.margin = cfg.audit.success_margin
         mode = ("malicious (the server modifies the model it sends)" if cfg.server.mode == "malicious"
                 else "honest-but-curious")
-        self.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} rounds of {cfg.fl.strategy}, "
+        self.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} round(s) of {cfg.fl.strategy}, "
                    f"{cfg.fl.clients_per_round} per round; defense: {describe_defenses(cfg.to_dict())}; "
                    f"server: {mode}; auditing with {', '.join(cfg.audit.attacks) or 'nothing'}; "
                    f"run directory {run_dir}")

@@ -60,7 +60,12 @@ def best_per_sample(images: Iterable[ImageRow]) -> dict[int, ImageRow]:
 
 def exposure(images: Iterable[ImageRow], sizes: Mapping[int | str, int], rounds: Iterable[int]) -> list[ExposureRow]:
     """Per round (every round in `rounds` and every round with images) and client (every client
-    in `sizes`, then "all"): cumulative audited and recovered samples and the best SSIM so far."""
+    in `sizes`, then "all"): cumulative audited and recovered samples and the best SSIM so far.
+    No rows where neither the clients' sizes nor any sample's dataset index is known (an app's own
+    loader records images alone): a sample audited in two rounds could not be counted once."""
+    images = list(images)
+    if not sizes and not any(r.index >= 0 for r in images):
+        return []
     first_seen: dict[int, int] = {}
     first_recovered: dict[int, int] = {}
     owner: dict[int, int | str] = {}

@@ -154,7 +154,8 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
                      f"of its {h.worst_client_samples} samples recovered ({num(pct, 3, pct=True)}).")
     items.append(f"Defense in force: <b>{esc(header.defense)}</b>. Server: {_server(header)}.")
     acc = summary.final_test_acc
-    items.append(f"Utility: test accuracy <b>{num(acc, 3)}</b> after {rounds_done} of {header.configured_rounds} rounds"
+    of = f" of {header.configured_rounds}" if header.configured_rounds else ""  # an app's run may not say
+    items.append(f"Utility: test accuracy <b>{num(acc, 3)}</b> after {rounds_done}{of} round(s)"
                  + (f"; {summary.client_errors} client errors" if summary.client_errors else "") + ".")
     if summary.epsilon is not None:
         items.append(f"Differential privacy: the largest epsilon reported is {num(summary.epsilon, 2)}.")
@@ -167,8 +168,10 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
     if held:
         rules += (f" {len(held)} image(s) reached the SSIM rule in such updates and are not counted (&#9675; in the "
                   "galleries).")
-    facts = (f"{esc(header.dataset)}, {esc(header.model)}, {esc(header.strategy)} with {header.num_clients} clients "
-             f"({header.clients_per_round} per round), {esc(header.protocol)}; attacks: "
+    clients = (f" with {header.num_clients} client(s) ({header.clients_per_round} per round)" if header.num_clients
+               else "")
+    facts = (f"{esc(header.dataset)}, {esc(header.model)}, {esc(header.strategy)}{clients}, {esc(header.protocol)}; "
+             f"attacks: "
              f"{esc(', '.join(header.configured_attacks) or 'none')}; seed {header.seed}.")
     parts.append("<div class='headline'><div class='big'>" + big + "</div><ul>"
                  + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
@@ -220,7 +223,10 @@ def matrix(results: list[JobResult], rounds: int) -> str:
 def exposure_table(summary: Summary) -> str:
     rows = summary.exposure
     if not rows:
-        return ""
+        scored = summary.headline is not None and summary.headline.audited_updates
+        return ("<p class='note'>Exposure per training sample is not shown: the updates came without the samples' "
+                "dataset indices (an app's own loader), so a sample audited in two rounds could not be counted "
+                "once.</p>" if scored else "")
     worst = [r for r in worst_clients(rows) if r.audited or r.recovered]
     last = max(r.round for r in rows)
     everyone = next((r for r in rows if r.client == ALL and r.round == last), None)

@@ -192,7 +192,8 @@ class Progress:
         for name, a in summary.attacks.items():
             add_plain_row(table, [name, a.jobs, a.failed, _f(a.psnr, ".2f"), _f(a.baseline_psnr, ".2f"),
                                   _f(a.margin, "+.2f"), _f(a.ssim, ".2f"), _f(a.label_acc, ".2f"),
-                                  f"{a.leaked}/{a.jobs - a.failed}", _f(a.seconds, ".1f")])
+                                  f"{a.leaked}/{a.jobs - a.failed}" if a.jobs > a.failed else "-",
+                                  _f(a.seconds, ".1f")])
         if not self.quiet:
             self.console.print(table)
         h = summary.headline

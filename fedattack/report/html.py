@@ -292,7 +292,8 @@ def attack_table(summary: Summary) -> str:
                      (num(a.baseline_psnr), "n"), (num(a.margin, 2, sign=True), "n"), (num(a.ssim), "n"),
                      (num(a.baseline_ssim), "n"), (num(a.lpips), "n"),
                      (num(a.label_acc, 3, pct=True) if a.label_acc is not None else DASH, "n"),
-                     (f"{a.leaked} of {scored}", "n"), (f"{a.recovered} of {a.images}", "n"), (num(a.seconds, 1), "n")])
+                     (f"{a.leaked} of {scored}" if scored else DASH, "n"),
+                     (f"{a.recovered} of {a.images}" if scored else DASH, "n"), (num(a.seconds, 1), "n")])
     head = ["attack", "jobs", "failed", "PSNR (dB)", "blank-guess PSNR (dB)", "margin (dB)", "SSIM",
             "blank-guess SSIM", "LPIPS (lower: closer)", "label accuracy", "updates leaked", "images recovered",
             "time per job (s)"]

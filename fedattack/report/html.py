@@ -170,8 +170,8 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
                   "galleries).")
     clients = (f" with {header.num_clients} client(s) ({header.clients_per_round} per round)" if header.num_clients
                else "")
-    facts = (f"{esc(header.dataset)}, {esc(header.model)}, {esc(header.strategy)}{clients}, {esc(header.protocol)}; "
-             f"attacks: "
+    described = [esc(header.dataset), esc(header.model), esc(header.strategy) + clients, esc(header.protocol)]
+    facts = (", ".join(p for p in described if p) + "; attacks: "
              f"{esc(', '.join(header.configured_attacks) or 'none')}; seed {header.seed}.")
     parts.append("<div class='headline'><div class='big'>" + big + "</div><ul>"
                  + "".join(f"<li>{i}</li>" for i in items) + "</ul>"

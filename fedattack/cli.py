@@ -50,7 +50,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
     with library_logs(ns.verbose):
         summary = run(cfg, out_dir=out, progress=progress, verbose=ns.verbose)
     progress.summary_table(summary)
-    progress.print(f"report: {Path(out) / 'report.html'}")
+    progress.answer(f"report: {Path(out) / 'report.html'}")
     return 0
 
 
@@ -82,7 +82,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
                    f"{summary.rounds} rounds, final test accuracy {acc}"
                    + (" (interrupted)" if summary.interrupted is not None else ""))
     progress.summary_table(summary)
-    progress.print(f"report: {run_dir / 'report.html'}")
+    progress.answer(f"report: {run_dir / 'report.html'}")
     if ns.screenshot:
         progress.print(f"screenshot: {screenshot(run_dir / 'report.html', ns.screenshot)}")
     return 0

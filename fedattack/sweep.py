@@ -237,8 +237,8 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answ
     report.render_html(out_dir / "sweep.html", answer=answer, table=table, points=points, runs=swept,
                        plots=["frontier.png", "protocol.png"])
     print_table(table, f"sweep of {key}", progress)
-    progress.print(f"answer: {answer.sentence()}")
-    progress.print(f"report: {out_dir / 'sweep.html'}")
+    progress.answer(f"answer: {answer.sentence()}")
+    progress.answer(f"report: {out_dir / 'sweep.html'}")
     return answer
 
 
@@ -253,8 +253,7 @@ def print_table(table: list[dict], title: str, progress: Progress) -> None:
                           f(r.get("test_acc"), ".3f"), f(r.get("psnr"), ".2f"), f(r.get("margin"), "+.2f"),
                           f"{r.get('images_recovered', '-')}/{r.get('images', '-')}",
                           f"{r.get('updates_leaked', '-')}/{r.get('updates', '-')}", r.get("breaking_point", "")])
-    if not progress.quiet:
-        progress.console.print(t)
+    progress.console.print(t)
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:

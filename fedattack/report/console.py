@@ -72,9 +72,14 @@ class Progress:
 
     # -- printing, never as markup ----------------------------------------------------------
     def print(self, msg: str | Text) -> None:
+        """Live progress: silent when quiet."""
         if not self.quiet:
-            self.console.print(msg if isinstance(msg, Text) else Text(str(msg)), soft_wrap=True)
-            self._last_print = time.monotonic()
+            self.answer(msg)
+
+    def answer(self, msg: str | Text) -> None:
+        """What a command answers (its table, its headline, where its report is): printed even when quiet."""
+        self.console.print(msg if isinstance(msg, Text) else Text(str(msg)), soft_wrap=True)
+        self._last_print = time.monotonic()
 
     def calibration(self, msg: str, level: int | None = None) -> None:
         """A calibration's news (`Auditor.on_calibration`): printed at every level."""
@@ -194,11 +199,10 @@ class Progress:
                                   _f(a.margin, "+.2f"), _f(a.ssim, ".2f"), _f(a.label_acc, ".2f"),
                                   f"{a.leaked}/{a.jobs - a.failed}" if a.jobs > a.failed else "-",
                                   _f(a.seconds, ".1f")])
-        if not self.quiet:
-            self.console.print(table)
+        self.console.print(table)
         h = summary.headline
         if h is not None and h.samples:
-            self.print(f"{h.leaked_updates} of {h.audited_updates} audited updates leaked; "
+            self.answer(f"{h.leaked_updates} of {h.audited_updates} audited updates leaked; "
                        f"{h.exposed_samples} of {h.samples} training samples recovered "
                        f"({_f(100 * h.exposed_share if h.exposed_share is not None else None, '.1f')}%)"
                        + (" — the run was interrupted" if summary.interrupted is not None else ""))

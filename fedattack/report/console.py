@@ -203,9 +203,9 @@ class Progress:
         h = summary.headline
         if h is not None and h.samples:
             self.answer(f"{h.leaked_updates} of {h.audited_updates} audited updates leaked; "
-                       f"{h.exposed_samples} of {h.samples} training samples recovered "
-                       f"({_f(100 * h.exposed_share if h.exposed_share is not None else None, '.1f')}%)"
-                       + (" — the run was interrupted" if summary.interrupted is not None else ""))
+                        f"{h.exposed_samples} of {h.samples} training samples recovered "
+                        f"({_f(100 * h.exposed_share if h.exposed_share is not None else None, '.1f')}%)"
+                        + (" — the run was interrupted" if summary.interrupted is not None else ""))
             if h.audited_updates and not h.leaked_updates and summary.header.budgets:
                 self.print(budget_caveat(summary.header))
             if h.audited_updates and batch_norm_caveat(summary.header):

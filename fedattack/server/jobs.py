@@ -144,7 +144,7 @@ def run_job(job: AttackJob, truth: Truth | None) -> JobResult:
         match = np.asarray(s.per_image.match)
         recon_px = np.stack([rp[j] if j >= 0 else np.full_like(truth_px[0], 0.5) for j in match])
         matched = match >= 0
-        if labels is not None and len(labels) == len(rp):
+        if labels is not None and labels.ndim == 1 and len(labels) == len(rp):
             labels = np.array([labels[j] if j >= 0 else -1 for j in match], dtype=np.int64)
     return JobResult(round=job.round, client=job.client, attack=job.attack, defense=job.defense, status="ok",
                      seconds=seconds, score=s, adaptive=job.adaptive, scope=job.scope, device=str(device),

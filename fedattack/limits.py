@@ -52,8 +52,9 @@ class Footprint:
         return 4 * self.params + 2 * batch * self.per_sample
 
 
-def footprint(spec: ModelSpec) -> Footprint:
-    """One forward pass of two images, counting every layer's output; raises what building or
+def footprint(spec: ModelSpec, batch: int = 2) -> Footprint:
+    """One forward pass of `batch` images (two by default: BatchNorm in training mode needs more
+    than one value per channel), counting every layer's output; raises what building or
     running the model raises. Images of up to `REAL_TRACE_VALUES` values run on the CPU (a few
     milliseconds for the usual models; the caller builds the model anyway), larger ones on
     PyTorch's meta device, where nothing is allocated (its first linear layer costs 2-4 s of
@@ -70,7 +71,7 @@ def footprint(spec: ModelSpec) -> Footprint:
     device = "cpu" if c * h * w <= REAL_TRACE_VALUES else "meta"
     with torch.random.fork_rng(devices=[]), torch.device(device):
         model = build_model(spec)
-        x = torch.zeros(2, *spec.in_shape)  # two: BatchNorm needs more than one value per channel
+        x = torch.zeros(batch, *spec.in_shape)
     hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
@@ -96,8 +97,9 @@ def check_model(exp: Experiment) -> Footprint | None:
     spec = exp.model_spec
     c, h, w = spec.in_shape
     where = f"{c}x{h}x{w} images and {spec.num_classes} classes"
+    batch = 1 if exp.cfg.client.batch_size == 1 else 2  # a client training one image at a time: one
     try:
-        return footprint(spec)
+        return footprint(spec, batch)
     except ConfigError:  # the registry refused the model by name: its own line
         raise
     except ModelOutputError as exc:
@@ -109,7 +111,7 @@ def check_model(exp: Experiment) -> Footprint | None:
     try:  # some layers have no meta kernels: build it for real, one image
         model = build_model(spec)
         with torch.no_grad():
-            model(torch.zeros(2, c, h, w))
+            model(torch.zeros(batch, c, h, w))
     except ConfigError:
         raise
     except Exception as exc:  # noqa: BLE001
@@ -120,6 +122,9 @@ def check_model(exp: Experiment) -> Footprint | None:
 def _model_error(exp: Experiment, where: str, exc: BaseException | None) -> ConfigError:
     line = (str(exc).strip().splitlines() or [""])[0][:200] if exc else ""
     what = f"{type(exc).__name__}: {line}" if exc else "unknown error"
+    if "more than 1 value per channel" in line:  # BatchNorm on a 1x1 map, one image per batch
+        return ConfigError("client.batch_size", f"model '{exp.cfg.model.name}' cannot train on one image at a "
+                                               f"time on {where} ({what}); set client.batch_size >= 2")
     field = "data.image_size" if _too_small(exc) else "model.name"
     return ConfigError(field, f"model '{exp.cfg.model.name}' cannot be built for {where} ({what}); "
                               + ("raise data.image_size" if field == "data.image_size" else MODEL_CONTRACT))

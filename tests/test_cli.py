@@ -187,6 +187,7 @@ BAD_INPUTS = [
     ("run", ["model.name=tests.plugins.models:by_name"], "model.name"),
     ("run", ["model.name=tests.plugins.models:pairs"], "model.name"),
     ("run", ["model.name=tests.plugins.models:extra_logits"], "model.name"),
+    ("attack", ["model.name=tests.plugins.models:pooled_to_one", "client.batch_size=1"], "client.batch_size"),
     ("run", ["audit.attacks=[ggl]", "ggl.generator={tmp}/pickled.pt"], "ggl.generator"),
     ("run", ["{tmp}/list.yaml", "fl.rounds=1"], "config"),
     ("run", ["{tmp}/int.yaml", "fl.rounds=1"], "config"),

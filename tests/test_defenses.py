@@ -299,6 +299,19 @@ def test_adapt_models(small_cfg):
     assert torch.equal(q["w"].grad, torch.ones(30))
 
 
+@pytest.mark.parametrize("defense", ["clip", "topk", "prune", "quantize"])
+def test_adapt_models_run_batched_under_vmap(defense):
+    """Attacks batch their restarts with torch.func.vmap, so a defense's model may not branch on
+    a tensor's value in Python."""
+    observed = _apply("topk", _update(), _ctx(), keep=0.5)
+    proto = Protocol(lr=0.1, local_steps=2, local_epochs=1, batch_size=2, num_examples=4,
+                     defenses=(DefenseSetting(defense, {}),))
+    trials = {k: torch.randn(3, *v.shape) for k, v in observed.items()}
+    batched = torch.func.vmap(lambda t: adapt_update(t, observed, proto))(trials)
+    one = adapt_update({k: v[1] for k, v in trials.items()}, observed, proto)
+    assert all(torch.allclose(batched[k][1], one[k], atol=1e-6) for k in observed)
+
+
 @pytest.mark.parametrize("override,field", [
     ("gaussian.sigma=-1", "gaussian.sigma"), ("laplacian.scale=-0.1", "laplacian.scale"),
     ("clip.bound=0", "clip.bound"), ("topk.keep=1.5", "topk.keep"), ("prune.rate=2", "prune.rate"),

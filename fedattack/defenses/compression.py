@@ -74,16 +74,15 @@ def prune_tensor(v: torch.Tensor, rate: float) -> torch.Tensor:
 def quantize_tensor(v: torch.Tensor, bits: int, stochastic: bool, generator: torch.Generator | None = None
                     ) -> torch.Tensor:
     lo, hi = v.min(), v.max()
-    if not bool(hi > lo):
-        return v.clone()
-    step = (hi - lo) / (2 ** bits - 1)
+    spread = hi > lo  # a constant tensor passes unchanged; no Python branch on it (the adaptive model runs in vmap)
+    step = torch.where(spread, (hi - lo) / (2 ** bits - 1), torch.ones_like(hi))
     q = (v - lo) / step
     if stochastic:
         u = torch.rand(v.shape, generator=generator).to(v.device, v.dtype)
         q = torch.floor(q + u)
     else:
         q = torch.round(q)
-    return lo + q.clamp(0, 2 ** bits - 1) * step
+    return torch.where(spread, lo + q.clamp(0, 2 ** bits - 1) * step, v)
 
 
 def topk_update(update, params: TopKParams, ctx: DefenseContext):

@@ -69,6 +69,10 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
 
     A signal stops the attacks still running; the finished rows, summary and report are kept."""
     progress = progress or Progress()
+    if "secagg" in cfg.client.defenses:
+        raise ConfigError("client.defenses", "secagg lets the server see only the sum of several clients' updates, "
+                                             "and `fedattack attack` audits one client's own update; audit secure "
+                                             "aggregation with `fedattack run client.defenses=[secagg]`")
     exp = build(cfg, partitions=False)  # one victim: no federation to partition
     idx = victim_indices(exp)
     check_memory(exp, check_model(exp))
@@ -101,7 +105,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
             with auditor.session():
                 auditor.begin_round(1)
                 auditor.audit_update(1, cfg.victim.client, obs, exp.train.truth(result.indices),
-                                     train_loss=result.loss)
+                                     train_loss=result.loss, epsilon=result.metrics.get("epsilon", float("nan")))
                 auditor.finish()
                 auditor.end_round(1)
     except shutdown.Stopped:

@@ -188,6 +188,7 @@ BAD_INPUTS = [
     ("run", ["model.name=tests.plugins.models:pairs"], "model.name"),
     ("run", ["model.name=tests.plugins.models:extra_logits"], "model.name"),
     ("attack", ["model.name=tests.plugins.models:pooled_to_one", "client.batch_size=1"], "client.batch_size"),
+    ("attack", ["client.defenses=[secagg]"], "client.defenses"),
     ("run", ["audit.attacks=[ggl]", "ggl.generator={tmp}/pickled.pt"], "ggl.generator"),
     ("run", ["{tmp}/list.yaml", "fl.rounds=1"], "config"),
     ("run", ["{tmp}/int.yaml", "fl.rounds=1"], "config"),
@@ -260,6 +261,16 @@ def test_a_model_factory_gets_act_as_a_callable(tmp_path):
     out = tmp_path / "attack"
     assert main(["attack", "model.name=tests.plugins.models:small_cnn", "audit.attacks=[idlg]", "idlg.iterations=1",
                  "--out", str(out), "--quiet"]) == 0
+
+
+def test_attack_mode_reports_the_victims_dp_sgd_epsilon(tmp_path):
+    out = tmp_path / "attack"
+    assert main(["attack", "client.defenses=[dpsgd]", "audit.attacks=[idlg]", "idlg.iterations=1", "--out", str(out),
+                 "--quiet"]) == 0
+    rows = list(csv.DictReader((out / "leakage.csv").open()))
+    assert float(rows[0]["epsilon"]) > 0
+    assert json.loads((out / "summary.json").read_text())["epsilon"] == pytest.approx(float(rows[0]["epsilon"]),
+                                                                                       rel=1e-3)
 
 
 @pytest.mark.parametrize("factory", ["lazy_cnn", "pooled_to_one"])

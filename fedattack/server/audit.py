@@ -389,14 +389,17 @@ class Auditor:
         return n
 
     def audit_update(self, rnd: int, client: int, obs: Observation, truth: Truth | None, *,
-                     train_loss: float = float("nan")) -> int:
-        """One update observed outside Flower (`fedattack attack`): counted as round `rnd`'s reply."""
+                     train_loss: float = float("nan"), epsilon: float = float("nan")) -> int:
+        """One update observed outside Flower (`fedattack attack`): counted as round `rnd`'s reply,
+        with the client's DP epsilon where it reports one."""
         with self._lock:
             stats = self.round_stats(rnd)
             stats.replies += 1
             stats.train_loss = train_loss
             stats.audited_clients += 1
-            n = self.submit(rnd, client, obs, truth)
+            if epsilon == epsilon:
+                stats.epsilon = float(epsilon)
+            n = self.submit(rnd, client, obs, truth, epsilon=epsilon)
             stats.jobs += n
             return n
 

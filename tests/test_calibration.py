@@ -326,7 +326,9 @@ def test_an_audit_calibrates_before_its_first_jobs_and_records_the_choice(tmp_pa
     assert record["protocol"]["batch_size"] == 2 and record["cases"] == 4
     assert record["held_out"]["cases"] == 4 and record["held_out"]["confirmed"]  # and confirmed on fresh ones
     assert abs(record["params"]["level"] - 0.9) > 0.2 and record["best_psnr"] > record["default_psnr"] + 1.0
-    assert "<h2>Calibration</h2>" in (tmp_path / "run" / "report.html").read_text()
+    assert record["data"].startswith("the test split of lfw-subset, ")  # on what it was tuned
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "<h2>Calibration</h2>" in html and "the test split of lfw-subset" in html
 
 
 @dataclass

@@ -99,6 +99,15 @@ def experiment_plan(exp: Experiment) -> AuditPlan:
                      server_mode=cfg.server.mode, record=cfg, calibration_data=server_data(exp))
 
 
+def calibration_source(record: Any) -> str:
+    """Where the images calibration simulates clients on come from, in words (calibration.json's
+    `data`): a fedattack config's calibration dataset or its own test split; an app's, what it gave."""
+    audit, data = getattr(record, "audit", None), getattr(record, "data", None)
+    if audit is None or data is None:
+        return "the images given to AuditStrategy(calibration_data=...)"
+    return f"the test split of {getattr(audit, 'calibration_data', None) or data.name}"
+
+
 def server_data(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor] | None:
     """What calibration may use (audit.calibrate): images of the test split, which no client
     trains on, as model inputs with their labels; None when calibration is off."""
@@ -270,7 +279,8 @@ class Auditor:
     def _calibrate(self, attack: str, params: Any, observation: Observation) -> Any:
         opts = self.plan.options
         images, labels = self.plan.calibration_data
-        record: dict[str, Any] = {"attack": attack, "protocol": asdict(observation.protocol)}
+        record: dict[str, Any] = {"attack": attack, "protocol": asdict(observation.protocol),
+                                  "data": f"{calibration_source(self.plan.record)}, {len(images)} images"}
         say = self.on_calibration
         tried = iter(range(2, opts.calibration_budget + 1))
 

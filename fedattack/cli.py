@@ -57,7 +57,11 @@ def cmd_run(ns: argparse.Namespace) -> int:
 def cmd_attack(ns: argparse.Namespace) -> int:
     cfg = load_config(ns)
     check_out(ns.out)
-    run_attack(cfg, out_dir=ns.out, progress=Progress(quiet=ns.quiet))
+    progress = Progress(quiet=ns.quiet)
+    with library_logs(getattr(ns, "verbose", False)):  # the table below says what Flower's log lines would
+        run_attack(cfg, out_dir=ns.out, progress=progress)
+    if ns.out:
+        progress.answer(f"report: {Path(ns.out) / 'report.html'}")
     return 0
 
 

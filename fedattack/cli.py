@@ -23,7 +23,7 @@ from typing import Callable
 from fedattack import shutdown, sweep, train_generator
 from fedattack.arguments import add_config_args, load_config
 from fedattack.attacks import ATTACKS
-from fedattack.attacks.calibrate import switches, tunable
+from fedattack.attacks.calibrate import calibrated_settings
 from fedattack.attacks.labels import LABELS
 from fedattack.data import DATASETS, PARTITIONERS
 from fedattack.defenses import DEFENSES
@@ -71,7 +71,7 @@ def cmd_list(ns: argparse.Namespace) -> int:
         print(f"{name:16s} {reg.doc(name)}")
         if ns.kind != "attacks":
             continue
-        space = [*tunable(name), *switches(name)]  # what audit.calibrate tunes, then the settings it flips
+        space = calibrated_settings(name)  # what audit.calibrate may change
         if space:
             print(f"{'':16s} calibrates: {', '.join(space)}")
     return 0

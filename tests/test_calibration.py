@@ -469,5 +469,6 @@ def test_the_attack_listing_names_what_calibration_tunes_and_flips(capsys):
     assert main(["list", "attacks"]) == 0
     lines = capsys.readouterr().out.splitlines()
     below = {lines[i].split()[0]: lines[i + 1].strip() for i in range(len(lines) - 1) if not lines[i].startswith(" ")}
-    assert below["invgrad"] == "calibrates: tv, l2, lr, loss, init, rebalance"
-    assert below["fedavg"] == "calibrates: tv, lr, invariance"  # no on/off setting to flip
+    # tuned, then flipped, then the budgets it may stretch, then the shrink toward grey
+    assert below["invgrad"] == "calibrates: tv, l2, lr, loss, init, rebalance, iterations, restarts, shrink"
+    assert below["fedavg"] == "calibrates: tv, lr, invariance, iterations, restarts, shrink"  # nothing to flip

@@ -318,6 +318,17 @@ def switches(attack: str) -> list[str]:
     return [k for k in SWITCHES if k in names]
 
 
+def calibrated_settings(attack: str) -> list[str]:
+    """Every setting of `attack` calibration may change, in the order it does: the tuned
+    hyperparameters, the on/off settings it tries flipped, the budgets it may stretch and the
+    shrink toward grey it picks last (none where the attack registered nothing to tune)."""
+    if not tunable(attack):
+        return []
+    names = {f.name for f in fields(ATTACKS.get(attack).params)}
+    return [*tunable(attack), *switches(attack), *(k for k in STRETCHED if k in names),
+            *(["shrink"] if "shrink" in names else [])]
+
+
 def on_fresh(attack: str, given: Any, candidate: Any, held_out: CalibrationCases, ctx: AttackContext, *,
              reference: list[float] | None, check: Callable[[], None] = lambda: None
              ) -> tuple[list[float], list[float]]:

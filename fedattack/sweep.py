@@ -211,6 +211,10 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answ
         r.exit_code = _run_one(c, r.run_dir, r.run_dir.parent / f"{r.run_dir.name}.log")
         with lock:
             done.append(time.perf_counter() - t0)
+            try:  # the answer so far is on disk as soon as a run ends: an interrupted sweep keeps it
+                _write_answer(cfg, key, [x for x, _ in runs], seeds, reference, out_dir)
+            except Exception as exc:  # noqa: BLE001 - the final write below tries again
+                progress.print(f"sweep: the answer so far could not be written ({type(exc).__name__}: {exc})")
         progress.print(f"  {r.label}, seed {r.seed}: {'done' if r.exit_code == 0 else f'failed (exit {r.exit_code}, see its log)'} "
                        f"in {time.perf_counter() - t0:.0f} s")
         return r.exit_code
@@ -223,9 +227,19 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answ
             list(pool.map(one, range(len(runs))))
     finally:
         stop.set()
-    swept = [r for r, _ in runs]
+    answer, table = _write_answer(cfg, key, [r for r, _ in runs], seeds, reference, out_dir)
+    print_table(table, f"sweep of {key}", progress)
+    progress.answer(f"answer: {answer.sentence()}")
+    progress.answer(f"report: {out_dir / 'sweep.html'}")
+    return answer
+
+
+def _write_answer(cfg: Config, key: str, swept: list, seeds: list[int], reference: str, out_dir: Path
+                  ) -> tuple[report.Answer, list[dict]]:
+    """sweep.csv, sweep.json, the plots and sweep.html from the runs finished so far (a run that
+    has not, or did not, finish is named as left out)."""
     for r in swept:
-        if (r.run_dir / "summary.json").is_file():  # written last: the run finished
+        if r.summary is None and (r.run_dir / "summary.json").is_file():  # written last: the run finished
             r.summary = load_run(r.run_dir).summary()
     answer = report.analyze(swept, key=key, values=list(cfg.sweep.values), seeds=seeds, reference=reference)
     table = report.rows(swept, answer)
@@ -236,10 +250,7 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answ
     report.plot_protocol(out_dir / "protocol.png", points, list(cfg.sweep.values), key)
     report.render_html(out_dir / "sweep.html", answer=answer, table=table, points=points, runs=swept,
                        plots=["frontier.png", "protocol.png"])
-    print_table(table, f"sweep of {key}", progress)
-    progress.answer(f"answer: {answer.sentence()}")
-    progress.answer(f"report: {out_dir / 'sweep.html'}")
-    return answer
+    return answer, table
 
 
 def print_table(table: list[dict], title: str, progress: Progress) -> None:

@@ -184,6 +184,27 @@ def test_sweep_writes_table_frontier_protocol_map_and_page(tmp_path):
     assert json.loads((out / "sweep.json").read_text())["answer"]
 
 
+def test_an_interrupted_sweep_keeps_the_answer_of_the_runs_that_finished(tmp_path, monkeypatch):
+    import fedattack.sweep as sweep
+
+    real, calls = sweep._run_one, []
+
+    def first_then_interrupt(cfg, run_dir, log):
+        calls.append(run_dir)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(cfg, run_dir, log)
+
+    monkeypatch.setattr(sweep, "_run_one", first_then_interrupt)
+    out = tmp_path / "sweep"
+    code = main(["sweep", "audit.attacks=[idlg]", "idlg.iterations=3", "fl.num_clients=2", "fl.rounds=1",
+                 "sweep.defense=topk", "sweep.values=[1.0,0.01]", "sweep.parallel=1", "--out", str(out), "--quiet"])
+    assert code == 130  # as for an interrupt
+    answer = json.loads((out / "sweep.json").read_text())
+    assert len(answer["failed_runs"]) == 2 and (out / "sweep.html").is_file()
+    assert [r["value"] for r in csv.DictReader((out / "sweep.csv").open()) if r["test_acc"]] == ["1.0"]
+
+
 def test_sweep_time_left_counts_the_time_already_spent():
     from fedattack.sweep import _estimate
 

@@ -12,7 +12,8 @@ from fedattack.schema import Config
 
 def add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("items", nargs="*", metavar="[CONFIG] key=value", help="a YAML config and dotted overrides")
-    p.add_argument("--out", help="run directory (default: runs/<timestamp> for run)")
+    p.add_argument("--out", help="run directory (default: runs/<timestamp> for run, runs/sweep-<timestamp> for "
+                                 "sweep; attack writes one only when given)")
     p.add_argument("--quiet", action="store_true",
                    help="no live progress (the results, the answer and the report's path still print)")
 

@@ -326,3 +326,15 @@ def test_an_apps_run_without_dataset_indices_has_no_exposure_and_says_why():
     indexed = [ImageRow(**{**vars(r), "index": 10 + r.position, "owner": 0}) for r in images]
     summary = summarize([result], [RoundResult(round=1)], RunHeader(), images=indexed, sizes={0: 5})
     assert summary.headline.exposed_samples == 2 and summary.headline.samples == 5
+
+
+def test_a_secagg_run_without_aggregate_attacks_says_why_no_update_was_attacked():
+    from fedattack.report.html import headline
+    from fedattack.report.summary import summarize
+    from fedattack.results import RunHeader
+
+    header = RunHeader(defense="secagg(num_shares=3,reconstruction_threshold=2)")
+    summary = summarize([], [RoundResult(round=1)], header)
+    assert "Under SecAgg+ the server sees each round's sum of updates" in headline(summary, [], [])
+    plain = summarize([], [RoundResult(round=1)], RunHeader())
+    assert "No client update was scored" in headline(plain, [], [])

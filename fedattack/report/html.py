@@ -125,7 +125,10 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
             f"{header.configured_rounds} rounds. Everything below is what was recorded before it stopped "
             f"({len(results)} attack results){lost}. The CSV files hold the same results.</div>")
     items = []
-    if h is None or h.audited_updates == 0:
+    if (h is None or h.audited_updates == 0) and "secagg" in header.defense:
+        big = ("Under SecAgg+ the server sees each round's sum of updates, never one client's: no client update "
+               "was there to attack (attacks on the aggregate, where configured, are below).")
+    elif h is None or h.audited_updates == 0:
         big = "No client update was scored (no attack produced images)."
     else:
         cls = "leak" if h.leaked_updates else "safe"

@@ -202,8 +202,9 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answ
             with lock:
                 n = len(done)
                 mean = sum(done) / n if n else None
-            progress.print(f"sweep: {n}/{len(runs)} runs done, {_clock(time.monotonic() - started)} in"
-                           f"{_estimate(len(runs), mean, cfg.sweep.parallel, time.monotonic() - started)}")
+            elapsed = time.monotonic() - started
+            progress.print(f"sweep: {n}/{len(runs)} runs done, {_clock(elapsed)} in"
+                           f"{_estimate(len(runs), mean, cfg.sweep.parallel, elapsed)}")
 
     def one(i: int) -> int:
         r, c = runs[i]

@@ -90,7 +90,8 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     dispatcher = LocalDispatcher(max_workers=1)
     # one client, one round: what the run directory records (fl.* plays no part here)
     one = replace(cfg, fl=replace(cfg.fl, rounds=1, num_clients=1, clients_per_round=1))
-    auditor = Auditor(replace(experiment_plan(exp), record=one), out_dir=out_dir, dispatcher=dispatcher,
+    plan = replace(experiment_plan(exp, client_images=result.num_examples), record=one)
+    auditor = Auditor(plan, out_dir=out_dir, dispatcher=dispatcher,
                       on_result=on_result, on_round=lambda row, done, submitted: None)
     auditor.store_args.update(partitions={cfg.victim.client: idx}, expected_rounds=1)
     auditor.on_waiting = progress.waiting

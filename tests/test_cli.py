@@ -183,6 +183,8 @@ BAD_INPUTS = [
     ("run", ["client.optimizer=rmsprop"], "client.optimizer"),
     ("run", ["client.nesterov=true"], "client.nesterov"),
     ("attack", ["audit.calibrate=true", "audit.calibration_data=photos"], "audit.calibration_data"),
+    ("attack", ["audit.calibrate=true", "audit.calibration_samples=3"], "audit.calibration_samples"),
+    ("run", ["audit.calibrate=true", "audit.calibration_samples=3"], "audit.calibration_samples"),
     ("attack", ["gaussian.sigma=0.5", "audit.attacks=[idlg]"], "gaussian"),
     ("run", ["model.name=tests.plugins.models:by_name"], "model.name"),
     ("run", ["model.name=tests.plugins.models:pairs"], "model.name"),

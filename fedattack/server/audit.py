@@ -91,12 +91,13 @@ class AuditPlan:
     calibration_data: tuple[torch.Tensor, torch.Tensor] | None = None  # the server's own images and labels
 
 
-def experiment_plan(exp: Experiment) -> AuditPlan:
-    """The audit a fedattack config describes (for runs without Flower: `fedattack attack`)."""
+def experiment_plan(exp: Experiment, *, client_images: int | None = None) -> AuditPlan:
+    """The audit a fedattack config describes (for runs without Flower: `fedattack attack`, whose
+    one client trains on `client_images` images)."""
     cfg = exp.cfg
     return AuditPlan(model=exp.model_spec, data=exp.train.spec, protocol=TrainingProtocol.of_config(cfg),
                      attacks={a: cfg.attack(a) for a in cfg.audit.attacks}, options=cfg.audit, seed=cfg.seed,
-                     server_mode=cfg.server.mode, record=cfg, calibration_data=server_data(exp))
+                     server_mode=cfg.server.mode, record=cfg, calibration_data=server_data(exp, client_images=client_images))
 
 
 def calibration_source(record: Any) -> str:
@@ -108,9 +109,17 @@ def calibration_source(record: Any) -> str:
     return f"the test split of {getattr(audit, 'calibration_data', None) or data.name}"
 
 
-def server_data(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor] | None:
+def trained_images(exp: Experiment) -> int:
+    """The most images any client of `exp`'s partitions trains on in a round (0 without partitions)."""
+    steps, b = exp.cfg.client.local_steps, exp.cfg.client.batch_size
+    return max((min(len(p), steps * b) if steps > 0 else len(p) for p in exp.partitions), default=0)
+
+
+def server_data(exp: Experiment, *, client_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
     """What calibration may use (audit.calibrate): images of the test split, which no client
-    trains on, as model inputs with their labels; None when calibration is off."""
+    trains on, as model inputs with their labels; None when calibration is off. Calibration
+    simulates clients as large as the largest one (`client_images`, by default from the
+    partitions): `audit.calibration_samples` below that is refused."""
     cfg = exp.cfg
     if not cfg.audit.calibrate:
         return None
@@ -128,6 +137,10 @@ def server_data(exp: Experiment) -> tuple[torch.Tensor, torch.Tensor] | None:
                                                         f"{'x'.join(map(str, want.shape))} images of {want.num_classes} "
                                                         "classes (data.channels and data.image_size apply to both)")
     n = min(len(test), cfg.audit.calibration_samples)
+    need = trained_images(exp) if client_images is None else client_images
+    if n < need <= len(test):
+        raise ConfigError("audit.calibration_samples", f"calibration simulates clients of {need} images (as many as "
+                                                       f"the largest client trains on); allowed: {need} or more")
     idx = np.sort(np.random.default_rng(cfg.seed).choice(len(test), size=n, replace=False))
     # as the model's inputs: the run's own normalization, whatever dataset the pixels come from
     return exp.train.spec.normalize(test.pixels(idx)), torch.as_tensor(test.targets[idx], dtype=torch.long)

@@ -5,7 +5,7 @@
     fedattack sweep [CONFIG] [key=value ...] [--out DIR]     one audited run per defense setting
     fedattack train-generator [CONFIG] [key=value ...] --out PATH
     fedattack list attacks|defenses|datasets|models|strategies|labels|partitioners
-    fedattack report RUN_DIR                                 print and re-render a run's report
+    fedattack report RUN_DIR                                 print and re-render a run's (or a sweep's) report
 
 Bad input exits with code 2 and one line naming the field and what is allowed, before
 anything is started or written. SIGINT and SIGTERM stop a command cleanly (fedattack.shutdown):
@@ -79,6 +79,11 @@ def cmd_list(ns: argparse.Namespace) -> int:
 
 def cmd_report(ns: argparse.Namespace) -> int:
     run_dir = Path(ns.run_dir)
+    if sweep.is_sweep_dir(run_dir):
+        sweep.rerender(run_dir)
+        if ns.screenshot:
+            Progress().print(f"screenshot: {screenshot(run_dir / 'sweep.html', ns.screenshot)}")
+        return 0
     summary = write_report(run_dir, load_run(run_dir))
     progress = Progress()
     acc = "-" if summary.final_test_acc is None else f"{summary.final_test_acc:.3f}"
@@ -107,7 +112,7 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "run": ("an audited federated simulation", _run_parser, cmd_run),
     "attack": ("attack one simulated client update with every configured attack", add_config_args, cmd_attack),
     "list": ("list registered plug-ins", lambda p: p.add_argument("kind", choices=list(LISTINGS)), cmd_list),
-    "report": ("print and re-render the report of a finished run", _report_parser, cmd_report),
+    "report": ("print and re-render the report of a finished run or sweep", _report_parser, cmd_report),
     **sweep.COMMANDS,
     **train_generator.COMMANDS,
 }

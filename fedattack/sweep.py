@@ -33,6 +33,7 @@ from typing import Any
 from fedattack.arguments import add_config_args, load_config
 from fedattack.attacks import ATTACKS
 from fedattack.config import from_dict
+from fedattack.config import load as load_config_file
 from fedattack.defenses import DEFENSES
 from fedattack.errors import ConfigError, FedattackError
 from fedattack.report import sweep as report
@@ -149,6 +150,31 @@ def plan(cfg: Config) -> tuple[str, list[tuple[report.SweepRun, Config]], str]:
     return key, runs, reference
 
 
+def _place(runs: list[tuple[report.SweepRun, Config]], out_dir: Path) -> None:
+    """Each run's directory under the sweep's `out_dir`."""
+    for i, (r, _) in enumerate(runs):
+        r.run_dir = out_dir / "runs" / f"{i:02d}_{_safe(r.label if not r.reference else 'reference')}_seed{r.seed}"
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return (path / "sweep.json").is_file() and (path / "config.yaml").is_file()
+
+
+def rerender(out_dir: Path, progress: Progress | None = None) -> report.Answer:
+    """Rewrite a sweep directory's sweep.csv, sweep.json, plots and sweep.html from its runs as
+    they stand (`fedattack report SWEEP_DIR`): runs finished since, by hand or by a rerun, count."""
+    progress = progress or Progress()
+    cfg = load_config_file(out_dir / "config.yaml")
+    key, runs, reference = plan(cfg)
+    _place(runs, out_dir)
+    answer, table = _write_answer(cfg, key, [r for r, _ in runs], sorted({r.seed for r, _ in runs}), reference,
+                                  out_dir)
+    print_table(table, f"sweep of {key}", progress)
+    progress.answer(f"answer: {answer.sentence()}")
+    progress.answer(f"report: {out_dir / 'sweep.html'}")
+    return answer
+
+
 def _seeded(cfg: Config, seed: int) -> Config:
     c = cfg.copy()
     c.seed = seed
@@ -186,8 +212,7 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answ
     key, runs, reference = plan(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(cfg.to_yaml())
-    for i, (r, _) in enumerate(runs):
-        r.run_dir = out_dir / "runs" / f"{i:02d}_{_safe(r.label if not r.reference else 'reference')}_seed{r.seed}"
+    _place(runs, out_dir)
     seeds = sorted({r.seed for r, _ in runs})
     progress.print(f"sweep of {key}: {len(cfg.sweep.values)} values x {len(seeds)} seed(s)"
                    f"{' + a ' + reference if any(r.reference for r, _ in runs) else ''}: {len(runs)} audited runs, "

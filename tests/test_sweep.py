@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -184,7 +185,7 @@ def test_sweep_writes_table_frontier_protocol_map_and_page(tmp_path):
     assert json.loads((out / "sweep.json").read_text())["answer"]
 
 
-def test_an_interrupted_sweep_keeps_the_answer_of_the_runs_that_finished(tmp_path, monkeypatch):
+def test_an_interrupted_sweep_keeps_the_answer_of_the_runs_that_finished(tmp_path, monkeypatch, capsys):
     import fedattack.sweep as sweep
 
     real, calls = sweep._run_one, []
@@ -203,6 +204,17 @@ def test_an_interrupted_sweep_keeps_the_answer_of_the_runs_that_finished(tmp_pat
     answer = json.loads((out / "sweep.json").read_text())
     assert len(answer["failed_runs"]) == 2 and (out / "sweep.html").is_file()
     assert [r["value"] for r in csv.DictReader((out / "sweep.csv").open()) if r["test_acc"]] == ["1.0"]
+
+    # `fedattack report SWEEP_DIR` re-renders the answer from the runs on disk: one finished since counts
+    _, runs, _ = plan(fconfig.load(out / "config.yaml"))
+    sweep._place(runs, out)
+    first, second = runs[0][0].run_dir, runs[1][0].run_dir
+    shutil.copytree(first, second)  # as if the second run had finished after the interrupt
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    assert "report: " + str(out / "sweep.html") in capsys.readouterr().out
+    assert len(json.loads((out / "sweep.json").read_text())["failed_runs"]) == 1
+    assert [r["value"] for r in csv.DictReader((out / "sweep.csv").open()) if r["test_acc"]] == ["1.0", "0.01"]
 
 
 def test_sweep_time_left_counts_the_time_already_spent():

@@ -204,6 +204,7 @@ def test_an_interrupted_sweep_keeps_the_answer_of_the_runs_that_finished(tmp_pat
     answer = json.loads((out / "sweep.json").read_text())
     assert len(answer["failed_runs"]) == 2 and (out / "sweep.html").is_file()
     assert [r["value"] for r in csv.DictReader((out / "sweep.csv").open()) if r["test_acc"]] == ["1.0"]
+    assert [r["attack"] for r in csv.DictReader((out / "sweep.csv").open())][1:] == ["(run did not finish)"] * 2
 
     # `fedattack report SWEEP_DIR` re-renders the answer from the runs on disk: one finished since counts
     _, runs, _ = plan(fconfig.load(out / "config.yaml"))

@@ -149,7 +149,8 @@ def rows(runs: list[SweepRun], answer: Answer) -> list[dict]:
                 "run_dir": str(r.run_dir)}
         s = r.summary
         if s is None:
-            out.append({**base, "attack": f"(run failed, exit {r.exit_code})"})
+            why = f"run failed, exit {r.exit_code}" if r.exit_code else "run did not finish"
+            out.append({**base, "attack": f"({why})"})
             continue
         h = s.headline
         for name, a in s.attacks.items():

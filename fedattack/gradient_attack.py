@@ -14,6 +14,7 @@ import numpy as np
 
 from fedattack import shutdown
 from fedattack.client.train import local_train
+from fedattack.defenses import secure_aggregation
 from fedattack.errors import ConfigError
 from fedattack.experiment import Experiment, build
 from fedattack.limits import check_memory, check_model
@@ -69,10 +70,11 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
 
     A signal stops the attacks still running; the finished rows, summary and report are kept."""
     progress = progress or Progress()
-    if "secagg" in cfg.client.defenses:
-        raise ConfigError("client.defenses", "secagg lets the server see only the sum of several clients' updates, "
+    secagg = secure_aggregation(cfg.client.defenses)
+    if secagg is not None:
+        raise ConfigError("client.defenses", f"{secagg} lets the server see only the sum of several clients' updates, "
                                              "and `fedattack attack` audits one client's own update; audit secure "
-                                             "aggregation with `fedattack run client.defenses=[secagg]`")
+                                             f"aggregation with `fedattack run client.defenses=[{secagg}]`")
     exp = build(cfg, partitions=False)  # one victim: no federation to partition
     idx = victim_indices(exp)
     check_memory(exp, check_model(exp))

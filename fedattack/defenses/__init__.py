@@ -12,6 +12,6 @@ from fedattack.defenses import (  # noqa: F401 (register their defenses)
     secagg,
     soteria,
 )
-from fedattack.defenses.base import DEFENSES, DefenseContext, DefenseSpec, register_defense
+from fedattack.defenses.base import DEFENSES, DefenseContext, DefenseSpec, register_defense, secure_aggregation
 
-__all__ = ["DEFENSES", "DefenseContext", "DefenseSpec", "register_defense"]
+__all__ = ["DEFENSES", "DefenseContext", "DefenseSpec", "register_defense", "secure_aggregation"]

@@ -79,6 +79,11 @@ def register_defense(spec: DefenseSpec) -> DefenseSpec:
     return spec
 
 
+def secure_aggregation(names) -> str | None:
+    """The defense among `names` that hides each client's update in a sum (SecAgg+), if any."""
+    return next((n for n in names if n in DEFENSES.names() and DEFENSES.get(n).protocol == "secagg"), None)
+
+
 def adapt_update(trial: dict[str, torch.Tensor], observed: dict[str, torch.Tensor], defenses,
                  scale: float | None = None) -> dict[str, torch.Tensor]:
     """Apply the known defenses' `adapt` hooks, in order, to an attacker's simulated update.

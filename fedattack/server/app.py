@@ -21,7 +21,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedattack.client.app import train_config
 from fedattack.client.train import evaluate
 from fedattack.config import load
-from fedattack.defenses import DEFENSES
+from fedattack.defenses import secure_aggregation
 from fedattack.experiment import Experiment, build
 from fedattack.report.console import Progress
 from fedattack.report.store import default_out_dir
@@ -35,10 +35,6 @@ AUDIT_OPTIONS = ("every", "max_clients", "labels", "adaptive", "success_ssim", "
                  "threads_per_job", "tf32", "save_images", "job_timeout", "calibrate",
                  "calibration_budget", "calibration_cases", "calibration_images",
                  "calibration_iteration_factor", "calibration_restart_factor")
-
-
-def uses_secagg(cfg: Config) -> bool:
-    return any(DEFENSES.get(d).protocol == "secagg" for d in cfg.client.defenses)
 
 
 def audit_strategy(cfg: Config, exp: Experiment, *, out_dir: str | Path, progress: Progress | None = None
@@ -72,8 +68,9 @@ def run_rounds(grid: Grid, context: Context, cfg: Config, exp: Experiment, audit
         return MetricRecord({"test_loss": loss, "test_acc": acc})
 
     initial = ArrayRecord(exp.initial_model().state_dict())
-    if uses_secagg(cfg):
-        p = cfg.defense("secagg")
+    secagg = secure_aggregation(cfg.client.defenses)
+    if secagg is not None:
+        p = cfg.defense(secagg)
         start_secagg(audit, grid, context, initial_arrays=initial, num_rounds=cfg.fl.rounds, timeout=cfg.fl.timeout,
                      train_config=train_config(cfg), evaluate_fn=evaluate_fn, num_shares=p.num_shares,
                      reconstruction_threshold=p.reconstruction_threshold, clipping_range=p.clipping_range)

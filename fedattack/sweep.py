@@ -37,7 +37,7 @@ from fedattack.config import load as load_config_file
 from fedattack.defenses import DEFENSES
 from fedattack.errors import ConfigError, FedattackError
 from fedattack.report import sweep as report
-from fedattack.report.console import Progress, add_plain_row, plain_table
+from fedattack.report.console import Progress, add_plain_row, duration, plain_table
 from fedattack.report.store import check_out, default_out_dir, load_run
 from fedattack.schema import SECTIONS, Config
 
@@ -194,17 +194,13 @@ def _run_one(cfg: Config, run_dir: Path, log: Path) -> int:
                                 "--quiet"], stdout=f, stderr=subprocess.STDOUT)
 
 
-def _clock(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
-
-
 def _estimate(total: int, mean: float | None, parallel: int, elapsed: float) -> str:
     """The time left if every run takes as long as the finished ones did on average (runs
     often grow with the swept value, so this is a floor); once past it, says so."""
     if mean is None:
         return "; no run finished yet"
     left = total * mean / max(1, min(parallel, total)) - elapsed
-    return f"; about {_clock(left)} left" if left > 0 else "; past the estimate from the finished runs"
+    return f"; about {duration(left)} left" if left > 0 else "; past the estimate from the finished runs"
 
 
 def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answer:
@@ -228,7 +224,7 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answ
                 n = len(done)
                 mean = sum(done) / n if n else None
             elapsed = time.monotonic() - started
-            progress.print(f"sweep: {n}/{len(runs)} runs done, {_clock(elapsed)} in"
+            progress.print(f"sweep: {n}/{len(runs)} runs done, {duration(elapsed)} in"
                            f"{_estimate(len(runs), mean, cfg.sweep.parallel, elapsed)}")
 
     def one(i: int) -> int:

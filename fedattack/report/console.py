@@ -30,7 +30,7 @@ def _f(x: float | None, fmt: str) -> str:
     return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
@@ -152,11 +152,11 @@ class Progress:
             msg = f"audit: {self.done}/{self.submitted} attack jobs done, {running} running, {left - running} queued"
             if self.job_seconds:
                 mean = sum(self.job_seconds) / len(self.job_seconds)
-                msg += (f"; about {_duration(left * mean / self.concurrency)} left "
+                msg += (f"; about {duration(left * mean / self.concurrency)} left "
                         f"({mean:.0f} s per job, {self.concurrency} at a time)")
             else:
                 waited = time.monotonic() - (self._first_submit or time.monotonic())
-                msg += f"; none finished in {_duration(waited)} so far, no estimate yet"
+                msg += f"; none finished in {duration(waited)} so far, no estimate yet"
         return msg
 
     def _ensure_ticker(self) -> None:

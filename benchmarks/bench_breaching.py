@@ -27,7 +27,8 @@ Rows:
   config (cosine similarity, TV 0.2, signed Adam lr 0.1, boxed, step-lr decay, one trial,
   its config's label strategy "bias-corrected") with the iteration count set to this
   benchmark's; fedattack's `invgrad` with the same settings (loss=cosine, absolute tv=0.2, lr=0.1,
-  signed, boxed, decay, the same iterations, restarts=1, candidates=1) and at its defaults
+  signed, boxed, decay, the same iterations, restarts=1, candidates=1, and saturated=1: no second
+  run where the output collapses, which breaching does not have) and at its defaults
   (named in the `settings` column: TV relative to the mismatch, its restarts, and the label
   candidates screened; same iterations), labels by
   `audit.labels=auto`. TV: both are the mean absolute difference of
@@ -294,7 +295,7 @@ def breaching_settings(iterations: int) -> dict:
     """fedattack invgrad's parameters for breaching's `invertinggradients` config: cosine, the
     paper's absolute TV weight 0.2, signed Adam at lr 0.1 with step decay, boxed, one trial."""
     return dict(iterations=iterations, loss="cosine", tv=0.2, balanced=False, lr=0.1, signed=True, boxed=True,
-                lr_decay=True, restarts=1, candidates=1, init="randn", levels=1)
+                lr_decay=True, restarts=1, candidates=1, init="randn", levels=1, saturated=1.0)
 
 
 INVGRAD_TOOLS = ("breaching invertinggradients", "fedattack invgrad, breaching's settings",
@@ -327,7 +328,8 @@ def invgrad_rows(breaching, model: str, protocol: str, iterations: int, size: in
                         else "its config; labels: its own recovery (bias-corrected)")
         else:
             its = _fed_iterations(r)
-            settings = ("tv 0.2 (absolute), restarts 1, candidates 1, labels auto" if "settings" in tool else
+            equal = "tv 0.2 (absolute), restarts 1, candidates 1, no collapse rerun, labels auto"
+            settings = (equal if "settings" in tool else
                         f"{_defaults()}, {r['info'].get('label_candidates', 1)} label candidate(s), labels auto")
         row = {"table": "invgrad", "case": name, "tool": tool, "settings": settings, "iterations": its,
                "psnr": r["psnr"], "ssim": r["ssim"], "label_acc": r["label_acc"], "seconds": r["seconds"],
@@ -400,11 +402,12 @@ def speed_rows(breaching, cases: list[tuple[str, str]], size: int, iterations: i
 
 def _fed_iterations(r: dict) -> int:
     """Optimizer iterations of a fedattack invgrad run: the screening's and the main run's, for
-    each flat grey start where it ran several."""
+    each flat grey start where it ran several, twice where a collapsed run ran again."""
     info = r["info"]
     greys = info.get("grey_starts", {})
     runs, each = len(greys.get("losses", ())) or 1, greys.get("iterations_each", info["iterations"])
-    return runs * (each + (max(1, each // 10) if info.get("label_candidates", 1) > 1 else 0))
+    once = runs * (each + (max(1, each // 10) if info.get("label_candidates", 1) > 1 else 0))
+    return 2 * once if "collapsed" in info else once  # a collapsed run ran again with the per-layer cosine
 
 
 def _warm_up(breaching) -> None:

@@ -108,7 +108,8 @@ def test_invgrad_reruns_a_collapsed_run_with_the_per_layer_cosine(monkeypatch):
 
     monkeypatch.setattr(module, "_invert", fake)
     rec = attack("invgrad", InvGradParams(), obs)
-    assert calls == ["cosine", "layer-cosine"] and rec.info["collapsed"] == {"loss": "cosine", "saturated": 1.0}
+    assert calls == ["cosine", "layer-cosine"] and rec.info["collapsed"] == {"loss": "cosine", "saturated": 1.0,
+                                                                   "rerun_saturated": 0.0, "kept": "rerun"}
     calls.clear()
     assert attack("invgrad", InvGradParams(saturated=1.0), obs).info["saturated"] == 1.0 and calls == ["cosine"]
 

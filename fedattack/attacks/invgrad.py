@@ -52,7 +52,7 @@ gradient, so the pixels random-walk into the box bounds and the output is satura
 below a flat grey image. A run whose output has more than `saturated` of its pixels at the
 bounds (collapsed runs: a quarter to four fifths; healthy ones: a few percent, as natural images) is
 run again with the per-layer cosine, which gives the pixels' layers their weight, and the less
-saturated output is kept (`info["collapsed"]` says so).
+saturated output is kept (`info["collapsed"]` says so, and which run was kept).
 """
 
 from __future__ import annotations
@@ -123,8 +123,11 @@ def invgrad(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Reco
     rec = _started(obs, params, ctx)
     if rec.info["saturated"] > params.saturated and params.loss != "layer-cosine":
         rerun = _started(obs, replace(params, loss="layer-cosine"), ctx)
-        rerun.info["collapsed"] = {"loss": params.loss, "saturated": rec.info["saturated"]}
-        rec = rerun if rerun.info["saturated"] < rec.info["saturated"] else rec
+        kept = rerun if rerun.info["saturated"] < rec.info["saturated"] else rec
+        kept.info["collapsed"] = {"loss": params.loss, "saturated": rec.info["saturated"],
+                                  "rerun_saturated": rerun.info["saturated"],
+                                  "kept": "rerun" if kept is rerun else "first"}
+        rec = kept
     return replace(rec, images=shrink(rec.images, params.shrink, obs.data))
 
 

@@ -97,7 +97,8 @@ def experiment_plan(exp: Experiment, *, client_images: int | None = None) -> Aud
     cfg = exp.cfg
     return AuditPlan(model=exp.model_spec, data=exp.train.spec, protocol=TrainingProtocol.of_config(cfg),
                      attacks={a: cfg.attack(a) for a in cfg.audit.attacks}, options=cfg.audit, seed=cfg.seed,
-                     server_mode=cfg.server.mode, record=cfg, calibration_data=server_data(exp, client_images=client_images))
+                     server_mode=cfg.server.mode, record=cfg,
+                     calibration_data=server_data(exp, client_images=client_images))
 
 
 def calibration_source(record: Any) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 import types
 import typing
 from dataclasses import fields
@@ -106,6 +107,23 @@ def _aliases(registry: Any, listed: list) -> dict[str, str]:
     return out
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2's booleans: only true and false. PyYAML's YAML 1.1 also reads yes/no/on/off as
+    booleans, so `audit.adaptive=on` (a word among off/on/both) would arrive as True."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in rules if tag != "tag:yaml.org,2002:bool"]
+    for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
+
+
+def load_yaml(text: str) -> Any:
+    """YAML text as Python values, with YAML 1.2's booleans (`_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader
+
+
 def read_yaml(path: str | Path) -> dict:
     p = Path(path)
     if p.is_dir():
@@ -113,7 +131,7 @@ def read_yaml(path: str | Path) -> dict:
     if not p.is_file():
         raise ConfigError("config", f"file not found: {p}")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = load_yaml(p.read_text())
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -135,21 +153,24 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(item, "an override must look like key=value, e.g. fl.rounds=5")
     try:
-        value = yaml.safe_load(text) if text.strip() else None
+        value = load_yaml(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
     return key.split("."), value
 
 
-def _defense_sections_in_force(cfg: Config) -> None:
+def defense_sections_in_force(cfg: Config, *, sweeping: bool = True) -> None:
     """A defense's section only where the defense is in force: `gaussian.sigma=0.5` without
-    gaussian in client.defenses would run undefended (sweep.defense counts as in force)."""
-    in_force = set(cfg.client.defenses) | ({cfg.sweep.defense} if cfg.sweep.defense else set())
-    idle = [d for d in cfg.defense_params if d not in in_force]
+    gaussian in client.defenses would run undefended. sweep.defense counts as in force only for
+    `fedattack sweep` (`sweeping`); `run` and `attack` do not apply it."""
+    swept = {cfg.sweep.defense} if cfg.sweep.defense and sweeping else set()
+    idle = [d for d in cfg.defense_params if d not in set(cfg.client.defenses) | swept]
     if idle:
         d = idle[0]
+        why = (f"; sweep.defense={d} applies it only under `fedattack sweep`" if cfg.sweep.defense == d
+               else "")
         raise ConfigError(d, f"the defense '{d}' is configured but not in client.defenses "
-                             f"({', '.join(cfg.client.defenses) or 'none'}): add it (client.defenses=[...,{d}]) "
+                             f"({', '.join(cfg.client.defenses) or 'none'}){why}: add it (client.defenses=[...,{d}]) "
                              f"or drop its section")
 
 
@@ -339,7 +360,7 @@ def validate(cfg: Config) -> None:
         check = getattr(params, "validate", None)
         if check is not None:
             check(name)
-    _defense_sections_in_force(cfg)  # after the values: a bad value names its own field first
+    defense_sections_in_force(cfg)  # after the values: a bad value names its own field first
     # a generator checkpoint loads now, not first at attack time; the section of an attack that is
     # not in audit.attacks needs none
     for name in cfg.audit.attacks:

@@ -14,6 +14,7 @@ import numpy as np
 
 from fedattack import shutdown
 from fedattack.client.train import local_train
+from fedattack.config import defense_sections_in_force
 from fedattack.defenses import secure_aggregation
 from fedattack.errors import ConfigError
 from fedattack.experiment import Experiment, build
@@ -70,6 +71,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
 
     A signal stops the attacks still running; the finished rows, summary and report are kept."""
     progress = progress or Progress()
+    defense_sections_in_force(cfg, sweeping=False)
     secagg = secure_aggregation(cfg.client.defenses)
     if secagg is not None:
         raise ConfigError("client.defenses", f"{secagg} lets the server see only the sum of several clients' updates, "

@@ -11,6 +11,7 @@ from pathlib import Path
 from flwr.serverapp import ServerApp
 
 from fedattack.client.app import make_client_app
+from fedattack.config import defense_sections_in_force
 from fedattack.errors import ConfigError, FedattackError
 from fedattack.experiment import build
 from fedattack.limits import check_cluster, check_machine, quiet_logs
@@ -92,6 +93,7 @@ def run(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None, v
 
     progress = progress or Progress()
     # everything that can fail on bad input fails here, before any file is written
+    defense_sections_in_force(cfg, sweeping=False)
     exp = build(cfg)
     check_machine(exp)
     with quiet_logs("flwr"):

@@ -53,6 +53,21 @@ def test_overrides_parse_types_and_lists():
     assert cfg.attack("dlg").optimizer == "adam"
 
 
+def test_yes_no_on_off_are_words_not_booleans(tmp_path):
+    """YAML 1.2's booleans: `audit.adaptive=on` is the word its choices list, on the command line
+    and in a file; a boolean field takes true or false only."""
+    assert fconfig.load(None, ["audit.adaptive=on"]).audit.adaptive == "on"
+    assert fconfig.load(None, ["audit.adaptive=off"]).audit.adaptive == "off"
+    p = tmp_path / "c.yaml"
+    p.write_text("audit: {adaptive: on, calibrate: True}\n")
+    cfg = fconfig.load(p)
+    assert cfg.audit.adaptive == "on" and cfg.audit.calibrate is True
+    with pytest.raises(ConfigError, match=r"^audit\.adaptive: unknown value 'yes'; allowed: off, on, both"):
+        fconfig.load(None, ["audit.adaptive=yes"])
+    with pytest.raises(ConfigError, match=r"^audit\.calibrate: expected true or false, got 'yes'"):
+        fconfig.load(None, ["audit.calibrate=yes"])
+
+
 def test_round_trip_through_json_and_yaml(tmp_path):
     cfg = fconfig.load(None, ["audit.attacks=[dlg]", "dlg.iterations=7", "seed=3"])
     again = fconfig.from_json(cfg.to_json())

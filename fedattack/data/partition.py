@@ -66,9 +66,17 @@ def iid(targets: np.ndarray, num_clients: int, cfg, seed: int) -> list[np.ndarra
 def dirichlet(targets: np.ndarray, num_clients: int, cfg, seed: int) -> list[np.ndarray]:
     from flwr_datasets.partitioner import DirichletPartitioner
 
-    return _run(lambda: DirichletPartitioner(
-        num_partitions=num_clients, partition_by="label", alpha=float(cfg.alpha), min_partition_size=cfg.min_size,
-        self_balancing=False, shuffle=True, seed=seed), targets, seed, "partition.alpha")
+    try:
+        return _run(lambda: DirichletPartitioner(
+            num_partitions=num_clients, partition_by="label", alpha=float(cfg.alpha), min_partition_size=cfg.min_size,
+            self_balancing=False, shuffle=True, seed=seed), targets, seed, "partition.alpha")
+    except ConfigError as exc:
+        if "max number of attempts" not in str(exc):
+            raise
+        raise ConfigError("partition.alpha", f"Dirichlet({cfg.alpha}) left a client with fewer than partition.min_size="
+                                             f"{cfg.min_size} of the {len(targets)} training images in every try; "
+                                             "allowed: a larger partition.alpha, fewer fl.num_clients or a smaller "
+                                             "partition.min_size") from None
 
 
 @PARTITIONERS.register("shards", doc="sort by label, cut equal shards, deal partition.shards_per_client to each "

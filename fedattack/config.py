@@ -361,6 +361,10 @@ def validate(cfg: Config) -> None:
         if check is not None:
             check(name)
     defense_sections_in_force(cfg)  # after the values: a bad value names its own field first
+    needs = [a for a in cfg.audit.attacks if a in ATTACKS.names() and ATTACKS.get(a).needs_malicious]
+    if needs and cfg.server.mode != "malicious":
+        raise ConfigError("server.mode", f"{needs[0]} needs a malicious server (one that changes the model it sends); "
+                                         f"allowed: server.mode=malicious, or audit.attacks without {', '.join(needs)}")
     # a generator checkpoint loads now, not first at attack time; the section of an attack that is
     # not in audit.attacks needs none
     for name in cfg.audit.attacks:

@@ -7,7 +7,7 @@ class FedattackError(Exception):
 
 class ConfigError(FedattackError):
     def __init__(self, field: str, message: str):
-        self.field = field
+        self.field, self.message = field, message
         super().__init__(f"{field}: {message}")
 
 

@@ -50,7 +50,10 @@ def resolve_key(cfg: Config) -> tuple[str, str | None]:
     if s.key and s.defense:
         raise ConfigError("sweep.key", "give sweep.key or sweep.defense (with sweep.param), not both")
     if s.defense:
-        spec = DEFENSES.get(s.defense)
+        try:
+            spec = DEFENSES.get(s.defense)
+        except ConfigError as exc:  # the registry names client.defenses
+            raise ConfigError("sweep.defense", exc.message) from None
         param = s.param or spec.main_param
         names = [f.name for f in fields(spec.params)]
         if param not in names:

@@ -27,7 +27,8 @@ def observe(overrides: list[str], indices, clients: int = 1):
 
 
 def attack(name: str, obs, *overrides: str, seed: int = 0):
-    params = fconfig.load(None, [f"audit.attacks=[{name}]", *overrides]).attack(name)
+    mode = ["server.mode=malicious"] if ATTACKS.get(name).needs_malicious else []
+    params = fconfig.load(None, [f"audit.attacks=[{name}]", *mode, *overrides]).attack(name)
     return ATTACKS.get(name)(obs, params, AttackContext(seed=seed))
 
 

@@ -191,6 +191,8 @@ BAD_INPUTS = [
     ("run", ["model.name=tests.plugins.models:extra_logits"], "model.name"),
     ("attack", ["model.name=tests.plugins.models:pooled_to_one", "client.batch_size=1"], "client.batch_size"),
     ("attack", ["client.defenses=[secagg]"], "client.defenses"),
+    ("run", ["audit.attacks=[idlg,rtf]"], "server.mode"),
+    ("sweep", ["sweep.defense=gausian", "sweep.values=[1]"], "sweep.defense"),
     ("attack", ["sweep.defense=gaussian", "gaussian.sigma=1.0"], "gaussian"),
     ("run", ["sweep.defense=gaussian", "gaussian.sigma=1.0"], "gaussian"),
     ("run", ["audit.attacks=[ggl]", "ggl.generator={tmp}/pickled.pt"], "ggl.generator"),

@@ -217,8 +217,8 @@ def matrix(results: list[JobResult], rounds: int) -> str:
             row.append((f"<div style='background:{_colour(r.score.ssim)};padding:2px'>"
                         f"<b>{num(r.score.ssim, 2)}</b>{dot}<br><span style='color:#333'>{esc(r.label)}</span></div>", ""))
         rows.append(row)
-    legend = ("<p class='note'>Each cell: the best SSIM any attack reached on that client's update in that round, "
-              "and the attack; white (0) to red (1); &#9679; the update leaked at least one image; "
+    legend = ("<p class='note'>Each cell: the best SSIM any attack reached on that client's update in that round "
+              "(the mean over the update's images), and the attack; white (0) to red (1); &#9679; the update leaked at least one image; "
               f"{DASH} the client was not sampled or not scored that round.</p>")
     return table(["client \\ round", *[str(x) for x in cols]], rows, "matrix") + legend
 
@@ -242,7 +242,7 @@ def exposure_table(summary: Summary) -> str:
     note = (f"<p class='note'>After round {last}. Worst-exposed clients first; {untouched} client(s) never had an "
             "audited update scored. A sample counts once, however many rounds and attacks recovered it.</p>")
     return table(["client", "training samples", "in audited updates", "recovered", "recovered share",
-                  "best SSIM so far"], body) + note
+                  "best image SSIM so far"], body) + note
 
 
 def calibration_section(run_dir: Path) -> str:
@@ -371,8 +371,10 @@ def gallery(run_dir: Path, r: JobResult, images: list[ImageRow], header: RunHead
         body = "<div class='cells'>" + "".join(cells) + "</div>"
     leaked = (f" &middot; <span class='leak'>leaked {r.score.recovered} of {r.score.num_images}</span>"
               if r.success else "")
+    total = len(images) or r.score.num_images
+    shown = f"; the first {n} of {total} images shown" if geometry is not None and total > n else ""
     return (f"<div class='gallery'><div class='cap'>{caption}{leaked}</div>{body}"
-            f"<div class='note'>top: private image; bottom: reconstruction</div></div>")
+            f"<div class='note'>top: private image; bottom: reconstruction{shown}</div></div>")
 
 
 def galleries(run_dir: Path, results: list[JobResult], images: list[ImageRow], header: RunHeader) -> str:

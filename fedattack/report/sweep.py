@@ -247,7 +247,7 @@ def plot_protocol(path: Path, points: dict[str, list[dict]], values: list, key: 
                          color="C2", label="test accuracy")
     axes[0].set(xlabel=key, ylabel="PSNR (dB)", title="Reconstruction PSNR")
     axes[1].set(xlabel=key, ylabel="private images recovered (%)", title="Recovery rate")
-    axes[1].set_ylim(bottom=0)
+    axes[1].set_ylim(bottom=0, top=max(1.0, axes[1].get_ylim()[1]))
     axes[2].set(xlabel=key, ylabel="final test accuracy", title="Utility", ylim=(0, 1.02))
     save(fig, axes, path)
 
@@ -287,6 +287,7 @@ def plot_frontier(path: Path, points: dict[str, list[dict]], answer: Answer, ref
     axes[0].set(xlabel="PSNR margin over a blank guess (dB), mean over seeds", ylabel="final test accuracy",
                 title=f"Privacy-utility frontier: {answer.key}")
     axes[1].set(xlabel="private images recovered (%)", ylabel="final test accuracy", title="Recovery rate vs utility")
+    axes[1].set_xlim(left=0, right=max(1.0, axes[1].get_xlim()[1]))  # a share: never below 0 %
     for ax in axes:
         ax.grid(alpha=0.3)
     if axes[0].get_legend_handles_labels()[0]:

@@ -265,6 +265,20 @@ def test_console_text_is_plain_and_a_status_line_reports_outstanding_jobs():
     assert progress.status_line() is None
 
 
+def test_a_result_line_leaves_out_labels_no_attack_recovered():
+    from fedattack.results import Score
+
+    out = io.StringIO()
+    progress = Progress(console=Console(file=out, width=300), status_every=0)
+    for acc in (float("nan"), 0.75):
+        progress.result(JobResult(round=1, client="aggregate", attack="cpa", defense="secagg", status="ok",
+                                  seconds=1.0, score=Score(psnr=12.0, ssim=0.1, label_acc=acc, num_images=4,
+                                                           baseline_psnr=13.0)))
+    first, second = out.getvalue().splitlines()
+    assert "labels" not in first and "SSIM 0.10 · 0/4 recovered" in first
+    assert "labels 75% · 0/4 recovered" in second
+
+
 def test_flower_and_ray_warnings_stay_hidden_unless_verbose():
     import warnings
 

@@ -130,8 +130,9 @@ class Progress:
             return
         s = r.score
         line.append(f"PSNR {_f(s.psnr, '.1f')} dB (blank guess {_f(s.baseline_psnr, '.1f')}) · "
-                    f"SSIM {_f(s.ssim, '.2f')} · labels {_f(s.label_acc * 100, '.0f')}% · "
-                    f"{s.recovered}/{s.num_images} recovered · ")
+                    f"SSIM {_f(s.ssim, '.2f')} · "
+                    + ("" if _f(s.label_acc, "") == "-" else f"labels {s.label_acc * 100:.0f}% · ")
+                    + f"{s.recovered}/{s.num_images} recovered · ")
         if r.success:
             line.append("LEAK", style="red")
         elif not math.isnan(s.margin) and s.margin <= self.margin:

@@ -107,7 +107,8 @@ def table(head: list[str], rows: list[list[tuple[str, str]]], cls: str = "") -> 
 def _server(header: RunHeader) -> str:
     if header.server_mode == "malicious":
         return ("<b>malicious</b> &mdash; the server modified the model it sent (e.g. Robbing the Fed's imprint "
-                "block)")
+                "block), so the clients trained that model: its training loss and test accuracy are not the "
+                "honest deployment's")
     return "<b>honest-but-curious</b> &mdash; the protocol as configured; the server only observes the updates"
 
 

@@ -66,11 +66,15 @@ def test_task_options_use_the_attack_resource_where_a_node_offers_it():
 
 
 def test_task_options_fall_back_with_a_warning_each():
-    opts, notes = task_options([_node(CPU=4), _node(alive=False, GPU=1, fedattack_attack=1)], gpus_per_job=0.5)
+    opts, notes = task_options([_node(CPU=4), _node(CPU=2), _node(alive=False, GPU=1, fedattack_attack=1)],
+                               gpus_per_job=0.5)
     assert "resources" not in opts and opts["num_gpus"] == 0 and opts["num_cpus"] == 0
     assert len(notes) == 2
     assert "fedattack_attack" in notes[0] and "audit.max_concurrent" in notes[0]
     assert "audit.gpus_per_job=0.5" in notes[1] and "CPU" in notes[1]
+    # one machine: nothing to place, so no note about the resource (the GPU note stays)
+    opts, notes = task_options([_node(CPU=4)], gpus_per_job=0.5)
+    assert "resources" not in opts and len(notes) == 1 and "audit.gpus_per_job" in notes[0]
     # GPUs only on a node without attack slots: the attack tasks could never start
     opts, notes = task_options([_node(CPU=4, GPU=1), _node(fedattack_attack=1)], gpus_per_job=1)
     assert opts["num_gpus"] == 0 and opts["resources"] == {ATTACK_RESOURCE: 1} and len(notes) == 1
@@ -282,7 +286,7 @@ def test_cluster_without_attack_slots_warns_and_caps_jobs_itself(tmp_path, capfd
             dispatcher.submit(AttackJob(round=1, client=seed, attack="where", params=params,
                                         observation=obs, seed=seed), truth)
         err = capfd.readouterr().err
-        assert "fedattack: warning: no Ray node offers the 'fedattack_attack' resource" in err
+        assert "fedattack_attack" not in err  # one node: nothing to place
         assert "fedattack: warning: audit.gpus_per_job=1 but no Ray node has that many GPUs" in err
         assert dispatcher.options == {"num_cpus": 0, "num_gpus": 0, "max_retries": 1}
         assert dispatcher.pending() == 3

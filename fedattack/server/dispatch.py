@@ -163,7 +163,7 @@ def task_options(nodes: list[dict], gpus_per_job: float, max_retries: int = 1) -
     notes = []
     if attack_nodes:
         opts["resources"] = {ATTACK_RESOURCE: 1}
-    else:
+    elif len(alive) > 1:  # on one machine there is nothing to place: no note
         notes.append(f"no Ray node offers the '{ATTACK_RESOURCE}' resource; attack jobs run anywhere in the "
                      f"cluster, at most audit.max_concurrent at a time (start attack workers with "
                      f"ray start --resources='{{\"{ATTACK_RESOURCE}\": N}}' to place and cap them)")

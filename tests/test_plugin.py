@@ -222,6 +222,10 @@ def test_bad_arguments_are_one_line_naming_the_argument(tmp_path):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, input_shape=(3, 12, 12), out_dir=tmp_path / "d")
     with pytest.raises(ConfigError, match=r"^calibration_data: calibrate=True needs the server's own data"):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, calibrate=True, out_dir=tmp_path / "f")
+    with pytest.raises(ConfigError, match=r'^server_mode: rtf needs a malicious server .*server_mode="malicious"'):
+        AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, attacks=["rtf"], out_dir=tmp_path / "g")
+    with pytest.raises(ConfigError, match=r"^server_mode: unknown value 'evil'; allowed: honest, malicious$"):
+        AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, server_mode="evil", out_dir=tmp_path / "h")
     (tmp_path / "e").mkdir()
     (tmp_path / "e" / "keep").write_text("")
     with pytest.raises(ConfigError, match=r"^out_dir: .* exists and is not empty"):

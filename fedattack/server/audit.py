@@ -741,8 +741,10 @@ class AuditStrategy(Strategy):
         spec = model if isinstance(model, ModelSpec) else user_model_spec(model, in_shape=input_shape,
                                                                              num_classes=num_classes)
         data = _data_spec(spec, mean, std)
-        audit_cfg, attack_params = _audit_section(attacks, seed=seed or 0, every=every, max_clients=max_clients,
-                                                  labels=labels, adaptive=adaptive, success_ssim=success_ssim,
+        if server_mode not in ("honest", "malicious"):
+            raise ConfigError("server_mode", f"unknown value '{server_mode}'; allowed: honest, malicious")
+        audit_cfg, attack_params = _audit_section(attacks, seed=seed or 0, server_mode=server_mode, every=every,
+                                                  max_clients=max_clients, labels=labels, adaptive=adaptive, success_ssim=success_ssim,
                                                   max_concurrent=max_concurrent, gpus_per_job=gpus_per_job,
                                                   threads_per_job=threads_per_job, tf32=tf32,
                                                   save_images=save_images, job_timeout=job_timeout,
@@ -751,8 +753,6 @@ class AuditStrategy(Strategy):
                                                   calibration_images=calibration_images,
                                                   calibration_iteration_factor=calibration_iteration_factor,
                                                   calibration_restart_factor=calibration_restart_factor)
-        if server_mode not in ("honest", "malicious"):
-            raise ConfigError("server_mode", f"unknown value '{server_mode}'; allowed: honest, malicious")
         if record is None:
             record = AppRecord(_app_record(strategy, spec, data, protocol, audit_cfg, attack_params, seed,
                                            server_mode), audit_cfg)
@@ -917,20 +917,27 @@ def _calibration_data(calibrate: bool, given: Any, data: DataSpec) -> tuple[torc
     return images.float(), labels.long()
 
 
-def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, **options: Any
-                   ) -> tuple[AuditConfig, dict[str, Any]]:
-    """The audit options and each attack's parameters, validated as fedattack's config is."""
+def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, server_mode: str = "honest",
+                   **options: Any) -> tuple[AuditConfig, dict[str, Any]]:
+    """The audit options and each attack's parameters, validated as fedattack's config is (an
+    attack that needs a malicious server against `server_mode` too)."""
     if isinstance(attacks, str):
         attacks = [attacks]
     given = dict(attacks) if isinstance(attacks, Mapping) else {a: None for a in attacks}
     ready = {k: v for k, v in given.items() if is_dataclass(v)}
-    raw: dict[str, Any] = {"seed": seed, "audit": {"attacks": list(given), **options}}
+    raw: dict[str, Any] = {"seed": seed, "server": {"mode": server_mode}, "audit": {"attacks": list(given), **options}}
     for name, params in given.items():
         if params is not None and not is_dataclass(params):
             if not isinstance(params, Mapping):
                 raise ConfigError(f"attacks.{name}", f"expected a mapping of parameters, got {params!r}")
             raw[name] = dict(params)
-    cfg = from_dict(raw)
+    try:
+        cfg = from_dict(raw)
+    except ConfigError as exc:
+        if exc.field != "server.mode":
+            raise
+        raise ConfigError("server_mode", exc.message.replace("server.mode=malicious", 'server_mode="malicious"')
+                          .replace("audit.attacks without", "attacks without")) from None
     return cfg.audit, {name: ready.get(name, cfg.attack_params[name]) for name in given}
 
 

@@ -51,3 +51,14 @@ def test_audited_simulation_writes_a_complete_run_directory(tmp_path):
     # the user's strategy ran unchanged and never saw the audit-only record
     assert [s["round"] for s in user_strategy.SEEN] == [1, 2]
     assert all(s["n"] == 2 and "audit" not in s["keys"] for s in user_strategy.SEEN)
+
+
+@pytest.mark.slow
+def test_a_malicious_server_run_imprints_the_model_and_robs_the_fed(tmp_path):
+    cfg = fconfig.load(None, ["fl.num_clients=2", "fl.clients_per_round=1", "fl.rounds=1", "partition.alpha=1.0",
+                              "server.mode=malicious", "audit.attacks=[rtf]", "client.batch_size=16",
+                              "client.local_steps=1"])
+    summary = run(cfg, out_dir=tmp_path / "run")
+    rows = list(csv.DictReader((tmp_path / "run" / "leakage.csv").open()))
+    assert len(rows) == 1 and rows[0]["status"] == "ok", rows[0]["error"]
+    assert summary.header.server_mode == "malicious" and summary.attacks["rtf"].recovered >= 4

@@ -382,16 +382,15 @@ def test_a_stop_request_ends_a_calibration_before_its_next_attack_run(tmp_path):
 
 
 def test_a_calibration_that_cannot_run_is_recorded_and_the_attack_runs_configured(tmp_path):
-    # one image of the server's own for clients of two: nothing to simulate them with
+    # lfw-subset's test split holds 40 images, for a client of 48: nothing to simulate it with
     spec = AttackSpec("test-flat", _flat, _FlatParams, "test", tunable=(("level", LogRange(0.05, 0.95)),))
     with ATTACKS.temporarily(spec.name, spec):
         code = main(["attack", "--out", str(tmp_path / "run"), "--quiet", "audit.attacks=[test-flat]",
-                     "audit.calibrate=true", "audit.calibration_samples=1", "client.batch_size=2",
-                     "client.local_steps=1"])
+                     "audit.calibrate=true", "client.batch_size=48", "client.local_steps=1"])
     import json
 
     (record,) = json.loads((tmp_path / "run" / "calibration.json").read_text())
-    assert code == 0 and "needs 2 images" in record["skipped"] and "trials" not in record
+    assert code == 0 and "needs 48 images" in record["skipped"] and "trials" not in record
     assert (tmp_path / "run" / "leakage.csv").read_text().count("test-flat") == 1  # the job ran all the same
 
 

@@ -26,7 +26,8 @@ def observe(overrides: list[str], indices, clients: int = 1):
 
 def run_attack(name: str, obs, overrides: list[str] = (), seed: int = 0):
     """(reconstruction, seconds) of attack `name` with its config overrides."""
-    params = fconfig.load(None, [f"audit.attacks=[{name}]", *overrides]).attack(name)
+    mode = ["server.mode=malicious"] if ATTACKS.get(name).needs_malicious else []
+    params = fconfig.load(None, [f"audit.attacks=[{name}]", *mode, *overrides]).attack(name)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     t0 = time.perf_counter()
     rec = ATTACKS.get(name)(obs.to(device), params, AttackContext(device=device, seed=seed))

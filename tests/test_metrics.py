@@ -24,10 +24,25 @@ def test_matching_recovers_a_permutation_exactly():
     assert np.all(s.psnr == 100.0) and np.allclose(s.ssim, 1.0)
 
 
-def test_unmatched_truth_counts_as_not_leaked():
+def test_unmatched_truth_scores_as_a_grey_guess_and_counts_as_not_leaked():
     t = _faces(3)
     s = match_and_score(t[:1], t)
-    assert (s.match >= 0).sum() == 1 and s.psnr[s.match < 0].max() == 0 and s.ssim[s.match < 0].max() == 0
+    grey = match_and_score(np.full_like(t[1:], 0.5), t[1:])
+    assert (s.match >= 0).sum() == 1 and s.psnr[0] == 100.0
+    assert np.allclose(s.psnr[1:], grey.psnr) and np.allclose(s.ssim[1:], grey.ssim)
+    baseline_psnr, baseline_ssim = flat_baseline(t[1:])
+    assert np.all(s.psnr[1:] <= baseline_psnr + 1e-9) and np.all(s.ssim[1:] <= baseline_ssim + 1e-9)
+
+
+def test_one_exact_image_of_eight_is_a_leak():
+    """An attack that returns one exact image of a client's eight (an analytic attack on a batch)
+    leaked that image: the seven it said nothing about count as blank guesses, not as 0 dB (which
+    pulled the mean PSNR under the blank-guess baseline and hid the leak)."""
+    spec = DataSpec(shape=(1, 32, 32), num_classes=2, mean=(0.5,), std=(0.25,))
+    px = torch.as_tensor(_faces(8))
+    truth = Truth(images=spec.normalize(px), labels=torch.ones(8, dtype=torch.long))
+    s = score(Reconstruction(images=spec.normalize(px[2:3])), truth, spec)
+    assert s.recovered == 1 and s.margin > 0.5
 
 
 def test_label_accuracy_is_order_free_with_multiplicity():

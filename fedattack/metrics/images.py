@@ -31,8 +31,10 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 def match_and_score(recon: np.ndarray, truth: np.ndarray) -> ImageScores:
     """Match reconstructions to ground truth by optimal assignment on PSNR, then score.
 
-    recon: (M, C, H, W), truth: (N, C, H, W), both in [0, 1]. Unmatched truth images
-    (M < N) get PSNR 0, SSIM 0 and MSE of an all-grey guess, so they count as not leaked.
+    recon: (M, C, H, W), truth: (N, C, H, W), both in [0, 1]. A truth image no reconstruction
+    is matched to (M < N) is scored as a flat grey (0.5) guess: the attack told nothing about it,
+    which is what a blank guess tells (it scores at or below the best flat image's baseline, so it
+    never counts as leaked).
     """
     n, m = len(truth), len(recon)
     p = np.array([[psnr(recon[j], truth[i]) for j in range(m)] for i in range(n)]).reshape(n, m)
@@ -47,5 +49,7 @@ def match_and_score(recon: np.ndarray, truth: np.ndarray) -> ImageScores:
             out_s[i] = ssim(r, truth[i])
             out_m[i] = float(np.mean((r - truth[i]) ** 2))
         else:
-            out_m[i] = float(np.mean((0.5 - truth[i]) ** 2))
+            grey = np.full_like(truth[i], 0.5)
+            out_p[i], out_s[i] = psnr(grey, truth[i]), ssim(grey, truth[i])
+            out_m[i] = float(np.mean((grey - truth[i]) ** 2))
     return ImageScores(match=match, psnr=out_p, ssim=out_s, mse=out_m)

@@ -219,7 +219,8 @@ def matrix(results: list[JobResult], rounds: int) -> str:
                         f"<b>{num(r.score.ssim, 2)}</b>{dot}<br><span style='color:#333'>{esc(r.label)}</span></div>", ""))
         rows.append(row)
     legend = ("<p class='note'>Each cell: the best SSIM any attack reached on that client's update in that round "
-              "(the mean over the update's images), and the attack; white (0) to red (1); &#9679; the update leaked at least one image; "
+              "(the mean over the update's images), and the attack; white (0) to red (1); &#9679; the update leaked "
+              "at least one image; "
               f"{DASH} the client was not sampled or not scored that round.</p>")
     return table(["client \\ round", *[str(x) for x in cols]], rows, "matrix") + legend
 

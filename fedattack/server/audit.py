@@ -744,7 +744,8 @@ class AuditStrategy(Strategy):
         if server_mode not in ("honest", "malicious"):
             raise ConfigError("server_mode", f"unknown value '{server_mode}'; allowed: honest, malicious")
         audit_cfg, attack_params = _audit_section(attacks, seed=seed or 0, server_mode=server_mode, every=every,
-                                                  max_clients=max_clients, labels=labels, adaptive=adaptive, success_ssim=success_ssim,
+                                                  max_clients=max_clients, labels=labels, adaptive=adaptive,
+                                                  success_ssim=success_ssim,
                                                   max_concurrent=max_concurrent, gpus_per_job=gpus_per_job,
                                                   threads_per_job=threads_per_job, tf32=tf32,
                                                   save_images=save_images, job_timeout=job_timeout,

@@ -174,6 +174,23 @@ def defense_sections_in_force(cfg: Config, *, sweeping: bool = True) -> None:
                              f"or drop its section")
 
 
+def _secure_aggregation_fits(cfg: Config) -> None:
+    """SecAgg+ (Flower's workflow) needs two clients a round, and each client as many neighbours
+    as the shares that reconstruct a secret: checked here, not by a round that ends empty."""
+    name = next((d for d in cfg.client.defenses
+                 if d in DEFENSES.names() and DEFENSES.get(d).protocol == "secagg"), None)
+    if name is None:
+        return
+    k = cfg.fl.clients_per_round
+    if k < 2:
+        raise ConfigError("fl.clients_per_round", f"secure aggregation ({name}) sums at least 2 clients' updates a "
+                                                  f"round; allowed: 2 or more, got {k}")
+    t = cfg.defense(name).reconstruction_threshold
+    if isinstance(t, int) and t != 1 and t > k:
+        raise ConfigError(f"{name}.reconstruction_threshold", f"as a count must be at most fl.clients_per_round "
+                                                              f"({k}), got {t}; or a fraction in (0, 1]")
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     raw = copy.deepcopy(raw) if raw else {}
     for item in overrides:
@@ -361,6 +378,7 @@ def validate(cfg: Config) -> None:
         if check is not None:
             check(name)
     defense_sections_in_force(cfg)  # after the values: a bad value names its own field first
+    _secure_aggregation_fits(cfg)
     needs = [a for a in cfg.audit.attacks if a in ATTACKS.names() and ATTACKS.get(a).needs_malicious]
     if needs and cfg.server.mode != "malicious":
         raise ConfigError("server.mode", f"{needs[0]} needs a malicious server (one that changes the model it sends); "

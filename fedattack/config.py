@@ -361,8 +361,9 @@ def validate(cfg: Config) -> None:
     check_range("audit", "calibration_iteration_factor", cfg.audit.calibration_iteration_factor, 1, 64)
     check_range("audit", "calibration_restart_factor", cfg.audit.calibration_restart_factor, 1, 64)
     check_range("audit", "calibration_samples", cfg.audit.calibration_samples, 1)
-    if cfg.audit.labels != "auto":
-        LABELS.check(cfg.audit.labels)
+    if cfg.audit.labels != "auto" and cfg.audit.labels not in LABELS.names() and ":" not in cfg.audit.labels:
+        raise ConfigError("audit.labels", f"unknown label method '{cfg.audit.labels}'; allowed: auto, "
+                                          f"{', '.join(LABELS.names())} or module:attr")
     check_between("audit", "success_ssim", cfg.audit.success_ssim, 0, 1)
     check_range("audit", "success_margin", cfg.audit.success_margin, 0)
     check_choice("server", "mode", cfg.server.mode, ["honest", "malicious"])

@@ -192,6 +192,7 @@ BAD_INPUTS = [
     ("attack", ["model.name=tests.plugins.models:pooled_to_one", "client.batch_size=1"], "client.batch_size"),
     ("attack", ["client.defenses=[secagg]"], "client.defenses"),
     ("run", ["audit.attacks=[idlg,rtf]"], "server.mode"),
+    ("attack", ["audit.labels=foo"], "audit.labels"),
     ("run", ["client.defenses=[secagg]", "fl.clients_per_round=1"], "fl.clients_per_round"),
     ("run", ["client.defenses=[secagg]", "secagg.num_shares=6", "secagg.reconstruction_threshold=5"],
      "secagg.reconstruction_threshold"),

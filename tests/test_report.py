@@ -266,8 +266,6 @@ def test_console_text_is_plain_and_a_status_line_reports_outstanding_jobs():
 
 
 def test_a_result_line_leaves_out_labels_no_attack_recovered():
-    from fedattack.results import Score
-
     out = io.StringIO()
     progress = Progress(console=Console(file=out, width=300), status_every=0)
     for acc in (float("nan"), 0.75):
@@ -277,6 +275,23 @@ def test_a_result_line_leaves_out_labels_no_attack_recovered():
     first, second = out.getvalue().splitlines()
     assert "labels" not in first and "SSIM 0.10 · 0/4 recovered" in first
     assert "labels 75% · 0/4 recovered" in second
+
+
+def test_the_summary_names_why_jobs_failed_also_when_quiet():
+    out = io.StringIO()
+    progress = Progress(console=Console(file=out, width=300), quiet=True, status_every=0)
+    for k in range(2):
+        progress.result(JobResult(round=1, client=k, attack="rgap", defense="none", status="failed", seconds=0.1,
+                                  error=f"AttackFailure: reason {k}"))
+    progress.result(JobResult(round=1, client=0, attack="idlg", defense="none", status="ok", seconds=1.0))
+    assert out.getvalue() == ""  # quiet: no live lines
+    from fedattack.report.summary import Summary
+    from fedattack.results import RunHeader
+
+    progress.summary_table(Summary(header=RunHeader(), attacks={}, rounds=1, final_test_acc=None, client_errors=0,
+                                   defense=None, epsilon=None))
+    assert "rgap: 2 job(s) without a reconstruction (the first: AttackFailure: reason 0)" in out.getvalue()
+    assert "idlg:" not in out.getvalue()
 
 
 def test_flower_and_ray_warnings_stay_hidden_unless_verbose():

@@ -64,6 +64,7 @@ class Progress:
         self.submitted = 0
         self.done = 0
         self.job_seconds: list[float] = []
+        self.failures: dict[str, list] = {}  # attack (with its variant) -> [jobs that did not finish, first reason]
         self._first_submit: float | None = None
         self._last_print = time.monotonic()
         self._lock = threading.Lock()
@@ -118,6 +119,8 @@ class Progress:
         tag = " (adaptive)" if r.adaptive else ""
         line = Text(f"  round {r.round} · {who} · {r.attack}{tag} · ")
         if not r.ok:
+            with self._lock:
+                self.failures.setdefault(f"{r.attack}{tag}", [0, r.error])[0] += 1
             line.append(r.status, style="red")
             line.append(f": {r.error}")
             self.print(line)
@@ -201,6 +204,8 @@ class Progress:
                                   f"{a.leaked}/{a.jobs - a.failed}" if a.jobs > a.failed else "-",
                                   _f(a.seconds, ".1f")])
         self.console.print(table)
+        for attack, (count, first) in self.failures.items():  # shown with --quiet as well
+            self.answer(f"{attack}: {count} job(s) without a reconstruction (the first: {first})")
         h = summary.headline
         if h is not None and h.samples:
             self.answer(f"{h.leaked_updates} of {h.audited_updates} audited updates leaked; "

@@ -348,6 +348,10 @@ def validate(cfg: Config) -> None:
         cfg.defense_params.setdefault(d, DEFENSES.get(d).params())
     for a in cfg.audit.attacks:
         cfg.attack_params.setdefault(a, ATTACKS.get(a).params())
+    twice = next((a for i, a in enumerate(cfg.audit.attacks) if a in cfg.audit.attacks[:i]), None)
+    if twice is not None:
+        raise ConfigError("audit.attacks", f"'{twice}' is listed twice; each attack runs once per update (its "
+                                           f"section, e.g. {twice}.iterations, sets how)")
     check_choice("audit", "adaptive", cfg.audit.adaptive, ["off", "on", "both"])
     check_range("audit", "every", cfg.audit.every, 0)
     check_range("audit", "max_clients", cfg.audit.max_clients, 0)

@@ -193,6 +193,7 @@ BAD_INPUTS = [
     ("attack", ["client.defenses=[secagg]"], "client.defenses"),
     ("run", ["audit.attacks=[idlg,rtf]"], "server.mode"),
     ("attack", ["audit.labels=foo"], "audit.labels"),
+    ("attack", ["audit.attacks=[idlg,idlg]"], "audit.attacks"),
     ("run", ["client.defenses=[secagg]", "fl.clients_per_round=1"], "fl.clients_per_round"),
     ("run", ["client.defenses=[secagg]", "secagg.num_shares=6", "secagg.reconstruction_threshold=5"],
      "secagg.reconstruction_threshold"),

@@ -20,10 +20,10 @@ from typing import Any
 
 import yaml
 
-from fedattack.attacks import ATTACKS
+from fedattack.attacks import ATTACKS, needing_malicious_server
 from fedattack.attacks.labels import LABELS
 from fedattack.data import DATASETS, PARTITIONERS
-from fedattack.defenses import DEFENSES
+from fedattack.defenses import DEFENSES, secure_aggregation
 from fedattack.errors import ConfigError
 from fedattack.models import ACTIVATIONS, INITIALIZERS, MODELS, check_width
 from fedattack.models.generator import check_checkpoint
@@ -177,8 +177,7 @@ def defense_sections_in_force(cfg: Config, *, sweeping: bool = True) -> None:
 def _secure_aggregation_fits(cfg: Config) -> None:
     """SecAgg+ (Flower's workflow) needs two clients a round, and each client as many neighbours
     as the shares that reconstruct a secret: checked here, not by a round that ends empty."""
-    name = next((d for d in cfg.client.defenses
-                 if d in DEFENSES.names() and DEFENSES.get(d).protocol == "secagg"), None)
+    name = secure_aggregation(cfg.client.defenses)
     if name is None:
         return
     k = cfg.fl.clients_per_round
@@ -365,9 +364,7 @@ def validate(cfg: Config) -> None:
     check_range("audit", "calibration_iteration_factor", cfg.audit.calibration_iteration_factor, 1, 64)
     check_range("audit", "calibration_restart_factor", cfg.audit.calibration_restart_factor, 1, 64)
     check_range("audit", "calibration_samples", cfg.audit.calibration_samples, 1)
-    if cfg.audit.labels != "auto" and cfg.audit.labels not in LABELS.names() and ":" not in cfg.audit.labels:
-        raise ConfigError("audit.labels", f"unknown label method '{cfg.audit.labels}'; allowed: auto, "
-                                          f"{', '.join(LABELS.names())} or module:attr")
+    LABELS.check(cfg.audit.labels, also=("auto",))  # auto: chosen among the methods per update
     check_between("audit", "success_ssim", cfg.audit.success_ssim, 0, 1)
     check_range("audit", "success_margin", cfg.audit.success_margin, 0)
     check_choice("server", "mode", cfg.server.mode, ["honest", "malicious"])
@@ -384,7 +381,7 @@ def validate(cfg: Config) -> None:
             check(name)
     defense_sections_in_force(cfg)  # after the values: a bad value names its own field first
     _secure_aggregation_fits(cfg)
-    needs = [a for a in cfg.audit.attacks if a in ATTACKS.names() and ATTACKS.get(a).needs_malicious]
+    needs = needing_malicious_server(cfg.audit.attacks)
     if needs and cfg.server.mode != "malicious":
         raise ConfigError("server.mode", f"{needs[0]} needs a malicious server (one that changes the model it sends); "
                                          f"allowed: server.mode=malicious, or audit.attacks without {', '.join(needs)}")

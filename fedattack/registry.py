@@ -72,11 +72,13 @@ class Registry(Generic[T]):
     def doc(self, name: str) -> str:
         return self._docs.get(name, "")
 
-    def check(self, name: str) -> None:
-        """Validate `name` without importing anything: registered, or a `module:attr` path."""
-        if name not in self._items and ":" not in name:
+    def check(self, name: str, also: tuple[str, ...] = ()) -> None:
+        """Validate `name` without importing anything: registered, a `module:attr` path, or one of
+        `also` (values the field takes besides entries, such as audit.labels' "auto")."""
+        if name not in self._items and name not in also and ":" not in name:
             raise ConfigError(
-                self.field_name, f"unknown {self.kind} '{name}'; allowed: {', '.join(self.names())} or module:attr"
+                self.field_name,
+                f"unknown {self.kind} '{name}'; allowed: {', '.join([*also, *self.names()])} or module:attr"
             )
 
     def get(self, name: str) -> T:

@@ -77,6 +77,12 @@ class NoParams:
 ATTACKS: Registry[AttackSpec] = Registry("attack", "audit.attacks")
 
 
+def needing_malicious_server(names) -> list[str]:
+    """The registered attacks among `names` that need a malicious server (one that changes the
+    model it sends)."""
+    return [a for a in names if a in ATTACKS.names() and ATTACKS.get(a).needs_malicious]
+
+
 def register_attack(name: str, *, params: type = NoParams, paper: str, scope: str = "client",
                     needs_malicious: bool = False, model_extension: str | None = None,
                     adaptive: bool = False, tunable: dict[str, LogRange | Choice] | None = None) -> Callable:

@@ -26,8 +26,12 @@ from fedattack.schema import Config
 STATUS_EVERY = 30.0  # seconds: the longest silence while attack jobs run
 
 
+def _missing(x: float | None) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
+
+
 def _f(x: float | None, fmt: str) -> str:
-    return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+    return "-" if _missing(x) else format(x, fmt)
 
 
 def duration(seconds: float) -> str:
@@ -134,7 +138,7 @@ class Progress:
         s = r.score
         line.append(f"PSNR {_f(s.psnr, '.1f')} dB (blank guess {_f(s.baseline_psnr, '.1f')}) · "
                     f"SSIM {_f(s.ssim, '.2f')} · "
-                    + ("" if _f(s.label_acc, "") == "-" else f"labels {s.label_acc * 100:.0f}% · ")
+                    + ("" if _missing(s.label_acc) else f"labels {s.label_acc * 100:.0f}% · ")
                     + f"{s.recovered}/{s.num_images} recovered · ")
         if r.success:
             line.append("LEAK", style="red")

@@ -360,7 +360,8 @@ def gallery(run_dir: Path, r: JobResult, images: list[ImageRow], header: RunHead
         return ""
     caption = f"round {r.round} &middot; {esc(who(r.client))} &middot; {esc(r.label)}"
     src = link(f"images/{r.row_id}.png")
-    n = min(16, max(1, len(images) or r.score.num_images))
+    total = len(images) or r.score.num_images
+    n = min(16, max(1, total))
     geometry = columns(path, n) if images else None
     if geometry is None:
         body = f"<img src='{src}' alt='{esc(r.row_id)}'>"
@@ -373,7 +374,6 @@ def gallery(run_dir: Path, r: JobResult, images: list[ImageRow], header: RunHead
         body = "<div class='cells'>" + "".join(cells) + "</div>"
     leaked = (f" &middot; <span class='leak'>leaked {r.score.recovered} of {r.score.num_images}</span>"
               if r.success else "")
-    total = len(images) or r.score.num_images
     shown = f"; the first {n} of {total} images shown" if geometry is not None and total > n else ""
     return (f"<div class='gallery'><div class='cap'>{caption}{leaked}</div>{body}"
             f"<div class='note'>top: private image; bottom: reconstruction{shown}</div></div>")

@@ -48,9 +48,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from fedattack import shutdown
-from fedattack.attacks import ATTACKS, AttackContext
+from fedattack.attacks import ATTACKS, AttackContext, needing_malicious_server
 from fedattack.attacks.calibrate import calibrate, calibration_key, judges
 from fedattack.client.record import AUDIT_KEY, TRUTH_KEY, ClientRecord, pop_record
+from fedattack.client.train import schedule
 from fedattack.config import from_dict
 from fedattack.data import load_dataset
 from fedattack.errors import ConfigError, FedattackError
@@ -111,9 +112,10 @@ def calibration_source(record: Any) -> str:
 
 
 def trained_images(exp: Experiment) -> int:
-    """The most images any client of `exp`'s partitions trains on in a round (0 without partitions)."""
-    steps, b = exp.cfg.client.local_steps, exp.cfg.client.batch_size
-    return max((min(len(p), steps * b) if steps > 0 else len(p) for p in exp.partitions), default=0)
+    """The most images any client of `exp`'s partitions trains on in a round (0 without
+    partitions): the distinct images of its batches (fedattack.client.train.schedule)."""
+    return max((len(np.unique(np.concatenate(schedule(p, exp.cfg, 1, c)))) for c, p in enumerate(exp.partitions)),
+               default=0)
 
 
 def server_data(exp: Experiment, *, client_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -932,13 +934,12 @@ def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, ser
             if not isinstance(params, Mapping):
                 raise ConfigError(f"attacks.{name}", f"expected a mapping of parameters, got {params!r}")
             raw[name] = dict(params)
-    try:
-        cfg = from_dict(raw)
-    except ConfigError as exc:
-        if exc.field != "server.mode":
-            raise
-        raise ConfigError("server_mode", exc.message.replace("server.mode=malicious", 'server_mode="malicious"')
-                          .replace("audit.attacks without", "attacks without")) from None
+    needs = needing_malicious_server(given) if server_mode != "malicious" else []
+    if needs:  # before the config's own check, which names fedattack's keys, not these arguments
+        raise ConfigError("server_mode", f"{needs[0]} needs a malicious server (one that changes the model it "
+                                         f'sends); allowed: server_mode="malicious", or attacks without '
+                                         f"{', '.join(needs)}")
+    cfg = from_dict(raw)
     return cfg.audit, {name: ready.get(name, cfg.attack_params[name]) for name in given}
 
 

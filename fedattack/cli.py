@@ -118,8 +118,15 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (the usage itself is in --help), exit code 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedattack", description="Audit what a federated deployment leaks.")
+    parser = _Parser(prog="fedattack", description="Audit what a federated deployment leaks.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_, add_args, handler) in COMMANDS.items():
         p = sub.add_parser(name, help=help_)
@@ -147,7 +154,11 @@ def entry() -> None:
     """The console script: `main`, then exit. Where an abandoned attack is still computing in a
     thread, the process ends without finalizing the interpreter (native code running in a
     thread while it finalizes can abort the process after the results are written)."""
-    code = main()
+    try:
+        code = main()
+    except BrokenPipeError:  # `fedattack list models | head`: the reader left; nothing is lost
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     if abandoned_threads():
         sys.stdout.flush()
         sys.stderr.flush()

@@ -23,6 +23,7 @@ import yaml
 from fedattack.attacks import ATTACKS, needing_malicious_server
 from fedattack.attacks.labels import LABELS
 from fedattack.data import DATASETS, PARTITIONERS
+from fedattack.data.hf import is_hf
 from fedattack.defenses import DEFENSES, secure_aggregation
 from fedattack.errors import ConfigError
 from fedattack.models import ACTIVATIONS, INITIALIZERS, MODELS, check_width
@@ -311,6 +312,10 @@ def validate(cfg: Config) -> None:
     if cfg.data.channels not in (None, 1, 3):
         raise ConfigError("data.channels", f"must be 1 or 3, got {cfg.data.channels}")
     check_between("data", "test_fraction", cfg.data.test_fraction, 0, 1, lo_open=True, hi_open=True)
+    for key in ("image_key", "label_key"):
+        if getattr(cfg.data, key) is not None and not is_hf(cfg.data.name):
+            raise ConfigError(f"data.{key}", f"names a column of a Hugging Face dataset; allowed only with "
+                                             f"data.name=hf:ID, not {cfg.data.name!r}")
     PARTITIONERS.check(cfg.partition.name)
     check_range("partition", "alpha", cfg.partition.alpha, 0, lo_open=True)
     check_range("partition", "shards_per_client", cfg.partition.shards_per_client, 0, lo_open=True)
@@ -364,6 +369,10 @@ def validate(cfg: Config) -> None:
     check_range("audit", "calibration_iteration_factor", cfg.audit.calibration_iteration_factor, 1, 64)
     check_range("audit", "calibration_restart_factor", cfg.audit.calibration_restart_factor, 1, 64)
     check_range("audit", "calibration_samples", cfg.audit.calibration_samples, 1)
+    weights = cfg.audit.lpips_weights
+    if weights is not None and not (isinstance(weights, str) and Path(weights).expanduser().is_dir()):
+        raise ConfigError("audit.lpips_weights", f"must be an existing folder holding LPIPS's weight files, got "
+                                                 f"{weights!r}")
     LABELS.check(cfg.audit.labels, also=("auto",))  # auto: chosen among the methods per update
     check_between("audit", "success_ssim", cfg.audit.success_ssim, 0, 1)
     check_range("audit", "success_margin", cfg.audit.success_margin, 0)

@@ -237,6 +237,7 @@ class RunHeader:
     strategy: str = ""
     seed: int = 0
     defense: str = "none"  # the defenses in force, as describe_defenses writes them
+    defenses: tuple[str, ...] = ()  # client.defenses, by name
     configured_rounds: int = 0  # fl.rounds
     num_clients: int = 0
     clients_per_round: int = 0
@@ -259,7 +260,8 @@ class RunHeader:
         return cls(server_mode=str((raw.get("server") or {}).get("mode", "honest")),
                    dataset=str((raw.get("data") or {}).get("name", "")),
                    model=str((raw.get("model") or {}).get("name", "")), strategy=str(fl.get("strategy", "")),
-                   seed=int(raw.get("seed", 0)), defense=describe_defenses(raw), configured_rounds=int(fl.get("rounds", 0)),
+                   seed=int(raw.get("seed", 0)), defense=describe_defenses(raw),
+                   defenses=tuple(str(d) for d in client.get("defenses") or ()), configured_rounds=int(fl.get("rounds", 0)),
                    num_clients=int(fl.get("num_clients", 0)), clients_per_round=int(fl.get("clients_per_round", 0)),
                    configured_attacks=tuple(str(a) for a in audit.get("attacks") or ()),
                    success_ssim=float(audit.get("success_ssim", 0.5)),

@@ -94,6 +94,9 @@ def test_round_trip_through_json_and_yaml(tmp_path):
     ("fl.rounds=abc", "fl.rounds"),
     ("dlg.optimizer=sgd", "dlg.optimizer"),
     ("victim.indices=[-1]", "victim.indices"),
+    ("data.image_key=img", "data.image_key"),  # a column name, for hf: datasets only
+    ("data.label_key=label", "data.label_key"),
+    ("audit.lpips_weights=/no/such/folder", "audit.lpips_weights"),
 ])
 def test_bad_values_name_the_field(override, field):
     with pytest.raises(ConfigError) as info:

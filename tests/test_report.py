@@ -362,8 +362,11 @@ def test_a_secagg_run_without_aggregate_attacks_says_why_no_update_was_attacked(
     from fedattack.report.summary import summarize
     from fedattack.results import RunHeader
 
-    header = RunHeader(defense="secagg(num_shares=3,reconstruction_threshold=2)")
+    header = RunHeader(defense="secagg(num_shares=3,reconstruction_threshold=2)", defenses=("secagg",))
     summary = summarize([], [RoundResult(round=1)], header)
     assert "Under SecAgg+ the server sees each round's sum of updates" in headline(summary, [], [])
+    # the defense is found by what it does, not by its name's letters
+    lookalike = RunHeader(defense="nosecagg(sigma=0.1)", defenses=("nosecagg",))
+    assert "No client update was scored" in headline(summarize([], [RoundResult(round=1)], lookalike), [], [])
     plain = summarize([], [RoundResult(round=1)], RunHeader())
     assert "No client update was scored" in headline(plain, [], [])

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from fedattack.defenses import secure_aggregation
 from fedattack.report import plots
 from fedattack.report.exposure import ALL, best_per_sample, worst_clients
 from fedattack.report.images import PAD, columns
@@ -126,7 +127,7 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
             f"{header.configured_rounds} rounds. Everything below is what was recorded before it stopped "
             f"({len(results)} attack results){lost}. The CSV files hold the same results.</div>")
     items = []
-    if (h is None or h.audited_updates == 0) and "secagg" in header.defense:
+    if (h is None or h.audited_updates == 0) and secure_aggregation(header.defenses):
         big = ("Under SecAgg+ the server sees each round's sum of updates, never one client's: no client update "
                "was there to attack (attacks on the aggregate, where configured, are below).")
     elif h is None or h.audited_updates == 0:

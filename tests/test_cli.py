@@ -56,6 +56,18 @@ def test_subprocess_exit_code_and_no_traceback():
     assert res.stderr.strip() == "fedattack: error: client.lr: must be > 0, got -0.5"
 
 
+@pytest.mark.parametrize("argv, says", [
+    (["list", "foo"], "invalid choice: 'foo' (choose from 'attacks'"), ([], "required: command"),
+    (["run", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_a_usage_error_is_one_line_exit_2(capsys, argv, says):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and says in err and err.endswith("--help)")
+
+
 @pytest.mark.parametrize("kind, expected", [
     ("attacks", ["dlg", "idlg"]), ("datasets", ["lfw-subset", "mnist", "fashion-mnist", "cifar10", "cifar100",
                                                  "imagefolder"]),

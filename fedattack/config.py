@@ -96,6 +96,12 @@ def _listed(raw: dict, section: str, key: str) -> list:
     return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
+def _section_name(registry: Any, name: str) -> str:
+    """The config section of a listed plug-in: its own name (`mine` for `mypkg.attacks:mine`)."""
+    own = getattr(registry.get(name), "name", None) if ":" in name else name
+    return own if isinstance(own, str) else name
+
+
 def _aliases(registry: Any, listed: list) -> dict[str, str]:
     """section name -> listed import path, for listed `module:attr` plug-ins whose registered
     name differs (`mine` for `mypkg.attacks:mine`)."""
@@ -374,6 +380,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("audit.lpips_weights", f"must be an existing folder holding LPIPS's weight files, got "
                                                  f"{weights!r}")
     LABELS.check(cfg.audit.labels, also=("auto",))  # auto: chosen among the methods per update
+    if cfg.audit.labels != "auto":
+        LABELS.get(cfg.audit.labels)  # a module:attr path is imported now and must be a label method
     check_between("audit", "success_ssim", cfg.audit.success_ssim, 0, 1)
     check_range("audit", "success_margin", cfg.audit.success_margin, 0)
     check_choice("server", "mode", cfg.server.mode, ["honest", "malicious"])
@@ -384,10 +392,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError("victim.indices", "must list at least one dataset index")
         if any(i < 0 for i in cfg.victim.indices):
             raise ConfigError("victim.indices", "indices must be >= 0")
-    for name, params in {**cfg.attack_params, **cfg.defense_params}.items():
-        check = getattr(params, "validate", None)
-        if check is not None:
-            check(name)
+    for registry, sections in ((ATTACKS, cfg.attack_params), (DEFENSES, cfg.defense_params)):
+        for name, params in sections.items():
+            check = getattr(params, "validate", None)
+            if check is not None:
+                check(_section_name(registry, name))
     defense_sections_in_force(cfg)  # after the values: a bad value names its own field first
     _secure_aggregation_fits(cfg)
     needs = needing_malicious_server(cfg.audit.attacks)

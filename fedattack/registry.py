@@ -128,11 +128,11 @@ def describe(obj: Any) -> str:
         return f"the function {obj.__module__}.{obj.__qualname__}"
     if inspect.isbuiltin(obj):
         return f"the builtin {getattr(obj, '__qualname__', obj)}"
-    return f"a {type(obj).__name__}"
+    return article(type(obj).__name__)
 
 
 def article(noun: str) -> str:
-    return f"{'an' if noun[:1] in 'aeiou' else 'a'} {noun}"
+    return f"{'an' if noun[:1].lower() in 'aeiou' else 'a'} {noun}"
 
 
 def from_standard_library(obj: Any) -> bool:

@@ -142,11 +142,24 @@ class Residual(nn.Module):
         return self.fc((x + self.act(self.conv(x))).flatten(1))
 
 
+class FunctionalPool(nn.Module):
+    """ReLU and max-pooling called in forward, not held as modules: the leaves do not chain."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.Linear(4 * 4 * 4, 2)
+
+    def forward(self, x):
+        return self.fc(torch.nn.functional.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
+
+
 def test_rgap_checks_the_chain_against_the_forward():
     from fedattack.attacks.rgap import chain
 
     with pytest.raises(AttackFailure, match="not the chain"):
         chain(Residual().double(), (3, 8, 8))
+    with pytest.raises(AttackFailure, match="not the chain.*'fc' does not take"):
+        chain(FunctionalPool().double(), (3, 8, 8))
     pairs = chain(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Sigmoid(), nn.Flatten(),
                                 nn.Linear(3 * 8 * 8, 2)).double(), (3, 8, 8))
     assert [type(act).__name__ if act else None for _, act in pairs] == ["Sigmoid", None]

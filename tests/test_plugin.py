@@ -218,6 +218,8 @@ def test_bad_arguments_are_one_line_naming_the_argument(tmp_path):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, attacks=["nope"], out_dir=tmp_path / "b")
     with pytest.raises(ConfigError, match=r"^mean: expected 1 or 3 values"):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, mean=(0.5, 0.5), out_dir=tmp_path / "c")
+    with pytest.raises(ConfigError, match=r"^std: give mean and std together"):
+        AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, mean=(0.5,), out_dir=tmp_path / "c")
     with pytest.raises(ConfigError, match=r"^input_shape: the model does not take inputs of shape \(3, 12, 12\)"):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, input_shape=(3, 12, 12), out_dir=tmp_path / "d")
     with pytest.raises(ConfigError, match=r"^calibration_data: calibrate=True needs the server's own data"):
@@ -231,6 +233,46 @@ def test_bad_arguments_are_one_line_naming_the_argument(tmp_path):
     with pytest.raises(ConfigError, match=r"^out_dir: .* exists and is not empty"):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, out_dir=tmp_path / "e")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+
+
+class TupleNet(UserNet):
+    def forward(self, x):
+        return super().forward(x), None
+
+
+@pytest.mark.parametrize("kwargs, says", [
+    (dict(lr="0.1"), r"^protocol.lr: expected a number, got '0.1'$"),
+    (dict(lr=True), r"^protocol.lr: expected a number"),
+    (dict(lr=float("nan")), r"^protocol.lr: must be a finite number"),
+    (dict(batch_size=1.5), r"^protocol.batch_size: expected an integer, got 1.5$"),
+    (dict(nesterov="no"), r"^protocol.nesterov: expected True or False"),
+    (dict(config_keys=["lr"]), r"^protocol.config_keys: expected a mapping"),
+    (dict(defenses=["gaussian"]), r"^protocol.defenses: expected \(defense name, \{parameter: value\}\) pairs"),
+    (dict(defenses=[("nodefense", {})]), r"^protocol.defenses: unknown defense 'nodefense'; allowed: .*gaussian"),
+    (dict(defenses=[("gaussian", {"sigmaa": 1})]), r"^protocol.defenses: gaussian.sigmaa: unknown key; allowed: sigma$"),
+    (dict(defenses=[("gaussian", {"sigma": -1})]), r"^protocol.defenses: gaussian.sigma: must be >= 0"),
+])
+def test_a_training_protocol_of_the_wrong_type_or_defense_is_one_line(kwargs, says):
+    with pytest.raises(ConfigError, match=says):
+        TrainingProtocol(**{"lr": 0.1, "local_steps": 1, "batch_size": 2, **kwargs})
+    assert TrainingProtocol(lr=1, local_steps=2.0, batch_size=4, defenses=[("gaussian", {"sigma": 0.1})]).lr == 1
+
+
+def test_a_model_whose_output_does_not_fit_names_the_output_not_the_input(tmp_path):
+    protocol = TrainingProtocol(lr=0.1, local_epochs=1, batch_size=2)
+    with pytest.raises(ConfigError, match=r"^num_classes: on inputs of shape \(3, \d+, \d+\) it returns \(2, 3\), "
+                                          r"not \(batch, 10\) logits"):
+        AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, num_classes=10, out_dir=tmp_path / "a")
+    with pytest.raises(ConfigError, match=r"^model: .* it returns tuple, not \(batch, 3\) logits; forward must return "
+                                          r"one tensor"):
+        AuditStrategy(FedAvg(), model=TupleNet(), protocol=protocol, out_dir=tmp_path / "b")
+    with pytest.raises(ConfigError, match=r"^model: the factory returned str, not a torch.nn.Module$"):
+        AuditStrategy(FedAvg(), model=lambda: "x", protocol=protocol, out_dir=tmp_path / "c")
+    with pytest.raises(ConfigError, match=r"^attacks: 'idlg' is listed twice"):
+        AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, attacks=["idlg", "idlg"], out_dir=tmp_path / "d")
+    with pytest.raises(ConfigError, match=r"^audit.labels: cannot import 'nosuch:thing'"):
+        AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, labels="nosuch:thing", out_dir=tmp_path / "e")
+    assert not any(tmp_path.iterdir())
 
 
 def test_training_protocol_fixed_values_train_config_keys_and_step_counts():

@@ -33,7 +33,10 @@ def user_model_spec(model: nn.Module | Callable[[], nn.Module], *, in_shape: tup
     """A ModelSpec for the user's own model; input shape and classes from the model's layers
     where the caller does not give them (see `infer_input_shape`, `infer_num_classes`)."""
     source = module_source(model)
-    module = copy.deepcopy(source.build()).cpu().eval()
+    built = source.build()
+    if not isinstance(built, nn.Module):
+        raise ConfigError("model", f"the factory returned {type(built).__name__}, not a torch.nn.Module")
+    module = copy.deepcopy(built).cpu().eval()
     if num_classes is None:
         num_classes = infer_num_classes(module)
     if in_shape is None:
@@ -43,6 +46,8 @@ def user_model_spec(model: nn.Module | Callable[[], nn.Module], *, in_shape: tup
         if len(in_shape) != 3 or min(in_shape) < 1:
             raise ConfigError("input_shape", f"expected (channels, height, width), got {in_shape}")
         problem = _forward_problem(module, in_shape, num_classes)
+        if problem and problem.startswith(RETURNS):
+            raise _output_error(problem, in_shape)
         if problem:
             raise ConfigError("input_shape", f"the model does not take inputs of shape {in_shape}: {problem}")
     cls = type(module)
@@ -78,11 +83,27 @@ def infer_input_shape(module: nn.Module, num_classes: int) -> tuple[int, int, in
     fits = [s for s in sorted(set(COMMON_SIZES) | set(range(4, 65))) if not _forward_problem(module, (c, s, s),
                                                                                               num_classes)]
     if not fits:
+        ran = next(((s, p) for s in COMMON_SIZES if (p := _forward_problem(module, (c, s, s), num_classes))
+                    and p.startswith(RETURNS)), None)
+        if ran is not None:  # inputs fit; what comes out does not
+            raise _output_error(ran[1], (c, ran[0], ran[0]))
         raise ConfigError("input_shape", f"no square input of {c} channels (4 to 256 pixels) fits the model; "
                                          "give input_shape=(channels, height, width)")
     common = [s for s in COMMON_SIZES if s in fits]
     side = common[0] if common else fits[0]
     return (c, side, side)
+
+
+RETURNS = "it returns "  # how _forward_problem starts a problem with the model's output
+
+
+def _output_error(problem: str, shape: tuple[int, ...]) -> ConfigError:
+    """The model runs on `shape` but its output is not (batch, num_classes) logits: a wrong
+    class count names num_classes; anything but a tensor of logits names the model."""
+    field = "num_classes" if problem.startswith(RETURNS + "(") else "model"
+    what = ("give the number of classes its logits have" if field == "num_classes"
+            else "forward must return one tensor of logits, (batch, classes)")
+    return ConfigError(field, f"on inputs of shape {tuple(shape)} {problem}; {what}")
 
 
 def _forward_problem(module: nn.Module, shape: tuple[int, int, int], num_classes: int) -> str | None:

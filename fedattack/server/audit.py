@@ -653,8 +653,9 @@ class AuditStrategy(Strategy):
     num_classes : Optional[int] (default: None)
         Classes; the output size of the model's last Linear layer if None.
     mean, std : Optional[Sequence[float]] (default: None)
-        The normalization the clients apply to pixels in [0, 1] (`Normalize(mean, std)`); None
-        means inputs are pixels in [0, 1]. Reconstructions are scored and saved as pixels.
+        The normalization the clients apply to pixels in [0, 1] (`Normalize(mean, std)`), given
+        together; neither means inputs are pixels in [0, 1]. Reconstructions are scored and
+        saved as pixels.
     seed : Optional[int] (default: None)
         Fixes which clients are sampled every round (nodes identify themselves through
         `audit_mod`) and every attack's initialization. None: Flower's own sampling.
@@ -898,6 +899,9 @@ def _data_spec(spec: ModelSpec, mean: Sequence[float] | None, std: Sequence[floa
     m, s = channels("mean", mean, 0.0), channels("std", std, 1.0)
     if any(v <= 0 for v in s):
         raise ConfigError("std", f"must be > 0, got {s}")
+    if (mean is None) != (std is None):  # half a normalization is almost always a forgotten argument
+        raise ConfigError("std" if std is None else "mean", "give mean and std together (the normalization "
+                                                             "the clients apply), or neither for pixels in [0, 1]")
     if mean is None and std is None:
         log(WARNING, "fedattack: no mean/std given: model inputs are taken to be pixels in [0, 1]")
     return DataSpec(shape=tuple(spec.in_shape), num_classes=spec.num_classes, mean=m, std=s)
@@ -926,6 +930,12 @@ def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, ser
     attack that needs a malicious server against `server_mode` too)."""
     if isinstance(attacks, str):
         attacks = [attacks]
+    if not isinstance(attacks, Mapping):
+        attacks = list(attacks)
+        twice = next((a for i, a in enumerate(attacks) if a in attacks[:i]), None)
+        if twice is not None:
+            raise ConfigError("attacks", f"'{twice}' is listed twice; each attack runs once per update (give its "
+                                         f"parameters as attacks={{'{twice}': {{...}}}})")
     given = dict(attacks) if isinstance(attacks, Mapping) else {a: None for a in attacks}
     ready = {k: v for k, v in given.items() if is_dataclass(v)}
     raw: dict[str, Any] = {"seed": seed, "server": {"mode": server_mode}, "audit": {"attacks": list(given), **options}}

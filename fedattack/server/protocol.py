@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from fedattack.config import from_dict
 from fedattack.errors import ConfigError
 from fedattack.schema import Config
 from fedattack.threat import DefenseSetting, Protocol
@@ -88,6 +89,9 @@ class TrainingProtocol:
 
     def __post_init__(self) -> None:
         names = [f.name for f in fields(self) if f.name not in ("config_keys", "defenses")]
+        if not isinstance(self.config_keys, Mapping):
+            raise ConfigError("protocol.config_keys", f"expected a mapping {{field: ConfigRecord key}}, e.g. "
+                                                      f'{{"lr": "lr"}}, got {self.config_keys!r}')
         for name, key in dict(self.config_keys).items():
             if name not in names:
                 raise ConfigError("protocol.config_keys", f"unknown field '{name}'; allowed: {', '.join(names)}")
@@ -100,12 +104,23 @@ class TrainingProtocol:
         if self.local_epochs is None and self.local_steps is None and not keyed & {"local_epochs", "local_steps"}:
             raise ConfigError("protocol.local_epochs", "set local_epochs or local_steps (or name one in config_keys)")
         self._check_values({n: getattr(self, n) for n in names})
+        if not isinstance(self.nesterov, bool):
+            raise ConfigError("protocol.nesterov", f"expected True or False, got {self.nesterov!r}")
+        _check_defenses(self.defenses)
 
     def _check_values(self, values: dict[str, Any], where: str = "") -> None:
-        """Range checks; `where` says where a value came from (a ConfigRecord key)."""
+        """Type and range checks; `where` says where a value came from (a ConfigRecord key)."""
         def name(n: str) -> str:
             return f"protocol.{n}" + (f" (train config '{self.config_keys[n]}')" if where and n in self.config_keys
                                       else "")
+        for n, kind in NUMERIC.items():
+            v = values.get(n)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not float(v).is_integer()):
+                raise ConfigError(name(n), f"expected {'an integer' if kind is int else 'a number'}, got {v!r}")
+            if not math.isfinite(v):
+                raise ConfigError(name(n), f"must be a finite number, got {v}")
         for n, lo, open_ in (("lr", 0, True), ("batch_size", 1, False), ("local_epochs", 1, False),
                              ("local_steps", 1, False), ("weight_decay", 0, False)):
             v = values.get(n)
@@ -175,3 +190,24 @@ class TrainingProtocol:
         out["config_keys"] = dict(self.config_keys)
         out["defenses"] = [{"name": d.name, **d.params} for d in self.settings()]
         return out
+
+
+def _check_defenses(defenses: Any) -> None:
+    """Each defense a (registered name or module:attr, parameters) pair whose parameters its
+    config section accepts: checked as `client.defenses` and its sections are."""
+    if isinstance(defenses, (str, Mapping)) or not isinstance(defenses, Sequence):
+        raise ConfigError("protocol.defenses", f"expected a sequence of (defense name, {{parameter: value}}) pairs, "
+                                               f"got {defenses!r}")
+    for d in defenses:
+        if isinstance(d, DefenseSetting):
+            name, params = d.name, d.params
+        elif (isinstance(d, Sequence) and not isinstance(d, str) and len(d) == 2 and isinstance(d[0], str)
+              and isinstance(d[1], Mapping)):
+            name, params = d
+        else:
+            raise ConfigError("protocol.defenses", f"expected (defense name, {{parameter: value}}) pairs, e.g. "
+                                                   f'("gaussian", {{"sigma": 0.01}}), got {d!r}')
+        try:
+            from_dict({"client": {"defenses": [name]}, name: dict(params)})
+        except ConfigError as exc:
+            raise ConfigError("protocol.defenses", exc.message if exc.field == "client.defenses" else str(exc)) from None

@@ -74,19 +74,25 @@ class SeededSampling:
             self.asks[n] = self.asks.get(n, 0) + 1
         messages = [Message(RecordDict({IDENTIFY_KEY: ConfigRecord({})}), dst_node_id=n,
                             message_type=MessageType.TRAIN) for n in unknown]
+        answered = set()
         for reply in grid.send_and_receive(messages, timeout=max(1.0, deadline - time.monotonic())):
+            answered.add(int(reply.metadata.src_node_id))
             record = None if reply.has_error() else reply.content.config_records.get(IDENTIFY_KEY)
             if record is not None and "client" in record:
                 self.learn(reply.metadata.src_node_id, int(record["client"]))
             else:  # an answer, but not an identification: no audit_mod there, so never ask again
                 self.silent.add(int(reply.metadata.src_node_id))
-        silent = [n for n in unknown if n not in self.clients]  # answered otherwise, or not yet
-        self.silent.update(n for n in silent if self.asks[n] >= 2)  # a node that never answers costs two waits
-        if silent:
-            log(WARNING, "fedattack: %d of %d nodes did not identify themselves within %.0f s (no fedattack "
-                         "audit_mod on their train function, or not started); they are sampled in node-id order, "
-                         "which can change between runs", len(silent), len(nodes), timeout)
-        else:
+        plain = [n for n in unknown if n in answered and n not in self.clients]
+        mute = [n for n in unknown if n not in answered]
+        self.silent.update(n for n in mute if self.asks[n] >= 2)  # a node that never answers costs two waits
+        if plain:
+            log(WARNING, "fedattack: %d of %d nodes answered without identifying themselves (no fedattack audit_mod "
+                         "on their train function); they are sampled in node-id order, which can change between "
+                         "runs", len(plain), len(nodes))
+        if mute:
+            log(WARNING, "fedattack: %d of %d nodes did not answer within %.0f s (not started?); they are sampled "
+                         "in node-id order, which can change between runs", len(mute), len(nodes), timeout)
+        if not plain and not mute:
             log(INFO, "fedattack: %d nodes identified; sampling is seeded by seed=%s", len(nodes), self.seed)
 
     @contextmanager

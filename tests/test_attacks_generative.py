@@ -189,6 +189,21 @@ def test_missing_generator_is_a_config_error_naming_the_field(tmp_path):
         load_generator(bad, "ggl.generator")
 
 
+def test_a_configured_generator_reaches_the_audited_run(tmp_path):
+    """`fedattack run` hands AuditStrategy each attack's parameters as built: a ggl with its
+    checkpoint is checked as configured, not as the defaults (which name no checkpoint)."""
+    from flwr.serverapp.strategy import FedAvg
+
+    from fedattack import AuditStrategy, TrainingProtocol
+
+    _tiny_generator(tmp_path / "g.pt")
+    cfg = fconfig.load(None, ["audit.attacks=[ggl]", f"ggl.generator={tmp_path / 'g.pt'}", "ggl.budget=7"])
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16 * 16, 2))
+    strategy = AuditStrategy(FedAvg(), model=model, protocol=TrainingProtocol(lr=0.1, local_steps=1, batch_size=1),
+                             attacks={"ggl": cfg.attack("ggl")}, out_dir=tmp_path / "run")
+    assert strategy.auditor.plan.attacks["ggl"].budget == 7
+
+
 @pytest.mark.parametrize("item", ["ggl.optimizer=sgd", "ggl.budget=0", "bayes.likelihood=huber",
                                   "bayes.lr_decay=2", "seethrough.group_size=0", "seethrough.output=median",
                                   "grnn.wd=sliced", "grnn.labels=guess"])

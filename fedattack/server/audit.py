@@ -940,7 +940,9 @@ def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, ser
     ready = {k: v for k, v in given.items() if is_dataclass(v)}
     raw: dict[str, Any] = {"seed": seed, "server": {"mode": server_mode}, "audit": {"attacks": list(given), **options}}
     for name, params in given.items():
-        if params is not None and not is_dataclass(params):
+        if is_dataclass(params):
+            raw[name] = asdict(params)  # checked as given (a ggl generator, say), not as the defaults
+        elif params is not None:
             if not isinstance(params, Mapping):
                 raise ConfigError(f"attacks.{name}", f"expected a mapping of parameters, got {params!r}")
             raw[name] = dict(params)

@@ -13,12 +13,13 @@ from flwr.serverapp import ServerApp
 from fedattack.client.app import make_client_app
 from fedattack.config import defense_sections_in_force
 from fedattack.errors import ConfigError, FedattackError
-from fedattack.experiment import build
+from fedattack.experiment import Experiment, build
 from fedattack.limits import check_cluster, check_machine, quiet_logs
 from fedattack.report.console import Progress, library_logs
 from fedattack.report.summary import Summary
 from fedattack.schema import Config
 from fedattack.server.app import audit_strategy, run_rounds
+from fedattack.server.audit import AuditStrategy
 from fedattack.server.dispatch import ATTACK_RESOURCE
 from fedattack.server.interrupt import RunGuard
 
@@ -82,6 +83,18 @@ def _unreachable(address: str, timeout: float = 10.0) -> str | None:
         return exc.strerror or type(exc).__name__
 
 
+def prepare(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None) -> tuple[Experiment, AuditStrategy]:
+    """The run's experiment and audited strategy: everything that can fail on bad input (the
+    data, its partitions, the model, this machine, the audit) fails here, before Ray starts or
+    any file is written."""
+    defense_sections_in_force(cfg, sweeping=False)
+    exp = build(cfg)
+    check_machine(exp)
+    with quiet_logs("flwr"):
+        audit = audit_strategy(cfg, exp, out_dir=out_dir, progress=progress or Progress())
+    return exp, audit
+
+
 def run(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None, verbose: bool = False) -> Summary:
     """Run the audited simulation described by cfg; write the run directory; return the summary.
 
@@ -92,12 +105,7 @@ def run(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None, v
     from flwr.simulation import run_simulation
 
     progress = progress or Progress()
-    # everything that can fail on bad input fails here, before any file is written
-    defense_sections_in_force(cfg, sweeping=False)
-    exp = build(cfg)
-    check_machine(exp)
-    with quiet_logs("flwr"):
-        audit = audit_strategy(cfg, exp, out_dir=out_dir, progress=progress)
+    exp, audit = prepare(cfg, out_dir=out_dir, progress=progress)
     with library_logs(verbose), RunGuard(progress, local_ray=not cfg.ray.address) as guard:
         guard.auditor = audit.auditor
         init_ray(cfg, verbose=verbose, num_cpus=cfg.ray.num_cpus)

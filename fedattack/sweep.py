@@ -40,6 +40,8 @@ from fedattack.report import sweep as report
 from fedattack.report.console import Progress, add_plain_row, duration, plain_table
 from fedattack.report.store import check_out, default_out_dir, load_run
 from fedattack.schema import SECTIONS, Config
+from fedattack.simulate import prepare
+from fedattack.validate import check_seed
 
 NOT_SWEPT = ("sweep", "ray")  # sections whose keys are not an experiment's
 
@@ -99,10 +101,27 @@ def _build(raw: dict, key: str, value: Any, what: str) -> Config:
     try:
         return from_dict(raw)
     except ConfigError as exc:
-        detail = str(exc)
-        if exc.field == key:
-            detail = detail[len(key) + 2:]
-        raise ConfigError("sweep.values", f"{what} {report.fmt_value(value)} for {key}: {detail}") from None
+        raise _at_value(exc, key, f"{what} {report.fmt_value(value)}") from None
+
+
+def _at_value(exc: ConfigError, key: str, what: str) -> ConfigError:
+    """`exc`, raised by one run of the sweep, as the sweep's error naming the value."""
+    detail = exc.message if exc.field == key else str(exc)
+    return ConfigError("sweep.values", f"{what} for {key}: {detail}")
+
+
+def check_runs(key: str, runs: list[tuple[report.SweepRun, Config]]) -> None:
+    """Every run's own checks, as `fedattack run` makes them before it starts (the data, its
+    partitions at that seed, the model, this machine, the audit): a value that fails one is
+    refused before the sweep starts, not found failed in its log."""
+    several = len({r.seed for r, _ in runs}) > 1
+    for r, c in runs:
+        what = ("the reference" if r.reference else f"value {report.fmt_value(r.value)}") + (
+            f" at seed {r.seed}" if several else "")
+        try:
+            prepare(c, out_dir=Path("/nonexistent-fedattack-check"))  # checked, never written
+        except ConfigError as exc:
+            raise _at_value(exc, key, what) from None
 
 
 def plan(cfg: Config) -> tuple[str, list[tuple[report.SweepRun, Config]], str]:
@@ -114,9 +133,8 @@ def plan(cfg: Config) -> tuple[str, list[tuple[report.SweepRun, Config]], str]:
         raise ConfigError("sweep.values", f"give the values of {key} to sweep, weakest first, e.g. sweep.values=[1,2,5]")
     if s.parallel < 1:
         raise ConfigError("sweep.parallel", f"must be >= 1, got {s.parallel}")
-    bad = [x for x in s.seeds if isinstance(x, bool) or not isinstance(x, int)]
-    if bad:
-        raise ConfigError("sweep.seeds", f"expected a list of integers, got {bad[0]!r}")
+    for x in s.seeds:
+        check_seed("sweep.seeds", x)
     seeds = list(dict.fromkeys(s.seeds)) or [cfg.seed]
     section, _, name = key.partition(".")
     base = cfg.to_dict()
@@ -294,7 +312,8 @@ def print_table(table: list[dict], title: str, progress: Progress) -> None:
 
 def cmd_sweep(ns: argparse.Namespace) -> int:
     cfg = load_config(ns)
-    plan(cfg)  # validate the key, every value and seed before anything is written
+    key, runs, _ = plan(cfg)  # validate the key, every value and seed before anything is written
+    check_runs(key, runs)
     out = Path(ns.out or default_out_dir("sweep-"))
     check_out(out)
     answer = run_sweep(cfg, out_dir=out, quiet=ns.quiet)

@@ -18,7 +18,7 @@ from fedattack.errors import ConfigError
 from fedattack.report import sweep as report
 from fedattack.report.summary import AttackSummary, Summary
 from fedattack.results import RunHeader
-from fedattack.sweep import plan
+from fedattack.sweep import check_runs, plan
 
 
 def _load(*overrides):
@@ -63,7 +63,8 @@ def test_any_config_key_sweeps_with_the_same_seed_at_every_value():
     (["sweep.key=client.local_epochs", "sweep.values=[1,two]"],
      r"^sweep\.values: value two for client\.local_epochs: expected an integer, got 'two'$"),
     (["sweep.key=client.batch_size", "sweep.values=[2,0]"], r"^sweep\.values: value 0 for client\.batch_size: "),
-    (["sweep.key=client.lr", "sweep.values=[0.1]", "sweep.seeds=[0,x]"], r"^sweep\.seeds: expected a list of integers"),
+    (["sweep.key=client.lr", "sweep.values=[0.1]", "sweep.seeds=[0,x]"], r"^sweep\.seeds: must be an integer in "),
+    (["sweep.key=client.lr", "sweep.values=[0.1]", "sweep.seeds=[0,-1]"], r"^sweep\.seeds: must be an integer in "),
     (["sweep.key=client.lr", "sweep.defense=gaussian", "sweep.values=[1]"], r"^sweep\.key: give sweep\.key or"),
     (["sweep.values=[1]"], r"^sweep\.key: name the config key to sweep"),
 ])
@@ -79,6 +80,22 @@ def test_bad_sweep_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "client.local_epochs" in err[0] and "expected an integer" in err[0]
     assert not out.exists() and not (Path("runs").exists() and any(Path("runs").glob("sweep-*")))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sweep.key=client.batch_size", "sweep.values=[1,1000]"],
+     r"^sweep\.values: value 1000 for client\.batch_size: 1000 is more than the 160 images"),
+    (["sweep.key=partition.alpha", "sweep.values=[0.5,0.001]", "fl.num_clients=10", "sweep.seeds=[0,1]"],
+     r"^sweep\.values: value 0\.001 at seed 0 for partition\.alpha: Dirichlet\(0\.001\) left a client"),
+])
+def test_a_value_the_runs_own_checks_refuse_is_refused_before_the_sweep(tmp_path, capsys, overrides, message):
+    """Checks that need the data (its size, the partitions at each seed) hold for every value,
+    as `fedattack run` makes them, before anything is written."""
+    with pytest.raises(ConfigError, match=message):
+        check_runs(*plan(_load(*overrides))[:2])
+    out = tmp_path / "sweep"
+    assert main(["sweep", *overrides, "--out", str(out)]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not out.exists()
 
 
 def _summary(acc: float, leaked: dict[str, int], margin: float = 1.0) -> Summary:
@@ -118,7 +135,19 @@ def test_breaking_points_the_answer_and_its_cost_over_seeds():
     runs[-1].summary = _summary(0.52, {"idlg": 1, "dlg": 0})
     ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 0.1, 1.0], seeds=[0, 1], reference="r")
     assert ans.breaking["idlg"] == report.NOT_STOPPED and not ans.safe_found
-    assert "No value of gaussian.sigma stopped every attack" in ans.sentence()
+    assert "No value of gaussian.sigma stopped every attack: at the strongest setting tried (1.0)" in ans.sentence()
+    # the strongest value's runs failed: the answer names the strongest value that ran, not the one configured
+    runs[-1].summary = runs[-2].summary = None
+    ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 0.1, 1.0], seeds=[0, 1], reference="r")
+    assert ans.safe_found and ans.safe_value == 0.1 and ans.acc_reference[0] == pytest.approx(0.88)
+    for r in runs:
+        if r.value == 0.1:
+            r.summary = None
+    ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 0.1, 1.0], seeds=[0, 1], reference="r")
+    assert "at the strongest setting tried (0.01)" in ans.sentence() and "4 run(s) did not finish" in ans.sentence()
+    ans = report.analyze([r for r in runs if r.reference], key="gaussian.sigma", values=[0.01], seeds=[0, 1],
+                         reference="r")
+    assert ans.sentence().startswith("No run at a value of gaussian.sigma finished")
 
 
 def test_a_sweep_where_nothing_leaked_even_without_the_defense_names_no_safe_value():

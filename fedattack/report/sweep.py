@@ -65,6 +65,8 @@ class Answer:
     cost: tuple[float, float] | None = None  # paired by seed: safe minus reference
     failed_runs: list[str] = field(default_factory=list)
     nothing_leaked: bool = False  # no attack recovered an image in any finished run, the reference's included
+    strongest_tried: Any = None  # the strongest value with a finished run
+    any_tried: bool = False  # some run at a swept value finished
 
     def sentence(self) -> str:
         """The answer in one paragraph."""
@@ -73,9 +75,11 @@ class Answer:
             text = (f"No attack recovered any image at any value of {self.key}, nor in the {self.reference} "
                     f"({seeds}): at these attack budgets the sweep cannot tell the settings apart; raise the "
                     f"attacks' iterations or the rounds audited before reading any value as safe.")
+        elif not self.any_tried:
+            text = f"No run at a value of {self.key} finished ({seeds}): the sweep has no answer."
         elif not self.safe_found:
             text = (f"No value of {self.key} stopped every attack: at the strongest setting tried "
-                    f"({fmt_value(self.values[-1])}) some attack still recovered images ({seeds}).")
+                    f"({fmt_value(self.strongest_tried)}) some attack still recovered images ({seeds}).")
         else:
             text = (f"The weakest setting at which no attack recovers any image is {self.key} = "
                     f"{fmt_value(self.safe_value)} (and every stronger value tried; {seeds}).")
@@ -121,21 +125,25 @@ def analyze(runs: list[SweepRun], *, key: str, values: list, seeds: list[int], r
         stop = next((i for i in range(len(values)) if not any(leaked[i:]) and by_value[i]), None)
         ans.breaking[attack] = fmt_value(values[stop]) if stop is not None else NOT_STOPPED
     ans.nothing_leaked = any(r.finished for r in runs) and not any(_leaks(r) for r in runs if r.finished)
+    tried = [i for i in range(len(values)) if by_value[i]]
+    ans.any_tried = bool(tried)
+    ans.strongest_tried = values[tried[-1]] if tried else None
+    refs = {r.seed: r for r in runs if r.reference and r.finished}
+    if not refs:  # the reference is one of the swept values (the configured one)
+        refs = {r.seed: r for r in swept if r.finished and r.label.endswith("(as configured)")}
+    ref_accs = [r.summary.final_test_acc for r in refs.values() if r.summary.final_test_acc is not None]
+    if ref_accs:
+        ans.acc_reference = (float(np.mean(ref_accs)), _std(ref_accs))
     safe = next((i for i in range(len(values)) if by_value[i] and not any(_leaks(r) for rs in by_value[i:] for r in rs)),
                 None)
     if safe is not None and not ans.nothing_leaked:
         ans.safe_found, ans.safe_value = True, values[safe]
-        refs = {r.seed: r for r in runs if r.reference and r.finished}
-        if not refs:  # the reference is one of the swept values (the configured one)
-            refs = {r.seed: r for r in swept if r.finished and r.label.endswith("(as configured)")}
         at = {r.seed: r for r in by_value[safe]}
         accs = [r.summary.final_test_acc for r in at.values() if r.summary.final_test_acc is not None]
-        ref_accs = [r.summary.final_test_acc for r in refs.values() if r.summary.final_test_acc is not None]
         pairs = [(at[s].summary.final_test_acc, refs[s].summary.final_test_acc) for s in at if s in refs
                  and at[s].summary.final_test_acc is not None and refs[s].summary.final_test_acc is not None]
         if accs and ref_accs and pairs:
             ans.acc_safe = (float(np.mean(accs)), _std(accs))
-            ans.acc_reference = (float(np.mean(ref_accs)), _std(ref_accs))
             diffs = [a - b for a, b in pairs]
             ans.cost = (float(np.mean(diffs)), _std(diffs))
     return ans

@@ -163,6 +163,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = load_yaml(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
+    if isinstance(value, dict) and len(value) == 1 and None in value.values() and text.strip().endswith(":"):
+        value = text.strip()  # `data.name=hf:` is a word ending in a colon, not the mapping {hf: null}
     return key.split("."), value
 
 

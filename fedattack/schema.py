@@ -101,6 +101,7 @@ class AuditConfig:
     calibration_restart_factor: int = 4  # then its restarts, up to this factor
     calibration_samples: int = 256  # images of the server's own data (the test split) calibration draws from
     calibration_data: str | None = None  # a dataset (as data.name) whose test split the server holds; None: the run's
+    calibration_root: str | None = None  # where calibration_data's files are (as data.root); None: data.root
 
 
 @dataclass

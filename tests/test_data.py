@@ -102,6 +102,23 @@ def test_mnist_family_from_idx_files(tmp_path, name, folder):
     assert x.shape == (2, 1, 32, 32) and y.tolist() == [0, 5]
 
 
+def test_calibration_data_on_disk_reads_data_root_or_its_own(tmp_path):
+    """The server's own dataset for calibration: torchvision's datasets share data.root's parent
+    folder; audit.calibration_root names another folder."""
+    from fedattack.experiment import build
+    from fedattack.server.audit import server_data
+
+    _write_idx(tmp_path / "a", "MNIST", n_train=24)
+    _write_idx(tmp_path / "a", "FashionMNIST", n_test=10)
+    _write_idx(tmp_path / "b", "FashionMNIST", n_test=7)
+    base = ["data.name=mnist", f"data.root={tmp_path / 'a'}", "fl.num_clients=4", "partition.name=iid",
+            "audit.calibrate=true", "audit.calibration_data=fashion-mnist", "audit.calibration_samples=8"]
+    images, labels = server_data(build(_cfg(*base)))
+    assert images.shape == (8, 1, 32, 32) and labels.max() < 10
+    images, _ = server_data(build(_cfg(*base[:-1], f"audit.calibration_root={tmp_path / 'b'}")))
+    assert len(images) == 7  # b's 7 test images, not a's 10
+
+
 def test_cifar10_from_pickled_batches(tmp_path, monkeypatch):
     import torchvision.datasets as tvd
     import torchvision.datasets.cifar as tv_cifar
@@ -137,6 +154,17 @@ def test_imagefolder(tmp_path):
     assert splits.train.spec.num_classes == 2
     x, _ = splits.train.get([0])
     assert x.shape == (1, 3, 16, 16)
+    (tmp_path / "dogs" / "9.png").write_text("not an image")  # found when the image is first used
+    splits = load_dataset(_cfg("data.name=imagefolder", f"data.root={tmp_path}", "data.test_fraction=0.5").data,
+                          seed=1)
+    with pytest.raises(DataError, match=r"^data.root: .*9.png is not an image PIL can read"):
+        for i in range(len(splits.train)):
+            splits.train.get([i])
+        for i in range(len(splits.test)):
+            splits.test.get([i])
+    with pytest.raises(DataError, match=r"^data.root: no images found under .*a.txt"):
+        (tmp_path / "a.txt").write_text("")
+        load_dataset(_cfg("data.name=imagefolder", f"data.root={tmp_path / 'a.txt'}").data, seed=0)
 
 
 def test_missing_root_is_a_clear_error(tmp_path):

@@ -111,3 +111,28 @@ def test_cli_exits_2_and_writes_nothing(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and err.startswith("fedattack: error: data.name: hf:nobody/"), err
     assert not out.exists()
+
+
+def test_an_unlabelled_test_split_is_replaced_by_a_held_out_share_of_train(tmp_path):
+    """Benchmarks often ship their test split without labels (ClassLabel's -1): train's held-out
+    share stands in; a test label outside train's classes is one line naming data.label_key."""
+    dd = _tiny(n_train=12, n_test=4)
+    dd["test"] = dd["test"].cast_column("label", datasets.Value("int64")).map(lambda r: {"label": -1})
+    dd.save_to_disk(str(tmp_path / "nolabels"))
+    splits = load_dataset(_cfg(f"data.name=hf:{tmp_path / 'nolabels'}", "data.test_fraction=0.25"), seed=0)
+    assert len(splits.train) == 9 and len(splits.test) == 3 and splits.train.spec.num_classes == 3
+    odd = _tiny(n_train=12, n_test=4)  # some test images labelled, one not
+    odd["test"] = odd["test"].cast_column("label", datasets.Value("int64")).map(
+        lambda r, i: {"label": -1 if i == 2 else r["label"]}, with_indices=True)
+    odd.save_to_disk(str(tmp_path / "odd"))
+    with pytest.raises(DataError, match=r"^data.label_key: .*'s test split has the label -1, which is not one of"):
+        load_dataset(_cfg(f"data.name=hf:{tmp_path / 'odd'}"), seed=0)
+
+
+def test_a_home_relative_repository_folder_and_a_bare_prefix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "repo" / "data").mkdir(parents=True)
+    _tiny()["train"].to_parquet(str(tmp_path / "repo" / "data" / "train-00000-of-00001.parquet"))
+    assert len(load_dataset(_cfg("data.name=hf:~/repo"), seed=0).test) > 0
+    with pytest.raises(ConfigError, match=r"^data.name: hf: needs a dataset"):
+        load_dataset(_cfg("data.name=hf:"), seed=0)

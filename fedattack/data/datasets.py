@@ -161,14 +161,19 @@ def imagefolder(cfg, seed: int) -> Splits:
     root = _require_root(cfg, "imagefolder", hint)
     try:
         ds = ImageFolder(str(root))
-    except (FileNotFoundError, RuntimeError) as exc:
+    except (OSError, RuntimeError) as exc:  # missing, not a folder, unreadable, no images
         raise DataError(f"data.root: no images found under {root} ({exc}); {hint}") from None
     targets = np.asarray(ds.targets, dtype=np.int64)
     channels = cfg.channels or 3
     spec = image_spec(cfg, channels, len(ds.classes), (0.5,) * channels, (0.5,) * channels)
 
     def fetch(i: int) -> torch.Tensor:
-        img = Image.open(ds.samples[i][0]).convert("RGB" if channels == 3 else "L")
+        path = ds.samples[i][0]
+        try:  # opened when first used: a file that is not an image is found here
+            img = Image.open(path).convert("RGB" if channels == 3 else "L")
+        except (OSError, ValueError) as exc:
+            raise DataError(f"data.root: {path} is not an image PIL can read ({type(exc).__name__}); remove it or "
+                            "convert it") from None
         arr = torch.as_tensor(np.asarray(img, dtype=np.float32) / 255.0)
         return arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)
 

@@ -79,8 +79,8 @@ def open_dataset(ref: str, cfg):
         with _hub_access(bool(cfg.download)):
             if _saved_to_disk(path):
                 obj = datasets.load_from_disk(str(path))
-            else:
-                obj = datasets.load_dataset(ref, cache_dir=cache)
+            else:  # a local folder laid out as a dataset repository (`~` expanded), else a Hub id
+                obj = datasets.load_dataset(str(path) if path.is_dir() else ref, cache_dir=cache)
     except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, ...)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if cfg.download:
@@ -140,11 +140,20 @@ def _native_channels(value) -> int:
     return 1 if arr.ndim == 2 or 1 in (arr.shape[0], arr.shape[-1]) else 3
 
 
-def _labels(values: list, classes: list | None) -> tuple[np.ndarray, list]:
+def _labels(values: list, classes: list | None, where: str = "") -> tuple[np.ndarray, list]:
     if classes is None:
         classes = sorted(set(values))
     lookup = {v: i for i, v in enumerate(classes)}
+    unknown = next((v for v in values if v not in lookup), None)
+    if unknown is not None:
+        raise DataError(f"data.label_key: {where} has the label {unknown!r}, which is not one of the training split's "
+                        f"{len(classes)} classes")
     return np.asarray([lookup[v] for v in values], dtype=np.int64), classes
+
+
+def _unlabelled(split, label_key: str) -> bool:
+    """Every label of `split` is missing: -1 (ClassLabel's "no label") or None."""
+    return set(split[label_key]) <= {-1, None}
 
 
 def load_hf(cfg, seed: int):
@@ -162,12 +171,15 @@ def load_hf(cfg, seed: int):
     image_key = _pick(train, cfg.image_key, IMAGE_KEYS, Image, "data.image_key", "image", where)
     label_key = _pick(train, cfg.label_key, LABEL_KEYS, ClassLabel, "data.label_key", "label", where)
     test = dd["test"] if "test" in dd and train_name != "test" else None
+    if test is not None and label_key in test.column_names and _unlabelled(test, label_key):
+        test = None  # a test split without labels (ClassLabel's -1, as many benchmarks ship it): hold out train's
     feature = train.features[label_key]
     if isinstance(feature, ClassLabel):
         classes = list(range(feature.num_classes))
     else:
         values = set(train[label_key]) | (set(test[label_key]) if test is not None and label_key in test.column_names
                                           else set())
+        values.discard(None)
         if all(isinstance(v, (int, np.integer)) and v >= 0 for v in values):
             classes = list(range(int(max(values)) + 1))
         else:
@@ -195,7 +207,7 @@ def load_hf(cfg, seed: int):
     for key in (image_key, label_key):
         if key not in test.column_names:
             raise DataError(f"data.name: {where}'s test split has no column '{key}'")
-    test_y, _ = _labels(list(test[label_key]), classes)
+    test_y, _ = _labels(list(test[label_key]), classes, f"{where}'s test split")
     all_rows = np.arange(len(train))
     return Splits(ImageData(fetcher(images, all_rows), train_y, spec),
                   ImageData(fetcher(test.select_columns([image_key]), np.arange(len(test))), test_y, spec))

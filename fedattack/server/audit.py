@@ -128,7 +128,8 @@ def server_data(exp: Experiment, *, client_images: int | None = None) -> tuple[t
         return None
     test = exp.test
     if cfg.audit.calibration_data is not None:  # another dataset the server holds, at the run's image size
-        other = replace(cfg.data, name=cfg.audit.calibration_data, root=None, image_key=None, label_key=None)
+        other = replace(cfg.data, name=cfg.audit.calibration_data, root=cfg.audit.calibration_root or cfg.data.root,
+                        image_key=None, label_key=None)
         try:
             test = load_dataset(other, seed=cfg.seed).test
         except FedattackError as exc:

@@ -100,6 +100,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     auditor.store_args.update(partitions={cfg.victim.client: idx}, expected_rounds=1)
     auditor.on_waiting = progress.waiting
     auditor.on_calibration = progress.calibration
+    auditor.on_note = progress.note
     obs = make_observation(exp, auditor.param_names, sent, received,
                            {"num-examples": result.num_examples, "local_steps": result.steps})
     progress.print(f"victim: {len(result.indices)} images {result.indices[:16]}{' ...' if len(result.indices) > 16 else ''}, "

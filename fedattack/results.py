@@ -13,6 +13,7 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 
@@ -227,6 +228,16 @@ def describe_calibration(tuned: dict, held_out: dict) -> str:
     return (text or "the configured parameters") + lost
 
 
+def _budget(attack: str, params: Any) -> str:
+    """An attack's iteration budget in words, from its config section: Adam or L-BFGS steps,
+    or, for a CMA-ES search (ggl's default), loss evaluations."""
+    if not isinstance(params, dict):
+        return ""
+    if params.get("optimizer") == "cmaes" and "budget" in params:
+        return f"{attack} {params['budget']} loss evaluations (CMA-ES)"
+    return f"{attack} {params['iterations']} iterations" if "iterations" in params else ""
+
+
 @dataclass(frozen=True)
 class RunHeader:
     """What a run was: the facts every summary and report starts with."""
@@ -266,8 +277,7 @@ class RunHeader:
                    configured_attacks=tuple(str(a) for a in audit.get("attacks") or ()),
                    success_ssim=float(audit.get("success_ssim", 0.5)),
                    success_margin=float(audit.get("success_margin", 0.5)), protocol=protocol,
-                   budgets=tuple(f"{a} {raw[a]['iterations']} iterations" for a in audit.get("attacks") or ()
-                                 if isinstance(raw.get(a), dict) and "iterations" in raw[a]),
+                   budgets=tuple(b for a in audit.get("attacks") or () if (b := _budget(a, raw.get(a)))),
                    calibrated=bool(audit.get("calibrate", False)))
 
 

@@ -202,6 +202,14 @@ def test_a_configured_generator_reaches_the_audited_run(tmp_path):
     strategy = AuditStrategy(FedAvg(), model=model, protocol=TrainingProtocol(lr=0.1, local_steps=1, batch_size=1),
                              attacks={"ggl": cfg.attack("ggl")}, out_dir=tmp_path / "run")
     assert strategy.auditor.plan.attacks["ggl"].budget == 7
+    # trained on 1x16x16 images, used on 1x16x16: nothing to say; on 3x32x32 images: a note before round 1
+    assert strategy.auditor.notes == []
+    other = AuditStrategy(FedAvg(), model=torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 2)),
+                          protocol=TrainingProtocol(lr=0.1, local_steps=1, batch_size=1),
+                          attacks={"ggl": cfg.attack("ggl")}, out_dir=tmp_path / "run2")
+    assert other.auditor.notes == ["ggl's generator was trained at 1x16x16; this run's images are 3x32x32: its images "
+                                   "are converted and resized to fit, a weaker prior than one trained on images like "
+                                   "the clients'"]
 
 
 @pytest.mark.parametrize("item", ["ggl.optimizer=sgd", "ggl.budget=0", "bayes.likelihood=huber",

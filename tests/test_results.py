@@ -159,3 +159,14 @@ def test_saved_labels_follow_their_images_in_the_private_images_order(update):
     assert r.recon_matched.tolist() == [False, True] and r.recon_labels.tolist() == [-1, 7]
     assert np.allclose(r.recon_pixels[1], r.truth_pixels[1], atol=1e-6) and np.allclose(r.recon_pixels[0], 0.5)
     assert r.labels_text == "7"
+
+
+def test_the_budget_in_words_counts_what_the_attack_spends():
+    from fedattack.results import RunHeader
+
+    raw = {"audit": {"attacks": ["ggl", "invgrad", "rtf"]}, "ggl": {"optimizer": "cmaes", "budget": 200,
+                                                                     "iterations": 2500},
+           "invgrad": {"iterations": 300}, "rtf": {"num_bins": 8}}
+    assert RunHeader.from_config(raw).budgets == ("ggl 200 loss evaluations (CMA-ES)", "invgrad 300 iterations")
+    raw["ggl"]["optimizer"] = "adam"
+    assert RunHeader.from_config(raw).budgets[0] == "ggl 2500 iterations"

@@ -86,6 +86,10 @@ class Progress:
         self.console.print(msg if isinstance(msg, Text) else Text(str(msg)), soft_wrap=True)
         self._last_print = time.monotonic()
 
+    def note(self, msg: str) -> None:
+        """Something the user should know before the audit's results (`Auditor.on_note`)."""
+        self.print(f"note: {msg}")
+
     def calibration(self, msg: str, level: int | None = None) -> None:
         """A calibration's news (`Auditor.on_calibration`): printed at every level."""
         self.print(msg)

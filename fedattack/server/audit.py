@@ -57,6 +57,7 @@ from fedattack.data import load_dataset
 from fedattack.errors import ConfigError, FedattackError
 from fedattack.experiment import Experiment
 from fedattack.models import batch_norm_layers, build_model
+from fedattack.models.generator import check_checkpoint
 from fedattack.models.user import user_model_spec
 from fedattack.report.store import RunStore, default_out_dir
 from fedattack.results import STRETCHED, SWITCHES, JobResult, RoundResult, RoundStats, describe_calibration
@@ -193,6 +194,9 @@ class Auditor:
         self.on_waiting: Callable[[int], None] = lambda n: log(INFO, "fedattack: waiting for %d attack jobs ...", n)
         # calibration's progress: each message, and its log level (WARNING where it was skipped)
         self.on_calibration: Callable[..., None] = lambda msg, level=INFO: log(level, "fedattack: %s", msg)
+        # what the user should know before the first job (a generator trained on other images)
+        self.on_note: Callable[[str], None] = lambda msg: log(WARNING, "fedattack: %s", msg)
+        self.notes = generator_fit(plan.attacks, plan.data)
         model = build_model(plan.model, seed=plan.seed)
         self.param_names = [n for n, _ in model.named_parameters()]
         # a malicious server re-sends its crafted blocks (e.g. the imprint block) every round
@@ -249,6 +253,8 @@ class Auditor:
     def session(self) -> Iterator["Auditor"]:
         """An audited run: results collected in the background meanwhile; at the end the jobs
         still running are collected and the run directory's summary and report written."""
+        for note in self.notes:
+            self.on_note(note)
         self.start_polling()
         errors: list[BaseException] = []
         try:
@@ -923,6 +929,24 @@ def _calibration_data(calibrate: bool, given: Any, data: DataSpec) -> tuple[torc
         raise ConfigError("calibration_data", f"expected images (N, {', '.join(map(str, data.shape))}) and N labels, "
                                               f"got {tuple(images.shape)} and {tuple(labels.shape)}")
     return images.float(), labels.long()
+
+
+def generator_fit(attacks: Mapping[str, Any], data: DataSpec) -> list[str]:
+    """A generative prior trained on images of another shape still runs (its images averaged
+    over channels or repeated, and resized), but is a weaker prior: what to say about it."""
+    notes = []
+    for name, params in attacks.items():
+        path = getattr(params, "generator", None)
+        if not path:
+            continue
+        meta = check_checkpoint(path, f"{name}.generator")
+        made = (int(meta["channels"]), int(meta["image_size"]), int(meta["image_size"]))
+        if made != tuple(data.shape):
+            trained = f" on {meta['dataset']}" if meta.get("dataset") else ""
+            notes.append(f"{name}'s generator was trained{trained} at {'x'.join(map(str, made))}; this run's images "
+                         f"are {'x'.join(map(str, data.shape))}: its images are converted and resized to fit, a weaker "
+                         "prior than one trained on images like the clients'")
+    return notes
 
 
 def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, server_mode: str = "honest",

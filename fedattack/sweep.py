@@ -67,6 +67,9 @@ def resolve_key(cfg: Config) -> tuple[str, str | None]:
     if s.param:
         raise ConfigError("sweep.param", "goes with sweep.defense; with sweep.key, name the parameter in the key")
     section, _, name = s.key.partition(".")
+    if section == "victim":
+        raise ConfigError("sweep.key", f"'{s.key}' chooses the one update of `fedattack attack`; a sweep runs "
+                                       "`fedattack run`, which audits every sampled client")
     sections = [k for k in SECTIONS if k not in NOT_SWEPT]
     if section in sections:
         allowed = [f.name for f in fields(SECTIONS[section])]
@@ -131,6 +134,11 @@ def plan(cfg: Config) -> tuple[str, list[tuple[report.SweepRun, Config]], str]:
     key, defense = resolve_key(cfg)
     if not s.values:
         raise ConfigError("sweep.values", f"give the values of {key} to sweep, weakest first, e.g. sweep.values=[1,2,5]")
+    texts = [report.fmt_value(v) for v in s.values]
+    twice = next((t for i, t in enumerate(texts) if t in texts[:i]), None)
+    if twice is not None:
+        raise ConfigError("sweep.values", f"{twice} is listed twice; each value runs once per seed (sweep.seeds "
+                                          "repeats them)")
     if s.parallel < 1:
         raise ConfigError("sweep.parallel", f"must be >= 1, got {s.parallel}")
     for x in s.seeds:

@@ -92,6 +92,9 @@ def test_attack_mode_writes_the_run_files_and_report_rerenders(tmp_path, capsys)
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").is_file()
     assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2  # a folder, but neither a run's nor a sweep's
+    assert "no sweep.json" in capsys.readouterr().err
 
 
 def test_refuses_a_non_empty_out_dir(tmp_path, capsys):

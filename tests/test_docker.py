@@ -199,6 +199,28 @@ def test_join_script_joins_the_head_runs_the_command_and_leaves(tmp_path):
     assert code != 0 and not any(c.startswith("command") for c in calls)
 
 
+def test_join_script_passes_a_stop_on_to_the_command_and_keeps_its_exit_code(tmp_path):
+    """`docker stop` sends SIGTERM to the container's first process, the script: the command
+    must receive it (fedattack then stops cleanly, exit 143), and the cluster is left."""
+    import signal
+    import time
+
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    (bin_dir / "ray").write_text(f'#!/bin/sh\necho "ray $*" >> "{log}"\nexit 0\n')
+    (bin_dir / "ray").chmod(0o755)
+    command = ["sh", "-c", f'trap \'echo "command stopped" >> "{log}"; exit 143\' TERM; '
+               f'echo "command started" >> "{log}"; while :; do sleep 0.1; done']
+    proc = subprocess.Popen(["sh", str(DOCKER / "join.sh"), *command],
+                            env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    deadline = time.monotonic() + 20
+    while "command started" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 143
+    assert log.read_text().splitlines()[1:] == ["command started", "command stopped", "ray stop"]
+
+
 def test_the_run_service_joins_the_head_it_names():
     services = _config()["services"]
     run = services["fedattack"]

@@ -67,6 +67,8 @@ def test_any_config_key_sweeps_with_the_same_seed_at_every_value():
     (["sweep.key=client.lr", "sweep.values=[0.1]", "sweep.seeds=[0,-1]"], r"^sweep\.seeds: must be an integer in "),
     (["sweep.key=client.lr", "sweep.defense=gaussian", "sweep.values=[1]"], r"^sweep\.key: give sweep\.key or"),
     (["sweep.values=[1]"], r"^sweep\.key: name the config key to sweep"),
+    (["sweep.key=client.batch_size", "sweep.values=[2,4,2]"], r"^sweep\.values: 2 is listed twice"),
+    (["sweep.key=victim.indices", "sweep.values=[[1],[2]]"], r"^sweep\.key: 'victim\.indices' chooses the one update"),
 ])
 def test_bad_sweep_keys_and_values_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):

@@ -259,8 +259,11 @@ def load_run(run_dir: str | Path) -> Run:
     """Read a run directory back into typed results. A directory without summary.json (written
     last) is a run that never finished: it reads back as interrupted."""
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FedattackError(f"run_dir: {run_dir} does not exist; give a run's or a sweep's directory")
     if not (run_dir / "leakage.csv").is_file():
-        raise FedattackError(f"run_dir: {run_dir} is not a fedattack run directory (no leakage.csv)")
+        raise FedattackError(f"run_dir: {run_dir} is not a fedattack run directory (no leakage.csv) or sweep "
+                             "directory (no sweep.json)")
     config = run_dir / "config.yaml"
     raw = yaml.safe_load(config.read_text()) or {} if config.is_file() else {}
     header = RunHeader.from_config(raw) if raw else RunHeader()

@@ -216,11 +216,14 @@ def matrix(results: list[JobResult], rounds: int) -> str:
                 row.append((f"<span class='muted'>{DASH}</span>", ""))
                 continue
             dot = " &#9679;" if (c, rnd) in leaked else ""
-            row.append((f"<div style='background:{_colour(r.score.ssim)};padding:2px'>"
+            base = r.score.baseline_ssim if not math.isnan(r.score.baseline_ssim) else 0.0
+            above = max(0.0, (r.score.ssim - base) / max(1e-9, 1.0 - base))  # 0 at the blank guess, 1 at SSIM 1
+            row.append((f"<div style='background:{_colour(above)};padding:2px'>"
                         f"<b>{num(r.score.ssim, 2)}</b>{dot}<br><span style='color:#333'>{esc(r.label)}</span></div>", ""))
         rows.append(row)
     legend = ("<p class='note'>Each cell: the best SSIM any attack reached on that client's update in that round "
-              "(the mean over the update's images), and the attack; white (0) to red (1); &#9679; the update leaked "
+              "(the mean over the update's images), and the attack; white at the blank guess's SSIM (or below) to "
+              "red at 1; &#9679; the update leaked "
               "at least one image; "
               f"{DASH} the client was not sampled or not scored that round.</p>")
     return table(["client \\ round", *[str(x) for x in cols]], rows, "matrix") + legend

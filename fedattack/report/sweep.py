@@ -224,6 +224,9 @@ def _xaxis(ax, values: list) -> tuple[list, bool]:
         pos = [v for v in values if v > 0]
         if len(pos) == len(values) and max(pos) / min(pos) >= 100:
             ax.set_xscale("log")
+        if all(isinstance(v, int) for v in values):  # batch sizes, epochs: ticks at the values, no 1.5
+            ax.set_xticks(list(values), [str(v) for v in values])
+            ax.minorticks_off()
         return list(values), True
     ax.set_xticks(range(len(values)), [fmt_value(v) for v in values], rotation=20)
     return list(range(len(values))), False
@@ -238,6 +241,8 @@ def plot_protocol(path: Path, points: dict[str, list[dict]], values: list, key: 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    ran = {fmt_value(p["value"]) for pts in points.values() for p in pts}
+    values = [v for v in values if fmt_value(v) in ran] or list(values)  # a value whose runs all failed: no place
     index = {fmt_value(v): i for i, v in enumerate(values)}
     for ax in axes:
         xs_all, numeric = _xaxis(ax, values)
@@ -290,6 +295,7 @@ def plot_frontier(path: Path, points: dict[str, list[dict]], answer: Answer, ref
                      else math.nan)
                 if acc and not math.isnan(x):
                     ax.scatter([x], [np.mean(acc)], marker="*", s=140, color="black", zorder=4)
+                    ax.annotate(name, (x, np.mean(acc)), fontsize=7, xytext=(4, -9), textcoords="offset points")
         axes[0].scatter([], [], marker="*", s=100, color="black", label=answer.reference)
     axes[0].axvline(0.5, color="grey", ls=":", lw=1)
     axes[0].set(xlabel="PSNR margin over a blank guess (dB), mean over seeds", ylabel="final test accuracy",

@@ -100,6 +100,11 @@ def test_mnist_family_from_idx_files(tmp_path, name, folder):
     assert splits.train.spec.num_classes == 10
     x, y = splits.train.get([0, 5])
     assert x.shape == (2, 1, 32, 32) and y.tolist() == [0, 5]
+    labels = tmp_path / folder / "raw" / "train-labels-idx1-ubyte"  # labels of another, smaller set
+    labels.write_bytes(struct.pack(">II", 2049, 5) + bytes(5))
+    load_dataset.cache_clear()
+    with pytest.raises(DataError, match=r"^data.root: .*training split .* holds 12 images but 5 labels"):
+        load_dataset(_cfg(f"data.name={name}", f"data.root={tmp_path}").data, seed=0)
 
 
 def test_calibration_data_on_disk_reads_data_root_or_its_own(tmp_path):

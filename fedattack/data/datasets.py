@@ -111,8 +111,11 @@ def _torchvision_split(cls, root: Path, train: bool, download: bool, name: str, 
         raise DataError(f"data.root: {name} not found under {root} ({exc}); {hint}") from None
 
 
-def _wrap_torchvision(ds: Any, spec: DataSpec) -> ImageData:
+def _wrap_torchvision(ds: Any, spec: DataSpec, where: str) -> ImageData:
     data = getattr(ds, "data")
+    if len(data) != len(ds.targets):  # torchvision reads image and label files apart and does not compare them
+        raise DataError(f"data.root: {where} holds {len(data)} images but {len(ds.targets)} labels; the image and "
+                        "label files do not belong together")
     arr = torch.as_tensor(np.asarray(data))
     if arr.ndim == 3:  # (N, H, W) uint8
         arr = arr[:, None]
@@ -132,7 +135,8 @@ def _torchvision_dataset(name: str, cls_name: str, channels: int, classes: int, 
         spec = image_spec(cfg, channels, classes, mean, std)
         train = _torchvision_split(cls, root, True, cfg.download, name, hint)
         test = _torchvision_split(cls, root, False, cfg.download, name, hint)
-        return Splits(_wrap_torchvision(train, spec), _wrap_torchvision(test, spec))
+        return Splits(_wrap_torchvision(train, spec, f"{name}'s training split under {root}"),
+                      _wrap_torchvision(test, spec, f"{name}'s test split under {root}"))
 
     loader.__doc__ = f"torchvision {cls_name} from data.root ({hint})"
     return loader

@@ -21,6 +21,7 @@ strongest. Every value is validated before anything runs or is written.
 from __future__ import annotations
 
 import argparse
+import signal
 import subprocess
 import sys
 import threading
@@ -30,6 +31,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from fedattack import shutdown
 from fedattack.arguments import add_config_args, load_config
 from fedattack.attacks import ATTACKS
 from fedattack.config import from_dict
@@ -186,7 +188,8 @@ def _place(runs: list[tuple[report.SweepRun, Config]], out_dir: Path) -> None:
 
 
 def is_sweep_dir(path: Path) -> bool:
-    return (path / "sweep.json").is_file() and (path / "config.yaml").is_file()
+    """A sweep's directory: its config and its answer, or (stopped before any run finished) its runs."""
+    return (path / "config.yaml").is_file() and ((path / "sweep.json").is_file() or (path / "runs").is_dir())
 
 
 def rerender(out_dir: Path, progress: Progress | None = None) -> report.Answer:
@@ -214,13 +217,27 @@ def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in ".-_" else "-" for ch in text)[:60]
 
 
-def _run_one(cfg: Config, run_dir: Path, log: Path) -> int:
+def _run_one(cfg: Config, run_dir: Path, log: Path) -> int | None:
+    """One run as its own `fedattack run` process; its exit code, or None where the sweep was
+    asked to stop before it started. The run is in a session of its own, so a signal reaches it
+    once, from here: a stop request is passed on to it (it stops cleanly, keeping its results)."""
+    if shutdown.requested() is not None:
+        return None
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     cfg_path = run_dir.parent / f"{run_dir.name}.yaml"
     cfg_path.write_text(cfg.to_yaml())
     with log.open("w") as f:
-        return subprocess.call([sys.executable, "-m", "fedattack", "run", str(cfg_path), "--out", str(run_dir),
-                                "--quiet"], stdout=f, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([sys.executable, "-m", "fedattack", "run", str(cfg_path), "--out", str(run_dir),
+                                 "--quiet"], stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        passed_on = False
+        while True:
+            try:
+                return proc.wait(timeout=0.5)
+            except subprocess.TimeoutExpired:
+                req = shutdown.requested()
+                if req is not None and not passed_on:
+                    proc.send_signal(req.signum or signal.SIGTERM)
+                    passed_on = True
 
 
 def _estimate(total: int, mean: float | None, parallel: int, elapsed: float) -> str:
@@ -256,10 +273,12 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answ
             progress.print(f"sweep: {n}/{len(runs)} runs done, {duration(elapsed)} in"
                            f"{_estimate(len(runs), mean, cfg.sweep.parallel, elapsed)}")
 
-    def one(i: int) -> int:
+    def one(i: int) -> int | None:
         r, c = runs[i]
         t0 = time.perf_counter()
         r.exit_code = _run_one(c, r.run_dir, r.run_dir.parent / f"{r.run_dir.name}.log")
+        if r.exit_code is None:  # the sweep was stopped before this run started
+            return None
         with lock:
             done.append(time.perf_counter() - t0)
             try:  # the answer so far is on disk as soon as a run ends: an interrupted sweep keeps it
@@ -274,8 +293,8 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answ
     if not quiet:
         ticker.start()
     try:
-        with ThreadPoolExecutor(max_workers=cfg.sweep.parallel) as pool:
-            list(pool.map(one, range(len(runs))))
+        with shutdown.cooperative(), ThreadPoolExecutor(max_workers=cfg.sweep.parallel) as pool:
+            list(pool.map(one, range(len(runs))))  # a signal stops the runs cleanly (see _run_one)
     finally:
         stop.set()
     answer, table = _write_answer(cfg, key, [r for r, _ in runs], seeds, reference, out_dir)
@@ -290,8 +309,10 @@ def _write_answer(cfg: Config, key: str, swept: list, seeds: list[int], referenc
     """sweep.csv, sweep.json, the plots and sweep.html from the runs finished so far (a run that
     has not, or did not, finish is named as left out)."""
     for r in swept:
-        if r.summary is None and (r.run_dir / "summary.json").is_file():  # written last: the run finished
-            r.summary = load_run(r.run_dir).summary()
+        if r.summary is None and (r.run_dir / "summary.json").is_file():  # written last: the run ended
+            run = load_run(r.run_dir)
+            if run.interrupted is None:  # a run stopped early answers for its rounds only: left out
+                r.summary = run.summary()
     answer = report.analyze(swept, key=key, values=list(cfg.sweep.values), seeds=seeds, reference=reference)
     table = report.rows(swept, answer)
     report.write_csv(out_dir / "sweep.csv", table)
@@ -325,6 +346,11 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     out = Path(ns.out or default_out_dir("sweep-"))
     check_out(out)
     answer = run_sweep(cfg, out_dir=out, quiet=ns.quiet)
+    req = shutdown.requested()
+    if req is not None:
+        Progress(quiet=ns.quiet).answer(f"sweep stopped by {req.reason}: the answer above counts the runs that "
+                                        f"finished; `fedattack report {out}` re-renders it once more have")
+        raise shutdown.Stopped(req.reason, req.signum)
     if answer.failed_runs:
         raise FedattackError(f"sweep: {len(answer.failed_runs)} run(s) failed; see the logs under {out / 'runs'}")
     return 0

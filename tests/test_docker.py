@@ -152,7 +152,7 @@ def test_dockerfile_builds_a_cuda_image_that_installs_the_package_the_readme_way
     # the image's default command is the console script the package declares, and it works
     cmd = json.loads(next(a for k, a in steps if k == "CMD"))
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert cmd[0] in scripts and scripts[cmd[0]] == "fedattack.cli:entry"
+    assert cmd[0] in scripts and scripts[cmd[0]] == "fedattack.__main__:entry"
     from fedattack.cli import main
 
     with pytest.raises(SystemExit) as info:
@@ -210,7 +210,7 @@ def test_join_script_passes_a_stop_on_to_the_command_and_keeps_its_exit_code(tmp
     (bin_dir / "ray").write_text(f'#!/bin/sh\necho "ray $*" >> "{log}"\nexit 0\n')
     (bin_dir / "ray").chmod(0o755)
     command = ["sh", "-c", f'trap \'echo "command stopped" >> "{log}"; exit 143\' TERM; '
-               f'echo "command started" >> "{log}"; while :; do sleep 0.1; done']
+               f'echo "command started" >> "{log}"; i=0; while [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done']
     proc = subprocess.Popen(["sh", str(DOCKER / "join.sh"), *command],
                             env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
     deadline = time.monotonic() + 20

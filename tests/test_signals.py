@@ -108,3 +108,22 @@ def test_signals_at_each_moment_stop_the_run_cleanly(tmp_path):
         assert summary["interrupted"]["signal"] == r["sig"].name, (where, summary["interrupted"])
         if r["moment"] == "waiting for jobs":
             assert r["rows"] >= 1 and summary["interrupted"]["abandoned_jobs"] >= 1, (where, summary)
+
+
+def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Importing torch and Flower takes seconds: Ctrl-C then is no traceback either."""
+    import builtins
+
+    from fedattack.__main__ import entry
+
+    real = builtins.__import__
+
+    def interrupted(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "fedattack" and fromlist and "cli" in fromlist:
+            raise KeyboardInterrupt
+        return real(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as info:
+        entry()
+    assert info.value.code == 130 and capsys.readouterr().err == "fedattack: interrupted\n"

@@ -247,6 +247,40 @@ def test_an_interrupted_sweep_keeps_the_answer_of_the_runs_that_finished(tmp_pat
     assert "report: " + str(out / "sweep.html") in capsys.readouterr().out
     assert len(json.loads((out / "sweep.json").read_text())["failed_runs"]) == 1
     assert [r["value"] for r in csv.DictReader((out / "sweep.csv").open()) if r["test_acc"]] == ["1.0", "0.01"]
+    # a run that was stopped early answers for the rounds it finished only: left out, not counted as safe
+    saved = json.loads((second / "summary.json").read_text())
+    saved["interrupted"] = {"reason": "SIGINT", "signal": 2, "abandoned_jobs": 0}
+    (second / "summary.json").write_text(json.dumps(saved))
+    assert main(["report", str(out)]) == 0
+    assert len(json.loads((out / "sweep.json").read_text())["failed_runs"]) == 2
+    assert [r["value"] for r in csv.DictReader((out / "sweep.csv").open()) if r["test_acc"]] == ["1.0"]
+
+
+def test_a_stop_reaches_the_run_in_progress_and_the_sweep_exits_with_its_code(tmp_path):
+    """SIGTERM to the sweep alone (`docker stop`, systemd): the run it is running stops cleanly
+    with its results, no later run starts, the sweep exits 143, and its directory re-renders."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "fedattack", "sweep", "audit.attacks=[invgrad]",
+                             "invgrad.iterations=100000", "fl.num_clients=2", "fl.rounds=1", "sweep.key=client.lr",
+                             "sweep.values=[0.01,0.02]", "--out", str(out), "--quiet"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 240
+    while not any(out.glob("runs/*/leakage.csv")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)  # the first run is under way: its directory is open
+    proc.send_signal(signal.SIGTERM)
+    text = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, text
+    first = sorted(out.glob("runs/*/summary.json"))
+    assert len(first) == 1 and json.loads(first[0].read_text())["interrupted"]["reason"] == "SIGTERM"
+    assert len(list(out.glob("runs/*.log"))) == 1  # the second run never started
+    assert "sweep stopped by SIGTERM" in text and "Traceback" not in text
+    (out / "sweep.json").unlink()  # as if stopped before the answer was first written: it re-renders all the same
+    assert main(["report", str(out)]) == 0 and len(json.loads((out / "sweep.json").read_text())["failed_runs"]) == 3
 
 
 def test_sweep_time_left_counts_the_time_already_spent():

@@ -157,7 +157,8 @@ def rows(runs: list[SweepRun], answer: Answer) -> list[dict]:
                 "run_dir": str(r.run_dir)}
         s = r.summary
         if s is None:
-            why = f"run failed, exit {r.exit_code}" if r.exit_code else "run did not finish"
+            why = ("run stopped by a signal" if r.exit_code in (130, 143) else
+                   f"run failed, exit {r.exit_code}" if r.exit_code else "run did not finish")
             out.append({**base, "attack": f"({why})"})
             continue
         h = s.headline

@@ -64,7 +64,7 @@ def save(name: str, rows: list[dict], *, quick: bool, seconds: float, note: str 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
-    parser.add_argument("names", nargs="*", help=f"which (default: all): {', '.join(available())}")
+    parser.add_argument("names", nargs="*", help=f"which, or all (hours on a CPU): {', '.join(available())}")
     parser.add_argument("--quick", action="store_true", help="smaller cases, for a smoke run")
     parser.add_argument("--json", type=Path, help="also write all rows to this JSON file")
     parser.add_argument("--save", action="store_true",
@@ -75,10 +75,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="with --save: keep these rows beside the benchmark's others, in "
                                                   "NAME-TAG.json (e.g. gpu, for a run on another machine)")
     ns = parser.parse_args(argv)
-    names = ns.names or available()
+    if not ns.names:
+        print(f"benchmarks: names: name one or more benchmarks, or all (hours on a CPU); allowed: "
+              f"{', '.join(available())}", file=sys.stderr)
+        return 2
+    if (ns.note or ns.tag) and not ns.save:
+        print(f"benchmarks: {'--note' if ns.note else '--tag'}: goes with --save (it labels the saved rows)",
+              file=sys.stderr)
+        return 2
+    names = available() if ns.names == ["all"] else ns.names
     unknown = sorted(set(names) - set(available()))
     if unknown:
-        print(f"benchmarks: unknown benchmark {unknown[0]}; allowed: {', '.join(available())}", file=sys.stderr)
+        print(f"benchmarks: unknown benchmark {unknown[0]}; allowed: {', '.join(available())} or all", file=sys.stderr)
         return 2
     import torch
 

@@ -121,5 +121,10 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
             dispatcher.abandon()
     summary = auditor.summary or summarize(results, [], RunHeader.from_config(cfg.to_dict()), interrupted=interruption([]))
     progress.summary_table(summary, title="fedattack attack")
+    req = shutdown.requested()
+    if req is not None and auditor.store is not None:
+        n = len(results)
+        progress.answer(f"fedattack: stopped by {req.reason}: {n} finished result{'s' if n != 1 else ''} in "
+                        f"{auditor.store.dir / 'leakage.csv'}; report {auditor.store.dir / 'report.html'}")
     shutdown.check()
     return results

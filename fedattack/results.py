@@ -155,9 +155,10 @@ class JobResult:
 
     @property
     def row_id(self) -> str:
-        """A name for this result's files (gallery, traceback), unique within a run."""
+        """A name for this result's files (gallery, traceback), unique within a run; portable (an
+        attack named by import path, `pkg.mod:fn`, has no colon in it)."""
         tag = "_adaptive" if self.adaptive else ""
-        return re.sub(r"[^\w.:-]", "_", f"r{int(self.round):03d}_c{self.client}_{self.attack}{tag}")
+        return re.sub(r"[^\w.-]", "_", f"r{int(self.round):03d}_c{self.client}_{self.attack}{tag}")
 
 
 @dataclass

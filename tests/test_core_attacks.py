@@ -173,6 +173,17 @@ def test_adaptive_invgrad_models_a_known_defense(head_dropping_defense):
     assert psnr_ssim(rec_adaptive.images, truth, obs)[1] > 0.8
 
 
+def test_a_defense_configured_by_import_path_is_modelled_like_a_registered_one(head_dropping_defense):
+    from fedattack.attacks.engine import modelled_defenses
+
+    obs, _ = observed_update("seed=0", *ONE_IMAGE)
+    for name in (head_dropping_defense, "tests.plugins.defense:drop_head"):
+        defended = replace(obs, protocol=replace(obs.protocol, defenses=(DefenseSetting(name, {}),)))
+        assert [d.name for d in modelled_defenses(defended)] == [name]
+    unknown = replace(obs, protocol=replace(obs.protocol, defenses=(DefenseSetting("not-installed-here", {}),)))
+    assert modelled_defenses(unknown) == ()
+
+
 @pytest.mark.parametrize("override,field", [
     ("invgrad.restarts=0", "invgrad.restarts"),
     ("invgrad.loss=manhattan", "invgrad.loss"),

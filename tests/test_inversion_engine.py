@@ -37,6 +37,19 @@ def test_simulated_update_reproduces_the_client(overrides):
         assert float(cosine_distance(other, obs.update)) > 1e3 * float(cosine_distance(sim, obs.update)) + 1e-9
 
 
+@pytest.mark.parametrize("overrides, indices", [
+    (["client.batch_size=3", "client.local_steps=5"], [3, 17, 42, 99]),  # steps run past the samples: wrap around
+    (["client.batch_size=8", "client.local_steps=2"], [3, 17, 42]),  # a batch larger than the samples: all of them
+], ids=["wrap", "large-batch"])
+def test_steps_over_a_small_client_are_replayed_as_it_trained(overrides, indices):
+    obs, truth = observed_update("seed=3", *overrides, indices=indices)
+    order = training_order(truth, "seed=3", *overrides)
+    sim = replay(functional_model(obs), truth.images[order], truth.labels[order], obs.protocol)
+    rel = torch.sqrt(sum(((sim[k] - obs.update[k]) ** 2).sum() for k in sim)
+                     / sum((obs.update[k] ** 2).sum() for k in sim))
+    assert float(rel) < 1e-4
+
+
 def test_batchnorm_is_simulated_in_training_mode():
     obs, truth = observed_update("seed=3", "model.name=convnet", "model.activation=relu", "model.width=8")
     order = training_order(truth, "seed=3", "model.name=convnet", "model.width=8")

@@ -170,3 +170,11 @@ def test_the_budget_in_words_counts_what_the_attack_spends():
     assert RunHeader.from_config(raw).budgets == ("ggl 200 loss evaluations (CMA-ES)", "invgrad 300 iterations")
     raw["ggl"]["optimizer"] = "adam"
     assert RunHeader.from_config(raw).budgets[0] == "ggl 2500 iterations"
+
+
+def test_a_results_file_names_are_portable_where_an_attack_is_an_import_path():
+    from fedattack.results import JobResult
+
+    r = JobResult(round=2, client=3, attack="mypkg.attacks:mine", defense="none", status="ok", seconds=1.0,
+                  adaptive=True)
+    assert r.row_id == "r002_c3_mypkg.attacks_mine_adaptive"

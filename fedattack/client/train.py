@@ -30,13 +30,18 @@ class TrainResult:
 
 
 def schedule(partition: np.ndarray, cfg: Config, rnd: int, client: int) -> list[np.ndarray]:
-    """The batches of one round: lists of dataset indices."""
+    """The batches of one round: lists of dataset indices.
+
+    Local steps (`client.local_steps`): batches of B = min(batch_size, samples) in one shuffled
+    order, wrapping around it (no sample twice in a batch), as the attacks' trial-update engine
+    replays them (fedattack.attacks.engine.schedule). Local epochs: a fresh shuffle per epoch,
+    its last batch smaller."""
     rng = np.random.default_rng([cfg.seed, rnd, client])
     b = cfg.client.batch_size
     if cfg.client.local_steps > 0:
-        need = cfg.client.local_steps * b
-        order = np.concatenate([rng.permutation(partition) for _ in range(-(-need // len(partition)))])[:need]
-        return [order[i * b:(i + 1) * b] for i in range(cfg.client.local_steps)]
+        order = rng.permutation(partition)
+        b = min(b, len(order))
+        return [order[[(s * b + j) % len(order) for j in range(b)]] for s in range(cfg.client.local_steps)]
     batches = []
     for _ in range(cfg.client.local_epochs):
         order = rng.permutation(partition)

@@ -17,7 +17,7 @@ import torch
 
 from fedattack.data.hf import is_hf, load_hf
 from fedattack.data.images import ImageData, Splits, from_array, image_spec, stratified_split
-from fedattack.errors import ConfigError, DataError
+from fedattack.errors import ConfigError, DataError, FedattackError
 from fedattack.registry import Registry
 from fedattack.schema import DataConfig
 from fedattack.threat import DataSpec
@@ -195,4 +195,17 @@ def load_dataset(cfg: DataConfig, *, seed: int = 0) -> Splits:
     (cfg, seed), a frozen DataConfig being its own key."""
     if is_hf(cfg.name):
         return load_hf(cfg, seed)
-    return DATASETS.get(cfg.name)(cfg, seed)
+    loader = DATASETS.get(cfg.name)
+    if ":" not in cfg.name:
+        return loader(cfg, seed)
+    try:  # a dataset of the user's own (module:attr): what goes wrong in it is one line naming it
+        splits = loader(cfg, seed)
+    except FedattackError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any error of the user's function
+        raise DataError(f"data.name: {cfg.name} raised {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+                        f" (a dataset is called as fn(cfg: DataConfig, seed) and returns Splits)") from None
+    if not isinstance(splits, Splits):
+        raise DataError(f"data.name: {cfg.name} returned {type(splits).__name__}, not Splits (a dataset is called as "
+                        "fn(cfg: DataConfig, seed) and returns fedattack.data.images.Splits)")
+    return splits

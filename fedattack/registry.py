@@ -153,6 +153,24 @@ def plain_callable(obj: Any, arity: int, kind: str) -> str | None:
     return None
 
 
+# libraries fedattack runs on: a function of theirs is never a user's label method or dataset
+LIBRARIES = ("fedattack", "torch", "torchvision", "numpy", "scipy", "flwr", "flwr_datasets", "ray", "skimage",
+             "sklearn", "opacus", "nevergrad", "datasets", "PIL", "matplotlib", "yaml", "rich")
+
+
+def own_function(arity: int, kind: str) -> Callable[[Any], str | None]:
+    """A registry's `accepts` for plug-ins that are plain functions of the user's own: as
+    `plain_callable`, and not a function of the libraries fedattack runs on (`torch:save` takes
+    two arguments too)."""
+    def check(obj: Any) -> str | None:
+        module = (getattr(obj, "__module__", None) or "").split(".")[0]
+        if module in LIBRARIES:
+            return f"is {describe(obj)}, not {article(kind)} of your own"
+        return plain_callable(obj, arity, kind)
+
+    return check
+
+
 def _required_positional(fn: Any) -> int:
     try:
         params = inspect.signature(fn).parameters.values()

@@ -53,3 +53,17 @@ def test_temporarily_and_unregister():
     assert reg.unregister("a") is not None and reg.names() == ["b"]
     with pytest.raises(KeyError):
         reg.unregister("a")
+
+
+@pytest.mark.parametrize("field, path", [
+    ("audit.labels", "torch:save"), ("audit.labels", "fedattack.data.datasets:lfw_subset"),
+    ("data.name", "fedattack.attacks.labels:bias_counts"), ("data.name", "numpy:dot"),
+])
+def test_a_library_function_is_not_a_label_method_or_dataset_of_your_own(field, path):
+    """Both are plain two-argument functions: one from torch or fedattack itself would be called."""
+    from fedattack.attacks.labels import LABELS
+    from fedattack.data import DATASETS
+
+    registry = {"audit.labels": LABELS, "data.name": DATASETS}[field]
+    with pytest.raises(ConfigError, match=rf"^{field}: '{path}' is .*, not a .* of your own$"):
+        registry.get(path)

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 
 from fedattack.attacks.engine import functional_model
-from fedattack.registry import Registry
+from fedattack.registry import Registry, own_function
 from fedattack.threat import Observation
 
-LABELS: Registry[Callable[[Observation, int], torch.Tensor]] = Registry("label method", "audit.labels")
+LABELS: Registry[Callable[[Observation, int], torch.Tensor]] = Registry("label method", "audit.labels",
+                                                                          accepts=own_function(2, "label method"))
 
 DUMMY_INPUTS = 64  # dummy images used to estimate mean class probabilities and features
 

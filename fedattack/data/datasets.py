@@ -18,11 +18,11 @@ import torch
 from fedattack.data.hf import is_hf, load_hf
 from fedattack.data.images import ImageData, Splits, from_array, image_spec, stratified_split
 from fedattack.errors import ConfigError, DataError, FedattackError
-from fedattack.registry import Registry
+from fedattack.registry import Registry, own_function
 from fedattack.schema import DataConfig
 from fedattack.threat import DataSpec
 
-DATASETS: Registry[Callable[..., "Splits"]] = Registry("dataset", "data.name")
+DATASETS: Registry[Callable[..., "Splits"]] = Registry("dataset", "data.name", accepts=own_function(2, "dataset"))
 
 
 @DATASETS.register("lfw-subset", doc="200 LFW crops bundled with scikit-image (face / non-face), offline")

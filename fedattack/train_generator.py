@@ -166,7 +166,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=d.width, help=f"base channel width (default {d.width})")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"default {d.batch_size}")
     p.add_argument("--lr", type=float, default=None, help="Adam step size (default 2e-4 DCGAN, 1e-4 WGAN-GP)")
-    p.add_argument("--split", choices=["train", "test", "all"], default="train", help="which split to train on")
+    p.add_argument("--split", choices=["train", "test", "all"], default="train", help="which split to train on (default: train)")
     p.add_argument("--labels", default=None, help="only these class ids, comma-separated (lfw-subset: 1 = faces)")
     p.add_argument("--exclude", default=None, help="training-split indices to leave out, comma-separated")
     p.add_argument("--exclude-victims", action="store_true",

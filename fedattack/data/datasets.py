@@ -203,8 +203,9 @@ def load_dataset(cfg: DataConfig, *, seed: int = 0) -> Splits:
     except FedattackError:
         raise
     except Exception as exc:  # noqa: BLE001 - any error of the user's function
-        raise DataError(f"data.name: {cfg.name} raised {type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
-                        f" (a dataset is called as fn(cfg: DataConfig, seed) and returns Splits)") from None
+        why = str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise DataError(f"data.name: {cfg.name} raised {type(exc).__name__}: {why} (a dataset is called as "
+                        "fn(cfg: DataConfig, seed) and returns Splits)") from None
     if not isinstance(splits, Splits):
         raise DataError(f"data.name: {cfg.name} returned {type(splits).__name__}, not Splits (a dataset is called as "
                         "fn(cfg: DataConfig, seed) and returns fedattack.data.images.Splits)")

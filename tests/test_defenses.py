@@ -217,9 +217,11 @@ def test_precode_model_builds_and_trains(small_cfg):
     assert not torch.allclose(heavy.update["precode.encoder.weight"], result.update["precode.encoder.weight"])
 
 
-def test_precode_training_lowers_loss(small_cfg):
-    cfg = small_cfg("client.defenses=[precode]", "precode.size=32", "client.local_steps=30", "client.lr=0.1",
-                    "model.activation=relu")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_precode_training_lowers_loss(small_cfg, seed):
+    # lr 0.05: at 0.1 this ReLU model with its VIB block diverges on some seeds, whatever the batch order
+    cfg = small_cfg(f"seed={seed}", "client.defenses=[precode]", "precode.size=32", "client.local_steps=30",
+                    "client.lr=0.05", "model.activation=relu")
     exp = build(cfg)
     model = exp.initial_model()
     idx = np.arange(4)

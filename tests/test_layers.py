@@ -43,6 +43,8 @@ LAZY: dict[tuple[str, str], str] = {
     ("fedattack", "fedattack.api"): "the package exports the public API on first access (PEP 562 __getattr__), so "
                                     "importing any lower module (fedattack.errors in a Ray worker) does not load "
                                     "the whole stack through the package's __init__",
+    ("fedattack.__main__", "fedattack.cli"): "the command line's entry point catches Ctrl-C while torch and Flower "
+                                             "load, so that interrupt is one line, not a traceback",
 }
 
 

@@ -30,7 +30,7 @@ from fedattack.models import ACTIVATIONS, INITIALIZERS, MODELS, check_width
 from fedattack.models.generator import check_checkpoint
 from fedattack.schema import SECTIONS, Config
 from fedattack.strategies import STRATEGIES, check_strategy_args
-from fedattack.validate import check_between, check_choice, check_range, check_seed
+from fedattack.validate import check_between, check_choice, check_range, check_seed, first_repeat
 
 # shipped inside the package (an installed wheel has it too); configs/default.yaml at the top of
 # the repository is the same file, the documented example (a test keeps them identical)
@@ -107,10 +107,9 @@ def _aliases(registry: Any, listed: list) -> dict[str, str]:
     name differs (`mine` for `mypkg.attacks:mine`)."""
     out = {}
     for name in listed:
-        if ":" in name:
-            own = getattr(registry.get(name), "name", None)  # imports it: a ConfigError names the field
-            if isinstance(own, str) and own != name:
-                out[own] = name
+        own = _section_name(registry, name)  # a path is imported: a ConfigError names the field
+        if own != name:
+            out[own] = name
     return out
 
 
@@ -360,7 +359,7 @@ def validate(cfg: Config) -> None:
         cfg.defense_params.setdefault(d, DEFENSES.get(d).params())
     for a in cfg.audit.attacks:
         cfg.attack_params.setdefault(a, ATTACKS.get(a).params())
-    twice = next((a for i, a in enumerate(cfg.audit.attacks) if a in cfg.audit.attacks[:i]), None)
+    twice = first_repeat(cfg.audit.attacks)
     if twice is not None:
         raise ConfigError("audit.attacks", f"'{twice}' is listed twice; each attack runs once per update (its "
                                            f"section, e.g. {twice}.iterations, sets how)")

@@ -43,7 +43,7 @@ from fedattack.report.console import Progress, add_plain_row, duration, plain_ta
 from fedattack.report.store import check_out, default_out_dir, load_run
 from fedattack.schema import SECTIONS, Config
 from fedattack.simulate import prepare
-from fedattack.validate import check_seed
+from fedattack.validate import check_seed, first_repeat
 
 NOT_SWEPT = ("sweep", "ray")  # sections whose keys are not an experiment's
 
@@ -136,8 +136,7 @@ def plan(cfg: Config) -> tuple[str, list[tuple[report.SweepRun, Config]], str]:
     key, defense = resolve_key(cfg)
     if not s.values:
         raise ConfigError("sweep.values", f"give the values of {key} to sweep, weakest first, e.g. sweep.values=[1,2,5]")
-    texts = [report.fmt_value(v) for v in s.values]
-    twice = next((t for i, t in enumerate(texts) if t in texts[:i]), None)
+    twice = first_repeat(report.fmt_value(v) for v in s.values)
     if twice is not None:
         raise ConfigError("sweep.values", f"{twice} is listed twice; each value runs once per seed (sweep.seeds "
                                           "repeats them)")

@@ -48,6 +48,12 @@ def check_seed(field: str, value: int) -> None:
         raise ConfigError(field, f"must be an integer in [0, {SEED_MAX}], got {value}")
 
 
+def first_repeat(items) -> object | None:
+    """The first item listed again in `items` (None if each appears once)."""
+    items = list(items)
+    return next((x for i, x in enumerate(items) if x in items[:i]), None)
+
+
 def check_choice(name: str, key: str, value: str, allowed: list[str]) -> None:
     if value not in allowed:
         raise ConfigError(f"{name}.{key}", f"unknown value '{value}'; allowed: {', '.join(allowed)}")

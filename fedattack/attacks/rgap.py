@@ -144,6 +144,10 @@ LAYERS: dict[type, tuple[Callable[[str, nn.Module, torch.Size], Layer], bool]] =
 }
 
 
+NOT_A_CHAIN = ("rgap handles a chain of Conv2d/Linear layers and activations; this model's forward is not the "
+               "chain of its layers")
+
+
 @torch.no_grad()
 def chain(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[Layer, nn.Module | None]]:
     """The model as (weight layer, activation after it) pairs, checked against its forward."""
@@ -151,8 +155,6 @@ def chain(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[Layer, nn.M
     param = next(model.parameters())
     x = torch.randn(1, *in_shape, dtype=param.dtype, generator=torch.Generator().manual_seed(0)).to(param.device)
     h = x
-    not_a_chain = ("rgap handles a chain of Conv2d/Linear layers and activations; this model's forward is not the "
-                   "chain of its layers")
     for name, m in ((n, m) for n, m in model.named_modules() if not list(m.children())):
         if isinstance(m, nn.Flatten):
             h = h.flatten(1)
@@ -160,7 +162,7 @@ def chain(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[Layer, nn.M
             build, flat = LAYERS[type(m)]
             h = h.flatten(1) if flat else h
             pairs.append((build(name, m, h.shape), None))
-            h = _replay(m, h, name, not_a_chain)
+            h = _replay(m, h, name)
         elif type(m) in INVERSES:
             if not pairs or pairs[-1][1] is not None:
                 raise AttackFailure(f"rgap needs at most one activation after each weight layer; '{name}' is not")
@@ -171,20 +173,20 @@ def chain(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[Layer, nn.M
                              f"({', '.join(t.__name__ for t in INVERSES)}); '{name}' is {type(m).__name__}")
     out = model(x)
     if not pairs or h.numel() != out.numel() or not torch.allclose(out, h.reshape(out.shape), rtol=1e-6, atol=1e-8):
-        raise AttackFailure(not_a_chain)
+        raise AttackFailure(NOT_A_CHAIN)
     head, act = pairs[-1]
     if not isinstance(head.module, nn.Linear) or act is not None or head.module.bias is None:
         raise AttackFailure("rgap needs the model to end in a fully connected layer with a bias")
     return pairs
 
 
-def _replay(layer: nn.Module, h: torch.Tensor, name: str, not_a_chain: str) -> torch.Tensor:
+def _replay(layer: nn.Module, h: torch.Tensor, name: str) -> torch.Tensor:
     """`layer(h)` in the chain's replay; a shape the layer does not take means the forward does
     something between the layers (functional pooling, reshaping): the model is not a chain."""
     try:
         return layer(h)
     except RuntimeError as exc:
-        raise AttackFailure(f"{not_a_chain} ('{name}' does not take the output of the layers before it: "
+        raise AttackFailure(f"{NOT_A_CHAIN} ('{name}' does not take the output of the layers before it: "
                             f"{str(exc).splitlines()[0][:120]})") from None
 
 

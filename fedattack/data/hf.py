@@ -151,11 +151,6 @@ def _labels(values: list, classes: list | None, where: str = "") -> tuple[np.nda
     return np.asarray([lookup[v] for v in values], dtype=np.int64), classes
 
 
-def _unlabelled(split, label_key: str) -> bool:
-    """Every label of `split` is missing: -1 (ClassLabel's "no label") or None."""
-    return set(split[label_key]) <= {-1, None}
-
-
 def load_hf(cfg, seed: int):
     from datasets import ClassLabel, Image
 
@@ -171,14 +166,15 @@ def load_hf(cfg, seed: int):
     image_key = _pick(train, cfg.image_key, IMAGE_KEYS, Image, "data.image_key", "image", where)
     label_key = _pick(train, cfg.label_key, LABEL_KEYS, ClassLabel, "data.label_key", "label", where)
     test = dd["test"] if "test" in dd and train_name != "test" else None
-    if test is not None and label_key in test.column_names and _unlabelled(test, label_key):
-        test = None  # a test split without labels (ClassLabel's -1, as many benchmarks ship it): hold out train's
+    test_labels = list(test[label_key]) if test is not None and label_key in test.column_names else None
+    if test_labels is not None and set(test_labels) <= {-1, None}:
+        # a test split without labels (ClassLabel's -1, as many benchmarks ship it): hold out train's
+        test, test_labels = None, None
     feature = train.features[label_key]
     if isinstance(feature, ClassLabel):
         classes = list(range(feature.num_classes))
     else:
-        values = set(train[label_key]) | (set(test[label_key]) if test is not None and label_key in test.column_names
-                                          else set())
+        values = set(train[label_key]) | set(test_labels or ())
         values.discard(None)
         if all(isinstance(v, (int, np.integer)) and v >= 0 for v in values):
             classes = list(range(int(max(values)) + 1))
@@ -207,7 +203,7 @@ def load_hf(cfg, seed: int):
     for key in (image_key, label_key):
         if key not in test.column_names:
             raise DataError(f"data.name: {where}'s test split has no column '{key}'")
-    test_y, _ = _labels(list(test[label_key]), classes, f"{where}'s test split")
+    test_y, _ = _labels(test_labels, classes, f"{where}'s test split")
     all_rows = np.arange(len(train))
     return Splits(ImageData(fetcher(images, all_rows), train_y, spec),
                   ImageData(fetcher(test.select_columns([image_key]), np.arange(len(test))), test_y, spec))

@@ -80,13 +80,13 @@ def infer_input_shape(module: nn.Module, num_classes: int) -> tuple[int, int, in
         raise ConfigError("input_shape", f"cannot read an image shape off the first Linear layer "
                                          f"({first.in_features} inputs); give input_shape=(channels, height, width)")
     c = int(first.in_channels)
-    fits = [s for s in sorted(set(COMMON_SIZES) | set(range(4, 65))) if not _forward_problem(module, (c, s, s),
-                                                                                              num_classes)]
+    sizes = sorted(set(COMMON_SIZES) | set(range(4, 65)))
+    problems = {s: _forward_problem(module, (c, s, s), num_classes) for s in sizes}  # one forward per size
+    fits = [s for s, problem in problems.items() if not problem]
     if not fits:
-        ran = next(((s, p) for s in COMMON_SIZES if (p := _forward_problem(module, (c, s, s), num_classes))
-                    and p.startswith(RETURNS)), None)
+        ran = next((s for s in COMMON_SIZES if (problems[s] or "").startswith(RETURNS)), None)
         if ran is not None:  # inputs fit; what comes out does not
-            raise _output_error(ran[1], (c, ran[0], ran[0]))
+            raise _output_error(problems[ran], (c, ran, ran))
         raise ConfigError("input_shape", f"no square input of {c} channels (4 to 256 pixels) fits the model; "
                                          "give input_shape=(channels, height, width)")
     common = [s for s in COMMON_SIZES if s in fits]

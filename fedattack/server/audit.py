@@ -67,6 +67,7 @@ from fedattack.server.interrupt import interruption
 from fedattack.server.jobs import AttackJob
 from fedattack.server.protocol import TrainingProtocol
 from fedattack.server.sampling import SeededSampling
+from fedattack.validate import first_repeat
 from fedattack.strategies import strategy_problem
 from fedattack.threat import DataSpec, ModelSpec, Observation, Truth
 
@@ -957,7 +958,7 @@ def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, ser
         attacks = [attacks]
     if not isinstance(attacks, Mapping):
         attacks = list(attacks)
-        twice = next((a for i, a in enumerate(attacks) if a in attacks[:i]), None)
+        twice = first_repeat(attacks)
         if twice is not None:
             raise ConfigError("attacks", f"'{twice}' is listed twice; each attack runs once per update (give its "
                                          f"parameters as attacks={{'{twice}': {{...}}}})")

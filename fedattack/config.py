@@ -102,6 +102,17 @@ def _section_name(registry: Any, name: str) -> str:
     return own if isinstance(own, str) else name
 
 
+def plugin_section(registry: Any, name: str, raw: Any) -> Any:
+    """One plug-in's parameter section (`raw`, a mapping), built and checked as a config's
+    sections are: its own fields only, without a whole config's rules between sections."""
+    section = _section_name(registry, name)
+    params = _build_section(registry.get(name).params, raw, section)
+    check = getattr(params, "validate", None)
+    if check is not None:
+        check(section)
+    return params
+
+
 def _aliases(registry: Any, listed: list) -> dict[str, str]:
     """section name -> listed import path, for listed `module:attr` plug-ins whose registered
     name differs (`mine` for `mypkg.attacks:mine`)."""

@@ -256,6 +256,10 @@ def test_a_training_protocol_of_the_wrong_type_or_defense_is_one_line(kwargs, sa
     with pytest.raises(ConfigError, match=says):
         TrainingProtocol(**{"lr": 0.1, "local_steps": 1, "batch_size": 2, **kwargs})
     assert TrainingProtocol(lr=1, local_steps=2.0, batch_size=4, defenses=[("gaussian", {"sigma": 0.1})]).lr == 1
+    # a defense's own section is checked, not a whole config's rules between sections: the app's
+    # rounds may hold more than fedattack's default 2 clients, as SecAgg+'s threshold of 5 needs
+    assert TrainingProtocol(lr=0.1, local_steps=1, batch_size=2,
+                            defenses=[("secagg", {"reconstruction_threshold": 5})]).defenses
 
 
 def test_a_model_whose_output_does_not_fit_names_the_output_not_the_input(tmp_path):

@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from fedattack.config import from_dict
+from fedattack.config import plugin_section
+from fedattack.defenses import DEFENSES
 from fedattack.errors import ConfigError
 from fedattack.schema import Config
 from fedattack.threat import DefenseSetting, Protocol
@@ -194,7 +195,7 @@ class TrainingProtocol:
 
 def _check_defenses(defenses: Any) -> None:
     """Each defense a (registered name or module:attr, parameters) pair whose parameters its
-    config section accepts: checked as `client.defenses` and its sections are."""
+    config section accepts: checked as `client.defenses` and its section are."""
     if isinstance(defenses, (str, Mapping)) or not isinstance(defenses, Sequence):
         raise ConfigError("protocol.defenses", f"expected a sequence of (defense name, {{parameter: value}}) pairs, "
                                                f"got {defenses!r}")
@@ -207,7 +208,7 @@ def _check_defenses(defenses: Any) -> None:
         else:
             raise ConfigError("protocol.defenses", f"expected (defense name, {{parameter: value}}) pairs, e.g. "
                                                    f'("gaussian", {{"sigma": 0.01}}), got {d!r}')
-        try:
-            from_dict({"client": {"defenses": [name]}, name: dict(params)})
+        try:  # the defense's own section; how many clients a round it needs is the deployment's to know
+            plugin_section(DEFENSES, name, dict(params))
         except ConfigError as exc:
             raise ConfigError("protocol.defenses", exc.message if exc.field == "client.defenses" else str(exc)) from None

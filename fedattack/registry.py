@@ -92,6 +92,14 @@ class Registry(Generic[T]):
             raise ConfigError(self.field_name, f"'{name}' {problem}")
         return obj
 
+    def find(self, name: str) -> T | None:
+        """As `get` (a registered name, or the object at a `module:attr` path), or None where this
+        installation has neither: for code that acts on what it knows and leaves the rest."""
+        try:
+            return self.get(name)
+        except ConfigError:
+            return None
+
     def like_entries(self, obj: Any) -> str | None:
         """Why `obj` is not the kind of object registered here (None if it is): an instance of
         the entries' type, or, where the entries are functions or classes, a function or class

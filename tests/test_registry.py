@@ -67,3 +67,14 @@ def test_a_library_function_is_not_a_label_method_or_dataset_of_your_own(field, 
     registry = {"audit.labels": LABELS, "data.name": DATASETS}[field]
     with pytest.raises(ConfigError, match=rf"^{field}: '{path}' is .*, not a .* of your own$"):
         registry.get(path)
+
+
+def test_find_knows_names_and_paths_and_leaves_the_rest():
+    """What acts on the attacks or defenses a config names (a malicious server's check, the
+    adaptive attacks' defense models) treats an import path as the name it stands for."""
+    from fedattack.attacks import ATTACKS, needing_malicious_server
+
+    rtf = ATTACKS.get("rtf")
+    assert ATTACKS.find("rtf") is rtf and ATTACKS.find("fedattack.attacks.rtf:rtf") is rtf
+    assert ATTACKS.find("no-such-attack") is None and ATTACKS.find("nosuch.module:x") is None
+    assert needing_malicious_server(["idlg", "fedattack.attacks.rtf:rtf", "nope"]) == ["fedattack.attacks.rtf:rtf"]

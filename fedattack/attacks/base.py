@@ -78,9 +78,9 @@ ATTACKS: Registry[AttackSpec] = Registry("attack", "audit.attacks")
 
 
 def needing_malicious_server(names) -> list[str]:
-    """The registered attacks among `names` that need a malicious server (one that changes the
-    model it sends)."""
-    return [a for a in names if a in ATTACKS.names() and ATTACKS.get(a).needs_malicious]
+    """The attacks among `names` (registered names or `module:attr` paths) that need a
+    malicious server (one that changes the model it sends)."""
+    return [a for a in names if (spec := ATTACKS.find(a)) is not None and spec.needs_malicious]
 
 
 def register_attack(name: str, *, params: type = NoParams, paper: str, scope: str = "client",

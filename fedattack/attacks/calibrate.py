@@ -39,7 +39,7 @@ from fedattack.attacks.base import ATTACKS, AttackContext, Choice, LogRange
 from fedattack.attacks.engine import functional_model, replay, schedule
 from fedattack.attacks.ggl import blas_single_thread
 from fedattack.attacks.optimize import shrink
-from fedattack.defenses.base import DefenseContext, known_defense
+from fedattack.defenses.base import DEFENSES, DefenseContext
 from fedattack.metrics.score import score
 from fedattack.results import STRETCHED, SWITCHES
 from fedattack.threat import Observation, Reconstruction, Truth
@@ -93,7 +93,7 @@ def simulate_cases(obs: Observation, images: torch.Tensor, labels: torch.Tensor,
         raise ValueError(f"calibration needs {n} images per simulated client; the calibration data has {len(labels)}")
     rng = np.random.default_rng(seed)
     fm = functional_model(obs, torch.device("cpu"))
-    known = [(spec, d) for d in obs.protocol.defenses if (spec := known_defense(d.name)) is not None]
+    known = [(spec, d) for d in obs.protocol.defenses if (spec := DEFENSES.find(d.name)) is not None]
     update_defenses = [(spec, d) for spec, d in known if _acts_on_update_only(spec)]
     unmodelled = tuple(d.name for d in obs.protocol.defenses if all(d is not u for _, u in update_defenses))
     steps = schedule(n, obs.protocol.batch_size, obs.protocol.local_steps, obs.protocol.local_epochs)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-from fedattack.defenses.base import adapt_update, known_defense
+from fedattack.defenses.base import DEFENSES, adapt_update
 from fedattack.models import build_model
 from fedattack.threat import DataSpec, Observation, Protocol
 
@@ -240,7 +240,7 @@ def modelled_defenses(obs: Observation) -> tuple:
     """The protocol's defenses that have a differentiable model (`adapt`); the others (noise
     among them, and defenses this installation does not know) act on the update as
     identities for an attacker's trial."""
-    return tuple(d for d in obs.protocol.defenses if (spec := known_defense(d.name)) is not None
+    return tuple(d for d in obs.protocol.defenses if (spec := DEFENSES.find(d.name)) is not None
                  and spec.adapt is not None)
 
 

@@ -28,7 +28,6 @@ from typing import Any, Callable
 
 import torch
 
-from fedattack.errors import ConfigError
 from fedattack.registry import Registry
 
 
@@ -80,18 +79,9 @@ def register_defense(spec: DefenseSpec) -> DefenseSpec:
     return spec
 
 
-def known_defense(name: str) -> DefenseSpec | None:
-    """The defense a configured name stands for: a registered name, or the `module:attr` path
-    the user configured it by; None for one this installation does not know."""
-    try:
-        return DEFENSES.get(name)
-    except ConfigError:
-        return None
-
-
 def secure_aggregation(names) -> str | None:
     """The defense among `names` that hides each client's update in a sum (SecAgg+), if any."""
-    return next((n for n in names if (spec := known_defense(n)) is not None and spec.protocol == "secagg"), None)
+    return next((n for n in names if (spec := DEFENSES.find(n)) is not None and spec.protocol == "secagg"), None)
 
 
 def adapt_update(trial: dict[str, torch.Tensor], observed: dict[str, torch.Tensor], defenses,

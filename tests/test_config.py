@@ -141,3 +141,17 @@ def test_user_strategy_by_import_path_is_built_with_the_configured_participation
 def test_scientific_notation_without_a_dot_is_a_number():
     cfg = fconfig.load(None, ["audit.attacks=[idlg]", "client.lr=1e-3"])
     assert cfg.client.lr == 0.001
+
+
+def test_yaml_tags_that_would_run_code_are_never_constructed(tmp_path):
+    """Configs load with a SafeLoader (fedattack.config._Loader): a python/object tag is a
+    one-line error in a file, and a plain string on the command line; nothing runs."""
+    mark = tmp_path / "ran"
+    tag = f"!!python/object/apply:pathlib.Path.touch [!!python/object/apply:pathlib.Path ['{mark}']]"
+    p = tmp_path / "c.yaml"
+    p.write_text(f"seed: {tag}\n")
+    with pytest.raises(ConfigError):
+        fconfig.load(p)
+    with pytest.raises(ConfigError, match=r"^fl\.rounds: expected an integer, got .!!python/object/apply"):
+        fconfig.load(None, [f"fl.rounds={tag}"])
+    assert not mark.exists()

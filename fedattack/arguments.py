@@ -31,7 +31,17 @@ def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]
     return config, overrides
 
 
-def load_config(ns: argparse.Namespace) -> Config:
-    """The validated config the parsed arguments name."""
+# an override of a section that only another command reads would be ignored without a word
+ONLY_FOR = {"sweep": "fedattack sweep", "victim": "fedattack attack"}
+
+
+def load_config(ns: argparse.Namespace, *, command: str) -> Config:
+    """The validated config the parsed arguments name, for `fedattack <command>`."""
     config, overrides = split_config_and_overrides(ns.items)
+    for item in overrides:
+        section = item.split("=", 1)[0].split(".", 1)[0].strip()
+        owner = ONLY_FOR.get(section)
+        if owner is not None and owner != f"fedattack {command}":
+            raise FedattackError(f"{item.split('=', 1)[0].strip()}: {section}.* keys are read by `{owner}` only, "
+                                 f"not by `fedattack {command}` (drop the override or run `{owner}`)")
     return load(config, overrides)

@@ -2,7 +2,7 @@
 
     fedattack run [CONFIG] [key=value ...] [--out DIR]       an audited simulation
     fedattack attack [CONFIG] [key=value ...] [--out DIR]    one update, every attack, a table
-    fedattack sweep [CONFIG] [key=value ...] [--out DIR]     one audited run per defense setting
+    fedattack sweep [CONFIG] [key=value ...] [--out DIR]     one audited run per value of a config key
     fedattack train-generator [CONFIG] [key=value ...] --out PATH
     fedattack list attacks|defenses|datasets|models|strategies|labels|partitioners
     fedattack report RUN_DIR                                 print and re-render a run's (or a sweep's) report
@@ -43,7 +43,7 @@ LISTINGS: dict[str, Registry] = {"attacks": ATTACKS, "defenses": DEFENSES, "data
 
 
 def cmd_run(ns: argparse.Namespace) -> int:
-    cfg = load_config(ns)
+    cfg = load_config(ns, command="run")
     out = ns.out or default_out_dir()
     check_out(out)
     progress = Progress(quiet=ns.quiet)
@@ -55,7 +55,7 @@ def cmd_run(ns: argparse.Namespace) -> int:
 
 
 def cmd_attack(ns: argparse.Namespace) -> int:
-    cfg = load_config(ns)
+    cfg = load_config(ns, command="attack")
     check_out(ns.out)
     progress = Progress(quiet=ns.quiet)
     with library_logs(getattr(ns, "verbose", False)):  # the table below says what Flower's log lines would

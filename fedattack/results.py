@@ -248,6 +248,7 @@ class RunHeader:
     model: str = ""
     strategy: str = ""
     seed: int = 0
+    seeded: bool = True  # False: an app's AuditStrategy without a seed (the strategy's own sampling)
     defense: str = "none"  # the defenses in force, as describe_defenses writes them
     defenses: tuple[str, ...] = ()  # client.defenses, by name
     configured_rounds: int = 0  # fl.rounds
@@ -272,7 +273,8 @@ class RunHeader:
         return cls(server_mode=str((raw.get("server") or {}).get("mode", "honest")),
                    dataset=str((raw.get("data") or {}).get("name", "")),
                    model=str((raw.get("model") or {}).get("name", "")), strategy=str(fl.get("strategy", "")),
-                   seed=int(raw.get("seed", 0)), defense=describe_defenses(raw),
+                   seed=int(raw.get("seed", 0)), seeded="unseeded" not in str(fl.get("sampling", "")),
+                   defense=describe_defenses(raw),
                    defenses=tuple(str(d) for d in client.get("defenses") or ()), configured_rounds=int(fl.get("rounds", 0)),
                    num_clients=int(fl.get("num_clients", 0)), clients_per_round=int(fl.get("clients_per_round", 0)),
                    configured_attacks=tuple(str(a) for a in audit.get("attacks") or ()),

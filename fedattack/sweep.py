@@ -339,7 +339,7 @@ def print_table(table: list[dict], title: str, progress: Progress) -> None:
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:
-    cfg = load_config(ns)
+    cfg = load_config(ns, command="sweep")
     key, runs, _ = plan(cfg)  # validate the key, every value and seed before anything is written
     check_runs(key, runs)
     out = Path(ns.out or default_out_dir("sweep-"))

@@ -181,7 +181,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train_generator(ns: argparse.Namespace) -> int:
-    cfg = load_config(ns)
+    cfg = load_config(ns, command="train-generator")
     settings = TrainSettings(loss=ns.loss, epochs=ns.epochs, batch_size=ns.batch_size, latent_dim=ns.latent_dim,
                              width=ns.width, lr=ns.lr, augment=not ns.no_augment)
     settings.validate()

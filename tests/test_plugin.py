@@ -420,3 +420,19 @@ def test_clients_take_only_numbers_from_a_message(small_cfg):
                         "fl": {"strategy": "mypkg:MyStrategy", "strategy_args": {"x": 1}}, "idlg": {"max_iter": 1}})
     assert view["audit"] == {"attacks": ["idlg"]} and "mypkg.attacks:quick" not in view
     assert view["fl"] == {"strategy": "fedavg"} and view["idlg"] == {"max_iter": 1}
+
+
+@pytest.mark.parametrize("seed", [None, 7])
+def test_the_report_says_whether_an_apps_audit_was_seeded(tmp_path, seed):
+    from fedattack.report.store import RunStore
+    from fedattack.results import RoundResult
+
+    strategy = AuditStrategy(FedAvg(), model=UserNet(), protocol=TrainingProtocol(lr=0.1, local_steps=1, batch_size=1),
+                             attacks=["idlg"], seed=seed, out_dir=tmp_path / "run")
+    store = RunStore(tmp_path / "run", cfg=strategy.auditor.plan.record)
+    store.add_round(RoundResult(round=1))
+    store.finish()
+    html = (tmp_path / "run" / "report.html").read_text()
+    unseeded = "no seed: the strategy's own client sampling, attacks initialized from seed 0."
+    assert (unseeded in html) == (seed is None)
+    assert ("; seed 7." in html) == (seed == 7)

@@ -80,7 +80,7 @@ def analytic(obs: Observation, params: AnalyticParams, ctx: AttackContext) -> Re
     image_layer = _resolve(params.layer, input_layer(obs))
     feature_layer = _resolve(params.feature_layer, precode)
     if image_layer is None and feature_layer is None:
-        raise AttackFailure("analytic needs a fully connected layer on the flattened input (model.name=mlp) "
+        raise AttackFailure("analytic needs a fully connected layer on the flattened input (as the built-in mlp has) "
                          "or a named feature layer (analytic.feature_layer)")
     info: dict = {}
     images = None

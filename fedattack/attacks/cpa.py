@@ -224,7 +224,7 @@ def consistency_signs(obs: Observation, layer2: str, s: torch.Tensor, start: tor
 def cpa(obs: Observation, params: CPAParams, ctx: AttackContext) -> Reconstruction:
     layer = input_layer(obs) if params.layer == "auto" else params.layer
     if layer is None:
-        raise AttackFailure("cpa needs a fully connected layer on the flattened input (model.name=mlp)")
+        raise AttackFailure("cpa needs a fully connected layer on the flattened input (as the built-in mlp has)")
     dw, db = layer_gradient(obs, layer)
     shape = obs.data.shape
     if dw.shape[1] != math.prod(shape):

@@ -177,7 +177,9 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
                else "")
     described = [esc(header.dataset), esc(header.model), esc(header.strategy) + clients, esc(header.protocol)]
     facts = (", ".join(p for p in described if p) + "; attacks: "
-             f"{esc(', '.join(header.configured_attacks) or 'none')}; seed {header.seed}.")
+             f"{esc(', '.join(header.configured_attacks) or 'none')}; "
+             + (f"seed {header.seed}." if header.seeded else "no seed: the strategy's own client sampling, attacks "
+                f"initialized from seed {header.seed}."))
     parts.append("<div class='headline'><div class='big'>" + big + "</div><ul>"
                  + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
                  f"<p class='note'>{rules}</p><p class='note'>Run: {facts}</p></div>")

@@ -29,7 +29,8 @@ def init_ray(cfg: Config, *, verbose: bool = False, num_cpus: int | None = None)
 
     Local: the instance declares the `fedattack_attack` resource (capacity audit.max_concurrent)
     and, as Flower does when it starts Ray itself, passes this process's sys.path to its workers.
-    Joined (`host:port`, or `auto` for Ray's own discovery): nothing about the cluster changes;
+    Joined (`host:port`, or `auto` for Ray's own discovery, which also finds the private instance
+    of another run on this machine, whose clients may hold every CPU): nothing about the cluster changes;
     clients go where the cluster has CPUs, attack jobs where it offers `fedattack_attack` (the
     dispatcher warns and falls back where it offers none). Flower's `ray.shutdown()` at the end of
     the simulation only disconnects this driver: the cluster keeps running for the next run.

@@ -366,6 +366,13 @@ def validate(cfg: Config) -> None:
     check_range("client", "weight_decay", cfg.client.weight_decay, 0)
     if cfg.client.nesterov and (cfg.client.optimizer != "sgd" or cfg.client.momentum <= 0):
         raise ConfigError("client.nesterov", "needs client.optimizer=sgd and client.momentum > 0")
+    if cfg.client.momentum and cfg.client.optimizer != "sgd":
+        raise ConfigError("client.momentum", f"is sgd's; {cfg.client.optimizer} keeps its own moment estimates "
+                                             "(allowed: client.momentum=0, or client.optimizer=sgd)")
+    repeated = first_repeat(cfg.client.defenses)
+    if repeated is not None:
+        raise ConfigError("client.defenses", f"'{repeated}' is listed twice; each defense applies once (its section, "
+                                             f"e.g. {repeated}.*, sets how)")
     for d in cfg.client.defenses:
         cfg.defense_params.setdefault(d, DEFENSES.get(d).params())
     for a in cfg.audit.attacks:
@@ -399,6 +406,7 @@ def validate(cfg: Config) -> None:
     check_choice("server", "mode", cfg.server.mode, ["honest", "malicious"])
     if cfg.ray.num_cpus is not None:
         check_range("ray", "num_cpus", cfg.ray.num_cpus, 0, lo_open=True)
+    check_range("victim", "client", cfg.victim.client, 0, 2**31 - 1)
     if cfg.victim.indices is not None:
         if not cfg.victim.indices:
             raise ConfigError("victim.indices", "must list at least one dataset index")

@@ -190,7 +190,10 @@ def check_machine(exp: Experiment) -> None:
     cfg = exp.cfg
     if cfg.ray.address:
         return  # a cluster's resources are checked once connected (check_cluster)
-    cpus = cfg.ray.num_cpus or os.cpu_count() or 1
+    cores = os.cpu_count() or 1
+    if cfg.ray.num_cpus is not None and cfg.ray.num_cpus > cores:  # Flower starts a client process per CPU
+        raise ConfigError("ray.num_cpus", f"this machine has {cores} cores; allowed: 1 to {cores}, or null for all")
+    cpus = cfg.ray.num_cpus or cores
     if cfg.fl.client_cpus > cpus:
         raise ConfigError("fl.client_cpus", f"each client asks for {cfg.fl.client_cpus:g} CPUs but the local Ray "
                                             f"instance has {cpus} (ray.num_cpus or this machine's cores)")

@@ -38,6 +38,7 @@ from pathlib import Path
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 FORCE_AFTER = 90.0  # seconds a clean stop may take before the process is killed
+DUPLICATE_WINDOW = 0.25  # seconds within which the same signal again is one stop delivered twice
 
 
 class Stopped(KeyboardInterrupt):
@@ -140,9 +141,18 @@ def _on_signal(signum: int, frame) -> None:  # noqa: ARG001 - signal handler sig
     first = request(signal_name(signum), signum)
     if first:
         _say(f"fedattack: {signal_name(signum)}: stopping; finished results are kept")
+    elif _duplicate(signum, time.monotonic()):
+        return  # the stop under way goes on undisturbed
     if _cooperative == 0:
         req = _request
         raise Stopped(req.reason if req else signal_name(signum), req.signum if req else signum)
+
+
+def _duplicate(signum: int, now: float) -> bool:
+    """The first stop's own signal again, at once: GNU `timeout` signals the child and then its
+    process group, and a terminal signals every process of the foreground group."""
+    req = _request
+    return req is not None and req.signum == signum and now - req.since < DUPLICATE_WINDOW
 
 
 def _say(msg: str) -> None:
@@ -196,7 +206,7 @@ def handling_signals(force_after: float = FORCE_AFTER) -> Iterator[None]:
 
 def _watch(rsock: socket.socket, done: threading.Event, force_after: float) -> None:
     """Record each signal as it arrives; force the exit on a second one or past the deadline."""
-    seen = 0
+    seen, last = 0, -DUPLICATE_WINDOW
     while not done.is_set():
         req = _request
         timeout = None if req is None else max(0.1, req.since + force_after - time.monotonic())
@@ -209,10 +219,13 @@ def _watch(rsock: socket.socket, done: threading.Event, force_after: float) -> N
             continue
         except OSError:
             return
+        now = time.monotonic()
         for signum in data:
             if signum not in SIGNALS:
                 continue  # the closing byte, or a signal that is not ours
-            seen += 1
+            if seen and now - last < DUPLICATE_WINDOW:
+                continue  # one stop delivered twice (see _duplicate)
+            seen, last = seen + 1, now
             if request(signal_name(signum), signum):
                 _say(f"fedattack: {signal_name(signum)}: stopping; finished results are kept")
             elif seen > 1 and not done.is_set():

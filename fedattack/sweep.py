@@ -47,6 +47,17 @@ from fedattack.validate import check_seed, first_repeat
 
 NOT_SWEPT = ("sweep", "ray")  # sections whose keys are not an experiment's
 
+# keys the run reads only in some configurations: key -> (in force?, what puts it in force)
+IN_FORCE_WHEN: dict[str, tuple[Any, str]] = {
+    "client.local_epochs": (lambda c: c.client.local_steps == 0, "client.local_steps=0 (clients then train epochs)"),
+    "partition.alpha": (lambda c: c.partition.name in ("dirichlet", "inner_dirichlet"),
+                        "partition.name=dirichlet or inner_dirichlet"),
+    "partition.shards_per_client": (lambda c: c.partition.name == "shards", "partition.name=shards"),
+    "partition.classes_per_client": (lambda c: c.partition.name == "pathological", "partition.name=pathological"),
+    "partition.class_assignment": (lambda c: c.partition.name == "pathological", "partition.name=pathological"),
+    "model.init_scale": (lambda c: c.model.init == "uniform", "model.init=uniform"),
+}
+
 
 def resolve_key(cfg: Config) -> tuple[str, str | None]:
     """(the dotted key to sweep, the defense it switches on or None)."""
@@ -134,6 +145,10 @@ def plan(cfg: Config) -> tuple[str, list[tuple[report.SweepRun, Config]], str]:
     Validates the key, every value and every seed first."""
     s = cfg.sweep
     key, defense = resolve_key(cfg)
+    rule = IN_FORCE_WHEN.get(key)
+    if rule is not None and not rule[0](cfg):
+        raise ConfigError("sweep.key", f"{key} changes nothing in this config: it is read only with {rule[1]}; "
+                                       "every run would be the same")
     if not s.values:
         raise ConfigError("sweep.values", f"give the values of {key} to sweep, weakest first, e.g. sweep.values=[1,2,5]")
     twice = first_repeat(report.fmt_value(v) for v in s.values)

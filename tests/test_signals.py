@@ -4,7 +4,8 @@ finished result kept on disk, the report written, no Ray process of the run left
 Each case runs the real command (a private local Ray instance, one client actor) in its own
 session, waits for a moment (round 1, waiting for attack jobs, writing the report), sends the
 signal and checks the exit code, the rows, summary.json and the process table. The six runs
-go three at a time.
+go three at a time. SIGTERM while waiting for jobs comes as GNU `timeout` sends it: to the
+command, then at once to its whole process group (one stop, not a second signal that kills).
 """
 
 from __future__ import annotations
@@ -78,6 +79,8 @@ def _interrupt(tmp: Path, moment: str, sig: int) -> dict:
             time.sleep(2)  # clients training
         before = _rows(out)
         os.kill(proc.pid, sig)
+        if moment == "waiting for jobs" and sig == signal.SIGTERM:
+            os.killpg(proc.pid, sig)
         code = proc.wait(timeout=120)
     finally:
         if proc.poll() is None:

@@ -60,7 +60,7 @@ def test_any_config_key_sweeps_with_the_same_seed_at_every_value():
      r"^sweep\.key: 'client\.local_epoch' is not a config key; keys of client: local_epochs, "),
     (["sweep.key=nosuch.thing", "sweep.values=[1]"], r"^sweep\.key: 'nosuch\.thing' is not a config key; sections: "),
     (["sweep.key=gaussian.nope", "sweep.values=[1]"], r"^sweep\.key: 'gaussian\.nope' is not a parameter of the defense"),
-    (["sweep.key=client.local_epochs", "sweep.values=[1,two]"],
+    (["sweep.key=client.local_epochs", "sweep.values=[1,two]", "client.local_steps=0"],
      r"^sweep\.values: value two for client\.local_epochs: expected an integer, got 'two'$"),
     (["sweep.key=client.batch_size", "sweep.values=[2,0]"], r"^sweep\.values: value 0 for client\.batch_size: "),
     (["sweep.key=client.lr", "sweep.values=[0.1]", "sweep.seeds=[0,x]"], r"^sweep\.seeds: must be an integer in "),
@@ -69,6 +69,9 @@ def test_any_config_key_sweeps_with_the_same_seed_at_every_value():
     (["sweep.values=[1]"], r"^sweep\.key: name the config key to sweep"),
     (["sweep.key=client.batch_size", "sweep.values=[2,4,2]"], r"^sweep\.values: 2 is listed twice"),
     (["sweep.key=victim.indices", "sweep.values=[[1],[2]]"], r"^sweep\.key: 'victim\.indices' chooses the one update"),
+    (["sweep.key=client.local_epochs", "sweep.values=[1,3]"],
+     r"^sweep\.key: client\.local_epochs changes nothing in this config: it is read only with client\.local_steps=0"),
+    (["sweep.key=model.init_scale", "sweep.values=[0.1,1]"], r"^sweep\.key: model\.init_scale changes nothing"),
 ])
 def test_bad_sweep_keys_and_values_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -78,6 +81,7 @@ def test_bad_sweep_keys_and_values_are_one_line_errors(overrides, message):
 def test_bad_sweep_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "sweep"
     code = main(["sweep", "audit.attacks=[idlg]", "sweep.key=client.local_epochs", "sweep.values=[1,two]",
+                 "client.local_steps=0",
                  "--out", str(out)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "client.local_epochs" in err[0] and "expected an integer" in err[0]

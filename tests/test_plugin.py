@@ -246,6 +246,7 @@ class TupleNet(UserNet):
     (dict(lr=float("nan")), r"^protocol.lr: must be a finite number"),
     (dict(batch_size=1.5), r"^protocol.batch_size: expected an integer, got 1.5$"),
     (dict(nesterov="no"), r"^protocol.nesterov: expected True or False"),
+    (dict(optimizer="adam", momentum=0.9), r"^protocol.momentum: is sgd's; adam keeps its own moment estimates"),
     (dict(config_keys=["lr"]), r"^protocol.config_keys: expected a mapping"),
     (dict(defenses=["gaussian"]), r"^protocol.defenses: expected \(defense name, \{parameter: value\}\) pairs"),
     (dict(defenses=[("nodefense", {})]), r"^protocol.defenses: unknown defense 'nodefense'; allowed: .*gaussian"),

@@ -133,6 +133,9 @@ class TrainingProtocol:
         if values.get("optimizer") is not None and values["optimizer"] not in OPTIMIZERS:
             raise ConfigError(name("optimizer"), f"unknown value '{values['optimizer']}'; allowed: "
                                                  f"{', '.join(OPTIMIZERS)}")
+        if m and values.get("optimizer") not in (None, "sgd"):
+            raise ConfigError(name("momentum"), f"is sgd's; {values['optimizer']} keeps its own moment estimates "
+                                                "(allowed: momentum=0, or optimizer='sgd')")
 
     def values(self, config: Mapping[str, Any] | None) -> dict[str, Any]:
         """The protocol's fields for one message: given values, replaced by the `config_keys`

@@ -10,10 +10,14 @@ from fedattack.errors import FedattackError
 from fedattack.schema import Config
 
 
-def add_config_args(p: argparse.ArgumentParser) -> None:
+OUT_HELP = {"run": "run directory (default: runs/<timestamp>)",
+            "attack": "run directory for the table's results and report (default: none is written)",
+            "sweep": "sweep directory (default: runs/sweep-<timestamp>)"}
+
+
+def add_config_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("items", nargs="*", metavar="[CONFIG] key=value", help="a YAML config and dotted overrides")
-    p.add_argument("--out", help="run directory (default: runs/<timestamp> for run, runs/sweep-<timestamp> for "
-                                 "sweep; attack writes one only when given)")
+    p.add_argument("--out", help=OUT_HELP[command])
     p.add_argument("--quiet", action="store_true",
                    help="no live progress (the results, the answer and the report's path still print)")
 

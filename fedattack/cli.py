@@ -98,19 +98,20 @@ def cmd_report(ns: argparse.Namespace) -> int:
 
 
 def _report_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="the directory of a finished (or stopped) run or sweep")
     p.add_argument("--screenshot", metavar="PNG", help="also render report.html to this PNG (headless Chromium)")
 
 
 def _run_parser(p: argparse.ArgumentParser) -> None:
-    add_config_args(p)
+    add_config_args(p, "run")
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
 
 
 # subcommand -> (help, add arguments, handler)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "run": ("an audited federated simulation", _run_parser, cmd_run),
-    "attack": ("attack one simulated client update with every configured attack", add_config_args, cmd_attack),
+    "attack": ("attack one simulated client update with every configured attack",
+               lambda p: add_config_args(p, "attack"), cmd_attack),
     "list": ("list registered plug-ins", lambda p: p.add_argument("kind", choices=list(LISTINGS)), cmd_list),
     "report": ("print and re-render the report of a finished run or sweep", _report_parser, cmd_report),
     **sweep.COMMANDS,

@@ -371,4 +371,4 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
 
 
 COMMANDS = {"sweep": ("privacy-utility frontier and protocol map: one audited run per value of a config key",
-                      add_config_args, cmd_sweep)}
+                      lambda p: add_config_args(p, "sweep"), cmd_sweep)}

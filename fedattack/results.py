@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -239,6 +240,33 @@ def _budget(attack: str, params: Any) -> str:
     return f"{attack} {params['iterations']} iterations" if "iterations" in params else ""
 
 
+def idle_attacks(attacks: Iterable[str], defenses: Iterable[str]) -> tuple[str, ...]:
+    """The attacks among `attacks` that have nothing to attack under `defenses`: under SecAgg+
+    the server holds each round's sum of updates only, and an attack that needs one client's
+    update (scope "client") is never given one. An attack this installation cannot find is kept
+    (nothing is known about it to say it does not run)."""
+    from fedattack.defenses import secure_aggregation  # the registries' modules import this one
+
+    return client_only(attacks) if secure_aggregation(list(defenses)) is not None else ()
+
+
+def client_only(attacks: Iterable[str]) -> tuple[str, ...]:
+    """The attacks among `attacks` that need one client's update (scope "client"); an attack
+    this installation cannot find is left out."""
+    from fedattack.attacks import ATTACKS
+
+    return tuple(a for a in attacks if (spec := ATTACKS.find(a)) is not None and spec.scope == "client")
+
+
+def sum_attacks() -> tuple[str, ...]:
+    """The registered attacks an honest server can run on a sum of updates (what to add to a
+    SecAgg+ run whose attacks all need one client's update)."""
+    from fedattack.attacks import ATTACKS
+
+    return tuple(n for n in ATTACKS.names() if ATTACKS.get(n).scope in ("aggregate", "any")
+                 and not ATTACKS.get(n).needs_malicious)
+
+
 @dataclass(frozen=True)
 class RunHeader:
     """What a run was: the facts every summary and report starts with."""
@@ -258,7 +286,7 @@ class RunHeader:
     success_ssim: float = 0.5  # an image is recovered at SSIM >= this (and above the flat guess's SSIM)
     success_margin: float = 0.5  # dB: a row leaks only when its PSNR beats the flat baseline by more
     protocol: str = ""  # the clients' local training, in words
-    budgets: tuple[str, ...] = ()  # the configured attacks' iteration budgets, in words ("invgrad 400 iterations")
+    budgets: tuple[str, ...] = ()  # the iteration budgets of the attacks that run, in words ("invgrad 400 iterations")
     calibrated: bool = False  # audit.calibrate: calibration may have raised those budgets (calibration.json)
     batch_norm: bool = False  # the model trains BatchNorm layers (set by the run, which builds the model)
 
@@ -270,6 +298,9 @@ class RunHeader:
         work = (f"{steps} local steps" if steps else f"{client.get('local_epochs', 1)} local epochs")
         protocol = (f"{work} of batch {client.get('batch_size', '?')} at lr {client.get('lr', '?')}"
                     if client else "")
+        attacks = [str(a) for a in audit.get("attacks") or ()]
+        # a budget says how hard an attack tried: none for an attack the run's scope left out (SecAgg+)
+        idle = idle_attacks(attacks, [str(d) for d in client.get("defenses") or ()])
         return cls(server_mode=str((raw.get("server") or {}).get("mode", "honest")),
                    dataset=str((raw.get("data") or {}).get("name", "")),
                    model=str((raw.get("model") or {}).get("name", "")), strategy=str(fl.get("strategy", "")),
@@ -280,7 +311,7 @@ class RunHeader:
                    configured_attacks=tuple(str(a) for a in audit.get("attacks") or ()),
                    success_ssim=float(audit.get("success_ssim", 0.5)),
                    success_margin=float(audit.get("success_margin", 0.5)), protocol=protocol,
-                   budgets=tuple(b for a in audit.get("attacks") or () if (b := _budget(a, raw.get(a)))),
+                   budgets=tuple(b for a in attacks if a not in idle and (b := _budget(a, raw.get(a)))),
                    calibrated=bool(audit.get("calibrate", False)))
 
 

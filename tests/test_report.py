@@ -8,6 +8,7 @@ import io
 import json
 import logging
 import re
+from html import unescape
 from html.parser import HTMLParser
 
 import numpy as np
@@ -362,11 +363,50 @@ def test_a_secagg_run_without_aggregate_attacks_says_why_no_update_was_attacked(
     from fedattack.report.summary import summarize
     from fedattack.results import RunHeader
 
-    header = RunHeader(defense="secagg(num_shares=3,reconstruction_threshold=2)", defenses=("secagg",))
+    header = RunHeader(defense="secagg(num_shares=3,reconstruction_threshold=2)", defenses=("secagg",),
+                       configured_attacks=("idlg", "invgrad"))
     summary = summarize([], [RoundResult(round=1)], header)
-    assert "Under SecAgg+ the server sees each round's sum of updates" in headline(summary, [], [])
+    text = unescape(headline(summary, [], []))
+    assert "Under SecAgg+ the server sees each round's sum of updates" in text
+    # which configured attacks did not run, why, and what would attack the sum
+    assert "idlg, invgrad do not run (each needs one client's update)" in text
+    assert re.search(r"no configured attack runs on the sum \(add [^)]*\bcpa\b[^)]* to audit\.attacks\)", text)
     # the defense is found by what it does, not by its name's letters
     lookalike = RunHeader(defense="nosecagg(sigma=0.1)", defenses=("nosecagg",))
     assert "No client update was scored" in headline(summarize([], [RoundResult(round=1)], lookalike), [], [])
     plain = summarize([], [RoundResult(round=1)], RunHeader())
     assert "No client update was scored" in headline(plain, [], [])
+
+
+def test_a_secagg_run_that_attacked_the_sum_says_so_and_names_only_the_attacks_that_ran():
+    from fedattack.report.html import headline
+    from fedattack.report.summary import summarize
+    from fedattack.results import ImageRow, RunHeader
+
+    raw = fconfig.load(None, ["client.defenses=[secagg]", "audit.attacks=[cpa,invgrad]", "cpa.iterations=200",
+                              "invgrad.iterations=50"]).to_dict()
+    header = RunHeader.from_config(raw)
+    assert header.budgets == ("cpa 200 iterations",)  # invgrad never ran: no budget to speak of
+    assert RunHeader.from_config({**raw, "client": {**raw["client"], "defenses": []}}).budgets == (
+        "cpa 200 iterations", "invgrad 50 iterations")
+    results = [JobResult(round=rnd, client="aggregate", attack="cpa", defense="secagg", status="ok", seconds=1.0,
+                         scope="aggregate", score=Score(psnr=12.0, ssim=0.1, num_images=2, baseline_psnr=20.0,
+                                                        baseline_ssim=0.4)) for rnd in (1, 2)]
+    images = [ImageRow(round=1, client="aggregate", attack="cpa", adaptive=False, position=p, index=10 + p, owner=p,
+                       psnr=12.0, ssim=0.1, baseline_psnr=20.0, baseline_ssim=0.4, lpips=float("nan"),
+                       recovered=False) for p in range(2)]
+    summary = summarize(results, [RoundResult(round=1), RoundResult(round=2)], header, images=images,
+                        sizes={0: 5, 1: 5})
+    text = unescape(headline(summary, results, images))
+    assert "audited aggregate updates (each round's sum under SecAgg+) leaked" in text
+    assert "client updates" not in text
+    assert "invgrad does not run (it needs one client's update); cpa attacks the sum" in text
+    assert "(cpa 200 iterations)" in text and "invgrad 50" not in text
+    assert "only observes each round's sum of the updates" in text
+    out = io.StringIO()
+    progress = Progress(console=Console(file=out, width=300), status_every=0)
+    progress.header(fconfig.load(None, ["client.defenses=[secagg]", "audit.attacks=[cpa,invgrad]"]), "runs/x")
+    progress.summary_table(summary)
+    assert "auditing with cpa; run directory" in out.getvalue()
+    assert "0 of 2 audited aggregate updates (SecAgg+ sums) leaked" in out.getvalue()
+    assert "invgrad" not in out.getvalue()

@@ -39,3 +39,76 @@ def test_secagg_run_attacks_only_the_aggregate(tmp_path):
     # client) and never saw the audit-only records
     assert [s["round"] for s in user_strategy.SEEN] == [1, 2]
     assert all(s["n"] == 3 and s["keys"] == ["arrays", "metrics"] for s in user_strategy.SEEN)
+
+
+def test_images_recovered_from_the_sum_are_credited_to_their_own_samples_and_clients(tmp_path, flower_task):
+    import json
+
+    import numpy as np
+    import torch
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+    from fedattack.client.record import AUDIT_KEY, TRUTH_KEY
+    from fedattack.experiment import build
+    from fedattack.server.audit import Auditor, experiment_plan
+    from fedattack.server.dispatch import LocalDispatcher
+
+    cfg = fconfig.load(None, ["client.defenses=[secagg]", "model.name=mlp", "fl.num_clients=4",
+                              "fl.clients_per_round=3", "fl.rounds=1", "client.batch_size=2", "client.local_steps=1",
+                              "audit.attacks=[tests.plugins.aggregate_probe:aggregate_probe]"])
+    exp = build(cfg)
+    auditor = Auditor(experiment_plan(exp), out_dir=tmp_path / "run", dispatcher=LocalDispatcher(1),
+                      on_result=lambda r: None, on_round=lambda *a: None)
+    weights = exp.initial_model().state_dict()
+    # the replies arrive in no particular order; each client trained on two of its own samples
+    trained = {3: [int(i) for i in exp.partitions[3][-2:]], 1: [int(i) for i in exp.partitions[1][:2]]}
+    sent, replies = {}, []
+    for node, (client, indices) in enumerate(trained.items(), start=10):
+        sent[node] = Message(RecordDict({"arrays": ArrayRecord(weights), "config": ConfigRecord({})}),
+                             dst_node_id=node, message_type="train")
+        x, y = exp.train.get(np.asarray(indices))
+        replies.append(Message(RecordDict({
+            "arrays": ArrayRecord({k: v + 0.01 for k, v in weights.items()}),
+            "metrics": MetricRecord({"num-examples": 2}),
+            AUDIT_KEY: ConfigRecord({"client": client, "samples": 2, "note": ""}),
+            TRUTH_KEY: ArrayRecord({"images": Array(torch.as_tensor(x).numpy()), "labels": Array(np.asarray(y)),
+                                    "indices": Array(np.asarray(indices))}),
+        }), reply_to=sent[node]))
+    with auditor.session(scope="aggregate"):
+        auditor.begin_round(1, scope="aggregate")
+        auditor.observe(1, sent, replies, arrays_key="arrays", config_key="config", weight_key="num-examples",
+                        aggregate=True)
+        auditor.end_round(1)
+    run = tmp_path / "run"
+    rows = list(csv.DictReader((run / "images.csv").open()))
+    assert [(int(r["index"]), int(r["owner"])) for r in rows] == [(i, c) for c, ii in trained.items() for i in ii]
+    assert all(r["client"] == "aggregate" for r in rows)
+    assert sorted(p.name for p in (run / "images" / "best").iterdir()) == sorted(f"{i}.png" for ii in trained.values()
+                                                                                 for i in ii)
+    exposed = {r["client"]: int(r["audited"]) for r in csv.DictReader((run / "exposure.csv").open())}
+    assert exposed == {"0": 0, "1": 2, "2": 0, "3": 2, "all": 4}
+    assert json.loads((run / "summary.json").read_text())["headline"]["audited_samples"] == 4
+
+
+def test_the_audit_says_once_at_the_start_which_attacks_cannot_run_on_the_sum():
+    from fedattack.experiment import build
+    from fedattack.server.audit import Auditor, experiment_plan
+
+    def notes(attacks: str, scope: str) -> list[str]:
+        cfg = fconfig.load(None, ["client.defenses=[secagg]", "model.name=mlp", f"audit.attacks={attacks}"])
+        auditor = Auditor(experiment_plan(build(cfg)), out_dir=None)
+        said: list[str] = []
+        auditor.on_note = said.append
+        with auditor.session(scope=scope):
+            pass
+        return said
+
+    (note,) = notes("[idlg,invgrad]", "aggregate")
+    assert note.startswith("Under SecAgg+ the server sees each round's sum of updates, never one client's: idlg, "
+                           "invgrad do not run (each needs one client's update); no configured attack runs on the "
+                           "sum (add ")
+    assert "cpa" in note and note.endswith(" to audit.attacks).")  # and any attack on sums registered here
+    assert notes("[cpa,invgrad]", "aggregate") == [
+        "Under SecAgg+ the server sees each round's sum of updates, never one client's: invgrad does not run "
+        "(it needs one client's update); cpa attacks the sum."]
+    assert notes("[cpa]", "aggregate") == [] and notes("[idlg,invgrad]", "client") == []

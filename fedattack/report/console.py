@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fedattack.report.summary import Summary, batch_norm_caveat, budget_caveat
-from fedattack.results import JobResult, RoundResult, describe_defenses
+from fedattack.report.summary import Summary, batch_norm_caveat, budget_caveat, sums_only
+from fedattack.results import JobResult, RoundResult, describe_defenses, idle_attacks
 from fedattack.schema import Config
 
 STATUS_EVERY = 30.0  # seconds: the longest silence while attack jobs run
@@ -100,9 +100,11 @@ class Progress:
         self.margin = cfg.audit.success_margin
         mode = ("malicious (the server modifies the model it sends)" if cfg.server.mode == "malicious"
                 else "honest-but-curious")
+        idle = idle_attacks(cfg.audit.attacks, cfg.client.defenses)  # the audit's note at the start says why
+        running = [a for a in cfg.audit.attacks if a not in idle]
         self.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} round(s) of {cfg.fl.strategy}, "
                    f"{cfg.fl.clients_per_round} per round; defense: {describe_defenses(cfg.to_dict())}; "
-                   f"server: {mode}; auditing with {', '.join(cfg.audit.attacks) or 'nothing'}; "
+                   f"server: {mode}; auditing with {', '.join(running) or 'nothing'}; "
                    f"run directory {run_dir}")
 
     def round_done(self, row: RoundResult, done: int, submitted: int) -> None:
@@ -216,7 +218,8 @@ class Progress:
             self.answer(f"{attack}: {count} job(s) without a reconstruction (the first: {first})")
         h = summary.headline
         if h is not None and h.samples:
-            self.answer(f"{h.leaked_updates} of {h.audited_updates} audited updates leaked; "
+            updates = "aggregate updates (SecAgg+ sums)" if sums_only(summary) else "updates"
+            self.answer(f"{h.leaked_updates} of {h.audited_updates} audited {updates} leaked; "
                         f"{h.exposed_samples} of {h.samples} training samples recovered "
                         f"({_f(100 * h.exposed_share if h.exposed_share is not None else None, '.1f')}%)"
                         + (" — the run was interrupted" if summary.interrupted is not None else ""))

@@ -20,12 +20,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from fedattack.defenses import secure_aggregation
 from fedattack.report import plots
 from fedattack.report.exposure import ALL, best_per_sample, worst_clients
 from fedattack.report.images import PAD, columns
-from fedattack.report.summary import Summary, batch_norm_caveat, budget_caveat
-from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader, describe_calibration
+from fedattack.report.summary import Summary, batch_norm_caveat, budget_caveat, secagg_scope, sums_only
+from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader, client_only, describe_calibration
 
 MAX_GALLERIES = 60  # per-update galleries shown (leaks first when there are more)
 MAX_SAMPLES = 32  # best reconstructions per sample shown
@@ -105,12 +104,14 @@ def table(head: list[str], rows: list[list[tuple[str, str]]], cls: str = "") -> 
     return f"<table class='{esc(cls)}'><tr>{h}</tr>{body}</table>"
 
 
-def _server(header: RunHeader) -> str:
+def _server(header: RunHeader, sums: bool = False) -> str:
+    """The server's role in words; `sums`: under SecAgg+ what it observes is each round's sum."""
     if header.server_mode == "malicious":
         return ("<b>malicious</b> &mdash; the server modified the model it sent (e.g. Robbing the Fed's imprint "
                 "block), so the clients trained that model: its training loss and test accuracy are not the "
                 "honest deployment's")
-    return "<b>honest-but-curious</b> &mdash; the protocol as configured; the server only observes the updates"
+    seen = "each round's sum of the updates" if sums else "the updates"
+    return f"<b>honest-but-curious</b> &mdash; the protocol as configured; the server only observes {seen}"
 
 
 def headline(summary: Summary, results: list[JobResult], images: list[ImageRow]) -> str:
@@ -127,15 +128,18 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
             f"{header.configured_rounds} rounds. Everything below is what was recorded before it stopped "
             f"({len(results)} attack results){lost}. The CSV files hold the same results.</div>")
     items = []
-    if (h is None or h.audited_updates == 0) and secure_aggregation(header.defenses):
-        big = ("Under SecAgg+ the server sees each round's sum of updates, never one client's: no client update "
-               "was there to attack (attacks on the aggregate, where configured, are below).")
+    sums = sums_only(summary)
+    if (h is None or h.audited_updates == 0) and sums:
+        big = "No sum of updates was scored (SecAgg+ hides each client's update in its round's sum)."
     elif h is None or h.audited_updates == 0:
         big = "No client update was scored (no attack produced images)."
     else:
         cls = "leak" if h.leaked_updates else "safe"
-        big = (f"<span class='{cls}'>{h.leaked_updates} of {h.audited_updates}</span> audited client updates "
+        what = "aggregate updates (each round's sum under SecAgg+)" if sums else "client updates"
+        big = (f"<span class='{cls}'>{h.leaked_updates} of {h.audited_updates}</span> audited {what} "
                f"leaked at least one private image.")
+    if sums:
+        items.append(esc(secagg_scope(*_scope(header, results))))
     if h is not None and h.samples:
         share = num(h.exposed_share, 4, pct=True)
         items.append(f"The server recovered <b>{h.exposed_samples} of {h.samples}</b> training samples "
@@ -155,9 +159,10 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         items.append(esc(batch_norm_caveat(header)))
     if h is not None and h.worst_client is not None and h.worst_client_recovered:
         pct = h.worst_client_recovered / h.worst_client_samples if h.worst_client_samples else None
+        source = " from the sums" if sums else ""
         items.append(f"Worst-exposed client: <b>{esc(who(h.worst_client))}</b> &mdash; {h.worst_client_recovered} "
-                     f"of its {h.worst_client_samples} samples recovered ({num(pct, 3, pct=True)}).")
-    items.append(f"Defense in force: <b>{esc(header.defense)}</b>. Server: {_server(header)}.")
+                     f"of its {h.worst_client_samples} samples recovered{source} ({num(pct, 3, pct=True)}).")
+    items.append(f"Defense in force: <b>{esc(header.defense)}</b>. Server: {_server(header, sums)}.")
     acc = summary.final_test_acc
     of = f" of {header.configured_rounds}" if header.configured_rounds else ""  # an app's run may not say
     items.append(f"Utility: test accuracy <b>{num(acc, 3)}</b> after {rounds_done}{of} round(s)"
@@ -176,14 +181,25 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
     clients = (f" with {header.num_clients} client(s) ({header.clients_per_round} per round)" if header.num_clients
                else "")
     described = [esc(header.dataset), esc(header.model), esc(header.strategy) + clients, esc(header.protocol)]
+    idle = _scope(header, results)[0] if sums else ()
     facts = (", ".join(p for p in described if p) + "; attacks: "
-             f"{esc(', '.join(header.configured_attacks) or 'none')}; "
+             f"{esc(', '.join(header.configured_attacks) or 'none')}"
+             + (f" ({esc(', '.join(idle))} not run under SecAgg+)" if idle else "") + "; "
              + (f"seed {header.seed}." if header.seeded else "no seed: the strategy's own client sampling, attacks "
                 f"initialized from seed {header.seed}."))
     parts.append("<div class='headline'><div class='big'>" + big + "</div><ul>"
                  + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
                  f"<p class='note'>{rules}</p><p class='note'>Run: {facts}</p></div>")
     return "".join(parts)
+
+
+def _scope(header: RunHeader, results: list[JobResult]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Under SecAgg+: the configured attacks that did not run (they need one client's update)
+    and those that attack the sum. An app's run names no attacks in its header: those that
+    ran, by their results."""
+    configured = header.configured_attacks or tuple(sorted({r.attack for r in results}))
+    idle = client_only(configured)
+    return idle, tuple(a for a in configured if a not in idle)
 
 
 def _colour(ssim: float) -> str:
@@ -223,7 +239,9 @@ def matrix(results: list[JobResult], rounds: int) -> str:
             row.append((f"<div style='background:{_colour(above)};padding:2px'>"
                         f"<b>{num(r.score.ssim, 2)}</b>{dot}<br><span style='color:#333'>{esc(r.label)}</span></div>", ""))
         rows.append(row)
-    legend = ("<p class='note'>Each cell: the best SSIM any attack reached on that client's update in that round "
+    update = ("that round's sum of updates (SecAgg+: the server never sees one client's)" if "aggregate" in clients
+              else "that client's update in that round")
+    legend = (f"<p class='note'>Each cell: the best SSIM any attack reached on {update} "
               "(the mean over the update's images), and the attack; white at the blank guess's SSIM (or below) to "
               "red at 1; &#9679; the update leaked "
               "at least one image; "
@@ -247,8 +265,9 @@ def exposure_table(summary: Summary) -> str:
                      (str(r.audited), "n"), (str(r.recovered), "n"), (num(r.share, 3, pct=True), "n"),
                      (num(r.best_ssim, 2), "n")])
     untouched = len([r for r in worst_clients(rows) if not (r.audited or r.recovered)])
-    note = (f"<p class='note'>After round {last}. Worst-exposed clients first; {untouched} client(s) never had an "
-            "audited update scored. A sample counts once, however many rounds and attacks recovered it.</p>")
+    seen = "had an image in a scored sum of updates (SecAgg+)" if sums_only(summary) else "had an audited update scored"
+    note = (f"<p class='note'>After round {last}. Worst-exposed clients first; {untouched} client(s) never {seen}. "
+            "A sample counts once, however many rounds and attacks recovered it.</p>")
     return table(["client", "training samples", "in audited updates", "recovered", "recovered share",
                   "best image SSIM so far"], body) + note
 

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from fedattack.defenses import secure_aggregation
 from fedattack.report.exposure import ALL, exposure, final, worst_clients
-from fedattack.results import ExposureRow, ImageRow, Interruption, JobResult, RoundResult, RunHeader
+from fedattack.results import (ExposureRow, ImageRow, Interruption, JobResult, RoundResult, RunHeader,
+                               sum_attacks)
 
 
 def _mean(xs: list[float], digits: int = 4) -> float | None:
@@ -89,6 +92,31 @@ def budget_caveat(header: RunHeader) -> str:
     chosen = ", or at the counts calibration chose where it raised them (calibration.json)" if header.calibrated else ""
     return (f"The attacks ran at their configured budgets ({', '.join(header.budgets)}){chosen}; more iterations "
             "can recover more (docs/attacks.md: the iteration budget).")
+
+
+def sums_only(summary: Summary) -> bool:
+    """Whether the server saw only sums of updates (SecAgg+): by the defense in force, or by the
+    scope its attacks ran in (an app's run records no client.defenses)."""
+    return (secure_aggregation(summary.header.defenses) is not None
+            or any("aggregate" in a.scope for a in summary.attacks.values()))
+
+
+def secagg_scope(idle: Sequence[str], running: Sequence[str], key: str = "audit.attacks") -> str:
+    """What a SecAgg+ run attacks, in words: the server holds each round's sum of updates only,
+    so the attacks that need one client's update (`idle`) have nothing to attack; `running` are
+    the ones that attack the sum. Where none does, which attack could (added to `key`)."""
+    text = "Under SecAgg+ the server sees each round's sum of updates, never one client's"
+    parts = []
+    if idle:
+        one = len(idle) == 1
+        parts.append(f"{', '.join(idle)} {'does' if one else 'do'} not run ({'it needs' if one else 'each needs'} "
+                     "one client's update)")
+    if running:
+        parts.append(f"{', '.join(running)} attack{'s' if len(running) == 1 else ''} the sum")
+    else:
+        hint = sum_attacks()
+        parts.append("no configured attack runs on the sum" + (f" (add {' or '.join(hint)} to {key})" if hint else ""))
+    return f"{text}: {'; '.join(parts)}."
 
 
 def batch_norm_caveat(header: RunHeader) -> str:

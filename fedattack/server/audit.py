@@ -60,6 +60,7 @@ from fedattack.models import batch_norm_layers, build_model
 from fedattack.models.generator import check_checkpoint
 from fedattack.models.user import user_model_spec
 from fedattack.report.store import RunStore, default_out_dir
+from fedattack.report.summary import secagg_scope
 from fedattack.results import STRETCHED, SWITCHES, JobResult, RoundResult, RoundStats, describe_calibration
 from fedattack.schema import AuditConfig
 from fedattack.server.dispatch import Dispatcher, make_dispatcher
@@ -251,11 +252,13 @@ class Auditor:
             return self.store
 
     @contextmanager
-    def session(self) -> Iterator["Auditor"]:
+    def session(self, scope: str = "client") -> Iterator["Auditor"]:
         """An audited run: results collected in the background meanwhile; at the end the jobs
-        still running are collected and the run directory's summary and report written."""
-        for note in self.notes:
-            self.on_note(note)
+        still running are collected and the run directory's summary and report written.
+        `scope` "aggregate": the server will see sums of updates only (SecAgg+)."""
+        for note in [*self.notes, self.scope_note(scope)]:
+            if note:
+                self.on_note(note)
         self.start_polling()
         errors: list[BaseException] = []
         try:
@@ -284,6 +287,19 @@ class Auditor:
 
     def attacks_for(self, scope: str) -> list[str]:
         return [a for a in self.plan.attacks if ATTACKS.get(a).scope in (scope, "any")]
+
+    def scope_note(self, scope: str) -> str:
+        """What a run that sees only sums of updates leaves out, said once before its first round
+        ("" where every configured attack runs): the attacks that need one client's update are
+        never given one, and where none is left, which attack could attack the sum."""
+        if scope != "aggregate" or not self.plan.attacks:
+            return ""
+        running = self.attacks_for("aggregate")
+        idle = [a for a in self.plan.attacks if a not in running]
+        if not idle:
+            return ""
+        key = "attacks" if isinstance(self.plan.record, AppRecord) else "audit.attacks"
+        return secagg_scope(idle, running, key=key)
 
     def params_for(self, attack: str, observation: Observation) -> Any:
         """The parameters attack `attack` runs with on `observation`: the configured ones, or
@@ -514,9 +530,7 @@ class Auditor:
                                first.content[arrays_key].to_torch_state_dict(), protocol, num_clients=len(records))
         parts = [self.truth(rec) for _, rec in records]
         why = next((w for t, w in parts if t is None), "")
-        truth = None if why else Truth(images=torch.cat([t.images for t, _ in parts]),
-                                       labels=torch.cat([t.labels for t, _ in parts]),
-                                       indices=tuple(range(sum(len(t.labels) for t, _ in parts))))
+        truth = None if why else aggregate_truth([t for t, _ in parts])
         self._warn_once(why)
         stats.jobs += self.submit(rnd, "aggregate", obs, truth, scope="aggregate", unscored=why)
 
@@ -581,6 +595,14 @@ class Auditor:
             if self._dispatcher is not None:
                 for res in self._dispatcher.drain():
                     self._deliver(res)
+
+
+def aggregate_truth(parts: Sequence[Truth]) -> Truth:
+    """The ground truth of a sum of updates: every part's images in reply order, each with the
+    dataset index its client recorded (-1 where unknown), so that an image recovered from the
+    sum is credited to the sample, and the client, it came from."""
+    return Truth(images=torch.cat([t.images for t in parts]), labels=torch.cat([t.labels for t in parts]),
+                 indices=tuple(i for t in parts for i in t.indices))
 
 
 def _metrics(msg: Message) -> dict:
@@ -806,7 +828,7 @@ class AuditStrategy(Strategy):
     def session(self, grid: Grid, *, timeout: float = 3600) -> Iterator["AuditStrategy"]:
         """The audited run around any workflow that drives this strategy (see server/secagg.py)."""
         self._timeout = timeout
-        with self.auditor.session():
+        with self.auditor.session(scope="aggregate" if self.aggregate_only else "client"):
             self.sampling.identify(grid, min_nodes=int(_setting(self.strategy, "min_available_nodes", 1) or 1),
                                    timeout=timeout)
             yield self
@@ -875,7 +897,7 @@ class AuditStrategy(Strategy):
 
     def summary(self) -> None:
         self.strategy.summary()
-        attacks = ", ".join(self.auditor.plan.attacks) or "none"
+        attacks = ", ".join(self.auditor.attacks_for("aggregate" if self.aggregate_only else "client")) or "none"
         log(INFO, "\t└──> fedattack audit: %s; run directory %s", attacks, self.out_dir)
 
 

@@ -130,3 +130,30 @@ def test_ctrl_c_while_the_command_starts_is_one_line_and_exit_130(monkeypatch, c
     with pytest.raises(SystemExit) as info:
         entry()
     assert info.value.code == 130 and capsys.readouterr().err == "fedattack: interrupted\n"
+
+
+_TWICE = """
+import os, signal, sys, time
+from fedattack import shutdown
+gap = float(sys.argv[1])
+with shutdown.handling_signals(force_after=30):
+    with shutdown.cooperative():
+        fd = signal.set_wakeup_fd(-1)
+        signal.set_wakeup_fd(fd)
+        os.write(fd, bytes([signal.SIGTERM]))  # what the interpreter's C handler writes per delivery
+        time.sleep(gap)
+        os.write(fd, bytes([signal.SIGTERM]))
+        stopped = shutdown.wait(5)
+        time.sleep(1)  # the watcher has read both
+print("wound down", stopped is True)
+"""
+
+
+@pytest.mark.parametrize("gap, forced", [(0.0, False), (0.02, False), (1.0, True)])
+def test_the_same_signal_twice_at_once_is_one_stop_and_later_it_forces(gap, forced):
+    """GNU `timeout` sends SIGTERM to the command and then to its process group: one stop.
+    The same signal a second later is a second request: the command is killed at once."""
+    proc = subprocess.run([sys.executable, "-c", _TWICE, str(gap)], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60)
+    assert ("SIGTERM again" in proc.stderr) == forced, proc.stderr
+    assert (proc.returncode, "wound down True" in proc.stdout) == ((143, False) if forced else (0, True)), proc

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -240,33 +240,6 @@ def _budget(attack: str, params: Any) -> str:
     return f"{attack} {params['iterations']} iterations" if "iterations" in params else ""
 
 
-def idle_attacks(attacks: Iterable[str], defenses: Iterable[str]) -> tuple[str, ...]:
-    """The attacks among `attacks` that have nothing to attack under `defenses`: under SecAgg+
-    the server holds each round's sum of updates only, and an attack that needs one client's
-    update (scope "client") is never given one. An attack this installation cannot find is kept
-    (nothing is known about it to say it does not run)."""
-    from fedattack.defenses import secure_aggregation  # the registries' modules import this one
-
-    return client_only(attacks) if secure_aggregation(list(defenses)) is not None else ()
-
-
-def client_only(attacks: Iterable[str]) -> tuple[str, ...]:
-    """The attacks among `attacks` that need one client's update (scope "client"); an attack
-    this installation cannot find is left out."""
-    from fedattack.attacks import ATTACKS
-
-    return tuple(a for a in attacks if (spec := ATTACKS.find(a)) is not None and spec.scope == "client")
-
-
-def sum_attacks() -> tuple[str, ...]:
-    """The registered attacks an honest server can run on a sum of updates (what to add to a
-    SecAgg+ run whose attacks all need one client's update)."""
-    from fedattack.attacks import ATTACKS
-
-    return tuple(n for n in ATTACKS.names() if ATTACKS.get(n).scope in ("aggregate", "any")
-                 and not ATTACKS.get(n).needs_malicious)
-
-
 @dataclass(frozen=True)
 class RunHeader:
     """What a run was: the facts every summary and report starts with."""
@@ -291,16 +264,16 @@ class RunHeader:
     batch_norm: bool = False  # the model trains BatchNorm layers (set by the run, which builds the model)
 
     @classmethod
-    def from_config(cls, raw: dict) -> "RunHeader":
-        """From a config as a dict (Config.to_dict(), or a run directory's config.yaml)."""
+    def from_config(cls, raw: dict, *, idle: Collection[str] = ()) -> "RunHeader":
+        """From a config as a dict (Config.to_dict(), or a run directory's config.yaml). `idle`:
+        configured attacks the run's scope leaves out (fedattack.attacks.scope.idle_attacks):
+        a budget says how hard an attack tried, and they did not."""
         fl, client, audit = raw.get("fl") or {}, raw.get("client") or {}, raw.get("audit") or {}
         steps = int(client.get("local_steps", 0) or 0)
         work = (f"{steps} local steps" if steps else f"{client.get('local_epochs', 1)} local epochs")
         protocol = (f"{work} of batch {client.get('batch_size', '?')} at lr {client.get('lr', '?')}"
                     if client else "")
         attacks = [str(a) for a in audit.get("attacks") or ()]
-        # a budget says how hard an attack tried: none for an attack the run's scope left out (SecAgg+)
-        idle = idle_attacks(attacks, [str(d) for d in client.get("defenses") or ()])
         return cls(server_mode=str((raw.get("server") or {}).get("mode", "honest")),
                    dataset=str((raw.get("data") or {}).get("name", "")),
                    model=str((raw.get("model") or {}).get("name", "")), strategy=str(fl.get("strategy", "")),

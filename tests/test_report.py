@@ -380,14 +380,14 @@ def test_a_secagg_run_without_aggregate_attacks_says_why_no_update_was_attacked(
 
 def test_a_secagg_run_that_attacked_the_sum_says_so_and_names_only_the_attacks_that_ran():
     from fedattack.report.html import headline
-    from fedattack.report.summary import summarize
-    from fedattack.results import ImageRow, RunHeader
+    from fedattack.report.summary import run_header, summarize
+    from fedattack.results import ImageRow
 
     raw = fconfig.load(None, ["client.defenses=[secagg]", "audit.attacks=[cpa,invgrad]", "cpa.iterations=200",
                               "invgrad.iterations=50"]).to_dict()
-    header = RunHeader.from_config(raw)
+    header = run_header(raw)
     assert header.budgets == ("cpa 200 iterations",)  # invgrad never ran: no budget to speak of
-    assert RunHeader.from_config({**raw, "client": {**raw["client"], "defenses": []}}).budgets == (
+    assert run_header({**raw, "client": {**raw["client"], "defenses": []}}).budgets == (
         "cpa 200 iterations", "invgrad 50 iterations")
     results = [JobResult(round=rnd, client="aggregate", attack="cpa", defense="secagg", status="ok", seconds=1.0,
                          scope="aggregate", score=Score(psnr=12.0, ssim=0.1, num_images=2, baseline_psnr=20.0,

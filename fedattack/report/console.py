@@ -20,7 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 from fedattack.report.summary import Summary, batch_norm_caveat, budget_caveat, sums_only
-from fedattack.results import JobResult, RoundResult, describe_defenses, idle_attacks
+from fedattack.attacks.scope import idle_attacks
+from fedattack.results import JobResult, RoundResult, describe_defenses
 from fedattack.schema import Config
 
 STATUS_EVERY = 30.0  # seconds: the longest silence while attack jobs run

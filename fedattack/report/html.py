@@ -24,7 +24,8 @@ from fedattack.report import plots
 from fedattack.report.exposure import ALL, best_per_sample, worst_clients
 from fedattack.report.images import PAD, columns
 from fedattack.report.summary import Summary, batch_norm_caveat, budget_caveat, secagg_scope, sums_only
-from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader, client_only, describe_calibration
+from fedattack.attacks.scope import client_only
+from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader, describe_calibration
 
 MAX_GALLERIES = 60  # per-update galleries shown (leaks first when there are more)
 MAX_SAMPLES = 32  # best reconstructions per sample shown

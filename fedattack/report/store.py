@@ -41,7 +41,7 @@ from fedattack.report import tables
 from fedattack.report.exposure import better, exposure, image_rows, owners_of
 from fedattack.report.html import render
 from fedattack.report.images import save_pair
-from fedattack.report.summary import Summary, summarize
+from fedattack.report.summary import Summary, run_header, summarize
 from fedattack.results import ImageRow, Interruption, JobResult, RoundResult, RunHeader
 from fedattack.schema import Config
 
@@ -128,7 +128,7 @@ class RunStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "images").mkdir(exist_ok=True)
         (self.dir / "config.yaml").write_text(cfg.to_yaml())
-        self.header = replace(RunHeader.from_config(cfg.to_dict()), batch_norm=batch_norm)
+        self.header = replace(run_header(cfg.to_dict()), batch_norm=batch_norm)
         self.save_images = cfg.audit.save_images
         self.expected_rounds = expected_rounds
         self.owners, self.sizes = owners_of(partitions)
@@ -266,7 +266,7 @@ def load_run(run_dir: str | Path) -> Run:
                              "directory (no sweep.json)")
     config = run_dir / "config.yaml"
     raw = yaml.safe_load(config.read_text()) or {} if config.is_file() else {}
-    header = RunHeader.from_config(raw) if raw else RunHeader()
+    header = run_header(raw) if raw else RunHeader()
     results = []
     for row in tables.read(run_dir / "leakage.csv"):
         path = run_dir / row["traceback"] if row.get("traceback") else None

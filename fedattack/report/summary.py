@@ -15,10 +15,18 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from fedattack.attacks.scope import idle_attacks, sum_attacks
 from fedattack.defenses import secure_aggregation
 from fedattack.report.exposure import ALL, exposure, final, worst_clients
-from fedattack.results import (ExposureRow, ImageRow, Interruption, JobResult, RoundResult, RunHeader,
-                               sum_attacks)
+from fedattack.results import ExposureRow, ImageRow, Interruption, JobResult, RoundResult, RunHeader
+
+
+def run_header(raw: dict) -> RunHeader:
+    """The header of a run whose config is `raw` (Config.to_dict(), or a run directory's
+    config.yaml), its budgets those of the attacks that ran in its scope."""
+    audit, client = raw.get("audit") or {}, raw.get("client") or {}
+    return RunHeader.from_config(raw, idle=idle_attacks([str(a) for a in audit.get("attacks") or ()],
+                                                        [str(d) for d in client.get("defenses") or ()]))
 
 
 def _mean(xs: list[float], digits: int = 4) -> float | None:

@@ -270,9 +270,13 @@ class RunHeader:
         a budget says how hard an attack tried, and they did not."""
         fl, client, audit = raw.get("fl") or {}, raw.get("client") or {}, raw.get("audit") or {}
         steps = int(client.get("local_steps", 0) or 0)
-        work = (f"{steps} local steps" if steps else f"{client.get('local_epochs', 1)} local epochs")
-        protocol = (f"{work} of batch {client.get('batch_size', '?')} at lr {client.get('lr', '?')}"
-                    if client else "")
+        count, unit = (steps, "step") if steps else (client.get("local_epochs", 1), "epoch")
+        optimizer = str(client.get("optimizer", "sgd"))
+        momentum = float(client.get("momentum", 0) or 0)
+        how = (f" ({optimizer})" if optimizer != "sgd" else
+               f" (momentum {momentum:g}{', Nesterov' if client.get('nesterov') else ''})" if momentum else "")
+        protocol = (f"{count} local {unit}{'' if count == 1 else 's'} of batch {client.get('batch_size', '?')} at lr "
+                    f"{client.get('lr', '?')}{how}" if client else "")
         attacks = [str(a) for a in audit.get("attacks") or ()]
         return cls(server_mode=str((raw.get("server") or {}).get("mode", "honest")),
                    dataset=str((raw.get("data") or {}).get("name", "")),

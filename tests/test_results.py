@@ -178,3 +178,14 @@ def test_a_results_file_names_are_portable_where_an_attack_is_an_import_path():
     r = JobResult(round=2, client=3, attack="mypkg.attacks:mine", defense="none", status="ok", seconds=1.0,
                   adaptive=True)
     assert r.row_id == "r002_c3_mypkg.attacks_mine_adaptive"
+
+
+@pytest.mark.parametrize("client, says", [
+    ({"local_steps": 0, "local_epochs": 1, "batch_size": 4, "lr": 0.1}, "1 local epoch of batch 4 at lr 0.1"),
+    ({"local_steps": 2, "batch_size": 2, "lr": 0.1}, "2 local steps of batch 2 at lr 0.1"),
+    ({"local_steps": 1, "batch_size": 2, "lr": 0.01, "optimizer": "adam"}, "1 local step of batch 2 at lr 0.01 (adam)"),
+    ({"local_steps": 3, "batch_size": 2, "lr": 0.1, "momentum": 0.9, "nesterov": True},
+     "3 local steps of batch 2 at lr 0.1 (momentum 0.9, Nesterov)"),
+])
+def test_the_header_says_the_clients_protocol_with_its_optimizer(client, says):
+    assert RunHeader.from_config({"client": client}).protocol == says

@@ -127,7 +127,7 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         parts.append(
             f"<div class='banner'><b>This run was interrupted</b>{why} after {rounds_done} of "
             f"{header.configured_rounds} rounds. Everything below is what was recorded before it stopped "
-            f"({len(results)} attack results){lost}. The CSV files hold the same results.</div>")
+            f"({len(results)} attack result{'' if len(results) == 1 else 's'}){lost}. The CSV files hold the same results.</div>")
     items = []
     sums = sums_only(summary)
     if (h is None or h.audited_updates == 0) and sums:
@@ -169,7 +169,9 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
     items.append(f"Utility: test accuracy <b>{num(acc, 3)}</b> after {rounds_done}{of} round(s)"
                  + (f"; {summary.client_errors} client errors" if summary.client_errors else "") + ".")
     if summary.epsilon is not None:
-        items.append(f"Differential privacy: the largest epsilon reported is {num(summary.epsilon, 2)}.")
+        items.append(f"Differential privacy: the largest epsilon a round reported is {num(summary.epsilon, 2)} "
+                     "(at the defense's delta; DP-SGD's and local DP's cover one round of one client's training, "
+                     "Flower's central DP the rounds so far; rounds.csv has each round's).")
     rules = (f"An image counts as <b>recovered</b> when its matched reconstruction reaches SSIM &ge; "
              f"{header.success_ssim:.2f} and beats the best flat (constant grey) image's SSIM on it. An attack on "
              f"an update counts only when its mean PSNR beats the same flat image's by more than "

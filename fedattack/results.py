@@ -261,6 +261,8 @@ class RunHeader:
     protocol: str = ""  # the clients' local training, in words
     budgets: tuple[str, ...] = ()  # the iteration budgets of the attacks that run, in words ("invgrad 400 iterations")
     calibrated: bool = False  # audit.calibrate: calibration may have raised those budgets (calibration.json)
+    raised: tuple[str, ...] | None = None  # the budgets calibration raised, in words ("fedavg to 60
+    # iterations"), as calibration.json records them; None: not known (no calibration.json)
     batch_norm: bool = False  # the model trains BatchNorm layers (set by the run, which builds the model)
 
     @classmethod

@@ -410,3 +410,25 @@ def test_a_secagg_run_that_attacked_the_sum_says_so_and_names_only_the_attacks_t
     assert "auditing with cpa; run directory" in out.getvalue()
     assert "0 of 2 audited aggregate updates (SecAgg+ sums) leaked" in out.getvalue()
     assert "invgrad" not in out.getvalue()
+
+
+@pytest.mark.parametrize("chosen, says", [(500, "calibration raised invgrad to 500 iterations (calibration.json)"),
+                                          (250, None)])
+def test_the_budgets_name_what_calibration_raised(tmp_path, chosen, says):
+    cfg = fconfig.load(None, ["fl.rounds=1", "audit.attacks=[idlg,invgrad]", "invgrad.iterations=250",
+                              "audit.calibrate=true"])
+    store = RunStore(tmp_path / "run", cfg=cfg, partitions=PARTITIONS)
+    (tmp_path / "run" / "calibration.json").write_text(json.dumps([
+        {"attack": "invgrad", "params": {"iterations": chosen}},
+        {"attack": "invgrad", "skipped": "ValueError: too few images", "params": {"iterations": 9000}}]))
+    store.add_result(_result(1, 0, "idlg", [10, 11], "flat"))
+    store.add_result(_result(1, 0, "invgrad", [10, 11], "flat"))
+    store.add_round(RoundResult(round=1, replies=2, audited_clients=1, jobs=2))
+    summary = store.finish()
+    out = io.StringIO()
+    Progress(console=Console(file=out, width=300)).summary_table(summary)
+    head = (tmp_path / "run" / "report.html").read_text()
+    for text in (head, out.getvalue()):
+        assert "configured budgets (idlg 300 iterations, invgrad 250 iterations)" in text
+        assert "or at the counts calibration chose" not in text  # calibration.json says what it chose
+        assert (says in text) if says else "calibration raised" not in text

@@ -41,7 +41,7 @@ from fedattack.report import tables
 from fedattack.report.exposure import better, exposure, image_rows, owners_of
 from fedattack.report.html import render
 from fedattack.report.images import save_pair
-from fedattack.report.summary import Summary, run_header, summarize
+from fedattack.report.summary import Summary, raised_budgets, run_header, summarize
 from fedattack.results import ImageRow, Interruption, JobResult, RoundResult, RunHeader
 from fedattack.schema import Config
 
@@ -287,4 +287,14 @@ def load_run(run_dir: str | Path) -> Run:
         interrupted = Interruption.from_dict(stop) if isinstance(stop, dict) else None
         header = replace(header, batch_norm=bool(summary.get("batch_norm", False)))
         note = str(summary.get("lpips_note", ""))
+    header = replace(header, raised=_raised(run_dir / "calibration.json", raw))
     return Run(header, results, rounds, images=images, sizes=sizes, interrupted=interrupted, lpips_note=note)
+
+
+def _raised(path: Path, raw: dict) -> tuple[str, ...] | None:
+    """The budgets calibration raised, from calibration.json (None where there is none to read)."""
+    try:
+        records = json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return None
+    return raised_budgets(records, raw) if isinstance(records, list) else None

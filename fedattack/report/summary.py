@@ -97,9 +97,26 @@ def budget_caveat(header: RunHeader) -> str:
     """What a run in which no attack recovered an image does not prove: the attacks ran at their
     configured budgets (or the counts calibration chose), and the papers' own code runs
     optimization attacks several times longer."""
-    chosen = ", or at the counts calibration chose where it raised them (calibration.json)" if header.calibrated else ""
+    chosen = (f"; calibration raised {', '.join(header.raised)} (calibration.json)" if header.raised else
+              ", or at the counts calibration chose where it raised them (calibration.json)"
+              if header.calibrated and header.raised is None else "")
     return (f"The attacks ran at their configured budgets ({', '.join(header.budgets)}){chosen}; more iterations "
             "can recover more (docs/attacks.md: the iteration budget).")
+
+
+def raised_budgets(records: list, raw: dict) -> tuple[str, ...]:
+    """The iteration budgets calibration raised above the configured ones (calibration.json's
+    `records`, the run's config `raw`), the largest per attack, in words."""
+    most: dict[str, int] = {}
+    for r in records:
+        if not isinstance(r, dict) or r.get("skipped"):
+            continue
+        attack = str(r.get("attack", ""))
+        chosen = (r.get("params") or {}).get("iterations")
+        configured = (raw.get(attack) or {}).get("iterations") if isinstance(raw.get(attack), dict) else None
+        if isinstance(chosen, int) and isinstance(configured, int) and chosen > configured:
+            most[attack] = max(most.get(attack, 0), chosen)
+    return tuple(f"{a} to {n} iterations" for a, n in most.items())
 
 
 def sums_only(summary: Summary) -> bool:

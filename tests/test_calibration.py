@@ -471,3 +471,22 @@ def test_the_attack_listing_names_what_calibration_tunes_and_flips(capsys):
     # tuned, then flipped, then the budgets it may stretch, then the shrink toward grey
     assert below["invgrad"] == "calibrates: tv, l2, lr, loss, init, rebalance, iterations, restarts, shrink"
     assert below["fedavg"] == "calibrates: tv, lr, invariance, iterations, restarts, shrink"  # nothing to flip
+
+
+def test_a_client_larger_than_the_servers_data_is_named_before_the_first_round():
+    from fedattack import config as fconfig
+    from fedattack.experiment import build
+    from fedattack.server.audit import calibration_notes, server_data, trained_images
+
+    protocol = ["audit.calibrate=true", "client.local_steps=0", "client.local_epochs=2", "client.batch_size=4",
+                "audit.attacks=[invgrad]"]
+    for clients, seed in ((4, 0), (16, 0), (8, 1)):
+        exp = build(fconfig.load(None, [*protocol, f"fl.num_clients={clients}", f"seed={seed}"]))
+        data = server_data(exp)
+        notes = calibration_notes(exp, data)
+        largest = trained_images(exp)
+        assert bool(notes) == (largest > len(data[1])), (clients, seed, largest)
+        if notes:
+            assert f"holds {len(data[1])} images and the largest client trains on {largest}" in notes[0]
+    off = build(fconfig.load(None, ["fl.num_clients=4", "client.local_steps=0", "audit.attacks=[invgrad]"]))
+    assert calibration_notes(off, server_data(off)) == []  # no calibration, nothing to say

@@ -26,7 +26,7 @@ from fedattack.experiment import Experiment, build
 from fedattack.report.console import Progress
 from fedattack.report.store import default_out_dir
 from fedattack.schema import Config
-from fedattack.server.audit import AuditStrategy, server_data
+from fedattack.server.audit import AuditStrategy, calibration_notes, server_data
 from fedattack.server.protocol import TrainingProtocol
 from fedattack.server.secagg import start_secagg
 from fedattack.server.strategies import build_strategy
@@ -52,6 +52,7 @@ def audit_strategy(cfg: Config, exp: Experiment, *, out_dir: str | Path, progres
     audit.auditor.on_calibration = progress.calibration
     audit.auditor.on_note = progress.note
     audit.auditor.store_args.update(partitions=dict(enumerate(exp.partitions)))  # built already: not again
+    audit.auditor.notes.extend(calibration_notes(exp, audit.auditor.plan.calibration_data))
     return audit
 
 

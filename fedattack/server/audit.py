@@ -153,6 +153,20 @@ def server_data(exp: Experiment, *, client_images: int | None = None) -> tuple[t
     return exp.train.spec.normalize(test.pixels(idx)), torch.as_tensor(test.targets[idx], dtype=torch.long)
 
 
+def calibration_notes(exp: Experiment, data: tuple[torch.Tensor, torch.Tensor] | None) -> list[str]:
+    """What calibration cannot do with the server's data, said before the first round: a client
+    larger than that data cannot be simulated, and its updates are attacked with the configured
+    parameters (each such job's calibration says so again as it is skipped)."""
+    if data is None or not any(ATTACKS.get(a).tunable for a in exp.cfg.audit.attacks):
+        return []
+    have, need = len(data[1]), trained_images(exp)
+    if need <= have:
+        return []
+    return [f"calibration: the server's data holds {have} images and the largest client trains on {need}; "
+            f"updates of clients of more than {have} images are attacked with the configured parameters "
+            "(audit.calibration_data can name a larger dataset)"]
+
+
 def make_observation(exp: Experiment, param_names: list[str], sent: dict[str, torch.Tensor],
                      received: dict[str, torch.Tensor], metrics: Mapping[str, Any], num_clients: int = 1
                      ) -> Observation:

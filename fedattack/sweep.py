@@ -332,7 +332,7 @@ def _write_answer(cfg: Config, key: str, swept: list, seeds: list[int], referenc
     report.write_csv(out_dir / "sweep.csv", table)
     report.write_json(out_dir / "sweep.json", answer, table)
     points = report.per_value(table, list(cfg.sweep.values))
-    report.plot_frontier(out_dir / "frontier.png", points, answer, [r for r in swept if r.reference])
+    report.plot_frontier(out_dir / "frontier.png", points, answer, report.reference_runs(swept))
     report.plot_protocol(out_dir / "protocol.png", points, list(cfg.sweep.values), key)
     report.render_html(out_dir / "sweep.html", answer=answer, table=table, points=points, runs=swept,
                        plots=["frontier.png", "protocol.png"])

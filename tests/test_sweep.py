@@ -179,6 +179,16 @@ class _Tags(HTMLParser):
         self.attrs += [k for k, _ in attrs]
 
 
+def test_the_reference_is_its_own_run_or_the_configured_value_among_the_swept():
+    runs = _runs({(None, 0): (0.9, {"idlg": 2}), (1, 0): (0.9, {"idlg": 1})})
+    assert [r.value for r in report.reference_runs(runs)] == [None]
+    swept = [r for r in runs if not r.reference]
+    swept[0].label += " (as configured)"
+    assert report.reference_runs(swept) == swept[:1]
+    ans = report.analyze(swept, key="client.local_epochs", values=[1], seeds=[0], reference="r")
+    assert ans.acc_reference == (0.9, 0.0)
+
+
 def test_sweep_files_hold_the_answer(tmp_path):
     runs = _runs({(None, 0): (0.9, {"idlg": 2}), (1, 0): (0.9, {"idlg": 1}), (5, 0): (0.6, {"idlg": 0})})
     for r in runs:
@@ -198,6 +208,8 @@ def test_sweep_files_hold_the_answer(tmp_path):
     saved = json.loads((tmp_path / "sweep.json").read_text())
     assert saved["safe_value"] == 5 and saved["breaking_points"] == {"idlg": "5"}
     assert "(one seed: no uncertainty" in saved["answer"]
+    assert saved["test_acc_reference"] == {"mean": 0.9, "std_over_seeds": 0.0}
+    assert saved["accuracy_change"]["mean"] == pytest.approx(-0.3)
     page = (tmp_path / "sweep.html").read_text()
     parser = _Tags()
     parser.feed(page)

@@ -110,6 +110,12 @@ def _leaks(run: SweepRun, attack: str | None = None) -> bool:
     return any(a.leaked for name, a in run.summary.attacks.items() if attack is None or name == attack)
 
 
+def reference_runs(runs: list[SweepRun]) -> list[SweepRun]:
+    """The reference's runs: its own, or, where the configured value is one of the swept ones,
+    that value's runs."""
+    return [r for r in runs if r.reference] or [r for r in runs if r.label.endswith("(as configured)")]
+
+
 def analyze(runs: list[SweepRun], *, key: str, values: list, seeds: list[int], reference: str) -> Answer:
     ans = Answer(key=key, values=list(values), seeds=list(seeds), reference=reference)
     ans.failed_runs = [r.label for r in runs if not r.finished]
@@ -128,9 +134,7 @@ def analyze(runs: list[SweepRun], *, key: str, values: list, seeds: list[int], r
     tried = [i for i in range(len(values)) if by_value[i]]
     ans.any_tried = bool(tried)
     ans.strongest_tried = values[tried[-1]] if tried else None
-    refs = {r.seed: r for r in runs if r.reference and r.finished}
-    if not refs:  # the reference is one of the swept values (the configured one)
-        refs = {r.seed: r for r in swept if r.finished and r.label.endswith("(as configured)")}
+    refs = {r.seed: r for r in reference_runs(runs) if r.finished}
     ref_accs = [r.summary.final_test_acc for r in refs.values() if r.summary.final_test_acc is not None]
     if ref_accs:
         ans.acc_reference = (float(np.mean(ref_accs)), _std(ref_accs))
@@ -182,12 +186,18 @@ def write_csv(path: Path, table: list[dict]) -> None:
         w.writerows([{k: ("" if v is None else v) for k, v in r.items()} for r in table])
 
 
+def _spread(pair: tuple[float, float] | None) -> dict | None:
+    """(mean, std over seeds) as JSON says it."""
+    return None if pair is None else {"mean": pair[0], "std_over_seeds": pair[1]}
+
+
 def write_json(path: Path, answer: Answer, table: list[dict]) -> None:
     path.write_text(json.dumps({"key": answer.key, "values": answer.values, "seeds": answer.seeds,
                                 "reference": answer.reference, "breaking_points": answer.breaking,
                                 "safe_value": answer.safe_value if answer.safe_found else None,
-                                "test_acc_at_safe_value": answer.acc_safe, "test_acc_reference": answer.acc_reference,
-                                "accuracy_change": answer.cost, "failed_runs": answer.failed_runs,
+                                "test_acc_at_safe_value": _spread(answer.acc_safe),
+                                "test_acc_reference": _spread(answer.acc_reference),
+                                "accuracy_change": _spread(answer.cost), "failed_runs": answer.failed_runs,
                                 "nothing_leaked": answer.nothing_leaked,
                                 "answer": answer.sentence(), "rows": table}, indent=2, default=str))
 

@@ -153,6 +153,14 @@ def test_the_report_answers_what_leaked_at_the_top(tmp_path):
     assert len(list((run_dir / "images" / "best").glob("*.png"))) == 7  # every scored sample's best: 10-12, 20, 21, 30, 31
 
 
+def _finish(store: RunStore, width: int = 300) -> tuple[str, str]:
+    """Finish the run: (report.html, the console's summary table)."""
+    summary = store.finish()
+    out = io.StringIO()
+    Progress(console=Console(file=out, width=width)).summary_table(summary)
+    return (store.dir / "report.html").read_text(), out.getvalue()
+
+
 @pytest.mark.parametrize("leaks,calibrated", [(False, False), (True, False), (False, True)])
 def test_a_run_where_nothing_leaked_names_the_attack_budgets_it_rests_on(tmp_path, leaks, calibrated):
     cfg = fconfig.load(None, ["fl.rounds=1", "audit.attacks=[idlg,invgrad]", "invgrad.iterations=250",
@@ -161,15 +169,12 @@ def test_a_run_where_nothing_leaked_names_the_attack_budgets_it_rests_on(tmp_pat
     store.add_result(_result(1, 0, "idlg", [10, 11], "flat"))
     store.add_result(_result(1, 0, "invgrad", [10, 11], "leak" if leaks else "flat"))
     store.add_round(RoundResult(round=1, replies=2, audited_clients=1, jobs=2))
-    summary = store.finish()
-    out = io.StringIO()
-    Progress(console=Console(file=out, width=200)).summary_table(summary)
-    head = (tmp_path / "run" / "report.html").read_text()
+    head, console = _finish(store, width=200)
     head = head[:head.index("Clients &times; rounds")]
     budgets = "configured budgets (idlg 300 iterations, invgrad 250 iterations)"
-    assert (budgets in head) == (budgets in out.getvalue()) == (not leaks), (head, out.getvalue())
+    assert (budgets in head) == (budgets in console) == (not leaks), (head, console)
     chosen = "or at the counts calibration chose"  # calibration may have raised the configured budgets
-    assert (chosen in head) == (chosen in out.getvalue()) == calibrated
+    assert (chosen in head) == (chosen in console) == calibrated
 
 
 @pytest.mark.parametrize("model", ["convnet", "lenet"])
@@ -178,13 +183,10 @@ def test_a_model_that_trains_batch_norm_is_reported_as_a_lower_bound(tmp_path, m
     store = RunStore(tmp_path / "run", cfg=cfg, partitions=PARTITIONS)
     store.add_result(_result(1, 0, "invgrad", [10, 11], "leak"))
     store.add_round(RoundResult(round=1, replies=2, audited_clients=1, jobs=1))
-    summary = store.finish()
-    out = io.StringIO()
-    Progress(console=Console(file=out, width=400)).summary_table(summary)
-    html = (tmp_path / "run" / "report.html").read_text()
+    html, console = _finish(store, width=400)
     caveat = "read these scores as a lower bound"
     batch_norm = model == "convnet"
-    assert (caveat in html) == (caveat in out.getvalue()) == batch_norm, out.getvalue()
+    assert (caveat in html) == (caveat in console) == batch_norm, console
     assert load_run(tmp_path / "run").header.batch_norm == batch_norm  # kept in summary.json
 
 
@@ -424,11 +426,7 @@ def test_the_budgets_name_what_calibration_raised(tmp_path, chosen, says):
     store.add_result(_result(1, 0, "idlg", [10, 11], "flat"))
     store.add_result(_result(1, 0, "invgrad", [10, 11], "flat"))
     store.add_round(RoundResult(round=1, replies=2, audited_clients=1, jobs=2))
-    summary = store.finish()
-    out = io.StringIO()
-    Progress(console=Console(file=out, width=300)).summary_table(summary)
-    head = (tmp_path / "run" / "report.html").read_text()
-    for text in (head, out.getvalue()):
+    for text in _finish(store):
         assert "configured budgets (idlg 300 iterations, invgrad 250 iterations)" in text
         assert "or at the counts calibration chose" not in text  # calibration.json says what it chose
         assert (says in text) if says else "calibration raised" not in text

@@ -126,7 +126,18 @@ def _aliases(registry: Any, listed: list) -> dict[str, str]:
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.2's booleans: only true and false. PyYAML's YAML 1.1 also reads yes/no/on/off as
-    booleans, so `audit.adaptive=on` (a word among off/on/both) would arrive as True."""
+    booleans, so `audit.adaptive=on` (a word among off/on/both) would arrive as True. A key
+    given twice in one mapping is an error (YAML 1.2), not the last one silently kept."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                raise ConfigError(key, f"is given twice in one mapping (line {key_node.start_mark.line + 1}); "
+                                       "allowed: each key once")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.yaml_implicit_resolvers = {

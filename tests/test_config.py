@@ -119,6 +119,12 @@ def test_malformed_yaml_and_missing_file(tmp_path):
         fconfig.load(bad)
     with pytest.raises(ConfigError, match="file not found"):
         fconfig.load(tmp_path / "missing.yaml")
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("fl:\n  rounds: 2\ndata:\n  name: digits\nfl:\n  rounds: 3\n")
+    with pytest.raises(ConfigError, match=r"^fl: is given twice in one mapping \(line 5\)"):
+        fconfig.load(twice)
+    with pytest.raises(ConfigError, match=r"^rounds: is given twice"):
+        fconfig.load(None, ["fl={rounds: 2, rounds: 3}"])
 
 
 def test_user_strategy_by_import_path_is_built_with_the_configured_participation():

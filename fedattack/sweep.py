@@ -299,8 +299,9 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answ
                 _write_answer(cfg, key, [x for x, _ in runs], seeds, reference, out_dir)
             except Exception as exc:  # noqa: BLE001 - the final write below tries again
                 progress.print(f"sweep: the answer so far could not be written ({type(exc).__name__}: {exc})")
-        progress.print(f"  {r.label}, seed {r.seed}: {'done' if r.exit_code == 0 else f'failed (exit {r.exit_code}, see its log)'} "
-                       f"in {time.perf_counter() - t0:.0f} s")
+        ended = ("done" if r.exit_code == 0 else "stopped with the sweep" if shutdown.requested() is not None
+                 else f"failed (exit {r.exit_code}, see its log)")
+        progress.print(f"  {r.label}, seed {r.seed}: {ended} in {time.perf_counter() - t0:.0f} s")
         return r.exit_code
 
     ticker = threading.Thread(target=status, daemon=True)

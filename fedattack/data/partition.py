@@ -159,8 +159,8 @@ def partition(targets: np.ndarray, *, num_clients: int, cfg: PartitionConfig, se
     """
     targets = np.asarray(targets)
     if num_clients > len(targets):
-        raise ConfigError("fl.num_clients", f"{num_clients} clients for {len(targets)} training samples; allowed: at most "
-                                            f"{len(targets) // max(1, cfg.min_size)} (partition.min_size="
+        raise ConfigError("fl.num_clients", f"{num_clients} clients for {len(targets)} training samples; allowed: "
+                                            f"at most {len(targets) // max(1, cfg.min_size)} (partition.min_size="
                                             f"{cfg.min_size} samples each), or a larger dataset")
     if num_clients * cfg.min_size > len(targets):
         raise ConfigError("fl.num_clients", f"{len(targets)} training samples cannot give {num_clients} clients "

@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from fedattack.report.summary import Summary, batch_norm_caveat, budget_caveat, sums_only
 from fedattack.attacks.scope import idle_attacks
+from fedattack.report.summary import Summary, batch_norm_caveat, budget_caveat, sums_only
 from fedattack.results import JobResult, RoundResult, describe_defenses
 from fedattack.schema import Config
 

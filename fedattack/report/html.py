@@ -20,11 +20,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from fedattack.attacks.scope import client_only
 from fedattack.report import plots
 from fedattack.report.exposure import ALL, best_per_sample, worst_clients
 from fedattack.report.images import PAD, columns
 from fedattack.report.summary import Summary, batch_norm_caveat, budget_caveat, secagg_scope, sums_only
-from fedattack.attacks.scope import client_only
 from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader, describe_calibration
 
 MAX_GALLERIES = 60  # per-update galleries shown (leaks first when there are more)
@@ -127,7 +127,8 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         parts.append(
             f"<div class='banner'><b>This run was interrupted</b>{why} after {rounds_done} of "
             f"{header.configured_rounds} rounds. Everything below is what was recorded before it stopped "
-            f"({len(results)} attack result{'' if len(results) == 1 else 's'}){lost}. The CSV files hold the same results.</div>")
+            f"({len(results)} attack result{'' if len(results) == 1 else 's'}){lost}. The CSV files hold the same "
+            "results.</div>")
     items = []
     sums = sums_only(summary)
     if (h is None or h.audited_updates == 0) and sums:

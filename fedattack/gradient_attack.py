@@ -21,8 +21,8 @@ from fedattack.experiment import Experiment, build
 from fedattack.limits import check_memory, check_model
 from fedattack.models import float_params
 from fedattack.report.console import Progress
-from fedattack.report.summary import summarize
-from fedattack.results import JobResult, RunHeader
+from fedattack.report.summary import run_header, summarize
+from fedattack.results import JobResult
 from fedattack.schema import Config
 from fedattack.server.audit import Auditor, experiment_plan, make_observation
 from fedattack.server.dispatch import LocalDispatcher
@@ -119,7 +119,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     finally:
         if dispatcher.pending():
             dispatcher.abandon()
-    summary = auditor.summary or summarize(results, [], RunHeader.from_config(cfg.to_dict()), interrupted=interruption([]))
+    summary = auditor.summary or summarize(results, [], run_header(cfg.to_dict()), interrupted=interruption([]))
     progress.summary_table(summary, title="fedattack attack")
     req = shutdown.requested()
     if req is not None and auditor.store is not None:

@@ -61,11 +61,27 @@ class StopRequest:
     since: float  # time.monotonic() of the request
 
 
+class _Deliveries:
+    """Which deliveries of a signal count: the same signal again within DUPLICATE_WINDOW of the
+    last one counted is that one delivered twice (GNU `timeout` signals the child and then its
+    process group; a terminal signals every process of the foreground group)."""
+
+    def __init__(self) -> None:
+        self.last: tuple[int, float] | None = None  # (signal, time) of the last counted delivery
+
+    def counts(self, signum: int, now: float) -> bool:
+        if self.last is not None and self.last[0] == signum and now - self.last[1] < DUPLICATE_WINDOW:
+            return False
+        self.last = (signum, now)
+        return True
+
+
 _lock = threading.Lock()
 _event = threading.Event()
 _request: StopRequest | None = None
 _abandoned = 0  # attack jobs cancelled unfinished because of the stop
 _cooperative = 0  # depth of cooperative() sections in the main thread
+_handled = _Deliveries()  # the interpreter's handler (main thread); the watcher keeps its own
 
 
 def signal_name(signum: int) -> str:
@@ -116,9 +132,10 @@ def abandoned() -> int:
 
 def reset() -> None:
     """Forget any earlier request (a process that runs several runs, e.g. the tests)."""
-    global _request, _abandoned
+    global _request, _abandoned, _handled
     with _lock:
         _request, _abandoned = None, 0
+        _handled = _Deliveries()
     _event.clear()
 
 
@@ -138,21 +155,16 @@ def cooperative() -> Iterator[None]:
 
 def _on_signal(signum: int, frame) -> None:  # noqa: ARG001 - signal handler signature
     """Python's handler, run in the main thread when it next runs Python code."""
+    if not _handled.counts(signum, time.monotonic()):
+        return  # the stop under way goes on undisturbed
     first = request(signal_name(signum), signum)
     if first:
         _say(f"fedattack: {signal_name(signum)}: stopping; finished results are kept")
-    elif _duplicate(signum, time.monotonic()):
-        return  # the stop under way goes on undisturbed
     if _cooperative == 0:
         req = _request
         raise Stopped(req.reason if req else signal_name(signum), req.signum if req else signum)
 
 
-def _duplicate(signum: int, now: float) -> bool:
-    """The first stop's own signal again, at once: GNU `timeout` signals the child and then its
-    process group, and a terminal signals every process of the foreground group."""
-    req = _request
-    return req is not None and req.signum == signum and now - req.since < DUPLICATE_WINDOW
 
 
 def _say(msg: str) -> None:
@@ -206,7 +218,7 @@ def handling_signals(force_after: float = FORCE_AFTER) -> Iterator[None]:
 
 def _watch(rsock: socket.socket, done: threading.Event, force_after: float) -> None:
     """Record each signal as it arrives; force the exit on a second one or past the deadline."""
-    seen, last = 0, -DUPLICATE_WINDOW
+    seen, deliveries = 0, _Deliveries()
     while not done.is_set():
         req = _request
         timeout = None if req is None else max(0.1, req.since + force_after - time.monotonic())
@@ -223,9 +235,9 @@ def _watch(rsock: socket.socket, done: threading.Event, force_after: float) -> N
         for signum in data:
             if signum not in SIGNALS:
                 continue  # the closing byte, or a signal that is not ours
-            if seen and now - last < DUPLICATE_WINDOW:
-                continue  # one stop delivered twice (see _duplicate)
-            seen, last = seen + 1, now
+            if not deliveries.counts(signum, now):
+                continue
+            seen += 1
             if request(signal_name(signum), signum):
                 _say(f"fedattack: {signal_name(signum)}: stopping; finished results are kept")
             elif seen > 1 and not done.is_set():

@@ -48,6 +48,7 @@ class ImageScores:
     recovered: np.ndarray | None = None  # bool: the image counts as recovered (see fedattack.metrics.score)
     index: np.ndarray | None = None  # dataset index of each true image (-1: unknown)
     lpips: np.ndarray | None = None  # LPIPS distance (NaN: not computed)
+    owner: tuple[int | str, ...] = ()  # the client each true image came from, where the truth says (a sum's parts)
 
     def __post_init__(self) -> None:
         n = len(self.psnr)
@@ -264,6 +265,7 @@ class RunHeader:
     raised: tuple[str, ...] | None = None  # the budgets calibration raised, in words ("fedavg to 60
     # iterations"), as calibration.json records them; None: not known (no calibration.json)
     batch_norm: bool = False  # the model trains BatchNorm layers (set by the run, which builds the model)
+    sums: bool = False  # the server saw sums of updates only (an app's record under SecAgg+: server.sees)
 
     @classmethod
     def from_config(cls, raw: dict, *, idle: Collection[str] = ()) -> "RunHeader":
@@ -291,7 +293,8 @@ class RunHeader:
                    success_ssim=float(audit.get("success_ssim", 0.5)),
                    success_margin=float(audit.get("success_margin", 0.5)), protocol=protocol,
                    budgets=tuple(b for a in attacks if a not in idle and (b := _budget(a, raw.get(a)))),
-                   calibrated=bool(audit.get("calibrate", False)))
+                   calibrated=bool(audit.get("calibrate", False)),
+                   sums=(raw.get("server") or {}).get("sees") == "sums")
 
 
 @dataclass(frozen=True)

@@ -181,3 +181,4 @@ class Truth:
     images: torch.Tensor  # (N, C, H, W) in model-input space
     labels: torch.Tensor  # (N,)
     indices: tuple[int, ...] = ()
+    owners: tuple[int | str, ...] = ()  # the client each image came from (a sum's parts); () the update's own

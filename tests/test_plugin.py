@@ -437,3 +437,18 @@ def test_the_report_says_whether_an_apps_audit_was_seeded(tmp_path, seed):
     unseeded = "no seed: the strategy's own client sampling, attacks initialized from seed 0."
     assert (unseeded in html) == (seed is None)
     assert ("; seed 7." in html) == (seed == 7)
+
+
+def test_an_apps_run_under_secagg_records_that_its_server_saw_sums(tmp_path):
+    import yaml
+
+    strategy = _strategy(tmp_path)
+    strategy.aggregate_only = True  # what the SecAgg+ bridge sets before the session
+    notes: list[str] = []
+    strategy.auditor.on_note = notes.append
+    with strategy.auditor.session(scope="aggregate"):
+        strategy.auditor.open_store()
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert recorded["server"]["sees"] == "sums"
+    assert strategy.auditor.store.header.budgets == ()  # idlg and invgrad need one client's update: no budget
+    assert notes and "idlg, invgrad do not run" in notes[0] and notes[0].endswith(" to attacks).")

@@ -376,6 +376,10 @@ def test_a_secagg_run_without_aggregate_attacks_says_why_no_update_was_attacked(
     # the defense is found by what it does, not by its name's letters
     lookalike = RunHeader(defense="nosecagg(sigma=0.1)", defenses=("nosecagg",))
     assert "No client update was scored" in headline(summarize([], [RoundResult(round=1)], lookalike), [], [])
+    # a user's app under SecAgg+ records what its server saw, not a defense
+    app = unescape(headline(summarize([], [RoundResult(round=1)], RunHeader(configured_attacks=("idlg",), sums=True)),
+                            [], []))
+    assert "No sum of updates was scored" in app and re.search(r"\(add [^)]*\bcpa\b[^)]* to attacks\)", app)
     plain = summarize([], [RoundResult(round=1)], RunHeader())
     assert "No client update was scored" in headline(plain, [], [])
 
@@ -391,6 +395,11 @@ def test_a_secagg_run_that_attacked_the_sum_says_so_and_names_only_the_attacks_t
     assert header.budgets == ("cpa 200 iterations",)  # invgrad never ran: no budget to speak of
     assert run_header({**raw, "client": {**raw["client"], "defenses": []}}).budgets == (
         "cpa 200 iterations", "invgrad 50 iterations")
+    # a user's app records no client.defenses; the audit records that its server saw sums
+    app = {"server": {"mode": "honest"}, "audit": {"attacks": ["cpa", "invgrad"]}, "cpa": {"iterations": 200},
+           "invgrad": {"iterations": 50}}
+    assert run_header(app).budgets == ("cpa 200 iterations", "invgrad 50 iterations")
+    assert run_header({**app, "server": {"mode": "honest", "sees": "sums"}}).budgets == ("cpa 200 iterations",)
     results = [JobResult(round=rnd, client="aggregate", attack="cpa", defense="secagg", status="ok", seconds=1.0,
                          scope="aggregate", score=Score(psnr=12.0, ssim=0.1, num_images=2, baseline_psnr=20.0,
                                                         baseline_ssim=0.4)) for rnd in (1, 2)]

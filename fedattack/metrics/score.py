@@ -62,6 +62,8 @@ def score(recon: Reconstruction, truth: Truth, spec: DataSpec, success_ssim: flo
         s.baseline_psnr, s.baseline_ssim = flat_baseline(t)
         if len(truth.indices) == len(t):
             s.index = np.asarray(truth.indices, dtype=np.int64)
+        if len(truth.owners) == len(t):
+            s.owner = tuple(truth.owners)
         out.psnr, out.ssim, out.mse = float(s.psnr.mean()), float(s.ssim.mean()), float(s.mse.mean())
         out.baseline_psnr, out.baseline_ssim = float(s.baseline_psnr.mean()), float(s.baseline_ssim.mean())
         # the margin rule at the precision the run directory records, so that leakage.csv agrees

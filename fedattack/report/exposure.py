@@ -32,8 +32,9 @@ def image_rows(res: JobResult, owners: Mapping[int, int | str]) -> list[ImageRow
     out = []
     for k in range(len(s.psnr)):
         index = int(s.index[k])
+        owner = s.owner[k] if s.owner else owners.get(index, res.client if index >= 0 else "")
         out.append(ImageRow(round=int(res.round), client=res.client, attack=res.attack, adaptive=res.adaptive,
-                            position=k, index=index, owner=owners.get(index, res.client if index >= 0 else ""),
+                            position=k, index=index, owner=owner,
                             psnr=round(float(s.psnr[k]), 2), ssim=round(float(s.ssim[k]), 4),
                             baseline_psnr=round(float(s.baseline_psnr[k]), 2),
                             baseline_ssim=round(float(s.baseline_ssim[k]), 4),

@@ -141,7 +141,7 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         big = (f"<span class='{cls}'>{h.leaked_updates} of {h.audited_updates}</span> audited {what} "
                f"leaked at least one private image.")
     if sums:
-        items.append(esc(secagg_scope(*_scope(header, results))))
+        items.append(esc(secagg_scope(*_scope(header, results), key="attacks" if header.sums else "audit.attacks")))
     if h is not None and h.samples:
         share = num(h.exposed_share, 4, pct=True)
         items.append(f"The server recovered <b>{h.exposed_samples} of {h.samples}</b> training samples "

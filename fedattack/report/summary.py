@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from fedattack.attacks.scope import idle_attacks, sum_attacks
+from fedattack.attacks.scope import client_only, idle_attacks, sum_attacks
 from fedattack.defenses import secure_aggregation
 from fedattack.report.exposure import ALL, exposure, final, worst_clients
 from fedattack.results import ExposureRow, ImageRow, Interruption, JobResult, RoundResult, RunHeader
@@ -23,10 +23,13 @@ from fedattack.results import ExposureRow, ImageRow, Interruption, JobResult, Ro
 
 def run_header(raw: dict) -> RunHeader:
     """The header of a run whose config is `raw` (Config.to_dict(), or a run directory's
-    config.yaml), its budgets those of the attacks that ran in its scope."""
+    config.yaml), its budgets those of the attacks that ran in its scope (sums of updates only
+    under `client.defenses=[secagg]`, or in an app's record with `server.sees: sums`)."""
     audit, client = raw.get("audit") or {}, raw.get("client") or {}
-    return RunHeader.from_config(raw, idle=idle_attacks([str(a) for a in audit.get("attacks") or ()],
-                                                        [str(d) for d in client.get("defenses") or ()]))
+    attacks = [str(a) for a in audit.get("attacks") or ()]
+    sums = (raw.get("server") or {}).get("sees") == "sums"  # an app audited under SecAgg+
+    return RunHeader.from_config(raw, idle=client_only(attacks) if sums else
+                                 idle_attacks(attacks, [str(d) for d in client.get("defenses") or ()]))
 
 
 def _mean(xs: list[float], digits: int = 4) -> float | None:
@@ -121,8 +124,8 @@ def raised_budgets(records: list, raw: dict) -> tuple[str, ...]:
 
 def sums_only(summary: Summary) -> bool:
     """Whether the server saw only sums of updates (SecAgg+): by the defense in force, or by the
-    scope its attacks ran in (an app's run records no client.defenses)."""
-    return (secure_aggregation(summary.header.defenses) is not None
+    scope its attacks ran in, or by what an app's record says (it records no client.defenses)."""
+    return (summary.header.sums or secure_aggregation(summary.header.defenses) is not None
             or any("aggregate" in a.scope for a in summary.attacks.values()))
 
 

@@ -269,7 +269,10 @@ class Auditor:
     def session(self, scope: str = "client") -> Iterator["Auditor"]:
         """An audited run: results collected in the background meanwhile; at the end the jobs
         still running are collected and the run directory's summary and report written.
-        `scope` "aggregate": the server will see sums of updates only (SecAgg+)."""
+        `scope` "aggregate": the server will see sums of updates only (SecAgg+), which an app's
+        config.yaml records (`server.sees`; fedattack's own runs record `client.defenses`)."""
+        if scope == "aggregate" and isinstance(self.plan.record, AppRecord):
+            self.plan.record.raw.setdefault("server", {})["sees"] = "sums"
         for note in [*self.notes, self.scope_note(scope)]:
             if note:
                 self.on_note(note)
@@ -544,7 +547,7 @@ class Auditor:
                                first.content[arrays_key].to_torch_state_dict(), protocol, num_clients=len(records))
         parts = [self.truth(rec) for _, rec in records]
         why = next((w for t, w in parts if t is None), "")
-        truth = None if why else aggregate_truth([t for t, _ in parts])
+        truth = None if why else aggregate_truth([t for t, _ in parts], [rec.client for _, rec in records])
         self._warn_once(why)
         stats.jobs += self.submit(rnd, "aggregate", obs, truth, scope="aggregate", unscored=why)
 
@@ -611,12 +614,14 @@ class Auditor:
                     self._deliver(res)
 
 
-def aggregate_truth(parts: Sequence[Truth]) -> Truth:
+def aggregate_truth(parts: Sequence[Truth], clients: Sequence[int | str]) -> Truth:
     """The ground truth of a sum of updates: every part's images in reply order, each with the
-    dataset index its client recorded (-1 where unknown), so that an image recovered from the
-    sum is credited to the sample, and the client, it came from."""
+    dataset index its client recorded (-1 where unknown) and that client (`clients`, one per
+    part), so that an image recovered from the sum is credited to the sample, and the client,
+    it came from."""
     return Truth(images=torch.cat([t.images for t in parts]), labels=torch.cat([t.labels for t in parts]),
-                 indices=tuple(i for t in parts for i in t.indices))
+                 indices=tuple(i for t in parts for i in t.indices),
+                 owners=tuple(c for t, c in zip(parts, clients) for _ in range(len(t.labels))))
 
 
 def _metrics(msg: Message) -> dict:

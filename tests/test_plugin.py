@@ -452,3 +452,17 @@ def test_an_apps_run_under_secagg_records_that_its_server_saw_sums(tmp_path):
     assert recorded["server"]["sees"] == "sums"
     assert strategy.auditor.store.header.budgets == ()  # idlg and invgrad need one client's update: no budget
     assert notes and "idlg, invgrad do not run" in notes[0] and notes[0].endswith(" to attacks).")
+
+
+def test_a_model_unlike_the_clients_stops_the_round_before_they_train_naming_the_parameter(tmp_path):
+    strategy = _strategy(tmp_path)
+    clients = UserNet()
+    clients.head = nn.Linear(4 * 4 * 4, 10)  # the clients' model has ten classes, the audit's three
+    with pytest.raises(FedattackError, match=r"^model: the exchanged arrays hold 'head.weight' of shape \(10, 64\), "
+                                             r"the audit's model has \(3, 64\)"):
+        strategy.configure_train(1, ArrayRecord(clients.state_dict()), ConfigRecord({"lr": 0.05}), FakeGrid([101, 202]))
+    assert not (tmp_path / "run").exists()
+    # a parameter the audit's model has and the clients' lacks
+    with pytest.raises(FedattackError, match=r"^model: the exchanged arrays lack the model's parameter 'head.weight'"):
+        strategy.configure_train(1, ArrayRecord({k: v for k, v in UserNet().state_dict().items() if k != "head.weight"}),
+                                 ConfigRecord({"lr": 0.05}), FakeGrid([101, 202]))

@@ -215,6 +215,7 @@ class Auditor:
         self.notes = generator_fit(plan.attacks, plan.data)
         model = build_model(plan.model, seed=plan.seed)
         self.param_names = [n for n, _ in model.named_parameters()]
+        self.param_shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         # a malicious server re-sends its crafted blocks (e.g. the imprint block) every round
         prefixes = tuple(f"{ATTACKS.get(a).model_extension}." for a in plan.attacks
                          if plan.server_mode == "malicious" and ATTACKS.get(a).model_extension)
@@ -422,17 +423,28 @@ class Auditor:
     def observation(self, sent: dict[str, torch.Tensor], received: dict[str, torch.Tensor], protocol,
                     num_clients: int = 1) -> Observation:
         """What the server holds about one reply: sent weights, update, and the protocol."""
-        missing = [k for k in self.param_names if k not in sent or k not in received]
-        if missing:
-            have = ", ".join(list(received)[:6]) + (" ..." if len(received) > 6 else "")
-            raise FedattackError(f"model: the exchanged arrays lack the model's parameter '{missing[0]}' "
-                                 f"(they hold {have}); give AuditStrategy the model the clients train")
+        self.check_arrays(sent)
+        self.check_arrays(received)
         glob = {k: sent[k].float() for k in self.param_names}
         update = {k: received[k].float() - glob[k] for k in self.param_names}
         buffers = {k: v for k, v in sent.items() if k not in glob}
         return Observation(model=self.plan.model, data=self.plan.data, global_params=glob, update=update,
                            protocol=protocol, buffers=buffers, num_clients=num_clients,
                            server_mode=self.plan.server_mode)
+
+    def check_arrays(self, arrays: Mapping[str, Any]) -> None:
+        """That `arrays` (tensors, or Flower Arrays) hold every parameter of the audit's model at
+        its shape: the attacks replay that model on the exchanged weights."""
+        missing = [k for k in self.param_names if k not in arrays]
+        if missing:
+            have = ", ".join(list(arrays)[:6]) + (" ..." if len(arrays) > 6 else "")
+            raise FedattackError(f"model: the exchanged arrays lack the model's parameter '{missing[0]}' "
+                                 f"(they hold {have}); give AuditStrategy the model the clients train")
+        for name, shape in self.param_shapes.items():
+            got = tuple(arrays[name].shape)
+            if got != shape:
+                raise FedattackError(f"model: the exchanged arrays hold '{name}' of shape {got}, the audit's model has "
+                                     f"{shape}; give AuditStrategy the model the clients train")
 
     def submit(self, rnd: int, client: int | str, obs: Observation, truth: Truth | None, *, scope: str = "client",
                epsilon: float = float("nan"), unscored: str = "") -> int:
@@ -876,6 +888,8 @@ class AuditStrategy(Strategy):
         self.auditor.begin_round(server_round, scope="aggregate" if self.aggregate_only else "client")
         if self.auditor.malicious_state:
             arrays = ArrayRecord({**arrays.to_torch_state_dict(), **self.auditor.malicious_state})
+        if self.auditor.audits_round(server_round):  # a model that is not the clients' stops before they train
+            self.auditor.check_arrays(arrays)
         with self.sampling.seeded(grid, server_round, "train") as view:
             messages = list(self.strategy.configure_train(server_round, arrays, config, view))
         for m in messages:  # a round that could not be replayed stops here, before any client trains

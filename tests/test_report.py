@@ -439,3 +439,19 @@ def test_the_budgets_name_what_calibration_raised(tmp_path, chosen, says):
         assert "configured budgets (idlg 300 iterations, invgrad 250 iterations)" in text
         assert "or at the counts calibration chose" not in text  # calibration.json says what it chose
         assert (says in text) if says else "calibration raised" not in text
+
+
+def test_a_result_line_says_what_the_report_says_of_a_score_above_the_blank_guess():
+    from fedattack.report.html import verdict
+
+    out = io.StringIO()
+    progress = Progress(console=Console(file=out, width=300), status_every=0)
+    rows = [JobResult(round=1, client=0, attack="cpl", defense="none", status="ok", seconds=1.0,
+                      score=Score(psnr=psnr, ssim=0.39, num_images=1, baseline_psnr=12.3, baseline_ssim=0.2))
+            for psnr in (20.7, 12.5)]
+    for r in rows:
+        progress.result(r)
+    above, near = out.getvalue().splitlines()
+    assert above.endswith("above the blank guess, no image recovered · 1.0 s") and "safe" not in above
+    assert "no leak beyond a blank guess" in near
+    assert verdict(rows[0], 0.5)[0] == "above the blank guess, no image recovered"

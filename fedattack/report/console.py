@@ -151,8 +151,8 @@ class Progress:
             line.append("LEAK", style="red")
         elif not math.isnan(s.margin) and s.margin <= self.margin:
             line.append("no leak beyond a blank guess", style="green")
-        else:
-            line.append("safe", style="green")
+        else:  # the report's words: better than a blank guess, yet no image reached the SSIM bar
+            line.append("above the blank guess, no image recovered", style="yellow")
         line.append(f" · {r.seconds:.1f} s")
         self.print(line)
 

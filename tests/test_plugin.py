@@ -290,6 +290,24 @@ def test_training_protocol_fixed_values_train_config_keys_and_step_counts():
     with pytest.raises(ConfigError, match=r"^protocol.config_keys.lr: the train ConfigRecord has no 'learning-rate' "
                                           r"\(it has: server-round\)$"):
         p.check({"server-round": 1})
+    # a key the record lacks stops the round also where the field has a value of its own
+    keyed = TrainingProtocol(lr=0.1, local_epochs=1, batch_size=8, config_keys={"momentum": "mom", "optimizer": "opt"})
+    with pytest.raises(ConfigError, match=r"^protocol.config_keys.momentum: the train ConfigRecord has no 'mom' "
+                                          r"\(it has: lr\)$"):
+        keyed.check({"lr": 0.1})
+    assert keyed.protocol({"mom": 0.9, "opt": "sgd"}, 8).momentum == 0.9
+    # a value is taken as it is or refused, never bent to fit
+    for field, key, raw, allowed in [("local_epochs", "e", 2.7, "an integer"),
+                                     ("nesterov", "n", "false", "True or False"),
+                                     ("lr", "lr", "fast", "a number"), ("optimizer", "o", 3, "a string")]:
+        bent = TrainingProtocol(lr=0.1, local_epochs=1, batch_size=8, config_keys={field: key})
+        with pytest.raises(ConfigError, match=rf"^protocol.{field}: the train config's '{key}' is {raw!r}, "
+                                              rf"not {allowed}$"):
+            bent.check({key: raw})
+    assert TrainingProtocol(lr=0.1, local_epochs=1, batch_size=8, config_keys={"local_epochs": "e"}).protocol(
+        {"e": 3.0}, 8).local_epochs == 3
+    with pytest.raises(TypeError):
+        TrainingProtocol(0.1, 1, None, 8)  # keyword arguments only: the order is easy to get wrong
     with pytest.raises(ConfigError, match=r"^protocol.lr: not given"):
         TrainingProtocol(local_epochs=1, batch_size=2)
     with pytest.raises(ConfigError, match=r"^protocol.optimizer: unknown value 'rmsprop'; allowed: sgd, adam$"):

@@ -26,7 +26,7 @@ NUMERIC = {"lr": float, "local_epochs": int, "local_steps": int, "batch_size": i
            "weight_decay": float}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TrainingProtocol:
     """The local training the server configured, as the audit's attacks replay it.
 
@@ -54,9 +54,10 @@ class TrainingProtocol:
         Nesterov momentum (SGD).
     config_keys : Mapping[str, str] (default: {})
         Fields read every round from the train ConfigRecord the strategy sends, as
-        `{field: key}`, e.g. `{"lr": "lr", "local_epochs": "local-epochs"}`. A value found there
-        replaces the one given above; a key the record lacks (with no value above) stops the
-        run at its first round, naming the key.
+        `{field: key}`, e.g. `{"lr": "lr", "local_epochs": "local-epochs"}`. The value found
+        there replaces the one given above; a key the record lacks, or a value of the wrong type
+        (2.5 epochs, the string "false"), stops the run at that round, before the clients
+        train, naming the key.
     defenses : Sequence[tuple[str, Mapping]] (default: ())
         Client-side defenses in force, as (fedattack defense name, parameters): adaptive
         attacks model them. The protocol is public in this threat model.
@@ -143,18 +144,11 @@ class TrainingProtocol:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("config_keys", "defenses")}
         config = config or {}
         for name, key in self.config_keys.items():
-            if key in config:
-                raw = config[key]
-                try:
-                    out[name] = NUMERIC[name](raw) if name in NUMERIC else (
-                        bool(raw) if name == "nesterov" else str(raw))
-                except (TypeError, ValueError):
-                    raise ConfigError(f"protocol.{name}", f"the train config's '{key}' is {raw!r}, not a "
-                                                          f"{NUMERIC.get(name, str).__name__}") from None
-            elif out[name] is None:
+            if key not in config:  # a value given above would be a guess at what the clients did
                 have = ", ".join(sorted(config)) or "nothing"
                 raise ConfigError(f"protocol.config_keys.{name}", f"the train ConfigRecord has no '{key}' "
                                                                   f"(it has: {have})")
+            out[name] = _from_config(name, key, config[key])
         self._check_values(out, where="config")
         return out
 
@@ -194,6 +188,29 @@ class TrainingProtocol:
         out["config_keys"] = dict(self.config_keys)
         out["defenses"] = [{"name": d.name, **d.params} for d in self.settings()]
         return out
+
+
+def _from_config(name: str, key: str, raw: Any) -> Any:
+    """Field `name`'s value from the train config's entry `key`, refused where it would have to be
+    bent to fit (2.7 epochs are not 2, the string 'false' is not False)."""
+    def refuse(what: str) -> ConfigError:
+        return ConfigError(f"protocol.{name}", f"the train config's '{key}' is {raw!r}, not {what}")
+    if name in NUMERIC:
+        kind = NUMERIC[name]
+        try:
+            v = float(raw) if not isinstance(raw, bool) else math.nan
+        except (TypeError, ValueError):
+            v = math.nan
+        if math.isnan(v) or (kind is int and not v.is_integer()):
+            raise refuse("an integer" if kind is int else "a number")
+        return kind(v)
+    if name == "nesterov":
+        if isinstance(raw, bool) or raw in (0, 1):
+            return bool(raw)
+        raise refuse("True or False")
+    if not isinstance(raw, str):
+        raise refuse("a string")
+    return raw
 
 
 def _check_defenses(defenses: Any) -> None:

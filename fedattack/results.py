@@ -202,12 +202,17 @@ class RoundResult:
 
 def describe_defenses(raw: dict) -> str:
     """'none' or e.g. 'clip(bound=1.0)+gaussian(sigma=0.01)': the defenses a config (as a
-    dict) puts in force, each with its parameters."""
+    dict) puts in force, each with its parameters; an app's record names them in its protocol,
+    and SecAgg+ by what its server saw (`server.sees`)."""
+    named = [(name, raw.get(name) or {}) for name in (raw.get("client") or {}).get("defenses") or []]
+    named += [(d.get("name"), {k: v for k, v in d.items() if k != "name"})
+              for d in (raw.get("protocol") or {}).get("defenses") or [] if isinstance(d, dict)]
     parts = []
-    for name in (raw.get("client") or {}).get("defenses") or []:
-        params = raw.get(name) or {}
+    for name, params in named:
         args = ",".join(f"{k}={v}" for k, v in params.items()) if isinstance(params, dict) else ""
         parts.append(f"{name}({args})" if args else str(name))
+    if (raw.get("server") or {}).get("sees") == "sums":
+        parts.append("SecAgg+")
     return "+".join(parts) or "none"
 
 

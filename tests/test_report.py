@@ -400,6 +400,10 @@ def test_a_secagg_run_that_attacked_the_sum_says_so_and_names_only_the_attacks_t
            "invgrad": {"iterations": 50}}
     assert run_header(app).budgets == ("cpa 200 iterations", "invgrad 50 iterations")
     assert run_header({**app, "server": {"mode": "honest", "sees": "sums"}}).budgets == ("cpa 200 iterations",)
+    assert run_header(app).defense == "none"
+    app["protocol"] = {"defenses": [{"name": "gaussian", "sigma": 0.01}]}
+    assert run_header(app).defense == "gaussian(sigma=0.01)"
+    assert run_header({**app, "server": {"mode": "honest", "sees": "sums"}}).defense == "gaussian(sigma=0.01)+SecAgg+"
     results = [JobResult(round=rnd, client="aggregate", attack="cpa", defense="secagg", status="ok", seconds=1.0,
                          scope="aggregate", score=Score(psnr=12.0, ssim=0.1, num_images=2, baseline_psnr=20.0,
                                                         baseline_ssim=0.4)) for rnd in (1, 2)]

@@ -12,9 +12,18 @@ from fedattack.simulate import run
 
 
 @pytest.mark.slow
-def test_secagg_run_attacks_only_the_aggregate(tmp_path):
+def test_secagg_run_attacks_only_the_aggregate(tmp_path, monkeypatch):
+    from fedattack.server import app as server_app
     from tests.plugins import user_strategy
 
+    returned = []
+
+    def start(*args, **kwargs):
+        returned.append(start_secagg(*args, **kwargs))
+        return returned[-1]
+
+    start_secagg = server_app.start_secagg
+    monkeypatch.setattr(server_app, "start_secagg", start)
     user_strategy.SEEN.clear()
     cfg = fconfig.load(None, [
         "client.defenses=[secagg]", "fl.num_clients=3", "fl.clients_per_round=3", "fl.rounds=2",
@@ -39,6 +48,11 @@ def test_secagg_run_attacks_only_the_aggregate(tmp_path):
     # client) and never saw the audit-only records
     assert [s["round"] for s in user_strategy.SEEN] == [1, 2]
     assert all(s["n"] == 3 and s["keys"] == ["arrays", "metrics"] for s in user_strategy.SEEN)
+    # start_secagg returns what strategy.start returns: the final global arrays, each round's metrics
+    (result,) = returned
+    assert sorted(result.evaluate_metrics_serverapp) == [1, 2]  # fedattack evaluates after each round
+    assert sorted(result.train_metrics_clientapp) == [1, 2]
+    assert len(result.arrays) and all(a.numpy().size for a in result.arrays.values())
 
 
 @pytest.mark.parametrize("partitions_known", [True, False])  # False: a user's app, whose store has no partitions

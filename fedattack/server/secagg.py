@@ -35,6 +35,7 @@ from flwr.server import LegacyContext, ServerConfig
 from flwr.server import strategy as legacy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result
 
 from fedattack.client.record import unpack_legacy
 from fedattack.client.secagg import ARRAY_KEYS, RECORD_KEYS
@@ -56,6 +57,7 @@ class LegacyBridge(legacy.Strategy):
         self.train_config = dict(train_config or {})
         self.evaluate_fn = audit.evaluate_fn(evaluate_fn)
         self._sent: dict[int, Message] = {}
+        self.result = Result(arrays=initial_arrays)  # what `start_secagg` returns, as Strategy.start does
         audit.aggregate_only = True
 
     def _arrays(self, parameters) -> ArrayRecord:
@@ -103,6 +105,9 @@ class LegacyBridge(legacy.Strategy):
         if arrays is None:
             return None, {}
         self.keys = list(arrays.keys())
+        self.result.arrays = arrays
+        if metrics is not None:
+            self.result.train_metrics_clientapp[server_round] = metrics
         scalars = {k: v for k, v in dict(metrics or {}).items() if isinstance(v, (int, float))}
         return ndarrays_to_parameters([v.numpy() for v in arrays.values()]), scalars
 
@@ -116,6 +121,7 @@ class LegacyBridge(legacy.Strategy):
         res = self.evaluate_fn(server_round, self._arrays(parameters))
         if res is None:
             return None
+        self.result.evaluate_metrics_serverapp[server_round] = res
         metrics = {k: v for k, v in dict(res).items() if isinstance(v, (int, float))}
         loss = next((float(metrics[k]) for k in ("test_loss", "loss", "eval_loss") if k in metrics), 0.0)
         return (loss if loss == loss else 0.0), metrics
@@ -125,9 +131,11 @@ def start_secagg(audit: AuditStrategy, grid: Grid, context: Context, *, initial_
                  num_rounds: int, timeout: float = 3600, train_config: ConfigRecord | None = None,
                  evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
                  num_shares: int | float = 1.0, reconstruction_threshold: int | float = 0.5,
-                 clipping_range: float = 8.0) -> None:
+                 clipping_range: float = 8.0) -> Result:
     """The audited run under SecAgg+: the same session as `AuditStrategy.start`, the rounds
-    driven by Flower's SecAgg+ workflow through `LegacyBridge`."""
+    driven by Flower's SecAgg+ workflow through `LegacyBridge`. Returns what `strategy.start`
+    returns: the final global arrays and the metrics of each round (no federated evaluation's:
+    it does not run under SecAgg+ here)."""
     bridge = LegacyBridge(audit, grid, initial_arrays=initial_arrays, train_config=train_config,
                           evaluate_fn=evaluate_fn)
     legacy_context = LegacyContext(context=context, config=ServerConfig(num_rounds=num_rounds, round_timeout=timeout),
@@ -137,6 +145,7 @@ def start_secagg(audit: AuditStrategy, grid: Grid, context: Context, *, initial_
         timeout=timeout))
     with audit.session(grid, timeout=timeout):
         workflow(grid, legacy_context)
+    return bridge.result
 
 
 __all__ = ["LegacyBridge", "start_secagg"]

@@ -472,3 +472,26 @@ def test_mixup_partners_come_from_the_client_dataset(small_cfg):
     mixed = [mixup_batch(x, y, MixupParams(alpha=1.0), ctx) for _ in range(6)]
     assert any(not torch.allclose(xm, x) for xm, _ in mixed)
     assert any(bool(((ym > 0.05) & (ym < 0.95)).any()) for _, ym in mixed)
+
+
+@pytest.mark.parametrize("defenses, variants", [("[]", [False]), ("[gaussian]", [False]),
+                                                ("[clip,gaussian]", [False, True])])
+def test_adaptive_attacks_run_only_where_a_defense_in_force_has_a_model_to_apply(defenses, variants):
+    from fedattack import config as fconfig
+    from fedattack.server.audit import Auditor, experiment_plan
+
+    cfg = fconfig.load(None, [f"client.defenses={defenses}", "model.name=mlp", "audit.attacks=[idlg,invgrad]",
+                              "audit.adaptive=both"])
+    auditor = Auditor(experiment_plan(build(cfg)), out_dir=None)
+    assert auditor.variants("invgrad") == variants and auditor.variants("idlg") == [False]
+    said: list[str] = []
+    auditor.on_note = said.append
+    with auditor.session():
+        pass
+    if variants == [False]:  # the same attack twice under two names would double the cost and show nothing
+        assert said == [f"audit.adaptive=both: no defense in force has a model an adaptive attack could apply (those "
+                        f"that do: {', '.join(n for n in DEFENSES.names() if DEFENSES.get(n).adapt)}), so invgrad "
+                        "runs once, as the plain attack."]
+        assert "clip" in said[0] and "prune" in said[0]
+    else:
+        assert said == []

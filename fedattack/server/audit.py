@@ -54,6 +54,7 @@ from fedattack.client.record import AUDIT_KEY, TRUTH_KEY, ClientRecord, pop_reco
 from fedattack.client.train import schedule
 from fedattack.config import from_dict
 from fedattack.data import load_dataset
+from fedattack.defenses import DEFENSES
 from fedattack.errors import ConfigError, FedattackError
 from fedattack.experiment import Experiment
 from fedattack.models import batch_norm_layers, build_model
@@ -274,7 +275,7 @@ class Auditor:
         config.yaml records (`server.sees`; fedattack's own runs record `client.defenses`)."""
         if scope == "aggregate" and isinstance(self.plan.record, AppRecord):
             self.plan.record.raw.setdefault("server", {})["sees"] = "sums"
-        for note in [*self.notes, self.scope_note(scope)]:
+        for note in [*self.notes, self.scope_note(scope), self.adaptive_note()]:
             if note:
                 self.on_note(note)
         self.start_polling()
@@ -385,9 +386,27 @@ class Auditor:
     def variants(self, name: str) -> list[bool]:
         """adaptive flags to run attack `name` with, per audit.adaptive."""
         mode = self.plan.options.adaptive
-        if mode == "off" or not ATTACKS.get(name).adaptive:
-            return [False]
+        if mode == "off" or not ATTACKS.get(name).adaptive or not self.modelled_defenses():
+            return [False]  # with no defense to model, the adaptive attack is the plain one
         return [True] if mode == "on" else [False, True]
+
+    def modelled_defenses(self) -> list[str]:
+        """The defenses in force that an adaptive attack models (those with a differentiable
+        model, `adapt`; see fedattack.defenses.base)."""
+        return [d.name for d in self.plan.protocol.settings()
+                if (spec := DEFENSES.find(d.name)) is not None and spec.adapt is not None]
+
+    def adaptive_note(self) -> str:
+        """Said once before the first round where audit.adaptive asks for adaptive attacks and
+        no defense in force has a model for them to apply ("" otherwise)."""
+        mode = self.plan.options.adaptive
+        asked = [a for a in self.plan.attacks if ATTACKS.get(a).adaptive]
+        if mode == "off" or not asked or self.modelled_defenses():
+            return ""
+        key = "adaptive" if isinstance(self.plan.record, AppRecord) else "audit.adaptive"
+        models = ", ".join(n for n in DEFENSES.names() if DEFENSES.get(n).adapt is not None)
+        return (f"{key}={mode}: no defense in force has a model an adaptive attack could apply (those that do: "
+                f"{models}), so {', '.join(asked)} run{'s' if len(asked) == 1 else ''} once, as the plain attack.")
 
     # -- rounds -------------------------------------------------------------------
     def begin_round(self, rnd: int, scope: str = "client") -> RoundStats:

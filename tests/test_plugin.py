@@ -214,7 +214,7 @@ def test_bad_arguments_are_one_line_naming_the_argument(tmp_path):
     with pytest.raises(ConfigError, match=r"^strategy: FedAvg is a legacy flwr.server.strategy Strategy .*the "
                                           r"Message API \(a flwr.serverapp.strategy Strategy\) is needed"):
         AuditStrategy(LegacyFedAvg(), model=UserNet(), protocol=protocol, out_dir=tmp_path / "a")
-    with pytest.raises(ConfigError, match=r"^audit.attacks: unknown attack 'nope'"):
+    with pytest.raises(ConfigError, match=r"^attacks: unknown attack 'nope'"):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, attacks=["nope"], out_dir=tmp_path / "b")
     with pytest.raises(ConfigError, match=r"^mean: expected 1 or 3 values"):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, mean=(0.5, 0.5), out_dir=tmp_path / "c")
@@ -275,8 +275,15 @@ def test_a_model_whose_output_does_not_fit_names_the_output_not_the_input(tmp_pa
         AuditStrategy(FedAvg(), model=lambda: "x", protocol=protocol, out_dir=tmp_path / "c")
     with pytest.raises(ConfigError, match=r"^attacks: 'idlg' is listed twice"):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, attacks=["idlg", "idlg"], out_dir=tmp_path / "d")
-    with pytest.raises(ConfigError, match=r"^audit.labels: cannot import 'nosuch:thing'"):
-        AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, labels="nosuch:thing", out_dir=tmp_path / "e")
+    # named as AuditStrategy's arguments are, not as fedattack's config keys
+    for kwargs, says in [(dict(labels="nosuch:thing"), r"^labels: cannot import 'nosuch:thing'"),
+                         (dict(every="2"), r"^every: expected an integer, got '2'$"),
+                         (dict(attacks={"invgrad": {"iters": 3}}),
+                          r"^attacks\['invgrad'\]\.iters: unknown key; allowed: "),
+                         (dict(attacks={"tests.plugins.failing:boom": {"x": 1}}),
+                          r"^attacks\['tests.plugins.failing:boom'\]\.x: unknown key")]:
+        with pytest.raises(ConfigError, match=says):
+            AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, out_dir=tmp_path / "e", **kwargs)
     assert not any(tmp_path.iterdir())
 
 

@@ -1051,8 +1051,23 @@ def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, ser
         raise ConfigError("server_mode", f"{needs[0]} needs a malicious server (one that changes the model it "
                                          f'sends); allowed: server_mode="malicious", or attacks without '
                                          f"{', '.join(needs)}")
-    cfg = from_dict(raw)
+    try:
+        cfg = from_dict(raw)
+    except ConfigError as exc:  # named as these arguments are, not as fedattack's config keys
+        raise ConfigError(_argument(exc.field, list(given)), exc.message) from None
     return cfg.audit, {name: ready.get(name, cfg.attack_params[name]) for name in given}
+
+
+def _argument(key: str, attacks: Sequence[str]) -> str:
+    """AuditStrategy's argument for fedattack's config key `key`: `audit.every` is `every`, an
+    attack's parameter `invgrad.iters` is `attacks['invgrad'].iters` (as the attack was named)."""
+    if key.startswith("audit."):
+        return key[len("audit."):]
+    for name in attacks:
+        for prefix in (name, name.rsplit(":", 1)[-1], name.rsplit(".", 1)[-1]):
+            if key.startswith(f"{prefix}."):
+                return f"attacks[{name!r}].{key[len(prefix) + 1:]}"
+    return key
 
 
 def _app_record(strategy: Strategy, spec: ModelSpec, data: DataSpec, protocol: TrainingProtocol,

@@ -10,6 +10,7 @@ __version__ = "0.1.0"
 
 _PUBLIC = ("AuditStrategy", "TrainingProtocol", "AuditedLoader", "audit_mod", "record_samples",
            "secaggplus_message_mod", "start_secagg", "DataSpec", "ModelSpec", "Observation", "Protocol")
+__all__ = list(_PUBLIC)  # `from fedattack import *` loads them
 
 
 def __getattr__(name: str):

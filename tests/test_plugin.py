@@ -491,3 +491,12 @@ def test_a_model_unlike_the_clients_stops_the_round_before_they_train_naming_the
     with pytest.raises(FedattackError, match=r"^model: the exchanged arrays lack the model's parameter 'head.weight'"):
         strategy.configure_train(1, ArrayRecord({k: v for k, v in UserNet().state_dict().items() if k != "head.weight"}),
                                  ConfigRecord({"lr": 0.05}), FakeGrid([101, 202]))
+
+
+def test_the_public_api_is_what_a_star_import_brings():
+    import subprocess
+    import sys
+
+    code = "from fedattack import *; print(AuditStrategy.__name__, TrainingProtocol.__name__, audit_mod.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["AuditStrategy", "TrainingProtocol", "audit_mod"]

@@ -35,17 +35,22 @@ def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]
     return config, overrides
 
 
-# an override of a section that only another command reads would be ignored without a word
-ONLY_FOR = {"sweep": "fedattack sweep", "victim": "fedattack attack"}
+# an override of a section or key that only other commands read would be ignored without a word
+ONLY_FOR = {"sweep": ("sweep",), "victim": ("attack",),
+            # `fedattack attack` trains one client once: the federation's rounds and strategy play no part
+            **{f"fl.{key}": ("run", "sweep") for key in ("rounds", "clients_per_round", "strategy", "strategy_args",
+                                                         "evaluate_every", "timeout")}}
 
 
 def load_config(ns: argparse.Namespace, *, command: str) -> Config:
     """The validated config the parsed arguments name, for `fedattack <command>`."""
     config, overrides = split_config_and_overrides(ns.items)
     for item in overrides:
-        section = item.split("=", 1)[0].split(".", 1)[0].strip()
-        owner = ONLY_FOR.get(section)
-        if owner is not None and owner != f"fedattack {command}":
-            raise FedattackError(f"{item.split('=', 1)[0].strip()}: {section}.* keys are read by `{owner}` only, "
-                                 f"not by `fedattack {command}` (drop the override or run `{owner}`)")
+        key = item.split("=", 1)[0].strip()
+        section = key.split(".", 1)[0]
+        what, owners = (key, ONLY_FOR[key]) if key in ONLY_FOR else (f"{section}.* keys", ONLY_FOR.get(section))
+        if owners is not None and command not in owners:
+            run = " or ".join(f"`fedattack {c}`" for c in owners)
+            raise FedattackError(f"{key}: {what} {'is' if what == key else 'are'} read by {run} only, not by "
+                                 f"`fedattack {command}` (drop the override or run {run})")
     return load(config, overrides)

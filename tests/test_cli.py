@@ -224,6 +224,8 @@ BAD_INPUTS = [
     ("run", ["sweep.defense=gaussian", "gaussian.sigma=1.0"], "sweep.defense"),
     ("run", ["sweep.key=client.local_epochs", "sweep.values=[1,2]"], "sweep.key"),
     ("run", ["victim.indices=[1,2]"], "victim.indices"),
+    ("attack", ["fl.strategy=fedprox"], "fl.strategy"),
+    ("attack", ["fl.rounds=3"], "fl.rounds"),
     ("sweep", ["sweep.key=client.local_steps", "sweep.values=[1,2]", "victim.client=1"], "victim.client"),
     ("train-generator", ["--out", "{tmp}/gen.pt", "sweep.values=[1]"], "sweep.values"),
     ("run", ["audit.attacks=[ggl]", "ggl.generator={tmp}/pickled.pt"], "ggl.generator"),

@@ -500,3 +500,19 @@ def test_the_public_api_is_what_a_star_import_brings():
     code = "from fedattack import *; print(AuditStrategy.__name__, TrainingProtocol.__name__, audit_mod.__name__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["AuditStrategy", "TrainingProtocol", "audit_mod"]
+
+
+def test_an_audited_loader_says_which_of_its_keys_the_batches_lack():
+    from fedattack.client.record import SampleRecording, _RECORDING
+
+    batches = [{"img": torch.zeros(2, 3, 8, 8), "label": torch.tensor([0, 1])}]
+    for kwargs, note in [({}, ""), ({"image_key": "pixels"}, "AuditedLoader: image_key='pixels' is not a key of the "
+                                                              "batches (they have ['img', 'label'])"),
+                         ({"label_key": "y"}, "AuditedLoader: label_key='y' is not a key of the batches")]:
+        rec = SampleRecording()
+        token = _RECORDING.set(rec)
+        try:
+            assert len(list(AuditedLoader(batches, **kwargs))) == 1  # the training loop sees its batches anyway
+        finally:
+            _RECORDING.reset(token)
+        assert rec.note.startswith(note) and len(rec) == (2 if not note else 0)

@@ -740,7 +740,7 @@ class AuditStrategy(Strategy):
         Fixes which clients are sampled every round (nodes identify themselves through
         `audit_mod`) and every attack's initialization. None: Flower's own sampling.
     every : int (default: 1)
-        Audit every `every`-th round (1: all rounds).
+        Audit every `every`-th round (1: all rounds; 0: none, the rounds run unaudited).
     max_clients : int (default: 0)
         Attack at most this many of a round's clients (0: all).
     labels : str (default: "auto")

@@ -329,6 +329,21 @@ def _type_name(annotation: Any) -> str:
 
 # -- validation -------------------------------------------------------------------
 
+def check_ray_address(address: Any) -> None:
+    """`ray.address`: `auto`, a cluster's GCS as `host:port`, or Ray Client's `ray://host:port`
+    (Ray's job-submission and dashboard address, `http://host:8265`, is not one to join)."""
+    if not isinstance(address, str) or not address.strip():
+        raise ConfigError("ray.address", f"expected auto, host:port or ray://host:port, got {address!r}")
+    scheme, sep, rest = address.partition("://")
+    if sep and scheme != "ray":
+        raise ConfigError("ray.address", f"'{address}' is no Ray cluster address ({scheme}://); allowed: auto, "
+                                         "host:port (the head's GCS, port 6379 by default) or ray://host:port "
+                                         "(Ray Client)")
+    host, colon, port = (rest if sep else address).rpartition(":")
+    if address != "auto" and (not colon or not host or not port.isdigit()):
+        raise ConfigError("ray.address", f"expected auto, host:port or ray://host:port, got '{address}'")
+
+
 def validate(cfg: Config) -> None:
     """Check every field; fill in default parameters of each configured attack and defense."""
     check_seed("seed", cfg.seed)
@@ -417,6 +432,8 @@ def validate(cfg: Config) -> None:
     check_choice("server", "mode", cfg.server.mode, ["honest", "malicious"])
     if cfg.ray.num_cpus is not None:
         check_range("ray", "num_cpus", cfg.ray.num_cpus, 0, lo_open=True)
+    if cfg.ray.address is not None:
+        check_ray_address(cfg.ray.address)
     check_range("victim", "client", cfg.victim.client, 0, 2**31 - 1)
     if cfg.victim.indices is not None:
         if not cfg.victim.indices:

@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 from pathlib import Path
 
 from flwr.serverapp import ServerApp
@@ -24,7 +25,8 @@ from fedattack.server.dispatch import ATTACK_RESOURCE
 from fedattack.server.interrupt import RunGuard
 
 
-def init_ray(cfg: Config, *, verbose: bool = False, num_cpus: int | None = None) -> None:
+def init_ray(cfg: Config, *, verbose: bool = False, num_cpus: int | None = None,
+             join_timeout: float = 60.0) -> None:
     """Start a private local Ray instance, or join the cluster at `ray.address`.
 
     Local: the instance declares the `fedattack_attack` resource (capacity audit.max_concurrent)
@@ -34,6 +36,8 @@ def init_ray(cfg: Config, *, verbose: bool = False, num_cpus: int | None = None)
     clients go where the cluster has CPUs, attack jobs where it offers `fedattack_attack` (the
     dispatcher warns and falls back where it offers none). Flower's `ray.shutdown()` at the end of
     the simulation only disconnects this driver: the cluster keeps running for the next run.
+    Where no Ray answers at the address within `join_timeout` seconds (Ray itself retries
+    forever), that is a ConfigError.
     `num_cpus` (local only): CPUs the instance offers Flower's clients (default: all cores); attack
     jobs ask for none, so cores left out stay free for them. Ray stops idle workers beyond one per
     CPU after a second, and Flower's client actors hold one per CPU: the local instance keeps as
@@ -49,13 +53,11 @@ def init_ray(cfg: Config, *, verbose: bool = False, num_cpus: int | None = None)
               "log_to_driver": verbose, "configure_logging": True}
     if cfg.ray.address:
         address = cfg.ray.address
-        problem = _unreachable(address)
+        problem = _unreachable(address) or _not_ray(address)
         if problem is None:
-            try:
-                ray.init(address=address, **common)
+            problem = _join(ray, address, common, timeout=join_timeout)
+            if problem is None:
                 return
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                problem = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError("ray.address", f"cannot join the Ray cluster at {address} ({problem}); start one with "
                                          "`ray start --head`, or leave ray.address unset for a local instance")
     paths = [p for p in sys.path if p] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -70,6 +72,53 @@ def init_ray(cfg: Config, *, verbose: bool = False, num_cpus: int | None = None)
             os.environ.pop("PYTHONPATH")
         else:
             os.environ["PYTHONPATH"] = before
+
+
+def _join(ray, address: str, options: dict, *, timeout: float) -> str | None:
+    """Join the cluster at `address`; why that failed, or None. ray.init runs in a thread of
+    its own: against a port where no Ray answers it retries without end."""
+    outcome: list[BaseException | None] = []
+
+    def connect() -> None:
+        try:
+            ray.init(address=address, **options)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - reported to the user below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=connect, name="fedattack-ray-join", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        return f"no Ray cluster answered within {timeout:g} s"
+    exc = outcome[0]
+    if exc is None:
+        return None
+    if not isinstance(exc, (ConnectionError, RuntimeError, ValueError, AssertionError)):
+        raise exc
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _not_ray(address: str, timeout: float = 5.0) -> str | None:
+    """Why the listener at `host:port` is not a Ray cluster's GCS, where its reply to an HTTP/2
+    preface says so: a GCS speaks gRPC, whose first frame is HTTP/2 SETTINGS. None where it may
+    be one (silence, a closed connection) or for `auto` and `ray://`."""
+    host, sep, port = address.rpartition(":")
+    if address == "auto" or "://" in address or not sep or not port.isdigit():
+        return None
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + an empty SETTINGS
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+            conn.sendall(preface)
+            first = conn.recv(9)
+    except OSError:
+        return None
+    if len(first) < 9 or first[3] == 4:  # a frame of type 4 (SETTINGS): an HTTP/2 server, as Ray's GCS is
+        return None
+    what = "an HTTP server" if first.lstrip().upper().startswith((b"HTTP/", b"<!DOCTYPE", b"<HTML")) else (
+        "a server that does not speak gRPC")
+    return (f"{what} answers there, not a Ray head's GCS: Ray's dashboard and job API listen on 8265, the "
+            "GCS to join on 6379 by default")
 
 
 def _unreachable(address: str, timeout: float = 10.0) -> str | None:

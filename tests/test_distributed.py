@@ -175,6 +175,50 @@ def test_unreachable_address_is_a_one_line_config_error():
         init_ray(cfg)
 
 
+def test_an_address_where_no_ray_answers_is_a_one_line_config_error_in_bounded_time(tmp_path):
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    from fedattack.simulate import init_ray
+
+    # a web server (Ray's dashboard, say) is told apart from a GCS by its reply, at once
+    web = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        cfg = fconfig.load(None, ["audit.attacks=[]", f"ray.address=127.0.0.1:{web.server_address[1]}"])
+        with pytest.raises(ConfigError, match=r"^ray\.address: cannot join .*\(an HTTP server answers there, not a "
+                                              r"Ray head's GCS: Ray's dashboard"):
+            init_ray(cfg)
+    finally:
+        web.shutdown()
+    # a listener that never answers: Ray would retry without end (its own process: the retrying
+    # thread is left behind)
+    code = """
+import socket, sys
+from fedattack import config as fconfig
+from fedattack.errors import ConfigError
+from fedattack.simulate import init_ray
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4)
+cfg = fconfig.load(None, ["audit.attacks=[]", f"ray.address=127.0.0.1:{srv.getsockname()[1]}"])
+try:
+    init_ray(cfg, join_timeout=3)
+except ConfigError as exc:
+    print(exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "no Ray cluster answered within 3 s" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:8265", "foo", "host:", ":6379", "ray://"])
+def test_an_address_of_no_ray_form_is_refused_with_the_config(address):
+    with pytest.raises(ConfigError, match=r"^ray\.address: .*allowed: auto, host:port|^ray\.address: expected auto"):
+        fconfig.load(None, [f"ray.address={address}"])
+    for good in ("auto", "head:6379", "10.0.0.2:6379", "ray://head:10001"):
+        assert fconfig.load(None, [f"ray.address={good}"]).ray.address == good
+
+
 @pytest.mark.slow
 def test_the_local_instance_keeps_a_warm_attack_worker_while_clients_hold_every_cpu():
     import os

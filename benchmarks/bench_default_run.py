@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -53,11 +54,26 @@ def one_run(seed: int, overrides: list[str]) -> list[dict]:
         return rows
 
 
+def seeds(quick: bool) -> list[int]:
+    """The seeds to run: FEDATTACK_SEEDS (e.g. "0" or "0,1": fewer seeds on a busy machine), else 0, 1 and 2
+    (0 with quick). A value that is not comma-separated non-negative integers raises ValueError saying so."""
+    chosen = os.environ.get("FEDATTACK_SEEDS", "").strip()
+    if not chosen:
+        return [0] if quick else [0, 1, 2]
+    parts = [v.strip() for v in chosen.split(",")]
+    if not all(re.fullmatch(r"[0-9]+", v) for v in parts):
+        raise ValueError(f"FEDATTACK_SEEDS={chosen!r}: give comma-separated non-negative integer seeds, e.g. 0 or 0,1 "
+                         f"(unset: 0, 1 and 2)")
+    return [int(v) for v in parts]
+
+
+def check(quick: bool) -> None:
+    seeds(quick)
+
+
 def run(quick: bool = False) -> list[dict]:
-    chosen = os.environ.get("FEDATTACK_SEEDS")  # e.g. "0" or "0,1": fewer seeds on a busy machine
-    seeds = [int(v) for v in chosen.split(",")] if chosen else ([0] if quick else [0, 1, 2])
     overrides = ["fl.rounds=2", "audit.attacks=[idlg]"] if quick else []
     rows: list[dict] = []
-    for seed in seeds:
+    for seed in seeds(quick):
         rows += one_run(seed, overrides)
     return rows

@@ -14,8 +14,9 @@ above the best flat guess's SSIM) and seconds per job, with calibration's one-of
 
 On a CPU the grid is run small: every attack at 200 iterations (`ITERATIONS_CPU`), the ConvNet
 at width 8 on 16 px images; on a GPU, or with FEDATTACK_FULL=1, the ConvNet runs at width 32 on
-32 px images and the attacks at their defaults. `python -m benchmarks.bench_protocol_map MODEL`
-measures one model's rows alone (one process per model runs the grid in parallel).
+32 px images and the attacks at their defaults. `python -m benchmarks.bench_protocol_map MODEL
+[--quick]`, MODEL one of lenet-sigmoid, convnet and quickstart-cnn, measures one model's rows
+alone and prints them as JSON (one process per model runs the grid in parallel).
 """
 
 from __future__ import annotations
@@ -88,7 +89,35 @@ def run(quick: bool = False) -> list[dict]:
     return table([row for model in models for row in run_model(model, quick)])
 
 
-if __name__ == "__main__":
+def slug(model: str) -> str:
+    """A model's name on the command line: "LeNet sigmoid" -> lenet-sigmoid."""
+    return model.lower().replace(" ", "-")
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
     import json
 
-    print(json.dumps(run_model(sys.argv[1], quick="--quick" in sys.argv), default=str))
+    prog = "python -m benchmarks.bench_protocol_map"
+    names = {slug(m): m for m in MODELS}
+    parser = argparse.ArgumentParser(prog=prog, description="Measure one model's protocol_map rows (printed as JSON).")
+    parser.add_argument("model", metavar="MODEL",
+                        help="one of: " + ", ".join(f"{k} ({m})" for k, m in names.items()))
+    parser.add_argument("--quick", action="store_true", help="one small protocol, for a smoke run")
+
+    def error(message: str) -> None:
+        allowed = f"; allowed MODEL: {', '.join(names)}" if "MODEL" in message else ""
+        print(f"{prog}: {message}{allowed}", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = error  # one line, not argparse's usage block
+    ns = parser.parse_args(argv)
+    model = names.get(slug(ns.model.strip()))
+    if model is None:
+        error(f"MODEL: unknown model {ns.model!r}")
+    print(json.dumps(run_model(model, quick=ns.quick), default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -78,13 +78,54 @@ def render() -> str:
     return HEADER + "\n" + f"Sections: {contents}\n\n" + "\n".join(section(f) for f in files)
 
 
+def _chunks(text: str) -> dict[str, str]:
+    """A rendered page by section: its "## " heading line -> the section's text ("" -> what precedes them)."""
+    out, heading, lines = {}, "", []
+    for line in text.splitlines():
+        if line.startswith("## "):
+            out[heading] = "\n".join(lines).rstrip()
+            heading, lines = line, []
+        lines.append(line)
+    out[heading] = "\n".join(lines).rstrip()
+    return out
+
+
+def stale(current: str | None) -> list[str]:
+    """One line per part of docs/results.md that is not what would be rendered now, naming its source."""
+    page = OUT.relative_to(ROOT) if OUT.is_relative_to(ROOT) else OUT
+    fix = "run python -m benchmarks.render_docs"
+    if current is None:
+        return [f"{page}: missing; {fix}"]
+    expected = render()
+    if current == expected:
+        return []
+    sources = {section(f).splitlines()[0]: f for f in sorted(RESULTS.glob("*.json"))}
+    have, want = _chunks(current), _chunks(expected)
+    lines = []
+    if have.get("") != want.get(""):
+        lines.append(f"{page}: the header or the list of sections differs from benchmarks/results/; {fix}")
+    for heading, text in want.items():
+        if heading and have.get(heading) != text:
+            src = sources[heading]
+            what = "is missing" if heading not in have else "differs"
+            lines.append(f"{page}: section {heading[3:]} {what} from {src.relative_to(ROOT)} (and "
+                         f"benchmarks/bench_{json.loads(src.read_text())['meta']['benchmark']}.py's docstring); {fix}")
+    lines += [f"{page}: section {h[3:]} has no file in benchmarks/results/ any more; {fix}"
+              for h in have if h and h not in want]
+    return lines or [f"{page}: differs from what would be rendered (whitespace); {fix}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.render_docs", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if docs/results.md is not what would be rendered")
+    parser.add_argument("--check", action="store_true", help="exit 1 if docs/results.md is not what would be "
+                                                             "rendered, printing each stale section and its source")
     ns = parser.parse_args(argv)
-    text = render()
     if ns.check:
-        return 0 if OUT.is_file() and OUT.read_text() == text else 1
+        problems = stale(OUT.read_text() if OUT.is_file() else None)
+        for line in problems:
+            print(line, file=sys.stderr)
+        return 1 if problems else 0
+    text = render()
     OUT.write_text(text)
     print(f"wrote {OUT.relative_to(ROOT)} from {len(list(RESULTS.glob('*.json')))} benchmark outputs")
     return 0

@@ -17,10 +17,98 @@ def test_benchmark_module_imports_and_has_run(name):
 
 @pytest.mark.parametrize("argv, says", [
     ([], "name one or more benchmarks, or all"), (["nosuch"], "unknown benchmark nosuch"),
-    (["analytic", "--note", "x"], "--note: goes with --save"), (["analytic", "--tag", "gpu"], "--tag: goes with --save"),
+    (["analytic", "--note", "x"], "--note: goes with --save"),
+    (["analytic", "--tag", "gpu"], "--tag: goes with --save"),
 ])
 def test_bad_arguments_run_nothing(capsys, argv, says):
     from benchmarks.__main__ import main
 
     assert main(argv) == 2
     assert says in capsys.readouterr().err
+
+
+def test_all_goes_alone(capsys):
+    from benchmarks.__main__ import main
+
+    assert main(["all", "analytic"]) == 2
+    err = capsys.readouterr().err
+    assert "all runs every benchmark; give it alone" in err and "unknown benchmark" not in err
+
+
+@pytest.mark.parametrize("where, says", [("missing/x.json", "does not exist"), (".", "is a directory")])
+def test_an_unwritable_json_path_is_refused_before_anything_runs(tmp_path, capsys, monkeypatch, where, says):
+    import benchmarks.__main__ as cli
+
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: pytest.fail(f"{name} was imported"))
+    assert cli.main(["analytic", "--quick", "--json", str(tmp_path / where)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--json:" in err and says in err
+    assert not (tmp_path / "missing").exists()
+
+
+def test_a_quick_run_never_replaces_a_full_measurement(tmp_path, capsys, monkeypatch):
+    import json
+
+    import benchmarks.__main__ as cli
+
+    monkeypatch.setattr(cli, "RESULTS", tmp_path)
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: pytest.fail(f"{name} was imported"))
+    full = json.dumps({"meta": {"benchmark": "analytic", "quick": False}, "rows": []})
+    (tmp_path / "analytic-gpu.json").write_text(full)
+    assert cli.main(["analytic", "--quick", "--save"]) == 2
+    assert "--quick: with --save it would replace the full measurement" in capsys.readouterr().err
+    assert cli.main(["analytic", "--quick", "--save", "--tag", "gpu"]) == 2
+    assert "benchmarks/results/analytic-gpu.json" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["analytic-gpu.json"]
+    assert (tmp_path / "analytic-gpu.json").read_text() == full
+
+
+def test_a_bad_seed_list_is_named_before_anything_runs(capsys, monkeypatch):
+    from benchmarks import bench_default_run
+    from benchmarks.__main__ import main
+
+    monkeypatch.setattr(bench_default_run, "one_run", lambda *a: pytest.fail("a run started"))
+    for bad in ("x", "0,", "1;2", "-1"):
+        monkeypatch.setenv("FEDATTACK_SEEDS", bad)
+        assert main(["default_run"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "FEDATTACK_SEEDS" in err and "comma-separated" in err
+    monkeypatch.setenv("FEDATTACK_SEEDS", "0, 2")
+    assert bench_default_run.seeds(quick=False) == [0, 2]
+
+
+def test_protocol_map_takes_one_named_model(capsys, monkeypatch):
+    from benchmarks import bench_protocol_map as bench
+
+    monkeypatch.setattr(bench, "run_model", lambda model, quick=False: [{"model": model, "quick": quick}])
+    for argv, says in (([], "MODEL"), (["nosuch"], "unknown model 'nosuch'")):
+        with pytest.raises(SystemExit) as info:
+            bench.main(argv)
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and err.count("\n") == 1 and says in err
+        assert "lenet-sigmoid, convnet, quickstart-cnn" in err
+    with pytest.raises(SystemExit) as info:
+        bench.main(["--help"])
+    assert info.value.code == 0 and "quickstart-cnn (quickstart CNN)" in capsys.readouterr().out
+    assert bench.main(["quickstart-cnn", "--quick"]) == 0
+    assert '"model": "quickstart CNN", "quick": true' in capsys.readouterr().out
+    assert bench.main(["LeNet sigmoid"]) == 0 and '"LeNet sigmoid"' in capsys.readouterr().out
+
+
+def test_render_check_names_each_stale_section(tmp_path, capsys, monkeypatch):
+    from benchmarks import render_docs
+
+    page = tmp_path / "results.md"
+    monkeypatch.setattr(render_docs, "OUT", page)
+    assert render_docs.main(["--check"]) == 1
+    assert capsys.readouterr().err == f"{page}: missing; run python -m benchmarks.render_docs\n"
+    text = render_docs.render()
+    page.write_text(text)
+    assert render_docs.main(["--check"]) == 0 and capsys.readouterr().err == ""
+    edited = text.replace("\n## analytic\n", "\n## analytic\n\nhand-typed\n", 1)
+    page.write_text(edited.split("\n## baselines\n", 1)[0] + "\n## basin\n" + text.split("\n## basin\n", 1)[1])
+    assert render_docs.main(["--check"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        f"{page}: section {name} {what} from benchmarks/results/{name}.json (and benchmarks/bench_{name}.py's "
+        f"docstring); run python -m benchmarks.render_docs" for name, what in (("analytic", "differs"),
+                                                                                ("baselines", "is missing"))]

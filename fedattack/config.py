@@ -329,6 +329,29 @@ def _type_name(annotation: Any) -> str:
 
 # -- validation -------------------------------------------------------------------
 
+def proximal_mu(cfg: Config) -> float:
+    """FedProx's mu, the weight of the proximal term (mu/2)||w - w_global||^2 the clients add to
+    their loss: `fl.strategy_args.proximal_mu` under `fl.strategy=fedprox` (Flower's FedProx
+    sends it with every train message), else `client.proximal_mu`."""
+    if cfg.fl.strategy == "fedprox":
+        return float(cfg.fl.strategy_args.get("proximal_mu", 0.0))
+    return float(cfg.client.proximal_mu)
+
+
+def check_proximal(cfg: Config) -> None:
+    check_range("client", "proximal_mu", cfg.client.proximal_mu, 0)
+    if cfg.fl.strategy == "fedprox":
+        if cfg.client.proximal_mu:
+            raise ConfigError("client.proximal_mu", "fl.strategy=fedprox sends its own mu every round; set it as "
+                                                    "fl.strategy_args={proximal_mu: ...} (allowed here: 0)")
+        mu = cfg.fl.strategy_args.get("proximal_mu", 0.0)
+        if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not mu >= 0:
+            raise ConfigError("fl.strategy_args.proximal_mu", f"must be a number >= 0, got {mu!r}")
+    if proximal_mu(cfg) and "dpsgd" in cfg.client.defenses:
+        raise ConfigError("client.defenses", "dpsgd (Opacus) clips per-sample gradients, and FedProx's proximal "
+                                             "term has none to clip; allowed: dpsgd with a proximal mu of 0")
+
+
 def check_ray_address(address: Any) -> None:
     """`ray.address`: `auto`, a cluster's GCS as `host:port`, or Ray Client's `ray://host:port`
     (Ray's job-submission and dashboard address, `http://host:8265`, is not one to join)."""
@@ -395,6 +418,7 @@ def validate(cfg: Config) -> None:
     if cfg.client.momentum and cfg.client.optimizer != "sgd":
         raise ConfigError("client.momentum", f"is sgd's; {cfg.client.optimizer} keeps its own moment estimates "
                                              "(allowed: client.momentum=0, or client.optimizer=sgd)")
+    check_proximal(cfg)
     repeated = first_repeat(cfg.client.defenses)
     if repeated is not None:
         raise ConfigError("client.defenses", f"'{repeated}' is listed twice; each defense applies once (its section, "

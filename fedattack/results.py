@@ -284,8 +284,10 @@ class RunHeader:
         momentum = float(client.get("momentum", 0) or 0)
         how = (f" ({optimizer})" if optimizer != "sgd" else
                f" (momentum {momentum:g}{', Nesterov' if client.get('nesterov') else ''})" if momentum else "")
+        mu = float(((fl.get("strategy_args") or {}).get("proximal_mu", 0) if fl.get("strategy") == "fedprox"
+                    else client.get("proximal_mu", 0)) or 0)
         protocol = (f"{count} local {unit}{'' if count == 1 else 's'} of batch {client.get('batch_size', '?')} at lr "
-                    f"{client.get('lr', '?')}{how}" if client else "")
+                    f"{client.get('lr', '?')}{how}{f', FedProx mu {mu:g}' if mu else ''}" if client else "")
         attacks = [str(a) for a in audit.get("attacks") or ()]
         return cls(server_mode=str((raw.get("server") or {}).get("mode", "honest")),
                    dataset=str((raw.get("data") or {}).get("name", "")),

@@ -73,6 +73,7 @@ class ClientConfig:
     optimizer: str = "sgd"  # sgd | adam: the clients' local optimizer (torch.optim semantics)
     weight_decay: float = 0.0
     nesterov: bool = False  # Nesterov momentum (sgd, with momentum > 0)
+    proximal_mu: float = 0.0  # FedProx's proximal term (mu/2)||w - w_global||^2 (fl.strategy=fedprox sends its own)
     defenses: list[str] = field(default_factory=list)
 
 

@@ -132,6 +132,7 @@ class Protocol:
     optimizer: str = "sgd"  # the client's local optimizer: sgd | adam (torch.optim semantics)
     weight_decay: float = 0.0
     nesterov: bool = False
+    proximal_mu: float = 0.0  # FedProx: the clients add (mu/2)||w - w_global||^2 to their loss
 
     def defense(self, name: str) -> DefenseSetting | None:
         return next((d for d in self.defenses if d.name == name), None)

@@ -516,3 +516,17 @@ def test_an_audited_loader_says_which_of_its_keys_the_batches_lack():
         finally:
             _RECORDING.reset(token)
         assert rec.note.startswith(note) and len(rec) == (2 if not note else 0)
+
+
+def test_fedprox_mu_reaches_the_clients_training_and_the_audits_replay():
+    from fedattack import config as fconfig
+    from fedattack.client.app import with_protocol
+
+    cfg = fconfig.load(None, ["fl.strategy=fedprox", "fl.strategy_args={proximal_mu: 0.3}"])
+    # Flower's FedProx sends its mu as "proximal-mu"; the client trains with it
+    assert with_protocol(cfg, ConfigRecord({"proximal-mu": 0.3})).client.proximal_mu == 0.3
+    protocol = TrainingProtocol.of_config(cfg, from_train_config=True)
+    assert protocol.config_keys["proximal_mu"] == "proximal-mu"
+    assert protocol.protocol({"lr": 0.1, "batch-size": 2, "momentum": 0.0, "local-steps": 2, "proximal-mu": 0.3},
+                             4).proximal_mu == 0.3
+    assert TrainingProtocol.of_config(fconfig.load(None, [])).protocol(None, 4).proximal_mu == 0.0

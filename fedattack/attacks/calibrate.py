@@ -495,5 +495,5 @@ def calibration_key(attack: str, obs: Observation, adaptive: bool) -> tuple:
     later rounds and clients with the same key reuse it."""
     p = obs.protocol
     return (attack, adaptive, obs.model, obs.data.shape, p.lr, p.local_steps, p.local_epochs, p.batch_size,
-            size_band(p.num_examples), p.momentum, p.optimizer, p.weight_decay, p.nesterov,
+            size_band(p.num_examples), p.momentum, p.optimizer, p.weight_decay, p.nesterov, p.proximal_mu,
             tuple((d.name, tuple(sorted(d.params.items()))) for d in p.defenses))

@@ -197,6 +197,8 @@ def replay(model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, protocol: P
     for t, (idx, e) in enumerate(zip(steps, epochs), start=1):
         xb, yb = (x[e], y[e]) if apart else (x, y)
         g = gradient(model, p, xb[idx], yb[idx])
+        if protocol.proximal_mu:  # FedProx's proximal term, differentiated as the client's loss has it
+            g = {k: g[k] + protocol.proximal_mu * (p[k] - start[k]) for k in g}
         p, state = opt.step(p, g, state, protocol, t)
     return {k: p[k] - start[k] for k in p}
 

@@ -49,7 +49,8 @@ from fedattack.schema import Config
 # train-config key -> client config field: the numeric protocol values a server may set
 PROTOCOL_KEYS: dict[str, tuple[str, type]] = {
     "lr": ("lr", float), "local-steps": ("local_steps", int), "local-epochs": ("local_epochs", int),
-    "batch-size": ("batch_size", int), "momentum": ("momentum", float)}
+    "batch-size": ("batch_size", int), "momentum": ("momentum", float),
+    "proximal-mu": ("proximal_mu", float)}  # the key Flower's FedProx sends
 LEGACY_CONFIG_KEY = "fedattack"  # where servers before the plug-in API sent their whole config (ignored)
 
 
@@ -260,6 +261,8 @@ def train_config(cfg: Config) -> ConfigRecord:
     """The numeric protocol values a fedattack server sends with every train message."""
     c = cfg.client
     out: dict[str, Any] = {"lr": float(c.lr), "batch-size": int(c.batch_size), "momentum": float(c.momentum)}
+    if c.proximal_mu:
+        out["proximal-mu"] = float(c.proximal_mu)
     if c.local_steps > 0:
         out["local-steps"] = int(c.local_steps)
     else:

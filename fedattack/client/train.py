@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedattack.config import proximal_mu
 from fedattack.data import ImageData
 from fedattack.defenses import DEFENSES, DefenseContext
 from fedattack.models import float_params
@@ -80,6 +81,7 @@ def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, 
                          dataset=data, partition=np.asarray(partition))
 
     sent = float_params(model)
+    mu = cfg.client.proximal_mu or proximal_mu(cfg)  # the train message's "proximal-mu", or the config's FedProx
     model.train()
     optimizer = client_optimizer(model, cfg)
     loader = [(x_all[[pos[int(i)] for i in b]], y_all[[pos[int(i)] for i in b]]) for b in batches]
@@ -99,6 +101,11 @@ def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, 
                 if extra is not None:
                     loss = loss + extra
         loss.backward()
+        if mu:  # FedProx: the gradient of (mu/2)||w - w_global||^2
+            with torch.no_grad():
+                for name, p in _unwrap(model).named_parameters():
+                    if p.grad is not None and name in sent:
+                        p.grad += mu * (p - sent[name])
         optimizer.step()
         losses.append(float(loss.detach()))
     new = {k: v.detach() for k, v in _unwrap(model).named_parameters()}

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from fedattack.config import plugin_section
+from fedattack.config import plugin_section, proximal_mu
 from fedattack.defenses import DEFENSES
 from fedattack.errors import ConfigError
 from fedattack.schema import Config
@@ -23,7 +23,7 @@ from fedattack.threat import DefenseSetting, Protocol
 
 OPTIMIZERS = ("sgd", "adam")
 NUMERIC = {"lr": float, "local_epochs": int, "local_steps": int, "batch_size": int, "momentum": float,
-           "weight_decay": float}
+           "weight_decay": float, "proximal_mu": float}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +52,9 @@ class TrainingProtocol:
         L2 weight decay of the clients' optimizer.
     nesterov : bool (default: False)
         Nesterov momentum (SGD).
+    proximal_mu : float (default: 0.0)
+        FedProx's mu: the clients add (mu/2)||w - w_global||^2 to their loss (Flower's FedProx
+        sends it as "proximal-mu": `config_keys={"proximal_mu": "proximal-mu"}`).
     config_keys : Mapping[str, str] (default: {})
         Fields read every round from the train ConfigRecord the strategy sends, as
         `{field: key}`, e.g. `{"lr": "lr", "local_epochs": "local-epochs"}`. The value found
@@ -71,6 +74,7 @@ class TrainingProtocol:
     optimizer: str = "sgd"
     weight_decay: float = 0.0
     nesterov: bool = False
+    proximal_mu: float = 0.0
     config_keys: Mapping[str, str] = field(default_factory=dict)
     defenses: Sequence[tuple[str, Mapping[str, Any]]] = ()
 
@@ -83,11 +87,12 @@ class TrainingProtocol:
         keys = {}
         if from_train_config:
             keys = {"lr": "lr", "batch_size": "batch-size", "momentum": "momentum",
-                    **({"local_steps": "local-steps"} if c.local_steps > 0 else {"local_epochs": "local-epochs"})}
+                    **({"local_steps": "local-steps"} if c.local_steps > 0 else {"local_epochs": "local-epochs"}),
+                    **({"proximal_mu": "proximal-mu"} if proximal_mu(cfg) or cfg.fl.strategy == "fedprox" else {})}
         defenses = tuple(DefenseSetting(d, asdict(cfg.defense(d))) for d in c.defenses)
         return cls(lr=c.lr, local_steps=c.local_steps or None, local_epochs=c.local_epochs, batch_size=c.batch_size,
                    momentum=c.momentum, optimizer=c.optimizer, weight_decay=c.weight_decay, nesterov=c.nesterov,
-                   config_keys=keys, defenses=defenses)
+                   proximal_mu=proximal_mu(cfg), config_keys=keys, defenses=defenses)
 
     def __post_init__(self) -> None:
         names = [f.name for f in fields(self) if f.name not in ("config_keys", "defenses")]
@@ -124,7 +129,7 @@ class TrainingProtocol:
             if not math.isfinite(v):
                 raise ConfigError(name(n), f"must be a finite number, got {v}")
         for n, lo, open_ in (("lr", 0, True), ("batch_size", 1, False), ("local_epochs", 1, False),
-                             ("local_steps", 1, False), ("weight_decay", 0, False)):
+                             ("local_steps", 1, False), ("weight_decay", 0, False), ("proximal_mu", 0, False)):
             v = values.get(n)
             if v is not None and (v < lo or (open_ and v == lo)):
                 raise ConfigError(name(n), f"must be {'>' if open_ else '>='} {lo}, got {v}")
@@ -168,7 +173,7 @@ class TrainingProtocol:
         return Protocol(lr=float(v["lr"]), local_steps=steps, local_epochs=epochs, batch_size=batch,
                         num_examples=int(num_examples), momentum=float(v["momentum"]), defenses=self.settings(),
                         optimizer=str(v["optimizer"]), weight_decay=float(v["weight_decay"]),
-                        nesterov=bool(v["nesterov"]))
+                        nesterov=bool(v["nesterov"]), proximal_mu=float(v["proximal_mu"]))
 
     def settings(self) -> tuple[DefenseSetting, ...]:
         return tuple(d if isinstance(d, DefenseSetting) else DefenseSetting(str(d[0]), dict(d[1]))

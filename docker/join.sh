@@ -8,10 +8,19 @@ set -e
 ray start --address="${RAY_HEAD:-head:6379}" --num-cpus=0 --num-gpus=0 --disable-usage-stats
 trap 'ray stop >/dev/null 2>&1 || true' EXIT
 set +e
-"$@" &
+# A signal that comes before the command has started is held and passed on once it has.
+child=
+pending=
+forward() {
+    if [ -n "$child" ]; then kill -"$1" "$child" 2>/dev/null; else pending=$1; fi
+}
+trap 'forward TERM' TERM
+trap 'forward INT' INT
+# sh starts a background command with SIGINT and SIGQUIT ignored; `env --default-signal` restores
+# them, so a Ctrl-C that arrives before the command installs its own handlers still reaches it.
+env --default-signal=INT,QUIT "$@" &
 child=$!
-trap 'kill -TERM "$child" 2>/dev/null' TERM
-trap 'kill -INT "$child" 2>/dev/null' INT
+[ -n "$pending" ] && kill -"$pending" "$child" 2>/dev/null
 wait "$child"
 status=$?
 while kill -0 "$child" 2>/dev/null; do  # a signal ended `wait` early: wait for the command itself

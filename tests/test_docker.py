@@ -57,8 +57,9 @@ def _config() -> dict:
     """The compose model: validated by `docker compose config` where a compose CLI exists, else the YAML."""
     cli = _compose_cli()
     if cli:
+        env = {k: v for k, v in os.environ.items() if k not in ("HEAD_CPUS", "ATTACK_SLOTS")}
         res = subprocess.run([*cli, "-f", str(COMPOSE), "--profile", "run", "config"], capture_output=True, text=True,
-                             cwd=ROOT, env={k: v for k, v in os.environ.items() if k not in ("HEAD_CPUS", "ATTACK_SLOTS")})
+                             cwd=ROOT, env=env)
         assert res.returncode == 0, res.stderr
         return yaml.safe_load(res.stdout)
     return yaml.safe_load(_interpolate(COMPOSE.read_text()))
@@ -139,16 +140,26 @@ def _dockerignored(path: str, patterns: list[str]) -> bool:
     return ignored
 
 
-def test_dockerfile_builds_a_cuda_image_that_installs_the_package_the_readme_way():
+def test_dockerfile_builds_a_python_image_that_installs_the_package_the_readme_way():
     steps = _instructions(DOCKER / "Dockerfile")
     args = dict(a.split("=", 1) for kind, a in steps if kind == "ARG" and "=" in a)
-    assert args["BASE_IMAGE"].startswith("nvidia/cuda:") and ("FROM", "${BASE_IMAGE}") in steps
+    assert ("FROM", "${BASE_IMAGE}") in steps
+    # PyPI's torch wheels bring their own CUDA: a plain Python base whose version the package accepts
+    base = re.fullmatch(r"python:(\d+)\.(\d+)-slim(-\w+)?", args["BASE_IMAGE"])
+    requires = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert base and requires.startswith(">=") and (int(base[1]), int(base[2])) >= tuple(
+        int(v) for v in requires[2:].split("."))
+    env = dict(kv.split("=", 1) for k, a in steps if k == "ENV" for kv in shlex.split(a))
+    assert "compute" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")  # the toolkit mounts the CUDA driver
+    major = re.fullmatch(r"cuda>=(\d+)\.\d+", env["NVIDIA_REQUIRE_CUDA"])[1]  # the driver torch's CUDA needs
+    install = next(a for k, a in steps if k == "RUN" and "pip install -e" in a)
+    assert f"== '{major}'" in install  # the build checks torch was built for that CUDA
     kinds = [k for k, _ in steps]
     workdir, copy = kinds.index("WORKDIR"), steps.index(("COPY", ". /app"))
     assert steps[workdir] == ("WORKDIR", "/app") and workdir < copy
-    install = _readme_setup_commands()[0]  # pip install -e ".[dev]"
-    runs = [i for i, (k, a) in enumerate(steps) if k == "RUN" and install in a]
-    assert runs and runs[0] > copy, f"no RUN with the README's `{install}` after COPY"
+    readme_install = _readme_setup_commands()[0]  # pip install -e ".[dev]"
+    runs = [i for i, (k, a) in enumerate(steps) if k == "RUN" and readme_install in a]
+    assert runs and runs[0] > copy, f"no RUN with the README's `{readme_install}` after COPY"
     # the image's default command is the console script the package declares, and it works
     cmd = json.loads(next(a for k, a in steps if k == "CMD"))
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
@@ -228,3 +239,69 @@ def test_the_run_service_joins_the_head_it_names():
     assert run["environment"]["RAY_HEAD"] == address  # join.sh joins the cluster the run drives
     host, port = address.split(":")
     assert host in services and _flag(_argv(services[host]["command"]), "port") == port
+
+
+def test_join_script_passes_an_early_ctrl_c_on_to_the_command(tmp_path):
+    """sh starts a background command with SIGINT ignored: a Ctrl-C that comes before the command
+    installs its own handlers (fedattack's first seconds: imports, Ray) must still reach it."""
+    import signal
+    import sys
+    import time
+
+    bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
+    bin_dir.mkdir()
+    (bin_dir / "ray").write_text(f'#!/bin/sh\necho "ray $*" >> "{log}"\nexit 0\n')
+    (bin_dir / "ray").chmod(0o755)
+    command = [sys.executable, "-c", "import sys, time\nlog = open(sys.argv[1], 'a', buffering=1)\n"
+               "log.write('command started\\n')\ntry:\n    time.sleep(10)\nexcept KeyboardInterrupt:\n"
+               "    log.write('command interrupted\\n')\n    sys.exit(130)\n", str(log)]
+    proc = subprocess.Popen(["sh", str(DOCKER / "join.sh"), *command],
+                            env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    deadline = time.monotonic() + 20
+    while "command started" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=20) == 130
+    assert log.read_text().splitlines()[1:] == ["command started", "command interrupted", "ray stop"]
+
+
+STATUS = """======== Autoscaler status ========
+Node status
+---------------------------------------------------------------
+Active:
+ 1 node_0f3a
+{more}Pending:
+ (no pending nodes)
+
+Resources
+---------------------------------------------------------------
+Total Usage:
+ 0.0/8.0 CPU
+{gpu} 0B/20.00GiB memory
+ 0B/8.00GiB object_store_memory
+"""
+
+
+def test_the_run_waits_until_a_gpu_worker_has_joined(tmp_path):
+    """Attack jobs' placement is settled when the run submits them: the run service starts only
+    once the worker's GPUs are in the cluster (its healthcheck), not as soon as its container runs."""
+    services = _config()["services"]
+    assert services["fedattack"]["depends_on"]["gpu-worker"]["condition"] == "service_healthy"
+    kind, check = services["gpu-worker"]["healthcheck"]["test"]
+    assert kind == "CMD-SHELL" and "ray status --address=head:6379" in check
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    status = tmp_path / "status.txt"
+    (bin_dir / "ray").write_text(f'#!/bin/sh\n[ "$1" = status ] || exit 2\ncat "{status}"\n')
+    (bin_dir / "ray").chmod(0o755)
+
+    def healthy(text: str) -> bool:
+        status.write_text(text)
+        env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+        return subprocess.run(["sh", "-c", check], env=env, timeout=30).returncode == 0
+
+    assert healthy(STATUS.format(more=" 1 node_77c1\n", gpu=" 0.0/2.0 GPU\n 0.0/2.0 fedattack_attack\n"))
+    assert healthy(STATUS.format(more=" 1 node_77c1\n", gpu=" 1.0/1.0 GPU\n 1.0/2.0 fedattack_attack\n"))
+    assert not healthy(STATUS.format(more="", gpu=""))  # the head alone: no GPU yet
+    assert not healthy(STATUS.format(more=" 1 node_77c1\n", gpu=" 0.0/2.0 fedattack_attack\n"))  # no GPU seen
+    assert not healthy("")  # no cluster to ask

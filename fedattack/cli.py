@@ -107,12 +107,18 @@ def _run_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--verbose", action="store_true", help="show Flower's and Ray's logs")
 
 
+def _attack_parser(p: argparse.ArgumentParser) -> None:
+    add_config_args(p, "attack")
+    p.add_argument("--verbose", action="store_true", help="show the libraries' logs (Flower's, Ray's)")
+
+
 # subcommand -> (help, add arguments, handler)
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "run": ("an audited federated simulation", _run_parser, cmd_run),
-    "attack": ("attack one simulated client update with every configured attack",
-               lambda p: add_config_args(p, "attack"), cmd_attack),
-    "list": ("list registered plug-ins", lambda p: p.add_argument("kind", choices=list(LISTINGS)), cmd_list),
+    "attack": ("attack one simulated client update with every configured attack", _attack_parser, cmd_attack),
+    "list": ("list registered plug-ins",
+             lambda p: p.add_argument("kind", choices=list(LISTINGS), help=f"one of: {', '.join(LISTINGS)}"),
+             cmd_list),
     "report": ("print and re-render the report of a finished run or sweep", _report_parser, cmd_report),
     **sweep.COMMANDS,
     **train_generator.COMMANDS,
@@ -128,16 +134,17 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     parser = _Parser(prog="fedattack", description="Audit what a federated deployment leaks.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)  # errors name their --help
+    commands = {}
     for name, (help_, add_args, handler) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_)
+        p = commands[name] = sub.add_parser(name, help=help_)
         add_args(p)
         p.set_defaults(handler=handler)
     ns, extra = parser.parse_known_args(argv)
     if extra and hasattr(ns, "items") and not any(a.startswith("-") for a in extra):
         ns.items += extra  # overrides after an option (`run --out DIR fl.rounds=2`) are overrides too
     elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        commands[ns.command].error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         with shutdown.handling_signals():
             return ns.handler(ns)

@@ -129,15 +129,26 @@ class _Loader(yaml.SafeLoader):
     booleans, so `audit.adaptive=on` (a word among off/on/both) would arrive as True. A key
     given twice in one mapping is an error (YAML 1.2), not the last one silently kept."""
 
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, str) and key in seen:
-                raise ConfigError(key, f"is given twice in one mapping (line {key_node.start_mark.line + 1}); "
-                                       "allowed: each key once")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
+    def construct_document(self, node):
+        _no_repeated_keys(node, ())
+        return super().construct_document(node)
+
+
+def _no_repeated_keys(node: yaml.Node, path: tuple[str, ...]) -> None:
+    """A ConfigError naming the first key given twice in one mapping, by its whole dotted path."""
+    if isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _no_repeated_keys(item, path)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    seen = set()
+    for key_node, value_node in node.value:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+        if key is not None and key in seen:
+            raise ConfigError(".".join((*path, key)), f"is given twice in one mapping (line "
+                                                      f"{key_node.start_mark.line + 1}); allowed: each key once")
+        seen.add(key)
+        _no_repeated_keys(value_node, (*path, str(key)))
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -157,6 +168,9 @@ def read_yaml(path: str | Path) -> dict:
     if p.is_dir():
         raise ConfigError("config", f"{p} is a directory, not a YAML file")
     if not p.is_file():
+        section = str(path).split(".", 1)[0]
+        if "." in str(path) and p.suffix not in (".yaml", ".yml") and section in {f.name for f in fields(Config)}:
+            raise ConfigError(str(path), f"an override needs a value, e.g. {path}=... (no config file of that name)")
         raise ConfigError("config", f"file not found: {p}")
     try:
         raw = load_yaml(p.read_text())
@@ -184,6 +198,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = load_yaml(text) if text.strip() else None
     except yaml.YAMLError:
         value = text
+    except ConfigError as exc:  # a key given twice inside the value: named from the override's key
+        raise ConfigError(f"{key}.{exc.field}", exc.message) from None
     if isinstance(value, dict) and len(value) == 1 and None in value.values() and text.strip().endswith(":"):
         value = text.strip()  # `data.name=hf:` is a word ending in a colon, not the mapping {hf: null}
     return key.split("."), value
@@ -370,7 +386,7 @@ def check_ray_address(address: Any) -> None:
 def validate(cfg: Config) -> None:
     """Check every field; fill in default parameters of each configured attack and defense."""
     check_seed("seed", cfg.seed)
-    DATASETS.check(cfg.data.name)
+    DATASETS.check(cfg.data.name, also=("hf:NAME",))  # a Hugging Face dataset, named after "hf:"
     other = cfg.audit.calibration_data
     if other is not None and (not isinstance(other, str) or (other not in DATASETS.names() and ":" not in other)):
         raise ConfigError("audit.calibration_data", f"unknown dataset {other!r}; allowed: "

@@ -65,7 +65,9 @@ def test_a_usage_error_is_one_line_exit_2(capsys, argv, says):
         main(argv)
     assert info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and says in err and err.endswith("--help)")
+    assert "\n" not in err and says in err
+    # the help that answers it: the subcommand's own where one was named
+    assert err.endswith(f"(see fedattack {argv[0]} --help)" if argv else "(see fedattack --help)")
 
 
 @pytest.mark.parametrize("kind, expected", [
@@ -229,6 +231,7 @@ BAD_INPUTS = [
     ("run", ["fl.strategy=fedprox", "client.proximal_mu=0.1"], "client.proximal_mu"),
     ("run", ["client.proximal_mu=0.1", "client.defenses=[dpsgd]"], "client.defenses"),
     ("attack", ["fl.rounds=3"], "fl.rounds"),
+    ("run", ["fl.rounds"], "fl.rounds"),  # a forgotten value is not a config file's name
     ("sweep", ["sweep.key=client.local_steps", "sweep.values=[1,2]", "victim.client=1"], "victim.client"),
     ("train-generator", ["--out", "{tmp}/gen.pt", "sweep.values=[1]"], "sweep.values"),
     ("run", ["audit.attacks=[ggl]", "ggl.generator={tmp}/pickled.pt"], "ggl.generator"),

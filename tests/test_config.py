@@ -123,8 +123,12 @@ def test_malformed_yaml_and_missing_file(tmp_path):
     twice.write_text("fl:\n  rounds: 2\ndata:\n  name: digits\nfl:\n  rounds: 3\n")
     with pytest.raises(ConfigError, match=r"^fl: is given twice in one mapping \(line 5\)"):
         fconfig.load(twice)
-    with pytest.raises(ConfigError, match=r"^rounds: is given twice"):
+    with pytest.raises(ConfigError, match=r"^fl.rounds: is given twice"):
         fconfig.load(None, ["fl={rounds: 2, rounds: 3}"])
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("fl:\n  rounds: 2\n  strategy_args: {proximal_mu: 0.1, proximal_mu: 0.2}\n")
+    with pytest.raises(ConfigError, match=r"^fl.strategy_args.proximal_mu: is given twice in one mapping \(line 3\)"):
+        fconfig.load(nested)
 
 
 def test_user_strategy_by_import_path_is_built_with_the_configured_participation():
@@ -161,3 +165,9 @@ def test_yaml_tags_that_would_run_code_are_never_constructed(tmp_path):
     with pytest.raises(ConfigError, match=r"^fl\.rounds: expected an integer, got .!!python/object/apply"):
         fconfig.load(None, [f"fl.rounds={tag}"])
     assert not mark.exists()
+
+
+def test_an_unknown_dataset_names_every_form_data_name_takes():
+    with pytest.raises(ConfigError, match=r"^data.name: unknown dataset 'nope'; allowed: hf:NAME, .*lfw-subset.* or "
+                                          r"module:attr$"):
+        fconfig.load(None, ["data.name=nope"])

@@ -414,12 +414,34 @@ def _warm_up(obs) -> None:
         _naive(attack, obs, 1, 3)
 
 
+def settings(quick: bool) -> tuple[float, list[int]]:
+    """The time budget per attack and the faces: FEDATTACK_SPEED_SECONDS (default 60) and
+    FEDATTACK_SPEED_FACES (how many of DLG_FACES, default all); quick: 5 s and one face."""
+    if quick:
+        return 5.0, DLG_FACES[:1]
+    raw_s = os.environ.get("FEDATTACK_SPEED_SECONDS", "").strip() or "60"
+    raw_f = os.environ.get("FEDATTACK_SPEED_FACES", "").strip() or str(len(DLG_FACES))
+    try:
+        seconds = float(raw_s)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"FEDATTACK_SPEED_SECONDS={raw_s!r}: give a positive number of seconds (unset: 60)")
+    if not (raw_f.isascii() and raw_f.isdigit() and 1 <= int(raw_f) <= len(DLG_FACES)):
+        raise ValueError(f"FEDATTACK_SPEED_FACES={raw_f!r}: give how many faces, 1 to {len(DLG_FACES)} "
+                         f"(unset: {len(DLG_FACES)})")
+    return seconds, DLG_FACES[:int(raw_f)]
+
+
+def check(quick: bool) -> None:
+    settings(quick)
+
+
 def run(quick: bool = False) -> list[dict]:
     torch.set_num_threads(THREADS)
     rows = []
-    dlg_evals, inv_evals, seconds = (100, 200, 5.0) if quick else (
-        6000, 1000, float(os.environ.get("FEDATTACK_SPEED_SECONDS", 60)))
-    faces = DLG_FACES[:1] if quick else DLG_FACES[:int(os.environ.get("FEDATTACK_SPEED_FACES", len(DLG_FACES)))]
+    dlg_evals, inv_evals = (100, 200) if quick else (6000, 1000)
+    seconds, faces = settings(quick)
     obs, truth = observed_update("seed=0", *DLG_SETTING)
     _warm_up(obs)
     for face in faces:  # DLG's full budget: 300 steps x 20

@@ -77,6 +77,25 @@ def test_a_bad_seed_list_is_named_before_anything_runs(capsys, monkeypatch):
     assert bench_default_run.seeds(quick=False) == [0, 2]
 
 
+@pytest.mark.parametrize("name, variable, value, says", [
+    ("multistep", "FEDATTACK_MULTISTEP_BUDGET_S", "x", "a positive number of seconds"),
+    ("multistep", "FEDATTACK_MULTISTEP_BUDGET_S", "0", "a positive number of seconds"),
+    ("speed", "FEDATTACK_SPEED_SECONDS", "nan", "a positive number of seconds"),
+    ("speed", "FEDATTACK_SPEED_FACES", "9", "1 to 5"),
+])
+def test_a_bad_benchmark_setting_is_named_before_anything_runs(capsys, monkeypatch, name, variable, value, says):
+    import importlib
+
+    from benchmarks.__main__ import main
+
+    monkeypatch.setattr(importlib.import_module(f"benchmarks.bench_{name}"), "run",
+                        lambda quick=False: pytest.fail("the benchmark ran"))
+    monkeypatch.setenv(variable, value)
+    assert main([name]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{variable}={value!r}" in err and says in err
+
+
 def test_protocol_map_takes_one_named_model(capsys, monkeypatch):
     from benchmarks import bench_protocol_map as bench
 

@@ -90,9 +90,10 @@ def test_analytic_reads_the_precode_encoder_input_and_the_image():
     assert only.images is None and torch.allclose(only.info["features"], h.detach(), rtol=1e-4, atol=1e-6)
 
 
-def test_analytic_says_what_it_needs_on_a_conv_model():
-    obs, _ = observe(["model.name=lenet", "client.batch_size=1", "client.local_steps=1"], [3])
-    with pytest.raises(AttackFailure, match="fully connected"):
+@pytest.mark.parametrize("model", ["lenet", "tests.plugins.models:pooled_features_as_wide_as_the_image"])
+def test_analytic_says_what_it_needs_on_a_conv_model(model):
+    obs, _ = observe([f"model.name={model}", "client.batch_size=1", "client.local_steps=1"], [3])
+    with pytest.raises(AttackFailure, match="fully connected layer on the flattened input"):
         attack("analytic", obs)
 
 

@@ -45,9 +45,13 @@ class AnalyticParams:
 
 
 def input_layer(obs: Observation) -> str | None:
-    """The first fully connected layer whose input is the flattened image, if any."""
+    """The fully connected layer whose input is the flattened image, if any: the model's first
+    layer with parameters, taking as many inputs as the image has values (a later layer of that
+    fan-in reads features, as one after a convolution and a pooling can)."""
     d = math.prod(obs.data.shape)
-    return next((n for n in linear_layers(obs.global_params) if obs.global_params[n + ".weight"].shape[1] == d), None)
+    first = next(iter(obs.global_params), "")
+    return next((n for n in linear_layers(obs.global_params)
+                 if obs.global_params[n + ".weight"].shape[1] == d and first.startswith(n + ".")), None)
 
 
 def layer_gradient(obs: Observation, layer: str) -> tuple[torch.Tensor, torch.Tensor]:

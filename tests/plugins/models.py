@@ -45,3 +45,11 @@ def pooled_to_one(in_shape, num_classes, act):
     """BatchNorm on a 1x1 map: trains on batches of two or more, fails on one image in training mode."""
     return nn.Sequential(nn.Conv2d(in_shape[0], 4, 3, padding=1), nn.AdaptiveAvgPool2d(1), nn.BatchNorm2d(4), act(),
                          nn.Flatten(), nn.Linear(4, num_classes))
+
+
+def pooled_features_as_wide_as_the_image(in_shape, num_classes, act):
+    """A convolution of 4 channels and a 2x2 pooling: the linear layer after them takes exactly
+    as many features as the image has values, and still reads features, not pixels."""
+    c, h, w = in_shape
+    return nn.Sequential(nn.Conv2d(c, 4 * c, 3, padding=1), act(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Linear(4 * c * (h // 2) * (w // 2), num_classes))

@@ -231,9 +231,9 @@ def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in ".-_" else "-" for ch in text)[:60]
 
 
-def _run_one(cfg: Config, run_dir: Path, log: Path) -> int | None:
-    """One run as its own `fedattack run` process; its exit code, or None where the sweep was
-    asked to stop before it started. The run is in a session of its own, so a signal reaches it
+def _run_one(cfg: Config, run_dir: Path, log: Path, verbose: bool = False) -> int | None:
+    """One run as its own `fedattack run` process (`verbose`: with Flower's and Ray's logs in its
+    log file); its exit code, or None where the sweep was asked to stop before it started. The run is in a session of its own, so a signal reaches it
     once, from here: a stop request is passed on to it (it stops cleanly, keeping its results)."""
     if shutdown.requested() is not None:
         return None
@@ -241,8 +241,9 @@ def _run_one(cfg: Config, run_dir: Path, log: Path) -> int | None:
     cfg_path = run_dir.parent / f"{run_dir.name}.yaml"
     cfg_path.write_text(cfg.to_yaml())
     with log.open("w") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "fedattack", "run", str(cfg_path), "--out", str(run_dir),
-                                 "--quiet"], stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+        argv = [sys.executable, "-m", "fedattack", "run", str(cfg_path), "--out", str(run_dir), "--quiet"]
+        proc = subprocess.Popen(argv + (["--verbose"] if verbose else []), stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True)
         passed_on = False
         while True:
             try:
@@ -263,7 +264,7 @@ def _estimate(total: int, mean: float | None, parallel: int, elapsed: float) -> 
     return f"; about {duration(left)} left" if left > 0 else "; past the estimate from the finished runs"
 
 
-def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answer:
+def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False, verbose: bool = False) -> report.Answer:
     progress = Progress(quiet=quiet)
     key, runs, reference = plan(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -290,7 +291,7 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False) -> report.Answ
     def one(i: int) -> int | None:
         r, c = runs[i]
         t0 = time.perf_counter()
-        r.exit_code = _run_one(c, r.run_dir, r.run_dir.parent / f"{r.run_dir.name}.log")
+        r.exit_code = _run_one(c, r.run_dir, r.run_dir.parent / f"{r.run_dir.name}.log", verbose=verbose)
         if r.exit_code is None:  # the sweep was stopped before this run started
             return None
         with lock:
@@ -360,7 +361,7 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     check_runs(key, runs)
     out = Path(ns.out or default_out_dir("sweep-"))
     check_out(out)
-    answer = run_sweep(cfg, out_dir=out, quiet=ns.quiet)
+    answer = run_sweep(cfg, out_dir=out, quiet=ns.quiet, verbose=ns.verbose)
     req = shutdown.requested()
     if req is not None:
         Progress(quiet=ns.quiet).answer(f"sweep stopped by {req.reason}: the answer above counts the runs that "
@@ -371,5 +372,10 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_parser(p: argparse.ArgumentParser) -> None:
+    add_config_args(p, "sweep")
+    p.add_argument("--verbose", action="store_true", help="write Flower's and Ray's logs into each run's log file")
+
+
 COMMANDS = {"sweep": ("privacy-utility frontier and protocol map: one audited run per value of a config key",
-                      lambda p: add_config_args(p, "sweep"), cmd_sweep)}
+                      _sweep_parser, cmd_sweep)}

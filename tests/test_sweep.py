@@ -237,11 +237,11 @@ def test_an_interrupted_sweep_keeps_the_answer_of_the_runs_that_finished(tmp_pat
 
     real, calls = sweep._run_one, []
 
-    def first_then_interrupt(cfg, run_dir, log):
+    def first_then_interrupt(cfg, run_dir, log, verbose=False):
         calls.append(run_dir)
         if len(calls) > 1:
             raise KeyboardInterrupt
-        return real(cfg, run_dir, log)
+        return real(cfg, run_dir, log, verbose=verbose)
 
     monkeypatch.setattr(sweep, "_run_one", first_then_interrupt)
     out = tmp_path / "sweep"
@@ -307,3 +307,27 @@ def test_sweep_time_left_counts_the_time_already_spent():
     assert _estimate(4, 20.0, 1, 20.0) == "; about 60 s left"
     assert _estimate(4, 100.0, 2, 20.0) == "; about 3 min left"  # two at a time
     assert _estimate(4, 100.0, 1, 500.0) == "; past the estimate from the finished runs"
+
+
+def test_a_verbose_sweep_asks_each_run_for_the_libraries_logs(tmp_path, monkeypatch):
+    import argparse
+
+    import fedattack.sweep as sweep
+
+    argvs = []
+
+    class Finished:
+        def __init__(self, argv, **kwargs):
+            argvs.append(argv)
+
+        def wait(self, timeout=None):
+            return 0
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", Finished)
+    cfg = fconfig.load(None, [])
+    for verbose in (False, True):
+        assert sweep._run_one(cfg, tmp_path / f"run{verbose}", tmp_path / f"run{verbose}.log", verbose=verbose) == 0
+    assert [a[-1] for a in argvs] == ["--quiet", "--verbose"]
+    parser = argparse.ArgumentParser()
+    sweep._sweep_parser(parser)
+    assert parser.parse_args(["--verbose", "sweep.defense=topk"]).verbose

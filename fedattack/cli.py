@@ -51,6 +51,9 @@ def cmd_run(ns: argparse.Namespace) -> int:
         summary = run(cfg, out_dir=out, progress=progress, verbose=ns.verbose)
     progress.summary_table(summary)
     progress.answer(f"report: {Path(out) / 'report.html'}")
+    if summary.client_errors and not any(r.replies for r in load_run(out).rounds):  # no client ever trained
+        print(f"fedattack: every client update failed (the first: {summary.client_error})", file=sys.stderr)
+        return 1
     return 0
 
 

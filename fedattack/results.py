@@ -176,11 +176,13 @@ class RoundStats:
     jobs: int = 0
     scope: str = "client"  # client | aggregate (SecAgg: the server saw the sum only)
     epsilon: float = NAN  # DP-SGD / DP: the largest epsilon reported this round
+    error: str = ""  # the first client error's reason this round, in one line
 
     def result(self, *, test_loss: float, test_acc: float, now: float) -> "RoundResult":
         return RoundResult(round=self.round, train_loss=self.train_loss, test_loss=test_loss, test_acc=test_acc,
                            replies=self.replies, errors=self.errors, audited_clients=self.audited_clients,
-                           jobs=self.jobs, scope=self.scope, epsilon=self.epsilon, seconds=now - self.started)
+                           jobs=self.jobs, scope=self.scope, epsilon=self.epsilon, seconds=now - self.started,
+                           error=self.error)
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ class RoundResult:
     scope: str = "client"
     epsilon: float = NAN
     seconds: float = NAN
+    error: str = ""  # the first client error's reason this round, in one line ("" where none failed)
 
 
 def describe_defenses(raw: dict) -> str:

@@ -62,3 +62,20 @@ def test_a_malicious_server_run_imprints_the_model_and_robs_the_fed(tmp_path):
     rows = list(csv.DictReader((tmp_path / "run" / "leakage.csv").open()))
     assert len(rows) == 1 and rows[0]["status"] == "ok", rows[0]["error"]
     assert summary.header.server_mode == "malicious" and summary.attacks["rtf"].recovered >= 4
+
+
+def test_a_run_whose_every_client_fails_says_why_and_exits_1(tmp_path, capsys):
+    import csv
+
+    from fedattack.cli import main
+
+    out = tmp_path / "run"
+    code = main(["run", "client.defenses=[tests.plugins.defense:breaks_training]", "fl.rounds=1", "fl.num_clients=2",
+                 "fl.clients_per_round=2", "audit.attacks=[idlg]", "idlg.iterations=2", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "every client update failed (the first: this client's images cannot be read)" in err
+    (row,) = list(csv.DictReader((out / "rounds.csv").open()))
+    assert row["errors"] == "2" and row["error"] == "this client's images cannot be read"
+    assert "2 client errors (the first: this client&#x27;s images cannot be read)" in (
+        out / "report.html").read_text()

@@ -119,6 +119,8 @@ class Progress:
                     f"test acc {_f(row.test_acc, '.3f')}  audit {done}/{submitted} jobs done  "
                     f"{_f(row.seconds, '.1f')} s")
         self.print(line)
+        if row.error:
+            self.print(Text(f"  a client failed: {row.error}", style="yellow"))
         self._ensure_ticker()
 
     def result(self, r: JobResult) -> None:

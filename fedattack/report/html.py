@@ -168,7 +168,9 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
     acc = summary.final_test_acc
     of = f" of {header.configured_rounds}" if header.configured_rounds else ""  # an app's run may not say
     items.append(f"Utility: test accuracy <b>{num(acc, 3)}</b> after {rounds_done}{of} round(s)"
-                 + (f"; {summary.client_errors} client errors" if summary.client_errors else "") + ".")
+                 + (f"; {summary.client_errors} client error{'' if summary.client_errors == 1 else 's'}"
+                    + (f" (the first: {esc(summary.client_error)})" if summary.client_error else "")
+                    if summary.client_errors else "") + ".")
     if summary.epsilon is not None:
         items.append(f"Differential privacy: the largest epsilon a round reported is {num(summary.epsilon, 2)} "
                      "(at the defense's delta; DP-SGD's and local DP's cover one round of one client's training, "
@@ -259,7 +261,7 @@ def exposure_table(summary: Summary) -> str:
         scored = summary.headline is not None and summary.headline.audited_updates
         return ("<p class='note'>Exposure per training sample is not shown: the updates came without the samples' "
                 "dataset indices (an app's own loader), so a sample audited in two rounds could not be counted "
-                "once.</p>" if scored else "")
+                "once.</p>" if scored else "<p class='muted'>No update was scored.</p>")
     worst = [r for r in worst_clients(rows) if r.audited or r.recovered]
     last = max(r.round for r in rows)
     everyone = next((r for r in rows if r.client == ALL and r.round == last), None)
@@ -425,7 +427,8 @@ def galleries(run_dir: Path, results: list[JobResult], images: list[ImageRow], h
                 "images/.</p>")
     body = "".join(gallery(run_dir, r, by_row.get((r.round, r.client, r.attack, r.adaptive), []), header)
                    for r in shown)
-    return (note + body) if body else "<p class='muted'>No galleries (audit.save_images=false, or nothing scored).</p>"
+    return (note + body) if body else ("<p class='muted'>No galleries: nothing was scored, or the run saved no images "
+                                       "(audit.save_images=false; AuditStrategy's save_images=False).</p>")
 
 
 def best_samples(run_dir: Path, images: list[ImageRow]) -> str:

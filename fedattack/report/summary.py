@@ -85,6 +85,7 @@ class Summary:
     headline: Headline | None = None
     interrupted: Interruption | None = None  # why the run stopped early (None: it finished)
     lpips_note: str = ""  # why no LPIPS column ("" where it was computed or nothing was scored)
+    client_error: str = ""  # the first client error's reason ("" where none failed)
     exposure: list[ExposureRow] = field(default_factory=list, compare=True, repr=False)
 
     def to_dict(self) -> dict:
@@ -92,6 +93,7 @@ class Summary:
         return {"interrupted": self.interrupted.to_dict() if self.interrupted else None, "headline": asdict(self.headline) if self.headline else None,
                 "epsilon": self.epsilon, "attacks": {k: asdict(v) for k, v in self.attacks.items()},
                 "rounds": self.rounds, "final_test_acc": self.final_test_acc, "client_errors": self.client_errors,
+                "client_error": self.client_error,
                 "defense": self.defense, "lpips_note": self.lpips_note,
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.header).items()}}
 
@@ -215,4 +217,5 @@ def summarize(results: list[JobResult], rounds: list[RoundResult], header: RunHe
                    final_test_acc=accs[-1] if accs else None,
                    client_errors=sum(r.errors for r in rounds), defense=header.defense,
                    epsilon=max(eps) if eps else None, headline=headline(results, rows), interrupted=interrupted,
-                   lpips_note="" if has_lpips or not scored_images else lpips_note, exposure=rows)
+                   lpips_note="" if has_lpips or not scored_images else lpips_note,
+                   client_error=next((r.error for r in rounds if r.error), ""), exposure=rows)

@@ -31,7 +31,7 @@ LEAKAGE_FIELDS = ["round", "client", "attack", "defense", "adaptive", "scope", "
                   "num_images", "seconds", "device", "epsilon", "error", "traceback",
                   "unscored"]
 ROUND_FIELDS = ["round", "train_loss", "test_loss", "test_acc", "replies", "errors", "audited_clients", "jobs",
-                "scope", "epsilon", "seconds"]
+                "scope", "epsilon", "seconds", "error"]
 IMAGE_FIELDS = ["round", "client", "attack", "adaptive", "position", "index", "owner", "psnr", "ssim",
                 "baseline_psnr", "baseline_ssim", "lpips", "recovered"]
 CLIENT_FIELDS = ["client", "samples"]
@@ -88,7 +88,7 @@ def round_row(r: RoundResult) -> dict:
     return {"round": r.round, "train_loss": _cell(r.train_loss), "test_loss": _cell(r.test_loss),
             "test_acc": _cell(r.test_acc), "replies": r.replies, "errors": r.errors,
             "audited_clients": r.audited_clients, "jobs": r.jobs, "scope": r.scope, "epsilon": _cell(r.epsilon),
-            "seconds": _cell(r.seconds)}
+            "seconds": _cell(r.seconds), "error": r.error}
 
 
 def round_result(row: dict[str, str]) -> RoundResult:
@@ -96,7 +96,8 @@ def round_result(row: dict[str, str]) -> RoundResult:
                        test_loss=_float(row["test_loss"]), test_acc=_float(row["test_acc"]),
                        replies=_int(row["replies"]), errors=_int(row["errors"]),
                        audited_clients=_int(row["audited_clients"]), jobs=_int(row["jobs"]), scope=row["scope"],
-                       epsilon=_float(row["epsilon"]), seconds=_float(row["seconds"]))
+                       epsilon=_float(row["epsilon"]), seconds=_float(row["seconds"]),
+                       error=row.get("error") or "")  # run directories written before the column have none
 
 
 def image_row(r: ImageRow) -> dict:

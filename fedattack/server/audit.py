@@ -30,6 +30,7 @@ images) goes from the reply's audit-only record to the scorer only; no attack re
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -526,6 +527,9 @@ class Auditor:
             stats = self.round_stats(rnd)
             good = [r for r in replies if not r.has_error()]
             stats.replies, stats.errors = len(good), stats.errors + len(replies) - len(good)
+            failed = [r for r in replies if r.has_error()]
+            if failed and not stats.error:
+                stats.error = client_error(failed[0])
             records = [(r, pop_record(r.content)) for r in good]
             metrics = [_metrics(r) for r, _ in records]
             losses = [(float(m.get("train_loss", np.nan)), float(m.get(weight_key, 1))) for m in metrics if m]
@@ -653,6 +657,17 @@ def aggregate_truth(parts: Sequence[Truth], clients: Sequence[int | str]) -> Tru
     return Truth(images=torch.cat([t.images for t in parts]), labels=torch.cat([t.labels for t in parts]),
                  indices=tuple(i for t in parts for i in t.indices),
                  owners=tuple(c for t, c in zip(parts, clients) for _ in range(len(t.labels))))
+
+
+def client_error(reply: Message) -> str:
+    """A failed reply's reason in one line (a data error says which file and why): the message
+    of the exception Flower's simulation wrapped ("...occurred. Message: <it>'>"), else the
+    last line of the reason the client sent (a traceback's names the exception)."""
+    text = str(reply.error.reason or "")
+    wrapped = re.search(r"occurred\. Message: (.*?)'>\s*$", text, re.S)
+    lines = [line.strip() for line in (wrapped.group(1) if wrapped else text).splitlines() if line.strip()]
+    reason = (lines[0] if wrapped else lines[-1]) if lines else f"error code {reply.error.code}"
+    return reason if len(reason) <= 300 else reason[:297] + "..."
 
 
 def _metrics(msg: Message) -> dict:

@@ -19,3 +19,12 @@ def _drop(update, params=None, ctx=None):
 
 drop_head = DefenseSpec(name="drop-head", params=NoParams, paper="a test's own", where="update", on_update=_drop,
                         adapt=lambda trial, observed, p, scale=None: _drop(trial, p))
+
+
+def _unreadable(x, y, params=None, ctx=None):
+    raise ValueError("this client's images cannot be read")
+
+
+# a client whose training always fails, as one with broken data does
+breaks_training = DefenseSpec(name="breaks-training", params=NoParams, paper="a test's own", where="training",
+                              on_batch=_unreadable)

@@ -189,3 +189,12 @@ def test_a_results_file_names_are_portable_where_an_attack_is_an_import_path():
 ])
 def test_the_header_says_the_clients_protocol_with_its_optimizer(client, says):
     assert RunHeader.from_config({"client": client}).protocol == says
+
+
+def test_an_update_that_is_not_finite_is_a_failed_row_naming_why(update):
+    from dataclasses import replace
+
+    obs, truth = update
+    broken = replace(obs, update={k: torch.full_like(v, float("nan")) for k, v in obs.update.items()})
+    r = run_job(_job("idlg", broken, strict=True), truth)  # not an error, even where jobs run strict
+    assert r.status == "failed" and r.error.startswith("AttackFailure: the update holds NaN or infinity")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from fedattack.attacks import ATTACKS, AttackContext
-from fedattack.errors import FedattackError
+from fedattack.errors import AttackFailure, FedattackError
 from fedattack.metrics import score
 from fedattack.metrics.lpips import lpips_fn
 from fedattack.results import JobResult, Score
@@ -113,6 +113,9 @@ def run_job(job: AttackJob, truth: Truth | None) -> JobResult:
     ctx = AttackContext(device=device, seed=job.seed, labels=job.labels, adaptive=job.adaptive)
     t0 = time.perf_counter()
     try:
+        if not all(bool(torch.isfinite(u).all()) for u in job.observation.update.values()):
+            raise AttackFailure("the update holds NaN or infinity (the client's training diverged, or the model's "
+                                "output is not finite): there is nothing to invert")
         recon = spec(job.observation.to(device), job.params, ctx)
         if recon.images is not None and not torch.isfinite(recon.images).all():
             raise FloatingPointError("the reconstruction diverged (NaN or inf)")

@@ -90,10 +90,14 @@ def test_analytic_reads_the_precode_encoder_input_and_the_image():
     assert only.images is None and torch.allclose(only.info["features"], h.detach(), rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("model", ["lenet", "tests.plugins.models:pooled_features_as_wide_as_the_image"])
-def test_analytic_says_what_it_needs_on_a_conv_model(model):
+@pytest.mark.parametrize("model, says", [
+    ("lenet", "fully connected layer on the flattened input"),
+    ("tests.plugins.models:pooled_features_as_wide_as_the_image", "fully connected layer on the flattened input"),
+    ("tests.plugins.models:mlp_without_bias", r"the first layer '1' has no bias, and analytic reads the image off"),
+])
+def test_analytic_says_what_it_needs_on_a_conv_model(model, says):
     obs, _ = observe([f"model.name={model}", "client.batch_size=1", "client.local_steps=1"], [3])
-    with pytest.raises(AttackFailure, match="fully connected layer on the flattened input"):
+    with pytest.raises(AttackFailure, match=says):
         attack("analytic", obs)
 
 

@@ -84,8 +84,13 @@ def analytic(obs: Observation, params: AnalyticParams, ctx: AttackContext) -> Re
     image_layer = _resolve(params.layer, input_layer(obs))
     feature_layer = _resolve(params.feature_layer, precode)
     if image_layer is None and feature_layer is None:
+        first, w = next(iter(obs.global_params.items()), ("", None))
+        if (params.layer == "auto" and first.endswith(".weight") and w is not None and w.ndim == 2
+                and w.shape[1] == math.prod(obs.data.shape)):
+            raise AttackFailure(f"the first layer '{first[:-len('.weight')]}' has no bias, and analytic reads the "
+                                "image off the bias gradient (dW = db x^T)")
         raise AttackFailure("analytic needs a fully connected layer on the flattened input (as the built-in mlp has) "
-                         "or a named feature layer (analytic.feature_layer)")
+                            "or a named feature layer (analytic.feature_layer)")
     info: dict = {}
     images = None
     if image_layer is not None:

@@ -53,3 +53,8 @@ def pooled_features_as_wide_as_the_image(in_shape, num_classes, act):
     c, h, w = in_shape
     return nn.Sequential(nn.Conv2d(c, 4 * c, 3, padding=1), act(), nn.MaxPool2d(2), nn.Flatten(),
                          nn.Linear(4 * c * (h // 2) * (w // 2), num_classes))
+
+
+def mlp_without_bias(in_shape, num_classes, act):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], 16, bias=False), act(),
+                         nn.Linear(16, num_classes))

@@ -159,17 +159,128 @@ def test_imagefolder(tmp_path):
     assert splits.train.spec.num_classes == 2
     x, _ = splits.train.get([0])
     assert x.shape == (1, 3, 16, 16)
-    (tmp_path / "dogs" / "9.png").write_text("not an image")  # found when the image is first used
-    splits = load_dataset(_cfg("data.name=imagefolder", f"data.root={tmp_path}", "data.test_fraction=0.5").data,
-                          seed=1)
+    (tmp_path / "dogs" / "9.png").write_text("not an image")  # found when the folder is loaded
     with pytest.raises(DataError, match=r"^data.root: .*9.png is not an image PIL can read"):
-        for i in range(len(splits.train)):
-            splits.train.get([i])
-        for i in range(len(splits.test)):
-            splits.test.get([i])
+        load_dataset(_cfg("data.name=imagefolder", f"data.root={tmp_path}", "data.test_fraction=0.5").data, seed=1)
+    (tmp_path / "dogs" / "9.png").unlink()
     with pytest.raises(DataError, match=r"^data.root: no images found under .*a.txt"):
         (tmp_path / "a.txt").write_text("")
         load_dataset(_cfg("data.name=imagefolder", f"data.root={tmp_path / 'a.txt'}").data, seed=0)
+
+
+def test_an_unreadable_image_is_found_when_the_folder_is_loaded(tmp_path):
+    """A PNG cut short (PIL's verify reads its chunks' checksums) or a text file named .png is one line
+    naming data.root when the folder is loaded, before any client trains on it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
+    cut = tmp_path / "b" / "2.png"
+    cut.write_bytes(cut.read_bytes()[:200])
+    cfg = _cfg("data.name=imagefolder", f"data.root={tmp_path}").data
+    with pytest.raises(DataError, match=r"^data.root: .*b/2.png is not an image PIL can read \(OSError\)") as err:
+        load_dataset(cfg, seed=0)
+    assert "\n" not in str(err.value)
+    cut.write_text("plain text")
+    load_dataset.cache_clear()
+    with pytest.raises(DataError, match=r"^data.root: .*b/2.png is not an image PIL can read \(UnidentifiedImage"):
+        load_dataset(cfg, seed=0)
+
+
+def test_images_of_more_than_8_bits_are_scaled_not_clipped(tmp_path):
+    """16-bit greyscale (PNG's I;16, TIFF's I;16B) is divided by 65535; 32-bit integers (I) in 0..65535
+    likewise and floats (F) in 0..1 as they are; other 32-bit values are one line naming the file."""
+    from PIL import Image
+
+    ramp = (np.arange(16 * 16).reshape(16, 16) * 256).astype(np.uint16)  # 0 .. 65280
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.fromarray(ramp).save(tmp_path / "a" / "0.png")  # opened as I;16
+    Image.fromarray(ramp.astype(">u2")).save(tmp_path / "a" / "1.tif")  # I;16B
+    Image.fromarray(ramp.astype(np.int32)).save(tmp_path / "b" / "0.tif")  # I
+    Image.fromarray(ramp.astype(np.float32) / 65535).save(tmp_path / "b" / "1.tif")  # F
+    assert [Image.open(p).mode for p in sorted(tmp_path.glob("*/*"))] == ["I;16", "I;16B", "I", "F"]
+    splits = load_dataset(_cfg("data.name=imagefolder", f"data.root={tmp_path}", "data.image_size=16",
+                               "data.channels=1", "data.test_fraction=0.5").data, seed=0)
+    for data in (splits.train, splits.test):
+        for i in range(len(data)):
+            px = data.fetch(i)
+            assert px.shape == (1, 16, 16)
+            assert np.allclose(px[0].numpy(), ramp / 65535, atol=1e-6), data.targets[i]
+    rgb = load_dataset(_cfg("data.name=imagefolder", f"data.root={tmp_path}", "data.image_size=16").data, seed=0)
+    assert np.allclose(rgb.train.fetch(0).numpy(), np.broadcast_to(ramp / 65535, (3, 16, 16)), atol=1e-6)
+    Image.fromarray(np.full((4, 4), 70000, dtype=np.int32)).save(tmp_path / "b" / "2.tif")
+    with pytest.raises(DataError, match=r"^data.root: .*b/2.tif is a 32-bit integer image \(mode I\) with values "
+                                        r"70000..70000; only values in 0..65535"):
+        load_dataset(_cfg("data.name=imagefolder", f"data.root={tmp_path}").data, seed=0)
+    (tmp_path / "b" / "2.tif").unlink()
+    Image.fromarray(np.full((4, 4), 3.5, dtype=np.float32)).save(tmp_path / "b" / "2.tif")
+    with pytest.raises(DataError, match=r"^data.root: .*b/2.tif is a float image \(mode F\) with values 3.5..3.5"):
+        load_dataset(_cfg("data.name=imagefolder", f"data.root={tmp_path}").data, seed=1)
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda raw: raw / "train-images-idx3-ubyte", None),
+    (lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x09\x01" + bytes(8)),
+     r"train-labels-idx1-ubyte starts with 00000901, not an idx file's magic number 00000801"),
+    (lambda raw: (raw / "t10k-images-idx3-ubyte").write_bytes(b""), r"t10k-images-idx3-ubyte is empty"),
+    (lambda raw: (raw / "train-images-idx3-ubyte").write_text("just some text\n"),
+     r"train-images-idx3-ubyte starts with 6a757374, not an idx file's magic number 00000803"),
+    (lambda raw: (raw / "t10k-images-idx3-ubyte").write_bytes((raw / "t10k-images-idx3-ubyte").read_bytes()[:1000]),
+     r"t10k-images-idx3-ubyte is 1000 bytes but its header promises 6 x 28 x 28 values \(4720 bytes\)"),
+], ids=["missing", "wrong-magic", "empty", "text", "truncated"])
+def test_corrupt_idx_files_are_one_line(tmp_path, damage, why):
+    """Files present but not readable as idx files are told apart from files that are not there."""
+    _write_idx(tmp_path, "MNIST")
+    raw = tmp_path / "MNIST" / "raw"
+    path = damage(raw)
+    if why is None:  # a missing file: not found
+        path.unlink()
+        why = r"mnist not found under"
+    else:
+        why = rf"{raw} is not readable as MNIST idx files: {why}"
+    with pytest.raises(DataError, match=r"^data.root: " + why) as err:
+        load_dataset(_cfg("data.name=mnist", f"data.root={tmp_path}").data, seed=0)
+    assert "\n" not in str(err.value)
+
+
+def test_a_label_outside_the_classes_is_refused_when_loaded(tmp_path, capsys):
+    from fedattack.cli import main
+
+    _write_idx(tmp_path, "FashionMNIST")
+    path = tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte"
+    labels = bytearray(path.read_bytes())
+    labels[8 + 3] = 200
+    path.write_bytes(bytes(labels))
+    with pytest.raises(DataError, match=r"^data.root: fashion-mnist's test split: sample 3 has the label 200, "
+                                        r"outside the dataset's classes 0..9$"):
+        load_dataset(_cfg("data.name=fashion-mnist", f"data.root={tmp_path}").data, seed=0)
+    out = tmp_path / "run"
+    code = main(["run", "data.name=fashion-mnist", f"data.root={tmp_path}", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "sample 3 has the label 200" in err, err
+    assert not out.exists()
+
+
+def test_cifar_files_that_fail_the_checksums_are_not_called_missing(tmp_path):
+    """A correctly laid out but unofficial cifar-10-batches-py (a subset, say) fails torchvision's MD5
+    check: the message says so, not "not found"."""
+    base = tmp_path / "cifar-10-batches-py"
+    base.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(base / name, "wb") as f:
+            pickle.dump({"data": np.zeros((2, 3072), dtype=np.uint8), "labels": [0, 1]}, f)
+    with open(base / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [f"c{i}" for i in range(10)]}, f)
+    with pytest.raises(DataError, match=r"^data.root: .*cifar-10-batches-py holds cifar10's files, but they do not "
+                                        r"match the official release's checksums \(torchvision checks them\)"):
+        load_dataset(_cfg("data.name=cifar10", f"data.root={tmp_path}").data, seed=0)
+    (base / "test_batch").unlink()
+    with pytest.raises(DataError, match=r"^data.root: cifar10 not found under"):
+        load_dataset(_cfg("data.name=cifar10", f"data.root={tmp_path}").data, seed=0)
 
 
 def test_missing_root_is_a_clear_error(tmp_path):

@@ -136,3 +136,55 @@ def test_a_home_relative_repository_folder_and_a_bare_prefix(tmp_path, monkeypat
     assert len(load_dataset(_cfg("data.name=hf:~/repo"), seed=0).test) > 0
     with pytest.raises(ConfigError, match=r"^data.name: hf: needs a dataset"):
         load_dataset(_cfg("data.name=hf:"), seed=0)
+
+
+def test_a_column_of_paths_is_not_an_image_column(tmp_path):
+    ds = datasets.Dataset.from_dict({"image": [f"img/{i}.png" for i in range(6)], "label": [i % 2 for i in range(6)]})
+    ds.save_to_disk(str(tmp_path / "paths"))
+    with pytest.raises(ConfigError, match=r"^data.image_key: .*'s column 'image' does not hold images: it holds "
+                                          r"string values such as 'img/0.png'") as err:
+        load_dataset(_cfg(f"data.name=hf:{tmp_path / 'paths'}"), seed=0)
+    assert "\n" not in str(err.value)
+
+
+def test_a_damaged_local_folder_is_not_called_absent(tmp_path):
+    _tiny().save_to_disk(str(tmp_path / "tiny"))
+    for arrow in (tmp_path / "tiny").rglob("*.arrow"):
+        arrow.write_bytes(arrow.read_bytes()[:100])
+    with pytest.raises(DataError, match=r"^data.name: hf:.*tiny is a local folder but could not be read as a "
+                                        r"dataset \(") as err:
+        load_dataset(_cfg(f"data.name=hf:{tmp_path / 'tiny'}"), seed=0)
+    assert "\n" not in str(err.value) and "neither a local" not in str(err.value)
+
+
+def test_channels_come_from_every_sampled_image_not_the_first(tmp_path):
+    """A grey first image among colour ones is a colour dataset; grey with alpha (LA) is grey."""
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    grey = [Image.fromarray(rng.integers(0, 256, size=(8, 8), dtype=np.uint8))]
+    mixed = datasets.Dataset.from_dict({"image": grey + _images(rng, 9, (8, 8, 3)),
+                                        "label": [i % 2 for i in range(10)]}, features=feats)
+    mixed.save_to_disk(str(tmp_path / "mixed"))
+    splits = load_dataset(_cfg(f"data.name=hf:{tmp_path / 'mixed'}", "data.image_size=8"), seed=0)
+    assert splits.train.spec.shape == (3, 8, 8)
+    la = Image.fromarray(rng.integers(0, 256, size=(8, 8, 2), dtype=np.uint8), mode="LA")
+    ds = datasets.Dataset.from_dict({"image": [la] * 10, "label": [i % 2 for i in range(10)]}, features=feats)
+    ds.save_to_disk(str(tmp_path / "la"))
+    splits = load_dataset(_cfg(f"data.name=hf:{tmp_path / 'la'}", "data.image_size=8"), seed=0)
+    assert splits.train.spec.shape == (1, 8, 8)
+    assert np.allclose(splits.train.fetch(0)[0].numpy() * 255, np.asarray(la)[..., 0], atol=1e-3)
+
+
+def test_16_bit_images_are_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    ramp = (np.arange(8 * 8).reshape(8, 8) * 1000).astype(np.uint16)
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    ds = datasets.Dataset.from_dict({"image": [Image.fromarray(ramp) for _ in range(6)], "label": [0, 1] * 3},
+                                    features=feats)
+    ds.save_to_disk(str(tmp_path / "deep"))
+    splits = load_dataset(_cfg(f"data.name=hf:{tmp_path / 'deep'}", "data.image_size=8"), seed=0)
+    assert splits.train.spec.shape == (1, 8, 8)
+    assert np.allclose(splits.train.fetch(0)[0].numpy(), ramp / 65535, atol=1e-6)

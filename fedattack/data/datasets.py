@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fedattack.data.hf import is_hf, load_hf
-from fedattack.data.images import ImageData, Splits, from_array, image_spec, stratified_split
+from fedattack.data.images import ImageData, Splits, from_array, image_spec, pil_pixels, stratified_split
 from fedattack.errors import ConfigError, DataError, FedattackError
 from fedattack.registry import Registry, own_function
 from fedattack.schema import DataConfig
@@ -104,11 +104,68 @@ def _require_root(cfg, name: str, hint: str) -> Path:
     return root
 
 
+IDX_FILES = {"images": 3, "labels": 1}  # MNIST's idx files and the dimensions each holds
+
+
+def _idx_problem(path: Path, dims: int) -> str | None:
+    """Why an MNIST idx file of unsigned bytes cannot be read, or None when its header and size agree."""
+    data = path.read_bytes()
+    if not data:
+        return f"{path.name} is empty"
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8 or data[3] != dims:
+        return (f"{path.name} starts with {data[:4].hex() or 'nothing'}, not an idx file's magic number "
+                f"0000080{dims} ({dims}-dimensional unsigned bytes)")
+    header = 4 + 4 * dims
+    if len(data) < header:
+        return f"{path.name} ends inside its header ({len(data)} bytes)"
+    sizes = [int.from_bytes(data[4 + 4 * i:8 + 4 * i], "big") for i in range(dims)]
+    if len(data) != header + int(np.prod(sizes)):
+        return (f"{path.name} is {len(data)} bytes but its header promises {' x '.join(map(str, sizes))} values "
+                f"({header + int(np.prod(sizes))} bytes)")
+    return None
+
+
+def _check_idx_files(cls, root: Path, train: bool) -> None:
+    """Read the split's idx files' headers before torchvision does: its asserts say nothing."""
+    raw = root / cls.__name__ / "raw"
+    for kind, dims in IDX_FILES.items():
+        path = raw / f"{'train' if train else 't10k'}-{kind}-idx{dims}-ubyte"
+        if not path.is_file():
+            continue  # absent: torchvision says "not found", or downloads it
+        try:
+            problem = _idx_problem(path, dims)
+        except OSError as exc:
+            problem = f"{path.name}: {exc.strerror or type(exc).__name__}"
+        if problem:
+            raise DataError(f"data.root: {raw} is not readable as MNIST idx files: {problem}; replace the file with "
+                            "the original or set data.download=true after removing it")
+
+
+def _cifar_files_present(cls, root: Path) -> bool:
+    folder = root / cls.base_folder
+    names = [name for name, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+    return all((folder / name).is_file() for name in names)
+
+
 def _torchvision_split(cls, root: Path, train: bool, download: bool, name: str, hint: str):
+    from torchvision.datasets import MNIST
+
+    if issubclass(cls, MNIST):
+        _check_idx_files(cls, root, train)
     try:
         return cls(root=str(root), train=train, download=download)
     except RuntimeError as exc:
-        raise DataError(f"data.root: {name} not found under {root} ({exc}); {hint}") from None
+        if hasattr(cls, "base_folder") and _cifar_files_present(cls, root):
+            raise DataError(f"data.root: {root / cls.base_folder} holds {name}'s files, but they do not match the "
+                            "official release's checksums (torchvision checks them); extract the original "
+                            f"archive there{' or remove them and set data.download=true' if not download else ''}"
+                            ) from None
+        if "not found" in str(exc).lower():
+            raise DataError(f"data.root: {name} not found under {root} ({exc}); {hint}") from None
+        raise DataError(f"data.root: {name}'s files under {root} could not be read ({exc}); {hint}") from None
+    except (AssertionError, ValueError, TypeError, EOFError, OSError, IndexError) as exc:
+        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"data.root: {name}'s files under {root} could not be read ({why}); {hint}") from None
 
 
 def _wrap_torchvision(ds: Any, spec: DataSpec, where: str) -> ImageData:
@@ -156,6 +213,24 @@ DATASETS.register("cifar100", _torchvision_dataset(
     _CIFAR_HINT.format("cifar-100-python.tar.gz")))
 
 
+def _check_image(path: str) -> None:
+    """Open the file and check its structure without decoding it (PIL's verify: a PNG's chunk
+    checksums, so a cut or damaged file is found), a fraction of a millisecond for a small image;
+    32-bit images (modes I and F) are decoded to check that their values have a known scale."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            mode = img.mode
+            img.verify()
+        if mode in ("I", "F"):  # 32 bits a pixel: read now whether its values have a known scale
+            with Image.open(path) as img:
+                pil_pixels(img, 1, path)
+    except (OSError, ValueError, SyntaxError) as exc:  # verify raises SyntaxError for some broken files
+        raise DataError(f"data.root: {path} is not an image PIL can read ({type(exc).__name__}); remove it or "
+                        "convert it") from None
+
+
 @DATASETS.register("imagefolder", doc="your own images: data.root/<class>/<image>, one folder per class")
 def imagefolder(cfg, seed: int) -> Splits:
     from PIL import Image
@@ -167,18 +242,20 @@ def imagefolder(cfg, seed: int) -> Splits:
         ds = ImageFolder(str(root))
     except (OSError, RuntimeError) as exc:  # missing, not a folder, unreadable, no images
         raise DataError(f"data.root: no images found under {root} ({exc}); {hint}") from None
+    for path, _ in ds.samples:  # every file now, not when a client first trains on it
+        _check_image(path)
     targets = np.asarray(ds.targets, dtype=np.int64)
     channels = cfg.channels or 3
     spec = image_spec(cfg, channels, len(ds.classes), (0.5,) * channels, (0.5,) * channels)
 
     def fetch(i: int) -> torch.Tensor:
         path = ds.samples[i][0]
-        try:  # opened when first used: a file that is not an image is found here
-            img = Image.open(path).convert("RGB" if channels == 3 else "L")
+        try:
+            with Image.open(path) as img:
+                arr = torch.as_tensor(pil_pixels(img, channels, path))
         except (OSError, ValueError) as exc:
             raise DataError(f"data.root: {path} is not an image PIL can read ({type(exc).__name__}); remove it or "
                             "convert it") from None
-        arr = torch.as_tensor(np.asarray(img, dtype=np.float32) / 255.0)
         return arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)
 
     tr, te = stratified_split(targets, cfg.test_fraction, seed)
@@ -189,15 +266,37 @@ def imagefolder(cfg, seed: int) -> Splits:
                   ImageData(lambda i: fetch(int(te[i])), targets[te], spec))
 
 
+def check_labels(splits: Splits, field: str, name: str) -> None:
+    """Every label of both splits is one of the dataset's classes 0..num_classes-1 (a label file
+    may hold any byte; a dataset of the user's own may return anything)."""
+    for split, data in (("training", splits.train), ("test", splits.test)):
+        targets = np.asarray(data.targets)
+        if not targets.size or not np.issubdtype(targets.dtype, np.number):
+            continue
+        n = data.spec.num_classes
+        bad = np.flatnonzero((targets < 0) | (targets >= n) | (targets != np.round(targets)))
+        if bad.size:
+            i = int(bad[0])
+            value = targets[i].item()
+            more = f" (and {bad.size - 1} more)" if bad.size > 1 else ""
+            raise DataError(f"{field}: {name}'s {split} split: sample {i} has the label {value!r}{more}, outside the "
+                            f"dataset's classes 0..{n - 1}")
+
+
 @lru_cache(maxsize=4)
 def load_dataset(cfg: DataConfig, *, seed: int = 0) -> Splits:
     """Load the configured dataset's train and test splits; cached per process under
-    (cfg, seed), a frozen DataConfig being its own key."""
+    (cfg, seed), a frozen DataConfig being its own key. Every label is checked to be one of
+    the dataset's classes."""
     if is_hf(cfg.name):
-        return load_hf(cfg, seed)
+        splits = load_hf(cfg, seed)
+        check_labels(splits, "data.label_key", cfg.name)
+        return splits
     loader = DATASETS.get(cfg.name)
     if ":" not in cfg.name:
-        return loader(cfg, seed)
+        splits = loader(cfg, seed)
+        check_labels(splits, "data.root" if cfg.root else "data.name", cfg.name)
+        return splits
     try:  # a dataset of the user's own (module:attr): what goes wrong in it is one line naming it
         splits = loader(cfg, seed)
     except FedattackError:
@@ -209,4 +308,5 @@ def load_dataset(cfg: DataConfig, *, seed: int = 0) -> Splits:
     if not isinstance(splits, Splits):
         raise DataError(f"data.name: {cfg.name} returned {type(splits).__name__}, not Splits (a dataset is called as "
                         "fn(cfg: DataConfig, seed) and returns fedattack.data.images.Splits)")
+    check_labels(splits, "data.name", cfg.name)
     return splits

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fedattack.data.images import ImageData, Splits, image_spec, stratified_split
+from fedattack.data.images import GREY_MODES, ImageData, Splits, image_spec, pil_pixels, stratified_split
 from fedattack.errors import ConfigError, DataError
 
 PREFIX = "hf:"
@@ -83,6 +83,9 @@ def open_dataset(ref: str, cfg):
                 obj = datasets.load_dataset(str(path) if path.is_dir() else ref, cache_dir=cache)
     except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, ...)
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if path.is_dir():  # the folder is there: what is wrong is inside it
+            raise DataError(f"data.name: {where} is a local folder but could not be read as a dataset ({reason}); "
+                            "write it again with save_to_disk, or lay it out as a dataset repository") from None
         if cfg.download:
             raise DataError(f"data.name: {where} could not be loaded ({reason})") from None
         raise DataError(f"data.name: {where} could not be loaded offline ({reason}); it is neither a local dataset "
@@ -112,15 +115,16 @@ def _pick(ds, chosen: str | None, names: tuple[str, ...], feature_type, key: str
                            f"{', '.join(cols)}")
 
 
-def _to_tensor(value, channels: int) -> torch.Tensor:
+def _to_tensor(value, channels: int, where: str = "") -> torch.Tensor:
     """One image (PIL image or nested array, HWC or HW) as a float (C, H, W) tensor in [0, 1]."""
     from PIL import Image
 
     if isinstance(value, Image.Image):
-        arr = np.asarray(value.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+        arr = pil_pixels(value, channels, where, "data.name")
     else:
         raw = np.asarray(value)
-        arr = raw.astype(np.float32) / (255.0 if np.issubdtype(raw.dtype, np.integer) else 1.0)
+        scale = 65535.0 if raw.dtype in (np.uint16, np.dtype(">u2")) else 255.0
+        arr = raw.astype(np.float32) / (scale if np.issubdtype(raw.dtype, np.integer) else 1.0)
     t = torch.as_tensor(arr)
     if t.ndim == 2:
         t = t[None]
@@ -131,13 +135,55 @@ def _to_tensor(value, channels: int) -> torch.Tensor:
     return t.contiguous()
 
 
-def _native_channels(value) -> int:
-    from PIL import Image
+def _image_column(ds, key: str, where: str) -> None:
+    """The image column holds images (datasets.Image, or arrays of 2 or 3 dimensions), not, say, paths."""
+    from datasets import Image
 
-    if isinstance(value, Image.Image):
-        return 1 if value.mode in ("1", "L", "I", "I;16", "F") else 3
+    if isinstance(ds.features[key], Image):
+        return
+    first = ds[0][key]
+    arr = None if isinstance(first, (str, bytes, dict)) else np.asarray(first)
+    if arr is None or arr.ndim not in (2, 3) or not np.issubdtype(arr.dtype, np.number):
+        feature = ds.features[key]
+        kind = getattr(feature, "dtype", None) or type(feature).__name__  # Value('string') -> string
+        what = repr(first)[:60] if isinstance(first, (str, bytes)) else type(first).__name__
+        raise ConfigError("data.image_key", f"{where}'s column '{key}' does not hold images: it holds {kind} values "
+                                            f"such as {what}; name a column of images (datasets.Image, or arrays "
+                                            "of pixels)")
+
+
+def _mode_channels(mode: str) -> int:
+    return 1 if mode in GREY_MODES else 3
+
+
+def _array_channels(value) -> int:
     arr = np.asarray(value)
     return 1 if arr.ndim == 2 or 1 in (arr.shape[0], arr.shape[-1]) else 3
+
+
+def _native_channels(images, key: str, rows) -> int:
+    """3 when any of the rows holds a colour image, else 1 (L, LA, 16-bit and float modes are grey).
+
+    Images (datasets.Image) are opened undecoded: PIL reads the mode from the file's header."""
+    import io
+
+    from datasets import Image
+    from PIL import Image as PILImage
+
+    if not isinstance(images.features[key], Image):
+        return max(_array_channels(images[int(i)][key]) for i in rows)
+    raw = images.cast_column(key, Image(decode=False))
+    for i in rows:
+        cell = raw[int(i)][key]
+        try:
+            src = io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell.get("path")
+            with PILImage.open(src) as img:
+                mode = img.mode
+        except (OSError, ValueError, TypeError):  # a path inside an archive, say: let datasets decode it
+            mode = images[int(i)][key].mode
+        if _mode_channels(mode) == 3:
+            return 3
+    return 1
 
 
 def _labels(values: list, classes: list | None, where: str = "") -> tuple[np.ndarray, list]:
@@ -181,17 +227,18 @@ def load_hf(cfg, seed: int):
         else:
             classes = sorted(values, key=str)
     train_y, classes = _labels(list(train[label_key]), classes)
+    _image_column(train, image_key, where)
     images = train.select_columns([image_key])
-    channels = _native_channels(images[0][image_key])
-
-    def fetcher(ds, rows: np.ndarray):
-        return lambda i: _to_tensor(ds[int(rows[i])][image_key], channels)
-
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(len(images), size=min(NORM_SAMPLES, len(images)), replace=False))
+    channels = _native_channels(images, image_key, np.union1d([0], sample))
+
+    def fetcher(ds, rows: np.ndarray, split: str):
+        return lambda i: _to_tensor(ds[int(rows[i])][image_key], channels, f"{where}'s {split} row {int(rows[i])}")
+
     moments = np.zeros((channels, 2))
     for i in sample:
-        x = _to_tensor(images[int(i)][image_key], channels).flatten(1).double()
+        x = _to_tensor(images[int(i)][image_key], channels, f"{where}'s {train_name} row {int(i)}").flatten(1).double()
         moments += torch.stack([x.mean(1), (x ** 2).mean(1)], 1).numpy()
     moments /= len(sample)
     mean = moments[:, 0]
@@ -199,11 +246,12 @@ def load_hf(cfg, seed: int):
     spec = image_spec(cfg, channels, len(classes), tuple(mean), tuple(std))
     if test is None:
         tr, te = stratified_split(train_y, cfg.test_fraction, seed)
-        return Splits(ImageData(fetcher(images, tr), train_y[tr], spec), ImageData(fetcher(images, te), train_y[te], spec))
+        return Splits(ImageData(fetcher(images, tr, train_name), train_y[tr], spec),
+                      ImageData(fetcher(images, te, train_name), train_y[te], spec))
     for key in (image_key, label_key):
         if key not in test.column_names:
             raise DataError(f"data.name: {where}'s test split has no column '{key}'")
     test_y, _ = _labels(test_labels, classes, f"{where}'s test split")
     all_rows = np.arange(len(train))
-    return Splits(ImageData(fetcher(images, all_rows), train_y, spec),
-                  ImageData(fetcher(test.select_columns([image_key]), np.arange(len(test))), test_y, spec))
+    return Splits(ImageData(fetcher(images, all_rows, train_name), train_y, spec),
+                  ImageData(fetcher(test.select_columns([image_key]), np.arange(len(test)), "test"), test_y, spec))

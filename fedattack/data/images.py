@@ -11,7 +11,36 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedattack.errors import DataError
 from fedattack.threat import DataSpec, Truth
+
+GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
+WIDE_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})  # more than 8 bits a pixel, one channel
+
+
+def pil_pixels(img, channels: int, where: str, field: str = "data.root") -> np.ndarray:
+    """A PIL image as float32 pixels in [0, 1], (H, W) for channels=1 or (H, W, 3).
+
+    8-bit modes go through PIL's own conversion to L or RGB. 16-bit greyscale (I;16, I;16B, ...) is
+    divided by 65535. 32-bit integer images (I, as some Pillow versions open 16-bit PNGs) are divided
+    by 65535 too when every value lies in 0..65535, and float images (F) are taken as they are when
+    every value lies in 0..1; other values have no known scale and are refused (`field`: `where`)."""
+    mode = img.mode
+    if mode not in WIDE_MODES:
+        return np.asarray(img.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255.0
+    raw = np.asarray(img)
+    lo, hi = (float(raw.min()), float(raw.max())) if raw.size else (0.0, 0.0)
+    if mode == "F":
+        if not (np.isfinite(raw).all() and 0.0 <= lo and hi <= 1.0):
+            raise DataError(f"{field}: {where} is a float image (mode F) with values {lo:g}..{hi:g}; only values "
+                            "in 0..1 have a known scale: convert it to 8 or 16 bits")
+        arr = raw.astype(np.float32)
+    else:
+        if lo < 0 or hi > 65535:
+            raise DataError(f"{field}: {where} is a 32-bit integer image (mode {mode}) with values {lo:g}..{hi:g}; "
+                            "only values in 0..65535 (16 bits) have a known scale: convert it to 8 or 16 bits")
+        arr = raw.astype(np.float32) / 65535.0
+    return arr if channels == 1 else np.repeat(arr[..., None], 3, axis=-1)
 
 
 @dataclass

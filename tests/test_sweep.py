@@ -166,7 +166,7 @@ def test_a_sweep_where_nothing_leaked_even_without_the_defense_names_no_safe_val
     runs[0].summary = _summary(0.90, {"idlg": 1})  # the reference leaks: the weakest value is safe
     ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 1.0], seeds=[0], reference="reference run")
     assert not ans.nothing_leaked and ans.safe_found and ans.safe_value == 0.01
-    assert "a cost of +0.000" in ans.sentence()
+    assert "no cost (a change of +0.000" in ans.sentence()  # equal accuracy is no cost, not a cost of 0
 
 
 class _Tags(HTMLParser):

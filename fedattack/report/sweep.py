@@ -87,8 +87,8 @@ class Answer:
                 spread = (f" ± {self.cost[1]:.3f} (std over seeds, paired by seed)" if len(self.seeds) > 1
                           else " (one seed: no uncertainty; set sweep.seeds=[0,1,2] for one)")
                 text += (f" Test accuracy there: {self.acc_safe[0]:.3f}, against {self.acc_reference[0]:.3f} for the "
-                         f"{self.reference}: a cost of {0.0 - self.cost[0] + 0.0:+.3f}{spread}."
-                         if self.cost[0] <= 0 else
+                         f"{self.reference}: a cost of {-self.cost[0]:.3f}{spread}."
+                         if self.cost[0] < 0 else
                          f" Test accuracy there: {self.acc_safe[0]:.3f}, against {self.acc_reference[0]:.3f} for the "
                          f"{self.reference}: no cost (a change of {self.cost[0]:+.3f}{spread}).")
         if self.failed_runs:

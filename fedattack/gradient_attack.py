@@ -104,7 +104,8 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     obs = make_observation(exp, auditor.param_names, sent, received,
                            {"num-examples": result.num_examples, "local_steps": result.steps})
     progress.print(f"victim: {len(result.indices)} images {result.indices[:16]}{' ...' if len(result.indices) > 16 else ''}, "
-                   f"{result.steps} local steps of batch {cfg.client.batch_size} at lr {cfg.client.lr}")
+                   f"{result.steps} local step{'' if result.steps == 1 else 's'} of batch {cfg.client.batch_size} at lr {cfg.client.lr}; "
+                   f"defense: {auditor.defense}")
     try:
         with shutdown.cooperative():
             shutdown.check()

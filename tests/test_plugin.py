@@ -278,6 +278,7 @@ def test_a_model_whose_output_does_not_fit_names_the_output_not_the_input(tmp_pa
     # named as AuditStrategy's arguments are, not as fedattack's config keys
     for kwargs, says in [(dict(labels="nosuch:thing"), r"^labels: cannot import 'nosuch:thing'"),
                          (dict(every="2"), r"^every: expected an integer, got '2'$"),
+                         (dict(success_margin=-1), r"^success_margin: must be >= 0"),
                          (dict(attacks={"invgrad": {"iters": 3}}),
                           r"^attacks\['invgrad'\]\.iters: unknown key; allowed: "),
                          (dict(attacks={"tests.plugins.failing:boom": {"x": 1}}),
@@ -530,3 +531,8 @@ def test_fedprox_mu_reaches_the_clients_training_and_the_audits_replay():
     assert protocol.protocol({"lr": 0.1, "batch-size": 2, "momentum": 0.0, "local-steps": 2, "proximal-mu": 0.3},
                              4).proximal_mu == 0.3
     assert TrainingProtocol.of_config(fconfig.load(None, [])).protocol(None, 4).proximal_mu == 0.0
+
+
+def test_the_success_margin_is_the_apps_to_set(tmp_path):
+    strategy = _strategy(tmp_path, success_margin=2.0)
+    assert strategy.auditor.plan.options.success_margin == 2.0

@@ -765,6 +765,9 @@ class AuditStrategy(Strategy):
         protocol's defenses.
     success_ssim : float (default: 0.5)
         SSIM from which a reconstructed image counts as recovered.
+    success_margin : float (default: 0.5)
+        dB by which an update's mean PSNR must beat the flat-image baseline's before any of its
+        images counts as recovered.
     max_concurrent : int (default: 2)
         Attack jobs running at once.
     gpus_per_job : float (default: 0.0)
@@ -817,7 +820,7 @@ class AuditStrategy(Strategy):
                  input_shape: tuple[int, int, int] | None = None, num_classes: int | None = None,
                  mean: Sequence[float] | None = None, std: Sequence[float] | None = None, seed: int | None = None,
                  every: int = 1, max_clients: int = 0, labels: str = "auto", adaptive: str = "off",
-                 success_ssim: float = 0.5, max_concurrent: int = 2, gpus_per_job: float = 0.0,
+                 success_ssim: float = 0.5, success_margin: float = 0.5, max_concurrent: int = 2, gpus_per_job: float = 0.0,
                  threads_per_job: int = 1, tf32: bool = False, save_images: bool = True, job_timeout: float = 1800.0,
                  server_mode: str = "honest", on_result: Callable[[JobResult], None] | None = None,
                  on_round: Callable[[RoundResult, int, int], None] | None = None,
@@ -843,7 +846,7 @@ class AuditStrategy(Strategy):
             raise ConfigError("server_mode", f"unknown value '{server_mode}'; allowed: honest, malicious")
         audit_cfg, attack_params = _audit_section(attacks, seed=seed or 0, server_mode=server_mode, every=every,
                                                   max_clients=max_clients, labels=labels, adaptive=adaptive,
-                                                  success_ssim=success_ssim,
+                                                  success_ssim=success_ssim, success_margin=success_margin,
                                                   max_concurrent=max_concurrent, gpus_per_job=gpus_per_job,
                                                   threads_per_job=threads_per_job, tf32=tf32,
                                                   save_images=save_images, job_timeout=job_timeout,

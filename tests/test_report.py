@@ -459,3 +459,15 @@ def test_a_result_line_says_what_the_report_says_of_a_score_above_the_blank_gues
     assert above.endswith("above the blank guess, no image recovered · 1.0 s") and "safe" not in above
     assert "no leak beyond a blank guess" in near
     assert verdict(rows[0], 0.5)[0] == "above the blank guess, no image recovered"
+
+
+def test_the_held_back_legend_appears_only_beside_rows_that_have_held_back_images():
+    from fedattack.report.html import updates_table
+    from fedattack.results import ImageRow, RunHeader
+
+    result = JobResult(round=1, client=0, attack="idlg", defense="none", status="ok", seconds=1.0,
+                       score=Score(psnr=15.2, ssim=0.6, num_images=1, baseline_psnr=15.0, baseline_ssim=0.2))
+    image = ImageRow(round=1, client=0, attack="idlg", adaptive=False, position=0, index=3, owner=0, psnr=15.2,
+                     ssim=0.6, baseline_psnr=15.0, baseline_ssim=0.2, lpips=float("nan"), recovered=False)
+    assert "n images of that update" in updates_table([result], RunHeader(), [image])  # SSIM rule met, margin not
+    assert "n images of that update" not in updates_table([result], RunHeader(), [])

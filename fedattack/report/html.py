@@ -151,11 +151,11 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         a = summary.attacks.get(h.strongest_attack)
         if a is not None and a.leaked:
             items.append(f"Strongest attack: <b>{esc(h.strongest_attack)}</b> &mdash; leaked {a.leaked} of "
-                         f"{a.jobs - a.failed} updates it scored, {a.recovered} images; mean PSNR margin "
-                         f"{num(a.margin, 2, sign=True)} dB over a blank guess.")
+                         f"{a.jobs - a.failed} updates it scored, {a.recovered} images; mean PSNR margin over a "
+                         f"blank guess: {num(a.margin, 2, sign=True)} dB.")
         else:
             items.append(f"No attack recovered an image. Closest to leaking: <b>{esc(h.strongest_attack)}</b> "
-                         f"(mean PSNR margin {num(a.margin if a else None, 2, sign=True)} dB over a blank guess)."
+                         f"(mean PSNR margin over a blank guess: {num(a.margin if a else None, 2, sign=True)} dB)."
                          + (f" {esc(budget_caveat(header))}" if header.budgets else ""))
     if h is not None and h.audited_updates and batch_norm_caveat(header):
         items.append(esc(batch_norm_caveat(header)))
@@ -371,7 +371,8 @@ def updates_table(results: list[JobResult], header: RunHeader, images: list[Imag
     head = ["round", "client", "attack", "verdict", "PSNR (dB)", "blank-guess PSNR (dB)", "margin (dB)", "SSIM",
             "blank-guess SSIM", "LPIPS", "labels recovered", "images recovered", "time (s)"]
     legend = ("<p class='note'>(n &#9675;): n images of that update reached the SSIM rule although the attack as a "
-              "whole stayed within the blank-guess margin; they are not counted as recovered.</p>")
+              "whole stayed within the blank-guess margin; they are not counted as recovered.</p>"
+              if any(held.values()) else "")
     return table(head, rows) + legend
 
 

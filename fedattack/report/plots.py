@@ -40,8 +40,8 @@ def save(fig: Any, axes: Any, path: Path, *, rounds: bool = False) -> None:
         if rounds:
             _integer_rounds(ax)
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # beside the axes: inside, it can hide a marker
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     _plt().close(fig)
@@ -124,7 +124,8 @@ def exposure(path: Path, rows: list[ExposureRow]) -> bool:
     ax.plot([r.round for r in pts], [100 * r.share for r in pts], color="black", lw=2.5, marker="o",
             label="all clients")
     ax.set(xlabel="round", ylabel="training data recovered (%)", title="Exposure: recovered share, cumulative")
-    ax.set_ylim(bottom=0)
+    top = max((100 * r.share for r in rows), default=0.0)
+    ax.set_ylim(0, max(1.0, top * 1.1))  # nothing recovered: a flat line at 0 on a 0..1 % axis, not 0..0.05
     _integer_rounds(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")

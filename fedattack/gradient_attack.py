@@ -103,9 +103,10 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     auditor.on_note = progress.note
     obs = make_observation(exp, auditor.param_names, sent, received,
                            {"num-examples": result.num_examples, "local_steps": result.steps})
-    progress.print(f"victim: {len(result.indices)} images {result.indices[:16]}{' ...' if len(result.indices) > 16 else ''}, "
-                   f"{result.steps} local step{'' if result.steps == 1 else 's'} of batch {cfg.client.batch_size} at lr {cfg.client.lr}; "
-                   f"defense: {auditor.defense}")
+    shown = f"{result.indices[:16]}{' ...' if len(result.indices) > 16 else ''}"
+    steps = f"{result.steps} local step{'' if result.steps == 1 else 's'}"
+    progress.print(f"victim: {len(result.indices)} images {shown}, {steps} of batch {cfg.client.batch_size} at lr "
+                   f"{cfg.client.lr}; defense: {auditor.defense}")
     try:
         with shutdown.cooperative():
             shutdown.check()

@@ -233,8 +233,9 @@ def _safe(text: str) -> str:
 
 def _run_one(cfg: Config, run_dir: Path, log: Path, verbose: bool = False) -> int | None:
     """One run as its own `fedattack run` process (`verbose`: with Flower's and Ray's logs in its
-    log file); its exit code, or None where the sweep was asked to stop before it started. The run is in a session of its own, so a signal reaches it
-    once, from here: a stop request is passed on to it (it stops cleanly, keeping its results)."""
+    log file); its exit code, or None where the sweep was asked to stop before it started. The
+    run is in a session of its own, so a signal reaches it once, from here: a stop request is
+    passed on to it (it stops cleanly, keeping its results)."""
     if shutdown.requested() is not None:
         return None
     run_dir.parent.mkdir(parents=True, exist_ok=True)

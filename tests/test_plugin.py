@@ -490,8 +490,8 @@ def test_a_model_unlike_the_clients_stops_the_round_before_they_train_naming_the
     assert not (tmp_path / "run").exists()
     # a parameter the audit's model has and the clients' lacks
     with pytest.raises(FedattackError, match=r"^model: the exchanged arrays lack the model's parameter 'head.weight'"):
-        strategy.configure_train(1, ArrayRecord({k: v for k, v in UserNet().state_dict().items() if k != "head.weight"}),
-                                 ConfigRecord({"lr": 0.05}), FakeGrid([101, 202]))
+        lacking = {k: v for k, v in UserNet().state_dict().items() if k != "head.weight"}
+        strategy.configure_train(1, ArrayRecord(lacking), ConfigRecord({"lr": 0.05}), FakeGrid([101, 202]))
 
 
 def test_the_public_api_is_what_a_star_import_brings():

@@ -53,7 +53,7 @@ def init_ray(cfg: Config, *, verbose: bool = False, num_cpus: int | None = None,
               "log_to_driver": verbose, "configure_logging": True}
     if cfg.ray.address:
         address = cfg.ray.address
-        problem = _unreachable(address) or _not_ray(address)
+        problem = _listener_problem(address)
         if problem is None:
             problem = _join(ray, address, common, timeout=join_timeout)
             if problem is None:
@@ -99,16 +99,22 @@ def _join(ray, address: str, options: dict, *, timeout: float) -> str | None:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-def _not_ray(address: str, timeout: float = 5.0) -> str | None:
-    """Why the listener at `host:port` is not a Ray cluster's GCS, where its reply to an HTTP/2
-    preface says so: a GCS speaks gRPC, whose first frame is HTTP/2 SETTINGS. None where it may
-    be one (silence, a closed connection) or for `auto` and `ray://`."""
+def _listener_problem(address: str, connect_timeout: float = 10.0, reply_timeout: float = 5.0) -> str | None:
+    """Why `host:port` is no Ray cluster to join, from one connection: nothing answers there, or
+    what answers is no Ray head's GCS (a GCS speaks gRPC, and answers an HTTP/2 preface with a
+    SETTINGS frame). None where it may be one (silence after connecting, a closed connection:
+    ray.init says more), or for `auto` and `ray://`."""
     host, sep, port = address.rpartition(":")
     if address == "auto" or "://" in address or not sep or not port.isdigit():
         return None
+    try:
+        conn = socket.create_connection((host.strip("[]"), int(port)), timeout=connect_timeout)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
     preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])  # + an empty SETTINGS
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as conn:
+        with conn:
+            conn.settimeout(reply_timeout)
             conn.sendall(preface)
             first = conn.recv(9)
     except OSError:
@@ -119,18 +125,6 @@ def _not_ray(address: str, timeout: float = 5.0) -> str | None:
         "a server that does not speak gRPC")
     return (f"{what} answers there, not a Ray head's GCS: Ray's dashboard and job API listen on 8265, the "
             "GCS to join on 6379 by default")
-
-
-def _unreachable(address: str, timeout: float = 10.0) -> str | None:
-    """Why nothing answers at `host:port` (None if something does, or for `auto`)."""
-    host, sep, port = address.rpartition(":")
-    if address == "auto" or "://" in address or not sep or not port.isdigit():
-        return None
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            return None
-    except OSError as exc:
-        return exc.strerror or type(exc).__name__
 
 
 def prepare(cfg: Config, *, out_dir: str | Path, progress: Progress | None = None) -> tuple[Experiment, AuditStrategy]:

@@ -147,7 +147,7 @@ class AuditedLoader:
         if isinstance(batch, Mapping):
             x_key = self.image_key or next((k for k in IMAGE_KEYS if k in batch), None)
             y_key = self.label_key or next((k for k in LABEL_KEYS if k in batch), None)
-            for given, key, what in ((self.image_key, x_key, "image_key"), (self.label_key, y_key, "label_key")):
+            for given, what in ((self.image_key, "image_key"), (self.label_key, "label_key")):
                 if given is not None and given not in batch:
                     return f"AuditedLoader: {what}={given!r} is not a key of the batches (they have {sorted(batch)})"
             if x_key not in batch or y_key not in batch:

@@ -79,6 +79,12 @@ def resolve_key(cfg: Config) -> tuple[str, str | None]:
                                        f"defense with sweep.defense; defenses: {', '.join(DEFENSES.names())}")
     if s.param:
         raise ConfigError("sweep.param", "goes with sweep.defense; with sweep.key, name the parameter in the key")
+    if s.key == "seed":
+        raise ConfigError("sweep.key", "the seed is swept with sweep.seeds=[...]: every value runs at each seed, and "
+                                       "the answer holds over all of them")
+    if s.key == "audit.attacks":
+        raise ConfigError("sweep.key", "'audit.attacks' chooses the attacks, not the deployment: every run of a sweep "
+                                       "audits with all of audit.attacks, and the answer is given per attack")
     section, _, name = s.key.partition(".")
     if section == "victim":
         raise ConfigError("sweep.key", f"'{s.key}' chooses the one update of `fedattack attack`; a sweep runs "
@@ -190,7 +196,8 @@ def plan(cfg: Config) -> tuple[str, list[tuple[report.SweepRun, Config]], str]:
                 label += " (as configured)"
             runs.append((report.SweepRun(value=v, seed=seed, label=label, run_dir=Path()), _seeded(c, seed)))
         if not reuse:
-            runs.append((report.SweepRun(value=None, seed=seed, label="reference", run_dir=Path(), reference=True),
+            runs.append((report.SweepRun(value=configured if defense is None else None, seed=seed, label="reference",
+                                         run_dir=Path(), reference=True),
                          _seeded(ref_cfg, seed)))
     return key, runs, reference
 
@@ -321,6 +328,25 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False, verbose: bool 
     return answer
 
 
+def mapped_values(cfg: Config, key: str) -> list:
+    """The values the protocol map and the per-value table show: the swept ones and, for a
+    config key whose configured value is not among them, the configured value too (the
+    reference run measured it), in its place where the values are numbers in order, else last."""
+    values = list(cfg.sweep.values)
+    if cfg.sweep.defense:
+        return values
+    section, _, name = key.partition(".")
+    configured = (cfg.to_dict().get(section) or {}).get(name)
+    if configured is None or any(report.fmt_value(v) == report.fmt_value(configured) for v in values):
+        return values
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*values, configured])
+    if numeric and values in (sorted(values), sorted(values, reverse=True)):
+        ascending = values == sorted(values)
+        at = next((i for i, v in enumerate(values) if (v > configured if ascending else v < configured)), len(values))
+        return [*values[:at], configured, *values[at:]]
+    return [*values, configured]
+
+
 def _write_answer(cfg: Config, key: str, swept: list, seeds: list[int], reference: str, out_dir: Path
                   ) -> tuple[report.Answer, list[dict]]:
     """sweep.csv, sweep.json, the plots and sweep.html from the runs finished so far (a run that
@@ -334,11 +360,12 @@ def _write_answer(cfg: Config, key: str, swept: list, seeds: list[int], referenc
     table = report.rows(swept, answer)
     report.write_csv(out_dir / "sweep.csv", table)
     report.write_json(out_dir / "sweep.json", answer, table)
-    points = report.per_value(table, list(cfg.sweep.values))
+    values = mapped_values(cfg, key)
+    points = report.per_value(table, values)
     report.plot_frontier(out_dir / "frontier.png", points, answer, report.reference_runs(swept))
-    report.plot_protocol(out_dir / "protocol.png", points, list(cfg.sweep.values), key)
+    report.plot_protocol(out_dir / "protocol.png", points, values, key)
     report.render_html(out_dir / "sweep.html", answer=answer, table=table, points=points, runs=swept,
-                       plots=["frontier.png", "protocol.png"])
+                       plots=["frontier.png", "protocol.png"], values=values)
     return answer, table
 
 
@@ -349,7 +376,8 @@ def print_table(table: list[dict], title: str, progress: Progress) -> None:
     t = plain_table(title, ["value", "seed", "attack", "test acc", "PSNR dB", "margin dB", "images recovered",
                             "updates leaked", "breaking point"])
     for r in table:
-        add_plain_row(t, ["reference" if r.get("reference") else r["value"], r["seed"], r["attack"],
+        ref = f"reference ({r['value']})" if r.get("value") else "reference"
+        add_plain_row(t, [ref if r.get("reference") else r["value"], r["seed"], r["attack"],
                           f(r.get("test_acc"), ".3f"), f(r.get("psnr"), ".2f"), f(r.get("margin"), "+.2f"),
                           f"{r.get('images_recovered', '-')}/{r.get('images', '-')}",
                           f"{r.get('updates_leaked', '-')}/{r.get('updates', '-')}", r.get("breaking_point", "")])

@@ -394,6 +394,28 @@ def test_a_calibration_that_cannot_run_is_recorded_and_the_attack_runs_configure
     assert (tmp_path / "run" / "leakage.csv").read_text().count("test-flat") == 1  # the job ran all the same
 
 
+def test_a_calibration_whose_every_run_fails_is_skipped_with_the_reason(tmp_path, monkeypatch):
+    # a plug-in's bug (a wrong return type, an exception) failed every trial: calibration either
+    # crashed the run (AttributeError) or scored each trial 0 dB and reported "calibrated"
+    def broken(obs, params, ctx):
+        raise RuntimeError("my plug-in's bug")
+
+    monkeypatch.setenv("FEDATTACK_STRICT", "0")  # the jobs' errors are rows, as in a user's run
+    for fn, reason in ((broken, "RuntimeError: my plug-in's bug"),
+                       (lambda obs, params, ctx: torch.zeros(3), "TypeError: attack 'test-broken' returned Tensor")):
+        spec = AttackSpec("test-broken", fn, _FlatParams, "test", tunable=(("level", LogRange(0.05, 0.95)),))
+        out = tmp_path / reason[:4]
+        with ATTACKS.temporarily(spec.name, spec):
+            code = main(["attack", "--out", str(out), "--quiet", "audit.attacks=[test-broken]", "audit.calibrate=true",
+                         "audit.calibration_budget=4", "client.batch_size=2", "client.local_steps=1"])
+        import json
+
+        (record,) = json.loads((out / "calibration.json").read_text())
+        assert code == 0 and "failed on every simulated update" in record["skipped"] and reason in record["skipped"]
+        assert "trials" not in record
+        assert "error" in (out / "leakage.csv").read_text()  # the job ran configured, and is an error row
+
+
 def test_the_record_names_the_stretched_iterations_even_where_the_tuned_values_lost():
     from fedattack.results import describe_calibration
 
@@ -490,3 +512,21 @@ def test_a_client_larger_than_the_servers_data_is_named_before_the_first_round()
             assert f"holds {len(data[1])} images and the largest client trains on {largest}" in notes[0]
     off = build(fconfig.load(None, ["fl.num_clients=4", "client.local_steps=0", "audit.attacks=[invgrad]"]))
     assert calibration_notes(off, server_data(off)) == []  # no calibration, nothing to say
+
+
+def test_calibration_settings_without_calibration_are_named_before_the_first_round():
+    from fedattack import config as fconfig
+    from fedattack.experiment import build
+    from fedattack.server.audit import Auditor, experiment_plan
+
+    said = {}
+    for extra in ([], ["audit.calibration_data=lfw-subset", "audit.calibration_budget=5"]):
+        cfg = fconfig.load(None, ["model.name=mlp", "audit.attacks=[idlg]", *extra])
+        auditor = Auditor(experiment_plan(build(cfg)), out_dir=None)
+        said[len(extra)] = notes = []
+        auditor.on_note = notes.append
+        with auditor.session():
+            pass
+    assert said[0] == []
+    assert said[2] == ["audit.calibration_budget, audit.calibration_data are set but audit.calibrate is off: no attack "
+                       "is calibrated (audit.calibrate=true turns calibration on)."]

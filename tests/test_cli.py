@@ -199,6 +199,8 @@ BAD_INPUTS = [
     ("run", ["client.optimizer=adam", "client.momentum=0.9"], "client.momentum"),
     ("sweep", ["sweep.key=client.local_epochs", "sweep.values=[1,2]"], "sweep.key"),
     ("sweep", ["sweep.key=partition.alpha", "sweep.values=[0.1,1]", "partition.name=iid"], "sweep.key"),
+    ("sweep", ["sweep.key=seed", "sweep.values=[1,2]"], "sweep.key"),
+    ("sweep", ["sweep.key=audit.attacks", "sweep.values=[[idlg],[dlg]]"], "sweep.key"),
     ("run", ["audit.job_timeout=-1"], "audit.job_timeout"),
     ("attack", ["audit.calibrate=true", "audit.calibration_budget=0"], "audit.calibration_budget"),
     ("attack", ["audit.calibrate=true", "audit.calibration_iteration_factor=0"], "audit.calibration_iteration_factor"),
@@ -291,6 +293,13 @@ def test_every_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys,
     assert not (tmp_path / "out").exists()
     assert list(work.iterdir()) == []
     assert sorted(p.name for p in tmp.rglob("*")) == before
+
+
+def test_a_calibration_dataset_that_is_not_there_names_the_calibration_root(tmp_path, capsys):
+    code = main(["attack", "audit.calibrate=true", "audit.calibration_data=imagefolder",
+                 f"audit.calibration_root={tmp_path / 'nowhere'}", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "audit.calibration_root: " in err and "data.root" not in err, err
 
 
 def test_attack_mode_needs_no_federation_partition(tmp_path):

@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedattack import AuditedLoader, AuditStrategy, TrainingProtocol, audit_mod
+from fedattack.attacks import AttackSpec
 from fedattack.errors import ConfigError, FedattackError
 from fedattack.models import build_model
 from fedattack.models.user import user_model_spec
@@ -224,6 +225,9 @@ def test_bad_arguments_are_one_line_naming_the_argument(tmp_path):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, input_shape=(3, 12, 12), out_dir=tmp_path / "d")
     with pytest.raises(ConfigError, match=r"^calibration_data: calibrate=True needs the server's own data"):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, calibrate=True, out_dir=tmp_path / "f")
+    with pytest.raises(ConfigError, match=r"^calibration_data: labels must be class ids 0 to 2 .*got 0 to 9"):
+        AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, calibrate=True, out_dir=tmp_path / "f",
+                      calibration_data=(torch.zeros(10, 3, 8, 8), torch.arange(10)))
     with pytest.raises(ConfigError, match=r'^server_mode: rtf needs a malicious server .*server_mode="malicious"'):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, attacks=["rtf"], out_dir=tmp_path / "g")
     with pytest.raises(ConfigError, match=r"^server_mode: unknown value 'evil'; allowed: honest, malicious$"):
@@ -536,3 +540,39 @@ def test_fedprox_mu_reaches_the_clients_training_and_the_audits_replay():
 def test_the_success_margin_is_the_apps_to_set(tmp_path):
     strategy = _strategy(tmp_path, success_margin=2.0)
     assert strategy.auditor.plan.options.success_margin == 2.0
+
+
+def test_an_attack_object_from_register_attack_is_audited_as_the_module_path_workers_import():
+    from fedattack.server.audit import _audit_section
+    from tests.plugins.failing import boom
+
+    _, attacks = _audit_section([boom, "idlg"], seed=0)
+    assert list(attacks) == ["tests.plugins.failing:boom", "idlg"]
+    _, attacks = _audit_section({boom: {}}, seed=0)
+    assert list(attacks) == ["tests.plugins.failing:boom"]
+    def mine(obs, params, ctx):
+        return None
+
+    mine.__module__ = "__main__"  # as if defined in the script being run
+    script = AttackSpec("mine", mine, dict, "test")
+    with pytest.raises(ConfigError, match="^attacks: the attack object 'mine' is defined in the script being run"):
+        _audit_section([script], seed=0)
+
+
+def test_the_example_attack_on_the_engine_lowers_its_mismatch(monkeypatch):
+    from pathlib import Path
+
+    from fedattack.attacks import AttackContext
+    from fedattack.testing.cases import observed_update
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    from mypkg.attacks import MatchedParams, matched
+
+    obs, truth = observed_update("seed=0", "model.name=quickstart-cnn", "model.activation=relu", "client.local_steps=2",
+                                 "client.batch_size=2", indices=[3, 17, 42, 99])
+    ctx = AttackContext(seed=0)
+    short = matched(obs, MatchedParams(iterations=1), ctx)
+    longer = matched(obs, MatchedParams(iterations=40), ctx)
+    assert longer.images.shape == truth.images.shape and torch.equal(longer.labels.sort().values,
+                                                                      truth.labels.sort().values)
+    assert longer.info["mismatch"] < 0.5 * short.info["mismatch"]

@@ -428,13 +428,17 @@ def test_a_secagg_run_that_attacked_the_sum_says_so_and_names_only_the_attacks_t
 
 
 @pytest.mark.parametrize("chosen, says", [(500, "calibration raised invgrad to 500 iterations (calibration.json)"),
+                                          ((500, 2), "calibration raised invgrad to 500 iterations and 2 restarts "
+                                                     "(calibration.json)"),
+                                          ((250, 4), "calibration raised invgrad to 4 restarts (calibration.json)"),
                                           (250, None)])
 def test_the_budgets_name_what_calibration_raised(tmp_path, chosen, says):
     cfg = fconfig.load(None, ["fl.rounds=1", "audit.attacks=[idlg,invgrad]", "invgrad.iterations=250",
                               "audit.calibrate=true"])
     store = RunStore(tmp_path / "run", cfg=cfg, partitions=PARTITIONS)
     (tmp_path / "run" / "calibration.json").write_text(json.dumps([
-        {"attack": "invgrad", "params": {"iterations": chosen}},
+        {"attack": "invgrad", "params": {"iterations": chosen} if isinstance(chosen, int) else
+         {"iterations": chosen[0], "restarts": chosen[1]}},
         {"attack": "invgrad", "skipped": "ValueError: too few images", "params": {"iterations": 9000}}]))
     store.add_result(_result(1, 0, "idlg", [10, 11], "flat"))
     store.add_result(_result(1, 0, "invgrad", [10, 11], "flat"))
@@ -471,3 +475,16 @@ def test_the_held_back_legend_appears_only_beside_rows_that_have_held_back_image
                      ssim=0.6, baseline_psnr=15.0, baseline_ssim=0.2, lpips=float("nan"), recovered=False)
     assert "n images of that update" in updates_table([result], RunHeader(), [image])  # SSIM rule met, margin not
     assert "n images of that update" not in updates_table([result], RunHeader(), [])
+
+
+def test_a_run_that_evaluated_nothing_says_so_and_draws_no_empty_accuracy_panel(tmp_path):
+    from PIL import Image
+
+    cfg = fconfig.load(None, ["fl.rounds=1", "audit.attacks=[idlg]"])
+    store = RunStore(tmp_path / "run", cfg=cfg, partitions=PARTITIONS)
+    store.add_result(_result(1, 0, "idlg", [10, 11], "flat"))
+    store.add_round(RoundResult(round=1, replies=1, audited_clients=1, jobs=1, train_loss=0.7))  # test_acc: NaN
+    html, _ = _finish(store)
+    assert "Utility: not measured (no test split was evaluated)." in html and "test accuracy <b>" not in html
+    width, _ = Image.open(tmp_path / "run" / "plots" / "training.png").size
+    assert width <= 600  # the loss panel alone

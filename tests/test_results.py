@@ -19,6 +19,7 @@ from fedattack.report.summary import summarize
 from fedattack.results import JobResult, RoundResult, RunHeader, Score
 from fedattack.server.jobs import AttackJob, run_job
 from fedattack.testing.cases import synthetic_update
+from fedattack.threat import Reconstruction
 
 
 def _result(**kw) -> JobResult:
@@ -120,6 +121,25 @@ def test_attack_failures_are_results_and_bugs_are_errors_unless_strict(update, s
             error = run_job(_job("test-buggy", obs, strict=False), truth)
             assert error.status == "error" and error.error == "KeyError: 'no such layer'"
             assert 'obs.update["no such layer"]' in error.traceback
+
+
+@pytest.mark.parametrize("returned, reason", [
+    (lambda obs: torch.zeros(2, 1, 8, 8), "TypeError: attack 'test-contract' returned Tensor, not a fedattack"),
+    (lambda obs: Reconstruction(images=torch.zeros(2, 5, 7)),
+     "ValueError: attack 'test-contract' returned images of shape (2, 5, 7); the data's images are (N, 1, 8, 8)"),
+    (lambda obs: Reconstruction(images=torch.zeros(2, 1, 8, 8), labels=(torch.tensor([1, 3]), "bias")),
+     "TypeError: attack 'test-contract' returned labels of type tuple"),
+    (lambda obs: Reconstruction(images=torch.zeros(2, 1, 8, 8), labels=torch.tensor([1, 3, 0])),
+     "ValueError: attack 'test-contract' returned 3 labels for 2 images"),
+])
+def test_an_output_that_breaks_the_reconstruction_contract_is_its_own_jobs_error(update, returned, reason):
+    """Scoring such an output raised outside the attack's job and ended the whole run."""
+    obs, truth = update
+    spec = AttackSpec("test-contract", lambda obs, params, ctx: returned(obs), dict, "test")
+    with ATTACKS.temporarily("test-contract", spec):
+        row = run_job(_job("test-contract", obs, strict=False), truth)
+    assert row.status == "error" and row.error.startswith(reason), row.error
+    assert row.score.num_images == 2
 
 
 def test_jobs_made_in_the_test_suite_are_strict(update):

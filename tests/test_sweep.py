@@ -55,6 +55,25 @@ def test_any_config_key_sweeps_with_the_same_seed_at_every_value():
     assert [(r.reference, c.client.defenses) for r, c in runs] == [(False, ["gaussian"]), (True, [])]
 
 
+def test_the_configured_value_of_a_swept_key_is_mapped_beside_the_swept_ones(tmp_path):
+    from fedattack.sweep import mapped_values
+
+    cfg = _load("sweep.key=client.batch_size", "sweep.values=[1,4]", "client.batch_size=2")
+    _, runs, _ = plan(cfg)
+    assert [(r.value, r.reference) for r, _ in runs] == [(1, False), (4, False), (2, True)]
+    assert mapped_values(cfg, "client.batch_size") == [1, 2, 4]  # in its place among numbers in order
+    assert mapped_values(_load("sweep.key=client.batch_size", "sweep.values=[4,1]", "client.batch_size=8"),
+                         "client.batch_size") == [8, 4, 1]
+    assert mapped_values(_load("sweep.defense=gaussian", "sweep.values=[0.1]"), "gaussian.sigma") == [0.1]
+    table = report.rows(_runs({(1, 0): (0.9, {"idlg": 2}), (4, 0): (0.8, {"idlg": 0})}) + [
+        report.SweepRun(value=2, seed=0, label="reference", run_dir=Path("x"), reference=True,
+                        summary=_summary(0.85, {"idlg": 1}))], report.Answer(key="client.batch_size", values=[1, 4],
+                                                                             seeds=[0], reference="r"))
+    assert [(r["value"], r["reference"]) for r in table] == [("1", False), ("4", False), ("2", True)]
+    points = report.per_value(table, [1, 2, 4])
+    assert [p["value"] for p in points["idlg"]] == [1, 2, 4]  # the reference measured 2: it is on the map
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["sweep.key=client.local_epoch", "sweep.values=[1]"],
      r"^sweep\.key: 'client\.local_epoch' is not a config key; keys of client: local_epochs, "),

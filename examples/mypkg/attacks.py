@@ -2,6 +2,7 @@
 
 Given by import path (audit.attacks=[mypkg.attacks:mine]), it registers itself as `mine` when
 fedattack imports it, so its parameters are the config section `mine` (mine.iterations=5).
+`matched` is the same on fedattack's trial-update engine, with hyperparameters calibration tunes.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ from dataclasses import dataclass
 import torch
 
 from fedattack.attacks import register_attack
+from fedattack.attacks.base import LogRange
+from fedattack.attacks.engine import matching, num_images
+from fedattack.attacks.labels import recover_labels
 from fedattack.errors import AttackFailure
 from fedattack.threat import Observation, Reconstruction
 from fedattack.validate import check_range
@@ -45,3 +49,36 @@ def mine(obs: Observation, params: MyParams, ctx) -> Reconstruction:
         loss.backward()
         opt.step()
     return Reconstruction(images=x.detach(), labels=labels)
+
+
+@dataclass
+class MatchedParams:
+    iterations: int = 200
+    lr: float = 0.1
+    tv: float = 1e-2  # weight of the total-variation prior
+
+    def validate(self, name: str) -> None:
+        check_range(name, "iterations", self.iterations, 1)
+        check_range(name, "lr", self.lr, 0, lo_open=True)
+        check_range(name, "tv", self.tv, 0)
+
+
+@register_attack("matched", params=MatchedParams, paper="Me et al., 2026",
+                 tunable={"tv": LogRange(1e-4, 1.0), "lr": LogRange(0.01, 1.0)})
+def matched(obs: Observation, params: MatchedParams, ctx) -> Reconstruction:
+    """Gradient matching on fedattack's trial-update engine: `matching` replays the client's
+    protocol (its steps or epochs, batches, optimizer) on dummy images and compares the result
+    with the observed update. `tunable` lets `audit.calibrate=true` tune tv and lr."""
+    problem = matching(obs, ctx.device, "cosine", {"tv": params.tv}, adaptive=ctx.adaptive)
+    labels, _method = recover_labels(obs, num_images(obs), ctx.labels)  # (labels, the method used)
+    gen = torch.Generator().manual_seed(ctx.seed)
+    x = torch.randn(len(labels), *obs.data.shape, generator=gen).to(ctx.device).requires_grad_(True)
+    lo, hi = obs.data.bounds(ctx.device)
+    opt = torch.optim.Adam([x], lr=params.lr)
+    for _ in range(params.iterations):
+        opt.zero_grad()
+        problem.objective(x, labels.to(ctx.device)).backward()
+        opt.step()
+        with torch.no_grad():
+            x.clamp_(min=lo, max=hi)  # valid pixels
+    return Reconstruction(images=x.detach(), labels=labels, info={"mismatch": float(problem.mismatch(x, labels))})

@@ -62,7 +62,7 @@ class AttackSpec:
     tunable: tuple[tuple[str, LogRange | Choice], ...] = ()  # what calibration tunes (audit.calibrate)
 
     def __call__(self, obs: Observation, params: Any, ctx: AttackContext) -> Reconstruction:
-        return self.fn(obs, params, ctx)
+        return checked_output(self.name, self.fn(obs, params, ctx), obs)
 
     @property
     def __doc__(self) -> str:  # type: ignore[override]
@@ -81,6 +81,29 @@ def needing_malicious_server(names) -> list[str]:
     """The attacks among `names` (registered names or `module:attr` paths) that need a
     malicious server (one that changes the model it sends)."""
     return [a for a in names if (spec := ATTACKS.find(a)) is not None and spec.needs_malicious]
+
+
+def checked_output(name: str, rec: Any, obs: Observation) -> Reconstruction:
+    """`rec` if it keeps the Reconstruction contract for `obs`, else a TypeError or ValueError that
+    says how it breaks it: images None or (N, C, H, W) tensors of the data's shape, labels None or a
+    tensor of one entry (or one row of class scores) per image. An attack's bug then ends its own
+    job as an error row, instead of the scoring that follows ending the run."""
+    if not isinstance(rec, Reconstruction):
+        raise TypeError(f"attack '{name}' returned {type(rec).__name__}, not a fedattack.threat.Reconstruction")
+    if rec.images is not None:
+        if not isinstance(rec.images, torch.Tensor):
+            raise TypeError(f"attack '{name}' returned images of type {type(rec.images).__name__}, not a tensor")
+        if rec.images.dim() != 4 or tuple(rec.images.shape[1:]) != tuple(obs.data.shape):
+            raise ValueError(f"attack '{name}' returned images of shape {tuple(rec.images.shape)}; the data's "
+                             f"images are (N, {', '.join(map(str, obs.data.shape))})")
+    if rec.labels is not None:
+        if not isinstance(rec.labels, torch.Tensor) or rec.labels.dim() not in (1, 2):
+            raise TypeError(f"attack '{name}' returned labels of type {type(rec.labels).__name__}"
+                            f"{'' if not isinstance(rec.labels, torch.Tensor) else f' with {rec.labels.dim()} dims'}: "
+                            "a tensor of class ids (N,) or class scores (N, classes) is expected")
+        if rec.images is not None and len(rec.images) and len(rec.labels) != len(rec.images):
+            raise ValueError(f"attack '{name}' returned {len(rec.labels)} labels for {len(rec.images)} images")
+    return rec
 
 
 def register_attack(name: str, *, params: type = NoParams, paper: str, scope: str = "client",

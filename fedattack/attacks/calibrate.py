@@ -40,6 +40,7 @@ from fedattack.attacks.engine import functional_model, replay, schedule
 from fedattack.attacks.ggl import blas_single_thread
 from fedattack.attacks.optimize import shrink
 from fedattack.defenses.base import DEFENSES, DefenseContext
+from fedattack.errors import AttackFailure
 from fedattack.metrics.score import score
 from fedattack.results import STRETCHED, SWITCHES
 from fedattack.threat import Observation, Reconstruction, Truth
@@ -163,9 +164,11 @@ def _parametrization(space: dict[str, LogRange | Choice], start: dict[str, Any])
 
 
 def evaluate(attack: str, params: Any, cases: list[tuple[Observation, Truth]], ctx: AttackContext,
-             success_ssim: float = 0.5, check: Callable[[], None] = lambda: None) -> list[float]:
-    """PSNR of `attack` with `params` on each case (a failed case counts as 0 dB); `check` is
-    called before each case (it raises to stop)."""
+             success_ssim: float = 0.5, check: Callable[[], None] = lambda: None,
+             errors: list[str] | None = None) -> list[float]:
+    """PSNR of `attack` with `params` on each case (a failed case counts as 0 dB, and its reason
+    goes to `errors`); `check` is called before each case (it raises to stop). An AttackFailure
+    (the attack cannot handle this model or protocol) is raised: no setting would change it."""
     spec = ATTACKS.get(attack)
     values = []
     for i, (obs, truth) in enumerate(cases):
@@ -174,8 +177,12 @@ def evaluate(attack: str, params: Any, cases: list[tuple[Observation, Truth]], c
             rec: Reconstruction = spec(obs.to(ctx.device), params, replace(ctx, seed=ctx.seed + i))
             s = score(rec, truth, obs.data, success_ssim)
             values.append(float(s.psnr) if np.isfinite(s.psnr) else 0.0)
-        except (FloatingPointError, RuntimeError, ValueError):
+        except AttackFailure:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a setting that fails scores nothing
             values.append(0.0)
+            if errors is not None:
+                errors.append(f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}")
     return values
 
 
@@ -233,7 +240,10 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
     t0 = time.perf_counter()
     space = {k: v for k, v in tunable(attack).items() if k in {f.name for f in fields(params)}}
     start = {k: getattr(params, k) for k in space}
-    per_case = evaluate(attack, params, cases.cases, ctx, check=check)
+    errors: list[str] = []
+    per_case = evaluate(attack, params, cases.cases, ctx, check=check, errors=errors)
+    if per_case and len(errors) == len(per_case):
+        raise AttackFailure(f"with its configured parameters it failed on every simulated update ({errors[0]})")
     base = float(np.mean(per_case)) if per_case else float("nan")
     trials = [{"values": start, "psnr": round(base, 3), "per_case": [round(v, 3) for v in per_case]}]
     best_values, best, best_cases = dict(start), base, per_case
@@ -397,7 +407,7 @@ def shrink_scores(attack: str, params: Any, cases: list[tuple[Observation, Truth
         check()
         try:
             rec: Reconstruction = spec(obs.to(ctx.device), replace(params, shrink=0.0), replace(ctx, seed=ctx.seed + i))
-        except (FloatingPointError, RuntimeError, ValueError):
+        except Exception:  # noqa: BLE001 - a run that fails scores nothing at any amount
             rec = None
         for a in grid:
             if rec is None or rec.images is None:

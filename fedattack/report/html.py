@@ -167,7 +167,9 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
     items.append(f"Defense in force: <b>{esc(header.defense)}</b>. Server: {_server(header, sums)}.")
     acc = summary.final_test_acc
     of = f" of {header.configured_rounds}" if header.configured_rounds else ""  # an app's run may not say
-    items.append(f"Utility: test accuracy <b>{num(acc, 3)}</b> after {rounds_done}{of} round(s)"
+    measured = acc is not None and not (isinstance(acc, float) and math.isnan(acc))
+    items.append((f"Utility: test accuracy <b>{num(acc, 3)}</b> after {rounds_done}{of} round(s)" if measured else
+                  "Utility: not measured (no test split was evaluated)")
                  + (f"; {summary.client_errors} client error{'' if summary.client_errors == 1 else 's'}"
                     + (f" (the first: {esc(summary.client_error)})" if summary.client_error else "")
                     if summary.client_errors else "") + ".")

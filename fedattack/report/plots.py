@@ -90,18 +90,20 @@ def training(path: Path, rounds: list[RoundResult]) -> bool:
     if not rows:
         return False
     plt = _plt()
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.4))
+    acc = [(r.round, r.test_acc) for r in rows if not math.isnan(r.test_acc)]
+    if acc:
+        fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.4))
+    else:  # nothing evaluated (`fedattack attack`): no empty panel
+        fig, loss_ax = plt.subplots(1, 1, figsize=(5.5, 3.4))
     x = [r.round for r in rows]
     loss_ax.plot(x, [r.train_loss for r in rows], marker="s", label="train loss (clients' mean)")
     if any(not math.isnan(r.test_loss) for r in rows):
         loss_ax.plot(x, [r.test_loss for r in rows], marker="o", label="test loss")
     loss_ax.set(xlabel="round", ylabel="cross-entropy loss", title="Loss")
-    acc = [(r.round, r.test_acc) for r in rows if not math.isnan(r.test_acc)]
-    if acc:
-        acc_ax.plot([a for a, _ in acc], [b for _, b in acc], marker="o", color="C2", label="test accuracy")
-    else:
-        acc_ax.set_xlim(min(x) - 1, max(x) + 1)
-        acc_ax.text(0.5, 0.5, "not evaluated", transform=acc_ax.transAxes, ha="center", va="center", color="grey")
+    if not acc:
+        save(fig, (loss_ax,), path, rounds=True)
+        return True
+    acc_ax.plot([a for a, _ in acc], [b for _, b in acc], marker="o", color="C2", label="test accuracy")
     acc_ax.set(xlabel="round", ylabel="accuracy", title="Test accuracy (held-out split)", ylim=(0, 1.02))
     save(fig, (loss_ax, acc_ax), path, rounds=True)
     return True

@@ -110,18 +110,20 @@ def budget_caveat(header: RunHeader) -> str:
 
 
 def raised_budgets(records: list, raw: dict) -> tuple[str, ...]:
-    """The iteration budgets calibration raised above the configured ones (calibration.json's
-    `records`, the run's config `raw`), the largest per attack, in words."""
-    most: dict[str, int] = {}
+    """The iteration and restart budgets calibration raised above the configured ones
+    (calibration.json's `records`, the run's config `raw`), the largest per attack, in words."""
+    most: dict[str, dict[str, int]] = {}
     for r in records:
         if not isinstance(r, dict) or r.get("skipped"):
             continue
         attack = str(r.get("attack", ""))
-        chosen = (r.get("params") or {}).get("iterations")
-        configured = (raw.get(attack) or {}).get("iterations") if isinstance(raw.get(attack), dict) else None
-        if isinstance(chosen, int) and isinstance(configured, int) and chosen > configured:
-            most[attack] = max(most.get(attack, 0), chosen)
-    return tuple(f"{a} to {n} iterations" for a, n in most.items())
+        for budget in ("iterations", "restarts"):
+            chosen = (r.get("params") or {}).get(budget)
+            configured = (raw.get(attack) or {}).get(budget) if isinstance(raw.get(attack), dict) else None
+            if isinstance(chosen, int) and isinstance(configured, int) and chosen > configured:
+                raised = most.setdefault(attack, {})
+                raised[budget] = max(raised.get(budget, 0), chosen)
+    return tuple(f"{a} to {' and '.join(f'{n} {b}' for b, n in raised.items())}" for a, raised in most.items())
 
 
 def sums_only(summary: Summary) -> bool:

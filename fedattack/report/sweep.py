@@ -157,7 +157,7 @@ def rows(runs: list[SweepRun], answer: Answer) -> list[dict]:
     """sweep.csv: one row per run and attack (a run that did not finish: one row saying so)."""
     out = []
     for r in runs:
-        base = {"value": "" if r.reference else fmt_value(r.value), "seed": r.seed, "reference": r.reference,
+        base = {"value": "" if r.value is None else fmt_value(r.value), "seed": r.seed, "reference": r.reference,
                 "run_dir": str(r.run_dir)}
         s = r.summary
         if s is None:
@@ -211,7 +211,7 @@ def per_value(table: list[dict], values: list) -> dict[str, list[dict]]:
     for attack in attacks:
         pts = []
         for v in values:
-            mine = [r for r in table if r["attack"] == attack and not r["reference"] and r["value"] == fmt_value(v)]
+            mine = [r for r in table if r["attack"] == attack and r["value"] == fmt_value(v)]  # a reference at v too
             if not mine:
                 continue
 
@@ -334,12 +334,15 @@ def _pm(stat: tuple[float, float], digits: int = 2, n: int = 1, scale: float = 1
 
 
 def render_html(path: Path, *, answer: Answer, table: list[dict], points: dict[str, list[dict]], runs: list[SweepRun],
-                plots: list[str]) -> None:
+                plots: list[str], values: list | None = None) -> None:
+    """sweep.html; `values`: the per-value table's rows (default: the swept values)."""
+    values = answer.values if values is None else values
+    swept = {fmt_value(v) for v in answer.values}
     head = ["value", "test accuracy"] + [f"{a}: {k}" for a in points for k in ("PSNR (dB)", "margin (dB)",
                                                                               "recovered", "updates leaked")]
     body = []
-    for i, v in enumerate(answer.values):
-        cells = [_e(fmt_value(v))]
+    for v in values:
+        cells = [_e(fmt_value(v) + ("" if fmt_value(v) in swept else " (configured: the reference)"))]
         acc = next((p["acc"] for pts in points.values() for p in pts if p["value"] == v), (math.nan, math.nan))
         n = next((p["n"] for pts in points.values() for p in pts if p["value"] == v), 1)
         cells.append(_pm(acc, 3, n))

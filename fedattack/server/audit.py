@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, is_dataclass, replace
+from dataclasses import asdict, dataclass, fields, is_dataclass, replace
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -50,6 +50,7 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from fedattack import shutdown
 from fedattack.attacks import ATTACKS, AttackContext, needing_malicious_server
+from fedattack.attacks.base import AttackSpec
 from fedattack.attacks.calibrate import calibrate, calibration_key, judges
 from fedattack.client.record import AUDIT_KEY, TRUTH_KEY, ClientRecord, pop_record
 from fedattack.client.train import schedule
@@ -137,8 +138,10 @@ def server_data(exp: Experiment, *, client_images: int | None = None) -> tuple[t
                         image_key=None, label_key=None)
         try:
             test = load_dataset(other, seed=cfg.seed).test
-        except FedattackError as exc:
-            raise ConfigError("audit.calibration_data", f"cannot load {other.name!r}: {exc}") from None
+        except FedattackError as exc:  # the loader names data.root, which here is audit.calibration_root
+            said = str(exc).replace("data.root", "audit.calibration_root" if cfg.audit.calibration_root else
+                                    "data.root (or audit.calibration_root)")
+            raise ConfigError("audit.calibration_data", f"cannot load {other.name!r}: {said}") from None
         want, got = exp.train.spec, test.spec
         if tuple(got.shape) != tuple(want.shape) or got.num_classes > want.num_classes:
             raise ConfigError("audit.calibration_data", f"{other.name!r} gives {'x'.join(map(str, got.shape))} images of "
@@ -276,7 +279,7 @@ class Auditor:
         config.yaml records (`server.sees`; fedattack's own runs record `client.defenses`)."""
         if scope == "aggregate" and isinstance(self.plan.record, AppRecord):
             self.plan.record.raw.setdefault("server", {})["sees"] = "sums"
-        for note in [*self.notes, self.scope_note(scope), self.adaptive_note()]:
+        for note in [*self.notes, self.scope_note(scope), self.adaptive_note(), self.calibration_note()]:
             if note:
                 self.on_note(note)
         self.start_polling()
@@ -364,7 +367,8 @@ class Auditor:
                             on_trial=on_trial, check=shutdown.check,
                             iteration_factor=opts.calibration_iteration_factor,
                             restart_factor=opts.calibration_restart_factor, job_seconds=opts.job_timeout)
-        except (ValueError, FedattackError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a calibration that fails leaves the configured parameters
+            # (a stop request is a KeyboardInterrupt, and passes)
             record["skipped"] = f"{type(exc).__name__}: {exc}"
             say(f"calibration of {attack} skipped ({record['skipped']}); it runs with its configured parameters",
                 WARNING)
@@ -408,6 +412,21 @@ class Auditor:
         models = ", ".join(n for n in DEFENSES.names() if DEFENSES.get(n).adapt is not None)
         return (f"{key}={mode}: no defense in force has a model an adaptive attack could apply (those that do: "
                 f"{models}), so {', '.join(asked)} run{'s' if len(asked) == 1 else ''} once, as the plain attack.")
+
+    def calibration_note(self) -> str:
+        """Said once before the first round where calibration settings are given but calibration
+        is off ("" otherwise): they would change nothing."""
+        opts, default = self.plan.options, AuditConfig()
+        if opts.calibrate:
+            return ""
+        app = isinstance(self.plan.record, AppRecord)
+        given = [f.name if app else f"audit.{f.name}" for f in fields(AuditConfig)
+                 if f.name.startswith("calibration_") and getattr(opts, f.name) != getattr(default, f.name)]
+        if not given:
+            return ""
+        key = "calibrate" if app else "audit.calibrate"
+        return (f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} set but {key} is off: no attack is "
+                f"calibrated ({key}={'True' if app else 'true'} turns calibration on).")
 
     # -- rounds -------------------------------------------------------------------
     def begin_round(self, rnd: int, scope: str = "client") -> RoundStats:
@@ -1022,6 +1041,11 @@ def _calibration_data(calibrate: bool, given: Any, data: DataSpec) -> tuple[torc
     if images.dim() != 4 or tuple(images.shape[1:]) != tuple(data.shape) or labels.shape != (len(images),):
         raise ConfigError("calibration_data", f"expected images (N, {', '.join(map(str, data.shape))}) and N labels, "
                                               f"got {tuple(images.shape)} and {tuple(labels.shape)}")
+    if labels.is_floating_point() and not torch.equal(labels, labels.round()) or \
+            len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= data.num_classes):
+        raise ConfigError("calibration_data", f"labels must be class ids 0 to {data.num_classes - 1} (the model's "
+                                              f"{data.num_classes} classes), got {labels.min().item()} to "
+                                              f"{labels.max().item()}")
     return images.float(), labels.long()
 
 
@@ -1047,10 +1071,12 @@ def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, ser
                    **options: Any) -> tuple[AuditConfig, dict[str, Any]]:
     """The audit options and each attack's parameters, validated as fedattack's config is (an
     attack that needs a malicious server against `server_mode` too)."""
-    if isinstance(attacks, str):
+    if isinstance(attacks, (str, AttackSpec)):
         attacks = [attacks]
-    if not isinstance(attacks, Mapping):
-        attacks = list(attacks)
+    if isinstance(attacks, Mapping):
+        attacks = {_attack_name(k): v for k, v in attacks.items()}
+    else:
+        attacks = [_attack_name(a) for a in attacks]
         twice = first_repeat(attacks)
         if twice is not None:
             raise ConfigError("attacks", f"'{twice}' is listed twice; each attack runs once per update (give its "
@@ -1075,6 +1101,19 @@ def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, ser
     except ConfigError as exc:  # named as these arguments are, not as fedattack's config keys
         raise ConfigError(_argument(exc.field, list(given)), exc.message) from None
     return cfg.audit, {name: ready.get(name, cfg.attack_params[name]) for name in given}
+
+
+def _attack_name(attack: Any) -> Any:
+    """An attack as the audit names it: a registered name, or `module:name` for the object
+    `@register_attack` returned in an importable module (the name attack workers import)."""
+    if not isinstance(attack, AttackSpec):
+        return attack
+    module, name = getattr(attack.fn, "__module__", None), getattr(attack.fn, "__name__", "")
+    if module in (None, "", "__main__"):
+        raise ConfigError("attacks", f"the attack object '{attack.name}' is defined in the script being run; "
+                                     "give it by name, or define it in an importable module and give it as it is "
+                                     "imported (the attack workers import it by its 'module:name')")
+    return f"{module}:{name}"
 
 
 def _argument(key: str, attacks: Sequence[str]) -> str:

@@ -11,6 +11,7 @@ else is the wrapped grid's.
 
 from __future__ import annotations
 
+import re
 import sys
 import threading
 import time
@@ -81,7 +82,9 @@ def interruption(errors: list[BaseException] = ()) -> Interruption | None:
                             abandoned_jobs=shutdown.abandoned())
     if errors:
         exc = errors[0]
-        line = (str(exc).strip().splitlines() or [""])[0]
+        cause = getattr(exc, "cause", None)  # a RayTaskError wraps what the task raised
+        exc = cause if isinstance(cause, BaseException) else exc
+        line = (re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines() or [""])[0]
         reason = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
     else:
         reason = req.reason if req is not None else "stopped"

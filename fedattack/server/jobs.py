@@ -129,6 +129,18 @@ def run_job(job: AttackJob, truth: Truth | None) -> JobResult:
                              details=traceback.format_exc(), seconds=time.perf_counter() - t0,
                              num_images=len(truth.labels) if truth is not None else 0, device=str(device))
     seconds = time.perf_counter() - t0
+    try:
+        return _scored(job, recon, truth, seconds, device)
+    except Exception as exc:  # noqa: BLE001 - a reconstruction that cannot be scored ends its own job
+        if job.strict:
+            raise
+        return failed_result(job, status="error", error=f"scoring the reconstruction: {type(exc).__name__}: {exc}",
+                             details=traceback.format_exc(), seconds=seconds,
+                             num_images=len(truth.labels) if truth is not None else 0, device=str(device))
+
+
+def _scored(job: AttackJob, recon, truth: Truth | None, seconds: float, device: torch.device) -> JobResult:
+    """The ok result of a finished attack: scored against `truth`, or unscored without one."""
     spec_data = job.observation.data
     labels = recon.labels.detach().cpu().numpy() if recon.labels is not None else None
     if truth is None:

@@ -37,6 +37,11 @@ from fedattack.validate import check_between, check_choice, check_range, check_s
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
 
+# the strategy arguments fedattack sets from fl.* (fedattack.server.strategies.build_strategy)
+PARTICIPATION_ARGS = {"fraction_train": "fl.clients_per_round and fl.num_clients",
+                      "min_train_nodes": "fl.clients_per_round", "min_available_nodes": "fl.num_clients"}
+
+
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (default: configs/default.yaml), apply overrides, validate."""
     raw = read_yaml(path if path is not None else DEFAULT_CONFIG)
@@ -418,6 +423,10 @@ def validate(cfg: Config) -> None:
     STRATEGIES.check(cfg.fl.strategy)
     if cfg.fl.strategy_args:
         check_strategy_args(cfg.fl.strategy, cfg.fl.strategy_args)
+        for arg, keys in PARTICIPATION_ARGS.items():
+            if arg in cfg.fl.strategy_args:
+                raise ConfigError(f"fl.strategy_args.{arg}", f"is set from {keys}, which the run's sampling, "
+                                                             f"partitions and report follow; set {keys} instead")
     check_range("fl", "client_cpus", cfg.fl.client_cpus, 0)
     check_range("fl", "client_gpus", cfg.fl.client_gpus, 0)
     check_range("fl", "evaluate_every", cfg.fl.evaluate_every, 0)

@@ -108,7 +108,8 @@ class Registry(Generic[T]):
         if not entries:
             return None
         if all(inspect.isfunction(e) or inspect.isclass(e) for e in entries):
-            return plain_callable(obj, min(_required_positional(e) for e in entries), self.kind)
+            least = min(entries, key=_required_positional)
+            return plain_callable(obj, _required_positional(least), self.kind, names=_positional_names(least))
         types = tuple({type(e) for e in entries})
         if not isinstance(obj, types):
             expected = " or ".join(sorted(t.__name__ for t in types))
@@ -124,7 +125,9 @@ def import_path(path: str, field_name: str) -> Any:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
-        raise ConfigError(field_name, f"cannot import '{path}' ({exc})") from None
+        hint = ("; run from the folder that holds it, or add that folder to PYTHONPATH"
+                if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0] else "")
+        raise ConfigError(field_name, f"cannot import '{path}' ({exc}{hint})") from None
     return obj
 
 
@@ -148,17 +151,35 @@ def from_standard_library(obj: Any) -> bool:
     return module in sys.stdlib_module_names or module == "builtins"
 
 
-def plain_callable(obj: Any, arity: int, kind: str) -> str | None:
-    """Why `obj` is not a plug-in function or class taking `arity` positional arguments (None if it is)."""
+def plain_callable(obj: Any, arity: int, kind: str, names: tuple[str, ...] = ()) -> str | None:
+    """Why `obj` is not a plug-in function or class taking `arity` positional arguments (None if
+    it is); `names`: those arguments' names, for the message."""
     if not (inspect.isfunction(obj) or inspect.isclass(obj)) or from_standard_library(obj):
+        instance = not (inspect.isfunction(obj) or inspect.isclass(obj) or inspect.isroutine(obj)
+                        or inspect.ismodule(obj))
+        if names and instance and not from_standard_library(obj):
+            return (f"is {describe(obj)}, not {article(kind)}: give a function or class of your own that makes it, "
+                    f"taking ({', '.join(names)})")
         return f"is {describe(obj)}, not {article(kind)} (a function or class of your own)"
     try:
         inspect.signature(obj).bind(*([None] * arity))
     except TypeError:
-        return f"is {describe(obj)}, which does not take the {arity} positional arguments {article(kind)} receives"
+        listed = f" ({', '.join(names)})" if names else ""
+        return (f"is {describe(obj)}, which does not take the {arity} positional arguments {article(kind)} "
+                f"receives{listed}")
     except ValueError:  # no signature to inspect
         return f"is {describe(obj)}, not {article(kind)} (a function or class of your own)"
     return None
+
+
+def _positional_names(fn: Any) -> tuple[str, ...]:
+    """The names of `fn`'s required positional arguments (a class: its __init__'s), or ()."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return ()
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+                 and p.default is p.empty)
 
 
 # libraries fedattack runs on: a function of theirs is never a user's label method or dataset

@@ -200,6 +200,7 @@ BAD_INPUTS = [
     ("sweep", ["sweep.key=client.local_epochs", "sweep.values=[1,2]"], "sweep.key"),
     ("sweep", ["sweep.key=partition.alpha", "sweep.values=[0.1,1]", "partition.name=iid"], "sweep.key"),
     ("sweep", ["sweep.key=seed", "sweep.values=[1,2]"], "sweep.key"),
+    ("run", ["fl.strategy_args={fraction_train: 0.5}"], "fl.strategy_args.fraction_train"),
     ("sweep", ["sweep.key=audit.attacks", "sweep.values=[[idlg],[dlg]]"], "sweep.key"),
     ("run", ["audit.job_timeout=-1"], "audit.job_timeout"),
     ("attack", ["audit.calibrate=true", "audit.calibration_budget=0"], "audit.calibration_budget"),

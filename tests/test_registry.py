@@ -78,3 +78,17 @@ def test_find_knows_names_and_paths_and_leaves_the_rest():
     assert ATTACKS.find("rtf") is rtf and ATTACKS.find("fedattack.attacks.rtf:rtf") is rtf
     assert ATTACKS.find("no-such-attack") is None and ATTACKS.find("nosuch.module:x") is None
     assert needing_malicious_server(["idlg", "fedattack.attacks.rtf:rtf", "nope"]) == ["fedattack.attacks.rtf:rtf"]
+
+
+def test_a_wrong_model_plug_in_is_told_what_to_give_instead():
+    from fedattack.models import MODELS
+
+    with pytest.raises(ConfigError, match=r"not a model: give a function or class of your own that makes it, "
+                                          r"taking \(in_shape, num_classes, act\)$"):
+        MODELS.get("tests.plugins.models:INSTANCE")
+    with pytest.raises(ConfigError, match=r"does not take the 3 positional arguments a model receives "
+                                          r"\(in_shape, num_classes, act\)$"):
+        MODELS.get("tests.plugins.models:no_arguments")
+    with pytest.raises(ConfigError, match=r"No module named 'no_such_pkg'; run from the folder that holds it, or "
+                                          r"add that folder to PYTHONPATH\)$"):
+        MODELS.get("no_such_pkg:thing")

@@ -473,8 +473,12 @@ def test_the_held_back_legend_appears_only_beside_rows_that_have_held_back_image
                        score=Score(psnr=15.2, ssim=0.6, num_images=1, baseline_psnr=15.0, baseline_ssim=0.2))
     image = ImageRow(round=1, client=0, attack="idlg", adaptive=False, position=0, index=3, owner=0, psnr=15.2,
                      ssim=0.6, baseline_psnr=15.0, baseline_ssim=0.2, lpips=float("nan"), recovered=False)
-    assert "n images of that update" in updates_table([result], RunHeader(), [image])  # SSIM rule met, margin not
-    assert "n images of that update" not in updates_table([result], RunHeader(), [])
+    held = updates_table([result], RunHeader(), [image])  # SSIM rule met, margin not
+    assert "images that reached the SSIM rule in an update" in held
+    assert "within the blank-guess margin as a whole; 1 image meets the SSIM rule" in held
+    assert "no leakage beyond a blank guess" not in held  # which would read false beside a sharp image
+    plain = updates_table([result], RunHeader(), [])
+    assert "images that reached the SSIM rule" not in plain and "no leakage beyond a blank guess" in plain
 
 
 def test_a_run_that_evaluated_nothing_says_so_and_draws_no_empty_accuracy_panel(tmp_path):
@@ -488,3 +492,14 @@ def test_a_run_that_evaluated_nothing_says_so_and_draws_no_empty_accuracy_panel(
     assert "Utility: not measured (no test split was evaluated)." in html and "test accuracy <b>" not in html
     width, _ = Image.open(tmp_path / "run" / "plots" / "training.png").size
     assert width <= 600  # the loss panel alone
+
+
+def test_an_attack_that_failed_every_job_is_named_and_left_out_of_the_budgets(tmp_path):
+    cfg = fconfig.load(None, ["fl.rounds=1", "audit.attacks=[idlg,invgrad]"])
+    store = RunStore(tmp_path / "run", cfg=cfg, partitions=PARTITIONS)
+    store.add_result(_result(1, 0, "idlg", [10, 11], "flat"))
+    store.add_result(_result(1, 0, "invgrad", [10, 11], "failed"))
+    store.add_round(RoundResult(round=1, replies=2, audited_clients=1, jobs=2))
+    for text in _finish(store):
+        assert "configured budgets (idlg 300 iterations)" in text  # invgrad tried nothing at its budget
+        assert "Every job of invgrad failed: it measures nothing in this run" in " ".join(text.split())

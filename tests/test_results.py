@@ -218,3 +218,16 @@ def test_an_update_that_is_not_finite_is_a_failed_row_naming_why(update):
     broken = replace(obs, update={k: torch.full_like(v, float("nan")) for k, v in obs.update.items()})
     r = run_job(_job("idlg", broken, strict=True), truth)  # not an error, even where jobs run strict
     assert r.status == "failed" and r.error.startswith("AttackFailure: the update holds NaN or infinity")
+
+
+def test_a_model_pytorch_cannot_differentiate_twice_fails_gradient_matching_in_one_line():
+    from fedattack.testing.cases import observed_update
+
+    obs, truth = observed_update("seed=0", "model.name=tests.plugins.models:hardsigmoid_cnn", "client.local_steps=1",
+                                 "client.batch_size=1", indices=[3])
+    job = AttackJob(round=1, client=0, attack="idlg", params=ATTACKS.get("idlg").params(iterations=2),
+                    observation=obs, strict=True)
+    row = run_job(job, truth)
+    assert row.status == "failed", row.error  # not an error (a bug): the model cannot be inverted this way
+    assert row.error.startswith("AttackFailure: the model uses an operation PyTorch cannot differentiate twice "
+                                "(aten::hardsigmoid_backward)"), row.error

@@ -9,11 +9,13 @@ client's data (see fedattack.threat).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
+from fedattack.errors import AttackFailure
 from fedattack.registry import Registry
 from fedattack.threat import Observation, Reconstruction
 
@@ -62,7 +64,16 @@ class AttackSpec:
     tunable: tuple[tuple[str, LogRange | Choice], ...] = ()  # what calibration tunes (audit.calibrate)
 
     def __call__(self, obs: Observation, params: Any, ctx: AttackContext) -> Reconstruction:
-        return checked_output(self.name, self.fn(obs, params, ctx), obs)
+        try:
+            rec = self.fn(obs, params, ctx)
+        except (RuntimeError, NotImplementedError) as exc:
+            op = re.search(r"derivative for (\S+) is not implemented", str(exc))
+            if op is None:
+                raise
+            raise AttackFailure(f"the model uses an operation PyTorch cannot differentiate twice ({op.group(1)}), "
+                                "which matching a gradient needs; attacks that solve for the input (analytic, rtf) "
+                                "or a model with another activation can run") from exc
+        return checked_output(self.name, rec, obs)
 
     @property
     def __doc__(self) -> str:  # type: ignore[override]

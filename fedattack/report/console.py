@@ -20,7 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 from fedattack.attacks.scope import idle_attacks
-from fedattack.report.summary import Summary, batch_norm_caveat, budget_caveat, sums_only
+from fedattack.report.summary import (Summary, batch_norm_caveat, budget_caveat, failed_caveat, ran_budgets,
+                                      sums_only)
 from fedattack.results import JobResult, RoundResult, describe_defenses
 from fedattack.schema import Config
 
@@ -226,8 +227,10 @@ class Progress:
                         f"{h.exposed_samples} of {h.samples} training samples recovered "
                         f"({_f(100 * h.exposed_share if h.exposed_share is not None else None, '.1f')}%)"
                         + (" — the run was interrupted" if summary.interrupted is not None else ""))
-            if h.audited_updates and not h.leaked_updates and summary.header.budgets:
-                self.print(budget_caveat(summary.header))
+            if h.audited_updates and not h.leaked_updates and ran_budgets(summary):
+                self.print(budget_caveat(summary.header, summary))
+            if failed_caveat(summary):
+                self.print(failed_caveat(summary))
             if h.audited_updates and batch_norm_caveat(summary.header):
                 self.print(batch_norm_caveat(summary.header))
 

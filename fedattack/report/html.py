@@ -24,7 +24,8 @@ from fedattack.attacks.scope import client_only
 from fedattack.report import plots
 from fedattack.report.exposure import ALL, best_per_sample, worst_clients
 from fedattack.report.images import PAD, columns
-from fedattack.report.summary import Summary, batch_norm_caveat, budget_caveat, secagg_scope, sums_only
+from fedattack.report.summary import (Summary, batch_norm_caveat, budget_caveat, failed_caveat, ran_budgets,
+                                      secagg_scope, sums_only)
 from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader, describe_calibration
 
 MAX_GALLERIES = 60  # per-update galleries shown (leaks first when there are more)
@@ -93,8 +94,10 @@ def verdict(r: JobResult, margin: float, held: int = 0) -> tuple[str, str]:
     if r.success:
         return f"leaked {s.recovered} of {s.num_images} images", "leak"
     if math.isnan(s.margin) or s.margin <= margin:
-        extra = f" ({held} \u25cb)" if held else ""
-        return "no leakage beyond a blank guess" + extra, "safe"
+        if held:  # say what the row holds: "no leakage" alone reads false beside a sharp image
+            return (f"within the blank-guess margin as a whole; {held} image{'s' if held > 1 else ''} meet"
+                    f"{'' if held > 1 else 's'} the SSIM rule (\u25cb, not counted)"), "held"
+        return "no leakage beyond a blank guess", "safe"
     return "above the blank guess, no image recovered", "safe"
 
 
@@ -156,7 +159,9 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         else:
             items.append(f"No attack recovered an image. Closest to leaking: <b>{esc(h.strongest_attack)}</b> "
                          f"(mean PSNR margin over a blank guess: {num(a.margin if a else None, 2, sign=True)} dB)."
-                         + (f" {esc(budget_caveat(header))}" if header.budgets else ""))
+                         + (f" {esc(budget_caveat(header, summary))}" if ran_budgets(summary) else ""))
+    if failed_caveat(summary):
+        items.append(esc(failed_caveat(summary)))
     if h is not None and h.audited_updates and batch_norm_caveat(header):
         items.append(esc(batch_norm_caveat(header)))
     if h is not None and h.worst_client is not None and h.worst_client_recovered:
@@ -372,8 +377,9 @@ def updates_table(results: list[JobResult], header: RunHeader, images: list[Imag
                      (num(r.seconds, 1), "n")])
     head = ["round", "client", "attack", "verdict", "PSNR (dB)", "blank-guess PSNR (dB)", "margin (dB)", "SSIM",
             "blank-guess SSIM", "LPIPS", "labels recovered", "images recovered", "time (s)"]
-    legend = ("<p class='note'>(n &#9675;): n images of that update reached the SSIM rule although the attack as a "
-              "whole stayed within the blank-guess margin; they are not counted as recovered.</p>"
+    legend = ("<p class='note'>&#9675;: images that reached the SSIM rule in an update where the attack as a whole "
+              "stayed within the blank-guess margin; they are not counted as recovered, and the galleries mark "
+              "them.</p>"
               if any(held.values()) else "")
     return table(head, rows) + legend
 

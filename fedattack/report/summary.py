@@ -98,14 +98,38 @@ class Summary:
                 **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.header).items()}}
 
 
-def budget_caveat(header: RunHeader) -> str:
+def ran_budgets(summary: Summary) -> tuple[str, ...]:
+    """The run's budgets (`RunHeader.budgets`) of the attacks that scored at least one update:
+    one that failed, or was stopped, on every job tried nothing at its budget."""
+    scored = {name.removesuffix(" (adaptive)") for name, a in summary.attacks.items() if a.jobs > a.failed}
+    return tuple(b for b in summary.header.budgets if b.split(" ", 1)[0] in scored)
+
+
+def failed_everywhere(summary: Summary) -> list[str]:
+    """The attacks whose every job failed: a run's 'nothing leaked' says nothing of them."""
+    return [name for name, a in summary.attacks.items() if a.jobs and a.failed == a.jobs]
+
+
+def failed_caveat(summary: Summary) -> str:
+    """Said beside the headline where some attacks failed on every job ("" where none did)."""
+    names = failed_everywhere(summary)
+    if not names:
+        return ""
+    listed = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+    return (f"Every job of {listed} failed: {'they measure' if len(names) > 1 else 'it measures'} nothing in this run "
+            "(the per-attack table and leakage.csv give each reason).")
+
+
+def budget_caveat(header: RunHeader, summary: Summary | None = None) -> str:
     """What a run in which no attack recovered an image does not prove: the attacks ran at their
     configured budgets (or the counts calibration chose), and the papers' own code runs
-    optimization attacks several times longer."""
+    optimization attacks several times longer. With `summary`: the budgets of the attacks that
+    scored an update only."""
+    budgets = header.budgets if summary is None else ran_budgets(summary)
     chosen = (f"; calibration raised {', '.join(header.raised)} (calibration.json)" if header.raised else
               ", or at the counts calibration chose where it raised them (calibration.json)"
               if header.calibrated and header.raised is None else "")
-    return (f"The attacks ran at their configured budgets ({', '.join(header.budgets)}){chosen}; more iterations "
+    return (f"The attacks ran at their configured budgets ({', '.join(budgets)}){chosen}; more iterations "
             "can recover more (docs/attacks.md: the iteration budget).")
 
 

@@ -294,7 +294,7 @@ class Auditor:
         finally:
             with self._dispatch_lock, self._queue_lock:  # jobs not yet handed to the dispatcher count too
                 pending = len(self._queued) + (self._dispatcher.pending() if self._dispatcher is not None else 0)
-            if pending:
+            if pending and shutdown.requested() is None:  # after a stop, the rest is cancelled: no wait
                 self.on_waiting(pending)
             try:
                 self.finish()
@@ -889,6 +889,7 @@ class AuditStrategy(Strategy):
         self.weight_key = str(_setting(strategy, "weighted_by_key", "num-examples"))
         self.aggregate_only = False  # SecAgg: every reply carries the same aggregate (set by the SecAgg bridge)
         self._sent: dict[int, Message] = {}
+        self._sent_evaluate: dict[int, Message] = {}
         self._client_eval: dict[int, MetricRecord] = {}
         self._timeout = 3600.0
 
@@ -969,7 +970,7 @@ class AuditStrategy(Strategy):
         for reply, record in records:
             if record is not None:
                 self.sampling.learn(reply.metadata.src_node_id, record.client)
-        arrays, metrics = self.strategy.aggregate_train(server_round, replies)
+        arrays, metrics = self.strategy.aggregate_train(server_round, in_sent_order(replies, self._sent))
         if metrics is not None and "flowerdp_epsilon" in metrics:  # central DP: the server's accountant
             self.auditor.record_epsilon(server_round, float(metrics["flowerdp_epsilon"]))
         return arrays, metrics
@@ -977,10 +978,12 @@ class AuditStrategy(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         with self.sampling.seeded(grid, server_round, "evaluate") as view:
-            return list(self.strategy.configure_evaluate(server_round, arrays, config, view))
+            messages = list(self.strategy.configure_evaluate(server_round, arrays, config, view))
+        self._sent_evaluate = {m.metadata.dst_node_id: m for m in messages}
+        return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        metrics = self.strategy.aggregate_evaluate(server_round, in_sent_order(replies, self._sent_evaluate))
         if metrics is not None:
             self._client_eval[server_round] = metrics
         return metrics
@@ -1101,6 +1104,15 @@ def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, ser
     except ConfigError as exc:  # named as these arguments are, not as fedattack's config keys
         raise ConfigError(_argument(exc.field, list(given)), exc.message) from None
     return cfg.audit, {name: ready.get(name, cfg.attack_params[name]) for name in given}
+
+
+def in_sent_order(replies: Iterable[Message], sent: Mapping[int, Message]) -> list[Message]:
+    """The replies in the order their instructions were sent (which a seeded sampling fixes), not
+    the order they arrived in: a strategy sums three or more updates in the order it gets them,
+    and float addition depends on it, so arrival order would make one seed's runs differ."""
+    position = {node: i for i, node in enumerate(sent)}
+    return sorted(replies, key=lambda r: (position.get(r.metadata.src_node_id, len(position)),
+                                          r.metadata.src_node_id))
 
 
 def _attack_name(attack: Any) -> Any:

@@ -58,3 +58,16 @@ def pooled_features_as_wide_as_the_image(in_shape, num_classes, act):
 def mlp_without_bias(in_shape, num_classes, act):
     return nn.Sequential(nn.Flatten(), nn.Linear(in_shape[0] * in_shape[1] * in_shape[2], 16, bias=False), act(),
                          nn.Linear(16, num_classes))
+
+
+def hardsigmoid_cnn(in_shape, num_classes, act):
+    """MobileNetV3's gate activation: PyTorch has no second derivative for it."""
+    return nn.Sequential(nn.Conv2d(in_shape[0], 4, 3, padding=1), nn.Hardsigmoid(), nn.Flatten(),
+                         nn.Linear(4 * in_shape[1] * in_shape[2], num_classes))
+
+
+INSTANCE = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))  # a model, not a factory
+
+
+def no_arguments():
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))

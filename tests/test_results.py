@@ -231,3 +231,20 @@ def test_a_model_pytorch_cannot_differentiate_twice_fails_gradient_matching_in_o
     assert row.status == "failed", row.error  # not an error (a bug): the model cannot be inverted this way
     assert row.error.startswith("AttackFailure: the model uses an operation PyTorch cannot differentiate twice "
                                 "(aten::hardsigmoid_backward)"), row.error
+
+
+def test_an_attacks_job_seed_is_its_own_whatever_else_is_listed(tmp_path):
+    from fedattack.cli import main
+    from fedattack.server.audit import job_seed
+
+    seeds = {(c, a): job_seed(0, 1, c, a) for c in [*range(40), "aggregate"] for a in ("idlg", "invgrad", "dlg")}
+    assert len(set(seeds.values())) == len(seeds)  # no two (client, attack) share one (client*31 + place did)
+    assert job_seed(0, 1, 0, "invgrad") != job_seed(1, 1, 0, "invgrad") != job_seed(0, 2, 0, "invgrad")
+    psnr = {}
+    for listed in ("[invgrad]", "[idlg,invgrad]"):
+        out = tmp_path / listed.strip("[]").replace(",", "-")
+        assert main(["attack", f"audit.attacks={listed}", "invgrad.iterations=20", "idlg.iterations=2",
+                     "client.local_steps=2", "client.batch_size=2", "--out", str(out), "--quiet"]) == 0
+        rows = {r["attack"]: r for r in csv.DictReader((out / "leakage.csv").open())}
+        psnr[listed] = rows["invgrad"]["psnr"]
+    assert psnr["[invgrad]"] == psnr["[idlg,invgrad]"]  # the attack's place in the list was its seed

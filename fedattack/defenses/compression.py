@@ -105,14 +105,6 @@ def observed_mask_adapt(trial, observed, params, scale=None):
     return {k: v * (observed[k] != 0).to(v.dtype) if k in observed else v for k, v in trial.items()}
 
 
-def quantize_adapt(trial, observed, params: QuantizeParams, scale=None):
-    out = {}
-    for k, v in trial.items():
-        q = quantize_tensor(v.detach(), params.bits, stochastic=False)
-        out[k] = v + (q - v).detach()  # straight-through: forward quantized, backward identity
-    return out
-
-
 register_defense(DefenseSpec(
     name="topk", params=TopKParams, where="update", main_param="keep", on_update=topk_update,
     adapt=observed_mask_adapt,
@@ -123,6 +115,10 @@ register_defense(DefenseSpec(
     paper="Li et al., Auditing Privacy Defenses in Federated Learning via Generative Gradient Leakage, CVPR 2022 "
           "(gradient compression defense)"))
 register_defense(DefenseSpec(
+    # No adaptive model: stochastic rounding is unbiased, so the plain attack already matches the
+    # update in expectation; a straight-through quantized trial (forward on its own grid) lands in
+    # the observed bins and then gets no signal within them. Measured against invgrad, 2 images
+    # in 1 step on the MLP: plain 36.4 dB, straight-through 21.1 at 4 bits; lower in every
+    # setting tried, deterministic rounding and 2 bits included.
     name="quantize", params=QuantizeParams, where="update", main_param="bits", on_update=quantize_update,
-    adapt=quantize_adapt,
     paper="Alistarh et al., QSGD: Communication-Efficient SGD via Gradient Quantization and Encoding, NeurIPS 2017"))

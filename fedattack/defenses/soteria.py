@@ -19,6 +19,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import copy
 import torch
 
 from fedattack.defenses.base import DefenseContext, DefenseSpec, register_defense
@@ -46,7 +47,13 @@ def feature_scores(model: torch.nn.Module, x: torch.Tensor, budget: int = 2 ** 2
     """s_i = sum_n ||d r_{n,i}/d x_n|| / |r_{n,i}| for every feature i of the fc input.
 
     As in the authors' code, d r_{n,i}/d x_n is the gradient of sum_n r_{n,i} with respect to
-    the batch, read per sample; the features are a vmap dimension of one vector-Jacobian product."""
+    the batch, read per sample; the features are a vmap dimension of one vector-Jacobian product.
+    BatchNorm normalizes with the batch's statistics, as in training, in a copy of the model that
+    keeps none (its running statistics cannot be updated in place inside torch.func.vjp, and the
+    extra pass must not move them)."""
+    if any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        model = copy.deepcopy(model)
+        torch.func.replace_all_batch_norm_modules_(model)
     _, fc = representation_layer(model)
 
     def representation(inputs: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ import json
 import re
 import threading
 import time
+import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, is_dataclass, replace
@@ -279,7 +280,7 @@ class Auditor:
         config.yaml records (`server.sees`; fedattack's own runs record `client.defenses`)."""
         if scope == "aggregate" and isinstance(self.plan.record, AppRecord):
             self.plan.record.raw.setdefault("server", {})["sees"] = "sums"
-        for note in [*self.notes, self.scope_note(scope), self.adaptive_note(), self.calibration_note()]:
+        for note in [*self.notes, self.scope_note(scope), self.adaptive_note(scope), self.calibration_note()]:
             if note:
                 self.on_note(note)
         self.start_polling()
@@ -401,11 +402,12 @@ class Auditor:
         return [d.name for d in self.plan.protocol.settings()
                 if (spec := DEFENSES.find(d.name)) is not None and spec.adapt is not None]
 
-    def adaptive_note(self) -> str:
+    def adaptive_note(self, scope: str = "client") -> str:
         """Said once before the first round where audit.adaptive asks for adaptive attacks and
-        no defense in force has a model for them to apply ("" otherwise)."""
+        no defense in force has a model for them to apply ("" otherwise); of the attacks that
+        run in `scope` (under SecAgg+ the client-only ones never run, which scope_note says)."""
         mode = self.plan.options.adaptive
-        asked = [a for a in self.plan.attacks if ATTACKS.get(a).adaptive]
+        asked = [a for a in self.attacks_for(scope) if ATTACKS.get(a).adaptive]
         if mode == "off" or not asked or self.modelled_defenses():
             return ""
         key = "adaptive" if isinstance(self.plan.record, AppRecord) else "audit.adaptive"
@@ -488,12 +490,11 @@ class Auditor:
     def submit(self, rnd: int, client: int | str, obs: Observation, truth: Truth | None, *, scope: str = "client",
                epsilon: float = float("nan"), unscored: str = "") -> int:
         n = 0
-        cid = client if isinstance(client, int) else 0
         opts = self.plan.options
-        for k, name in enumerate(self.attacks_for(scope)):
+        for name in self.attacks_for(scope):
             for adaptive in self.variants(name):
                 job = AttackJob(round=rnd, client=client, attack=name, params=self.params_for(name, obs),
-                                observation=obs, seed=(self.plan.seed * 1_000_003 + rnd * 1009 + cid * 31 + k) % 2**31,
+                                observation=obs, seed=job_seed(self.plan.seed, rnd, client, name),
                                 labels=opts.labels, adaptive=adaptive, defense=self.defense,
                                 threads=opts.threads_per_job, tf32=opts.tf32, success_ssim=opts.success_ssim,
                                 success_margin=opts.success_margin, lpips_weights=opts.lpips_weights,
@@ -1104,6 +1105,15 @@ def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, ser
     except ConfigError as exc:  # named as these arguments are, not as fedattack's config keys
         raise ConfigError(_argument(exc.field, list(given)), exc.message) from None
     return cfg.audit, {name: ready.get(name, cfg.attack_params[name]) for name in given}
+
+
+def job_seed(seed: int, rnd: int, client: int | str, attack: str) -> int:
+    """An attack job's seed, from the run's seed, the round, the client and the attack's name:
+    the same whichever other attacks are listed, and in which order (it was the attack's place
+    in the list, so adding one changed the others' results), and distinct for every (round,
+    client, attack) rather than a sum that two of them can share."""
+    key = zlib.crc32(f"{client}/{attack}".encode())
+    return int(np.random.SeedSequence([int(seed), int(rnd), key]).generate_state(1)[0] % 2**31)
 
 
 def in_sent_order(replies: Iterable[Message], sent: Mapping[int, Message]) -> list[Message]:

@@ -550,6 +550,9 @@ def test_an_attack_object_from_register_attack_is_audited_as_the_module_path_wor
     assert list(attacks) == ["tests.plugins.failing:boom", "idlg"]
     _, attacks = _audit_section({boom: {}}, seed=0)
     assert list(attacks) == ["tests.plugins.failing:boom"]
+    from fedattack.attacks.invgrad import invgrad
+
+    assert list(_audit_section([invgrad], seed=0)[1]) == ["invgrad"]  # a built-in one by its name
     def mine(obs, params, ctx):
         return None
 

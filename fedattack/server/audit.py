@@ -1131,6 +1131,8 @@ def _attack_name(attack: Any) -> Any:
     if not isinstance(attack, AttackSpec):
         return attack
     module, name = getattr(attack.fn, "__module__", None), getattr(attack.fn, "__name__", "")
+    if str(module).startswith("fedattack.") and ATTACKS.find(attack.name) is attack:
+        return attack.name  # a built-in one, by its registered name
     if module in (None, "", "__main__"):
         raise ConfigError("attacks", f"the attack object '{attack.name}' is defined in the script being run; "
                                      "give it by name, or define it in an importable module and give it as it is "

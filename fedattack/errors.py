@@ -1,5 +1,14 @@
 """Errors a user can act on: each names the config field and what is allowed."""
 
+import re
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # terminal colours (Ray's task errors carry them)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, without terminal colour codes ("" where it has none)."""
+    return (_ANSI.sub("", str(exc)).strip().splitlines() or [""])[0]
+
 
 class FedattackError(Exception):
     """An error reported to the user as one line, exit code 2."""

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from fedattack.errors import ConfigError
+from fedattack.errors import ConfigError, first_line
 from fedattack.experiment import Experiment
 from fedattack.models import build_model
 from fedattack.schema import Config
@@ -120,7 +120,7 @@ def check_model(exp: Experiment) -> Footprint | None:
 
 
 def _model_error(exp: Experiment, where: str, exc: BaseException | None) -> ConfigError:
-    line = (str(exc).strip().splitlines() or [""])[0][:200] if exc else ""
+    line = first_line(exc)[:200] if exc else ""
     what = f"{type(exc).__name__}: {line}" if exc else "unknown error"
     if "more than 1 value per channel" in line:  # BatchNorm on a 1x1 map, one image per batch
         return ConfigError("client.batch_size", f"model '{exp.cfg.model.name}' cannot train on one image at a "

@@ -13,7 +13,7 @@ from flwr.serverapp import ServerApp
 
 from fedattack.client.app import make_client_app
 from fedattack.config import defense_sections_in_force
-from fedattack.errors import ConfigError, FedattackError
+from fedattack.errors import ConfigError, FedattackError, first_line
 from fedattack.experiment import Experiment, build
 from fedattack.limits import check_cluster, check_machine, quiet_logs
 from fedattack.report.console import Progress, library_logs
@@ -96,7 +96,7 @@ def _join(ray, address: str, options: dict, *, timeout: float) -> str | None:
         return None
     if not isinstance(exc, (ConnectionError, RuntimeError, ValueError, AssertionError)):
         raise exc
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return first_line(exc) or type(exc).__name__
 
 
 def _listener_problem(address: str, connect_timeout: float = 10.0, reply_timeout: float = 5.0) -> str | None:

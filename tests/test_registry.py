@@ -92,3 +92,10 @@ def test_a_wrong_model_plug_in_is_told_what_to_give_instead():
     with pytest.raises(ConfigError, match=r"No module named 'no_such_pkg'; run from the folder that holds it, or "
                                           r"add that folder to PYTHONPATH\)$"):
         MODELS.get("no_such_pkg:thing")
+
+
+def test_an_exceptions_first_line_drops_terminal_colours():
+    from fedattack.errors import first_line
+
+    assert first_line(RuntimeError("\x1b[36mray::run_remote()\x1b[39m failed\nTraceback ...")) == "ray::run_remote() failed"
+    assert first_line(ValueError("  \n")) == "" and first_line(KeyError("x")) == "'x'"

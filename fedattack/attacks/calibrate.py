@@ -40,7 +40,7 @@ from fedattack.attacks.engine import functional_model, replay, schedule
 from fedattack.attacks.ggl import blas_single_thread
 from fedattack.attacks.optimize import shrink
 from fedattack.defenses.base import DEFENSES, DefenseContext
-from fedattack.errors import AttackFailure
+from fedattack.errors import AttackFailure, first_line
 from fedattack.metrics.score import score
 from fedattack.results import STRETCHED, SWITCHES
 from fedattack.threat import Observation, Reconstruction, Truth
@@ -182,7 +182,7 @@ def evaluate(attack: str, params: Any, cases: list[tuple[Observation, Truth]], c
         except Exception as exc:  # noqa: BLE001 - a setting that fails scores nothing
             values.append(0.0)
             if errors is not None:
-                errors.append(f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}")
+                errors.append(f"{type(exc).__name__}: {first_line(exc)}")
     return values
 
 

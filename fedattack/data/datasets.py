@@ -17,7 +17,7 @@ import torch
 
 from fedattack.data.hf import is_hf, load_hf
 from fedattack.data.images import ImageData, Splits, from_array, image_spec, pil_pixels, stratified_split
-from fedattack.errors import ConfigError, DataError, FedattackError
+from fedattack.errors import ConfigError, DataError, FedattackError, first_line
 from fedattack.registry import Registry, own_function
 from fedattack.schema import DataConfig
 from fedattack.threat import DataSpec
@@ -164,7 +164,7 @@ def _torchvision_split(cls, root: Path, train: bool, download: bool, name: str, 
             raise DataError(f"data.root: {name} not found under {root} ({exc}); {hint}") from None
         raise DataError(f"data.root: {name}'s files under {root} could not be read ({exc}); {hint}") from None
     except (AssertionError, ValueError, TypeError, EOFError, OSError, IndexError) as exc:
-        why = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        why = first_line(exc) or type(exc).__name__
         raise DataError(f"data.root: {name}'s files under {root} could not be read ({why}); {hint}") from None
 
 

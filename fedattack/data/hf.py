@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from fedattack.data.images import GREY_MODES, ImageData, Splits, image_spec, pil_pixels, stratified_split
-from fedattack.errors import ConfigError, DataError
+from fedattack.errors import ConfigError, DataError, first_line
 
 PREFIX = "hf:"
 IMAGE_KEYS = ("img", "image", "pixel_values", "images")
@@ -82,7 +82,7 @@ def open_dataset(ref: str, cfg):
             else:  # a local folder laid out as a dataset repository (`~` expanded), else a Hub id
                 obj = datasets.load_dataset(str(path) if path.is_dir() else ref, cache_dir=cache)
     except Exception as exc:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError, ...)
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc) or type(exc).__name__
         if path.is_dir():  # the folder is there: what is wrong is inside it
             raise DataError(f"data.name: {where} is a local folder but could not be read as a dataset ({reason}); "
                             "write it again with save_to_disk, or lay it out as a dataset repository") from None

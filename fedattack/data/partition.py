@@ -21,7 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from fedattack.errors import ConfigError
+from fedattack.errors import ConfigError, first_line
 from fedattack.registry import Registry
 from fedattack.schema import PartitionConfig
 
@@ -51,7 +51,7 @@ def _run(make: Callable[[], object], targets: np.ndarray, seed: int, key: str) -
             n = partitioner.num_partitions
             return [np.sort(np.asarray(partitioner.load_partition(i)["index"], dtype=np.int64)) for i in range(n)]
     except (ValueError, TypeError) as exc:
-        raise ConfigError(key, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+        raise ConfigError(key, first_line(exc) or type(exc).__name__) from None
 
 
 @PARTITIONERS.register("iid", doc="uniform random split, equal sizes (flwr-datasets IidPartitioner)")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import pickle
-import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from fedattack.errors import ConfigError, FedattackError
+from fedattack.errors import ConfigError, FedattackError, first_line
 
 ARCHS = ("dcgan",)
 LOSSES = ("dcgan", "wgan-gp")
@@ -145,7 +144,7 @@ def load_generator(path: str | Path | None, field_name: str = "generator",
         gen = build_generator(meta)
         gen.load_state_dict(state)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        why = re.sub(r"\x1b\[[0-9;]*m", "", (str(exc).strip().splitlines() or [""])[0]).split(". ")[0][:120]
+        why = first_line(exc).split(". ")[0][:120]
         if isinstance(exc, pickle.UnpicklingError):
             why += "; fedattack loads checkpoints as weights only and refuses pickled code"
         raise ConfigError(field_name, f"{p} is not a fedattack generator checkpoint "

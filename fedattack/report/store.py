@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from fedattack.errors import FedattackError
+from fedattack.errors import FedattackError, first_line
 from fedattack.experiment import build
 from fedattack.metrics.lpips import download_backbone, locate
 from fedattack.models import batch_norm_layers, build_model
@@ -221,7 +221,7 @@ class RunStore:
                 recorded = len([r for r in self.rounds if r.round > 0])
                 if exc is not None:
                     stop = Interruption(reason=type(exc).__name__ if isinstance(exc, KeyboardInterrupt) else
-                                        f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"[:300])
+                                        f"{type(exc).__name__}: {first_line(exc)}"[:300])
                 elif recorded < self.expected_rounds:
                     stop = Interruption(reason=f"{recorded} of {self.expected_rounds} rounds recorded")
             run = load_run(self.dir)

@@ -11,7 +11,6 @@ else is the wrapped grid's.
 
 from __future__ import annotations
 
-import re
 import sys
 import threading
 import time
@@ -23,7 +22,7 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedattack import shutdown
-from fedattack.errors import FedattackError
+from fedattack.errors import FedattackError, first_line
 from fedattack.results import Interruption
 from fedattack.server.grids import GridView
 
@@ -84,7 +83,7 @@ def interruption(errors: list[BaseException] = ()) -> Interruption | None:
         exc = errors[0]
         cause = getattr(exc, "cause", None)  # a RayTaskError wraps what the task raised
         exc = cause if isinstance(cause, BaseException) else exc
-        line = (re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines() or [""])[0]
+        line = first_line(exc)
         reason = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
     else:
         reason = req.reason if req is not None else "stopped"

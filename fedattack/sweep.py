@@ -166,13 +166,12 @@ def plan(cfg: Config) -> tuple[str, list[tuple[report.SweepRun, Config]], str]:
     for x in s.seeds:
         check_seed("sweep.seeds", x)
     seeds = list(dict.fromkeys(s.seeds)) or [cfg.seed]
-    section, _, name = key.partition(".")
     base = cfg.to_dict()
     if defense is not None:
         on = [*base["client"]["defenses"]] + ([] if defense in base["client"]["defenses"] else [defense])
         reference = f"reference run without {defense}"
     else:
-        configured = (base.get(section) or {}).get(name)
+        configured = configured_value(cfg, key)
         reference = f"reference run at the configured {key}={report.fmt_value(configured)}"
     configs = []
     for v in s.values:
@@ -328,6 +327,12 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False, verbose: bool 
     return answer
 
 
+def configured_value(cfg: Config, key: str) -> Any:
+    """The config's own value of the swept `key` (section.name), which the reference run keeps."""
+    section, _, name = key.partition(".")
+    return (cfg.to_dict().get(section) or {}).get(name)
+
+
 def mapped_values(cfg: Config, key: str) -> list:
     """The values the protocol map and the per-value table show: the swept ones and, for a
     config key whose configured value is not among them, the configured value too (the
@@ -335,8 +340,7 @@ def mapped_values(cfg: Config, key: str) -> list:
     values = list(cfg.sweep.values)
     if cfg.sweep.defense:
         return values
-    section, _, name = key.partition(".")
-    configured = (cfg.to_dict().get(section) or {}).get(name)
+    configured = configured_value(cfg, key)
     if configured is None or any(report.fmt_value(v) == report.fmt_value(configured) for v in values):
         return values
     numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in [*values, configured])

@@ -213,6 +213,11 @@ DATASETS.register("cifar100", _torchvision_dataset(
     _CIFAR_HINT.format("cifar-100-python.tar.gz")))
 
 
+def _unreadable(path: str, exc: BaseException) -> DataError:
+    """A file of an image folder that PIL cannot read, as the one line that names it."""
+    return DataError(f"data.root: {path} is not an image PIL can read ({type(exc).__name__}); remove it or convert it")
+
+
 def _check_image(path: str) -> None:
     """Open the file and check its structure without decoding it (PIL's verify: a PNG's chunk
     checksums, so a cut or damaged file is found), a fraction of a millisecond for a small image;
@@ -227,8 +232,7 @@ def _check_image(path: str) -> None:
             with Image.open(path) as img:
                 pil_pixels(img, 1, path)
     except (OSError, ValueError, SyntaxError) as exc:  # verify raises SyntaxError for some broken files
-        raise DataError(f"data.root: {path} is not an image PIL can read ({type(exc).__name__}); remove it or "
-                        "convert it") from None
+        raise _unreadable(path, exc) from None
 
 
 @DATASETS.register("imagefolder", doc="your own images: data.root/<class>/<image>, one folder per class")
@@ -254,8 +258,7 @@ def imagefolder(cfg, seed: int) -> Splits:
             with Image.open(path) as img:
                 arr = torch.as_tensor(pil_pixels(img, channels, path))
         except (OSError, ValueError) as exc:
-            raise DataError(f"data.root: {path} is not an image PIL can read ({type(exc).__name__}); remove it or "
-                            "convert it") from None
+            raise _unreadable(path, exc) from None
         return arr[None] if arr.ndim == 2 else arr.permute(2, 0, 1)
 
     tr, te = stratified_split(targets, cfg.test_fraction, seed)
@@ -288,15 +291,18 @@ def load_dataset(cfg: DataConfig, *, seed: int = 0) -> Splits:
     """Load the configured dataset's train and test splits; cached per process under
     (cfg, seed), a frozen DataConfig being its own key. Every label is checked to be one of
     the dataset's classes."""
+    splits, field = _load(cfg, seed)
+    check_labels(splits, field, cfg.name)
+    return splits
+
+
+def _load(cfg: DataConfig, seed: int) -> tuple[Splits, str]:
+    """The configured dataset's splits, and the field that names where their labels come from."""
     if is_hf(cfg.name):
-        splits = load_hf(cfg, seed)
-        check_labels(splits, "data.label_key", cfg.name)
-        return splits
+        return load_hf(cfg, seed), "data.label_key"
     loader = DATASETS.get(cfg.name)
     if ":" not in cfg.name:
-        splits = loader(cfg, seed)
-        check_labels(splits, "data.root" if cfg.root else "data.name", cfg.name)
-        return splits
+        return loader(cfg, seed), "data.root" if cfg.root else "data.name"
     try:  # a dataset of the user's own (module:attr): what goes wrong in it is one line naming it
         splits = loader(cfg, seed)
     except FedattackError:
@@ -308,5 +314,4 @@ def load_dataset(cfg: DataConfig, *, seed: int = 0) -> Splits:
     if not isinstance(splits, Splits):
         raise DataError(f"data.name: {cfg.name} returned {type(splits).__name__}, not Splits (a dataset is called as "
                         "fn(cfg: DataConfig, seed) and returns fedattack.data.images.Splits)")
-    check_labels(splits, "data.name", cfg.name)
-    return splits
+    return splits, "data.name"

@@ -546,8 +546,8 @@ class Auditor:
         with self._lock:
             stats = self.round_stats(rnd)
             good = [r for r in replies if not r.has_error()]
-            stats.replies, stats.errors = len(good), stats.errors + len(replies) - len(good)
             failed = [r for r in replies if r.has_error()]
+            stats.replies, stats.errors = len(good), stats.errors + len(failed)
             if failed and not stats.error:
                 stats.error = client_error(failed[0])
             records = [(r, pop_record(r.content)) for r in good]

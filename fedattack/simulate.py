@@ -7,6 +7,8 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from flwr.serverapp import ServerApp
@@ -65,13 +67,44 @@ def init_ray(cfg: Config, *, verbose: bool = False, num_cpus: int | None = None,
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))  # the instance's workers inherit it (cheaper
     try:  # to start than a runtime_env: about 10% of a small run's CPU time)
         idle_workers = (num_cpus or os.cpu_count() or 1) + cfg.audit.max_concurrent
-        ray.init(address="local", num_cpus=num_cpus, resources={ATTACK_RESOURCE: cfg.audit.max_concurrent},
-                 _system_config={"num_workers_soft_limit": idle_workers}, **common)
+        with _ray_processes_in_own_session(ray):
+            ray.init(address="local", num_cpus=num_cpus, resources={ATTACK_RESOURCE: cfg.audit.max_concurrent},
+                     _system_config={"num_workers_soft_limit": idle_workers}, **common)
     finally:
         if before is None:
             os.environ.pop("PYTHONPATH")
         else:
             os.environ["PYTHONPATH"] = before
+
+
+@contextmanager
+def _ray_processes_in_own_session(ray) -> Iterator[None]:
+    """The local instance's processes (its GCS and raylet, and through the raylet its workers)
+    start in a session of their own, not in this process's group.
+
+    Ray starts them in the caller's process group, so a signal to that group (GNU `timeout`,
+    `kill -- -PGID`, a service manager stopping the unit) reaches the raylet as well: it exits,
+    and this driver's Ray core worker then ends the whole process at its next call to it with
+    exit code 1 and nothing written, before the clean stop the signal asked for. In a session of
+    their own they hear only what this process tells them; they still die with it (Ray's
+    parent-death signal), and the run reaps them (`shutdown.reap_ray`). Where Ray's process
+    launcher is not where it was (another Ray version), Ray starts them as before."""
+    services = getattr(getattr(ray, "_private", None), "services", None)
+    base = getattr(services, "ConsolePopen", None)
+    if os.name != "posix" or not isinstance(base, type):
+        yield
+        return
+
+    class SessionPopen(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("start_new_session", True)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = SessionPopen
+    try:
+        yield
+    finally:
+        services.ConsolePopen = base
 
 
 def _join(ray, address: str, options: dict, *, timeout: float) -> str | None:

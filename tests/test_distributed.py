@@ -246,6 +246,13 @@ def test_the_local_instance_keeps_a_warm_attack_worker_while_clients_hold_every_
             return os.getpid()
 
         assert ray.get(ray.remote(pid).options(**dispatcher.options).remote(), timeout=120) == warm_pid
+        # none of the instance's processes is in this process's group: a signal to the group
+        # (GNU timeout's) stops this driver cleanly instead of killing its raylet under it
+        from fedattack import shutdown
+
+        ours = [p for p in shutdown.descendants() if shutdown.is_ray_process(shutdown._cmdline(p))]
+        assert ours and warm_pid in ours
+        assert [p for p in ours if os.getpgid(p) == os.getpgrp()] == []
     finally:
         ray.shutdown()
 

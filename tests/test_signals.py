@@ -3,7 +3,8 @@ finished result kept on disk, the report written, no Ray process of the run left
 
 Each case runs the real command (a private local Ray instance, one client actor) in its own
 session, waits for a moment (round 1, waiting for attack jobs, writing the report), sends the
-signal and checks the exit code, the rows, summary.json and the process table. The six runs
+signal and checks the exit code, the rows, summary.json and that no process is left: none in the
+run's session, none of those below it at the signal (Ray's start in sessions of their own). The six runs
 go three at a time. SIGTERM while waiting for jobs comes as GNU `timeout` sends it: to the
 command, then at once to its whole process group (one stop, not a second signal that kills).
 """
@@ -58,6 +59,34 @@ def _session(sid: int) -> list[str]:
     return left
 
 
+def _started(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19]
+    except OSError:
+        return None
+
+
+def _tree(pid: int) -> dict[int, str]:
+    """The processes below `pid` (Ray's among them, in sessions of their own), with their start
+    times, so that a pid the system reuses later is not taken for one of them."""
+    from fedattack.shutdown import descendants
+
+    return {p: t for p in descendants(pid) if (t := _started(p)) is not None}
+
+
+def _alive(tree: dict[int, str]) -> list[str]:
+    left = []
+    for p, t in tree.items():
+        try:
+            state = Path(f"/proc/{p}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and _started(p) == t:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")
+            left.append(f"{p} {cmd[:80].decode(errors='replace')}")
+    return left
+
+
 def _interrupt(tmp: Path, moment: str, sig: int) -> dict:
     prefix, overrides, marker = MOMENTS[moment]
     out = tmp / f"{moment.replace(' ', '_')}-{sig.name}"
@@ -78,6 +107,7 @@ def _interrupt(tmp: Path, moment: str, sig: int) -> dict:
         if moment == "round 1":
             time.sleep(2)  # clients training
         before = _rows(out)
+        tree = _tree(proc.pid)
         os.kill(proc.pid, sig)
         if moment == "waiting for jobs" and sig == signal.SIGTERM:
             os.killpg(proc.pid, sig)
@@ -88,7 +118,7 @@ def _interrupt(tmp: Path, moment: str, sig: int) -> dict:
             proc.wait()
     time.sleep(1)
     return {"moment": moment, "sig": sig, "code": code, "before": before, "rows": _rows(out), "out": out,
-            "log": log.read_text(), "left": _session(proc.pid)}
+            "log": log.read_text(), "left": _session(proc.pid) + _alive(tree)}
 
 
 @pytest.mark.slow

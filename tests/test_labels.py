@@ -120,3 +120,30 @@ def test_dimitrov_counts_over_many_local_steps():
 
 def test_dimitrov_single_step_matches_bias_form():
     assert accuracy("dimitrov", [7, 2, 5, 0, 9, 4], activation="relu", seed=1) >= 5 / 6
+
+
+SIGN_KEEPING = {"clip": ["clip.bound=0.5"], "topk": ["topk.keep=0.3"], "gaussian": ["gaussian.sigma=0"]}
+
+
+@pytest.mark.parametrize("defense", sorted(SIGN_KEEPING))
+def test_a_defense_that_keeps_the_signs_keeps_what_they_prove(defense):
+    # clipping scales the update, top-k zeroes entries, zero noise changes nothing: a bias that
+    # went up still proves its class present, on real local training (digits: 10 classes)
+    for seed in range(3):
+        case = (f"seed={seed}", "data.name=digits", "client.local_steps=2", "client.batch_size=4")
+        obs, truth = observed_update(*case, f"client.defenses=[{defense}]", *SIGN_KEEPING[defense])
+        present = present_classes(obs)
+        assert present is not None and len(present) >= 1
+        assert set(present.tolist()) <= set(truth.labels.tolist())
+        if defense == "gaussian":  # the same update as no defense at all, and the same proof
+            plain, _ = observed_update(*case)
+            assert present.tolist() == present_classes(plain).tolist()
+
+
+@pytest.mark.parametrize("setting", [("gaussian", {"sigma": 0.01}), ("laplacian", {"scale": 0.01}),
+                                     ("quantize", {"bits": 4}), ("mixup", {}), ("dpsgd", {})])
+def test_a_defense_that_can_flip_signs_proves_nothing(setting):
+    obs, _ = synthetic_update([7, 2, 5, 0], model="convnet", activation="relu", seed=0)
+    assert present_classes(obs) is not None
+    defended = replace(obs, protocol=replace(obs.protocol, defenses=(DefenseSetting(*setting),)))
+    assert present_classes(defended) is None

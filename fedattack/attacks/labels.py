@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from fedattack.attacks.engine import functional_model
+from fedattack.defenses.base import keep_signs
 from fedattack.registry import Registry, own_function
 from fedattack.threat import Observation
 
@@ -200,10 +201,11 @@ def present_classes(obs: Observation) -> torch.Tensor | None:
     Under softmax cross-entropy an absent class c has dL/db_c = mean_u p_uc > 0 at every local
     step, and SGD (with or without momentum) or Adam without weight decay moves its bias down
     by a positive combination of those: its bias update is never positive, so every class whose
-    bias went up is in the batch. Any defense (noise, mixup, quantization, ...) can flip signs,
-    so a defended update proves nothing."""
+    bias went up is in the batch. A defense that keeps the update's signs (clipping, top-k,
+    pruning, Soteria, zero noise: `DefenseSpec.keeps_signs`) leaves the proof standing; one that
+    can flip them (noise, mixup, quantization, ...) leaves nothing proven."""
     p = obs.protocol
-    if p.defenses or p.weight_decay or p.optimizer not in ("sgd", "adam"):
+    if not keep_signs(p.defenses) or p.weight_decay or p.optimizer not in ("sgd", "adam"):
         return None
     _, db = last_layer(obs)
     return None if db is None else torch.nonzero(db < 0).flatten()

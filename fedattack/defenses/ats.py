@@ -136,4 +136,5 @@ def ats_batch(x: torch.Tensor, y: torch.Tensor, params: ATSParams, ctx: DefenseC
 
 register_defense(DefenseSpec(
     name="ats", params=ATSParams, where="training", main_param="policy", on_batch=ats_batch,
+    keeps_signs=lambda params: True,  # it transforms the images, never their labels
     paper="Gao et al., Privacy-preserving Collaborative Learning with Automatic Transformation Search, CVPR 2021"))

@@ -19,6 +19,10 @@ Hooks (each optional):
   the observed zeros, Soteria's mask, ... (noise is modelled in the attack's likelihood).
   `trial` and `observed` are updates (new - sent weights); `scale` = lr * local steps, the
   factor between gradient units (where noise and clipping are configured) and update units.
+- `keeps_signs(params) -> bool`: True where the defense, at these parameters, leaves every
+  entry of the update with the sign training gave it (or zero): it scales the update by a
+  positive factor, zeroes entries, or changes nothing. What the attacker reads off signs
+  (the classes a bias update proves present) then still holds. Unset: it may flip signs.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class DefenseSpec:
     protocol: str | None = None
     model_extension: str | None = None  # a model change the defense needs (PRECODE)
     adapt: Callable[..., Any] | None = None
+    keeps_signs: Callable[[Any], bool] | None = None
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense", "client.defenses")
@@ -82,6 +87,17 @@ def register_defense(spec: DefenseSpec) -> DefenseSpec:
 def secure_aggregation(names) -> str | None:
     """The defense among `names` that hides each client's update in a sum (SecAgg+), if any."""
     return next((n for n in names if (spec := DEFENSES.find(n)) is not None and spec.protocol == "secagg"), None)
+
+
+def keep_signs(defenses) -> bool:
+    """True where every defense in `defenses` (DefenseSetting: name, params dict) keeps the
+    update's signs at its configured parameters (`DefenseSpec.keeps_signs`); a defense that is
+    not registered here, or says nothing, is taken to flip them."""
+    for setting in defenses:
+        spec = DEFENSES.find(setting.name)
+        if spec is None or spec.keeps_signs is None or not spec.keeps_signs(spec.params(**setting.params)):
+            return False
+    return True
 
 
 def adapt_update(trial: dict[str, torch.Tensor], observed: dict[str, torch.Tensor], defenses,

@@ -46,5 +46,6 @@ def clip_adapt(trial, observed, params: ClipParams, scale: float | None = None):
 
 register_defense(DefenseSpec(
     name="clip", params=ClipParams, where="update", main_param="bound", on_update=clip_update, adapt=clip_adapt,
+    keeps_signs=lambda params: True,  # a positive factor
     paper="Li et al., Auditing Privacy Defenses in Federated Learning via Generative Gradient Leakage, CVPR 2022 "
           "(gradient clipping defense)"))

@@ -107,11 +107,11 @@ def observed_mask_adapt(trial, observed, params, scale=None):
 
 register_defense(DefenseSpec(
     name="topk", params=TopKParams, where="update", main_param="keep", on_update=topk_update,
-    adapt=observed_mask_adapt,
+    adapt=observed_mask_adapt, keeps_signs=lambda params: True,  # zeroes entries
     paper="Lin et al., Deep Gradient Compression, ICLR 2018 (as a defense: Zhu et al., NeurIPS 2019)"))
 register_defense(DefenseSpec(
     name="prune", params=PruneParams, where="update", main_param="rate", on_update=prune_update,
-    adapt=observed_mask_adapt,
+    adapt=observed_mask_adapt, keeps_signs=lambda params: True,  # zeroes entries
     paper="Li et al., Auditing Privacy Defenses in Federated Learning via Generative Gradient Leakage, CVPR 2022 "
           "(gradient compression defense)"))
 register_defense(DefenseSpec(

@@ -119,5 +119,7 @@ def dpsgd_update(update, params: DPSGDParams, ctx: DefenseContext):
 register_defense(DefenseSpec(
     name="dpsgd", params=DPSGDParams, where="training", main_param="noise_multiplier", on_train=dpsgd_train,
     on_update=dpsgd_update,
+    # per-example clipping scales each sample's gradient by a positive factor; noise flips signs
+    keeps_signs=lambda params: params.noise_multiplier == 0,
     paper="Abadi et al., Deep Learning with Differential Privacy, CCS 2016 (Opacus); Fed-CDP: Wei et al., "
           "Gradient-Leakage Resilient Federated Learning, ICDCS 2021"))

@@ -65,7 +65,9 @@ def laplacian_update(update, params: LaplacianParams, ctx: DefenseContext):
 
 register_defense(DefenseSpec(
     name="gaussian", params=GaussianParams, where="update", main_param="sigma", on_update=gaussian_update,
+    keeps_signs=lambda params: params.sigma == 0,
     paper="Zhu et al., Deep Leakage from Gradients, NeurIPS 2019 (Gaussian noise defense)"))
 register_defense(DefenseSpec(
     name="laplacian", params=LaplacianParams, where="update", main_param="scale", on_update=laplacian_update,
+    keeps_signs=lambda params: params.scale == 0,
     paper="Zhu et al., Deep Leakage from Gradients, NeurIPS 2019 (Laplacian noise defense)"))

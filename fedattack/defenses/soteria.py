@@ -140,6 +140,6 @@ def soteria_adapt(trial, observed, params: SoteriaParams, scale=None):
 
 register_defense(DefenseSpec(
     name="soteria", params=SoteriaParams, where="update", main_param="percent", on_train=soteria_train,
-    on_update=soteria_update, adapt=soteria_adapt,
+    on_update=soteria_update, adapt=soteria_adapt, keeps_signs=lambda params: True,  # zeroes entries
     paper="Sun et al., Soteria: Provable Defense against Privacy Leakage in Federated Learning from "
           "Representation Perspective, CVPR 2021"))

@@ -87,7 +87,10 @@ def cmd_report(ns: argparse.Namespace) -> int:
         if ns.screenshot:
             Progress().print(f"screenshot: {screenshot(run_dir / 'sweep.html', ns.screenshot)}")
         return 0
-    summary = write_report(run_dir, load_run(run_dir))
+    run = load_run(run_dir)
+    for line in run.cut:
+        print(f"fedattack: warning: {line}", file=sys.stderr)
+    summary = write_report(run_dir, run)
     progress = Progress()
     acc = "-" if summary.final_test_acc is None else f"{summary.final_test_acc:.3f}"
     progress.print(f"{run_dir}: server mode {summary.header.server_mode}, defense {summary.defense}, "

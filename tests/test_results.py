@@ -82,6 +82,47 @@ def test_the_run_directory_reads_back_the_typed_results_it_was_written_from(tmp_
     assert rows[2]["error"] == "AttackFailure: nothing to read" and rows[0]["success"] == "True"
 
 
+def _stored_run(tmp_path):
+    store = RunStore(tmp_path / "run", cfg=fconfig.load(None, ["audit.attacks=[idlg]", "fl.rounds=2"]))
+    for client in (0, 1, 2):
+        store.add_result(_result(client=client))
+    for rnd in (1, 2):
+        store.add_round(RoundResult(round=rnd, train_loss=0.6, test_acc=0.5 + rnd / 10, replies=3))
+    store.finish()
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("table,keep", [("leakage.csv", 41), ("leakage.csv", 14), ("rounds.csv", 8)])
+def test_a_last_line_cut_by_a_kill_is_left_out_and_named(tmp_path, table, keep):
+    from fedattack.cli import main
+
+    run_dir = _stored_run(tmp_path)
+    path = run_dir / table
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[:-1]) + lines[-1][:keep])  # a kill while the last row was appended
+    run = load_run(run_dir)
+    assert len(run.results) == (2 if table == "leakage.csv" else 3)
+    assert len(run.rounds) == (1 if table == "rounds.csv" else 2)
+    assert run.cut == (f"{table} line {len(lines)} is incomplete (it has no line end): the run stopped while "
+                       "writing it; left out",)
+    assert main(["report", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["attacks"]["idlg"]["jobs"] == len(run.results)
+
+
+def test_a_damaged_line_before_the_last_is_one_error_naming_file_and_line(tmp_path, capsys):
+    from fedattack.cli import main
+
+    run_dir = _stored_run(tmp_path)
+    path = run_dir / "leakage.csv"
+    lines = path.read_text().splitlines(keepends=True)
+    lines[2] = lines[2].replace("False", "no", 1)  # the `adaptive` column
+    path.write_text("".join(lines))
+    assert main(["report", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"fedattack: error: {path}: line 3 is damaged (expected True or False")
+
+
 def test_summary_means_only_reconstructions_and_counts_failures():
     results = [_result(), _result(score=Score(psnr=20.0, ssim=0.2, recovered=0, num_images=2)),
                _result(status="error", score=Score(num_images=2), error="KeyError: 'x'")]

@@ -241,6 +241,7 @@ class Run:
     sizes: dict = field(default_factory=dict)  # client -> its training samples
     interrupted: Interruption | None = None
     lpips_note: str = ""
+    cut: tuple[str, ...] = ()  # lines of the tables left out on reading (cut by a kill), each named
 
     def summary(self) -> Summary:
         return summarize(self.results, self.rounds, self.header, images=self.images, sizes=self.sizes,
@@ -267,12 +268,15 @@ def load_run(run_dir: str | Path) -> Run:
     config = run_dir / "config.yaml"
     raw = yaml.safe_load(config.read_text()) or {} if config.is_file() else {}
     header = run_header(raw) if raw else RunHeader()
-    results = []
-    for row in tables.read(run_dir / "leakage.csv"):
+
+    def job(row: dict[str, str]) -> JobResult:
         path = run_dir / row["traceback"] if row.get("traceback") else None
-        results.append(tables.job_result(row, traceback=path.read_text() if path and path.is_file() else ""))
-    rounds = [tables.round_result(row) for row in tables.read(run_dir / "rounds.csv")]
-    images = [tables.image_result(row) for row in tables.read(run_dir / "images.csv")]
+        return tables.job_result(row, traceback=path.read_text() if path and path.is_file() else "")
+
+    cut: list[str] = []
+    results = tables.load(run_dir / "leakage.csv", job, cut)
+    rounds = tables.load(run_dir / "rounds.csv", tables.round_result, cut)
+    images = tables.load(run_dir / "images.csv", tables.image_result, cut)
     sizes = tables.read_sizes(run_dir / "clients.csv")
     saved = run_dir / "summary.json"
     try:
@@ -288,7 +292,8 @@ def load_run(run_dir: str | Path) -> Run:
         header = replace(header, batch_norm=bool(summary.get("batch_norm", False)))
         note = str(summary.get("lpips_note", ""))
     header = replace(header, raised=_raised(run_dir / "calibration.json", raw))
-    return Run(header, results, rounds, images=images, sizes=sizes, interrupted=interrupted, lpips_note=note)
+    return Run(header, results, rounds, images=images, sizes=sizes, interrupted=interrupted, lpips_note=note,
+               cut=tuple(cut))
 
 
 def _raised(path: Path, raw: dict) -> tuple[str, ...] | None:

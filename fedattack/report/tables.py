@@ -20,10 +20,13 @@ An empty cell is a number that does not exist (NaN): no images, no labels, no ep
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from pathlib import Path
+from typing import Callable, TypeVar
 
+from fedattack.errors import FedattackError
 from fedattack.results import NAN, ExposureRow, ImageRow, JobResult, RoundResult, Score, rounded
 
 LEAKAGE_FIELDS = ["round", "client", "attack", "defense", "adaptive", "scope", "status", "psnr", "baseline_psnr",
@@ -36,6 +39,8 @@ IMAGE_FIELDS = ["round", "client", "attack", "adaptive", "position", "index", "o
                 "baseline_psnr", "baseline_ssim", "lpips", "recovered"]
 CLIENT_FIELDS = ["client", "samples"]
 EXPOSURE_FIELDS = ["round", "client", "samples", "audited", "recovered", "share", "best_ssim"]
+
+T = TypeVar("T")
 
 
 def _cell(x: float) -> float | str:
@@ -160,3 +165,35 @@ def read(path: Path) -> list[dict[str, str]]:
         return []
     with path.open(newline="") as f:
         return list(csv.DictReader(f))
+
+
+def load(path: Path, convert: Callable[[dict[str, str]], T], cut: list[str]) -> list[T]:
+    """The rows of a table this package wrote, each through `convert`.
+
+    A process killed while appending leaves its last line cut: fewer fields than the header, no
+    line end, or a value that does not parse. That line is left out and named in `cut` (the
+    rows before it are whole). A damaged line before the last is a FedattackError naming the
+    file and line: the file was changed by hand."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        text = f.read()
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        return []
+    lines = [(reader.line_num, fields) for fields in reader if fields]
+    out: list[T] = []
+    for k, (line, fields) in enumerate(lines):
+        last = k == len(lines) - 1
+        try:
+            if last and not text.endswith(("\n", "\r")):
+                raise ValueError("it has no line end")
+            if len(fields) != len(header):
+                raise ValueError(f"{len(fields)} fields where the header has {len(header)}")
+            out.append(convert(dict(zip(header, fields))))
+        except (ValueError, KeyError, TypeError) as exc:
+            if not last:
+                raise FedattackError(f"{path}: line {line} is damaged ({exc}); restore the file or remove the line")
+            cut.append(f"{path.name} line {line} is incomplete ({exc}): the run stopped while writing it; left out")
+    return out

@@ -160,7 +160,7 @@ def test_breaking_points_the_answer_and_its_cost_over_seeds():
     runs[-1].summary = _summary(0.52, {"idlg": 1, "dlg": 0})
     ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 0.1, 1.0], seeds=[0, 1], reference="r")
     assert ans.breaking["idlg"] == report.NOT_STOPPED and not ans.safe_found
-    assert "No value of gaussian.sigma stopped every attack: at the strongest setting tried (1.0)" in ans.sentence()
+    assert "No value of gaussian.sigma stopped every attack: at the strongest setting whose run finished (1.0)" in ans.sentence()
     # the strongest value's runs failed: the answer names the strongest value that ran, not the one configured
     runs[-1].summary = runs[-2].summary = None
     ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 0.1, 1.0], seeds=[0, 1], reference="r")
@@ -169,7 +169,7 @@ def test_breaking_points_the_answer_and_its_cost_over_seeds():
         if r.value == 0.1:
             r.summary = None
     ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 0.1, 1.0], seeds=[0, 1], reference="r")
-    assert "at the strongest setting tried (0.01)" in ans.sentence() and "4 run(s) did not finish" in ans.sentence()
+    assert "at the strongest setting whose run finished (0.01)" in ans.sentence() and "4 run(s) did not finish" in ans.sentence()
     ans = report.analyze([r for r in runs if r.reference], key="gaussian.sigma", values=[0.01], seeds=[0, 1],
                          reference="r")
     assert ans.sentence().startswith("No run at a value of gaussian.sigma finished")
@@ -212,6 +212,9 @@ def test_sweep_files_hold_the_answer(tmp_path):
     runs = _runs({(None, 0): (0.9, {"idlg": 2}), (1, 0): (0.9, {"idlg": 1}), (5, 0): (0.6, {"idlg": 0})})
     for r in runs:
         r.run_dir = tmp_path / "runs" / f"v{r.value}"
+    for r in runs[:2]:  # the last run has no directory: a stop kept it from starting
+        r.run_dir.mkdir(parents=True)
+        (r.run_dir / "report.html").write_text("<html></html>")
     ans = report.analyze(runs, key="client.local_epochs", values=[1, 5], seeds=[0], reference="reference run")
     table = report.rows(runs, ans)
     report.write_csv(tmp_path / "sweep.csv", table)
@@ -234,6 +237,7 @@ def test_sweep_files_hold_the_answer(tmp_path):
     parser.feed(page)
     assert parser.tags.count("img") == 2 and "script" not in parser.tags
     assert "client.local_epochs = 5" in page
+    assert page.count('href="runs/') == 2 and 'href="runs/v5' not in page  # no link to a report never written
 
 
 @pytest.mark.slow

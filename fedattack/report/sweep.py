@@ -78,7 +78,7 @@ class Answer:
         elif not self.any_tried:
             text = f"No run at a value of {self.key} finished ({seeds}): the sweep has no answer."
         elif not self.safe_found:
-            text = (f"No value of {self.key} stopped every attack: at the strongest setting tried "
+            text = (f"No value of {self.key} stopped every attack: at the strongest setting whose run finished "
                     f"({fmt_value(self.strongest_tried)}) some attack still recovered images ({seeds}).")
         else:
             text = (f"The weakest setting at which no attack recovers any image is {self.key} = "
@@ -333,6 +333,15 @@ def _pm(stat: tuple[float, float], digits: int = 2, n: int = 1, scale: float = 1
     return f"{scale * m:.{digits}f}" + (f" ± {scale * s:.{digits}f}" if n > 1 else "")
 
 
+def _run_link(r: SweepRun) -> str:
+    """A run's name, linked to its report where it has one (a run the sweep's stop kept from
+    starting has none)."""
+    name = f"{_e(r.label)}, seed {r.seed}"
+    if not (r.run_dir / "report.html").is_file():
+        return name
+    return f"<a href=\"{_e(quote(str(Path(r.run_dir.parent.name) / r.run_dir.name / 'report.html')))}\">{name}</a>"
+
+
 def render_html(path: Path, *, answer: Answer, table: list[dict], points: dict[str, list[dict]], runs: list[SweepRun],
                 plots: list[str], values: list | None = None) -> None:
     """sweep.html; `values`: the per-value table's rows (default: the swept values)."""
@@ -357,8 +366,7 @@ def render_html(path: Path, *, answer: Answer, table: list[dict], points: dict[s
         row_class = ' class="safe"' if safe else ""
         body.append(f"<tr{row_class}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     breaking = "".join(f"<tr><td>{_e(a)}</td><td>{_e(b)}</td></tr>" for a, b in answer.breaking.items())
-    links = "".join(f"<li><a href=\"{_e(quote(str(Path(r.run_dir.parent.name) / r.run_dir.name / 'report.html')))}\">"
-                    f"{_e(r.label)}, seed {r.seed}</a>{'' if r.finished else ' (did not finish)'}</li>" for r in runs)
+    links = "".join(f"<li>{_run_link(r)}{'' if r.finished else ' (did not finish)'}</li>" for r in runs)
     doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>fedattack sweep: {_e(answer.key)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1180px;padding:0 1em;color:#222}}
 .answer{{background:#f6f8fa;border:1px solid #d0d7de;border-radius:8px;padding:.8em 1.2em;font-size:16px}}

@@ -99,7 +99,8 @@ def _batches(seed: int, n: int = 4, batch: int = 2):
     return [{"img": x[i:i + batch], "label": y[i:i + batch]} for i in range(0, n, batch)], x
 
 
-def _user_train(msg: Message, context: Context, *, audited: bool = True, arrays_key: str = "arrays") -> Message:
+def _user_train(msg: Message, context: Context, *, audited: bool = True, arrays_key: str = "arrays", epochs: int = 2,
+                metrics: dict | None = None) -> Message:
     """The user's own train function: its model, its loop, its loader (wrapped or not)."""
     model = UserNet()
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
@@ -108,13 +109,14 @@ def _user_train(msg: Message, context: Context, *, audited: bool = True, arrays_
         loader = AuditedLoader(loader)
     opt = torch.optim.SGD(model.parameters(), lr=float(msg.content["config"]["lr"]))
     model.train()
-    for _ in range(2):  # two epochs: each sample is recorded once
+    for _ in range(epochs):  # each sample is recorded once
         for batch in loader:
             opt.zero_grad()
             nn.functional.cross_entropy(model(batch["img"]), batch["label"]).backward()
             opt.step()
     return Message(RecordDict({arrays_key: ArrayRecord(model.state_dict()),
-                               "metrics": MetricRecord({"num-examples": 4, "train_loss": 1.0})}), reply_to=msg)
+                               "metrics": MetricRecord({"num-examples": 4, "train_loss": 1.0} if metrics is None
+                                                       else metrics)}), reply_to=msg)
 
 
 def _play_round(strategy: AuditStrategy, grid: Grid, rnd: int, *, mod: bool = True, **train_kwargs):
@@ -228,6 +230,13 @@ def test_bad_arguments_are_one_line_naming_the_argument(tmp_path):
     with pytest.raises(ConfigError, match=r"^calibration_data: labels must be class ids 0 to 2 .*got 0 to 9"):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, calibrate=True, out_dir=tmp_path / "f",
                       calibration_data=(torch.zeros(10, 3, 8, 8), torch.arange(10)))
+    for images, says in ((torch.zeros(0, 3, 8, 8), "holds no images"),
+                         (torch.full((4, 3, 8, 8), float("nan")), "images hold NaN or infinite values"),
+                         (torch.rand(4, 3, 8, 8) * 255, r"images are not model inputs of this normalization: as "
+                                                        r"pixels \(x \* std \+ mean\) they run from .* to 2..\.?\d*, not 0 to 1")):
+        with pytest.raises(ConfigError, match=f"^calibration_data: {says}"):
+            AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, calibrate=True, out_dir=tmp_path / "f",
+                          calibration_data=(images, torch.zeros(len(images), dtype=torch.long)))
     with pytest.raises(ConfigError, match=r'^server_mode: rtf needs a malicious server .*server_mode="malicious"'):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, attacks=["rtf"], out_dir=tmp_path / "g")
     with pytest.raises(ConfigError, match=r"^server_mode: unknown value 'evil'; allowed: honest, malicious$"):
@@ -597,3 +606,29 @@ def test_the_wrapped_strategy_aggregates_replies_in_the_order_they_were_sent_not
             [30, 10, 20] + ([99] if 99 in arrived else [])
     a, b, c = (torch.randn(1000, generator=torch.Generator().manual_seed(i)) * 10 ** i for i in range(3))
     assert not torch.equal((a + b) + c, (c + a) + b)  # why the order matters
+
+
+@pytest.mark.parametrize("case", ["as configured", "three epochs", "no example count"])
+def test_a_client_that_trains_otherwise_than_the_protocol_says_is_named(tmp_path, caplog, flower_task, case):
+    """The protocol is the server's own (2 epochs of batch 2 over 4 examples: 4 steps); the
+    train function is the user's. What it did that the replay cannot follow is one warning."""
+    import logging
+
+    kwargs = {"as configured": {}, "three epochs": {"epochs": 3},
+              "no example count": {"metrics": {"train_loss": 1.0}}}[case]
+    strategy = _strategy(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="flwr"), strategy.auditor.session():
+        try:
+            _play_round(strategy, FakeGrid([101, 202]), 1, **kwargs)
+        except Exception:  # noqa: BLE001 - Flower's FedAvg refuses replies without their weight
+            assert case == "no example count"
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fedattack:")]
+    drew = [m for m in said if "train function drew" in m]
+    missing = [m for m in said if "carry no 'num-examples'" in m]
+    if case == "as configured":
+        assert drew == [] and missing == []
+    elif case == "three epochs":
+        assert len(drew) == 1 and missing == []
+        assert "drew 6 batches where the audit replays 4 local step(s) (2 epoch(s) of batch 2 over 4 examples)" in drew[0]
+    else:
+        assert len(missing) == 1 and "replays 1 step per epoch" in missing[0]

@@ -54,8 +54,10 @@ class SampleRecording:
         self.indices: list[int] = []  # dataset indices, where every sample came with one
         self._seen: set = set()
         self.note = ""  # why samples could not be recorded, if they could not
+        self.batches = 0  # batches recorded (AuditedLoader's yields, record_samples' calls): the steps taken
 
     def add(self, images: Any, labels: Any, indices: Iterable[int] | None = None) -> None:
+        self.batches += 1
         x = torch.as_tensor(images).detach().cpu().float()
         y = torch.as_tensor(labels).detach().cpu().reshape(-1)
         if x.dim() == 3:  # one (C, H, W) sample
@@ -187,7 +189,8 @@ def audit_mod(msg: Message, context: Context, call_next) -> Message:
         return reply
     note = rec.note or ("" if len(rec) else "the train function recorded no samples (wrap its DataLoader in "
                                              "fedattack.AuditedLoader, or call fedattack.record_samples)")
-    reply.content[AUDIT_KEY] = ConfigRecord({"client": client_id(context), "samples": len(rec), "note": note})
+    reply.content[AUDIT_KEY] = ConfigRecord({"client": client_id(context), "samples": len(rec), "note": note,
+                                             "batches": rec.batches})
     if len(rec) and not rec.note:
         reply.content[TRUTH_KEY] = ArrayRecord({k: Array(v) for k, v in rec.arrays().items()})
     return reply
@@ -204,6 +207,7 @@ class ClientRecord:
     labels: np.ndarray | None
     note: str = ""  # why there are no samples, when there are none
     indices: np.ndarray | None = None  # their dataset indices, where the client knew them
+    batches: int = 0  # batches the train function drew (0: not counted)
 
 
 def pop_record(content: RecordDict) -> ClientRecord | None:
@@ -220,7 +224,7 @@ def pop_record(content: RecordDict) -> ClientRecord | None:
         images, labels = truth["images"].numpy(), truth["labels"].numpy()
         indices = truth["indices"].numpy() if "indices" in truth else None
     return ClientRecord(client=int(audit["client"]), images=images, labels=labels, note=str(audit.get("note", "")),
-                        indices=indices)
+                        indices=indices, batches=int(audit.get("batches", 0)))
 
 
 def pack_legacy(content: RecordDict) -> dict[str, Any]:
@@ -229,7 +233,8 @@ def pack_legacy(content: RecordDict) -> dict[str, Any]:
     record = pop_record(content)
     if record is None:
         return {}
-    out: dict[str, Any] = {f"{LEGACY_PREFIX}client": record.client, f"{LEGACY_PREFIX}note": record.note}
+    out: dict[str, Any] = {f"{LEGACY_PREFIX}client": record.client, f"{LEGACY_PREFIX}note": record.note,
+                           f"{LEGACY_PREFIX}batches": record.batches}
     if record.images is not None:
         out[f"{LEGACY_PREFIX}images"] = _npy(record.images)
         out[f"{LEGACY_PREFIX}labels"] = _npy(record.labels)
@@ -253,7 +258,7 @@ def unpack_legacy(metrics: dict[str, Any]) -> RecordDict:
         out[TRUTH_KEY] = ArrayRecord(arrays)
         samples = len(labels)
     out[AUDIT_KEY] = ConfigRecord({"client": int(entries["client"]), "samples": samples,
-                                   "note": str(entries.get("note", ""))})
+                                   "note": str(entries.get("note", "")), "batches": int(entries.get("batches", 0))})
     return out
 
 

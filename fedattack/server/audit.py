@@ -74,7 +74,7 @@ from fedattack.server.protocol import TrainingProtocol
 from fedattack.server.sampling import SeededSampling
 from fedattack.validate import first_repeat
 from fedattack.strategies import strategy_problem
-from fedattack.threat import DataSpec, ModelSpec, Observation, Truth
+from fedattack.threat import DataSpec, ModelSpec, Observation, Protocol, Truth
 
 AUDIT_RECORDS = (AUDIT_KEY, TRUTH_KEY)
 NO_RECORD = ("the client sent no audit record (no fedattack audit_mod on its train function, as in a real "
@@ -574,7 +574,9 @@ class Auditor:
                 if message is None:
                     continue
                 m = _metrics(reply)
-                protocol = self.plan.protocol.protocol(_config(message, config_key), int(m.get(weight_key, 0)))
+                config = _config(message, config_key)
+                protocol = self.plan.protocol.protocol(config, int(m.get(weight_key, 0)))
+                self._check_steps(protocol, config, m, weight_key, record)
                 obs = self.observation(message.content[arrays_key].to_torch_state_dict(),
                                        reply.content[arrays_key].to_torch_state_dict(), protocol)
                 truth, why = self.truth(record)
@@ -606,10 +608,26 @@ class Auditor:
         self._warn_once(why)
         stats.jobs += self.submit(rnd, "aggregate", obs, truth, scope="aggregate", unscored=why)
 
-    def _warn_once(self, why: str) -> None:
-        if why and why not in self._warned:
-            self._warned.add(why)
+    def _warn_once(self, why: str, key: str | None = None) -> None:
+        """Log `why` once per run (once per `key` where given: messages that differ in their numbers)."""
+        if why and (key or why) not in self._warned:
+            self._warned.add(key or why)
             log(WARNING, "fedattack: %s", why)
+
+    def _check_steps(self, protocol: Protocol, config: Mapping[str, Any] | None, metrics: Mapping[str, Any],
+                     weight_key: str, record: ClientRecord | None) -> None:
+        """Warn where the replayed protocol cannot be what the client did: an epoch's steps
+        counted from a reply without its example count, or a train function that drew another
+        number of batches (`audit_mod` counts them) than the protocol's steps."""
+        if weight_key not in metrics and self.plan.protocol.values(config)["local_steps"] is None:
+            self._warn_once(f"the train replies carry no '{weight_key}' (the strategy's weighted_by_key), from which "
+                            "the audit counts an epoch's steps: it replays 1 step per epoch", key="no-examples")
+        if record is not None and record.batches and record.batches != protocol.local_steps:
+            self._warn_once(f"client {record.client}'s train function drew {record.batches} batches where the audit "
+                            f"replays {protocol.local_steps} local step(s) ({protocol.local_epochs} epoch(s) of batch "
+                            f"{protocol.batch_size} over {protocol.num_examples} examples): the attacks replay a "
+                            "protocol the client did not follow; make the TrainingProtocol say what the train "
+                            "function does", key="steps-mismatch")
 
     # -- results ------------------------------------------------------------------------
     def _deliver(self, res: JobResult) -> None:
@@ -857,7 +875,8 @@ class AuditStrategy(Strategy):
         if not isinstance(protocol, TrainingProtocol):
             raise ConfigError("protocol", "expected a fedattack.TrainingProtocol, e.g. "
                                           "TrainingProtocol(lr=0.01, local_epochs=1, batch_size=32)")
-        out = Path(out_dir) if out_dir else Path(default_out_dir())
+        # absolute: the ServerApp runs where its SuperLink was started, not where `flwr run` was
+        out = (Path(out_dir) if out_dir else Path(default_out_dir())).absolute()
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise ConfigError("out_dir", f"{out} exists and is not empty; choose a new directory")
         spec = model if isinstance(model, ModelSpec) else user_model_spec(model, in_shape=input_shape,
@@ -1050,7 +1069,20 @@ def _calibration_data(calibrate: bool, given: Any, data: DataSpec) -> tuple[torc
         raise ConfigError("calibration_data", f"labels must be class ids 0 to {data.num_classes - 1} (the model's "
                                               f"{data.num_classes} classes), got {labels.min().item()} to "
                                               f"{labels.max().item()}")
-    return images.float(), labels.long()
+    if not len(images):
+        raise ConfigError("calibration_data", "holds no images; give the server's own (images, labels)")
+    images = images.float()
+    if not bool(torch.isfinite(images).all()):
+        raise ConfigError("calibration_data", "images hold NaN or infinite values")
+    m = torch.tensor(data.mean).view(1, -1, 1, 1)
+    s = torch.tensor(data.std).view(1, -1, 1, 1)
+    pixels = images * s + m
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if lo < -0.05 or hi > 1.05:  # a little slack for resampling's overshoot
+        raise ConfigError("calibration_data", f"images are not model inputs of this normalization: as pixels "
+                                              f"(x * std + mean) they run from {lo:.3g} to {hi:.3g}, not 0 to 1; "
+                                              "give them as the clients' loaders do (after Normalize(mean, std))")
+    return images, labels.long()
 
 
 def generator_fit(attacks: Mapping[str, Any], data: DataSpec) -> list[str]:

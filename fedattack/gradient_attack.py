@@ -106,7 +106,8 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     shown = f"{result.indices[:16]}{' ...' if len(result.indices) > 16 else ''}"
     steps = f"{result.steps} local step{'' if result.steps == 1 else 's'}"
     progress.print(f"victim: {len(result.indices)} images {shown}, {steps} of batch {cfg.client.batch_size} at lr "
-                   f"{cfg.client.lr}; defense: {auditor.defense}")
+                   f"{cfg.client.lr}; defense: {auditor.defense}; server: "
+                   f"{'malicious (it modified the model it sent)' if cfg.server.mode == 'malicious' else 'honest-but-curious'}")
     try:
         with shutdown.cooperative():
             shutdown.check()

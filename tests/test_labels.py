@@ -147,3 +147,16 @@ def test_a_defense_that_can_flip_signs_proves_nothing(setting):
     assert present_classes(obs) is not None
     defended = replace(obs, protocol=replace(obs.protocol, defenses=(DefenseSetting(*setting),)))
     assert present_classes(defended) is None
+
+
+def test_fedprox_keeps_the_proof_while_each_step_shrinks_the_pull():
+    # lr * mu <= 1: the proximal pull never lifts an absent class's bias above where it started;
+    # past that it overshoots, and absent classes would read as present (lr 0.1, mu 25)
+    for seed in range(3):
+        case = (f"seed={seed}", "data.name=digits", "client.local_steps=4", "client.batch_size=2", "client.lr=0.1")
+        obs, truth = observed_update(*case, "client.proximal_mu=5")
+        present = present_classes(obs)
+        assert present is not None and set(present.tolist()) <= set(truth.labels.tolist())
+        over, _ = observed_update(*case, "client.proximal_mu=25")
+        assert present_classes(over) is None
+        assert present_classes(replace(obs, protocol=replace(obs.protocol, momentum=0.9))) is None

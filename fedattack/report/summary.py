@@ -176,8 +176,9 @@ def secagg_scope(idle: Sequence[str], running: Sequence[str], key: str = "audit.
 
 
 def batch_norm_caveat(header: RunHeader) -> str:
-    """What a run on a model that trains BatchNorm does not prove ("" for other models)."""
-    if not header.batch_norm:
+    """What a run on a model that trains BatchNorm does not prove ("" for other models, and for
+    runs without an optimization attack: those with an iteration budget)."""
+    if not header.batch_norm or not header.budgets:
         return ""
     return ("The model trains BatchNorm layers on each batch's statistics, which leaves optimization attacks "
             "coarse on small batches: read these scores as a lower bound on what leaks (docs/attacks.md: "

@@ -482,6 +482,24 @@ def test_the_held_back_legend_appears_only_beside_rows_that_have_held_back_image
     assert "images that reached the SSIM rule" not in plain and "no leakage beyond a blank guess" in plain
 
 
+def test_each_samples_best_reconstruction_carries_the_held_back_mark(tmp_path):
+    from dataclasses import replace as changed
+
+    from fedattack.report.html import best_samples
+    from fedattack.results import ImageRow, RunHeader
+
+    (tmp_path / "images" / "best").mkdir(parents=True)
+    sharp = ImageRow(round=1, client=0, attack="idlg", adaptive=False, position=0, index=3, owner=0, psnr=26.6,
+                     ssim=0.96, baseline_psnr=13.9, baseline_ssim=0.2, lpips=float("nan"), recovered=False)
+    rows = [sharp, changed(sharp, index=4, ssim=0.3), changed(sharp, index=5, recovered=True)]
+    for r in rows:
+        (tmp_path / "images" / "best" / f"{r.index}.png").write_bytes(b"")
+    page = best_samples(tmp_path, rows, RunHeader())
+    cells = page.split("<div class='gallery'>")[1:]
+    marks = {int(c.split("'note'>sample ")[1].split(" ")[0]): ("recovered" in c, "not counted" in c) for c in cells}
+    assert marks == {5: (True, False), 3: (False, True), 4: (False, False)}
+
+
 def test_a_run_that_evaluated_nothing_says_so_and_draws_no_empty_accuracy_panel(tmp_path):
     from PIL import Image
 
@@ -504,3 +522,17 @@ def test_an_attack_that_failed_every_job_is_named_and_left_out_of_the_budgets(tm
     for text in _finish(store):
         assert "configured budgets (idlg 300 iterations)" in text  # invgrad tried nothing at its budget
         assert "Every job of invgrad failed: it measures nothing in this run" in " ".join(text.split())
+
+
+def test_a_matrix_cell_names_an_attack_that_leaked_where_one_did():
+    from fedattack.report.html import matrix
+
+    def res(attack, ssim, recovered):
+        return JobResult(round=1, client=0, attack=attack, defense="none", status="ok", seconds=1.0,
+                         score=Score(psnr=20.0, ssim=ssim, num_images=2, recovered=recovered, baseline_psnr=10.0,
+                                     baseline_ssim=0.1))
+
+    # idlg's mean SSIM is higher but it recovered nothing; analytic recovered one image
+    cell = matrix([res("idlg", 0.49, 0), res("analytic", 0.40, 1)], 1)
+    assert "0.40" in cell and "analytic" in cell and "idlg" not in cell and "&#9679;" in cell
+    assert "idlg" in matrix([res("idlg", 0.49, 0), res("analytic", 0.40, 0)], 1)

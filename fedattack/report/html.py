@@ -92,7 +92,7 @@ def verdict(r: JobResult, margin: float, held: int = 0) -> tuple[str, str]:
     if math.isnan(s.psnr):
         return "labels only", "muted"
     if r.success:
-        return f"leaked {s.recovered} of {s.num_images} images", "leak"
+        return f"leaked {s.recovered} of {s.num_images} image{'' if s.num_images == 1 else 's'}", "leak"
     if math.isnan(s.margin) or s.margin <= margin:
         if held:  # say what the row holds: "no leakage" alone reads false beside a sharp image
             return (f"within the blank-guess margin as a whole; {held} image{'s' if held > 1 else ''} meet"
@@ -154,7 +154,8 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         a = summary.attacks.get(h.strongest_attack)
         if a is not None and a.leaked:
             items.append(f"Strongest attack: <b>{esc(h.strongest_attack)}</b> &mdash; leaked {a.leaked} of "
-                         f"{a.jobs - a.failed} updates it scored, {a.recovered} images; mean PSNR margin over a "
+                         f"{a.jobs - a.failed} updates it scored, {a.recovered} image{'' if a.recovered == 1 else 's'}; "
+                         "mean PSNR margin over a "
                          f"blank guess: {num(a.margin, 2, sign=True)} dB.")
         else:
             items.append(f"No attack recovered an image. Closest to leaking: <b>{esc(h.strongest_attack)}</b> "
@@ -223,14 +224,15 @@ def _colour(ssim: float) -> str:
 
 
 def matrix(results: list[JobResult], rounds: int) -> str:
-    """Clients x rounds; each cell the best attack's SSIM on that update, a dot where it leaked."""
+    """Clients x rounds; each cell the best attack's SSIM on that update (among the attacks that
+    leaked, where one did: the attack named is one that leaked), a dot where it leaked."""
     best: dict[tuple, JobResult] = {}
     leaked: set[tuple] = set()
     for r in results:
         if not r.ok or math.isnan(r.score.ssim):
             continue
         key = (r.client, r.round)
-        if key not in best or r.score.ssim > best[key].score.ssim:
+        if key not in best or (r.success, r.score.ssim) > (best[key].success, best[key].score.ssim):
             best[key] = r
         if r.success:
             leaked.add(key)
@@ -255,7 +257,8 @@ def matrix(results: list[JobResult], rounds: int) -> str:
     update = ("that round's sum of updates (SecAgg+: the server never sees one client's)" if "aggregate" in clients
               else "that client's update in that round")
     legend = (f"<p class='note'>Each cell: the best SSIM any attack reached on {update} "
-              "(the mean over the update's images), and the attack; white at the blank guess's SSIM (or below) to "
+              "(the mean over the update's images; where an attack leaked, the best of those that did), and the "
+              "attack; white at the blank guess's SSIM (or below) to "
               "red at 1; &#9679; the update leaked "
               "at least one image; "
               f"{DASH} the client was not sampled or not scored that round.</p>")
@@ -440,15 +443,18 @@ def galleries(run_dir: Path, results: list[JobResult], images: list[ImageRow], h
                                        "(audit.save_images=false; AuditStrategy's save_images=False).</p>")
 
 
-def best_samples(run_dir: Path, images: list[ImageRow]) -> str:
+def best_samples(run_dir: Path, images: list[ImageRow], header: RunHeader) -> str:
     best = best_per_sample(images)
+    held = {id(i) for i in held_back(list(best.values()), header)}
     chosen = sorted(best.values(), key=lambda r: (not r.recovered, -r.ssim, r.index))[:MAX_SAMPLES]
     cells = []
     for r in chosen:
         path = run_dir / "images" / "best" / f"{r.index}.png"
         if not path.is_file():
             continue
-        mark = " <span class='ok'>&#10003; recovered</span>" if r.recovered else ""
+        mark = (" <span class='ok'>&#10003; recovered</span>" if r.recovered else
+                " <span class='held' title='meets the SSIM rule; its row is within the blank-guess margin'>&#9675; not "
+                "counted</span>" if id(r) in held else "")
         cells.append(f"<div class='gallery'><img src='{link(f'images/best/{r.index}.png')}' alt='sample {r.index}'>"
                      f"<div class='note'>sample {r.index} &middot; {esc(who(r.owner))}<br>round {r.round} &middot; "
                      f"{esc(r.label)}<br>{num(r.psnr, 1)} dB &middot; SSIM {num(r.ssim, 2)}{mark}</div></div>")
@@ -494,7 +500,7 @@ def render(run_dir: str | Path, *, results: list[JobResult], rounds: list[RoundR
         "<h2>Every audited update</h2>",
         "<p class='note'>Sorted by round, client and attack.</p>",
         updates_table(results, summary.header, images) if results else "<p class='muted'>No attack results.</p>",
-        best_samples(run_dir, images),
+        best_samples(run_dir, images, summary.header),
         "<h2>Galleries</h2>",
         "<p class='note'>Per audited update and attack: the client's private images (top) above their matched "
         "reconstructions (bottom), each with its PSNR and SSIM; &#10003; marks a recovered image, &#9675; an image "

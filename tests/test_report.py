@@ -269,6 +269,18 @@ def test_console_text_is_plain_and_a_status_line_reports_outstanding_jobs():
     assert progress.status_line() is None
 
 
+def test_the_estimate_waits_for_every_attack_and_weighs_each_once():
+    progress = Progress(console=Console(file=io.StringIO(), width=200), status_every=0)
+    progress.attacks = ["analytic", "invgrad"]
+    progress.concurrency = 2
+    progress.round_done(RoundResult(round=1, replies=2), done=0, submitted=10)
+    for _ in range(3):  # the cheap attack finishes first: its 0 s say nothing of invgrad's
+        progress.result(JobResult(round=1, client=0, attack="analytic", defense="none", status="ok", seconds=0.0))
+    assert progress.status_line().endswith("; no estimate until invgrad finishes a job")
+    progress.result(JobResult(round=1, client=0, attack="invgrad", defense="none", status="ok", seconds=40.0))
+    assert progress.status_line().endswith("; about 60 s left (20 s per job, 2 at a time)")
+
+
 def test_a_result_line_leaves_out_labels_no_attack_recovered():
     out = io.StringIO()
     progress = Progress(console=Console(file=out, width=300), status_every=0)

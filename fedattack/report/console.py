@@ -69,7 +69,8 @@ class Progress:
         self.margin = 0.5  # dB: audit.success_margin, from header()
         self.submitted = 0
         self.done = 0
-        self.job_seconds: list[float] = []
+        self.job_seconds: dict[str, list[float]] = {}  # attack -> its finished jobs' seconds
+        self.attacks: list[str] = []  # the attacks the run audits with (from header())
         self.failures: dict[str, list] = {}  # attack (with its variant) -> [jobs that did not finish, first reason]
         self._first_submit: float | None = None
         self._last_print = time.monotonic()
@@ -104,6 +105,7 @@ class Progress:
                 else "honest-but-curious")
         idle = idle_attacks(cfg.audit.attacks, cfg.client.defenses)  # the audit's note at the start says why
         running = [a for a in cfg.audit.attacks if a not in idle]
+        self.attacks = running
         self.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} round(s) of {cfg.fl.strategy}, "
                    f"{cfg.fl.clients_per_round} per round; defense: {describe_defenses(cfg.to_dict())}; "
                    f"server: {mode}; auditing with {', '.join(running) or 'nothing'}; "
@@ -128,7 +130,7 @@ class Progress:
         with self._lock:
             self.done += 1
             if not math.isnan(r.seconds):
-                self.job_seconds.append(r.seconds)
+                self.job_seconds.setdefault(r.attack, []).append(r.seconds)
         who = "aggregate" if r.scope == "aggregate" else f"client {r.client}"
         tag = " (adaptive)" if r.adaptive else ""
         line = Text(f"  round {r.round} · {who} · {r.attack}{tag} · ")
@@ -168,8 +170,11 @@ class Progress:
                 return None
             running = min(left, self.concurrency)
             msg = f"audit: {self.done}/{self.submitted} attack jobs done, {running} running, {left - running} queued"
-            if self.job_seconds:
-                mean = sum(self.job_seconds) / len(self.job_seconds)
+            waiting_on = [a for a in self.attacks if a not in self.job_seconds]
+            if self.job_seconds and waiting_on:  # a cheap attack's jobs say nothing of a costly one's
+                msg += f"; no estimate until {', '.join(waiting_on)} finish{'es' if len(waiting_on) == 1 else ''} a job"
+            elif self.job_seconds:  # every update gets every attack: the attacks' means, each counted once
+                mean = sum(sum(s) / len(s) for s in self.job_seconds.values()) / len(self.job_seconds)
                 msg += (f"; about {duration(left * mean / self.concurrency)} left "
                         f"({mean:.0f} s per job, {self.concurrency} at a time)")
             else:

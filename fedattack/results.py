@@ -239,6 +239,25 @@ def describe_calibration(tuned: dict, held_out: dict) -> str:
     return (text or "the configured parameters") + lost
 
 
+def _app_protocol(p: dict) -> str:
+    """An app's TrainingProtocol (config.yaml's `protocol`) in words; a field read every round
+    from the train config is named by its key there."""
+    keys = p.get("config_keys") or {}
+
+    def value(name: str) -> str:
+        return f"from the train config's '{keys[name]}'" if name in keys else str(p.get(name))
+
+    steps = "local_steps" in keys or p.get("local_steps") is not None
+    field = "local_steps" if steps else "local_epochs"
+    unit = "local steps" if steps else "local epochs"
+    count = f"{unit} {value(field)}" if field in keys else f"{p.get(field)} {unit}"
+    optimizer = str(p.get("optimizer", "sgd"))
+    momentum = "momentum" in keys or float(p.get("momentum") or 0)
+    how = (f" ({optimizer})" if optimizer != "sgd" else f" (momentum {value('momentum')})" if momentum else "")
+    mu = f", FedProx mu {value('proximal_mu')}" if "proximal_mu" in keys or float(p.get("proximal_mu") or 0) else ""
+    return f"{count} of batch {value('batch_size')} at lr {value('lr')}{how}{mu}"
+
+
 def _budget(attack: str, params: Any) -> str:
     """An attack's iteration budget in words, from its config section: Adam or L-BFGS steps,
     or, for a CMA-ES search (ggl's default), loss evaluations."""
@@ -290,7 +309,8 @@ class RunHeader:
         mu = float(((fl.get("strategy_args") or {}).get("proximal_mu", 0) if fl.get("strategy") == "fedprox"
                     else client.get("proximal_mu", 0)) or 0)
         protocol = (f"{count} local {unit}{'' if count == 1 else 's'} of batch {client.get('batch_size', '?')} at lr "
-                    f"{client.get('lr', '?')}{how}{f', FedProx mu {mu:g}' if mu else ''}" if client else "")
+                    f"{client.get('lr', '?')}{how}{f', FedProx mu {mu:g}' if mu else ''}" if client else
+                    _app_protocol(raw["protocol"]) if isinstance(raw.get("protocol"), dict) else "")
         attacks = [str(a) for a in audit.get("attacks") or ()]
         return cls(server_mode=str((raw.get("server") or {}).get("mode", "honest")),
                    dataset=str((raw.get("data") or {}).get("name", "")),

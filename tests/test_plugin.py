@@ -198,6 +198,10 @@ def test_without_the_client_record_the_audit_runs_unscored_and_says_why(tmp_path
     from fedattack.report.store import load_run
 
     assert all(not r.scored for r in load_run(tmp_path / "run").results)  # the reason survives the CSV
+    import json
+
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())  # the protocol the attacks replayed
+    assert summary["protocol"] == "2 local epochs of batch 2 at lr from the train config's 'lr'"
 
 
 def test_a_reply_without_the_strategys_arrays_key_is_one_line_and_nothing_is_written(tmp_path, flower_task):

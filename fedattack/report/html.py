@@ -302,8 +302,12 @@ def calibration_section(run_dir: Path) -> str:
         p = r.get("protocol") or {}
         steps = (f"{p.get('local_epochs', '?')} epoch(s)" if p.get("local_steps") == 0
                  else f"{p.get('local_steps', '?')} step(s)")
+        extras = [f"{p['optimizer']}" if p.get("optimizer", "sgd") != "sgd" else "",
+                  f"momentum {p['momentum']:g}" if p.get("momentum") else "",
+                  f"weight decay {p['weight_decay']:g}" if p.get("weight_decay") else "",
+                  f"FedProx mu {p['proximal_mu']:g}" if p.get("proximal_mu") else ""]
         setting = (f"{p.get('num_examples', '?')} images, {steps} of batch {p.get('batch_size', '?')} "
-                   f"at lr {p.get('lr', '?')}")
+                   f"at lr {p.get('lr', '?')}" + "".join(f", {e}" for e in extras if e))
         fresh = ""
         if r.get("skipped"):
             chosen, gain = f"skipped: {r['skipped']}", ""

@@ -23,7 +23,7 @@ from fedattack.report.summary import Summary
 from fedattack.schema import Config
 from fedattack.server.app import audit_strategy, run_rounds
 from fedattack.server.audit import AuditStrategy
-from fedattack.server.dispatch import ATTACK_RESOURCE
+from fedattack.server.dispatch import ATTACK_RESOURCE, JOIN_THREAD
 from fedattack.server.interrupt import RunGuard
 
 
@@ -119,7 +119,7 @@ def _join(ray, address: str, options: dict, *, timeout: float) -> str | None:
         except BaseException as exc:  # noqa: BLE001 - reported to the user below
             outcome.append(exc)
 
-    thread = threading.Thread(target=connect, name="fedattack-ray-join", daemon=True)
+    thread = threading.Thread(target=connect, name=JOIN_THREAD, daemon=True)
     thread.start()
     thread.join(timeout)
     if not outcome:

@@ -131,8 +131,10 @@ def test_invgrad_screens_flat_grey_starts_only_where_the_colour_does_not_leak():
 
 def test_invgrad_grey_starts_beat_noise_on_a_batchnorm_convnet():
     """One photo on a BatchNorm ConvNet: noise around the dataset mean (`greys=1`, the start where
-    no colour leaks) stays noise; flat grey starts recover some of the image (measured over
-    seeds 0-2 at 400 iterations: 12.9 against 11.0 dB, SSIM 0.22 against 0.03)."""
+    no colour leaks) stays noise; flat grey starts recover some of the image's structure.
+    Measured over seeds 0-7 at 400 iterations (torch 2.14, one thread): SSIM 0.22 against 0.04,
+    higher on 7 of 8 seeds; PSNR 12.2 against 10.7 dB but bimodal (6.4 to 21.3 dB per seed,
+    and on seeds 0-2 alone 10.5 against 11.0), so the structure is what is asserted."""
     grey, noise = [], []
     for seed in range(3):
         obs, truth = observed_update(f"seed={seed}", *BATCHNORM_ONE_IMAGE)
@@ -140,7 +142,7 @@ def test_invgrad_grey_starts_beat_noise_on_a_batchnorm_convnet():
             out.append(psnr_ssim(attack("invgrad", InvGradParams(iterations=400, greys=greys), obs, seed).images,
                                  truth, obs))
     mean = lambda rows, i: sum(r[i] for r in rows) / len(rows)  # noqa: E731
-    assert mean(grey, 0) > mean(noise, 0) + 1.0 and mean(grey, 1) > mean(noise, 1) + 0.1
+    assert mean(grey, 1) > mean(noise, 1) + 0.1 and sum(g[1] > n[1] for g, n in zip(grey, noise)) >= 2
 
 
 @dataclass

@@ -194,11 +194,13 @@ def test_an_address_where_no_ray_answers_is_a_one_line_config_error_in_bounded_t
     finally:
         web.shutdown()
     # a listener that never answers: Ray would retry without end (its own process: the retrying
-    # thread is left behind)
+    # thread is left behind, and the command line leaves with os._exit past it, as here: the
+    # interpreter finalizing beside it can abort)
     code = """
-import socket, sys
+import os, socket, sys
 from fedattack import config as fconfig
 from fedattack.errors import ConfigError
+from fedattack.server.dispatch import abandoned_threads
 from fedattack.simulate import init_ray
 srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4)
 cfg = fconfig.load(None, ["audit.attacks=[]", f"ray.address=127.0.0.1:{srv.getsockname()[1]}"])
@@ -206,9 +208,12 @@ try:
     init_ray(cfg, join_timeout=3)
 except ConfigError as exc:
     print(exc)
+print("left:", [t.name for t in abandoned_threads()], flush=True)
+os._exit(0)
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "no Ray cluster answered within 3 s" in out.stdout, out.stderr[-2000:]
+    assert "left: ['fedattack-ray-join']" in out.stdout  # what the command line's os._exit looks for
 
 
 @pytest.mark.parametrize("address", ["http://127.0.0.1:8265", "foo", "host:", ":6379", "ray://"])

@@ -51,13 +51,16 @@ def warn(msg: str) -> None:
 
 
 THREAD_PREFIX = "fedattack-attack-"
+JOIN_THREAD = "fedattack-ray-join"  # ray.init joining a cluster, left retrying where none answers
 
 
 def abandoned_threads() -> list[threading.Thread]:
-    """Attack threads still running (jobs abandoned at a time-out or a stop). Native code
-    (torch) running in a thread while the interpreter finalizes can abort the process, so the
-    command line ends with `os._exit` where there are any (`fedattack.cli.entry`)."""
-    return [t for t in threading.enumerate() if t.name.startswith(THREAD_PREFIX) and t.is_alive()]
+    """Threads left running in native code: attack jobs abandoned at a time-out or a stop,
+    and a join of a Ray cluster that never answered. Native code (torch, Ray's core worker)
+    running in a thread while the interpreter finalizes can abort the process, so the command
+    line ends with `os._exit` where there are any (`fedattack.cli.entry`)."""
+    return [t for t in threading.enumerate()
+            if (t.name.startswith(THREAD_PREFIX) or t.name == JOIN_THREAD) and t.is_alive()]
 
 
 class LocalDispatcher:

@@ -92,6 +92,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
         progress.result(res)
 
     dispatcher = LocalDispatcher(max_workers=1)
+    progress.auditing(cfg, concurrency=1)
     # one client, one round: what the run directory records (fl.* plays no part here)
     one = replace(cfg, fl=replace(cfg.fl, rounds=1, num_clients=1, clients_per_round=1))
     plan = replace(experiment_plan(exp, client_images=result.num_examples), record=one)
@@ -104,9 +105,12 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     obs = make_observation(exp, auditor.param_names, sent, received,
                            {"num-examples": result.num_examples, "local_steps": result.steps})
     shown = f"{result.indices[:16]}{' ...' if len(result.indices) > 16 else ''}"
-    steps = f"{result.steps} local step{'' if result.steps == 1 else 's'}"
-    progress.print(f"victim: {len(result.indices)} images {shown}, {steps} of batch {cfg.client.batch_size} at lr "
-                   f"{cfg.client.lr}; defense: {auditor.defense}; server: "
+    n = len(result.indices)
+    steps = (f", {result.steps} step{'' if result.steps == 1 else 's'}" if cfg.client.local_steps == 0 else "")
+    whole = (f"; batch {cfg.client.batch_size} is more than its {n} images: each step takes all {n}"
+             if cfg.client.batch_size > n else "")
+    progress.print(f"victim: {n} images {shown}, {run_header(cfg.to_dict()).protocol}{steps}{whole}; "
+                   f"defense: {auditor.defense}; server: "
                    f"{'malicious (it modified the model it sent)' if cfg.server.mode == 'malicious' else 'honest-but-curious'}")
     try:
         with shutdown.cooperative():
@@ -115,6 +119,9 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
                 auditor.begin_round(1)
                 auditor.audit_update(1, cfg.victim.client, obs, exp.train.truth(result.indices),
                                      train_loss=result.loss, epsilon=result.metrics.get("epsilon", float("nan")))
+                pending = auditor.outstanding()
+                if pending:  # a status line follows while they run (also where output is no terminal)
+                    auditor.on_waiting(pending)
                 auditor.finish()
                 auditor.end_round(1)
     except shutdown.Stopped:

@@ -304,8 +304,11 @@ class RunHeader:
         count, unit = (steps, "step") if steps else (client.get("local_epochs", 1), "epoch")
         optimizer = str(client.get("optimizer", "sgd"))
         momentum = float(client.get("momentum", 0) or 0)
-        how = (f" ({optimizer})" if optimizer != "sgd" else
-               f" (momentum {momentum:g}{', Nesterov' if client.get('nesterov') else ''})" if momentum else "")
+        decay = float(client.get("weight_decay", 0) or 0)
+        how = ", ".join(([optimizer] if optimizer != "sgd" else
+                         [f"momentum {momentum:g}{', Nesterov' if client.get('nesterov') else ''}"] if momentum else [])
+                        + ([f"weight decay {decay:g}"] if decay else []))
+        how = f" ({how})" if how else ""
         mu = float(((fl.get("strategy_args") or {}).get("proximal_mu", 0) if fl.get("strategy") == "fedprox"
                     else client.get("proximal_mu", 0)) or 0)
         protocol = (f"{count} local {unit}{'' if count == 1 else 's'} of batch {client.get('batch_size', '?')} at lr "

@@ -90,6 +90,9 @@ def test_attack_mode_writes_the_run_files_and_report_rerenders(tmp_path, capsys)
     assert len(rows) == 1 and rows[0]["attack"] == "idlg" and rows[0]["num_images"] == "4"
     printed = capsys.readouterr().out
     assert "idlg" in printed
+    # what the victim trained, and a status line promised while its attack runs
+    assert "victim: 4 images [0, 1, 2, 3], 2 local steps of batch 2 at lr 0.1; defense: none" in printed
+    assert "waiting for 1 attack job; a status line follows" in printed
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").is_file()

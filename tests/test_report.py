@@ -553,10 +553,10 @@ def test_a_matrix_cell_names_an_attack_that_leaked_where_one_did():
 def test_the_calibration_table_names_every_protocol_setting_it_simulated(tmp_path):
     from fedattack.report.html import calibration_section
 
-    protocol = {"lr": 0.1, "local_steps": 2, "local_epochs": 1, "batch_size": 2, "num_examples": 4, "momentum": 0.9,
+    protocol = {"lr": 0.1, "local_steps": 4, "local_epochs": 2, "batch_size": 2, "num_examples": 4, "momentum": 0.9,
                 "optimizer": "sgd", "weight_decay": 0.0, "proximal_mu": 0.5}
     (tmp_path / "calibration.json").write_text(json.dumps([{"attack": "invgrad", "protocol": protocol,
                                                              "skipped": "nothing to tune"}]))
     page = calibration_section(tmp_path)
-    assert "4 images, 2 step(s) of batch 2 at lr 0.1, momentum 0.9, FedProx mu 0.5" in page
+    assert "4 images, 4 step(s) in 2 epochs of batch 2 at lr 0.1, momentum 0.9, FedProx mu 0.5" in page
     assert "weight decay" not in page

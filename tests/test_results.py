@@ -247,6 +247,8 @@ def test_a_results_file_names_are_portable_where_an_attack_is_an_import_path():
     ({"local_steps": 1, "batch_size": 2, "lr": 0.01, "optimizer": "adam"}, "1 local step of batch 2 at lr 0.01 (adam)"),
     ({"local_steps": 3, "batch_size": 2, "lr": 0.1, "momentum": 0.9, "nesterov": True},
      "3 local steps of batch 2 at lr 0.1 (momentum 0.9, Nesterov)"),
+    ({"local_steps": 0, "local_epochs": 2, "batch_size": 4, "lr": 0.1, "optimizer": "adam", "weight_decay": 0.01},
+     "2 local epochs of batch 4 at lr 0.1 (adam, weight decay 0.01)"),
 ])
 def test_the_header_says_the_clients_protocol_with_its_optimizer(client, says):
     assert RunHeader.from_config({"client": client}).protocol == says

@@ -97,15 +97,20 @@ class Progress:
         """A calibration's news (`Auditor.on_calibration`): printed at every level."""
         self.print(msg)
 
+    def auditing(self, cfg: Config, concurrency: int | None = None) -> list[str]:
+        """Take the audit's settings (what the status line and the verdicts need); the attacks
+        that run (those the run's scope leaves idle do not: the audit's note says why)."""
+        self.concurrency = max(1, concurrency or cfg.audit.max_concurrent)
+        self.margin = cfg.audit.success_margin
+        idle = idle_attacks(cfg.audit.attacks, cfg.client.defenses)
+        self.attacks = [a for a in cfg.audit.attacks if a not in idle]
+        return self.attacks
+
     def header(self, cfg: Config, run_dir: object) -> None:
         """The run's first line: what runs, under which defense and server mode, and where it goes."""
-        self.concurrency = max(1, cfg.audit.max_concurrent)
-        self.margin = cfg.audit.success_margin
+        running = self.auditing(cfg)
         mode = ("malicious (the server modifies the model it sends)" if cfg.server.mode == "malicious"
                 else "honest-but-curious")
-        idle = idle_attacks(cfg.audit.attacks, cfg.client.defenses)  # the audit's note at the start says why
-        running = [a for a in cfg.audit.attacks if a not in idle]
-        self.attacks = running
         self.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} round(s) of {cfg.fl.strategy}, "
                    f"{cfg.fl.clients_per_round} per round; defense: {describe_defenses(cfg.to_dict())}; "
                    f"server: {mode}; auditing with {', '.join(running) or 'nothing'}; "
@@ -204,7 +209,7 @@ class Progress:
         """The run waits for its last attack jobs (after training)."""
         with self._lock:
             self.submitted = max(self.submitted, self.done + pending)
-        self.print(f"waiting for {pending} attack jobs; a status line follows at least every "
+        self.print(f"waiting for {pending} attack job{'' if pending == 1 else 's'}; a status line follows at least every "
                    f"{self.status_every:.0f} s")
         self._ensure_ticker()
 

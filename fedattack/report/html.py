@@ -300,8 +300,9 @@ def calibration_section(run_dir: Path) -> str:
     rows = []
     for r in records:
         p = r.get("protocol") or {}
-        steps = (f"{p.get('local_epochs', '?')} epoch(s)" if p.get("local_steps") == 0
-                 else f"{p.get('local_steps', '?')} step(s)")
+        epochs = p.get("local_epochs") or 1
+        steps = (f"{epochs} epoch(s)" if p.get("local_steps") == 0 else f"{p.get('local_steps', '?')} step(s)"
+                 + (f" in {epochs} epochs" if epochs > 1 else ""))
         extras = [f"{p['optimizer']}" if p.get("optimizer", "sgd") != "sgd" else "",
                   f"momentum {p['momentum']:g}" if p.get("momentum") else "",
                   f"weight decay {p['weight_decay']:g}" if p.get("weight_decay") else "",

@@ -293,8 +293,7 @@ class Auditor:
             errors.append(exc)
             raise
         finally:
-            with self._dispatch_lock, self._queue_lock:  # jobs not yet handed to the dispatcher count too
-                pending = len(self._queued) + (self._dispatcher.pending() if self._dispatcher is not None else 0)
+            pending = self.outstanding()
             if pending and shutdown.requested() is None:  # after a stop, the rest is cancelled: no wait
                 self.on_waiting(pending)
             try:
@@ -672,6 +671,11 @@ class Auditor:
 
         self._poller = threading.Thread(target=loop, name="fedattack-audit-poller", daemon=True)
         self._poller.start()
+
+    def outstanding(self) -> int:
+        """Jobs submitted and not yet delivered (those not yet handed to the dispatcher count too)."""
+        with self._dispatch_lock, self._queue_lock:
+            return len(self._queued) + (self._dispatcher.pending() if self._dispatcher is not None else 0)
 
     def finish(self) -> None:
         self._stop.set()

@@ -70,6 +70,8 @@ def cmd_attack(ns: argparse.Namespace) -> int:
 
 def cmd_list(ns: argparse.Namespace) -> int:
     reg = LISTINGS[ns.kind]
+    if ns.kind == "labels":  # the default, which picks among the registered methods
+        print(f"{'auto':16s} idlg for one image, bias for more (the default)")
     for name in reg.names():
         print(f"{name:16s} {reg.doc(name)}")
         if ns.kind != "attacks":

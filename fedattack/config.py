@@ -422,7 +422,7 @@ def validate(cfg: Config) -> None:
         )
     STRATEGIES.check(cfg.fl.strategy)
     if cfg.fl.strategy_args:
-        check_strategy_args(cfg.fl.strategy, cfg.fl.strategy_args)
+        check_strategy_args(cfg.fl.strategy, cfg.fl.strategy_args, unlisted=tuple(PARTICIPATION_ARGS))
         for arg, keys in PARTICIPATION_ARGS.items():
             if arg in cfg.fl.strategy_args:
                 raise ConfigError(f"fl.strategy_args.{arg}", f"is set from {keys}, which the run's sampling, "

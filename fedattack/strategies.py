@@ -50,7 +50,8 @@ for _name, _cls in {
     STRATEGIES.register(_name, _cls, doc=f"flwr {_cls.__name__}")
 
 
-def check_strategy_args(name: str, args: dict, field: str = "fl.strategy_args") -> None:
+def check_strategy_args(name: str, args: dict, field: str = "fl.strategy_args", unlisted: tuple[str, ...] = ()
+                        ) -> None:
     """Every key of `fl.strategy_args` is a keyword argument of the strategy (unless it takes
     **kwargs) and every number is finite; a strategy given as an object takes none."""
     if not args:
@@ -73,4 +74,5 @@ def check_strategy_args(name: str, args: dict, field: str = "fl.strategy_args") 
     accepted = [p for p, v in params.items() if v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
     unknown = [k for k in args if k not in accepted]
     if unknown:
-        raise ConfigError(field, f"'{unknown[0]}' is not an argument of {name}; allowed: {', '.join(accepted)}")
+        allowed = [p for p in accepted if p not in unlisted]  # arguments the caller sets itself
+        raise ConfigError(field, f"'{unknown[0]}' is not an argument of {name}; allowed: {', '.join(allowed)}")

@@ -74,6 +74,7 @@ def test_a_usage_error_is_one_line_exit_2(capsys, argv, says):
     ("attacks", ["dlg", "idlg"]), ("datasets", ["lfw-subset", "mnist", "fashion-mnist", "cifar10", "cifar100",
                                                  "imagefolder"]),
     ("models", ["lenet", "convnet", "resnet18", "mlp"]), ("strategies", ["fedavg", "fedprox", "fedadam"]),
+    ("labels", ["auto ", "bias", "dimitrov", "idlg"]),  # auto, the default, among the methods it picks from
 ])
 def test_list(capsys, kind, expected):
     assert main(["list", kind]) == 0

@@ -171,3 +171,11 @@ def test_an_unknown_dataset_names_every_form_data_name_takes():
     with pytest.raises(ConfigError, match=r"^data.name: unknown dataset 'nope'; allowed: hf:NAME, .*lfw-subset.* or "
                                           r"module:attr$"):
         fconfig.load(None, ["data.name=nope"])
+
+
+def test_an_unknown_strategy_argument_lists_only_the_arguments_one_may_set():
+    with pytest.raises(ConfigError, match=r"^fl.strategy_args: 'proximal_m' is not an argument of fedprox; allowed: ") as e:
+        fconfig.load(None, ["fl.strategy=fedprox", "fl.strategy_args={proximal_m: 0.5}"])
+    allowed = str(e.value).split("allowed: ")[1].split(", ")
+    assert "proximal_mu" in allowed and "fraction_evaluate" in allowed
+    assert not {"fraction_train", "min_train_nodes", "min_available_nodes"} & set(allowed)  # set from fl.* instead

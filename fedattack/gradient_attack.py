@@ -20,7 +20,7 @@ from fedattack.errors import ConfigError
 from fedattack.experiment import Experiment, build
 from fedattack.limits import check_memory, check_model
 from fedattack.models import float_params
-from fedattack.report.console import Progress
+from fedattack.report.console import Progress, server_words
 from fedattack.report.summary import run_header, summarize
 from fedattack.results import JobResult
 from fedattack.schema import Config
@@ -110,8 +110,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     whole = (f"; batch {cfg.client.batch_size} is more than its {n} images: each step takes all {n}"
              if cfg.client.batch_size > n else "")
     progress.print(f"victim: {n} images {shown}, {run_header(cfg.to_dict()).protocol}{steps}{whole}; "
-                   f"defense: {auditor.defense}; server: "
-                   f"{'malicious (it modified the model it sent)' if cfg.server.mode == 'malicious' else 'honest-but-curious'}")
+                   f"defense: {auditor.defense}; server: {server_words(cfg.server.mode)}")
     try:
         with shutdown.cooperative():
             shutdown.check()
@@ -119,10 +118,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
                 auditor.begin_round(1)
                 auditor.audit_update(1, cfg.victim.client, obs, exp.train.truth(result.indices),
                                      train_loss=result.loss, epsilon=result.metrics.get("epsilon", float("nan")))
-                pending = auditor.outstanding()
-                if pending:  # a status line follows while they run (also where output is no terminal)
-                    auditor.on_waiting(pending)
-                auditor.finish()
+                auditor.finish_jobs()  # says how many it waits for; a status line follows while they run
                 auditor.end_round(1)
     except shutdown.Stopped:
         pass

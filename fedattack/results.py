@@ -239,6 +239,19 @@ def describe_calibration(tuned: dict, held_out: dict) -> str:
     return (text or "the configured parameters") + lost
 
 
+def optimizer_words(*, optimizer: str = "sgd", momentum: Any = 0, nesterov: bool = False,
+                    weight_decay: Any = 0) -> list[str]:
+    """What a protocol says of its optimizer beside steps, batch and lr ([] for plain SGD):
+    'adam', 'momentum 0.9, Nesterov', 'weight decay 0.01'. A value may be a number or words
+    (where it is read from a train config)."""
+    def text(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+    words = ([optimizer] if optimizer != "sgd" else
+             [f"momentum {text(momentum)}{', Nesterov' if nesterov else ''}"] if momentum else [])
+    return words + ([f"weight decay {text(weight_decay)}"] if weight_decay else [])
+
+
 def _app_protocol(p: dict) -> str:
     """An app's TrainingProtocol (config.yaml's `protocol`) in words; a field read every round
     from the train config is named by its key there."""
@@ -251,11 +264,14 @@ def _app_protocol(p: dict) -> str:
     field = "local_steps" if steps else "local_epochs"
     unit = "local steps" if steps else "local epochs"
     count = f"{unit} {value(field)}" if field in keys else f"{p.get(field)} {unit}"
-    optimizer = str(p.get("optimizer", "sgd"))
-    momentum = "momentum" in keys or float(p.get("momentum") or 0)
-    how = (f" ({optimizer})" if optimizer != "sgd" else f" (momentum {value('momentum')})" if momentum else "")
-    mu = f", FedProx mu {value('proximal_mu')}" if "proximal_mu" in keys or float(p.get("proximal_mu") or 0) else ""
-    return f"{count} of batch {value('batch_size')} at lr {value('lr')}{how}{mu}"
+    def given(name: str) -> Any:  # the value, its train-config key in words, or 0 where neither is set
+        return value(name) if name in keys else float(p.get(name) or 0)
+
+    how = ", ".join(optimizer_words(optimizer=str(p.get("optimizer", "sgd")), momentum=given("momentum"),
+                                    nesterov=bool(p.get("nesterov")), weight_decay=given("weight_decay")))
+    mu = given("proximal_mu")
+    fedprox = f", FedProx mu {mu if isinstance(mu, str) else format(mu, 'g')}" if mu else ""
+    return f"{count} of batch {value('batch_size')} at lr {value('lr')}{f' ({how})' if how else ''}{fedprox}"
 
 
 def _budget(attack: str, params: Any) -> str:
@@ -302,12 +318,10 @@ class RunHeader:
         fl, client, audit = raw.get("fl") or {}, raw.get("client") or {}, raw.get("audit") or {}
         steps = int(client.get("local_steps", 0) or 0)
         count, unit = (steps, "step") if steps else (client.get("local_epochs", 1), "epoch")
-        optimizer = str(client.get("optimizer", "sgd"))
-        momentum = float(client.get("momentum", 0) or 0)
-        decay = float(client.get("weight_decay", 0) or 0)
-        how = ", ".join(([optimizer] if optimizer != "sgd" else
-                         [f"momentum {momentum:g}{', Nesterov' if client.get('nesterov') else ''}"] if momentum else [])
-                        + ([f"weight decay {decay:g}"] if decay else []))
+        how = ", ".join(optimizer_words(optimizer=str(client.get("optimizer", "sgd")),
+                                        momentum=float(client.get("momentum", 0) or 0),
+                                        nesterov=bool(client.get("nesterov")),
+                                        weight_decay=float(client.get("weight_decay", 0) or 0)))
         how = f" ({how})" if how else ""
         mu = float(((fl.get("strategy_args") or {}).get("proximal_mu", 0) if fl.get("strategy") == "fedprox"
                     else client.get("proximal_mu", 0)) or 0)

@@ -291,3 +291,17 @@ def test_an_attacks_job_seed_is_its_own_whatever_else_is_listed(tmp_path):
         rows = {r["attack"]: r for r in csv.DictReader((out / "leakage.csv").open())}
         psnr[listed] = rows["invgrad"]["psnr"]
     assert psnr["[invgrad]"] == psnr["[idlg,invgrad]"]  # the attack's place in the list was its seed
+
+
+def test_an_apps_protocol_reads_as_a_runs_does_with_its_train_config_keys_named():
+    from fedattack.server.protocol import TrainingProtocol
+
+    fixed = TrainingProtocol(lr=0.1, local_steps=3, batch_size=4, momentum=0.9, weight_decay=0.01, proximal_mu=0.5)
+    assert RunHeader.from_config({"protocol": fixed.as_dict()}).protocol == RunHeader.from_config(
+        {"client": {"local_steps": 3, "batch_size": 4, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.01,
+                    "proximal_mu": 0.5}}).protocol == \
+        "3 local steps of batch 4 at lr 0.1 (momentum 0.9, weight decay 0.01), FedProx mu 0.5"
+    keyed = TrainingProtocol(lr=0.1, batch_size=4, config_keys={"local_epochs": "local-epochs", "momentum": "m"})
+    assert RunHeader.from_config({"protocol": keyed.as_dict()}).protocol == (
+        "local epochs from the train config's 'local-epochs' of batch 4 at lr 0.1 (momentum from the train "
+        "config's 'm')")

@@ -55,6 +55,11 @@ def add_plain_row(table: Table, cells: list[str]) -> None:
     table.add_row(*[Text(str(c)) for c in cells])
 
 
+def server_words(mode: str) -> str:
+    """The server mode as the first line of a command says it."""
+    return "malicious (the server modifies the model it sends)" if mode == "malicious" else "honest-but-curious"
+
+
 class Progress:
     """Console progress of a run. `status_every`: seconds between status lines while attack
     jobs are outstanding (0: none)."""
@@ -109,8 +114,7 @@ class Progress:
     def header(self, cfg: Config, run_dir: object) -> None:
         """The run's first line: what runs, under which defense and server mode, and where it goes."""
         running = self.auditing(cfg)
-        mode = ("malicious (the server modifies the model it sends)" if cfg.server.mode == "malicious"
-                else "honest-but-curious")
+        mode = server_words(cfg.server.mode)
         self.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} round(s) of {cfg.fl.strategy}, "
                    f"{cfg.fl.clients_per_round} per round; defense: {describe_defenses(cfg.to_dict())}; "
                    f"server: {mode}; auditing with {', '.join(running) or 'nothing'}; "

@@ -26,7 +26,7 @@ from fedattack.report.exposure import ALL, best_per_sample, worst_clients
 from fedattack.report.images import PAD, columns
 from fedattack.report.summary import (Summary, batch_norm_caveat, budget_caveat, failed_caveat, ran_budgets,
                                       secagg_scope, sums_only)
-from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader, describe_calibration
+from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader, describe_calibration, optimizer_words
 
 MAX_GALLERIES = 60  # per-update galleries shown (leaks first when there are more)
 MAX_SAMPLES = 32  # best reconstructions per sample shown
@@ -303,12 +303,11 @@ def calibration_section(run_dir: Path) -> str:
         epochs = p.get("local_epochs") or 1
         steps = (f"{epochs} epoch(s)" if p.get("local_steps") == 0 else f"{p.get('local_steps', '?')} step(s)"
                  + (f" in {epochs} epochs" if epochs > 1 else ""))
-        extras = [f"{p['optimizer']}" if p.get("optimizer", "sgd") != "sgd" else "",
-                  f"momentum {p['momentum']:g}" if p.get("momentum") else "",
-                  f"weight decay {p['weight_decay']:g}" if p.get("weight_decay") else "",
-                  f"FedProx mu {p['proximal_mu']:g}" if p.get("proximal_mu") else ""]
+        extras = optimizer_words(optimizer=str(p.get("optimizer", "sgd")), momentum=p.get("momentum") or 0,
+                                 nesterov=bool(p.get("nesterov")), weight_decay=p.get("weight_decay") or 0)
+        extras += [f"FedProx mu {p['proximal_mu']:g}"] if p.get("proximal_mu") else []
         setting = (f"{p.get('num_examples', '?')} images, {steps} of batch {p.get('batch_size', '?')} "
-                   f"at lr {p.get('lr', '?')}" + "".join(f", {e}" for e in extras if e))
+                   f"at lr {p.get('lr', '?')}" + "".join(f", {e}" for e in extras))
         fresh = ""
         if r.get("skipped"):
             chosen, gain = f"skipped: {r['skipped']}", ""

@@ -293,11 +293,8 @@ class Auditor:
             errors.append(exc)
             raise
         finally:
-            pending = self.outstanding()
-            if pending and shutdown.requested() is None:  # after a stop, the rest is cancelled: no wait
-                self.on_waiting(pending)
             try:
-                self.finish()
+                self.finish_jobs()
             finally:
                 if self.store is not None:
                     self.summary = self.store.finish(interrupted=interruption(errors))
@@ -676,6 +673,13 @@ class Auditor:
         """Jobs submitted and not yet delivered (those not yet handed to the dispatcher count too)."""
         with self._dispatch_lock, self._queue_lock:
             return len(self._queued) + (self._dispatcher.pending() if self._dispatcher is not None else 0)
+
+    def finish_jobs(self) -> None:
+        """Say how many jobs are outstanding (`on_waiting`), then collect them all (`finish`)."""
+        pending = self.outstanding()
+        if pending and shutdown.requested() is None:  # after a stop, the rest is cancelled: no wait
+            self.on_waiting(pending)
+        self.finish()
 
     def finish(self) -> None:
         self._stop.set()

@@ -199,6 +199,21 @@ def test_layer_cosine_leaves_out_tensors_without_signal():
     assert float(cosine_distance(close, target)) > 0.1  # a global cosine is thrown off by b
 
 
+@pytest.mark.parametrize("name", ["l2", "l1", "cosine"])
+def test_distances_over_all_tensors_as_the_papers_define_them(name):
+    from fedattack.attacks.engine import DISTANCES
+
+    gen = torch.Generator().manual_seed(3)
+    b = {"w": torch.randn(4, 3, generator=gen), "b": torch.randn(4, generator=gen), "fc": torch.randn(2, 4, generator=gen)}
+    a = {k: torch.randn(v.shape, generator=gen) for k, v in b.items()}
+    va, vb = (torch.cat([t[k].reshape(-1).double() for k in b]) for t in (a, b))
+    expected = {"l2": ((va - vb) ** 2).sum(), "l1": (va - vb).abs().sum(),
+                "cosine": 1 - va @ vb / (va.norm() * vb.norm())}[name]
+    assert float(DISTANCES[name](a, b)) == pytest.approx(float(expected), rel=1e-5)
+    extra = {**a, "unused": torch.ones(3)}  # only the target's tensors count, in its order
+    assert float(DISTANCES[name](dict(reversed(list(extra.items()))), b)) == pytest.approx(float(expected), rel=1e-5)
+
+
 RESHUFFLED = ("data.name=photos", "client.local_steps=0", "client.local_epochs=2", "client.batch_size=2")
 
 

@@ -179,7 +179,7 @@ def optimize(obs: Observation, params: BayesParams, ctx: AttackContext, labels: 
         losses = objective(params.anneal ** max(0.0, 1 - it / ramp))
         if not torch.isfinite(losses).all():
             raise FloatingPointError("the reconstruction diverged")
-        losses.sum().backward()
+        losses.sum().backward(inputs=[x])
         opt.step()
         sched.step()
         with torch.no_grad():

@@ -87,7 +87,7 @@ def _optimize(loss_fn, x: torch.Tensor, params: CPLParams, use_lbfgs: bool) -> t
         evaluations += 1
         opt.zero_grad()
         loss = loss_fn(x)
-        loss.backward()
+        loss.backward(inputs=[x])
         return loss.detach()
 
     loss_value, steps = float("inf"), 0

@@ -262,21 +262,26 @@ def target(obs: Observation, device: torch.device | None = None) -> Params:
 
 # -- distances ------------------------------------------------------------------------------
 
+def flattened(p: Params, keys) -> torch.Tensor:
+    """The tensors of `p` named by `keys`, as one vector: a distance over it takes a few kernels
+    (and as few backward nodes) where one per tensor took several, which on CPU is most of a
+    distance's cost."""
+    return torch.cat([p[k].reshape(-1) for k in keys])
+
+
 def l2_distance(a: Params, b: Params) -> torch.Tensor:
     """Squared L2 over all entries (DLG)."""
-    return sum(((a[k] - b[k]) ** 2).sum() for k in b)
+    return torch.sum((flattened(a, b) - flattened(b, b)) ** 2)
 
 
 def l1_distance(a: Params, b: Params) -> torch.Tensor:
-    return sum((a[k] - b[k]).abs().sum() for k in b)
+    return torch.sum(torch.abs(flattened(a, b) - flattened(b, b)))
 
 
 def cosine_distance(a: Params, b: Params) -> torch.Tensor:
     """1 - cosine similarity of the two parameter-shaped vectors (Geiping et al.)."""
-    dot = sum((a[k] * b[k]).sum() for k in b)
-    na = torch.sqrt(sum((a[k] ** 2).sum() for k in b))
-    nb = torch.sqrt(sum((b[k] ** 2).sum() for k in b))
-    return 1 - dot / (na * nb + 1e-12)
+    fa, fb = flattened(a, b), flattened(b, b)
+    return 1 - torch.dot(fa, fb) / (torch.linalg.vector_norm(fa) * torch.linalg.vector_norm(fb) + 1e-12)
 
 
 def layer_cosine_distance(a: Params, b: Params) -> torch.Tensor:

@@ -91,7 +91,7 @@ def fedavg(obs: Observation, params: FedAvgParams, ctx: AttackContext) -> Recons
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
     for _ in range(params.iterations):
         opt.zero_grad(set_to_none=True)
-        batched_objective(problem, u).sum().backward()
+        batched_objective(problem, u).sum().backward(inputs=[u.x])
         opt.step()
         sched.step()
         with torch.no_grad():

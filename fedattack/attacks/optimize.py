@@ -330,7 +330,7 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
             target.prior_scale = start_scale * 0.1 ** sum(it >= m for m in marks)
         opt.zero_grad(set_to_none=True)
         losses = batched_objective(problem, u)
-        losses.sum().backward()
+        losses.sum().backward(inputs=u.variables())
         if sched.signed:
             for t in u.variables():
                 t.grad.sign_()
@@ -513,7 +513,7 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_it
         def closure() -> torch.Tensor:
             opt.zero_grad()
             loss = scale * problem.objective(xr, labels())
-            loss.backward()
+            loss.backward(inputs=variables)
             return loss
 
         steps, best, best_at = 0, math.inf, [v.detach().clone() for v in variables]

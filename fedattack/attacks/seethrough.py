@@ -167,7 +167,7 @@ def seethrough(obs: Observation, params: SeeThroughParams, ctx: AttackContext) -
         losses = member_losses(x, with_group=True)
         if not torch.isfinite(losses).all():
             raise FloatingPointError("the reconstruction diverged")
-        losses.sum().backward()
+        losses.sum().backward(inputs=[x])
         opt.step()
         with torch.no_grad():
             if params.noise > 0 and it < params.iterations - 1:

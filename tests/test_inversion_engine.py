@@ -197,6 +197,11 @@ def test_layer_cosine_leaves_out_tensors_without_signal():
     close = {"w": torch.tensor([2.0, 4.0]), "b": torch.tensor([5.0, 5.0])}
     assert float(layer_cosine_distance(close, target)) < 1e-6
     assert float(cosine_distance(close, target)) > 0.1  # a global cosine is thrown off by b
+    silent = {"w": torch.tensor([2.0, 1.0], requires_grad=True), "b": torch.zeros(2, requires_grad=True)}
+    loss = layer_cosine_distance(silent, target)
+    assert float(loss) == pytest.approx(1 - 4 / (5 ** 0.5 * 5 ** 0.5))  # the silent tensor is left out
+    loss.backward()
+    assert all(torch.isfinite(t.grad).all() for t in silent.values())
 
 
 @pytest.mark.parametrize("name", ["l2", "l1", "cosine"])

@@ -292,14 +292,11 @@ def layer_cosine_distance(a: Params, b: Params) -> torch.Tensor:
     layer's, which holds the pixels. Tensors whose observed gradient is numerically zero
     (the bias of a convolution followed by BatchNorm: 1e-8 of the others) carry no signal and
     are left out."""
-    norms = {k: torch.sqrt((b[k] ** 2).sum()) for k in b}
-    floor = 1e-6 * max(float(v) for v in norms.values())
-    kept = [k for k in b if float(norms[k]) > floor]
-    total = 0.0
-    for k in kept:
-        dot = (a[k] * b[k]).sum()
-        total = total + 1 - dot / (torch.sqrt((a[k] ** 2).sum()) * norms[k] + 1e-12)
-    return total / max(1, len(kept))
+    nb = torch.stack([torch.linalg.vector_norm(b[k]) for k in b])
+    na = torch.stack([torch.linalg.vector_norm(a[k]) for k in b])
+    dots = torch.stack([torch.sum(a[k] * b[k]) for k in b])
+    kept = (nb > 1e-6 * nb.max()).to(dots.dtype)  # tensor ops only: no host sync per evaluation on a GPU
+    return torch.sum(kept * (1 - dots / (na * nb + 1e-12))) / kept.sum().clamp(min=1)
 
 
 DISTANCES: dict[str, Callable[[Params, Params], torch.Tensor]] = {

@@ -636,3 +636,30 @@ def test_a_client_that_trains_otherwise_than_the_protocol_says_is_named(tmp_path
         assert "drew 6 batches where the audit replays 4 local step(s) (2 epoch(s) of batch 2 over 4 examples)" in drew[0]
     else:
         assert len(missing) == 1 and "replays 1 step per epoch" in missing[0]
+
+
+def test_jobs_abandoned_when_ray_goes_away_under_an_app_mark_its_run_interrupted(tmp_path, flower_task, monkeypatch):
+    """An app's process stopped from outside ends Flower's simulation and Ray with it: the
+    dispatcher abandons the jobs still pending, and the run must not read as complete."""
+    import json
+
+    strategy = _strategy(tmp_path)
+    dispatcher = strategy.auditor.dispatcher
+
+    def gone(self):  # what RayDispatcher.drain does once Ray is no longer up
+        self.abandon()
+        return iter(())
+
+    monkeypatch.setattr(type(dispatcher), "drain", gone)
+    monkeypatch.setattr(type(dispatcher), "poll", lambda self: [])  # nothing finishes before the stop
+    with strategy.auditor.session():
+        _play_round(strategy, FakeGrid([101, 202]), 1)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["interrupted"]["abandoned_jobs"] == 4  # 2 clients x (idlg, invgrad)
+    assert "Ray stopped" in summary["interrupted"]["reason"]
+    assert "This run was interrupted" in (tmp_path / "run" / "report.html").read_text()
+    monkeypatch.undo()  # Ray back: a later session of the same process starts clean
+    strategy2 = _strategy(tmp_path / "second")  # a later session of the same process starts clean
+    with strategy2.auditor.session():
+        _play_round(strategy2, FakeGrid([101, 202]), 1)
+    assert json.loads((tmp_path / "second" / "run" / "summary.json").read_text())["interrupted"] is None

@@ -285,6 +285,7 @@ class Auditor:
                 self.on_note(note)
         self.start_polling()
         errors: list[BaseException] = []
+        abandoned_before = shutdown.abandoned()  # an app's process may run several sessions
         try:
             yield self
         except shutdown.Stopped:
@@ -297,7 +298,7 @@ class Auditor:
                 self.finish_jobs()
             finally:
                 if self.store is not None:
-                    self.summary = self.store.finish(interrupted=interruption(errors))
+                    self.summary = self.store.finish(interrupted=interruption(errors, abandoned_before))
                     log(INFO, "fedattack: report %s", self.store.dir / "report.html")
 
     # -- what to audit ------------------------------------------------------------

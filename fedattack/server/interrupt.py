@@ -71,14 +71,19 @@ def stoppable(grid: Grid) -> Grid:
 
 # -- one run, from Ray's start to its report ---------------------------------------------
 
-def interruption(errors: list[BaseException] = ()) -> Interruption | None:
-    """What the summary records about an early stop (None: the run finished)."""
+def interruption(errors: list[BaseException] = (), abandoned_before: int = 0) -> Interruption | None:
+    """What the summary records about an early stop (None: the run finished). Attack jobs
+    abandoned since `abandoned_before` (the count where the run started) mark a run as
+    interrupted even without a stop request: Ray went away under them (an app's process stopped
+    from outside, Flower ending the simulation)."""
     req = shutdown.requested()
+    lost = max(0, shutdown.abandoned() - abandoned_before)
     if req is None and not errors:
-        return None
+        if not lost:
+            return None
+        return Interruption(reason="Ray stopped before every attack job had finished", abandoned_jobs=lost)
     if req is not None and req.signum is not None:
-        return Interruption(reason=req.reason, signal=shutdown.signal_name(req.signum),
-                            abandoned_jobs=shutdown.abandoned())
+        return Interruption(reason=req.reason, signal=shutdown.signal_name(req.signum), abandoned_jobs=lost)
     if errors:
         exc = errors[0]
         cause = getattr(exc, "cause", None)  # a RayTaskError wraps what the task raised
@@ -87,7 +92,7 @@ def interruption(errors: list[BaseException] = ()) -> Interruption | None:
         reason = f"{type(exc).__name__}: {line}" if line else type(exc).__name__
     else:
         reason = req.reason if req is not None else "stopped"
-    return Interruption(reason=reason[:300], abandoned_jobs=shutdown.abandoned())
+    return Interruption(reason=reason[:300], abandoned_jobs=lost)
 
 
 @contextmanager

@@ -62,6 +62,7 @@ class AttackSpec:
     model_extension: str | None = None  # what a malicious server adds to the model it sends
     adaptive: bool = False  # can model the known defense (runs again under audit.adaptive)
     tunable: tuple[tuple[str, LogRange | Choice], ...] = ()  # what calibration tunes (audit.calibrate)
+    needs: str = ""  # what the model must have for the attack to run, in words ("" where any model will do)
 
     def __call__(self, obs: Observation, params: Any, ctx: AttackContext) -> Reconstruction:
         try:
@@ -119,13 +120,15 @@ def checked_output(name: str, rec: Any, obs: Observation) -> Reconstruction:
 
 def register_attack(name: str, *, params: type = NoParams, paper: str, scope: str = "client",
                     needs_malicious: bool = False, model_extension: str | None = None,
-                    adaptive: bool = False, tunable: dict[str, LogRange | Choice] | None = None) -> Callable:
+                    adaptive: bool = False, tunable: dict[str, LogRange | Choice] | None = None,
+                    needs: str = "") -> Callable:
     """Register an attack under `name`. `tunable` names the hyperparameters (fields of
-    `params`) that server-side calibration may tune, with their search ranges."""
+    `params`) that server-side calibration may tune, with their search ranges; `needs` says
+    what the model must have for it to run (where a hint suggests the attack)."""
 
     def deco(fn: Callable) -> Callable:
         spec = AttackSpec(name, fn, params, paper, scope, needs_malicious, model_extension, adaptive,
-                          tuple((tunable or {}).items()))
+                          tuple((tunable or {}).items()), needs)
         ATTACKS.register(name, spec, doc=paper)
         return spec  # callable like the function; importable as `module:name` for plug-ins
 

@@ -217,14 +217,17 @@ def consistency_signs(obs: Observation, layer2: str, s: torch.Tensor, start: tor
 
 # -- the attack ---------------------------------------------------------------------------
 
+NEEDS = "a fully connected layer on the flattened input, as the built-in mlp has"
+
+
 @register_attack("cpa", params=CPAParams,
                  paper="Kariyappa et al., Cocktail Party Attack: Breaking Aggregation-Based Privacy in Federated "
                        "Learning using Independent Component Analysis, ICML 2023",
-                 scope="any")
+                 scope="any", needs=NEEDS)
 def cpa(obs: Observation, params: CPAParams, ctx: AttackContext) -> Reconstruction:
     layer = input_layer(obs) if params.layer == "auto" else params.layer
     if layer is None:
-        raise AttackFailure("cpa needs a fully connected layer on the flattened input (as the built-in mlp has)")
+        raise AttackFailure(f"cpa needs {NEEDS}")
     dw, db = layer_gradient(obs, layer)
     shape = obs.data.shape
     if dw.shape[1] != math.prod(shape):

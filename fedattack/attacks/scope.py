@@ -23,6 +23,12 @@ def client_only(attacks: Iterable[str]) -> tuple[str, ...]:
     return tuple(a for a in attacks if (spec := ATTACKS.find(a)) is not None and spec.scope == "client")
 
 
+def needs_words(names: Iterable[str]) -> str:
+    """What the model must have for each of `names` to run, in words ("; cpa needs ..."; "" where
+    any model will do)."""
+    return "".join(f"; {n} needs {ATTACKS.get(n).needs}" for n in names if ATTACKS.get(n).needs)
+
+
 def sum_attacks() -> tuple[str, ...]:
     """The registered attacks an honest server can run on a sum of updates (what to add to a
     SecAgg+ run whose attacks all need one client's update)."""

@@ -135,7 +135,9 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
     items = []
     sums = sums_only(summary)
     if (h is None or h.audited_updates == 0) and sums:
-        big = "No sum of updates was scored (SecAgg+ hides each client's update in its round's sum)."
+        big = ("No sum of updates was scored (no attack on the sum produced images)." if _scope(header, results)[1]
+               else "No sum of updates was scored: SecAgg+ hides each client's update in its round's sum, and no "
+                    "configured attack runs on a sum.")
     elif h is None or h.audited_updates == 0:
         big = "No client update was scored (no attack produced images)."
     else:

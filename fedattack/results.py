@@ -263,7 +263,11 @@ def _app_protocol(p: dict) -> str:
     steps = "local_steps" in keys or p.get("local_steps") is not None
     field = "local_steps" if steps else "local_epochs"
     unit = "local steps" if steps else "local epochs"
-    count = f"{unit} {value(field)}" if field in keys else f"{p.get(field)} {unit}"
+    if field in keys:
+        count = f"{unit} {value(field)}"
+    else:
+        count = f"{p.get(field)} {unit[:-1] if str(p.get(field)) == '1' else unit}"
+
     def given(name: str) -> Any:  # the value, its train-config key in words, or 0 where neither is set
         return value(name) if name in keys else float(p.get(name) or 0)
 

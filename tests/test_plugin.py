@@ -495,6 +495,8 @@ def test_an_apps_run_under_secagg_records_that_its_server_saw_sums(tmp_path):
     assert recorded["server"]["sees"] == "sums"
     assert strategy.auditor.store.header.budgets == ()  # idlg and invgrad need one client's update: no budget
     assert notes and "idlg, invgrad do not run" in notes[0] and " to attacks; cpa needs " in notes[0]
+    # its rows name the defense as its report does (they said "none")
+    assert strategy.auditor.defense == strategy.auditor.store.header.defense == "SecAgg+"
 
 
 def test_a_model_unlike_the_clients_stops_the_round_before_they_train_naming_the_parameter(tmp_path):

@@ -565,3 +565,18 @@ def test_the_calibration_table_names_every_protocol_setting_it_simulated(tmp_pat
     page = calibration_section(tmp_path)
     assert "4 images, 4 step(s) in 2 epochs of batch 2 at lr 0.1, momentum 0.9, FedProx mu 0.5" in page
     assert "weight decay" not in page
+
+
+def test_an_apps_log_line_leaves_out_labels_an_attack_did_not_recover(caplog):
+    import logging
+    from dataclasses import replace as dc_replace
+
+    from fedattack.server.audit import log_result
+
+    r = _result(1, 0, "cpa", [1, 2], "leak")
+    caplog.set_level(logging.INFO, logger="flwr")
+    log_result(dc_replace(r, score=dc_replace(r.score, label_acc=float("nan"))))
+    log_result(r)
+    first, second = (rec.getMessage() for rec in caplog.records if "fedattack: round 1" in rec.getMessage())
+    assert "labels" not in first and "nan" not in first
+    assert "labels 100%" in second

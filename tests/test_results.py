@@ -305,3 +305,14 @@ def test_an_apps_protocol_reads_as_a_runs_does_with_its_train_config_keys_named(
     assert RunHeader.from_config({"protocol": keyed.as_dict()}).protocol == (
         "local epochs from the train config's 'local-epochs' of batch 4 at lr 0.1 (momentum from the train "
         "config's 'm')")
+
+
+@pytest.mark.parametrize("protocol, says", [
+    ({"local_epochs": 1, "batch_size": 32, "lr": 0.01}, "1 local epoch of batch 32 at lr 0.01"),
+    ({"local_epochs": 3, "batch_size": 32, "lr": 0.01}, "3 local epochs of batch 32 at lr 0.01"),
+    ({"local_steps": 1, "batch_size": 2, "lr": 0.1}, "1 local step of batch 2 at lr 0.1"),
+])
+def test_an_apps_header_counts_its_protocol_in_the_singular_where_there_is_one(protocol, says):
+    from fedattack.results import _app_protocol
+
+    assert _app_protocol(protocol) == says

@@ -280,6 +280,8 @@ class Auditor:
         config.yaml records (`server.sees`; fedattack's own runs record `client.defenses`)."""
         if scope == "aggregate" and isinstance(self.plan.record, AppRecord):
             self.plan.record.raw.setdefault("server", {})["sees"] = "sums"
+            # the rows name the defense as the report's header does (results.describe_defenses)
+            self.defense = "SecAgg+" if self.defense == "none" else f"{self.defense}+SecAgg+"
         for note in [*self.notes, self.scope_note(scope), self.adaptive_note(scope), self.calibration_note()]:
             if note:
                 self.on_note(note)
@@ -743,9 +745,9 @@ def log_result(r: JobResult) -> None:
             r.labels_text)
     else:
         s = r.score
-        log(INFO, "fedattack: round %s, %s, %s: PSNR %.1f dB, SSIM %.3f, labels %.0f%%, %d/%d recovered%s",
-            r.round, who, r.label, s.psnr, s.ssim, 100 * s.label_acc if s.label_acc == s.label_acc else float("nan"),
-            s.recovered, s.num_images, " (LEAK)" if r.success else "")
+        labels = "" if s.label_acc != s.label_acc else f", labels {100 * s.label_acc:.0f}%"  # NaN: none recovered
+        log(INFO, "fedattack: round %s, %s, %s: PSNR %.1f dB, SSIM %.3f%s, %d/%d recovered%s",
+            r.round, who, r.label, s.psnr, s.ssim, labels, s.recovered, s.num_images, " (LEAK)" if r.success else "")
 
 
 def log_round(row: RoundResult, done: int, submitted: int) -> None:

@@ -133,3 +133,21 @@ def test_the_audit_says_once_at_the_start_which_attacks_cannot_run_on_the_sum():
         "Under SecAgg+ the server sees each round's sum of updates, never one client's: invgrad does not run "
         "(it needs one client's update); cpa attacks the sum."]
     assert notes("[cpa]", "aggregate") == [] and notes("[idlg,invgrad]", "client") == []
+
+
+def test_a_secagg_reply_is_weighed_by_the_strategys_own_example_count_metric():
+    """The example count SecAgg+ weighs a reply by is the metric the strategy names
+    (weighted_by_key), not always 'num-examples'; a reply without it is an error, as Flower's
+    FedAvg makes it without SecAgg+ (it was weighed as 1 example, silently)."""
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
+    from flwr.compat.common import recorddict_compat as compat
+
+    from fedattack.client.secagg import as_fitres
+
+    content = RecordDict({"arrays": ArrayRecord({"w": Array(np.ones(3, dtype=np.float32))}),
+                          "metrics": MetricRecord({"n-ex": 31, "train_loss": 0.5})})
+    fitres = compat.recorddict_to_fitres(as_fitres(content, "n-ex"), keep_input=False)
+    assert fitres.num_examples == 31
+    with pytest.raises(ValueError, match=r"lack 'num-examples'.*weighted_by_key.*\['n-ex', 'train_loss'\]"):
+        as_fitres(content)

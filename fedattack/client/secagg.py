@@ -7,8 +7,9 @@ hands Flower's mod a function that turns the FitIns into a Message-API train mes
 arrays named by the `fedattack.array-keys` entry the server's bridge adds to the config, under
 the strategy's `arrayrecord_key`; the config under its `configrecord_key`; both named by the
 `fedattack.record-keys` entry), calls the train function, and turns its reply back into
-a FitRes (arrays in that order, `num-examples` as the example count, the metrics; the
-audit-only records packed into the metrics). Messages without SecAgg+ stage records pass
+a FitRes (arrays in that order; as the example count, the metric the strategy weighs replies by,
+named by the `fedattack.weight-key` entry; the metrics; the audit-only records packed into the
+metrics). A reply without that metric is an error, as it is to Flower's FedAvg without SecAgg+. Messages without SecAgg+ stage records pass
 straight through, so the same ClientApp serves plain and secure-aggregation runs.
 """
 
@@ -26,6 +27,7 @@ from fedattack.client.record import pack_legacy
 
 ARRAY_KEYS = "fedattack.array-keys"  # FitIns config entry: the ArrayRecord's keys, comma-separated, in order
 RECORD_KEYS = "fedattack.record-keys"  # FitIns config entry: "<arrayrecord_key>,<configrecord_key>" of the strategy
+WEIGHT_KEY = "fedattack.weight-key"  # FitIns config entry: the strategy's weighted_by_key (the example count's metric)
 
 
 def secaggplus_message_mod(msg: Message, context: Context, call_next) -> Message:
@@ -34,10 +36,12 @@ def secaggplus_message_mod(msg: Message, context: Context, call_next) -> Message
         return call_next(msg, context)
 
     def legacy_train(legacy: Message, ctx: Context) -> Message:
+        weight_key = str(compat.recorddict_to_fitins(legacy.content, keep_input=True).config.get(WEIGHT_KEY,
+                                                                                                  "num-examples"))
         reply = call_next(as_message_api(legacy), ctx)
         if reply.has_error():
             return reply
-        return Message(as_fitres(reply.content), reply_to=legacy)
+        return Message(as_fitres(reply.content, weight_key), reply_to=legacy)
 
     return secaggplus_mod(msg, context, legacy_train)
 
@@ -47,6 +51,7 @@ def as_message_api(legacy: Message) -> Message:
     fitins = compat.recorddict_to_fitins(legacy.content, keep_input=True)
     config = dict(fitins.config)
     keys = str(config.pop(ARRAY_KEYS, "")).split(",")
+    config.pop(WEIGHT_KEY, None)
     array_key, _, config_key = str(config.pop(RECORD_KEYS, "arrays,config")).partition(",")
     arrays = parameters_to_ndarrays(fitins.parameters)
     if len(keys) != len(arrays):
@@ -56,12 +61,16 @@ def as_message_api(legacy: Message) -> Message:
     return Message(content, metadata=legacy.metadata)
 
 
-def as_fitres(content: RecordDict) -> RecordDict:
-    """A Message-API train reply's content as a legacy FitRes record dict."""
+def as_fitres(content: RecordDict, weight_key: str = "num-examples") -> RecordDict:
+    """A Message-API train reply's content as a legacy FitRes record dict, its example count the
+    metric `weight_key` (the strategy's weighted_by_key)."""
     audit = pack_legacy(content)
     arrays = next(iter(content.array_records.values()))
     metrics: dict[str, Any] = dict(next(iter(content.metric_records.values()))) if content.metric_records else {}
-    num_examples = int(metrics.get("num-examples", 1))
+    if not isinstance(metrics.get(weight_key), (int, float)):
+        raise ValueError(f"the train reply's metrics lack '{weight_key}', the example count the strategy weighs "
+                         f"replies by (its weighted_by_key), which SecAgg+ needs; they have {sorted(metrics)}")
+    num_examples = int(metrics[weight_key])
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     fitres = FitRes(status=Status(Code.OK, "Success"), parameters=ndarrays_to_parameters(
         [a.numpy() for a in arrays.values()]), num_examples=num_examples, metrics={**scalars, **audit})

@@ -38,7 +38,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 
 from fedattack.client.record import unpack_legacy
-from fedattack.client.secagg import ARRAY_KEYS, RECORD_KEYS
+from fedattack.client.secagg import ARRAY_KEYS, RECORD_KEYS, WEIGHT_KEY
 from fedattack.server.audit import AuditStrategy
 
 SCALARS = (bool, int, float, str, bytes)
@@ -82,6 +82,7 @@ class LegacyBridge(legacy.Strategy):
                 if a.config_key in m.content.config_records else {}
             config[ARRAY_KEYS] = ",".join(arrays.keys())
             config[RECORD_KEYS] = f"{a.arrays_key},{a.config_key}"
+            config[WEIGHT_KEY] = a.weight_key
             out.append((proxy, FitIns(ndarrays_to_parameters([v.numpy() for v in arrays.values()]), config)))
             self._sent[int(m.metadata.dst_node_id)] = m
         return out

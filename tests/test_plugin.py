@@ -665,3 +665,12 @@ def test_jobs_abandoned_when_ray_goes_away_under_an_app_mark_its_run_interrupted
     with strategy2.auditor.session():
         _play_round(strategy2, FakeGrid([101, 202]), 1)
     assert json.loads((tmp_path / "second" / "run" / "summary.json").read_text())["interrupted"] is None
+
+
+def test_a_sum_that_no_configured_attack_runs_on_audits_no_client(tmp_path):
+    from fedattack.results import RoundStats
+
+    strategy = _strategy(tmp_path)  # idlg and invgrad: each needs one client's update
+    stats = RoundStats(1, 0.0)
+    strategy.auditor._observe_aggregate(1, stats, {}, [object(), object()], "arrays", "config", "num-examples")
+    assert stats.scope == "aggregate" and stats.audited_clients == 0 and stats.jobs == 0  # it said 2 clients audited

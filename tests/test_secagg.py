@@ -43,7 +43,7 @@ def test_secagg_run_attacks_only_the_aggregate(tmp_path, monkeypatch):
         assert r["defense"].startswith("secagg")
     rounds = list(csv.DictReader((out / "rounds.csv").open()))
     assert [r["scope"] for r in rounds] == ["aggregate", "aggregate"]
-    assert all(int(r["replies"]) == 3 for r in rounds)
+    assert all(int(r["replies"]) == 3 and int(r["audited_clients"]) == 3 for r in rounds)
     # the user's Message-API strategy aggregated every round (SecAgg+ hands it the sum once per
     # client) and never saw the audit-only records
     assert [s["round"] for s in user_strategy.SEEN] == [1, 2]

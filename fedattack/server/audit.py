@@ -213,7 +213,8 @@ class Auditor:
         self._dispatcher = dispatcher
         self.on_result = on_result or log_result
         self.on_round = on_round or log_round
-        self.on_waiting: Callable[[int], None] = lambda n: log(INFO, "fedattack: waiting for %d attack jobs ...", n)
+        self.on_waiting: Callable[[int], None] = lambda n: log(INFO, "fedattack: waiting for %d attack job%s ...", n,
+                                                                  "" if n == 1 else "s")
         # calibration's progress: each message, and its log level (WARNING where it was skipped)
         self.on_calibration: Callable[..., None] = lambda msg, level=INFO: log(level, "fedattack: %s", msg)
         # what the user should know before the first job (a generator trained on other images)
@@ -588,9 +589,9 @@ class Auditor:
 
     def _observe_aggregate(self, rnd, stats, sent, records, arrays_key, config_key, weight_key) -> None:
         stats.scope = "aggregate"
-        stats.audited_clients = len(records)
         if not self.attacks_for("aggregate"):
-            return
+            return  # nothing attacks the sum: no client was audited
+        stats.audited_clients = len(records)
         first = records[0][0]
         message = sent.get(first.metadata.src_node_id) or next(iter(sent.values()))
         total = int(sum(_metrics(r).get(weight_key, 0) for r, _ in records))

@@ -41,6 +41,7 @@ def test_secagg_run_attacks_only_the_aggregate(tmp_path, monkeypatch):
         assert r["status"] == "ok", r["error"]  # the probe fails unless it saw a sum over >= 2 clients
         assert int(r["num_images"]) == 3 * 4  # every participating client's 2 steps x batch 2
         assert r["defense"].startswith("secagg")
+    assert "the private images of every client in the round's sum (top)" in (out / "report.html").read_text()
     rounds = list(csv.DictReader((out / "rounds.csv").open()))
     assert [r["scope"] for r in rounds] == ["aggregate", "aggregate"]
     assert all(int(r["replies"]) == 3 and int(r["audited_clients"]) == 3 for r in rounds)
@@ -151,3 +152,13 @@ def test_a_secagg_reply_is_weighed_by_the_strategys_own_example_count_metric():
     assert fitres.num_examples == 31
     with pytest.raises(ValueError, match=r"lack 'num-examples'.*weighted_by_key.*\['n-ex', 'train_loss'\]"):
         as_fitres(content)
+
+
+def test_flowers_robust_aggregators_are_named_where_secagg_leaves_them_nothing_to_compare():
+    from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx, MultiKrum
+
+    from fedattack.server.secagg import robust_aggregator
+
+    assert robust_aggregator(FedMedian()) == "FedMedian"
+    assert robust_aggregator(MultiKrum()) == "MultiKrum"
+    assert robust_aggregator(FedAvg()) == robust_aggregator(FedProx()) == ""

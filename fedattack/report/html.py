@@ -508,7 +508,9 @@ def render(run_dir: str | Path, *, results: list[JobResult], rounds: list[RoundR
         updates_table(results, summary.header, images) if results else "<p class='muted'>No attack results.</p>",
         best_samples(run_dir, images, summary.header),
         "<h2>Galleries</h2>",
-        "<p class='note'>Per audited update and attack: the client's private images (top) above their matched "
+        "<p class='note'>Per audited update and attack: "
+        + ("the private images of every client in the round's sum (top)" if sums_only(summary)
+           else "the client's private images (top)") + " above their matched "
         "reconstructions (bottom), each with its PSNR and SSIM; &#10003; marks a recovered image, &#9675; an image "
         "that reached the SSIM rule in an update whose attack stayed within the blank-guess margin (not counted).</p>",
         galleries(run_dir, results, images, summary.header),

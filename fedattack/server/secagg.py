@@ -28,13 +28,16 @@ per-client row can exist.
 from __future__ import annotations
 
 from collections.abc import Callable
+from logging import WARNING
 
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.common import FitIns, ndarrays_to_parameters, parameters_to_ndarrays
+from flwr.common.logger import log
 from flwr.server import LegacyContext, ServerConfig
 from flwr.server import strategy as legacy
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 from flwr.serverapp import Grid
+from flwr.serverapp import strategy as flwr_strategy
 from flwr.serverapp.strategy import Result
 
 from fedattack.client.record import unpack_legacy
@@ -128,6 +131,15 @@ class LegacyBridge(legacy.Strategy):
         return (loss if loss == loss else 0.0), metrics
 
 
+ROBUST = (flwr_strategy.FedMedian, flwr_strategy.FedTrimmedAvg, flwr_strategy.Krum, flwr_strategy.MultiKrum,
+          flwr_strategy.Bulyan)
+
+
+def robust_aggregator(strategy: object) -> str:
+    """The name of Flower's robust aggregator that `strategy` is ("" for any other strategy)."""
+    return type(strategy).__name__ if isinstance(strategy, ROBUST) else ""
+
+
 def start_secagg(audit: AuditStrategy, grid: Grid, context: Context, *, initial_arrays: ArrayRecord,
                  num_rounds: int, timeout: float = 3600, train_config: ConfigRecord | None = None,
                  evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
@@ -137,6 +149,10 @@ def start_secagg(audit: AuditStrategy, grid: Grid, context: Context, *, initial_
     driven by Flower's SecAgg+ workflow through `LegacyBridge`. Returns what `strategy.start`
     returns: the final global arrays and the metrics of each round (no federated evaluation's:
     it does not run under SecAgg+ here)."""
+    robust = robust_aggregator(audit.strategy)
+    if robust:
+        log(WARNING, "fedattack: under SecAgg+ %s receives the round's sum once per client, not each client's "
+            "update: its robust aggregation has no updates to compare and returns the sum's mean", robust)
     bridge = LegacyBridge(audit, grid, initial_arrays=initial_arrays, train_config=train_config,
                           evaluate_fn=evaluate_fn)
     legacy_context = LegacyContext(context=context, config=ServerConfig(num_rounds=num_rounds, round_timeout=timeout),

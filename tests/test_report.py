@@ -385,15 +385,16 @@ def test_a_secagg_run_without_aggregate_attacks_says_why_no_update_was_attacked(
     assert "Under SecAgg+ the server sees each round's sum of updates" in text
     # which configured attacks did not run, why, and what would attack the sum
     assert "idlg, invgrad do not run (each needs one client's update)" in text
-    assert re.search(r"no configured attack runs on the sum \(add [^)]*\bcpa\b[^)]* to audit\.attacks; cpa needs a fully "
-                     r"connected layer on the flattened input, as the built-in mlp has\)", text)  # and what cpa needs
+    assert re.search(r"no configured attack runs on the sum \(add [^)]*\bcpa\b[^)]* to audit\.attacks; "
+                     r"cpa needs a fully connected layer on the flattened input, as the built-in mlp has\)", text)
     # the defense is found by what it does, not by its name's letters
     lookalike = RunHeader(defense="nosecagg(sigma=0.1)", defenses=("nosecagg",))
     assert "No client update was scored" in headline(summarize([], [RoundResult(round=1)], lookalike), [], [])
     # a user's app under SecAgg+ records what its server saw, not a defense
     app = unescape(headline(summarize([], [RoundResult(round=1)], RunHeader(configured_attacks=("idlg",), sums=True)),
                             [], []))
-    assert "No sum of updates was scored" in app and re.search(r"\(add [^)]*\bcpa\b[^)]* to attacks; cpa needs [^)]*\)", app)
+    assert "No sum of updates was scored" in app
+    assert re.search(r"\(add [^)]*\bcpa\b[^)]* to attacks; cpa needs [^)]*\)", app)
     assert "and no configured attack runs on a sum." in app
     failed = unescape(headline(summarize([], [RoundResult(round=1)], RunHeader(configured_attacks=("cpa",), sums=True)),
                                [], []))

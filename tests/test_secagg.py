@@ -128,8 +128,8 @@ def test_the_audit_says_once_at_the_start_which_attacks_cannot_run_on_the_sum():
     assert note.startswith("Under SecAgg+ the server sees each round's sum of updates, never one client's: idlg, "
                            "invgrad do not run (each needs one client's update); no configured attack runs on the "
                            "sum (add ")
-    assert "cpa" in note and note.endswith(" to audit.attacks; cpa needs a fully connected layer on the flattened input, as the built-in "
-                                           "mlp has).")  # and any attack on sums registered here
+    assert "cpa" in note and note.endswith(  # and any attack on sums registered here
+        " to audit.attacks; cpa needs a fully connected layer on the flattened input, as the built-in mlp has).")
     assert notes("[cpa,invgrad]", "aggregate") == [
         "Under SecAgg+ the server sees each round's sum of updates, never one client's: invgrad does not run "
         "(it needs one client's update); cpa attacks the sum."]

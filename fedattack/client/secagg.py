@@ -9,8 +9,9 @@ the strategy's `arrayrecord_key`; the config under its `configrecord_key`; both 
 `fedattack.record-keys` entry), calls the train function, and turns its reply back into
 a FitRes (arrays in that order; as the example count, the metric the strategy weighs replies by,
 named by the `fedattack.weight-key` entry; the metrics; the audit-only records packed into the
-metrics). A reply without that metric is an error, as it is to Flower's FedAvg without SecAgg+. Messages without SecAgg+ stage records pass
-straight through, so the same ClientApp serves plain and secure-aggregation runs.
+metrics). A reply without that metric is an error, as it is to Flower's FedAvg without SecAgg+.
+Messages without SecAgg+ stage records pass straight through, so the same ClientApp serves plain
+and secure-aggregation runs.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from fedattack.attacks.scope import client_only, idle_attacks, sum_attacks, needs_words
+from fedattack.attacks.scope import client_only, idle_attacks, needs_words, sum_attacks
 from fedattack.defenses import secure_aggregation
 from fedattack.report.exposure import ALL, exposure, final, worst_clients
 from fedattack.results import ExposureRow, ImageRow, Interruption, JobResult, RoundResult, RunHeader
@@ -171,7 +171,8 @@ def secagg_scope(idle: Sequence[str], running: Sequence[str], key: str = "audit.
         parts.append(f"{', '.join(running)} attack{'s' if len(running) == 1 else ''} the sum")
     else:
         hint = sum_attacks()
-        parts.append("no configured attack runs on the sum" + (f" (add {' or '.join(hint)} to {key}{needs_words(hint)})" if hint else ""))
+        add = f" (add {' or '.join(hint)} to {key}{needs_words(hint)})" if hint else ""
+        parts.append(f"no configured attack runs on the sum{add}")
     return f"{text}: {'; '.join(parts)}."
 
 

@@ -100,6 +100,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
                       on_result=on_result, on_round=lambda row, done, submitted: None)
     auditor.store_args.update(partitions={cfg.victim.client: idx}, expected_rounds=1)
     auditor.on_waiting = progress.waiting
+    auditor.heartbeat = 0  # the status line says it
     auditor.on_calibration = progress.calibration
     auditor.on_note = progress.note
     obs = make_observation(exp, auditor.param_names, sent, received,

@@ -675,3 +675,25 @@ def test_a_sum_that_no_configured_attack_runs_on_audits_no_client(tmp_path):
     stats = RoundStats(1, 0.0)
     strategy.auditor._observe_aggregate(1, stats, {}, [object(), object()], "arrays", "config", "num-examples")
     assert stats.scope == "aggregate" and stats.audited_clients == 0 and stats.jobs == 0  # it said 2 clients audited
+
+
+def test_an_app_waiting_for_its_last_jobs_logs_that_it_still_waits(tmp_path, flower_task, monkeypatch, caplog):
+    import logging
+    import time
+
+    strategy = _strategy(tmp_path)
+    strategy.auditor.heartbeat = 0.05
+    dispatcher = strategy.auditor.dispatcher
+    monkeypatch.setattr(type(dispatcher), "poll", lambda self: [])  # the jobs run long
+    monkeypatch.setattr(type(dispatcher), "drain", lambda self: iter(time.sleep(0.3) or ()))
+    caplog.set_level(logging.INFO, logger="flwr")
+    with strategy.auditor.session():
+        _play_round(strategy, FakeGrid([101, 202]), 1)
+    beats = [r.getMessage() for r in caplog.records if "still waiting" in r.getMessage()]
+    assert beats and beats[0] == "fedattack: still waiting for 4 attack jobs (0 done) ..."
+    caplog.clear()
+    strategy = _strategy(tmp_path / "cli")
+    strategy.auditor.heartbeat = 0  # the command line's status line says it instead
+    with strategy.auditor.session():
+        _play_round(strategy, FakeGrid([101, 202]), 1)
+    assert not [r for r in caplog.records if "still waiting" in r.getMessage()]

@@ -49,6 +49,7 @@ def audit_strategy(cfg: Config, exp: Experiment, *, out_dir: str | Path, progres
         on_round=progress.round_done, calibration_data=server_data(exp),
         **{k: getattr(cfg.audit, k) for k in AUDIT_OPTIONS})
     audit.auditor.on_waiting = progress.waiting  # the console's line, and its status line every 30 s
+    audit.auditor.heartbeat = 0  # the status line says it
     audit.auditor.on_calibration = progress.calibration
     audit.auditor.on_note = progress.note
     audit.auditor.store_args.update(partitions=dict(enumerate(exp.partitions)))  # built already: not again

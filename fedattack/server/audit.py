@@ -215,6 +215,7 @@ class Auditor:
         self.on_round = on_round or log_round
         self.on_waiting: Callable[[int], None] = lambda n: log(INFO, "fedattack: waiting for %d attack job%s ...", n,
                                                                   "" if n == 1 else "s")
+        self.heartbeat = 60.0  # seconds between "still waiting" lines while the last jobs run (0: none)
         # calibration's progress: each message, and its log level (WARNING where it was skipped)
         self.on_calibration: Callable[..., None] = lambda msg, level=INFO: log(level, "fedattack: %s", msg)
         # what the user should know before the first job (a generator trained on other images)
@@ -695,8 +696,31 @@ class Auditor:
         with self._dispatch_lock:
             self.poll()  # jobs still queued
             if self._dispatcher is not None:
-                for res in self._dispatcher.drain():
-                    self._deliver(res)
+                with self._still_waiting(self._dispatcher):
+                    for res in self._dispatcher.drain():
+                        self._deliver(res)
+
+    @contextmanager
+    def _still_waiting(self, dispatcher: Any) -> Iterator[None]:
+        """While the last jobs are collected, a line every `heartbeat` seconds: an app's log is
+        otherwise silent until a job ends, a minute or more for one attack on a big update."""
+        done = threading.Event()
+
+        def beat() -> None:
+            while not done.wait(self.heartbeat):
+                if n := dispatcher.pending():
+                    log(INFO, "fedattack: still waiting for %d attack job%s (%d done) ...", n, "" if n == 1 else "s",
+                        self.completed)
+
+        thread = threading.Thread(target=beat, name="fedattack-heartbeat", daemon=True) if self.heartbeat > 0 else None
+        if thread is not None:
+            thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            if thread is not None:
+                thread.join()
 
 
 def aggregate_truth(parts: Sequence[Truth], clients: Sequence[int | str]) -> Truth:

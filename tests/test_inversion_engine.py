@@ -209,7 +209,8 @@ def test_distances_over_all_tensors_as_the_papers_define_them(name):
     from fedattack.attacks.engine import DISTANCES
 
     gen = torch.Generator().manual_seed(3)
-    b = {"w": torch.randn(4, 3, generator=gen), "b": torch.randn(4, generator=gen), "fc": torch.randn(2, 4, generator=gen)}
+    b = {"w": torch.randn(4, 3, generator=gen), "b": torch.randn(4, generator=gen),
+         "fc": torch.randn(2, 4, generator=gen)}
     a = {k: torch.randn(v.shape, generator=gen) for k, v in b.items()}
     va, vb = (torch.cat([t[k].reshape(-1).double() for k in b]) for t in (a, b))
     expected = {"l2": ((va - vb) ** 2).sum(), "l1": (va - vb).abs().sum(),

@@ -127,10 +127,11 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         why = f" ({esc(stop.reason)})" if stop.reason else ""
         lost = (f"; {stop.abandoned_jobs} attack jobs still running then have no result" if stop.abandoned_jobs
                 else "; attack jobs still running then have no result")
+        of = f" of {header.configured_rounds}" if header.configured_rounds else ""  # an app's run may not say
+        unit = "round" if rounds_done == 1 and not of else "rounds"
         parts.append(
-            f"<div class='banner'><b>This run was interrupted</b>{why} after {rounds_done}"
-            f"{f' of {header.configured_rounds}' if header.configured_rounds else ''} "  # an app's run may not say
-            f"round{'' if rounds_done == 1 and not header.configured_rounds else 's'}. Everything below is what was recorded before it stopped "
+            f"<div class='banner'><b>This run was interrupted</b>{why} after {rounds_done}{of} {unit}. "
+            f"Everything below is what was recorded before it stopped "
             f"({len(results)} attack result{'' if len(results) == 1 else 's'}){lost}. The CSV files hold the same "
             "results.</div>")
     items = []

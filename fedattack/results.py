@@ -262,11 +262,9 @@ def _app_protocol(p: dict) -> str:
 
     steps = "local_steps" in keys or p.get("local_steps") is not None
     field = "local_steps" if steps else "local_epochs"
-    unit = "local steps" if steps else "local epochs"
-    if field in keys:
-        count = f"{unit} {value(field)}"
-    else:
-        count = f"{p.get(field)} {unit[:-1] if str(p.get(field)) == '1' else unit}"
+    unit = "local step" if steps else "local epoch"  # as RunHeader.from_config counts
+    n = p.get(field)
+    count = f"{unit}s {value(field)}" if field in keys else f"{n} {unit}{'' if str(n) == '1' else 's'}"
 
     def given(name: str) -> Any:  # the value, its train-config key in words, or 0 where neither is set
         return value(name) if name in keys else float(p.get(name) or 0)

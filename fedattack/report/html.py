@@ -136,8 +136,9 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
             "results.</div>")
     items = []
     sums = sums_only(summary)
+    idle, running = _scope(header, results) if sums else ((), ())
     if (h is None or h.audited_updates == 0) and sums:
-        big = ("No sum of updates was scored (no attack on the sum produced images)." if _scope(header, results)[1]
+        big = ("No sum of updates was scored (no attack on the sum produced images)." if running
                else "No sum of updates was scored: SecAgg+ hides each client's update in its round's sum, and no "
                     "configured attack runs on a sum.")
     elif h is None or h.audited_updates == 0:
@@ -148,7 +149,7 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         big = (f"<span class='{cls}'>{h.leaked_updates} of {h.audited_updates}</span> audited {what} "
                f"leaked at least one private image.")
     if sums:
-        items.append(esc(secagg_scope(*_scope(header, results), key="attacks" if header.sums else "audit.attacks")))
+        items.append(esc(secagg_scope(idle, running, key="attacks" if header.sums else "audit.attacks")))
     if h is not None and h.samples:
         share = num(h.exposed_share, 4, pct=True)
         items.append(f"The server recovered <b>{h.exposed_samples} of {h.samples}</b> training samples "

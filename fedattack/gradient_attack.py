@@ -27,6 +27,7 @@ from fedattack.schema import Config
 from fedattack.server.audit import Auditor, experiment_plan, make_observation
 from fedattack.server.dispatch import LocalDispatcher
 from fedattack.server.interrupt import interruption
+from fedattack.text import counted
 from fedattack.threat import Observation, Truth
 
 
@@ -107,7 +108,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
                            {"num-examples": result.num_examples, "local_steps": result.steps})
     shown = f"{result.indices[:16]}{' ...' if len(result.indices) > 16 else ''}"
     n = len(result.indices)
-    steps = (f", {result.steps} step{'' if result.steps == 1 else 's'}" if cfg.client.local_steps == 0 else "")
+    steps = (f", {counted(result.steps, 'step')}" if cfg.client.local_steps == 0 else "")
     whole = (f"; batch {cfg.client.batch_size} is more than its {n} images: each step takes all {n}"
              if cfg.client.batch_size > n else "")
     progress.print(f"victim: {n} images {shown}, {run_header(cfg.to_dict()).protocol}{steps}{whole}; "

@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from fedattack.text import counted, plural
+
 NAN = math.nan  # one object: results read back compare equal to the ones written
 
 # decimals the run directory keeps of each number of a job result
@@ -264,7 +266,7 @@ def _app_protocol(p: dict) -> str:
     field = "local_steps" if steps else "local_epochs"
     unit = "local step" if steps else "local epoch"  # as RunHeader.from_config counts
     n = p.get(field)
-    count = f"{unit}s {value(field)}" if field in keys else f"{n} {unit}{'' if str(n) == '1' else 's'}"
+    count = f"{unit}s {value(field)}" if field in keys else f"{n} {plural(1 if str(n) == '1' else 2, unit)}"
 
     def given(name: str) -> Any:  # the value, its train-config key in words, or 0 where neither is set
         return value(name) if name in keys else float(p.get(name) or 0)
@@ -327,7 +329,7 @@ class RunHeader:
         how = f" ({how})" if how else ""
         mu = float(((fl.get("strategy_args") or {}).get("proximal_mu", 0) if fl.get("strategy") == "fedprox"
                     else client.get("proximal_mu", 0)) or 0)
-        protocol = (f"{count} local {unit}{'' if count == 1 else 's'} of batch {client.get('batch_size', '?')} at lr "
+        protocol = (f"{counted(count, 'local ' + unit)} of batch {client.get('batch_size', '?')} at lr "
                     f"{client.get('lr', '?')}{how}{f', FedProx mu {mu:g}' if mu else ''}" if client else
                     _app_protocol(raw["protocol"]) if isinstance(raw.get("protocol"), dict) else "")
         attacks = [str(a) for a in audit.get("attacks") or ()]

@@ -43,6 +43,7 @@ from fedattack.report.console import Progress, add_plain_row, duration, plain_ta
 from fedattack.report.store import check_out, default_out_dir, load_run
 from fedattack.schema import SECTIONS, Config
 from fedattack.simulate import prepare
+from fedattack.text import counted
 from fedattack.validate import check_seed, first_repeat
 
 NOT_SWEPT = ("sweep", "ray")  # sections whose keys are not an experiment's
@@ -278,7 +279,7 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False, verbose: bool 
     (out_dir / "config.yaml").write_text(cfg.to_yaml())
     _place(runs, out_dir)
     seeds = sorted({r.seed for r, _ in runs})
-    progress.print(f"sweep of {key}: {len(cfg.sweep.values)} values x {len(seeds)} seed(s)"
+    progress.print(f"sweep of {key}: {len(cfg.sweep.values)} values x {counted(len(seeds), 'seed')}"
                    f"{' + a ' + reference if any(r.reference for r, _ in runs) else ''}: {len(runs)} audited runs, "
                    f"{cfg.sweep.parallel} at a time; {out_dir}")
     done: list[float] = []
@@ -401,7 +402,8 @@ def cmd_sweep(ns: argparse.Namespace) -> int:
                                         f"finished; `fedattack report {out}` re-renders it once more have")
         raise shutdown.Stopped(req.reason, req.signum)
     if answer.failed_runs:
-        raise FedattackError(f"sweep: {len(answer.failed_runs)} run(s) failed; see the logs under {out / 'runs'}")
+        raise FedattackError(f"sweep: {counted(len(answer.failed_runs), 'run')} failed; "
+                             f"see the logs under {out / 'runs'}")
     return 0
 
 

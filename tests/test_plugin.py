@@ -635,7 +635,7 @@ def test_a_client_that_trains_otherwise_than_the_protocol_says_is_named(tmp_path
         assert drew == [] and missing == []
     elif case == "three epochs":
         assert len(drew) == 1 and missing == []
-        assert "drew 6 batches where the audit replays 4 local step(s) (2 epoch(s) of batch 2 over 4 examples)" in drew[0]
+        assert "drew 6 batches where the audit replays 4 local steps (2 epochs of batch 2 over 4 examples)" in drew[0]
     else:
         assert len(missing) == 1 and "replays 1 step per epoch" in missing[0]
 

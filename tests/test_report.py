@@ -306,7 +306,7 @@ def test_the_summary_names_why_jobs_failed_also_when_quiet():
 
     progress.summary_table(Summary(header=RunHeader(), attacks={}, rounds=1, final_test_acc=None, client_errors=0,
                                    defense=None, epsilon=None))
-    assert "rgap: 2 job(s) without a reconstruction (the first: AttackFailure: reason 0)" in out.getvalue()
+    assert "rgap: 2 jobs without a reconstruction (the first: AttackFailure: reason 0)" in out.getvalue()
     assert "idlg:" not in out.getvalue()
 
 
@@ -564,7 +564,7 @@ def test_the_calibration_table_names_every_protocol_setting_it_simulated(tmp_pat
     (tmp_path / "calibration.json").write_text(json.dumps([{"attack": "invgrad", "protocol": protocol,
                                                              "skipped": "nothing to tune"}]))
     page = calibration_section(tmp_path)
-    assert "4 images, 4 step(s) in 2 epochs of batch 2 at lr 0.1, momentum 0.9, FedProx mu 0.5" in page
+    assert "4 images, 4 steps in 2 epochs of batch 2 at lr 0.1, momentum 0.9, FedProx mu 0.5" in page
     assert "weight decay" not in page
 
 

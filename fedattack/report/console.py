@@ -24,6 +24,7 @@ from fedattack.report.summary import (Summary, batch_norm_caveat, budget_caveat,
                                       sums_only)
 from fedattack.results import JobResult, RoundResult, describe_defenses
 from fedattack.schema import Config
+from fedattack.text import counted, plural
 
 STATUS_EVERY = 30.0  # seconds: the longest silence while attack jobs run
 
@@ -115,7 +116,7 @@ class Progress:
         """The run's first line: what runs, under which defense and server mode, and where it goes."""
         running = self.auditing(cfg)
         mode = server_words(cfg.server.mode)
-        self.print(f"fedattack: {cfg.fl.num_clients} clients, {cfg.fl.rounds} round(s) of {cfg.fl.strategy}, "
+        self.print(f"fedattack: {cfg.fl.num_clients} clients, {counted(cfg.fl.rounds, 'round')} of {cfg.fl.strategy}, "
                    f"{cfg.fl.clients_per_round} per round; defense: {describe_defenses(cfg.to_dict())}; "
                    f"server: {mode}; auditing with {', '.join(running) or 'nothing'}; "
                    f"run directory {run_dir}")
@@ -181,7 +182,8 @@ class Progress:
             msg = f"audit: {self.done}/{self.submitted} attack jobs done, {running} running, {left - running} queued"
             waiting_on = [a for a in self.attacks if a not in self.job_seconds]
             if self.job_seconds and waiting_on:  # a cheap attack's jobs say nothing of a costly one's
-                msg += f"; no estimate until {', '.join(waiting_on)} finish{'es' if len(waiting_on) == 1 else ''} a job"
+                finish = plural(len(waiting_on), "finishes", "finish")
+                msg += f"; no estimate until {', '.join(waiting_on)} {finish} a job"
             elif self.job_seconds:  # every update gets every attack: the attacks' means, each counted once
                 mean = sum(sum(s) / len(s) for s in self.job_seconds.values()) / len(self.job_seconds)
                 msg += (f"; about {duration(left * mean / self.concurrency)} left "
@@ -213,7 +215,7 @@ class Progress:
         """The run waits for its last attack jobs (after training)."""
         with self._lock:
             self.submitted = max(self.submitted, self.done + pending)
-        self.print(f"waiting for {pending} attack job{'' if pending == 1 else 's'}; a status line follows at least every "
+        self.print(f"waiting for {counted(pending, 'attack job')}; a status line follows at least every "
                    f"{self.status_every:.0f} s")
         self._ensure_ticker()
 
@@ -233,7 +235,7 @@ class Progress:
                                   _f(a.seconds, ".1f")])
         self.console.print(table)
         for attack, (count, first) in self.failures.items():  # shown with --quiet as well
-            self.answer(f"{attack}: {count} job(s) without a reconstruction (the first: {first})")
+            self.answer(f"{attack}: {counted(count, 'job')} without a reconstruction (the first: {first})")
         h = summary.headline
         if h is not None and h.samples:
             updates = "aggregate updates (SecAgg+ sums)" if sums_only(summary) else "updates"

@@ -27,6 +27,7 @@ from fedattack.report.images import PAD, columns
 from fedattack.report.summary import (Summary, batch_norm_caveat, budget_caveat, failed_caveat, ran_budgets,
                                       secagg_scope, sums_only)
 from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader, describe_calibration, optimizer_words
+from fedattack.text import counted, plural
 
 MAX_GALLERIES = 60  # per-update galleries shown (leaks first when there are more)
 MAX_SAMPLES = 32  # best reconstructions per sample shown
@@ -77,6 +78,13 @@ def who(client: int | str) -> str:
     return "aggregate (SecAgg sum)" if client == "aggregate" else f"client {client}"
 
 
+def rounds_of(done: int, header: RunHeader) -> str:
+    """"3 of 5 rounds", or "1 round" where the run names no round count (an app's run may not)."""
+    if header.configured_rounds:
+        return f"{done} of {counted(header.configured_rounds, 'round')}"
+    return counted(done, "round")
+
+
 def held_back(images: list[ImageRow], header: RunHeader) -> list[ImageRow]:
     """Images that meet the per-image rule (SSIM threshold, above the flat guess) in a row that
     stays within the blank-guess margin, so they are not counted as recovered."""
@@ -92,7 +100,7 @@ def verdict(r: JobResult, margin: float, held: int = 0) -> tuple[str, str]:
     if math.isnan(s.psnr):
         return "labels only", "muted"
     if r.success:
-        return f"leaked {s.recovered} of {s.num_images} image{'' if s.num_images == 1 else 's'}", "leak"
+        return f"leaked {s.recovered} of {counted(s.num_images, 'image')}", "leak"
     if math.isnan(s.margin) or s.margin <= margin:
         if held:  # say what the row holds: "no leakage" alone reads false beside a sharp image
             return (f"within the blank-guess margin as a whole; {held} image{'s' if held > 1 else ''} meet"
@@ -127,12 +135,10 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         why = f" ({esc(stop.reason)})" if stop.reason else ""
         lost = (f"; {stop.abandoned_jobs} attack jobs still running then have no result" if stop.abandoned_jobs
                 else "; attack jobs still running then have no result")
-        of = f" of {header.configured_rounds}" if header.configured_rounds else ""  # an app's run may not say
-        unit = "round" if rounds_done == 1 and not of else "rounds"
         parts.append(
-            f"<div class='banner'><b>This run was interrupted</b>{why} after {rounds_done}{of} {unit}. "
+            f"<div class='banner'><b>This run was interrupted</b>{why} after {rounds_of(rounds_done, header)}. "
             f"Everything below is what was recorded before it stopped "
-            f"({len(results)} attack result{'' if len(results) == 1 else 's'}){lost}. The CSV files hold the same "
+            f"({counted(len(results), 'attack result')}){lost}. The CSV files hold the same "
             "results.</div>")
     items = []
     sums = sums_only(summary)
@@ -153,13 +159,13 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
     if h is not None and h.samples:
         share = num(h.exposed_share, 4, pct=True)
         items.append(f"The server recovered <b>{h.exposed_samples} of {h.samples}</b> training samples "
-                     f"(<b>{share}</b> of all clients' data) over {rounds_done} round(s); {h.audited_samples} "
+                     f"(<b>{share}</b> of all clients' data) over {counted(rounds_done, 'round')}; {h.audited_samples} "
                      f"samples appeared in audited updates (exposure.csv).")
     if h is not None and h.strongest_attack:
         a = summary.attacks.get(h.strongest_attack)
         if a is not None and a.leaked:
             items.append(f"Strongest attack: <b>{esc(h.strongest_attack)}</b> &mdash; leaked {a.leaked} of "
-                         f"{a.jobs - a.failed} updates it scored, {a.recovered} image{'' if a.recovered == 1 else 's'}; "
+                         f"{a.jobs - a.failed} updates it scored, {counted(a.recovered, 'image')}; "
                          "mean PSNR margin over a "
                          f"blank guess: {num(a.margin, 2, sign=True)} dB.")
         else:
@@ -177,11 +183,10 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
                      f"of its {h.worst_client_samples} samples recovered{source} ({num(pct, 3, pct=True)}).")
     items.append(f"Defense in force: <b>{esc(header.defense)}</b>. Server: {_server(header, sums)}.")
     acc = summary.final_test_acc
-    of = f" of {header.configured_rounds}" if header.configured_rounds else ""  # an app's run may not say
     measured = acc is not None and not (isinstance(acc, float) and math.isnan(acc))
-    items.append((f"Utility: test accuracy <b>{num(acc, 3)}</b> after {rounds_done}{of} round(s)" if measured else
+    items.append((f"Utility: test accuracy <b>{num(acc, 3)}</b> after {rounds_of(rounds_done, header)}" if measured else
                   "Utility: not measured (no test split was evaluated)")
-                 + (f"; {summary.client_errors} client error{'' if summary.client_errors == 1 else 's'}"
+                 + (f"; {counted(summary.client_errors, 'client error')}"
                     + (f" (the first: {esc(summary.client_error)})" if summary.client_error else "")
                     if summary.client_errors else "") + ".")
     if summary.epsilon is not None:
@@ -195,10 +200,10 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
              f"blank guess</i>.")
     held = held_back(images, header)
     if held:
-        rules += (f" {len(held)} image(s) reached the SSIM rule in such updates and are not counted (&#9675; in the "
-                  "galleries).")
-    clients = (f" with {header.num_clients} client(s) ({header.clients_per_round} per round)" if header.num_clients
-               else "")
+        rules += (f" {counted(len(held), 'image')} reached the SSIM rule in such updates and "
+                  f"{plural(len(held), 'is', 'are')} not counted (&#9675; in the galleries).")
+    clients = (f" with {counted(header.num_clients, 'client')} ({header.clients_per_round} per round)"
+               if header.num_clients else "")
     described = [esc(header.dataset), esc(header.model), esc(header.strategy) + clients, esc(header.protocol)]
     idle = _scope(header, results)[0] if sums else ()
     facts = (", ".join(p for p in described if p) + "; attacks: "
@@ -287,8 +292,8 @@ def exposure_table(summary: Summary) -> str:
                      (num(r.best_ssim, 2), "n")])
     untouched = len([r for r in worst_clients(rows) if not (r.audited or r.recovered)])
     seen = "had an image in a scored sum of updates (SecAgg+)" if sums_only(summary) else "had an audited update scored"
-    note = (f"<p class='note'>After round {last}. Worst-exposed clients first; {untouched} client(s) never {seen}. "
-            "A sample counts once, however many rounds and attacks recovered it.</p>")
+    note = (f"<p class='note'>After round {last}. Worst-exposed clients first; {counted(untouched, 'client')} "
+            f"never {seen}. A sample counts once, however many rounds and attacks recovered it.</p>")
     return table(["client", "training samples", "in audited updates", "recovered", "recovered share",
                   "best image SSIM so far"], body) + note
 
@@ -306,7 +311,7 @@ def calibration_section(run_dir: Path) -> str:
     for r in records:
         p = r.get("protocol") or {}
         epochs = p.get("local_epochs") or 1
-        steps = (f"{epochs} epoch(s)" if p.get("local_steps") == 0 else f"{p.get('local_steps', '?')} step(s)"
+        steps = (counted(epochs, "epoch") if p.get("local_steps") == 0 else counted(p.get("local_steps", "?"), "step")
                  + (f" in {epochs} epochs" if epochs > 1 else ""))
         extras = optimizer_words(optimizer=str(p.get("optimizer", "sgd")), momentum=p.get("momentum") or 0,
                                  nesterov=bool(p.get("nesterov")), weight_decay=p.get("weight_decay") or 0)

@@ -19,6 +19,7 @@ from fedattack.attacks.scope import client_only, idle_attacks, needs_words, sum_
 from fedattack.defenses import secure_aggregation
 from fedattack.report.exposure import ALL, exposure, final, worst_clients
 from fedattack.results import ExposureRow, ImageRow, Interruption, JobResult, RoundResult, RunHeader
+from fedattack.text import plural
 
 
 def run_header(raw: dict) -> RunHeader:
@@ -168,7 +169,7 @@ def secagg_scope(idle: Sequence[str], running: Sequence[str], key: str = "audit.
         parts.append(f"{', '.join(idle)} {'does' if one else 'do'} not run ({'it needs' if one else 'each needs'} "
                      "one client's update)")
     if running:
-        parts.append(f"{', '.join(running)} attack{'s' if len(running) == 1 else ''} the sum")
+        parts.append(f"{', '.join(running)} {plural(len(running), 'attacks', 'attack')} the sum")
     else:
         hint = sum_attacks()
         add = f" (add {' or '.join(hint)} to {key}{needs_words(hint)})" if hint else ""

@@ -25,6 +25,7 @@ import numpy as np
 
 from fedattack.report.plots import save
 from fedattack.report.summary import Summary
+from fedattack.text import counted, plural
 
 NEVER = "never succeeded"
 NOT_STOPPED = "not stopped"
@@ -92,7 +93,9 @@ class Answer:
                          f" Test accuracy there: {self.acc_safe[0]:.3f}, against {self.acc_reference[0]:.3f} for the "
                          f"{self.reference}: no cost (a change of {self.cost[0]:+.3f}{spread}).")
         if self.failed_runs:
-            text += f" {len(self.failed_runs)} run(s) did not finish and are left out: {', '.join(self.failed_runs)}."
+            n = len(self.failed_runs)
+            text += (f" {counted(n, 'run')} did not finish and {plural(n, 'is', 'are')} left out: "
+                     f"{', '.join(self.failed_runs)}.")
         return text
 
 

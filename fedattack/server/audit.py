@@ -72,6 +72,7 @@ from fedattack.server.interrupt import interruption
 from fedattack.server.jobs import AttackJob
 from fedattack.server.protocol import TrainingProtocol
 from fedattack.server.sampling import SeededSampling
+from fedattack.text import counted, plural
 from fedattack.validate import first_repeat
 from fedattack.strategies import strategy_problem
 from fedattack.threat import DataSpec, ModelSpec, Observation, Protocol, Truth
@@ -213,8 +214,8 @@ class Auditor:
         self._dispatcher = dispatcher
         self.on_result = on_result or log_result
         self.on_round = on_round or log_round
-        self.on_waiting: Callable[[int], None] = lambda n: log(INFO, "fedattack: waiting for %d attack job%s ...", n,
-                                                                  "" if n == 1 else "s")
+        self.on_waiting: Callable[[int], None] = lambda n: log(INFO, "fedattack: waiting for %s ...",
+                                                                  counted(n, "attack job"))
         self.heartbeat = 60.0  # seconds between "still waiting" lines while the last jobs run (0: none)
         # calibration's progress: each message, and its log level (WARNING where it was skipped)
         self.on_calibration: Callable[..., None] = lambda msg, level=INFO: log(level, "fedattack: %s", msg)
@@ -414,7 +415,7 @@ class Auditor:
         key = "adaptive" if isinstance(self.plan.record, AppRecord) else "audit.adaptive"
         models = ", ".join(n for n in DEFENSES.names() if DEFENSES.get(n).adapt is not None)
         return (f"{key}={mode}: no defense in force has a model an adaptive attack could apply (those that do: "
-                f"{models}), so {', '.join(asked)} run{'s' if len(asked) == 1 else ''} once, as the plain attack.")
+                f"{models}), so {', '.join(asked)} {plural(len(asked), 'runs', 'run')} once, as the plain attack.")
 
     def calibration_note(self) -> str:
         """Said once before the first round where calibration settings are given but calibration
@@ -428,7 +429,7 @@ class Auditor:
         if not given:
             return ""
         key = "calibrate" if app else "audit.calibrate"
-        return (f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} set but {key} is off: no attack is "
+        return (f"{', '.join(given)} {plural(len(given), 'is', 'are')} set but {key} is off: no attack is "
                 f"calibrated ({key}={'True' if app else 'true'} turns calibration on).")
 
     # -- rounds -------------------------------------------------------------------
@@ -625,7 +626,8 @@ class Auditor:
                             "the audit counts an epoch's steps: it replays 1 step per epoch", key="no-examples")
         if record is not None and record.batches and record.batches != protocol.local_steps:
             self._warn_once(f"client {record.client}'s train function drew {record.batches} batches where the audit "
-                            f"replays {protocol.local_steps} local step(s) ({protocol.local_epochs} epoch(s) of batch "
+                            f"replays {counted(protocol.local_steps, 'local step')} "
+                            f"({counted(protocol.local_epochs, 'epoch')} of batch "
                             f"{protocol.batch_size} over {protocol.num_examples} examples): the attacks replay a "
                             "protocol the client did not follow; make the TrainingProtocol say what the train "
                             "function does", key="steps-mismatch")
@@ -709,8 +711,7 @@ class Auditor:
         def beat() -> None:
             while not done.wait(self.heartbeat):
                 if n := dispatcher.pending():
-                    log(INFO, "fedattack: still waiting for %d attack job%s (%d done) ...", n, "" if n == 1 else "s",
-                        self.completed)
+                    log(INFO, "fedattack: still waiting for %s (%d done) ...", counted(n, "attack job"), self.completed)
 
         thread = threading.Thread(target=beat, name="fedattack-heartbeat", daemon=True) if self.heartbeat > 0 else None
         if thread is not None:

@@ -37,9 +37,8 @@ def secaggplus_message_mod(msg: Message, context: Context, call_next) -> Message
         return call_next(msg, context)
 
     def legacy_train(legacy: Message, ctx: Context) -> Message:
-        weight_key = str(compat.recorddict_to_fitins(legacy.content, keep_input=True).config.get(WEIGHT_KEY,
-                                                                                                  "num-examples"))
-        reply = call_next(as_message_api(legacy), ctx)
+        train, weight_key = as_message_api(legacy)
+        reply = call_next(train, ctx)
         if reply.has_error():
             return reply
         return Message(as_fitres(reply.content, weight_key), reply_to=legacy)
@@ -47,19 +46,20 @@ def secaggplus_message_mod(msg: Message, context: Context, call_next) -> Message
     return secaggplus_mod(msg, context, legacy_train)
 
 
-def as_message_api(legacy: Message) -> Message:
-    """A legacy FitIns message as the Message-API train message it stands for."""
+def as_message_api(legacy: Message) -> tuple[Message, str]:
+    """A legacy FitIns message as the Message-API train message it stands for, and the metric
+    the strategy weighs replies by (its weighted_by_key, sent along by the server's bridge)."""
     fitins = compat.recorddict_to_fitins(legacy.content, keep_input=True)
     config = dict(fitins.config)
     keys = str(config.pop(ARRAY_KEYS, "")).split(",")
-    config.pop(WEIGHT_KEY, None)
+    weight_key = str(config.pop(WEIGHT_KEY, "num-examples"))
     array_key, _, config_key = str(config.pop(RECORD_KEYS, "arrays,config")).partition(",")
     arrays = parameters_to_ndarrays(fitins.parameters)
     if len(keys) != len(arrays):
         keys = [str(i) for i in range(len(arrays))]
     content = RecordDict({array_key or "arrays": ArrayRecord({k: Array(a) for k, a in zip(keys, arrays)}),
                           config_key or "config": ConfigRecord(config)})
-    return Message(content, metadata=legacy.metadata)
+    return Message(content, metadata=legacy.metadata), weight_key
 
 
 def as_fitres(content: RecordDict, weight_key: str = "num-examples") -> RecordDict:

@@ -37,6 +37,7 @@ from fedattack.report.store import check_out, default_out_dir, load_run, write_r
 from fedattack.server.dispatch import abandoned_threads
 from fedattack.simulate import run
 from fedattack.strategies import STRATEGIES
+from fedattack.text import counted
 
 LISTINGS: dict[str, Registry] = {"attacks": ATTACKS, "defenses": DEFENSES, "datasets": DATASETS, "models": MODELS,
                                  "strategies": STRATEGIES, "labels": LABELS, "partitioners": PARTITIONERS}
@@ -96,7 +97,7 @@ def cmd_report(ns: argparse.Namespace) -> int:
     progress = Progress()
     acc = "-" if summary.final_test_acc is None else f"{summary.final_test_acc:.3f}"
     progress.print(f"{run_dir}: server mode {summary.header.server_mode}, defense {summary.defense}, "
-                   f"{summary.rounds} rounds, final test accuracy {acc}"
+                   f"{counted(summary.rounds, 'round')}, final test accuracy {acc}"
                    + (" (interrupted)" if summary.interrupted is not None else ""))
     progress.summary_table(summary)
     progress.answer(f"report: {run_dir / 'report.html'}")

@@ -109,9 +109,9 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     shown = f"{result.indices[:16]}{' ...' if len(result.indices) > 16 else ''}"
     n = len(result.indices)
     steps = (f", {counted(result.steps, 'step')}" if cfg.client.local_steps == 0 else "")
-    whole = (f"; batch {cfg.client.batch_size} is more than its {n} images: each step takes all {n}"
-             if cfg.client.batch_size > n else "")
-    progress.print(f"victim: {n} images {shown}, {run_header(cfg.to_dict()).protocol}{steps}{whole}; "
+    whole = (f"; batch {cfg.client.batch_size} is more than its {counted(n, 'image')}: each step takes "
+             f"{'it' if n == 1 else f'all {n}'}" if cfg.client.batch_size > n else "")
+    progress.print(f"victim: {counted(n, 'image')} {shown}, {run_header(cfg.to_dict()).protocol}{steps}{whole}; "
                    f"defense: {auditor.defense}; server: {server_words(cfg.server.mode)}")
     try:
         with shutdown.cooperative():

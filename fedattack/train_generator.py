@@ -27,6 +27,7 @@ from fedattack.gradient_attack import victim_indices
 from fedattack.models.generator import TrainSettings, make_meta, save_generator, train_generator
 from fedattack.report.store import check_writable
 from fedattack.schema import Config
+from fedattack.text import counted
 from fedattack.validate import check_seed
 
 
@@ -209,8 +210,8 @@ def cmd_train_generator(ns: argparse.Namespace) -> int:
     log = (lambda msg: None) if ns.quiet else (lambda msg: print(msg, flush=True))
     log(f"train-generator: {settings.loss} on {pixels.shape[0]} images of {tuple(pixels.shape[1:])} from "
         f"{cfg.data.name} ({ns.split} split{', labels ' + ns.labels if labels else ''}"
-        f"{f', {len(dropped)} excluded' if dropped else ''}), {settings.epochs} epochs on {device}"
-        f"{'' if device.type == 'cuda' else f', {torch.get_num_threads()} torch thread(s)'}")
+        f"{f', {len(dropped)} excluded' if dropped else ''}), {counted(settings.epochs, 'epoch')} on {device}"
+        f"{'' if device.type == 'cuda' else ', ' + counted(torch.get_num_threads(), 'torch thread')}")
     with TrainingProgress(settings.epochs, quiet=ns.quiet) as bar:
         G, stats = train_generator(pixels, settings, seed=seed, device=device, log=bar.log)
     meta = make_meta(G, settings, pixels.shape[1], dataset=cfg.data.name, split=ns.split,

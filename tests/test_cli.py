@@ -103,6 +103,16 @@ def test_attack_mode_writes_the_run_files_and_report_rerenders(tmp_path, capsys)
     assert "no sweep.json" in capsys.readouterr().err
 
 
+def test_attack_mode_on_one_image_counts_it_as_one_and_says_why_rgap_fails(tmp_path, capsys):
+    out = tmp_path / "one"
+    code = main(["attack", "audit.attacks=[rgap]", "victim.indices=[3]", "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "victim: 1 image [3], 2 local steps of batch 2 at lr 0.1; batch 2 is more than its 1 image: each step " \
+           "takes it;" in printed
+    assert "rgap inverts one sample's gradient in one step; this update covers 1 example in 2 local steps" in printed
+
+
 def test_refuses_a_non_empty_out_dir(tmp_path, capsys):
     (tmp_path / "keep.txt").write_text("mine")
     assert main(["attack", "audit.attacks=[idlg]", "--out", str(tmp_path), "--quiet"]) == 2

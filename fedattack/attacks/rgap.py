@@ -37,6 +37,7 @@ from fedattack.attacks.labels import recover_labels
 from fedattack.errors import AttackFailure
 from fedattack.models import build_model
 from fedattack.validate import check_range
+from fedattack.text import counted
 from fedattack.threat import Observation, Reconstruction
 
 
@@ -245,8 +246,8 @@ def solve_layer(layer: Layer, z: torch.Tensor, slope: torch.Tensor, delta: torch
 def rgap(obs: Observation, params: RGAPParams, ctx: AttackContext) -> Reconstruction:
     n = obs.protocol.num_examples or obs.protocol.batch_size
     if n != 1 or max(1, obs.protocol.local_steps) != 1:
-        raise AttackFailure(f"rgap inverts one sample's gradient; this update covers {n} examples in "
-                         f"{obs.protocol.local_steps} local steps")
+        raise AttackFailure(f"rgap inverts one sample's gradient in one step; this update covers "
+                            f"{counted(n, 'example')} in {counted(obs.protocol.local_steps, 'local step')}")
     model = build_model(obs.model).double().to(ctx.device)
     model.load_state_dict({**obs.buffers, **obs.global_params}, strict=False)
     model.eval()

@@ -180,7 +180,7 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         pct = h.worst_client_recovered / h.worst_client_samples if h.worst_client_samples else None
         source = " from the sums" if sums else ""
         items.append(f"Worst-exposed client: <b>{esc(who(h.worst_client))}</b> &mdash; {h.worst_client_recovered} "
-                     f"of its {h.worst_client_samples} samples recovered{source} ({num(pct, 3, pct=True)}).")
+                     f"of its {counted(h.worst_client_samples, 'sample')} recovered{source} ({num(pct, 3, pct=True)}).")
     items.append(f"Defense in force: <b>{esc(header.defense)}</b>. Server: {_server(header, sums)}.")
     acc = summary.final_test_acc
     measured = acc is not None and not (isinstance(acc, float) and math.isnan(acc))
@@ -316,7 +316,7 @@ def calibration_section(run_dir: Path) -> str:
         extras = optimizer_words(optimizer=str(p.get("optimizer", "sgd")), momentum=p.get("momentum") or 0,
                                  nesterov=bool(p.get("nesterov")), weight_decay=p.get("weight_decay") or 0)
         extras += [f"FedProx mu {p['proximal_mu']:g}"] if p.get("proximal_mu") else []
-        setting = (f"{p.get('num_examples', '?')} images, {steps} of batch {p.get('batch_size', '?')} "
+        setting = (f"{counted(p.get('num_examples', '?'), 'image')}, {steps} of batch {p.get('batch_size', '?')} "
                    f"at lr {p.get('lr', '?')}" + "".join(f", {e}" for e in extras))
         fresh = ""
         if r.get("skipped"):
@@ -498,7 +498,8 @@ def render(run_dir: str | Path, *, results: list[JobResult], rounds: list[RoundR
         f"<style>{STYLE}</style></head><body>",
         "<h1>What leaked?</h1>",
         headline(summary, results, images),
-        "".join(f"<p class='note'><b>Scores unavailable</b> for {sum(r.unscored == u for r in results)} jobs: "
+        "".join(f"<p class='note'><b>Scores unavailable</b> for "
+                f"{counted(sum(r.unscored == u for r in results), 'job')}: "
                 f"{esc(u)}. Their reconstructions are in reconstructions/ and images/.</p>" for u in unscored),
         "<h2>Clients &times; rounds</h2>",
         matrix(results, summary.header.configured_rounds),

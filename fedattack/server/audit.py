@@ -362,9 +362,9 @@ class Auditor:
         try:
             cases, held_out = judges(observation, images, labels, cases=opts.calibration_cases,
                                      min_images=opts.calibration_images, seed=self.plan.seed)
-            say(f"calibrating {attack} before its first jobs: up to {opts.calibration_budget} settings on "
-                f"{len(cases.cases)} simulated updates of this protocol (once per model, protocol, defense and band "
-                f"of client sizes)")
+            say(f"calibrating {attack} before its first jobs: up to {counted(opts.calibration_budget, 'setting')} on "
+                f"{counted(len(cases.cases), 'simulated update')} of this protocol (once per model, protocol, defense "
+                "and band of client sizes)")
             ctx = AttackContext(seed=self.plan.seed, labels=opts.labels)
             cal = calibrate(attack, params, cases, budget=opts.calibration_budget, ctx=ctx, held_out=held_out,
                             on_trial=on_trial, check=shutdown.check,

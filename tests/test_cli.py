@@ -111,6 +111,8 @@ def test_attack_mode_on_one_image_counts_it_as_one_and_says_why_rgap_fails(tmp_p
     assert "victim: 1 image [3], 2 local steps of batch 2 at lr 0.1; batch 2 is more than its 1 image: each step " \
            "takes it;" in printed
     assert "rgap inverts one sample's gradient in one step; this update covers 1 example in 2 local steps" in printed
+    page = (out / "report.html").read_text()
+    assert "over 1 round; 1 sample appeared in audited updates" in page
 
 
 def test_refuses_a_non_empty_out_dir(tmp_path, capsys):

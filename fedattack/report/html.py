@@ -159,8 +159,8 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
     if h is not None and h.samples:
         share = num(h.exposed_share, 4, pct=True)
         items.append(f"The server recovered <b>{h.exposed_samples} of {h.samples}</b> training samples "
-                     f"(<b>{share}</b> of all clients' data) over {counted(rounds_done, 'round')}; {h.audited_samples} "
-                     f"samples appeared in audited updates (exposure.csv).")
+                     f"(<b>{share}</b> of all clients' data) over {counted(rounds_done, 'round')}; "
+                     f"{counted(h.audited_samples, 'sample')} appeared in audited updates (exposure.csv).")
     if h is not None and h.strongest_attack:
         a = summary.attacks.get(h.strongest_attack)
         if a is not None and a.leaked:

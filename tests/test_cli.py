@@ -105,7 +105,8 @@ def test_attack_mode_writes_the_run_files_and_report_rerenders(tmp_path, capsys)
 
 def test_attack_mode_on_one_image_counts_it_as_one_and_says_why_rgap_fails(tmp_path, capsys):
     out = tmp_path / "one"
-    code = main(["attack", "audit.attacks=[rgap,invgrad]", "invgrad.iterations=2", "victim.indices=[3]", "--out", str(out)])
+    code = main(["attack", "audit.attacks=[rgap,invgrad]", "invgrad.iterations=2", "victim.indices=[3]",
+                 "--out", str(out)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "victim: 1 image [3], 2 local steps of batch 2 at lr 0.1; batch 2 is more than its 1 image: each step " \

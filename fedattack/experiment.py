@@ -17,9 +17,9 @@ from fedattack.attacks import ATTACKS
 from fedattack.data import ImageData, load_dataset, partition
 from fedattack.data.datasets import Splits
 from fedattack.defenses import DEFENSES
-from fedattack.models import build_model
+from fedattack.models import MODELS, build_model, own_module_class
 from fedattack.schema import Config
-from fedattack.threat import DefenseSetting, ModelSpec
+from fedattack.threat import DefenseSetting, ModelSpec, ModuleSource
 
 
 @dataclass
@@ -58,9 +58,11 @@ def model_spec(cfg: Config, splits: Splits) -> ModelSpec:
             if ext:
                 extensions.append((ext, json.dumps(asdict(cfg.attack(a)), sort_keys=True)))
     spec = splits.train.spec
+    builder = MODELS.get(cfg.model.name)
+    own = ModuleSource(factory=builder) if own_module_class(builder) else None  # built as the class's own ()
     return ModelSpec(name=cfg.model.name, activation=cfg.model.activation, num_classes=spec.num_classes,
                      in_shape=spec.shape, width=cfg.model.width, init=cfg.model.init,
-                     init_scale=cfg.model.init_scale, extensions=tuple(extensions))
+                     init_scale=cfg.model.init_scale, extensions=tuple(extensions), module=own)
 
 
 def build(cfg: Config, *, partitions: bool = True) -> Experiment:

@@ -34,6 +34,9 @@ from fedattack.threat import ModelSpec
 
 MODEL_CONTRACT = ("a model factory is called as fn(in_shape, num_classes, act, width=...), act being a "
                   "zero-argument callable that returns a new activation module (call act() per layer)")
+OWN_CLASS_CONTRACT = ("a model class of your own that takes no arguments is built as cls() and must take the "
+                      "dataset's images and return their logits; set data.image_size (and use a dataset of as "
+                      "many classes) to match it")
 MEMORY_SHARE = 0.8  # of the memory available now that one training batch may need
 GIB = 1024 ** 3
 REAL_TRACE_VALUES = 3 * 256 * 256  # image size (values) up to which `footprint` runs the model for real
@@ -125,9 +128,10 @@ def _model_error(exp: Experiment, where: str, exc: BaseException | None) -> Conf
     if "more than 1 value per channel" in line:  # BatchNorm on a 1x1 map, one image per batch
         return ConfigError("client.batch_size", f"model '{exp.cfg.model.name}' cannot train on one image at a "
                                                f"time on {where} ({what}); set client.batch_size >= 2")
-    field = "data.image_size" if _too_small(exc) else "model.name"
-    return ConfigError(field, f"model '{exp.cfg.model.name}' cannot be built for {where} ({what}); "
-                              + ("raise data.image_size" if field == "data.image_size" else MODEL_CONTRACT))
+    own = exp.model_spec.module is not None
+    field = "data.image_size" if _too_small(exc) and not own else "model.name"
+    hint = "raise data.image_size" if field == "data.image_size" else OWN_CLASS_CONTRACT if own else MODEL_CONTRACT
+    return ConfigError(field, f"model '{exp.cfg.model.name}' cannot be built for {where} ({what}); {hint}")
 
 
 def _too_small(exc: BaseException | None) -> bool:

@@ -234,6 +234,10 @@ BAD_INPUTS = [
     ("run", ["model.name=tests.plugins.models:pairs"], "model.name"),
     ("run", ["model.name=tests.plugins.models:extra_logits"], "model.name"),
     ("attack", ["model.name=tests.plugins.models:pooled_to_one", "client.batch_size=1"], "client.batch_size"),
+    ("attack", ["model.name=tests.plugins.models:QuickstartNet"], "model.name"),  # 7 classes, 3x32x32; lfw: 2, 1x32x32
+    ("attack", ["model.name=tests.plugins.models:QuickstartNet", "data.name=photos", "data.image_size=28"],
+     "model.name"),
+    ("attack", ["model.name=tests.plugins.models:QuickstartNet", "data.name=photos", "model.width=4"], "model.width"),
     ("attack", ["client.defenses=[secagg]"], "client.defenses"),
     ("run", ["audit.attacks=[idlg,rtf]"], "server.mode"),
     ("attack", ["audit.labels=foo"], "audit.labels"),
@@ -343,6 +347,20 @@ def test_attack_mode_reports_the_victims_dp_sgd_epsilon(tmp_path):
     assert float(rows[0]["epsilon"]) > 0
     assert json.loads((out / "summary.json").read_text())["epsilon"] == pytest.approx(float(rows[0]["epsilon"]),
                                                                                        rel=1e-3)
+
+
+def test_a_model_class_of_the_users_own_that_takes_no_arguments_is_audited_reproducibly(tmp_path):
+    """Flower's quickstart `Net` as its users write it (no arguments: its own input size and
+    classes) plugs in by import path; one seed gives it the same weights, so the same numbers."""
+    rows = []
+    for out in (tmp_path / "a", tmp_path / "b"):
+        assert main(["attack", "model.name=tests.plugins.models:QuickstartNet", "data.name=photos",
+                     "client.batch_size=1", "client.local_steps=1", "audit.attacks=[invgrad,rgap]",
+                     "invgrad.iterations=3", "--out", str(out), "--quiet"]) == 0
+        rows.append({r["attack"]: r for r in csv.DictReader((out / "leakage.csv").open())})
+    assert rows[0]["invgrad"]["status"] == "ok" and rows[0]["invgrad"]["psnr"] == rows[1]["invgrad"]["psnr"]
+    assert rows[0]["rgap"]["status"] == "failed" and "MaxPool2d" in rows[0]["rgap"]["error"]
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["model"] == "tests.plugins.models:QuickstartNet"
 
 
 @pytest.mark.parametrize("factory", ["lazy_cnn", "pooled_to_one"])

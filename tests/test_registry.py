@@ -87,8 +87,13 @@ def test_a_wrong_model_plug_in_is_told_what_to_give_instead():
                                           r"taking \(in_shape, num_classes, act\)$"):
         MODELS.get("tests.plugins.models:INSTANCE")
     with pytest.raises(ConfigError, match=r"does not take the 3 positional arguments a model receives "
-                                          r"\(in_shape, num_classes, act\)$"):
+                                          r"\(in_shape, num_classes, act\), nor is it a torch.nn.Module class of "
+                                          r"your own that takes none$"):
         MODELS.get("tests.plugins.models:no_arguments")
+    with pytest.raises(ConfigError, match=r"the class tests.plugins.models.NeedsDepth, which does not take the 3 "
+                                          r"positional arguments"):
+        MODELS.get("tests.plugins.models:NeedsDepth")  # a class with arguments of its own
+    assert MODELS.get("tests.plugins.models:QuickstartNet") is not None
     with pytest.raises(ConfigError, match=r"No module named 'no_such_pkg'; run from the folder that holds it, or "
                                           r"add that folder to PYTHONPATH\)$"):
         MODELS.get("no_such_pkg:thing")

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from fedattack.errors import ConfigError
-from fedattack.registry import Registry
+from fedattack.registry import Registry, plain_callable
 
 ACTIVATIONS: Registry[Callable[[], nn.Module]] = Registry("activation", "model.activation")
 ACTIVATIONS.register("sigmoid", nn.Sigmoid, doc="logistic sigmoid (DLG's LeNet)")
@@ -22,7 +22,28 @@ ACTIVATIONS.register("tanh", nn.Tanh, doc="hyperbolic tangent")
 ACTIVATIONS.register("relu", nn.ReLU, doc="rectified linear unit")
 ACTIVATIONS.register("leakyrelu", lambda: nn.LeakyReLU(0.2), doc="leaky ReLU, slope 0.2")
 
-MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "model.name")
+BUILDER_ARGS = ("in_shape", "num_classes", "act")  # a model builder's positional arguments
+
+
+def own_module_class(obj: object) -> bool:
+    """Whether `obj` is a model class of the user's own that takes no arguments, as Flower's
+    quickstart `Net` is: it fixes its own input size and classes, and is built as `obj()`."""
+    return (inspect.isclass(obj) and issubclass(obj, nn.Module) and not obj.__module__.startswith("torch")
+            and plain_callable(obj, 0, "model") is None)
+
+
+def _model_or_builder(obj: object) -> str | None:
+    """`model.name`'s import paths: a builder fn(in_shape, num_classes, act, width=...), or a
+    model class of the user's own that takes no arguments."""
+    if own_module_class(obj):
+        return None
+    problem = plain_callable(obj, len(BUILDER_ARGS), "model", names=BUILDER_ARGS)
+    if problem and "positional arguments" in problem:
+        problem += ", nor is it a torch.nn.Module class of your own that takes none"
+    return problem
+
+
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model", "model.name", accepts=_model_or_builder)
 
 # name -> fn(model, scale): re-initializes a built model's weights in place
 INITIALIZERS: Registry[Callable[[nn.Module, float], None]] = Registry("initialization", "model.init")
@@ -46,7 +67,8 @@ def check_width(name: str, width: int | None) -> None:
         return
     if width <= 0:
         raise ConfigError("model.width", f"must be > 0, got {width}")
-    if "width" not in inspect.signature(MODELS.get(name)).parameters:
+    builder = MODELS.get(name)
+    if own_module_class(builder) or "width" not in inspect.signature(builder).parameters:
         raise ConfigError("model.width", f"model '{name}' has no width parameter; leave model.width unset")
 
 

@@ -29,7 +29,7 @@ def build_model(spec: ModelSpec, *, seed: int | None = None) -> nn.Module:
         builder = MODELS.get(spec.name)
         extra = {} if spec.width is None else {"width": spec.width}
         model = builder(tuple(spec.in_shape), spec.num_classes, ACTIVATIONS.get(spec.activation), **extra)
-        INITIALIZERS.get(spec.init)(model, spec.init_scale)
+    INITIALIZERS.get(spec.init)(model, spec.init_scale)
     materialize(model, tuple(spec.in_shape))
     for name, params_json in spec.extensions:
         model = EXTENSIONS.get(name)(model, tuple(spec.in_shape), spec.num_classes, **json.loads(params_json))

@@ -71,3 +71,30 @@ INSTANCE = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))  # a model, no
 
 def no_arguments():
     return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))
+
+
+class QuickstartNet(nn.Module):
+    """Flower's quickstart-pytorch `Net` as its users write it: no arguments, its own input size
+    (3x32x32) and classes (7 here, as the bundled photos have), max-pooling and ReLU."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 5)
+        self.pool = nn.MaxPool2d(2, 2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.fc1 = nn.Linear(16 * 5 * 5, 120)
+        self.fc2 = nn.Linear(120, 84)
+        self.fc3 = nn.Linear(84, 7)
+
+    def forward(self, x):
+        x = self.pool(nn.functional.relu(self.conv1(x)))
+        x = self.pool(nn.functional.relu(self.conv2(x)))
+        x = x.view(-1, 16 * 5 * 5)
+        x = nn.functional.relu(self.fc1(x))
+        return self.fc3(nn.functional.relu(self.fc2(x)))
+
+
+class NeedsDepth(nn.Module):
+    def __init__(self, depth):
+        super().__init__()
+        self.fc = nn.Linear(3 * 32 * 32, depth)

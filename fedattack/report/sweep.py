@@ -281,21 +281,26 @@ def plot_protocol(path: Path, points: dict[str, list[dict]], values: list, key: 
 
 def plot_frontier(path: Path, points: dict[str, list[dict]], answer: Answer, reference: list[SweepRun]) -> None:
     """Test accuracy against leakage (PSNR margin over the blank guess; recovery rate), one
-    line per attack through the values, breaking points circled, the reference as a star."""
+    line per attack through the values, breaking points circled, the reference as a star in each
+    attack's colour. Value labels stack upwards by attack, so attacks that meet at one point (the
+    weakest setting often leaks alike) keep their labels apart."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    for attack, pts in points.items():
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    colours: dict[str, str] = {}
+    for i, (attack, pts) in enumerate(points.items()):
         for ax, k, scale in ((axes[0], "margin", 1), (axes[1], "rate", 100)):
             xs = [scale * p[k][0] for p in pts]
             ys = [p["acc"][0] for p in pts]
-            ax.errorbar(xs, ys, xerr=[scale * p[k][1] for p in pts], yerr=[p["acc"][1] for p in pts], marker="o",
-                        capsize=2, label=attack)
+            bars = ax.errorbar(xs, ys, xerr=[scale * p[k][1] for p in pts], yerr=[p["acc"][1] for p in pts],
+                               marker="o", capsize=2, label=attack)
+            colours[attack] = bars[0].get_color()
             for p, x, y in zip(pts, xs, ys):
-                ax.annotate(fmt_value(p["value"]), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+                ax.annotate(fmt_value(p["value"]), (x, y), fontsize=7, xytext=(3, 3 + 8 * i),
+                            textcoords="offset points", color=colours[attack])
                 if answer.breaking.get(attack) == fmt_value(p["value"]):
                     ax.scatter([x], [y], s=180, facecolors="none", edgecolors="red", zorder=3)
     refs = [r.summary for r in reference if r.summary is not None]
@@ -308,9 +313,10 @@ def plot_frontier(path: Path, points: dict[str, list[dict]], answer: Answer, ref
                      100 * np.mean([v.recovered / v.images for v in a if v.images]) if any(v.images for v in a)
                      else math.nan)
                 if acc and not math.isnan(x):
-                    ax.scatter([x], [np.mean(acc)], marker="*", s=140, color="black", zorder=4)
-                    ax.annotate(name, (x, np.mean(acc)), fontsize=7, xytext=(4, -9), textcoords="offset points")
-        axes[0].scatter([], [], marker="*", s=100, color="black", label=answer.reference)
+                    ax.scatter([x], [np.mean(acc)], marker="*", s=160, color=colours.get(name, "black"),
+                               edgecolors="black", linewidths=0.6, zorder=4)
+        axes[0].scatter([], [], marker="*", s=100, color="white", edgecolors="black", linewidths=0.6,
+                        label=f"{answer.reference} (in each attack's colour)")
     axes[0].axvline(0.5, color="grey", ls=":", lw=1)
     axes[0].set(xlabel="PSNR margin over a blank guess (dB), mean over seeds", ylabel="final test accuracy",
                 title=f"Privacy-utility frontier: {answer.key}")
@@ -318,9 +324,12 @@ def plot_frontier(path: Path, points: dict[str, list[dict]], answer: Answer, ref
     axes[1].set_xlim(left=0, right=max(1.0, axes[1].get_xlim()[1]))  # a share: never below 0 %
     for ax in axes:
         ax.grid(alpha=0.3)
-    if axes[0].get_legend_handles_labels()[0]:
-        axes[0].legend(fontsize=8, title="red circle: breaking point", title_fontsize=8)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    rows = 1 + len(handles) // 5
+    if handles:  # below the plots: inside, it covers the points at the strongest settings
+        fig.legend(handles, labels, loc="lower center", ncol=min(5, len(handles)), fontsize=8,
+                   title="red circle: breaking point", title_fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.07 + 0.05 * rows if handles else 0, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
 

@@ -10,5 +10,5 @@ from fedattack.models.architectures import ACTIVATIONS, INITIALIZERS, MODELS, ch
 from fedattack.models.build import batch_norm_layers, buffers, build_model, float_params
 from fedattack.models.extensions import EXTENSIONS
 
-__all__ = ["ACTIVATIONS", "INITIALIZERS", "MODELS", "EXTENSIONS", "check_width", "own_module_class", "build_model", "float_params",
-           "buffers", "batch_norm_layers"]
+__all__ = ["ACTIVATIONS", "INITIALIZERS", "MODELS", "EXTENSIONS", "check_width", "own_module_class", "build_model",
+           "float_params", "buffers", "batch_norm_layers"]

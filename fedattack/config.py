@@ -107,6 +107,20 @@ def _section_name(registry: Any, name: str) -> str:
     return own if isinstance(own, str) else name
 
 
+def listed_twice(registry: Any, listed: list) -> tuple[str, str] | None:
+    """Where `listed` names one plug-in twice, by the same name or by its name and its import
+    path (`mine` and `mypkg.attacks:mine`): what was listed, in words, and its section; None
+    where each plug-in is listed once."""
+    sections = [_section_name(registry, name) for name in listed]
+    twice = first_repeat(sections)
+    if twice is None:
+        return None
+    given = [name for name, section in zip(listed, sections) if section == twice][:2]
+    said = f"'{given[0]}' is listed twice" if given[0] == given[1] else \
+        f"'{given[0]}' and '{given[1]}' name the same plug-in"
+    return said, twice
+
+
 def plugin_section(registry: Any, name: str, raw: Any) -> Any:
     """One plug-in's parameter section (`raw`, a mapping), built and checked as a config's
     sections are: its own fields only, without a whole config's rules between sections."""
@@ -444,18 +458,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError("client.momentum", f"is sgd's; {cfg.client.optimizer} keeps its own moment estimates "
                                              "(allowed: client.momentum=0, or client.optimizer=sgd)")
     check_proximal(cfg)
-    repeated = first_repeat(cfg.client.defenses)
+    repeated = listed_twice(DEFENSES, cfg.client.defenses)
     if repeated is not None:
-        raise ConfigError("client.defenses", f"'{repeated}' is listed twice; each defense applies once (its section, "
-                                             f"e.g. {repeated}.*, sets how)")
+        raise ConfigError("client.defenses", f"{repeated[0]}; each defense applies once (its section, "
+                                             f"e.g. {repeated[1]}.*, sets how)")
     for d in cfg.client.defenses:
         cfg.defense_params.setdefault(d, DEFENSES.get(d).params())
     for a in cfg.audit.attacks:
         cfg.attack_params.setdefault(a, ATTACKS.get(a).params())
-    twice = first_repeat(cfg.audit.attacks)
+    twice = listed_twice(ATTACKS, cfg.audit.attacks)
     if twice is not None:
-        raise ConfigError("audit.attacks", f"'{twice}' is listed twice; each attack runs once per update (its "
-                                           f"section, e.g. {twice}.iterations, sets how)")
+        raise ConfigError("audit.attacks", f"{twice[0]}; each attack runs once per update (its "
+                                           f"section, e.g. {twice[1]}.iterations, sets how)")
     check_choice("audit", "adaptive", cfg.audit.adaptive, ["off", "on", "both"])
     check_range("audit", "every", cfg.audit.every, 0)
     check_range("audit", "max_clients", cfg.audit.max_clients, 0)

@@ -242,6 +242,9 @@ BAD_INPUTS = [
     ("run", ["audit.attacks=[idlg,rtf]"], "server.mode"),
     ("attack", ["audit.labels=foo"], "audit.labels"),
     ("attack", ["audit.attacks=[idlg,idlg]"], "audit.attacks"),
+    ("run", ["audit.attacks=[tests.plugins.failing:boom,boom]"], "audit.attacks"),  # one attack, named twice
+    ("run", ["audit.attacks=[fedattack.attacks.invgrad:invgrad,invgrad]"], "audit.attacks"),
+    ("run", ["client.defenses=[tests.plugins.defense:drop_head,drop-head]"], "client.defenses"),
     ("run", ["client.defenses=[secagg]", "fl.clients_per_round=1"], "fl.clients_per_round"),
     ("run", ["client.defenses=[secagg]", "secagg.num_shares=6", "secagg.reconstruction_threshold=5"],
      "secagg.reconstruction_threshold"),

@@ -179,3 +179,17 @@ def test_an_unknown_strategy_argument_lists_only_the_arguments_one_may_set():
     allowed = str(e.value).split("allowed: ")[1].split(", ")
     assert "proximal_mu" in allowed and "fraction_evaluate" in allowed
     assert not {"fraction_train", "min_train_nodes", "min_available_nodes"} & set(allowed)  # set from fl.* instead
+
+
+def test_a_plug_in_named_by_its_name_and_by_its_path_is_listed_twice():
+    from fedattack.attacks import ATTACKS
+    from fedattack.config import listed_twice
+    from fedattack.defenses import DEFENSES
+
+    import tests.plugins.defense  # noqa: F401 - its DefenseSpec is a module attribute, registered by path
+
+    assert listed_twice(ATTACKS, ["idlg", "invgrad"]) is None
+    assert listed_twice(ATTACKS, ["idlg", "idlg"]) == ("'idlg' is listed twice", "idlg")
+    assert listed_twice(ATTACKS, ["tests.plugins.failing:boom", "idlg", "boom"]) == (
+        "'tests.plugins.failing:boom' and 'boom' name the same plug-in", "boom")
+    assert listed_twice(DEFENSES, ["tests.plugins.defense:drop_head", "gaussian"]) is None

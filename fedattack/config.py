@@ -29,7 +29,7 @@ from fedattack.errors import ConfigError
 from fedattack.models import ACTIVATIONS, INITIALIZERS, MODELS, check_width
 from fedattack.models.generator import check_checkpoint
 from fedattack.schema import SECTIONS, Config
-from fedattack.strategies import STRATEGIES, check_strategy_args
+from fedattack.strategies import STRATEGIES, check_replies, check_strategy_args
 from fedattack.validate import check_between, check_choice, check_range, check_seed, first_repeat
 
 # shipped inside the package (an installed wheel has it too); configs/default.yaml at the top of
@@ -441,6 +441,7 @@ def validate(cfg: Config) -> None:
             if arg in cfg.fl.strategy_args:
                 raise ConfigError(f"fl.strategy_args.{arg}", f"is set from {keys}, which the run's sampling, "
                                                              f"partitions and report follow; set {keys} instead")
+    check_replies(cfg.fl.strategy, cfg.fl.strategy_args or {}, cfg.fl.clients_per_round)
     check_range("fl", "client_cpus", cfg.fl.client_cpus, 0)
     check_range("fl", "client_gpus", cfg.fl.client_gpus, 0)
     check_range("fl", "evaluate_every", cfg.fl.evaluate_every, 0)

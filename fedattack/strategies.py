@@ -50,6 +50,21 @@ for _name, _cls in {
     STRATEGIES.register(_name, _cls, doc=f"flwr {_cls.__name__}")
 
 
+def check_replies(name: str, args: dict, clients_per_round: int) -> None:
+    """A strategy that needs more replies per round than the round samples (Flower's Bulyan:
+    4 * num_malicious_nodes + 3) skips every aggregation and the model never trains: refused."""
+    target = STRATEGIES.find(name)
+    if not (inspect.isclass(target) and issubclass(target, fs.Bulyan)):
+        return
+    malicious = args.get("num_malicious_nodes", 0)
+    need = 4 * malicious + 3 if isinstance(malicious, int) else 3
+    if clients_per_round < need:
+        raise ConfigError("fl.clients_per_round", f"{name} aggregates only {need} or more replies "
+                                                  f"(4 * num_malicious_nodes + 3, num_malicious_nodes={malicious}) "
+                                                  f"and otherwise skips the round, so the model would never "
+                                                  f"change; allowed: fl.clients_per_round >= {need}")
+
+
 def check_strategy_args(name: str, args: dict, field: str = "fl.strategy_args", unlisted: tuple[str, ...] = ()
                         ) -> None:
     """Every key of `fl.strategy_args` is a keyword argument of the strategy (unless it takes

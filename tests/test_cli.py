@@ -256,6 +256,9 @@ BAD_INPUTS = [
     ("attack", ["fl.strategy=fedprox"], "fl.strategy"),
     ("run", ["fl.strategy=fedprox", "fl.strategy_args={proximal_mu: -1}"], "fl.strategy_args.proximal_mu"),
     ("run", ["fl.strategy=fedprox", "client.proximal_mu=0.1"], "client.proximal_mu"),
+    ("run", ["fl.strategy=bulyan"], "fl.clients_per_round"),  # 2 replies: Flower's Bulyan skips every round
+    ("run", ["fl.strategy=bulyan", "fl.clients_per_round=4", "fl.strategy_args={num_malicious_nodes: 1}"],
+     "fl.clients_per_round"),
     ("run", ["client.proximal_mu=0.1", "client.defenses=[dpsgd]"], "client.defenses"),
     ("attack", ["fl.rounds=3"], "fl.rounds"),
     ("run", ["fl.rounds"], "fl.rounds"),  # a forgotten value is not a config file's name

@@ -193,3 +193,13 @@ def test_a_plug_in_named_by_its_name_and_by_its_path_is_listed_twice():
     assert listed_twice(ATTACKS, ["tests.plugins.failing:boom", "idlg", "boom"]) == (
         "'tests.plugins.failing:boom' and 'boom' name the same plug-in", "boom")
     assert listed_twice(DEFENSES, ["tests.plugins.defense:drop_head", "gaussian"]) is None
+
+
+def test_bulyan_needs_as_many_replies_as_flower_aggregates():
+    from fedattack.strategies import check_replies
+
+    check_replies("bulyan", {}, 3)  # 4 * 0 + 3
+    check_replies("bulyan", {"num_malicious_nodes": 1}, 7)
+    check_replies("krum", {}, 2)  # Krum, MultiKrum and the others aggregate two replies
+    with pytest.raises(ConfigError, match=r"^fl.clients_per_round: .*allowed: fl.clients_per_round >= 7$"):
+        check_replies("bulyan", {"num_malicious_nodes": 1}, 6)

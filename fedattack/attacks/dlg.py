@@ -7,6 +7,11 @@ line search L-BFGS can leave a near-perfect match and wander off once the loss i
 each run ends on the best iterate it saw: in DLG's setting on 32-px LFW faces, 7 of 10
 faces are then recovered at >= 30 dB, against 1 of 10 when the run ends on its last iterate.
 `line_search=strong_wolfe` (not the authors' choice) needs 1.9-2.7x fewer evaluations there.
+Most random starts in that setting stall on a plateau from their first steps, where a start
+that matches falls a hundredfold in ten: a stalled start hands its remaining steps to a fresh
+one (`restart_stalled`, see optimize.run_lbfgs). On faces 0-7 of seed 0 (32 px, one image),
+iDLG then recovers 8 of 8 at 60-76 dB in about 6 s each, against 1 of the first 6 with one
+start; DLG 6 of 6 (faces 0-5).
 iDLG first reads the labels off the last layer's gradient (`audit.labels`, see
 fedattack.attacks.labels) and optimizes the images only.
 Several local steps are modelled by simulating them on the dummy data (one step is the
@@ -38,6 +43,7 @@ class DLGParams:
     line_search: str = "none"  # L-BFGS: none (fixed steps of lr, as DLG's code) | strong_wolfe
     tolerance_grad: float = 1e-7  # L-BFGS: a step's inner evaluations end at this gradient (torch's default)
     tolerance_change: float = 1e-9  # ... or at this change of the loss (torch's default; 0: always max_iter)
+    restart_stalled: bool = True  # L-BFGS: a start that stalls far from a match gives its remaining steps to a new one
 
     def validate(self, name: str) -> None:
         check_range(name, "iterations", self.iterations, 1)
@@ -58,18 +64,24 @@ class DLGParams:
 def invert(obs: Observation, params: DLGParams, ctx: AttackContext, labels=None) -> Reconstruction:
     """DLG's optimization; with `labels`, they are fixed and only images are optimized."""
     problem = matching(obs, ctx.device, params.loss)
-    u = init_unknowns(obs.data, num_images(obs), params.restarts, labels, ctx.generator(), ctx.device)
-    steps = [params.iterations] * params.restarts
+    gen = ctx.generator()
+    u = init_unknowns(obs.data, num_images(obs), params.restarts, labels, gen, ctx.device)
+    steps, starts = [params.iterations] * params.restarts, [1] * params.restarts
     if params.optimizer == "lbfgs":
-        final, steps = run_lbfgs(problem, u, params.iterations, params.lr, params.max_iter, params.tol,
-                                 None if params.line_search == "none" else params.line_search,
-                                 params.tolerance_grad, params.tolerance_change)
+        def fresh():  # a new start where one stalls (run_lbfgs), drawn by the same seeded generator
+            return init_unknowns(obs.data, num_images(obs), 1, labels, gen, ctx.device)
+
+        final, steps, starts = run_lbfgs(problem, u, params.iterations, params.lr, params.max_iter, params.tol,
+                                         None if params.line_search == "none" else params.line_search,
+                                         params.tolerance_grad, params.tolerance_change,
+                                         fresh=fresh if params.restart_stalled else None)
     else:
         sched = AdamSchedule(params.iterations, params.lr, signed=False, boxed=False, decay=False)
         final = run_adam(problem, u, sched, obs.data.bounds(ctx.device))
     r = best_restart(final)
     return Reconstruction(images=u.x[r].detach(), labels=u.final_labels(r),
-                          info={"loss": float(final[r]), "iterations": steps[r], "restarts": params.restarts})
+                          info={"loss": float(final[r]), "iterations": steps[r], "restarts": params.restarts,
+                                "starts": starts[r]})
 
 
 @register_attack("dlg", params=DLGParams, tunable={"lr": LogRange(0.1, 1.0)},

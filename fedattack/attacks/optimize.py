@@ -477,9 +477,14 @@ def screen_labels(problem: Matching | Resized, plan: torch.Tensor, keep: int, sc
     return u
 
 
+STALL_EVALS = 500  # L-BFGS: a start whose mismatch fell by less than STALL_GAIN over this many evaluations ...
+STALL_GAIN = 0.1  # ... (or not at all in its last step) while above CONVERGED of where it began has stalled
+CONVERGED = 1e-4
+
+
 def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_iter: int = 1, tol: float = 0.0,
-              line_search: str | None = None, tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9
-              ) -> tuple[torch.Tensor, list[int]]:
+              line_search: str | None = None, tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9,
+              fresh: Callable[[], Unknowns] | None = None) -> tuple[torch.Tensor, list[int], list[int]]:
     """L-BFGS per restart (as DLG): `iterations` steps of up to `max_iter` evaluations each.
     Returns the final per-restart mismatch (R,), inf where it diverged from the start, and
     the steps each restart took: all of them, or fewer where the mismatch fell to `tol` or a
@@ -493,9 +498,20 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_it
     fixed steps of `lr`. `tolerance_grad` and `tolerance_change` end a step's inner
     evaluations early, as torch's defaults (which DLG's code runs) do: once the match is
     converged, a step costs one evaluation instead of `max_iter`.
+
+    Stalled starts (with `fresh`, which draws a new start): in DLG's setting one random start in
+    several sits on a plateau from its first steps (a sigmoid LeNet's mismatch falls by a few
+    per cent per 25 steps of 20 evaluations, or not at all), where a start that matches falls a
+    hundredfold in 10 steps. A start whose mismatch fell by less than STALL_GAIN over its last
+    STALL_EVALS evaluations, or did not change in its last step (L-BFGS has stopped moving),
+    while still above CONVERGED of its starting value, is replaced by a fresh one within the
+    same budget of steps; the best iterate over all starts is kept. Counted in evaluations, the
+    rule leaves alone a run of one evaluation per step (`max_iter=1`), whose progress per step
+    is small. Returns the starts each restart used as well.
     """
     final = torch.full((u.x.shape[0],), float("inf"))
     taken: list[int] = []
+    starts: list[int] = []
     for r in range(u.x.shape[0]):
         xr = u.x[r].detach().clone().requires_grad_(True)
         yr = None if u.y_logits is None else u.y_logits[r].detach().clone().requires_grad_(True)
@@ -507,16 +523,26 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_it
         first = torch.autograd.grad(problem.objective(xr, labels()), variables)
         l1 = float(sum(g.abs().sum() for g in first))
         scale = 1.0 / l1 if 0 < l1 < 1 else 1.0
-        opt = torch.optim.LBFGS(variables, lr=lr, max_iter=max_iter, history_size=100, tolerance_grad=tolerance_grad,
-                                tolerance_change=tolerance_change, line_search_fn=line_search)
+
+        def optimizer() -> torch.optim.LBFGS:
+            return torch.optim.LBFGS(variables, lr=lr, max_iter=max_iter, history_size=100,
+                                     tolerance_grad=tolerance_grad, tolerance_change=tolerance_change,
+                                     line_search_fn=line_search)
+
+        opt = optimizer()
+
+        evals = [0]
 
         def closure() -> torch.Tensor:
+            evals[0] += 1
             opt.zero_grad()
             loss = scale * problem.objective(xr, labels())
             loss.backward(inputs=variables)
             return loss
 
         steps, best, best_at = 0, math.inf, [v.detach().clone() for v in variables]
+        losses: list[tuple[int, float]] = []  # this start's (evaluations so far, loss), one per step
+        used = 1
         while steps < iterations:
             before = [v.detach().clone() for v in variables]
             loss = float(opt.step(closure).detach())  # the objective at `before`
@@ -525,7 +551,16 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_it
             if not math.isfinite(loss) or (tol and loss / scale <= tol):
                 break
             steps += 1
+            losses.append((evals[0], loss))
+            if fresh is not None and steps < iterations and stalled(losses):
+                new = fresh()
+                with torch.no_grad():
+                    xr.copy_(new.x[0])
+                    if yr is not None:
+                        yr.copy_(new.y_logits[0])
+                opt, losses, used = optimizer(), [], used + 1
         taken.append(steps)
+        starts.append(used)
         with torch.no_grad():
             last = float(scale * problem.objective(xr, labels())) if steps == iterations else math.inf
             if not last < best:  # the best iterate seen (L-BFGS without line search can leave it)
@@ -536,7 +571,19 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_it
                 u.y_logits.data[r] = yr.detach()
             value = problem.mismatch(xr, labels()).detach().cpu()
         final[r] = value if torch.isfinite(value) else float("inf")
-    return final, taken
+    return final, taken, starts
+
+
+def stalled(losses: list[tuple[int, float]]) -> bool:
+    """Whether an L-BFGS start, its (evaluations so far, loss) per step, has stalled short of a
+    match (see run_lbfgs)."""
+    if len(losses) < 2 or losses[-1][1] <= CONVERGED * losses[0][1]:
+        return False
+    evals, loss = losses[-1]
+    if loss == losses[-2][1]:
+        return True
+    earlier = [old for e, old in losses if e <= evals - STALL_EVALS]
+    return bool(earlier) and loss > (1 - STALL_GAIN) * earlier[-1]
 
 
 def best_restart(final: torch.Tensor) -> int:

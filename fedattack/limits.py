@@ -30,6 +30,7 @@ from fedattack.errors import ConfigError, first_line
 from fedattack.experiment import Experiment
 from fedattack.models import build_model
 from fedattack.schema import Config
+from fedattack.text import plural
 from fedattack.threat import ModelSpec
 
 MODEL_CONTRACT = ("a model factory is called as fn(in_shape, num_classes, act, width=...), act being a "
@@ -203,8 +204,8 @@ def check_machine(exp: Experiment) -> None:
                                             f"instance has {cpus} (ray.num_cpus or this machine's cores)")
     gpus = local_gpus()
     if cfg.fl.client_gpus > gpus:
-        raise ConfigError("fl.client_gpus", f"each client asks for {cfg.fl.client_gpus:g} GPUs but this machine "
-                                            f"has {gpus}")
+        raise ConfigError("fl.client_gpus", f"each client asks for {cfg.fl.client_gpus:g} "
+                                            f"{plural(cfg.fl.client_gpus, 'GPU')} but this machine has {gpus}")
 
 
 @contextmanager

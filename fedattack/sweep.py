@@ -21,6 +21,7 @@ strongest. Every value is validated before anything runs or is written.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import subprocess
 import sys
@@ -64,7 +65,8 @@ def resolve_key(cfg: Config) -> tuple[str, str | None]:
     """(the dotted key to sweep, the defense it switches on or None)."""
     s = cfg.sweep
     if s.key and s.defense:
-        raise ConfigError("sweep.key", "give sweep.key or sweep.defense (with sweep.param), not both")
+        raise ConfigError("sweep.key", "give sweep.key or sweep.defense (with sweep.param), not both (where a config "
+                                       "file sets one, sweep.defense=null or sweep.key=null clears it)")
     if s.defense:
         try:
             spec = DEFENSES.get(s.defense)
@@ -129,7 +131,8 @@ def _build(raw: dict, key: str, value: Any, what: str) -> Config:
 
 def _at_value(exc: ConfigError, key: str, what: str) -> ConfigError:
     """`exc`, raised by one run of the sweep, as the sweep's error naming the value."""
-    detail = exc.message if exc.field == key else str(exc)
+    same = exc.field == key or key.endswith(f":{exc.field}")  # a plug-in's section: mypkg.mod:halve.factor
+    detail = exc.message if same else str(exc)
     return ConfigError("sweep.values", f"{what} for {key}: {detail}")
 
 
@@ -162,8 +165,11 @@ def plan(cfg: Config) -> tuple[str, list[tuple[report.SweepRun, Config]], str]:
     if twice is not None:
         raise ConfigError("sweep.values", f"{twice} is listed twice; each value runs once per seed (sweep.seeds "
                                           "repeats them)")
-    if s.parallel < 1:
-        raise ConfigError("sweep.parallel", f"must be >= 1, got {s.parallel}")
+    cores = os.cpu_count() or 1
+    if not 1 <= s.parallel <= cores:  # each run starts its own Ray instance and its own attack workers
+        raise ConfigError("sweep.parallel", f"runs this many audited runs at once, each with its own Ray instance; "
+                                            f"this machine has {counted(cores, 'core')}: allowed: 1 to {cores}, "
+                                            f"got {s.parallel}")
     for x in s.seeds:
         check_seed("sweep.seeds", x)
     seeds = list(dict.fromkeys(s.seeds)) or [cfg.seed]
@@ -217,6 +223,7 @@ def rerender(out_dir: Path, progress: Progress | None = None) -> report.Answer:
     """Rewrite a sweep directory's sweep.csv, sweep.json, plots and sweep.html from its runs as
     they stand (`fedattack report SWEEP_DIR`): runs finished since, by hand or by a rerun, count."""
     progress = progress or Progress()
+    out_dir = Path(out_dir).resolve()  # sweep.csv and sweep.json name each run by its absolute path, as the sweep did
     cfg = load_config_file(out_dir / "config.yaml")
     key, runs, reference = plan(cfg)
     _place(runs, out_dir)
@@ -279,9 +286,9 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False, verbose: bool 
     (out_dir / "config.yaml").write_text(cfg.to_yaml())
     _place(runs, out_dir)
     seeds = sorted({r.seed for r, _ in runs})
-    progress.print(f"sweep of {key}: {len(cfg.sweep.values)} values x {counted(len(seeds), 'seed')}"
+    progress.print(f"sweep of {key}: {counted(len(cfg.sweep.values), 'value')} x {counted(len(seeds), 'seed')}"
                    f"{' + a ' + reference if any(r.reference for r, _ in runs) else ''}: {len(runs)} audited runs, "
-                   f"{cfg.sweep.parallel} at a time; {out_dir}")
+                   f"{min(cfg.sweep.parallel, len(runs))} at a time; {out_dir}")
     done: list[float] = []
     lock = threading.Lock()
     stop = threading.Event()

@@ -101,6 +101,9 @@ def test_attack_mode_writes_the_run_files_and_report_rerenders(tmp_path, capsys)
     assert "does not exist" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2  # a folder, but neither a run's nor a sweep's
     assert "no sweep.json" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["report", str(tmp_path / "notes.txt")]) == 2
+    assert "notes.txt is a file, not a directory; give a run's or a sweep's directory" in capsys.readouterr().err
 
 
 def test_attack_mode_on_one_image_counts_it_as_one_and_says_why_rgap_fails(tmp_path, capsys):
@@ -263,6 +266,7 @@ BAD_INPUTS = [
     ("attack", ["fl.rounds=3"], "fl.rounds"),
     ("run", ["fl.rounds"], "fl.rounds"),  # a forgotten value is not a config file's name
     ("sweep", ["sweep.key=client.local_steps", "sweep.values=[1,2]", "victim.client=1"], "victim.client"),
+    ("sweep", ["sweep.key=client.local_steps", "sweep.values=[1,2]", "sweep.parallel=4096"], "sweep.parallel"),
     ("train-generator", ["--out", "{tmp}/gen.pt", "sweep.values=[1]"], "sweep.values"),
     ("run", ["audit.attacks=[ggl]", "ggl.generator={tmp}/pickled.pt"], "ggl.generator"),
     ("run", ["{tmp}/list.yaml", "fl.rounds=1"], "config"),

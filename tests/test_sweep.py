@@ -237,8 +237,15 @@ def test_sweep_files_hold_the_answer(tmp_path):
     parser = _Tags()
     parser.feed(page)
     assert parser.tags.count("img") == 2 and "script" not in parser.tags
-    assert "client.local_epochs = 5" in page
+    assert "client.local_epochs = 5" in page and "the highlighted row is the answer" in page
     assert page.count('href="runs/') == 2 and 'href="runs/v5' not in page  # no link to a report never written
+    # no value stopped the attack: no row is highlighted, and the caption does not say one is
+    runs[-1].summary = runs[1].summary
+    ans = report.analyze(runs, key="client.local_epochs", values=[1, 5], seeds=[0], reference="reference run")
+    report.render_html(tmp_path / "sweep.html", answer=ans, table=report.rows(runs, ans), points=points, runs=runs,
+                       plots=[])
+    page = (tmp_path / "sweep.html").read_text()
+    assert not ans.safe_found and "highlighted" not in page and 'class="safe"' not in page
 
 
 @pytest.mark.slow
@@ -283,8 +290,10 @@ def test_an_interrupted_sweep_keeps_the_answer_of_the_runs_that_finished(tmp_pat
     first, second = runs[0][0].run_dir, runs[1][0].run_dir
     shutil.copytree(first, second)  # as if the second run had finished after the interrupt
     capsys.readouterr()
-    assert main(["report", str(out)]) == 0
+    monkeypatch.chdir(out.parent)  # named relative to the working directory: the files keep absolute run paths
+    assert main(["report", out.name]) == 0
     assert "report: " + str(out / "sweep.html") in capsys.readouterr().out
+    assert {r["run_dir"] for r in csv.DictReader((out / "sweep.csv").open())} == {str(r.run_dir) for r, _ in runs}
     assert len(json.loads((out / "sweep.json").read_text())["failed_runs"]) == 1
     assert [r["value"] for r in csv.DictReader((out / "sweep.csv").open()) if r["test_acc"]] == ["1.0", "0.01"]
     # a run that was stopped early answers for the rounds it finished only: left out, not counted as safe

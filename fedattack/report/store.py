@@ -261,7 +261,8 @@ def load_run(run_dir: str | Path) -> Run:
     last) is a run that never finished: it reads back as interrupted."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise FedattackError(f"run_dir: {run_dir} does not exist; give a run's or a sweep's directory")
+        what = "is a file, not a directory" if run_dir.exists() else "does not exist"
+        raise FedattackError(f"run_dir: {run_dir} {what}; give a run's or a sweep's directory")
     if not (run_dir / "leakage.csv").is_file():
         raise FedattackError(f"run_dir: {run_dir} is not a fedattack run directory (no leakage.csv) or sweep "
                              "directory (no sweep.json)")

@@ -71,7 +71,7 @@ class Answer:
 
     def sentence(self) -> str:
         """The answer in one paragraph."""
-        seeds = f"{len(self.seeds)} seed{'s' if len(self.seeds) != 1 else ''} ({', '.join(map(str, self.seeds))})"
+        seeds = f"{plural(len(self.seeds), 'seed')} {', '.join(map(str, self.seeds))}"
         if self.nothing_leaked:
             text = (f"No attack recovered any image at any value of {self.key}, nor in the {self.reference} "
                     f"({seeds}): at these attack budgets the sweep cannot tell the settings apart; raise the "
@@ -379,6 +379,7 @@ def render_html(path: Path, *, answer: Answer, table: list[dict], points: dict[s
         body.append(f"<tr{row_class}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     breaking = "".join(f"<tr><td>{_e(a)}</td><td>{_e(b)}</td></tr>" for a, b in answer.breaking.items())
     links = "".join(f"<li>{_run_link(r)}{'' if r.finished else ' (did not finish)'}</li>" for r in runs)
+    highlight = "; the highlighted row is the answer." if answer.safe_found else "."
     doc = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>fedattack sweep: {_e(answer.key)}</title>
 <style>body{{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1180px;padding:0 1em;color:#222}}
 .answer{{background:#f6f8fa;border:1px solid #d0d7de;border-radius:8px;padding:.8em 1.2em;font-size:16px}}
@@ -386,10 +387,11 @@ table{{border-collapse:collapse;font-size:13px}}td,th{{border:1px solid #d0d7de;
 th{{background:#f6f8fa}} tr.safe td{{background:#e6f4ea}} img{{max-width:100%}}</style></head><body>
 <h1>Sweep of {_e(answer.key)}</h1>
 <div class="answer"><b>Answer.</b> {_e(answer.sentence())}</div>
-<h2>Per value</h2><p>Means over seeds (± standard deviation where several); the highlighted row is the answer.
+<h2>Per value</h2><p>Means over seeds (± standard deviation where several){highlight}
 <i>Recovered</i>: share of the private images in audited updates that the attack recovered.</p>
 <table><tr>{''.join(f'<th>{_e(h)}</th>' for h in head)}</tr>{''.join(body)}</table>
-<h2>Breaking points</h2><p>The first value from which on the attack recovers no image in any seed.</p>
+<h2>Breaking points</h2><p>The first of the swept values, in the order given (the reference run is not one of them),
+from which on the attack recovers no image in any seed.</p>
 <table><tr><th>attack</th><th>breaking point</th></tr>{breaking}</table>
 <h2>Plots</h2>{''.join(f'<p><img src="{_e(quote(p))}" alt="{_e(p)}"></p>' for p in plots)}
 <h2>Runs</h2><ul>{links}</ul><p>sweep.csv holds one row per run and attack; sweep.json the answer.</p>

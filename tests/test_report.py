@@ -581,3 +581,10 @@ def test_an_apps_log_line_leaves_out_labels_an_attack_did_not_recover(caplog):
     first, second = (rec.getMessage() for rec in caplog.records if "fedattack: round 1" in rec.getMessage())
     assert "labels" not in first and "nan" not in first
     assert "labels 100%" in second
+
+
+def test_a_recovered_share_axis_reads_as_per_cent():
+    from fedattack.report.plots import percent_top
+
+    assert percent_top(0.0) == 100.0 and percent_top(float("nan")) == 100.0  # nothing recovered: 0..100 %
+    assert percent_top(0.5) == 1.0 and percent_top(20.0) == pytest.approx(22.0)

@@ -34,6 +34,13 @@ def _integer_rounds(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
 
 
+def percent_top(top: float) -> float:
+    """The top of a recovered-share axis in per cent, from its largest value: 0..100 where
+    nothing was recovered (a flat line at 0 % reads as none, where 0..1 read as a fraction),
+    else a little above the largest value and at least 1 %."""
+    return 100.0 if not top > 0 else max(1.0, top * 1.1)
+
+
 def save(fig: Any, axes: Any, path: Path, *, rounds: bool = False) -> None:
     """Grid, legends where something is labelled (integer ticks for rounds), then the PNG."""
     for ax in axes:
@@ -129,7 +136,7 @@ def exposure(path: Path, rows: list[ExposureRow]) -> bool:
             label="all clients")
     ax.set(xlabel="round", ylabel="training data recovered (%)", title="Exposure: recovered share, cumulative")
     top = max((100 * r.share for r in rows), default=0.0)
-    ax.set_ylim(0, max(1.0, top * 1.1))  # nothing recovered: a flat line at 0 on a 0..1 % axis, not 0..0.05
+    ax.set_ylim(0, percent_top(top))
     _integer_rounds(ax)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")

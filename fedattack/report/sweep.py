@@ -23,7 +23,7 @@ from urllib.parse import quote
 
 import numpy as np
 
-from fedattack.report.plots import save
+from fedattack.report.plots import percent_top, save
 from fedattack.report.summary import Summary
 from fedattack.text import counted, plural
 
@@ -274,7 +274,8 @@ def plot_protocol(path: Path, points: dict[str, list[dict]], values: list, key: 
                          color="C2", label="test accuracy")
     axes[0].set(xlabel=key, ylabel="PSNR (dB)", title="Reconstruction PSNR")
     axes[1].set(xlabel=key, ylabel="private images recovered (%)", title="Recovery rate")
-    axes[1].set_ylim(bottom=0, top=max(1.0, axes[1].get_ylim()[1]))
+    rates = [100 * p["rate"][0] for pts in points.values() for p in pts if not math.isnan(p["rate"][0])]
+    axes[1].set_ylim(bottom=0, top=max(axes[1].get_ylim()[1], percent_top(max(rates, default=0.0))))
     axes[2].set(xlabel=key, ylabel="final test accuracy", title="Utility", ylim=(0, 1.02))
     save(fig, axes, path)
 
@@ -321,7 +322,8 @@ def plot_frontier(path: Path, points: dict[str, list[dict]], answer: Answer, ref
     axes[0].set(xlabel="PSNR margin over a blank guess (dB), mean over seeds", ylabel="final test accuracy",
                 title=f"Privacy-utility frontier: {answer.key}")
     axes[1].set(xlabel="private images recovered (%)", ylabel="final test accuracy", title="Recovery rate vs utility")
-    axes[1].set_xlim(left=0, right=max(1.0, axes[1].get_xlim()[1]))  # a share: never below 0 %
+    rates = [100 * p["rate"][0] for pts in points.values() for p in pts if not math.isnan(p["rate"][0])]
+    axes[1].set_xlim(left=0, right=max(axes[1].get_xlim()[1], percent_top(max(rates, default=0.0))))
     for ax in axes:
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()

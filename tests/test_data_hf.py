@@ -145,6 +145,13 @@ def test_a_column_of_paths_is_not_an_image_column(tmp_path):
                                           r"string values such as 'img/0.png'") as err:
         load_dataset(_cfg(f"data.name=hf:{tmp_path / 'paths'}"), seed=0)
     assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=r"column 'label' does not hold images: it holds int64 values such as 0;"):
+        load_dataset(_cfg(f"data.name=hf:{tmp_path / 'paths'}", "data.image_key=label"), seed=0)
+    # no column named as images are, and none that could hold one: the columns, not a suggestion
+    ds.rename_column("image", "path").save_to_disk(str(tmp_path / "named"))
+    with pytest.raises(ConfigError, match=r"^data.image_key: .* has no column that could hold images "
+                                          r"\(columns: path, label\)$"):
+        load_dataset(_cfg(f"data.name=hf:{tmp_path / 'named'}"), seed=0)
 
 
 def test_a_damaged_local_folder_is_not_called_absent(tmp_path):

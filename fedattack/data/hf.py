@@ -111,8 +111,17 @@ def _pick(ds, chosen: str | None, names: tuple[str, ...], feature_type, key: str
     for n, feature in ds.features.items():
         if isinstance(feature, feature_type):
             return n
+    from datasets import ClassLabel, Value
+
+    def could_hold(feature) -> bool:  # images are never one scalar; labels always are
+        scalar = isinstance(feature, (ClassLabel, Value))
+        return scalar and str(getattr(feature, "dtype", "int")).startswith(("int", "uint")) if what == "label" \
+            else not scalar
+    fits = [n for n, feature in ds.features.items() if could_hold(feature)]
+    if not fits:
+        raise ConfigError(key, f"{where} has no column that could hold {what}s (columns: {', '.join(cols)})")
     raise ConfigError(key, f"{where} has no {what} column named {' / '.join(names)}; set {key} to one of: "
-                           f"{', '.join(cols)}")
+                           f"{', '.join(fits)}")
 
 
 def _to_tensor(value, channels: int, where: str = "") -> torch.Tensor:
@@ -146,7 +155,7 @@ def _image_column(ds, key: str, where: str) -> None:
     if arr is None or arr.ndim not in (2, 3) or not np.issubdtype(arr.dtype, np.number):
         feature = ds.features[key]
         kind = getattr(feature, "dtype", None) or type(feature).__name__  # Value('string') -> string
-        what = repr(first)[:60] if isinstance(first, (str, bytes)) else type(first).__name__
+        what = repr(first)[:60] if isinstance(first, (str, bytes)) or np.isscalar(first) else type(first).__name__
         raise ConfigError("data.image_key", f"{where}'s column '{key}' does not hold images: it holds {kind} values "
                                             f"such as {what}; name a column of images (datasets.Image, or arrays "
                                             "of pixels)")

@@ -264,14 +264,15 @@ def matrix(results: list[JobResult], rounds: int) -> str:
             row.append((f"<div style='background:{_colour(above)};padding:2px'>"
                         f"<b>{num(r.score.ssim, 2)}</b>{dot}<br><span style='color:#333'>{esc(r.label)}</span></div>", ""))
         rows.append(row)
-    update = ("that round's sum of updates (SecAgg+: the server never sees one client's)" if "aggregate" in clients
-              else "that client's update in that round")
+    update = ("that round's sum of updates" if "aggregate" in clients else "that client's update in that round")
+    sums = " Under SecAgg+ the server never sees one client's update: each row is a round's sum." \
+        if "aggregate" in clients else ""
     legend = (f"<p class='note'>Each cell: the best SSIM any attack reached on {update} "
               "(the mean over the update's images; where an attack leaked, the best of those that did), and the "
               "attack; white at the blank guess's SSIM (or below) to "
               "red at 1; &#9679; the update leaked "
               "at least one image; "
-              f"{DASH} the client was not sampled or not scored that round.</p>")
+              f"{DASH} the client was not sampled or not scored that round.{sums}</p>")
     return table(["client \\ round", *[str(x) for x in cols]], rows, "matrix") + legend
 
 

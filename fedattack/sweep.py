@@ -61,6 +61,13 @@ IN_FORCE_WHEN: dict[str, tuple[Any, str]] = {
 }
 
 
+def split_key(key: str) -> tuple[str, str]:
+    """(section, parameter) of a dotted key; a plug-in's section may be its import path, dots
+    and all (`mypkg.defenses:halve.factor`)."""
+    section, _, name = key.rpartition(".") if ":" in key else key.partition(".")
+    return section, name
+
+
 def resolve_key(cfg: Config) -> tuple[str, str | None]:
     """(the dotted key to sweep, the defense it switches on or None)."""
     s = cfg.sweep
@@ -88,7 +95,7 @@ def resolve_key(cfg: Config) -> tuple[str, str | None]:
     if s.key == "audit.attacks":
         raise ConfigError("sweep.key", "'audit.attacks' chooses the attacks, not the deployment: every run of a sweep "
                                        "audits with all of audit.attacks, and the answer is given per attack")
-    section, _, name = s.key.partition(".")
+    section, name = split_key(s.key)
     if section == "victim":
         raise ConfigError("sweep.key", f"'{s.key}' chooses the one update of `fedattack attack`; a sweep runs "
                                        "`fedattack run`, which audits every sampled client")
@@ -99,7 +106,7 @@ def resolve_key(cfg: Config) -> tuple[str, str | None]:
             raise ConfigError("sweep.key", f"'{s.key}' is not a config key; keys of {section}: {', '.join(allowed)}")
         return s.key, None
     for registry, kind in ((DEFENSES, "defense"), (ATTACKS, "attack")):
-        if section in registry.names():
+        if section in registry.names() or (":" in section and registry.find(section) is not None):
             allowed = [f.name for f in fields(registry.get(section).params)]
             if name not in allowed:
                 raise ConfigError("sweep.key", f"'{s.key}' is not a parameter of the {kind} {section}; allowed: "
@@ -109,11 +116,11 @@ def resolve_key(cfg: Config) -> tuple[str, str | None]:
                                                f"({', '.join(cfg.audit.attacks) or 'none'})")
             return s.key, section if kind == "defense" else None
     raise ConfigError("sweep.key", f"'{s.key}' is not a config key; sections: {', '.join(sections)}, or an attack's "
-                                   "or defense's name (e.g. gaussian.sigma)")
+                                   "or defense's name (e.g. gaussian.sigma) or import path (mypkg.defenses:halve.factor)")
 
 
 def _with(raw: dict, key: str, value: Any) -> dict:
-    section, _, name = key.partition(".")
+    section, name = split_key(key)
     raw.setdefault(section, {})
     if not isinstance(raw[section], dict):
         raw[section] = {}
@@ -337,7 +344,7 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False, verbose: bool 
 
 def configured_value(cfg: Config, key: str) -> Any:
     """The config's own value of the swept `key` (section.name), which the reference run keeps."""
-    section, _, name = key.partition(".")
+    section, name = split_key(key)
     return (cfg.to_dict().get(section) or {}).get(name)
 
 

@@ -53,6 +53,14 @@ def test_any_config_key_sweeps_with_the_same_seed_at_every_value():
     # a key naming a defense's parameter switches the defense on, the reference runs without it
     _, runs, _ = plan(_load("sweep.key=gaussian.sigma", "sweep.values=[0.01]"))
     assert [(r.reference, c.client.defenses) for r, c in runs] == [(False, ["gaussian"]), (True, [])]
+    # ... a plug-in's too, by its import path (dots in the module path included)
+    path = "tests.plugins.defense:scale"
+    key, runs, _ = plan(_load(f"sweep.key={path}.factor", "sweep.values=[0.25,1.0]"))
+    assert key == f"{path}.factor"
+    assert [(r.reference, c.client.defenses) for r, c in runs] == [(False, [path]), (False, [path]), (True, [])]
+    assert [c.defense(path).factor for r, c in runs if not r.reference] == [0.25, 1.0]
+    with pytest.raises(ConfigError, match=r"^sweep.values: value 2 for tests.plugins.defense:scale.factor: must be "):
+        plan(_load(f"sweep.key={path}.factor", "sweep.values=[2]"))
 
 
 def test_the_configured_value_of_a_swept_key_is_mapped_beside_the_swept_ones(tmp_path):

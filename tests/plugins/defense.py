@@ -28,3 +28,19 @@ def _unreadable(x, y, params=None, ctx=None):
 # a client whose training always fails, as one with broken data does
 breaks_training = DefenseSpec(name="breaks-training", params=NoParams, paper="a test's own", where="training",
                               on_batch=_unreadable)
+
+
+@dataclass
+class ScaleParams:
+    factor: float = 0.5
+
+    def validate(self, name: str) -> None:
+        if not 0 < self.factor <= 1:
+            from fedattack.errors import ConfigError
+
+            raise ConfigError(f"{name}.factor", f"must be in (0, 1], got {self.factor}")
+
+
+# a defense with a parameter, for sweeps over a plug-in's section by its import path
+scale = DefenseSpec(name="scale", params=ScaleParams, paper="a test's own", where="update",
+                    on_update=lambda update, params=None, ctx=None: {k: params.factor * v for k, v in update.items()})

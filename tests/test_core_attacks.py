@@ -64,6 +64,17 @@ def test_idlg_in_dlgs_setting_replaces_a_stalled_start_within_its_steps():
     assert psnr_ssim(attack("idlg", DLGParams(restart_stalled=False), obs).images, truth, obs)[0] < 20
 
 
+def test_a_start_stalls_where_lbfgs_stops_moving_or_crawls_far_from_a_match():
+    from fedattack.attacks.optimize import stalled
+
+    assert stalled([(20, 160.0), (21, 159.9)], max_iter=20)  # its tolerances ended a step at once, far from a match
+    assert not stalled([(20, 160.0), (21, 1e-3)], max_iter=20)  # ... at a match: converged
+    assert not stalled([(1, 160.0), (2, 159.9)], max_iter=1)  # one evaluation per step is the run's own pace
+    crawl = [(20 * k, 160.0 - 0.2 * k) for k in range(1, 27)]  # 20 evaluations per step, a few per cent per 25 steps
+    assert stalled(crawl, max_iter=20) and not stalled(crawl[:25], max_iter=20)  # judged over 500 evaluations
+    assert not stalled([(20 * k, 160.0 * 0.8 ** k) for k in range(1, 27)], max_iter=20)  # falling: not stalled
+
+
 def test_dlg_with_a_strong_wolfe_line_search():
     obs, truth = observed_update("seed=0", "model.init=uniform", "data.image_size=16", *ONE_IMAGE, indices=[3])
     rec = attack("dlg", DLGParams(iterations=300, tol=1e-5, line_search="strong_wolfe"), obs)

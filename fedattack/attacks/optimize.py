@@ -478,7 +478,7 @@ def screen_labels(problem: Matching | Resized, plan: torch.Tensor, keep: int, sc
 
 
 STALL_EVALS = 500  # L-BFGS: a start whose mismatch fell by less than STALL_GAIN over this many evaluations ...
-STALL_GAIN = 0.1  # ... (or not at all in its last step) while above CONVERGED of where it began has stalled
+STALL_GAIN = 0.1  # ... (or whose step L-BFGS's own tolerances ended) while above CONVERGED of its start has stalled
 CONVERGED = 1e-4
 
 
@@ -503,11 +503,12 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_it
     several sits on a plateau from its first steps (a sigmoid LeNet's mismatch falls by a few
     per cent per 25 steps of 20 evaluations, or not at all), where a start that matches falls a
     hundredfold in 10 steps. A start whose mismatch fell by less than STALL_GAIN over its last
-    STALL_EVALS evaluations, or did not change in its last step (L-BFGS has stopped moving),
-    while still above CONVERGED of its starting value, is replaced by a fresh one within the
-    same budget of steps; the best iterate over all starts is kept. Counted in evaluations, the
-    rule leaves alone a run of one evaluation per step (`max_iter=1`), whose progress per step
-    is small. Returns the starts each restart used as well.
+    STALL_EVALS evaluations, or whose last step L-BFGS ended after one evaluation of `max_iter`
+    (its tolerances say it has converged), while still above CONVERGED of its starting value,
+    is replaced by a fresh one within the same budget of steps; the best iterate over all
+    starts is kept. Counted in evaluations, the rule leaves alone a run of one evaluation per
+    step (`max_iter=1`), whose progress per step is small. Returns the starts each restart used
+    as well.
     """
     final = torch.full((u.x.shape[0],), float("inf"))
     taken: list[int] = []
@@ -552,7 +553,7 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_it
                 break
             steps += 1
             losses.append((evals[0], loss))
-            if fresh is not None and steps < iterations and stalled(losses):
+            if fresh is not None and steps < iterations and stalled(losses, max_iter):
                 new = fresh()
                 with torch.no_grad():
                     xr.copy_(new.x[0])
@@ -574,13 +575,13 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_it
     return final, taken, starts
 
 
-def stalled(losses: list[tuple[int, float]]) -> bool:
+def stalled(losses: list[tuple[int, float]], max_iter: int) -> bool:
     """Whether an L-BFGS start, its (evaluations so far, loss) per step, has stalled short of a
     match (see run_lbfgs)."""
     if len(losses) < 2 or losses[-1][1] <= CONVERGED * losses[0][1]:
         return False
     evals, loss = losses[-1]
-    if loss == losses[-2][1]:
+    if max_iter > 1 and evals - losses[-2][0] == 1:  # L-BFGS's tolerances ended the step at once
         return True
     earlier = [old for e, old in losses if e <= evals - STALL_EVALS]
     return bool(earlier) and loss > (1 - STALL_GAIN) * earlier[-1]

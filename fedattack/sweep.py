@@ -116,7 +116,8 @@ def resolve_key(cfg: Config) -> tuple[str, str | None]:
                                                f"({', '.join(cfg.audit.attacks) or 'none'})")
             return s.key, section if kind == "defense" else None
     raise ConfigError("sweep.key", f"'{s.key}' is not a config key; sections: {', '.join(sections)}, or an attack's "
-                                   "or defense's name (e.g. gaussian.sigma) or import path (mypkg.defenses:halve.factor)")
+                                   "or defense's name (e.g. gaussian.sigma) or import path "
+                                   "(mypkg.defenses:halve.factor)")
 
 
 def _with(raw: dict, key: str, value: Any) -> dict:

@@ -246,6 +246,8 @@ def test_sweep_files_hold_the_answer(tmp_path):
     parser.feed(page)
     assert parser.tags.count("img") == 2 and "script" not in parser.tags
     assert "client.local_epochs = 5" in page and "the highlighted row is the answer" in page
+    # a reference without a value of the key (a defense sweep's, the defense off) has its own row
+    assert "<tr><td>reference run</td><td>0.900</td><td>" in page
     assert page.count('href="runs/') == 2 and 'href="runs/v5' not in page  # no link to a report never written
     # no value stopped the attack: no row is highlighted, and the caption does not say one is
     runs[-1].summary = runs[1].summary

@@ -363,22 +363,25 @@ def render_html(path: Path, *, answer: Answer, table: list[dict], points: dict[s
     swept = {fmt_value(v) for v in answer.values}
     head = ["value", "test accuracy"] + [f"{a}: {k}" for a in points for k in ("PSNR (dB)", "margin (dB)",
                                                                               "recovered", "updates leaked")]
+    def row(label: str, at: dict[str, list[dict]], v: Any, row_class: str = "") -> str:
+        """One table row: `at` holds each attack's points, the one at value `v` shown."""
+        mine = [p for pts in at.values() for p in pts if p["value"] == v]
+        n = mine[0]["n"] if mine else 1
+        cells = [_e(label), _pm(mine[0]["acc"] if mine else (math.nan, math.nan), 3, n)]
+        for attack in points:
+            p = next((p for p in at.get(attack, []) if p["value"] == v), None)
+            cells += ["–"] * 4 if p is None else [_pm(p["psnr"], 1, n), _pm(p["margin"], 1, n),
+                                                   _pm(p["rate"], 0, n, 100) + " %", f"{p['leaked']} of {p['updates']}"]
+        return f"<tr{row_class}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>"
+
     body = []
     for v in values:
-        cells = [_e(fmt_value(v) + ("" if fmt_value(v) in swept else " (configured: the reference)"))]
-        acc = next((p["acc"] for pts in points.values() for p in pts if p["value"] == v), (math.nan, math.nan))
-        n = next((p["n"] for pts in points.values() for p in pts if p["value"] == v), 1)
-        cells.append(_pm(acc, 3, n))
-        for pts in points.values():
-            p = next((p for p in pts if p["value"] == v), None)
-            if p is None:
-                cells += ["–"] * 4
-                continue
-            cells += [_pm(p["psnr"], 1, n), _pm(p["margin"], 1, n), _pm(p["rate"], 0, n, 100) + " %",
-                      f"{p['leaked']} of {p['updates']}"]
         safe = answer.safe_found and fmt_value(v) == fmt_value(answer.safe_value)
-        row_class = ' class="safe"' if safe else ""
-        body.append(f"<tr{row_class}>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        body.append(row(fmt_value(v) + ("" if fmt_value(v) in swept else " (configured: the reference)"), points, v,
+                        ' class="safe"' if safe else ""))
+    unvalued = [r for r in table if r.get("reference") and r["value"] == ""]  # a defense sweep's: the defense off
+    if unvalued:
+        body.append(row(answer.reference, per_value(unvalued, [""]), ""))
     breaking = "".join(f"<tr><td>{_e(a)}</td><td>{_e(b)}</td></tr>" for a, b in answer.breaking.items())
     links = "".join(f"<li>{_run_link(r)}{'' if r.finished else ' (did not finish)'}</li>" for r in runs)
     highlight = "; the highlighted row is the answer." if answer.safe_found else "."

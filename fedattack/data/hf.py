@@ -113,10 +113,11 @@ def _pick(ds, chosen: str | None, names: tuple[str, ...], feature_type, key: str
             return n
     from datasets import ClassLabel, Value
 
-    def could_hold(feature) -> bool:  # images are never one scalar; labels always are
+    def could_hold(feature) -> bool:  # images are never one scalar; labels are always one integer
         scalar = isinstance(feature, (ClassLabel, Value))
-        return scalar and str(getattr(feature, "dtype", "int")).startswith(("int", "uint")) if what == "label" \
-            else not scalar
+        if what != "label":
+            return not scalar
+        return scalar and str(getattr(feature, "dtype", "int")).startswith(("int", "uint"))
     fits = [n for n, feature in ds.features.items() if could_hold(feature)]
     if not fits:
         raise ConfigError(key, f"{where} has no column that could hold {what}s (columns: {', '.join(cols)})")

@@ -246,6 +246,12 @@ def _xaxis(ax, values: list) -> tuple[list, bool]:
     return list(range(len(values))), False
 
 
+def _rate_top(points: dict[str, list[dict]]) -> float:
+    """The top of a recovery-rate axis (per cent) for every attack's points (plots.percent_top)."""
+    rates = [100 * p["rate"][0] for pts in points.values() for p in pts if not math.isnan(p["rate"][0])]
+    return percent_top(max(rates, default=0.0))
+
+
 def plot_protocol(path: Path, points: dict[str, list[dict]], values: list, key: str) -> None:
     """The protocol map: per attack, PSNR (beside the blank guess) and recovery rate against the
     swept key, and test accuracy against it; error bars: std over seeds."""
@@ -274,8 +280,7 @@ def plot_protocol(path: Path, points: dict[str, list[dict]], values: list, key: 
                          color="C2", label="test accuracy")
     axes[0].set(xlabel=key, ylabel="PSNR (dB)", title="Reconstruction PSNR")
     axes[1].set(xlabel=key, ylabel="private images recovered (%)", title="Recovery rate")
-    rates = [100 * p["rate"][0] for pts in points.values() for p in pts if not math.isnan(p["rate"][0])]
-    axes[1].set_ylim(bottom=0, top=max(axes[1].get_ylim()[1], percent_top(max(rates, default=0.0))))
+    axes[1].set_ylim(bottom=0, top=max(axes[1].get_ylim()[1], _rate_top(points)))
     axes[2].set(xlabel=key, ylabel="final test accuracy", title="Utility", ylim=(0, 1.02))
     save(fig, axes, path)
 
@@ -322,8 +327,7 @@ def plot_frontier(path: Path, points: dict[str, list[dict]], answer: Answer, ref
     axes[0].set(xlabel="PSNR margin over a blank guess (dB), mean over seeds", ylabel="final test accuracy",
                 title=f"Privacy-utility frontier: {answer.key}")
     axes[1].set(xlabel="private images recovered (%)", ylabel="final test accuracy", title="Recovery rate vs utility")
-    rates = [100 * p["rate"][0] for pts in points.values() for p in pts if not math.isnan(p["rate"][0])]
-    axes[1].set_xlim(left=0, right=max(axes[1].get_xlim()[1], percent_top(max(rates, default=0.0))))
+    axes[1].set_xlim(left=0, right=max(axes[1].get_xlim()[1], _rate_top(points)))
     for ax in axes:
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()

@@ -23,6 +23,11 @@ Hooks (each optional):
   entry of the update with the sign training gave it (or zero): it scales the update by a
   positive factor, zeroes entries, or changes nothing. What the attacker reads off signs
   (the classes a bias update proves present) then still holds. Unset: it may flip signs.
+- `scales(gradient, params) -> bool`: True where the defense may have multiplied this observed
+  update (read as a gradient, -update / (lr * steps)) by a positive factor the server is not
+  told: clipping, where the update's norm is at the bound. What the attacker reads off
+  magnitudes in gradient units (label counts) must then estimate that factor. Unset: the
+  defense leaves the update's scale alone (or hides it in noise).
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class DefenseSpec:
     model_extension: str | None = None  # a model change the defense needs (PRECODE)
     adapt: Callable[..., Any] | None = None
     keeps_signs: Callable[[Any], bool] | None = None
+    scales: Callable[[dict[str, torch.Tensor], Any], bool] | None = None
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense", "client.defenses")
@@ -98,6 +104,17 @@ def keep_signs(defenses) -> bool:
         if spec is None or spec.keeps_signs is None or not spec.keeps_signs(spec.params(**setting.params)):
             return False
     return True
+
+
+def scaled_by(defenses, gradient: dict[str, torch.Tensor]) -> bool:
+    """True where a defense in `defenses` (DefenseSetting: name, params dict) may have multiplied
+    the observed update, read as `gradient`, by a positive factor the server is not told
+    (`DefenseSpec.scales`)."""
+    for setting in defenses:
+        spec = DEFENSES.find(setting.name)
+        if spec is not None and spec.scales is not None and spec.scales(gradient, spec.params(**setting.params)):
+            return True
+    return False
 
 
 def adapt_update(trial: dict[str, torch.Tensor], observed: dict[str, torch.Tensor], defenses,

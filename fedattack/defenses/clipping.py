@@ -47,5 +47,6 @@ def clip_adapt(trial, observed, params: ClipParams, scale: float | None = None):
 register_defense(DefenseSpec(
     name="clip", params=ClipParams, where="update", main_param="bound", on_update=clip_update, adapt=clip_adapt,
     keeps_signs=lambda params: True,  # a positive factor
+    scales=lambda gradient, params: float(global_norm(gradient)) >= params.bound * (1 - 1e-3),  # at the bound
     paper="Li et al., Auditing Privacy Defenses in Federated Learning via Generative Gradient Leakage, CVPR 2022 "
           "(gradient clipping defense)"))

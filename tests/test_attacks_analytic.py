@@ -263,6 +263,19 @@ def test_cpl_recovers_a_face_on_dlgs_lenet():
     assert s.ssim >= 0.9 and s.psnr >= 30, (s.ssim, s.psnr)
 
 
+def test_cpl_gives_a_stalled_seed_its_remaining_steps_on_a_relu_mlp():
+    # one 32 px face on the ReLU MLP: from the authors' patch seed, torch's L-BFGS at its defaults
+    # ends every step after one evaluation on a plateau (about 8 dB after 300 steps); a fresh
+    # seed in its place recovers the face
+    for index in (0, 7):
+        obs, truth = observe(["data.name=lfw-subset", "model.name=mlp", "model.activation=relu", "client.batch_size=1",
+                              "client.local_steps=1"], [index])
+        rec = attack("cpl", obs)
+        assert score(rec, truth, obs.data).psnr >= 30 and rec.info["starts"] > 1, rec.info
+        once = attack("cpl", obs, "cpl.restart_stalled=false")
+        assert score(once, truth, obs.data).psnr < 20 and once.info["starts"] == 1
+
+
 def test_params_are_validated():
     with pytest.raises(ConfigError, match="cpl.init"):
         fconfig.load(None, ["audit.attacks=[cpl]", "cpl.init=zeros"])

@@ -235,6 +235,30 @@ def test_precode_model_builds_and_trains(small_cfg):
     assert not torch.allclose(heavy.update["precode.encoder.weight"], result.update["precode.encoder.weight"])
 
 
+@pytest.mark.parametrize("model", ["quickstart-cnn", "tests.plugins.models:QuickstartNet"])
+def test_soteria_and_precode_find_the_head_of_flowers_quickstart_net(small_cfg, model):
+    # Flower's quickstart Net names its layers fc1, fc2, fc3: the head is its last Linear layer
+    case = ("data.name=photos", f"model.name={model}", "model.activation=relu")
+    _, _, _, result = _train(small_cfg, *case, "client.defenses=[soteria]", "soteria.percent=0.5")
+    w = result.update["fc3.weight"]
+    assert int((w == 0).all(dim=0).sum()) == round(0.5 * w.shape[1]) and bool((result.update["fc2.weight"] != 0).any())
+    _, model_, _, result = _train(small_cfg, *case, "client.defenses=[precode]", "precode.size=16")
+    names = [n for n, _ in model_.named_parameters()]
+    assert names[-4:] == ["precode.decoder.weight", "precode.decoder.bias", "fc3.weight", "fc3.bias"]
+    assert model_.precode.encoder.in_features == model_.fc3.in_features
+    assert float(result.update["precode.encoder.weight"].abs().sum()) > 0
+
+
+def test_soteria_and_precode_refuse_a_model_without_a_linear_head_naming_the_field():
+    from fedattack.defenses.soteria import representation_layer
+    from fedattack.models.bottleneck import head_of
+
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    for find in (representation_layer, head_of):
+        with pytest.raises(ConfigError, match="client.defenses"):
+            find(conv)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_precode_training_lowers_loss(small_cfg, seed):
     # lr 0.05: at 0.1 this ReLU model with its VIB block diverges on some seeds, whatever the batch order

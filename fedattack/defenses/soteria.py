@@ -36,10 +36,14 @@ class SoteriaParams:
 
 
 def representation_layer(model: torch.nn.Module) -> tuple[str, torch.nn.Linear]:
-    """The last Linear layer named `fc` (fedattack's Classifier heads, torchvision ResNets)."""
-    found = [(n, m) for n, m in model.named_modules() if n.split(".")[-1] == "fc" and isinstance(m, torch.nn.Linear)]
+    """The classifier head, whose input is the representation Soteria prunes: the last Linear
+    layer named `fc` (fedattack's Classifier heads, torchvision ResNets), else the model's last
+    Linear layer (`fc3` of Flower's quickstart `Net`)."""
+    linear = [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    found = [(n, m) for n, m in linear if n.split(".")[-1] == "fc"] or linear
     if not found:
-        raise ConfigError("soteria", "needs a model whose classifier head is a Linear layer named 'fc'")
+        raise ConfigError("client.defenses", "soteria needs a model with a fully connected (nn.Linear) classifier "
+                                             "layer, whose input it prunes")
     return found[-1]
 
 

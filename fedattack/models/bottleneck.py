@@ -47,24 +47,30 @@ class VariationalBottleneck(nn.Module):
         return (self(args[0]),)
 
 
-def head_of(model: nn.Module) -> nn.Linear:
-    head = getattr(model, "fc", None)
-    if not isinstance(head, nn.Linear):
-        raise ConfigError("precode", "needs a model whose classifier head is a Linear attribute 'fc' "
-                                     "(fedattack's lenet, convnet, mlp, resnet18)")
-    return head
+def head_of(model: nn.Module) -> str:
+    """The attribute name of the classifier head the bottleneck goes before: `fc` (fedattack's
+    lenet, convnet, mlp, resnet18) where it is a Linear layer, else the model's last direct child
+    that is one (`fc3` of Flower's quickstart `Net`)."""
+    if isinstance(getattr(model, "fc", None), nn.Linear):
+        return "fc"
+    linear = [name for name, child in model.named_children() if isinstance(child, nn.Linear)]
+    if not linear:
+        raise ConfigError("client.defenses", "precode needs a model whose classifier head is a fully connected "
+                                             "(nn.Linear) layer among its direct children")
+    return linear[-1]
 
 
 @EXTENSIONS.register("precode", doc="PRECODE variational bottleneck before the classifier head (Scheliga et al.)")
 def precode(model: nn.Module, in_shape, num_classes, size: int = 256, beta: float = 1e-3) -> nn.Module:
-    head = head_of(model)
+    head_name = head_of(model)
+    head = getattr(model, head_name)
     block = VariationalBottleneck(head.in_features, size)
     # register the block just before the head, so parameters keep the forward order and the
     # classification layer stays the last one (label recovery reads the last layer)
     children = list(model._modules.items())
     model._modules.clear()
     for name, child in children:
-        if name == "fc":
+        if name == head_name:
             model._modules["precode"] = block
         model._modules[name] = child
     head.register_forward_pre_hook(block.pre_hook)

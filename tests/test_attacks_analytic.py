@@ -168,6 +168,10 @@ def test_rgap_checks_the_chain_against_the_forward():
     pairs = chain(nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Sigmoid(), nn.Flatten(),
                                 nn.Linear(3 * 8 * 8, 2)).double(), (3, 8, 8))
     assert [type(act).__name__ if act else None for _, act in pairs] == ["Sigmoid", None]
+    # dropout is off in every attack's model of the client, and no layer of the chain
+    pairs = chain(nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 16), nn.ReLU(), nn.Dropout(0.5),
+                                nn.Linear(16, 2)).double().eval(), (3, 8, 8))
+    assert [type(act).__name__ if act else None for _, act in pairs] == ["ReLU", None]
 
 
 # -- rtf ------------------------------------------------------------------------------------

@@ -159,6 +159,8 @@ def chain(model: nn.Module, in_shape: tuple[int, ...]) -> list[tuple[Layer, nn.M
     for name, m in ((n, m) for n, m in model.named_modules() if not list(m.children())):
         if isinstance(m, nn.Flatten):
             h = h.flatten(1)
+        elif isinstance(m, nn.modules.dropout._DropoutNd):
+            continue  # off, as every attack replays the model (its masks are the client's private randomness)
         elif type(m) in LAYERS:
             build, flat = LAYERS[type(m)]
             h = h.flatten(1) if flat else h

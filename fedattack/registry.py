@@ -125,7 +125,7 @@ def import_path(path: str, field_name: str) -> Any:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as exc:
-        hint = ("; run from the folder that holds it, or add that folder to PYTHONPATH"
+        hint = ("; add the folder that holds it to PYTHONPATH (PYTHONPATH=. where you run from that folder)"
                 if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0] else "")
         raise ConfigError(field_name, f"cannot import '{path}' ({exc}{hint})") from None
     return obj

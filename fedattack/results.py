@@ -235,10 +235,20 @@ def describe_calibration(tuned: dict, held_out: dict) -> str:
                    if (held_out.get(k) or {}).get("confirmed") is False)
     lost += "".join(f" ({k}={(held_out.get(k) or {}).get('value')} lost on fresh updates)" for k in SWITCHES
                     if (held_out.get(k) or {}).get("confirmed") is False)
+    if (held_out.get("shrink") or {}).get("confirmed") is False:
+        lost += f" (shrink={held_out['shrink'].get('amount')} lost on fresh updates)"
     if held_out.get("confirmed") is False:
         return ("the configured parameters (the best candidate lost on fresh updates)" + (f"; {text}" if text else "")
                 + lost)
     return (text or "the configured parameters") + lost
+
+
+def unsimulated(defenses) -> str:
+    """A calibration's note on the defenses in force that its simulated updates leave out (those
+    acting inside training: DP-SGD, mixup, ...), or "" where there are none."""
+    names = list(defenses or [])
+    return (f"; {', '.join(names)} left out of the simulated updates (acting inside training, "
+            f"{plural(len(names), 'it is', 'they are')} not simulated)" if names else "")
 
 
 def optimizer_words(*, optimizer: str = "sgd", momentum: Any = 0, nesterov: bool = False,

@@ -11,7 +11,7 @@ from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks import calibrate as calibrate_module
 from fedattack.attacks.base import AttackSpec, LogRange
 from fedattack.attacks.calibrate import (calibrate, calibration_key, case_count, dominates, gain_lower_bound, improves,
-                                         simulate_cases, size_band)
+                                         band_words, simulate_cases, size_band)
 from fedattack.defenses.clipping import global_norm
 from fedattack.cli import main
 from fedattack.threat import DefenseSetting, Reconstruction
@@ -307,6 +307,8 @@ def test_calibration_key_ignores_the_weights_but_not_the_protocol():
     keys = [calibration_key("invgrad", o, False) for o in sized]
     assert keys[0] == keys[1] != keys[2]
     assert [size_band(n) for n in (1, 2, 3, 4, 5, 16, 17)] == [0, 1, 2, 2, 3, 4, 5]
+    assert [band_words(n) for n in (1, 2, 3, 8, 9)] == ["1 example", "2 examples", "3-4 examples", "5-8 examples",
+                                                        "9-16 examples"]
 
 
 def test_an_audit_calibrates_before_its_first_jobs_and_records_the_choice(tmp_path):
@@ -437,6 +439,9 @@ def test_the_record_names_the_stretched_iterations_even_where_the_tuned_values_l
     assert describe_calibration({"rebalance": False}, flipped).endswith("; rebalance=False")
     assert describe_calibration({}, {"cases": 2, "rebalance": {"value": False, "confirmed": False}}) \
         == "the configured parameters (rebalance=False lost on fresh updates)"
+    # and a shrink toward grey
+    assert describe_calibration({}, {"cases": 2, "shrink": {"amount": 0.5, "confirmed": False}}) \
+        == "the configured parameters (shrink=0.5 lost on fresh updates)"
 
 
 @dataclass
@@ -474,6 +479,7 @@ def test_calibration_shrinks_output_whose_detail_is_wrong_and_leaves_flat_output
         cal = calibrate("test-noisy", _NoisyParams(), tune, budget=1, ctx=AttackContext(seed=0), held_out=like)
     assert cal.params.shrink >= 0.75 and cal.tuned == {"shrink": cal.params.shrink}
     assert cal.held_out["shrink"]["confirmed"] and cal.best_psnr > cal.default_psnr + 3
+    assert cal.held_out["cases"] == len(like.cases)  # the report's count of fresh updates reads it
     assert cal.trials[-1]["by_amount"]["0.9"] > cal.trials[-1]["by_amount"]["0.0"]
 
     @dataclass

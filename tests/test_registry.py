@@ -94,8 +94,8 @@ def test_a_wrong_model_plug_in_is_told_what_to_give_instead():
                                           r"positional arguments"):
         MODELS.get("tests.plugins.models:NeedsDepth")  # a class with arguments of its own
     assert MODELS.get("tests.plugins.models:QuickstartNet") is not None
-    with pytest.raises(ConfigError, match=r"No module named 'no_such_pkg'; run from the folder that holds it, or "
-                                          r"add that folder to PYTHONPATH\)$"):
+    with pytest.raises(ConfigError, match=r"No module named 'no_such_pkg'; add the folder that holds it to PYTHONPATH "
+                                          r"\(PYTHONPATH=\. where you run from that folder\)\)$"):
         MODELS.get("no_such_pkg:thing")
 
 

@@ -446,10 +446,12 @@ def test_a_secagg_run_that_attacked_the_sum_says_so_and_names_only_the_attacks_t
     assert "invgrad" not in out.getvalue()
 
 
-@pytest.mark.parametrize("chosen, says", [(500, "calibration raised invgrad to 500 iterations (calibration.json)"),
-                                          ((500, 2), "calibration raised invgrad to 500 iterations and 2 restarts "
+@pytest.mark.parametrize("chosen, says", [(500, "250 iterations), except where calibration raised them: invgrad to "
+                                                "500 iterations (calibration.json)"),
+                                          ((500, 2), "calibration raised them: invgrad to 500 iterations and 2 "
+                                                     "restarts (calibration.json)"),
+                                          ((250, 4), "calibration raised them: invgrad to 4 restarts "
                                                      "(calibration.json)"),
-                                          ((250, 4), "calibration raised invgrad to 4 restarts (calibration.json)"),
                                           (250, None)])
 def test_the_budgets_name_what_calibration_raised(tmp_path, chosen, says):
     cfg = fconfig.load(None, ["fl.rounds=1", "audit.attacks=[idlg,invgrad]", "invgrad.iterations=250",
@@ -482,6 +484,12 @@ def test_a_result_line_says_what_the_report_says_of_a_score_above_the_blank_gues
     assert above.endswith("above the blank guess, no image recovered · 1.0 s") and "safe" not in above
     assert "no leak beyond a blank guess" in near
     assert verdict(rows[0], 0.5)[0] == "above the blank guess, no image recovered"
+    # labels without images: no PSNR to set beside a blank guess, as the report says
+    labels = JobResult(round=1, client=0, attack="analytic", defense="none", status="ok", seconds=1.0,
+                       score=Score(psnr=float("nan"), ssim=float("nan"), num_images=2, label_acc=0.5))
+    progress.result(labels)
+    assert out.getvalue().splitlines()[-1].endswith("analytic · labels 50% · labels only · 1.0 s")
+    assert verdict(labels, 0.5)[0] == "labels only"
 
 
 def test_the_held_back_legend_appears_only_beside_rows_that_have_held_back_images():
@@ -566,6 +574,10 @@ def test_the_calibration_table_names_every_protocol_setting_it_simulated(tmp_pat
     page = calibration_section(tmp_path)
     assert "4 images, 4 steps in 2 epochs of batch 2 at lr 0.1, momentum 0.9, FedProx mu 0.5" in page
     assert "weight decay" not in page
+    # a defense acting inside training is left out of the simulated updates, and the table says so
+    (tmp_path / "calibration.json").write_text(json.dumps([{"attack": "invgrad", "protocol": protocol, "tuned": {},
+                                                             "held_out": {}, "unmodelled_defenses": ["dpsgd"]}]))
+    assert "the configured parameters; dpsgd left out of the simulated updates" in calibration_section(tmp_path)
 
 
 def test_an_apps_log_line_leaves_out_labels_an_attack_did_not_recover(caplog):

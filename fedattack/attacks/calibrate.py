@@ -44,6 +44,7 @@ from fedattack.errors import AttackFailure, first_line
 from fedattack.metrics.score import score
 from fedattack.results import STRETCHED, SWITCHES
 from fedattack.threat import Observation, Reconstruction, Truth
+from fedattack.text import counted
 
 
 # -- search spaces --------------------------------------------------------------------------
@@ -443,6 +444,7 @@ def choose_shrink(attack: str, params: Any, cases: CalibrationCases, held_out: C
     if held_out is not None and held_out.cases:
         fresh = shrink_scores(attack, params, held_out.cases, ctx, (params.shrink, chosen), check)
         confirmed = improves(fresh[chosen], fresh[params.shrink])
+        confirmation.setdefault("cases", len(held_out.cases))
         confirmation["shrink"] = {"amount": chosen, "configured": [round(v, 3) for v in fresh[params.shrink]],
                                   "chosen": [round(v, 3) for v in fresh[chosen]], "confirmed": confirmed}
         if not confirmed:
@@ -496,6 +498,12 @@ def stretch(attack: str, params: Any, key: str, scores: list[float], cases: Cali
 def size_band(n: int | None) -> int:
     """The power-of-two band of a client's example count: 1, 2, 3-4, 5-8, 9-16, ... -> 0, 1, 2, 3, 4, ..."""
     return max(0, int(n or 0) - 1).bit_length()
+
+
+def band_words(n: int | None) -> str:
+    """The band of `size_band(n)` in words: '1 example', '2 examples', '5-8 examples'."""
+    band = size_band(n)
+    return counted(band + 1, "example") if band < 2 else f"{2 ** (band - 1) + 1}-{2 ** band} examples"
 
 
 def calibration_key(attack: str, obs: Observation, adaptive: bool) -> tuple:

@@ -158,6 +158,11 @@ class Progress:
             self.print(line)
             return
         s = r.score
+        if math.isnan(s.psnr):  # labels, no images to score: the report's words
+            line.append(("" if _missing(s.label_acc) else f"labels {s.label_acc * 100:.0f}% · ") + "labels only")
+            line.append(f" · {r.seconds:.1f} s")
+            self.print(line)
+            return
         line.append(f"PSNR {_f(s.psnr, '.1f')} dB (blank guess {_f(s.baseline_psnr, '.1f')}) · "
                     f"SSIM {_f(s.ssim, '.2f')} · "
                     + ("" if _missing(s.label_acc) else f"labels {s.label_acc * 100:.0f}% · ")

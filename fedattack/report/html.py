@@ -26,7 +26,8 @@ from fedattack.report.exposure import ALL, best_per_sample, worst_clients
 from fedattack.report.images import PAD, columns
 from fedattack.report.summary import (Summary, batch_norm_caveat, budget_caveat, failed_caveat, ran_budgets,
                                       secagg_scope, sums_only)
-from fedattack.results import ImageRow, JobResult, RoundResult, RunHeader, describe_calibration, optimizer_words
+from fedattack.results import (ImageRow, JobResult, RoundResult, RunHeader, describe_calibration, optimizer_words,
+                               unsimulated)
 from fedattack.text import counted, plural
 
 MAX_GALLERIES = 60  # per-update galleries shown (leaks first when there are more)
@@ -324,7 +325,7 @@ def calibration_section(run_dir: Path) -> str:
             chosen, gain = f"skipped: {r['skipped']}", ""
         else:
             check = r.get("held_out") or {}
-            chosen = describe_calibration(r.get("tuned") or {}, check)
+            chosen = describe_calibration(r.get("tuned") or {}, check) + unsimulated(r.get("unmodelled_defenses"))
             gain = f"{r.get('default_psnr', float('nan')):.1f} &rarr; {r.get('best_psnr', float('nan')):.1f}"
             fresh = f" + {check['cases']} fresh" if check.get("cases") else ""
         rows.append(f"<tr><td>{esc(r.get('attack', ''))}</td><td>{esc(setting)}</td>"

@@ -127,7 +127,8 @@ def budget_caveat(header: RunHeader, summary: Summary | None = None) -> str:
     optimization attacks several times longer. With `summary`: the budgets of the attacks that
     scored an update only."""
     budgets = header.budgets if summary is None else ran_budgets(summary)
-    chosen = (f"; calibration raised {', '.join(header.raised)} (calibration.json)" if header.raised else
+    chosen = (f", except where calibration raised them: {', '.join(header.raised)} (calibration.json)"
+              if header.raised else
               ", or at the counts calibration chose where it raised them (calibration.json)"
               if header.calibrated and header.raised is None else "")
     return (f"The attacks ran at their configured budgets ({', '.join(budgets)}){chosen}; more iterations, "

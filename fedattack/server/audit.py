@@ -52,7 +52,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from fedattack import shutdown
 from fedattack.attacks import ATTACKS, AttackContext, needing_malicious_server
 from fedattack.attacks.base import AttackSpec
-from fedattack.attacks.calibrate import calibrate, calibration_key, judges
+from fedattack.attacks.calibrate import band_words, calibrate, calibration_key, judges
 from fedattack.client.record import AUDIT_KEY, TRUTH_KEY, ClientRecord, pop_record
 from fedattack.client.train import schedule
 from fedattack.config import from_dict
@@ -65,7 +65,8 @@ from fedattack.models.generator import check_checkpoint
 from fedattack.models.user import user_model_spec
 from fedattack.report.store import RunStore, default_out_dir
 from fedattack.report.summary import secagg_scope
-from fedattack.results import STRETCHED, SWITCHES, JobResult, RoundResult, RoundStats, describe_calibration
+from fedattack.results import (STRETCHED, SWITCHES, JobResult, RoundResult, RoundStats, describe_calibration,
+                               unsimulated)
 from fedattack.schema import AuditConfig
 from fedattack.server.dispatch import Dispatcher, make_dispatcher
 from fedattack.server.interrupt import interruption
@@ -363,8 +364,9 @@ class Auditor:
             cases, held_out = judges(observation, images, labels, cases=opts.calibration_cases,
                                      min_images=opts.calibration_images, seed=self.plan.seed)
             say(f"calibrating {attack} before its first jobs: up to {counted(opts.calibration_budget, 'setting')} on "
-                f"{counted(len(cases.cases), 'simulated update')} of this protocol (once per model, protocol, defense "
-                "and band of client sizes)")
+                f"{counted(len(cases.cases), 'simulated update')} of this protocol, for clients of "
+                f"{band_words(observation.protocol.num_examples)} (once per model, protocol, defense and band of "
+                f"client sizes){unsimulated(cases.unmodelled)}")
             ctx = AttackContext(seed=self.plan.seed, labels=opts.labels)
             cal = calibrate(attack, params, cases, budget=opts.calibration_budget, ctx=ctx, held_out=held_out,
                             on_trial=on_trial, check=shutdown.check,
@@ -379,7 +381,7 @@ class Auditor:
             return params
         record.update(cal.record())
         chosen = describe_calibration(cal.tuned, cal.held_out)
-        say(f"calibrated {attack} on {cal.cases} simulated updates in {cal.seconds:.0f} s: "
+        say(f"calibrated {attack} on {counted(cal.cases, 'simulated update')} in {cal.seconds:.0f} s: "
             f"{chosen} (PSNR {cal.default_psnr:.1f} -> {cal.best_psnr:.1f} dB)")
         self._record_calibration(record)
         return cal.params

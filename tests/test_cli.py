@@ -332,6 +332,11 @@ def test_a_calibration_dataset_that_is_not_there_names_the_calibration_root(tmp_
                  f"audit.calibration_root={tmp_path / 'nowhere'}", "--out", str(tmp_path / "out"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and "audit.calibration_root: " in err and "data.root" not in err, err
+    # without a root: the loader's own field is not repeated inside the calibration's line
+    assert main(["attack", "audit.calibrate=true", "audit.calibration_data=mnist", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedattack: error: audit.calibration_data: cannot load 'mnist': dataset 'mnist' needs "
+                          "data.root (or audit.calibration_root)") and err.count("calibration_root") == 1, err
 
 
 def test_attack_mode_needs_no_federation_partition(tmp_path):

@@ -142,8 +142,10 @@ def server_data(exp: Experiment, *, client_images: int | None = None) -> tuple[t
         try:
             test = load_dataset(other, seed=cfg.seed).test
         except FedattackError as exc:  # the loader names data.root, which here is audit.calibration_root
-            said = str(exc).replace("data.root", "audit.calibration_root" if cfg.audit.calibration_root else
-                                    "data.root (or audit.calibration_root)")
+            said = exc.message if isinstance(exc, ConfigError) else str(exc)  # the field is audit.calibration_data
+            said = said.removeprefix("data.name: ").replace("data.name=", "audit.calibration_data=")
+            said = said.replace("data.root", "audit.calibration_root" if cfg.audit.calibration_root else
+                                "data.root (or audit.calibration_root)")
             raise ConfigError("audit.calibration_data", f"cannot load {other.name!r}: {said}") from None
         want, got = exp.train.spec, test.spec
         if tuple(got.shape) != tuple(want.shape) or got.num_classes > want.num_classes:

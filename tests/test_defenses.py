@@ -249,6 +249,15 @@ def test_soteria_and_precode_find_the_head_of_flowers_quickstart_net(small_cfg, 
     assert float(result.update["precode.encoder.weight"].abs().sum()) > 0
 
 
+def test_dpsgd_refuses_a_batchnorm_model_in_one_short_line(small_cfg):
+    with pytest.raises(ConfigError) as info:
+        _train(small_cfg, "model.name=convnet", "model.width=4", "client.defenses=[dpsgd]")
+    said = str(info.value)
+    assert said.startswith("client.defenses: dpsgd: Opacus cannot compute per-example gradients of this model "
+                           "(BatchNorm cannot support training with differential privacy)")
+    assert said.endswith("(model.name=lenet or mlp)") and len(said) < 250, said
+
+
 def test_soteria_and_precode_refuse_a_model_without_a_linear_head_naming_the_field():
     from fedattack.defenses.soteria import representation_layer
     from fedattack.models.bottleneck import head_of

@@ -86,8 +86,10 @@ def dpsgd_train(model, optimizer, loader, params: DPSGDParams, ctx: DefenseConte
 
     problems = ModuleValidator.validate(model, strict=False)
     if problems:
-        raise ConfigError("dpsgd", f"Opacus cannot compute per-example gradients of this model ({problems[0]}); "
-                                   "use a model without BatchNorm (model.name=lenet or mlp)")
+        reason = str(problems[0]).split(". ")[0].rstrip(".")  # Opacus explains at length; its first sentence says what
+        hint = ("; use a model without BatchNorm (model.name=lenet or mlp)" if "BatchNorm" in reason else "")
+        raise ConfigError("client.defenses", f"dpsgd: Opacus cannot compute per-example gradients of this model "
+                                             f"({reason}){hint}")
     batch_size = max(len(b[1]) for b in loader)
     base = DataLoader(TensorDataset(ctx.images, ctx.labels), batch_size=batch_size)
     dp_loader = DPDataLoader.from_data_loader(base, generator=ctx.generator)  # Poisson sampling, seeded

@@ -177,6 +177,8 @@ def test_count_methods_undo_the_unknown_factor_of_clipping(method):
             unclipped, _ = observed_update(*case)
             assert scaled_by(obs.protocol.defenses, obs.gradient_estimate())
             assert not scaled_by((DefenseSetting("clip", {"bound": 100.0}),), unclipped.gradient_estimate())
+            noisy = {k: v + 0.01 * torch.randn_like(v) for k, v in obs.gradient_estimate().items()}
+            assert not scaled_by(obs.protocol.defenses, noisy)  # noise after clipping: not known to be at the bound
             for acc, o in ((clipped, obs), (plain, unclipped)):
                 acc.append(label_accuracy(LABELS.get(method)(o, 8).numpy(), truth.labels.numpy()))
     assert np.mean(clipped) >= 0.85 and np.mean(clipped) >= np.mean(plain) - 0.1  # without: 0.77-0.78

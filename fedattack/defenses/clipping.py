@@ -47,6 +47,7 @@ def clip_adapt(trial, observed, params: ClipParams, scale: float | None = None):
 register_defense(DefenseSpec(
     name="clip", params=ClipParams, where="update", main_param="bound", on_update=clip_update, adapt=clip_adapt,
     keeps_signs=lambda params: True,  # a positive factor
-    scales=lambda gradient, params: float(global_norm(gradient)) >= params.bound * (1 - 1e-3),  # at the bound
+    # at the bound (a defense after it, noise, moves the norm off it: the factor is then not recognised)
+    scales=lambda gradient, params: abs(float(global_norm(gradient)) - params.bound) <= 1e-3 * params.bound,
     paper="Li et al., Auditing Privacy Defenses in Federated Learning via Generative Gradient Leakage, CVPR 2022 "
           "(gradient clipping defense)"))

@@ -490,6 +490,11 @@ def test_a_result_line_says_what_the_report_says_of_a_score_above_the_blank_gues
     progress.result(labels)
     assert out.getvalue().splitlines()[-1].endswith("analytic · labels 50% · labels only · 1.0 s")
     assert verdict(labels, 0.5)[0] == "labels only"
+    from fedattack.report.html import updates_table
+    from fedattack.results import RunHeader
+
+    assert "labels only" in updates_table([labels], RunHeader(), []) and "0 of 2" not in updates_table(
+        [labels], RunHeader(), [])  # no images to count as recovered or not
 
 
 def test_the_held_back_legend_appears_only_beside_rows_that_have_held_back_images():

@@ -357,7 +357,8 @@ def attack_table(summary: Summary) -> str:
                      (num(a.baseline_ssim), "n"), (num(a.lpips), "n"),
                      (num(a.label_acc, 3, pct=True) if a.label_acc is not None else DASH, "n"),
                      (f"{a.leaked} of {scored}" if scored else DASH, "n"),
-                     (f"{a.recovered} of {a.images}" if scored else DASH, "n"), (num(a.seconds, 1), "n")])
+                     (f"{a.recovered} of {a.images}" if scored and a.images else DASH, "n"),  # labels only: none
+                     (num(a.seconds, 1), "n")])
     head = ["attack", "jobs", "failed", "PSNR (dB)", "blank-guess PSNR (dB)", "margin (dB)", "SSIM",
             "blank-guess SSIM", "LPIPS (lower: closer)", "label accuracy", "updates leaked", "images recovered",
             "time per job (s)"]
@@ -392,7 +393,8 @@ def updates_table(results: list[JobResult], header: RunHeader, images: list[Imag
         rows.append([(str(r.round), "n"), (esc(who(r.client)), "w"), (esc(r.label), "w"), (words_html, "t"),
                      (num(s.psnr), "n"), (num(s.baseline_psnr), "n"), (num(s.margin, 2, sign=True), "n"),
                      (num(s.ssim), "n"), (num(s.baseline_ssim), "n"), (num(s.lpips), "n"),
-                     (num(s.label_acc, 3, pct=True), "n"), (f"{s.recovered} of {s.num_images}", "n"),
+                     (num(s.label_acc, 3, pct=True), "n"),
+                     (DASH if math.isnan(s.psnr) else f"{s.recovered} of {s.num_images}", "n"),
                      (num(r.seconds, 1), "n")])
     head = ["round", "client", "attack", "verdict", "PSNR (dB)", "blank-guess PSNR (dB)", "margin (dB)", "SSIM",
             "blank-guess SSIM", "LPIPS", "labels recovered", "images recovered", "time (s)"]

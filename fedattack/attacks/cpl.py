@@ -163,7 +163,7 @@ def cpl(obs: Observation, params: CPLParams, ctx: AttackContext) -> Reconstructi
             x = torch.maximum(torch.minimum(x, hi), lo)
         return dist(gradient(v, weights, x, labels), observed)
 
-    best: tuple[float, torch.Tensor, int, int] | None = None
+    best: tuple[float, torch.Tensor, int, int, int, int] | None = None  # loss, images, steps, evaluations, cuts, starts
     for r in range(params.restarts):
         gen = ctx.generator(r)
         x = seed_images(params.init, n, obs.data, gen).to(ctx.device).requires_grad_(True)

@@ -165,10 +165,10 @@ def unscaled(obs: Observation, signal: torch.Tensor, p: torch.Tensor, n: int) ->
     bias counts about a fifth of 4 to 8 labels on average. The counts are whole numbers, so s is
     taken as the factor, among SCALE_GRID values log-spaced from 1 down to 1e-3 (or lower, down to
     the smallest factor that keeps every count >= 0, where that is below 1e-3), whose counts
-    n (p - signal / s) lie nearest to whole non-negative numbers, and divided out. Over 40 clipped updates (LeNet, an MLP and the
-    quickstart CNN on photos, digits and LFW, 4 and 8 images) this recovered 98% of the labels,
-    against 78% without it and 90% for the smallest factor alone; with two classes whole counts
-    fit at several factors and it can still miss."""
+    n (p - signal / s) lie nearest to whole non-negative numbers, and divided out. Over 40
+    clipped updates (LeNet, an MLP and the quickstart CNN on photos, digits and LFW, 4 and 8
+    images) this recovered 98% of the labels, against 78% without it and 90% for the smallest
+    factor alone; with two classes whole counts fit at several factors and it can still miss."""
     positive = signal > 0
     if not bool(positive.any()) or not scaled_by(obs.protocol.defenses, obs.gradient_estimate()):
         return signal

@@ -132,7 +132,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     req = shutdown.requested()
     if req is not None and auditor.store is not None:
         n = len(results)
-        progress.answer(f"fedattack: stopped by {req.reason}: {n} finished result{'s' if n != 1 else ''} in "
+        progress.answer(f"fedattack: stopped by {req.reason}: {counted(n, 'finished result')} in "
                         f"{auditor.store.dir / 'leakage.csv'}; report {auditor.store.dir / 'report.html'}")
     shutdown.check()
     return results

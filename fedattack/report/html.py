@@ -104,8 +104,8 @@ def verdict(r: JobResult, margin: float, held: int = 0) -> tuple[str, str]:
         return f"leaked {s.recovered} of {counted(s.num_images, 'image')}", "leak"
     if math.isnan(s.margin) or s.margin <= margin:
         if held:  # say what the row holds: "no leakage" alone reads false beside a sharp image
-            return (f"within the blank-guess margin as a whole; {held} image{'s' if held > 1 else ''} meet"
-                    f"{'' if held > 1 else 's'} the SSIM rule (\u25cb, not counted)"), "held"
+            return (f"within the blank-guess margin as a whole; {counted(held, 'image')} "
+                    f"{plural(held, 'meets', 'meet')} the SSIM rule (\u25cb, not counted)"), "held"
         return "no leakage beyond a blank guess", "safe"
     return "above the blank guess, no image recovered", "safe"
 

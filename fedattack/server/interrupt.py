@@ -25,6 +25,7 @@ from fedattack import shutdown
 from fedattack.errors import FedattackError, first_line
 from fedattack.results import Interruption
 from fedattack.server.grids import GridView
+from fedattack.text import counted
 
 
 class StoppableGrid(GridView):
@@ -226,7 +227,7 @@ class RunGuard:
         if stop is None or stop.signal is None:
             return
         n = self.store.num_results
-        print(f"fedattack: stopped by {stop.signal}: {n} finished result{'s' if n != 1 else ''} in "
-              f"{self.store.dir / 'leakage.csv'}; {stop.abandoned_jobs} unfinished job"
-              f"{'s' if stop.abandoned_jobs != 1 else ''} cancelled; report {self.store.dir / 'report.html'}",
+        print(f"fedattack: stopped by {stop.signal}: {counted(n, 'finished result')} in "
+              f"{self.store.dir / 'leakage.csv'}; {counted(stop.abandoned_jobs, 'unfinished job')} cancelled; "
+              f"report {self.store.dir / 'report.html'}",
               file=sys.stderr, flush=True)

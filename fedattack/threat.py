@@ -153,9 +153,14 @@ class Observation:
     malicious: dict[str, Any] = field(default_factory=dict)  # what a malicious server changed
 
     def gradient_estimate(self) -> dict[str, torch.Tensor]:
-        """The update read as one averaged gradient: -update / (lr * steps)."""
-        scale = -1.0 / (self.protocol.lr * max(1, self.protocol.local_steps))
-        return {k: v * scale for k, v in self.update.items()}
+        """The update read as one averaged gradient: -update / (lr * steps), less the weight
+        decay SGD adds to each step's gradient (weight_decay * w, taken at the global weights:
+        exact for one step, to first order for several)."""
+        p = self.protocol
+        scale = -1.0 / (p.lr * max(1, p.local_steps))
+        decay = p.weight_decay if p.optimizer == "sgd" else 0.0
+        return {k: v * scale - decay * self.global_params[k] if decay and k in self.global_params else v * scale
+                for k, v in self.update.items()}
 
     def to(self, device: torch.device | str) -> "Observation":
         return replace(

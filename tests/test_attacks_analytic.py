@@ -120,6 +120,29 @@ def test_rgap_solves_layer_by_layer_down_to_the_image(model):
     assert len(rec.info["iterations"]) == (2 if "model.name=mlp" in model else 3)
 
 
+@pytest.mark.parametrize("name,model", [
+    ("rgap", DLG_SETTING), ("analytic", ["model.name=mlp", "model.activation=relu", "client.batch_size=1",
+                                         "client.local_steps=1"])])
+def test_closed_form_attacks_take_the_clients_weight_decay_out(name, model):
+    # SGD adds weight_decay * w to every step's gradient; the server knows both
+    obs, truth = observe([*model, "client.weight_decay=0.05"], [3])
+    assert obs.protocol.weight_decay == 0.05
+    s = score(attack(name, obs), truth, obs.data)
+    assert s.psnr >= 40 and s.ssim > 0.99, (s.psnr, s.ssim)
+
+
+@pytest.mark.parametrize("name,model", [
+    ("rgap", DLG_SETTING), ("analytic", ["model.name=mlp", "client.batch_size=1", "client.local_steps=1"]),
+    ("rtf", ["model.name=mlp", "server.mode=malicious", "audit.attacks=[rtf]", "client.batch_size=4",
+             "client.local_steps=1"])])
+def test_closed_form_attacks_refuse_an_adam_client_in_one_line(name, model):
+    obs, _ = observe([*model, "client.optimizer=adam"], [0, 1, 2, 3][: 4 if name == "rtf" else 1])
+    with pytest.raises(AttackFailure, match=f"^{name} reads the update as a gradient in closed form; "
+                                            "the client's adam steps") as failure:
+        attack(name, obs)
+    assert "\n" not in str(failure.value)
+
+
 def test_rgap_stopped_early_is_worse():
     obs, truth = observe(DLG_SETTING, [3])
     full = score(attack("rgap", obs), truth, obs.data).psnr

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedattack.attacks.base import AttackContext, register_attack
+from fedattack.attacks.base import AttackContext, read_gradient, register_attack
 from fedattack.attacks.engine import linear_layers
 from fedattack.attacks.engine import solve_input as read_input
 from fedattack.attacks.labels import recover_labels
@@ -55,7 +55,7 @@ def input_layer(obs: Observation) -> str | None:
 
 
 def layer_gradient(obs: Observation, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
-    grad = obs.gradient_estimate()
+    grad = read_gradient(obs, "analytic")
     if layer + ".weight" not in grad or layer + ".bias" not in grad:
         raise AttackFailure(f"no fully connected layer '{layer}' with weight and bias; "
                          f"linear layers: {', '.join(linear_layers(obs.global_params)) or 'none'}")

@@ -95,6 +95,17 @@ def needing_malicious_server(names) -> list[str]:
     return [a for a in names if (spec := ATTACKS.find(a)) is not None and spec.needs_malicious]
 
 
+def read_gradient(obs: Observation, attack: str) -> dict[str, torch.Tensor]:
+    """The update in gradient units for an attack that reads it in closed form (analytic, rtf,
+    rgap): an SGD step is the learning rate times the gradient (`Observation.gradient_estimate`
+    takes the weight decay out); an Adam step divides each entry by its own running size, so at
+    the first step it is the gradient's sign, and no closed form reads the gradient back."""
+    if obs.protocol.optimizer != "sgd":
+        raise AttackFailure(f"{attack} reads the update as a gradient in closed form; the client's "
+                            f"{obs.protocol.optimizer} steps scale each entry by its own size")
+    return obs.gradient_estimate()
+
+
 def checked_output(name: str, rec: Any, obs: Observation) -> Reconstruction:
     """`rec` if it keeps the Reconstruction contract for `obs`, else a TypeError or ValueError that
     says how it breaks it: images None or (N, C, H, W) tensors of the data's shape, labels None or a

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch.nn.grad import conv2d_input, conv2d_weight
 
 from fedattack.attacks.analytic import solve_input
-from fedattack.attacks.base import AttackContext, register_attack
+from fedattack.attacks.base import AttackContext, read_gradient, register_attack
 from fedattack.attacks.labels import recover_labels
 from fedattack.errors import AttackFailure
 from fedattack.models import build_model
@@ -254,7 +254,7 @@ def rgap(obs: Observation, params: RGAPParams, ctx: AttackContext) -> Reconstruc
     model.load_state_dict({**obs.buffers, **obs.global_params}, strict=False)
     model.eval()
     pairs = chain(model, obs.data.shape)
-    grad = {k: v.double().to(ctx.device) for k, v in obs.gradient_estimate().items()}
+    grad = {k: v.double().to(ctx.device) for k, v in read_gradient(obs, "rgap").items()}
     iterations = []
     with torch.no_grad():
         head = pairs[-1][0]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedattack.attacks.base import AttackContext, register_attack
+from fedattack.attacks.base import AttackContext, read_gradient, register_attack
 from fedattack.attacks.engine import num_images
 from fedattack.attacks.labels import recover_labels
 from fedattack.errors import AttackFailure
@@ -71,7 +71,7 @@ def read_bins(w: torch.Tensor, b: torch.Tensor, dw: torch.Tensor, db: torch.Tens
                  scope="any", needs_malicious=True, model_extension="imprint")
 def rtf(obs: Observation, params: RTFParams, ctx: AttackContext) -> Reconstruction:
     layer = imprint_layer(obs)
-    grad = obs.gradient_estimate()
+    grad = read_gradient(obs, "rtf")
     w, b = obs.global_params[layer + ".weight"].double(), obs.global_params[layer + ".bias"].double()
     bin_w, bin_b = read_bins(w, b, grad[layer + ".weight"].double(), grad[layer + ".bias"].double())
     strength = bin_b.abs()

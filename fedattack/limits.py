@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from fedattack.defenses import DEFENSES
 from fedattack.errors import ConfigError, first_line
 from fedattack.experiment import Experiment
 from fedattack.models import build_model
@@ -188,10 +189,22 @@ def local_gpus() -> int:
         return 0
 
 
+def check_defenses(exp: Experiment) -> None:
+    """Each configured defense can act on the model (`DefenseSpec.check_model`: dpsgd and
+    BatchNorm, soteria without a Linear head), checked here rather than inside the first client."""
+    checks = [(spec.check_model, exp.cfg.defense(d)) for d in exp.cfg.client.defenses
+              if (spec := DEFENSES.get(d)).check_model is not None]
+    if checks:
+        model = build_model(exp.model_spec)
+        for check, params in checks:
+            check(model, params)
+
+
 def check_machine(exp: Experiment) -> None:
-    """Everything above for `fedattack run`: the model, memory, and (local Ray) the CPUs and
-    GPUs each client asks for."""
+    """Everything above for `fedattack run`: the model, the defenses on it, memory, and (local
+    Ray) the CPUs and GPUs each client asks for."""
     check_memory(exp, check_model(exp))
+    check_defenses(exp)
     cfg = exp.cfg
     if cfg.ray.address:
         return  # a cluster's resources are checked once connected (check_cluster)

@@ -258,6 +258,22 @@ def test_dpsgd_refuses_a_batchnorm_model_in_one_short_line(small_cfg):
     assert said.endswith("(model.name=lenet or mlp)") and len(said) < 250, said
 
 
+@pytest.mark.parametrize("model,defense,says", [
+    ("model.name=convnet", "dpsgd", "client.defenses: dpsgd: Opacus cannot compute per-example gradients"),
+    ("model.name=tests.plugins.models:conv_head", "soteria", "client.defenses: soteria needs a model with a fully")])
+def test_a_run_refuses_a_model_its_defense_cannot_act_on_before_ray_starts(small_cfg, tmp_path, monkeypatch,
+                                                                           model, defense, says):
+    # the same line `fedattack attack` gives, from the checks before a run, not from inside its clients
+    import ray
+
+    from fedattack.simulate import prepare
+
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
+    with pytest.raises(ConfigError, match=f"^{says}"):
+        prepare(small_cfg(model, f"client.defenses=[{defense}]"), out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_soteria_and_precode_refuse_a_model_without_a_linear_head_naming_the_field():
     from fedattack.defenses.soteria import representation_layer
     from fedattack.models.bottleneck import head_of

@@ -80,6 +80,9 @@ class DefenseSpec:
     adapt: Callable[..., Any] | None = None
     keeps_signs: Callable[[Any], bool] | None = None
     scales: Callable[[dict[str, torch.Tensor], Any], bool] | None = None
+    # (model, params): raises ConfigError naming client.defenses where the defense cannot act on the
+    # model; `fedattack run` and sweeps call it before Ray starts, not inside the first client
+    check_model: Callable[[torch.nn.Module, Any], None] | None = None
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense", "client.defenses")

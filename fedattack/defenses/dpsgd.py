@@ -79,9 +79,8 @@ def clipping_of(model: torch.nn.Module, params: DPSGDParams) -> tuple[str, float
     return "per_layer", [params.max_grad_norm / math.sqrt(n)] * n
 
 
-def dpsgd_train(model, optimizer, loader, params: DPSGDParams, ctx: DefenseContext):
-    from opacus import PrivacyEngine
-    from opacus.data_loader import DPDataLoader
+def dpsgd_check(model: torch.nn.Module, params: DPSGDParams | None = None) -> None:
+    """Opacus's own validator: the layers it cannot compute per-example gradients of (BatchNorm)."""
     from opacus.validators import ModuleValidator
 
     problems = ModuleValidator.validate(model, strict=False)
@@ -90,6 +89,13 @@ def dpsgd_train(model, optimizer, loader, params: DPSGDParams, ctx: DefenseConte
         hint = ("; use a model without BatchNorm (model.name=lenet or mlp)" if "BatchNorm" in reason else "")
         raise ConfigError("client.defenses", f"dpsgd: Opacus cannot compute per-example gradients of this model "
                                              f"({reason}){hint}")
+
+
+def dpsgd_train(model, optimizer, loader, params: DPSGDParams, ctx: DefenseContext):
+    from opacus import PrivacyEngine
+    from opacus.data_loader import DPDataLoader
+
+    dpsgd_check(model)
     batch_size = max(len(b[1]) for b in loader)
     base = DataLoader(TensorDataset(ctx.images, ctx.labels), batch_size=batch_size)
     dp_loader = DPDataLoader.from_data_loader(base, generator=ctx.generator)  # Poisson sampling, seeded
@@ -120,7 +126,7 @@ def dpsgd_update(update, params: DPSGDParams, ctx: DefenseContext):
 
 register_defense(DefenseSpec(
     name="dpsgd", params=DPSGDParams, where="training", main_param="noise_multiplier", on_train=dpsgd_train,
-    on_update=dpsgd_update,
+    on_update=dpsgd_update, check_model=dpsgd_check,
     # per-example clipping scales each sample's gradient by a positive factor; noise flips signs
     keeps_signs=lambda params: params.noise_multiplier == 0,
     paper="Abadi et al., Deep Learning with Differential Privacy, CCS 2016 (Opacus); Fed-CDP: Wei et al., "

@@ -268,6 +268,23 @@ def test_fedavg_reconstructs_one_copy_per_epoch():
     assert epochs_of(steps, 4) == 1 and attack("fedavg", FedAvgParams(iterations=5), steps).info["epochs"] == 1
 
 
+@pytest.mark.parametrize("protocol", [("client.local_steps=3",),
+                                      ("client.local_steps=0", "client.local_epochs=2")], ids=["steps", "epochs"])
+def test_fedavg_screens_label_arrangements_and_matches_the_update_closer(protocol):
+    # over several steps which labels share a step matters, and over reshuffled epochs each copy
+    # needs its own arrangement: one arbitrary arrangement leaves a mismatch the images cannot close
+    from fedattack.attacks.fedavg import FedAvgParams
+
+    for seed in (0, 1, 2):
+        obs, _ = observed_update(f"seed={seed}", "data.name=photos", "data.image_size=16", "client.batch_size=2",
+                                 *protocol, indices=list(range(7 * seed, 7 * seed + 28, 4))[:6])
+        one = attack("fedavg", FedAvgParams(iterations=100, candidates=1), obs, seed=seed)
+        screened = attack("fedavg", FedAvgParams(iterations=100), obs, seed=seed)
+        assert one.info["label_candidates"] == 1 and screened.info["label_candidates"] == 16
+        assert screened.info["loss"] < 0.7 * one.info["loss"], (seed, screened.info["loss"], one.info["loss"])
+        assert screened.labels.shape == (6,) and screened.images.shape == one.images.shape
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_invgrad_weighs_its_prior_where_each_phase_of_a_screened_run_starts(monkeypatch, seed):
     # screened labels, then the run itself from the best of them: each phase balances the

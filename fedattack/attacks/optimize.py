@@ -23,7 +23,8 @@ from fedattack.threat import DataSpec, Protocol
 class Unknowns:
     """The attacker's variables for R restarts: images (R, [E,] N, C, H, W) and either label
     logits (R, N, classes), optimized too (DLG), or fixed labels (R, N), one arrangement of
-    the recovered labels per restart. `orders` (R, E, N), with fixed labels: the client
+    the recovered labels per restart, or (R, E, N) with per-epoch copies, one arrangement per
+    copy (`per_epoch_labels`). `orders` (R, E, N), with fixed labels: the client
     reshuffled its samples every local epoch, and slot j of epoch e trained on dummy sample
     orders[r, e, j] (see `epoch_batches`)."""
 
@@ -36,7 +37,11 @@ class Unknowns:
         return [self.x] if self.y_logits is None else [self.x, self.y_logits]
 
     def final_labels(self, r: int) -> torch.Tensor:
-        return self.labels[r] if self.y_logits is None else self.y_logits[r].detach().argmax(-1)
+        """Restart r's labels, per output image (per-epoch copies: the first copy's, to which
+        `consensus` aligns the others)."""
+        if self.y_logits is not None:
+            return self.y_logits[r].detach().argmax(-1)
+        return self.labels[r][0] if self.labels[r].dim() == 2 else self.labels[r]
 
 
 def arrangements(labels: torch.Tensor, protocol: Protocol, k: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -81,6 +86,15 @@ def random_orders(k: int, epochs: int, n: int, gen: torch.Generator) -> torch.Te
     samples are numbered by the slot they take in it)."""
     rest = [torch.stack([torch.randperm(n, generator=gen) for _ in range(epochs - 1)]) for _ in range(k)]
     return torch.cat([torch.arange(n).expand(k, 1, n), torch.stack(rest)], dim=1)
+
+
+def per_epoch_labels(labels: torch.Tensor, epochs: int, k: int, gen: torch.Generator) -> torch.Tensor:
+    """k candidate arrangements (k, epochs, N) of a label multiset (N,) for per-epoch copies of
+    the images (the FedAvg attack): each epoch arranges the multiset over its batches in its own
+    order, as the client's reshuffled epochs did; the first candidate arranges every epoch alike."""
+    orders = random_orders(k, epochs, len(labels), gen)
+    orders[0] = torch.arange(len(labels))
+    return labels[orders]
 
 
 def neighbours(labels: torch.Tensor, steps: list[list[int]], classes: int) -> list[tuple[torch.Tensor, list[int]]]:
@@ -249,15 +263,16 @@ def batched_objective(problem: Matching, u: Unknowns, which: str = "objective") 
 def per_restart(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], u: Unknowns, x: torch.Tensor
                 ) -> tuple[Callable[..., torch.Tensor], torch.Tensor, torch.Tensor]:
     """fn(images, labels) as one restart's function of the tensors `restart_losses` batches
-    (images x first): per-epoch copies share their labels (tiled over the epoch axis);
-    per-epoch orders index the images and labels each epoch trains on; label logits pass
+    (images x first): per-epoch copies share their labels (tiled over the epoch axis) unless
+    each copy has its own arrangement (labels (R, E, N)); per-epoch orders index the images and labels each epoch trains on; label logits pass
     through a softmax."""
     if u.orders is not None:
         return (lambda xi, yi, oi: fn(xi[oi], yi[oi])), x, u.labels, u.orders
     copies = u.x.shape[1] if u.x.dim() == 6 else 0
+    own = u.labels is not None and u.labels.dim() == 3  # each copy its own arrangement
 
     def tiled(y: torch.Tensor) -> torch.Tensor:
-        return y.unsqueeze(0).expand(copies, *y.shape) if copies else y
+        return y.unsqueeze(0).expand(copies, *y.shape) if copies and not own else y
 
     if u.y_logits is None:
         return (lambda xi, yi: fn(xi, tiled(yi))), x, u.labels

@@ -31,7 +31,7 @@ starts), as in our Inverting Gradients, and the best continues; in step mode a l
 `realistic` cases (benchmarks/bench_realistic.py, defaults otherwise, mean PSNR minus the
 flat-image baseline): 8 images in 4 steps on a sigmoid LeNet, -3.6 dB with one arrangement,
 -2.0 with 16 screened; 4 images in 2 steps on the quickstart CNN, -3.2 and -2.3; 16 images in 2
-epochs of 4 on the quickstart CNN, -4.4 and -3.4.
+epochs of 4 on the quickstart CNN, -4.4 and -3.5.
 """
 
 from __future__ import annotations

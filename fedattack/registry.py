@@ -12,12 +12,13 @@ from __future__ import annotations
 import importlib
 import inspect
 import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, TypeVar
 
-from fedattack.errors import ConfigError
+from fedattack.errors import ConfigError, first_line
 
 T = TypeVar("T")
 
@@ -128,6 +129,10 @@ def import_path(path: str, field_name: str) -> Any:
         hint = ("; add the folder that holds it to PYTHONPATH (PYTHONPATH=. where you run from that folder)"
                 if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0] else "")
         raise ConfigError(field_name, f"cannot import '{path}' ({exc}{hint})") from None
+    except Exception as exc:  # noqa: BLE001 - the user's module failed while it ran: one line, where
+        frame = traceback.extract_tb(exc.__traceback__)[-1]
+        raise ConfigError(field_name, f"cannot import '{path}': importing it raised {type(exc).__name__}: "
+                                      f"{first_line(exc)} ({frame.filename}, line {frame.lineno})") from None
     return obj
 
 

@@ -99,6 +99,21 @@ def test_a_wrong_model_plug_in_is_told_what_to_give_instead():
         MODELS.get("no_such_pkg:thing")
 
 
+def test_a_plugin_module_that_fails_while_it_is_imported_is_one_line_naming_the_field(tmp_path, monkeypatch):
+    # the user's own code raising at import (a bug, a register_attack without paper=): one line
+    # with the error and where it was raised, not a traceback
+    from fedattack.models import MODELS
+
+    (tmp_path / "fails_at_import.py").write_text("x = 1\nraise RuntimeError('broken at import')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConfigError) as info:
+        MODELS.get("fails_at_import:net")
+    said = str(info.value)
+    assert said.startswith("model.name: cannot import 'fails_at_import:net': importing it raised RuntimeError: "
+                           "broken at import (") and said.endswith("fails_at_import.py, line 2)")
+    assert "\n" not in said
+
+
 def test_an_exceptions_first_line_drops_terminal_colours():
     from fedattack.errors import first_line
 

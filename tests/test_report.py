@@ -605,3 +605,11 @@ def test_a_recovered_share_axis_reads_as_per_cent():
 
     assert percent_top(0.0) == 100.0 and percent_top(float("nan")) == 100.0  # nothing recovered: 0..100 %
     assert percent_top(0.5) == 1.0 and percent_top(20.0) == pytest.approx(22.0)
+
+
+def test_console_numbers_that_round_to_zero_print_without_a_sign():
+    from fedattack.report.console import _f
+
+    assert [_f(-0.001, ".2f"), _f(-0.004, "+.2f"), _f(0.004, "+.2f"), _f(0.5, "+.2f"), _f(-1.234, ".2f")] == \
+        ["0.00", "0.00", "0.00", "+0.50", "-1.23"]
+    assert _f(None, ".2f") == _f(float("nan"), ".1f") == "-"

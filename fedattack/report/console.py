@@ -34,7 +34,11 @@ def _missing(x: float | None) -> bool:
 
 
 def _f(x: float | None, fmt: str) -> str:
-    return "-" if _missing(x) else format(x, fmt)
+    """x in `fmt`, "-" where missing; a value that rounds to zero prints without a sign (no -0.00)."""
+    if _missing(x):
+        return "-"
+    text = format(x, fmt)
+    return format(0.0, fmt.replace("+", "")) if float(text) == 0 else text
 
 
 def duration(seconds: float) -> str:

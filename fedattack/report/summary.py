@@ -118,7 +118,7 @@ def failed_caveat(summary: Summary) -> str:
         return ""
     listed = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
     return (f"Every job of {listed} failed: {'they measure' if len(names) > 1 else 'it measures'} nothing in this run "
-            "(the per-attack table and leakage.csv give each reason).")
+            "(leakage.csv gives each reason).")
 
 
 def budget_caveat(header: RunHeader, summary: Summary | None = None) -> str:

@@ -19,7 +19,7 @@ def add_config_args(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("items", nargs="*", metavar="[CONFIG] key=value", help="a YAML config and dotted overrides")
     p.add_argument("--out", help=OUT_HELP[command])
     p.add_argument("--quiet", action="store_true",
-                   help="no live progress (the results, the answer and the report's path still print)")
+                   help="no live progress (the results, the notes, the answer and the report's path still print)")
 
 
 def split_config_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:

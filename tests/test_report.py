@@ -613,3 +613,16 @@ def test_console_numbers_that_round_to_zero_print_without_a_sign():
     assert [_f(-0.001, ".2f"), _f(-0.004, "+.2f"), _f(0.004, "+.2f"), _f(0.5, "+.2f"), _f(-1.234, ".2f")] == \
         ["0.00", "0.00", "0.00", "+0.50", "-1.23"]
     assert _f(None, ".2f") == _f(float("nan"), ".1f") == "-"
+
+
+def test_notes_are_part_of_the_answer_and_print_when_quiet():
+    # under SecAgg+ the note says which attacks never ran: without it a quiet run prints an empty table
+    from rich.console import Console
+
+    from fedattack.report.console import Progress
+
+    out = io.StringIO()
+    progress = Progress(console=Console(file=out, width=200), quiet=True)
+    progress.print("live progress")
+    progress.note("Under SecAgg+ the server sees each round's sum of updates, never one client's")
+    assert out.getvalue() == "note: Under SecAgg+ the server sees each round's sum of updates, never one client's\n"

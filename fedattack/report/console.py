@@ -100,8 +100,10 @@ class Progress:
         self._last_print = time.monotonic()
 
     def note(self, msg: str) -> None:
-        """Something the user should know before the audit's results (`Auditor.on_note`)."""
-        self.print(f"note: {msg}")
+        """Something the user should know before the audit's results (`Auditor.on_note`: attacks a
+        SecAgg+ run leaves idle, adaptive variants, calibration): part of the answer, printed even
+        when quiet."""
+        self.answer(f"note: {msg}")
 
     def calibration(self, msg: str, level: int | None = None) -> None:
         """A calibration's news (`Auditor.on_calibration`): printed at every level."""

@@ -143,6 +143,19 @@ def test_closed_form_attacks_refuse_an_adam_client_in_one_line(name, model):
     assert "\n" not in str(failure.value)
 
 
+@pytest.mark.parametrize("key", ["layer", "feature_layer"])
+def test_analytic_refuses_a_layer_name_the_model_lacks_before_any_job(tmp_path, capsys, key):
+    from fedattack.cli import main
+
+    out = tmp_path / "run"
+    code = main(["attack", "model.name=mlp", "victim.indices=[3]", "client.local_steps=1", "client.batch_size=1",
+                 "audit.attacks=[analytic]", f"analytic.{key}=fc9", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and not out.exists()
+    assert err == [f"fedattack: error: analytic.{key}: no fully connected layer 'fc9' with weight and bias in the "
+                   "model; allowed: auto, none, body.1, body.3, fc"]
+
+
 def test_rgap_stopped_early_is_worse():
     obs, truth = observe(DLG_SETTING, [3])
     full = score(attack("rgap", obs), truth, obs.data).psnr

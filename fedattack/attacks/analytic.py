@@ -44,6 +44,17 @@ class AnalyticParams:
                 raise ConfigError(f"{name}.{key}", "must be 'auto' or a layer name, got an empty string")
 
 
+def check_layers(model: torch.nn.Module, params: AnalyticParams) -> None:
+    """A layer that analytic.layer or analytic.feature_layer names is a fully connected layer
+    with a bias of the model the server sends (under a malicious server, its extension's names)."""
+    names = linear_layers(dict(model.named_parameters()))
+    for key in ("layer", "feature_layer"):
+        value = getattr(params, key)
+        if value not in ("auto", "none") and value not in names:
+            raise ConfigError(f"analytic.{key}", f"no fully connected layer '{value}' with weight and bias in the "
+                                                 f"model; allowed: auto, none, {', '.join(names) or '(none)'}")
+
+
 def input_layer(obs: Observation) -> str | None:
     """The fully connected layer whose input is the flattened image, if any: the model's first
     layer with parameters, taking as many inputs as the image has values (a later layer of that
@@ -77,7 +88,7 @@ def _resolve(name: str, auto: str | None) -> str | None:
 @register_attack("analytic", params=AnalyticParams,
                  paper="Phong et al., Privacy-Preserving Deep Learning via Additively Homomorphic Encryption, "
                        "IEEE TIFS 2018 (arXiv 2017); Geiping et al., Inverting Gradients, NeurIPS 2020 (Sec. 4)",
-                 scope="client")
+                 scope="client", check_model=check_layers)
 def analytic(obs: Observation, params: AnalyticParams, ctx: AttackContext) -> Reconstruction:
     names = linear_layers(obs.global_params)
     precode = next((n for n in names if n.endswith(PRECODE_ENCODER)), None)

@@ -63,6 +63,9 @@ class AttackSpec:
     adaptive: bool = False  # can model the known defense (runs again under audit.adaptive)
     tunable: tuple[tuple[str, LogRange | Choice], ...] = ()  # what calibration tunes (audit.calibrate)
     needs: str = ""  # what the model must have for the attack to run, in words ("" where any model will do)
+    # (model the server sends, params): raises ConfigError where a parameter names what the model
+    # lacks (analytic's layer names); checked where the audit starts, before any job
+    check_model: Callable[[torch.nn.Module, Any], None] | None = None
 
     def __call__(self, obs: Observation, params: Any, ctx: AttackContext) -> Reconstruction:
         try:
@@ -132,14 +135,15 @@ def checked_output(name: str, rec: Any, obs: Observation) -> Reconstruction:
 def register_attack(name: str, *, params: type = NoParams, paper: str, scope: str = "client",
                     needs_malicious: bool = False, model_extension: str | None = None,
                     adaptive: bool = False, tunable: dict[str, LogRange | Choice] | None = None,
-                    needs: str = "") -> Callable:
+                    needs: str = "", check_model: Callable[[torch.nn.Module, Any], None] | None = None) -> Callable:
     """Register an attack under `name`. `tunable` names the hyperparameters (fields of
     `params`) that server-side calibration may tune, with their search ranges; `needs` says
-    what the model must have for it to run (where a hint suggests the attack)."""
+    what the model must have for it to run (where a hint suggests the attack); `check_model`
+    refuses parameters that name what the model lacks (see AttackSpec)."""
 
     def deco(fn: Callable) -> Callable:
         spec = AttackSpec(name, fn, params, paper, scope, needs_malicious, model_extension, adaptive,
-                          tuple((tunable or {}).items()), needs)
+                          tuple((tunable or {}).items()), needs, check_model)
         ATTACKS.register(name, spec, doc=paper)
         return spec  # callable like the function; importable as `module:name` for plug-ins
 

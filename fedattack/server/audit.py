@@ -226,6 +226,10 @@ class Auditor:
         self.on_note: Callable[[str], None] = lambda msg: log(WARNING, "fedattack: %s", msg)
         self.notes = generator_fit(plan.attacks, plan.data)
         model = build_model(plan.model, seed=plan.seed)
+        for name, params in plan.attacks.items():  # parameters that name what the model lacks
+            spec = ATTACKS.find(name)
+            if spec is not None and spec.check_model is not None:
+                spec.check_model(model, params)
         self.param_names = [n for n, _ in model.named_parameters()]
         self.param_shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
         # a malicious server re-sends its crafted blocks (e.g. the imprint block) every round

@@ -264,8 +264,8 @@ def per_restart(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], u: Unk
                 ) -> tuple[Callable[..., torch.Tensor], torch.Tensor, torch.Tensor]:
     """fn(images, labels) as one restart's function of the tensors `restart_losses` batches
     (images x first): per-epoch copies share their labels (tiled over the epoch axis) unless
-    each copy has its own arrangement (labels (R, E, N)); per-epoch orders index the images and labels each epoch trains on; label logits pass
-    through a softmax."""
+    each copy has its own arrangement (labels (R, E, N)); per-epoch orders index the images and
+    labels each epoch trains on; label logits pass through a softmax."""
     if u.orders is not None:
         return (lambda xi, yi, oi: fn(xi[oi], yi[oi])), x, u.labels, u.orders
     copies = u.x.shape[1] if u.x.dim() == 6 else 0

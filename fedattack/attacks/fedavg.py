@@ -26,8 +26,8 @@ Where the arrangement of the labels matters (several local steps: which labels s
 several epochs: which share a batch in each reshuffled epoch, so each copy gets its own), one
 arbitrary arrangement can leave the replay unable to match the update at all. `candidates`
 arrangements are then screened by a short run each (a 40th of the iterations, from fresh
-starts), as `invgrad` screens its label candidates, and the best continues; in step mode a local search of
-`label_search` rounds (swaps between steps, relabels) follows the screen. Measured on the
+starts), as `invgrad` screens its label candidates, and the best continues; in step mode a
+local search of `label_search` rounds (swaps between steps, relabels) follows the screen. On the
 `realistic` cases (benchmarks/bench_realistic.py, defaults otherwise, mean PSNR minus the
 flat-image baseline): 8 images in 4 steps on a sigmoid LeNet, -3.6 dB with one arrangement,
 -2.0 with 16 screened; 4 images in 2 steps on the quickstart CNN, -3.2 and -2.3; 16 images in 2

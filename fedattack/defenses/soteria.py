@@ -47,7 +47,7 @@ def representation_layer(model: torch.nn.Module) -> tuple[str, torch.nn.Linear]:
     return found[-1]
 
 
-def soteria_check(model: torch.nn.Module) -> None:
+def soteria_check(model: torch.nn.Module, params: SoteriaParams | None = None) -> None:
     representation_layer(model)  # raises where the model has no Linear head
 
 
@@ -149,6 +149,6 @@ def soteria_adapt(trial, observed, params: SoteriaParams, scale=None):
 register_defense(DefenseSpec(
     name="soteria", params=SoteriaParams, where="update", main_param="percent", on_train=soteria_train,
     on_update=soteria_update, adapt=soteria_adapt, keeps_signs=lambda params: True,  # zeroes entries
-    check_model=lambda model, params: soteria_check(model),
+    check_model=soteria_check,
     paper="Sun et al., Soteria: Provable Defense against Privacy Leakage in Federated Learning from "
           "Representation Perspective, CVPR 2021"))

@@ -163,6 +163,19 @@ def test_fedprox_keeps_the_proof_while_each_step_shrinks_the_pull():
         assert present_classes(replace(obs, protocol=replace(obs.protocol, momentum=0.9))) is None
 
 
+def test_weight_decay_keeps_the_proof_for_one_step_only():
+    # one SGD step: the update's bias is -lr * (g + wd * b), and the estimate takes wd * b out
+    # exactly, so a bias gradient below zero still proves its class; over two steps it does not
+    for seed in range(3):
+        case = (f"seed={seed}", "data.name=digits", "client.batch_size=4", "client.lr=0.1", "client.weight_decay=0.5")
+        obs, truth = observed_update(*case, "client.local_steps=1")
+        present = present_classes(obs)
+        assert present is not None and len(present) >= 1
+        assert set(present.tolist()) <= set(truth.labels.tolist())
+        two, _ = observed_update(*case, "client.local_steps=2")
+        assert present_classes(two) is None
+
+
 @pytest.mark.parametrize("method", ["bias", "geng", "dimitrov"])
 def test_count_methods_undo_the_unknown_factor_of_clipping(method):
     # clipping at its bound multiplies the update by a factor the server is not told (here 0.1

@@ -228,11 +228,15 @@ def present_classes(obs: Observation) -> torch.Tensor | None:
     by a positive combination of those: its bias update is never positive, so every class whose
     bias went up is in the batch. A defense that keeps the update's signs (clipping, top-k,
     pruning, Soteria, zero noise: `DefenseSpec.keeps_signs`) leaves the proof standing; one that
-    can flip them (noise, mixup, quantization, ...) leaves nothing proven. FedProx's pull
+    can flip them (noise, mixup, quantization, ...) leaves nothing proven. SGD's weight decay
+    adds weight_decay * b to each step's bias gradient: `gradient_estimate` takes it out exactly
+    for one local step, so the proof stands there; over several steps it is taken out only to
+    first order, and nothing is proven. FedProx's pull
     mu * (b - b_global) keeps the bias at or below where it started while each plain SGD step
     shrinks the gap (lr * mu <= 1); past that, or with momentum or Adam, it can overshoot."""
     p = obs.protocol
-    if not keep_signs(p.defenses) or p.weight_decay or p.optimizer not in ("sgd", "adam"):
+    decayed = p.weight_decay and (p.optimizer != "sgd" or p.local_steps != 1)
+    if not keep_signs(p.defenses) or decayed or p.optimizer not in ("sgd", "adam"):
         return None
     if p.proximal_mu and (p.optimizer != "sgd" or p.momentum or p.lr * p.proximal_mu > 1):
         return None

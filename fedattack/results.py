@@ -122,6 +122,9 @@ class JobResult:
     # no reconstruction matched that private image (recon_matched False: its image is flat grey)
     recon_labels: np.ndarray | None = field(default=None, repr=False, compare=False)
     recon_matched: np.ndarray | None = field(default=None, repr=False, compare=False)
+    # what an attack recovered inside the model rather than at its input (analytic's
+    # feature_layer: the inputs of that layer, e.g. PRECODE's bottleneck), one row per sample
+    recon_features: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         self.score = self.score.rounded()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -16,6 +18,7 @@ from fedattack.gradient_attack import simulated_round
 from fedattack.metrics import score
 from fedattack.models import EXTENSIONS
 from fedattack.models.imprint import bin_edges
+from fedattack.server.jobs import AttackJob, run_job
 from fedattack.threat import DataSpec, ModelSpec, Observation, Protocol, Truth
 from fedattack.testing.cases import case_config
 
@@ -88,6 +91,11 @@ def test_analytic_reads_the_precode_encoder_input_and_the_image():
     # the feature layer alone, by name
     only = attack("analytic", obs, "analytic.layer=none", "analytic.feature_layer=precode.encoder")
     assert only.images is None and torch.allclose(only.info["features"], h.detach(), rtol=1e-4, atol=1e-6)
+    # the job's result carries them to the run directory's reconstructions/<row>.npz
+    params = replace(ATTACKS.get("analytic").params(), layer="none", feature_layer="precode.encoder")
+    res = run_job(AttackJob(round=1, client=0, attack="analytic", params=params, observation=obs), Truth(x, y))
+    assert res.ok and res.recon_features is not None
+    assert np.allclose(res.recon_features, h.detach().numpy(), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("model, says", [

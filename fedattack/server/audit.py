@@ -650,7 +650,8 @@ class Auditor:
             out = store.dir / "reconstructions"
             out.mkdir(exist_ok=True)
             arrays = {k: v for k, v in (("images", res.recon_pixels), ("labels", res.recon_labels),
-                                        ("matched", res.recon_matched)) if v is not None}
+                                        ("matched", res.recon_matched), ("features", res.recon_features))
+                      if v is not None}
             np.savez(out / f"{res.row_id}.npz", **arrays)
         self.on_result(res)
 

@@ -143,6 +143,8 @@ def _scored(job: AttackJob, recon, truth: Truth | None, seconds: float, device: 
     """The ok result of a finished attack: scored against `truth`, or unscored without one."""
     spec_data = job.observation.data
     labels = recon.labels.detach().cpu().numpy() if recon.labels is not None else None
+    features = recon.info.get("features")
+    features = features.detach().float().cpu().numpy() if isinstance(features, torch.Tensor) else None
     if truth is None:
         recon_px = None
         if recon.images is not None and len(recon.images):
@@ -150,7 +152,7 @@ def _scored(job: AttackJob, recon, truth: Truth | None, seconds: float, device: 
         return JobResult(round=job.round, client=job.client, attack=job.attack, defense=job.defense, status="ok",
                          seconds=seconds, adaptive=job.adaptive, scope=job.scope, device=str(device),
                          epsilon=job.epsilon, unscored=job.unscored or "no ground truth", recon_pixels=recon_px,
-                         recon_labels=labels)
+                         recon_labels=labels, recon_features=features)
     s = score(recon, truth, spec_data, job.success_ssim, job.success_margin, lpips_fn(job.lpips_weights))
     truth_px = spec_data.to_pixels(truth.images.float().cpu()).numpy()
     recon_px, matched = None, None
@@ -164,4 +166,4 @@ def _scored(job: AttackJob, recon, truth: Truth | None, seconds: float, device: 
     return JobResult(round=job.round, client=job.client, attack=job.attack, defense=job.defense, status="ok",
                      seconds=seconds, score=s, adaptive=job.adaptive, scope=job.scope, device=str(device),
                      epsilon=job.epsilon, truth_pixels=truth_px, recon_pixels=recon_px, recon_labels=labels,
-                     recon_matched=matched)
+                     recon_matched=matched, recon_features=features)

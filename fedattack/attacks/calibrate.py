@@ -7,7 +7,8 @@ those simulated updates, score the reconstructions against the images it knows, 
 hyperparameters that leak most. That is what `calibrate` does, with a well-kept tuner
 (nevergrad's NGOpt) over each attack's search space (the `tunable` it registers); the attack's
 configured parameters are always the first candidate, and a candidate replaces them only where
-it `improves` on them: at least as well on every one of the cases and better on their mean,
+it `improves` on them: at least as well on every one of the cases (within a tie of 0.05 dB) and
+better on their mean,
 or, over three cases or more, a mean paired gain whose one-sided 95% Student-t lower bound is
 above zero. A handful of cases is a noisy judge (one unlucky label recovery moves a mean by
 several dB), and a choice that wins on one case by losing on another says more about the cases
@@ -199,9 +200,13 @@ def better_on_mean(candidate: list[float], configured: list[float]) -> bool:
     return float(np.mean(candidate)) > float(np.mean(configured))
 
 
+TIE_DB = 0.05  # a per-case difference this small is a tie: no image looks different, and no verdict moves
+
+
 def dominates(candidate: list[float], configured: list[float]) -> bool:
-    """At least as good as the configured values on every case and better on the mean."""
-    return better_on_mean(candidate, configured) and all(c >= d for c, d in zip(candidate, configured))
+    """At least as good as the configured values on every case (a loss under TIE_DB is a tie)
+    and better on the mean."""
+    return better_on_mean(candidate, configured) and all(c > d - TIE_DB for c, d in zip(candidate, configured))
 
 
 def gain_lower_bound(candidate: list[float], configured: list[float], confidence: float = 0.95) -> float:

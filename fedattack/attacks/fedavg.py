@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedattack.attacks.base import AttackContext, LogRange, register_attack
+from fedattack.attacks.base import AttackContext, Choice, LogRange, register_attack
 from fedattack.attacks.engine import DISTANCES, epoch_of_step, matching, num_images
 from fedattack.attacks.labels import label_hypotheses
 from fedattack.attacks.optimize import (INITS, AdamSchedule, best_restart, centre_info, consensus, init_unknowns,
@@ -87,7 +87,8 @@ def epochs_of(obs: Observation, n: int) -> int:
 # fixed step sizes 0.1, 0.3 and 1.0): the quickstart CNN (ReLU, max-pooling) leaked most at 1.0,
 # LeNet sigmoid on faces at the default 0.1
 @register_attack("fedavg", params=FedAvgParams, adaptive=True,
-                 tunable={"tv": LogRange(1e-4, 1.0), "lr": LogRange(0.01, 1.0), "invariance": LogRange(1e-2, 1e2)},
+                 tunable={"tv": LogRange(1e-4, 1.0), "lr": LogRange(0.01, 1.0), "invariance": LogRange(1e-2, 1e2),
+                          "init": Choice(("mean", "leaked-mean"))},
                  paper="Dimitrov et al., Data Leakage in Federated Averaging, TMLR 2022")
 def fedavg(obs: Observation, params: FedAvgParams, ctx: AttackContext) -> Reconstruction:
     n = num_images(obs)

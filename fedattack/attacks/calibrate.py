@@ -8,9 +8,8 @@ hyperparameters that leak most. That is what `calibrate` does, with a well-kept 
 (nevergrad's NGOpt) over each attack's search space (the `tunable` it registers); the attack's
 configured parameters are always the first candidate, and a candidate replaces them only where
 it `improves` on them: at least as well on every one of the cases (within a tie of 0.05 dB) and
-better on their mean,
-or, over three cases or more, a mean paired gain whose one-sided 95% Student-t lower bound is
-above zero. A handful of cases is a noisy judge (one unlucky label recovery moves a mean by
+better on their mean, or, over three cases or more, a mean paired gain whose one-sided 95%
+Student-t lower bound is above zero. A handful of cases is a noisy judge (one unlucky label recovery moves a mean by
 several dB), and a choice that wins on one case by losing on another says more about the cases
 than about the deployment; but over eight single-image cases, one small loss beside seven large
 gains is a clear win, and the t bound says so. The winner of a search over a few cases is also

@@ -1,22 +1,23 @@
 """Calibration: the server tunes an attack to its own deployment before attacking.
 
-A real adversary does not run an attack at defaults tuned to someone else's model: it knows
-the protocol it configured (model and global weights, learning rate, local steps or epochs,
-batch size, defenses), so it can simulate a client on data it holds itself, run the attack on
-those simulated updates, score the reconstructions against the images it knows, and keep the
+A real adversary does not run an attack at defaults tuned to someone else's model: it knows the
+protocol it configured (model and global weights, learning rate, local steps or epochs, batch
+size, defenses), so it can simulate a client on data it holds itself, run the attack on those
+simulated updates, score the reconstructions against the images it knows, and keep the
 hyperparameters that leak most. That is what `calibrate` does, with a well-kept tuner
 (nevergrad's NGOpt) over each attack's search space (the `tunable` it registers); the attack's
 configured parameters are always the first candidate, and a candidate replaces them only where
 it `improves` on them: at least as well on every one of the cases (within a tie of 0.05 dB) and
 better on their mean, or, over three cases or more, a mean paired gain whose one-sided 95%
-Student-t lower bound is above zero. A handful of cases is a noisy judge (one unlucky label recovery moves a mean by
-several dB), and a choice that wins on one case by losing on another says more about the cases
-than about the deployment; but over eight single-image cases, one small loss beside seven large
-gains is a clear win, and the t bound says so. The winner of a search over a few cases is also
-flattered by them (the best of a dozen noisy scores is biased upward), so where `held_out`
-cases are given, the winner must beat the configured values again, by the same rule, on those
-fresh cases before it is used. The victims' data is never used: the cases come from the images
-the caller passes (the test split, or another dataset the user names).
+Student-t lower bound is above zero. A handful of cases is a noisy judge (one unlucky label
+recovery moves a mean by several dB), and a choice that wins on one case by losing on another
+says more about the cases than about the deployment; but over eight single-image cases, one
+small loss beside seven large gains is a clear win, and the t bound says so. The winner of a
+search over a few cases is also flattered by them (the best of a dozen noisy scores is biased
+upward), so where `held_out` cases are given, the winner must beat the configured values again,
+by the same rule, on those fresh cases before it is used. The victims' data is never used: the
+cases come from the images the caller passes (the test split, or another dataset the user
+names).
 
 `simulate_cases` builds those cases. The client's local training is replayed on real images
 with the engine (fedattack.attacks.engine.replay: the same SGD or Adam steps, per-epoch

@@ -575,3 +575,22 @@ def test_under_secagg_the_adaptive_note_speaks_only_of_attacks_that_run_on_sums(
         pass
     assert any("idlg, invgrad" in s and "do not run" in s for s in said), said  # the scope note
     assert not any("runs once, as the plain attack" in s for s in said), said  # invgrad never runs at all
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_the_client_apps_audit_record_counts_the_steps_it_trained(small_cfg, flower_task, steps):
+    # the audit warns where a client drew another number of batches than the replayed steps:
+    # the built-in ClientApp records its samples in one call, standing for every step it took
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+
+    from fedattack.client.app import make_client_app
+    from fedattack.client.record import AUDIT_KEY
+
+    cfg = small_cfg(f"client.local_steps={steps}", "client.batch_size=2")
+    sent = build(cfg).initial_model().state_dict()
+    msg = Message(RecordDict({"arrays": ArrayRecord(sent), "config": ConfigRecord({"server-round": 1})}),
+                  dst_node_id=1, message_type="train")
+    ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0}, state=RecordDict(), run_config={})
+    reply = make_client_app(cfg)(msg, ctx)
+    assert not reply.has_error(), reply.error
+    assert reply.content[AUDIT_KEY]["batches"] == steps == reply.content["metrics"]["local_steps"]

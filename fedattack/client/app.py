@@ -211,7 +211,8 @@ def make_client_app(config: Config | None = None) -> ClientApp:
         pid = _partition_id(context)
         result = local_train(model, exp.train, exp.partitions[pid], cfg, rnd=rnd, client=pid,
                              protocol_defenses=False)
-        record_samples(*exp.train.get(result.indices), indices=result.indices)  # the audit-only ground truth
+        # the audit-only ground truth, and the steps it was trained in
+        record_samples(*exp.train.get(result.indices), indices=result.indices, batches=result.steps)
         with torch.no_grad():  # send global + defended update, BatchNorm buffers as trained
             state = {k: v.clone() for k, v in model.state_dict().items()}
             sent = arrays.to_torch_state_dict()

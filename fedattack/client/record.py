@@ -54,10 +54,10 @@ class SampleRecording:
         self.indices: list[int] = []  # dataset indices, where every sample came with one
         self._seen: set = set()
         self.note = ""  # why samples could not be recorded, if they could not
-        self.batches = 0  # batches recorded (AuditedLoader's yields, record_samples' calls): the steps taken
+        self.batches = 0  # batches recorded (AuditedLoader's yields, record_samples' `batches`): the steps taken
 
-    def add(self, images: Any, labels: Any, indices: Iterable[int] | None = None) -> None:
-        self.batches += 1
+    def add(self, images: Any, labels: Any, indices: Iterable[int] | None = None, batches: int = 1) -> None:
+        self.batches += batches
         x = torch.as_tensor(images).detach().cpu().float()
         y = torch.as_tensor(labels).detach().cpu().reshape(-1)
         if x.dim() == 3:  # one (C, H, W) sample
@@ -92,14 +92,17 @@ class SampleRecording:
 _RECORDING: ContextVar[SampleRecording | None] = ContextVar("fedattack_recording", default=None)
 
 
-def record_samples(images: Any, labels: Any, indices: Iterable[int] | None = None) -> None:
+def record_samples(images: Any, labels: Any, indices: Iterable[int] | None = None, *, batches: int = 1) -> None:
     """Record samples the client trains on (model inputs and labels), from a loop of your own.
 
     Does nothing outside a train call wrapped by `audit_mod`. `indices` (dataset indices) tell
-    repeated samples apart; without them a sample is known by its content."""
+    repeated samples apart; without them a sample is known by its content. `batches`: the
+    training batches (local steps) these samples stand for, which the audit checks against the
+    protocol it replays: 1 for a call per batch; a loop that records everything it trained on
+    at once passes its step count."""
     rec = _RECORDING.get()
     if rec is not None:
-        rec.add(images, labels, indices)
+        rec.add(images, labels, indices, batches=batches)
 
 
 class AuditedLoader:

@@ -633,10 +633,11 @@ class Auditor:
             self._warn_once(f"the train replies carry no '{weight_key}' (the strategy's weighted_by_key), from which "
                             "the audit counts an epoch's steps: it replays 1 step per epoch", key="no-examples")
         if record is not None and record.batches and record.batches != protocol.local_steps:
+            epochs = self.plan.protocol.values(config)["local_steps"] is None
+            how = (f" ({counted(protocol.local_epochs, 'epoch')} of batch {protocol.batch_size} over "
+                   f"{protocol.num_examples} examples)" if epochs else "")
             self._warn_once(f"client {record.client}'s train function drew {record.batches} batches where the audit "
-                            f"replays {counted(protocol.local_steps, 'local step')} "
-                            f"({counted(protocol.local_epochs, 'epoch')} of batch "
-                            f"{protocol.batch_size} over {protocol.num_examples} examples): the attacks replay a "
+                            f"replays {counted(protocol.local_steps, 'local step')}{how}: the attacks replay a "
                             "protocol the client did not follow; make the TrainingProtocol say what the train "
                             "function does", key="steps-mismatch")
 

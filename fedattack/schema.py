@@ -178,6 +178,10 @@ class Config:
         return self.defense_params[name]
 
     # -- serialization ----------------------------------------------------------
+    def audit_off(self) -> str:
+        """Why the run trains without an audit ("audit.every=0", "audit.attacks=[]"), or "" where it audits."""
+        return "audit.every=0" if not self.audit.every else "" if self.audit.attacks else "audit.attacks=[]"
+
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"seed": self.seed}
         for name in SECTIONS:

@@ -167,6 +167,10 @@ def plan(cfg: Config) -> tuple[str, list[tuple[report.SweepRun, Config]], str]:
     if rule is not None and not rule[0](cfg):
         raise ConfigError("sweep.key", f"{key} changes nothing in this config: it is read only with {rule[1]}; "
                                        "every run would be the same")
+    if cfg.audit_off():
+        key, what = ("audit.every", "is 0") if not cfg.audit.every else ("audit.attacks", "is empty")
+        raise ConfigError(key, f"{what}: no run of the sweep would audit an update, and a sweep maps "
+                               "leakage (allowed: audit.every of 1 or more, and at least one attack)")
     if not s.values:
         raise ConfigError("sweep.values", f"give the values of {key} to sweep, weakest first, e.g. sweep.values=[1,2,5]")
     twice = first_repeat(report.fmt_value(v) for v in s.values)

@@ -203,3 +203,4 @@ def test_bulyan_needs_as_many_replies_as_flower_aggregates():
     check_replies("krum", {}, 2)  # Krum, MultiKrum and the others aggregate two replies
     with pytest.raises(ConfigError, match=r"^fl.clients_per_round: .*allowed: fl.clients_per_round >= 7$"):
         check_replies("bulyan", {"num_malicious_nodes": 1}, 6)
+

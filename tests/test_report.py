@@ -626,3 +626,22 @@ def test_notes_are_part_of_the_answer_and_print_when_quiet():
     progress.print("live progress")
     progress.note("Under SecAgg+ the server sees each round's sum of updates, never one client's")
     assert out.getvalue() == "note: Under SecAgg+ the server sees each round's sum of updates, never one client's\n"
+
+
+def test_a_run_without_an_audit_says_so_from_first_line_to_last(tmp_path):
+    from fedattack import config as fconfig
+    from fedattack.report.summary import Summary
+    from fedattack.results import RunHeader
+
+    out = io.StringIO()
+    progress = Progress(console=Console(file=out, width=400), status_every=0)
+    progress.header(fconfig.load(None, ["audit.every=0"]), tmp_path)
+    progress.summary_table(Summary(header=RunHeader(), attacks={}, rounds=5, final_test_acc=0.8, client_errors=0,
+                                   defense="none", epsilon=None))
+    text = out.getvalue()
+    assert "audit off (audit.every=0)" in text and "auditing with" not in text
+    assert "no update was audited (audit.every=0)" in text and "leaked" not in text  # nor an empty table
+    out = io.StringIO()
+    progress = Progress(console=Console(file=out, width=400), status_every=0)
+    progress.header(fconfig.load(None, ["audit.attacks=[]"]), tmp_path)
+    assert "audit off (audit.attacks=[])" in out.getvalue()

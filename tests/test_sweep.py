@@ -99,6 +99,8 @@ def test_the_configured_value_of_a_swept_key_is_mapped_beside_the_swept_ones(tmp
     (["sweep.key=client.local_epochs", "sweep.values=[1,3]"],
      r"^sweep\.key: client\.local_epochs changes nothing in this config: it is read only with client\.local_steps=0"),
     (["sweep.key=model.init_scale", "sweep.values=[0.1,1]"], r"^sweep\.key: model\.init_scale changes nothing"),
+    (["sweep.key=client.batch_size", "sweep.values=[4]", "audit.every=0"], r"^audit\.every: is 0: no run of the sweep"),
+    (["sweep.key=client.batch_size", "sweep.values=[4]", "audit.attacks=[]"], r"^audit\.attacks: is empty: no run"),
 ])
 def test_bad_sweep_keys_and_values_are_one_line_errors(overrides, message):
     with pytest.raises(ConfigError, match=message):

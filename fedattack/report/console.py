@@ -81,6 +81,7 @@ class Progress:
         self.done = 0
         self.job_seconds: dict[str, list[float]] = {}  # attack -> its finished jobs' seconds
         self.attacks: list[str] = []  # the attacks the run audits with (from header())
+        self.audit_off = ""  # why the run trains without an audit (Config.audit_off), "" when it audits
         self.failures: dict[str, list] = {}  # attack (with its variant) -> [jobs that did not finish, first reason]
         self._first_submit: float | None = None
         self._last_print = time.monotonic()
@@ -113,19 +114,20 @@ class Progress:
         """Take the audit's settings (what the status line and the verdicts need); the attacks
         that run (those the run's scope leaves idle do not: the audit's note says why)."""
         self.concurrency = max(1, concurrency or cfg.audit.max_concurrent)
+        self.audit_off = cfg.audit_off()
         self.margin = cfg.audit.success_margin
         idle = idle_attacks(cfg.audit.attacks, cfg.client.defenses)
-        self.attacks = [a for a in cfg.audit.attacks if a not in idle]
+        self.attacks = [] if self.audit_off else [a for a in cfg.audit.attacks if a not in idle]
         return self.attacks
 
     def header(self, cfg: Config, run_dir: object) -> None:
         """The run's first line: what runs, under which defense and server mode, and where it goes."""
         running = self.auditing(cfg)
         mode = server_words(cfg.server.mode)
+        audit = f"audit off ({self.audit_off})" if self.audit_off else f"auditing with {', '.join(running) or 'nothing'}"
         self.print(f"fedattack: {cfg.fl.num_clients} clients, {counted(cfg.fl.rounds, 'round')} of {cfg.fl.strategy}, "
                    f"{cfg.fl.clients_per_round} per round; defense: {describe_defenses(cfg.to_dict())}; "
-                   f"server: {mode}; auditing with {', '.join(running) or 'nothing'}; "
-                   f"run directory {run_dir}")
+                   f"server: {mode}; {audit}; run directory {run_dir}")
 
     def round_done(self, row: RoundResult, done: int, submitted: int) -> None:
         with self._lock:
@@ -237,6 +239,9 @@ class Progress:
 
     # -- tables -----------------------------------------------------------------------------
     def summary_table(self, summary: Summary, title: str = "Leakage by attack") -> None:
+        if self.audit_off and not summary.attacks:  # an empty table would read as "nothing leaked"
+            self.answer(f"no update was audited ({self.audit_off})")
+            return
         table = plain_table(title, ["attack", "jobs", "failed", "PSNR dB", "blank-guess PSNR dB", "margin dB",
                                     "SSIM", "label acc", "updates leaked", "s/job"])
         for name, a in summary.attacks.items():

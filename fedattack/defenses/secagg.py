@@ -27,8 +27,9 @@ class SecAggParams:
             raise ConfigError(f"{name}.clipping_range", f"must be > 0, got {self.clipping_range}")
         if isinstance(n, int) and n != 1 and n <= 2:
             raise ConfigError(f"{name}.num_shares", f"as an integer must be greater than 2 (or a fraction in (0, 1]), got {n}")
-        if n <= 0:
-            raise ConfigError(f"{name}.num_shares", f"must be > 0, got {n}")
+        if n <= 0 or (isinstance(n, float) and n > 1):
+            raise ConfigError(f"{name}.num_shares", f"as a fraction must be in (0, 1] (or an integer greater than 2), "
+                                                    f"got {n}")
         if isinstance(t, float) and not 0 < t <= 1:
             raise ConfigError(f"{name}.reconstruction_threshold", f"as a fraction must be in (0, 1], got {t}")
         if isinstance(t, int) and t != 1:

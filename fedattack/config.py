@@ -504,6 +504,9 @@ def validate(cfg: Config) -> None:
             raise ConfigError("victim.indices", "must list at least one dataset index")
         if any(i < 0 for i in cfg.victim.indices):
             raise ConfigError("victim.indices", "indices must be >= 0")
+        twice = first_repeat(cfg.victim.indices)
+        if twice is not None:
+            raise ConfigError("victim.indices", f"{twice} is listed twice; each index is one of the victim's samples")
     for registry, sections in ((ATTACKS, cfg.attack_params), (DEFENSES, cfg.defense_params)):
         for name, params in sections.items():
             check = getattr(params, "validate", None)

@@ -90,4 +90,8 @@ def check_strategy_args(name: str, args: dict, field: str = "fl.strategy_args", 
     unknown = [k for k in args if k not in accepted]
     if unknown:
         allowed = [p for p in accepted if p not in unlisted]  # arguments the caller sets itself
-        raise ConfigError(field, f"'{unknown[0]}' is not an argument of {name}; allowed: {', '.join(allowed)}")
+        hint = ""
+        if isinstance(unknown[0], str) and ":" in unknown[0]:  # YAML reads {mu:0.1} as one key
+            k, v = unknown[0].split(":", 1)
+            hint = f" (a mapping needs a space after each colon: {{{k}: {v}}}, quoted on the command line)"
+        raise ConfigError(field, f"'{unknown[0]}' is not an argument of {name}{hint}; allowed: {', '.join(allowed)}")

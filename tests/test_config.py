@@ -179,6 +179,15 @@ def test_an_unknown_strategy_argument_lists_only_the_arguments_one_may_set():
     allowed = str(e.value).split("allowed: ")[1].split(", ")
     assert "proximal_mu" in allowed and "fraction_evaluate" in allowed
     assert not {"fraction_train", "min_train_nodes", "min_available_nodes"} & set(allowed)  # set from fl.* instead
+    # without a space after the colon, YAML reads one key: the error says how to write it
+    with pytest.raises(ConfigError, match=r"^fl.strategy_args: 'proximal_mu:0.1' is not an argument of fedprox "
+                                          r"\(a mapping needs a space after each colon: \{proximal_mu: 0.1\}, quoted"):
+        fconfig.load(None, ["fl.strategy=fedprox", "fl.strategy_args={proximal_mu:0.1}"])
+
+
+def test_a_victim_index_listed_twice_is_refused():
+    with pytest.raises(ConfigError, match=r"^victim.indices: 3 is listed twice; each index is one of the victim's"):
+        fconfig.load(None, ["victim.indices=[3,5,3]"])
 
 
 def test_a_plug_in_named_by_its_name_and_by_its_path_is_listed_twice():

@@ -315,3 +315,22 @@ def test_dirichlet_small_alpha_is_skewed():
         return np.mean([np.bincount(targets[p], minlength=4).max() / len(p) for p in parts])
 
     assert mean_max_share(skewed) > 0.7 > mean_max_share(even)
+
+
+def test_a_failed_download_is_one_line_and_leaves_no_folders(tmp_path, monkeypatch):
+    # torchvision tries each mirror and raises a message listing them all (one line per mirror)
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    root = tmp_path / "new"
+    load_dataset.cache_clear()
+    with pytest.raises(DataError) as err:
+        load_dataset(_cfg("data.name=mnist", f"data.root={root}", "data.download=true").data, seed=0)
+    message = str(err.value)
+    assert message.startswith(f"data.download: downloading mnist to {root} failed (") and "\n" not in message
+    assert "without internet, put the files there yourself" in message
+    assert not root.exists()  # the folders the download made stayed empty and are gone

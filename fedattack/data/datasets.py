@@ -152,20 +152,34 @@ def _torchvision_split(cls, root: Path, train: bool, download: bool, name: str, 
 
     if issubclass(cls, MNIST):
         _check_idx_files(cls, root, train)
+    before = {root, *root.rglob("*")} if root.is_dir() else set()
     try:
         return cls(root=str(root), train=train, download=download)
     except RuntimeError as exc:
+        if download and "download" in str(exc).lower():  # torchvision's message lists every mirror it tried
+            _remove_new_empty_folders(root, before)
+            why = first_line(exc).rstrip(":")
+            raise DataError(f"data.download: downloading {name} to {root} failed ({why}); without internet, put "
+                            f"the files there yourself ({hint})") from None
         if hasattr(cls, "base_folder") and _cifar_files_present(cls, root):
             raise DataError(f"data.root: {root / cls.base_folder} holds {name}'s files, but they do not match the "
                             "official release's checksums (torchvision checks them); extract the original "
                             f"archive there{' or remove them and set data.download=true' if not download else ''}"
                             ) from None
         if "not found" in str(exc).lower():
-            raise DataError(f"data.root: {name} not found under {root} ({exc}); {hint}") from None
-        raise DataError(f"data.root: {name}'s files under {root} could not be read ({exc}); {hint}") from None
+            raise DataError(f"data.root: {name} not found under {root} ({first_line(exc)}); {hint}") from None
+        raise DataError(f"data.root: {name}'s files under {root} could not be read ({first_line(exc)}); {hint}"
+                        ) from None
     except (AssertionError, ValueError, TypeError, EOFError, OSError, IndexError) as exc:
         why = first_line(exc) or type(exc).__name__
         raise DataError(f"data.root: {name}'s files under {root} could not be read ({why}); {hint}") from None
+
+
+def _remove_new_empty_folders(root: Path, before: set[Path]) -> None:
+    """Remove the folders a failed download created (`root` and below, not in `before`) that stayed empty."""
+    for p in sorted([root, *root.rglob("*")] if root.is_dir() else [], key=lambda q: len(q.parts), reverse=True):
+        if p not in before and p.is_dir() and not any(p.iterdir()):
+            p.rmdir()
 
 
 def _wrap_torchvision(ds: Any, spec: DataSpec, where: str) -> ImageData:

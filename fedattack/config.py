@@ -334,7 +334,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             raise ConfigError(key, f"must be a finite number, got {value}")
         return value
     if annotation is str:
-        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+        if isinstance(value, bool):  # YAML's true/false: the word, checked against the allowed values later
+            return "true" if value else "false"
+        if not isinstance(value, (str, int, float)):
             raise ConfigError(key, f"expected a string, got {value!r}")
         return str(value)
     if annotation is list or origin is list:

@@ -64,6 +64,8 @@ def test_yes_no_on_off_are_words_not_booleans(tmp_path):
     assert cfg.audit.adaptive == "on" and cfg.audit.calibrate is True
     with pytest.raises(ConfigError, match=r"^audit\.adaptive: unknown value 'yes'; allowed: off, on, both"):
         fconfig.load(None, ["audit.adaptive=yes"])
+    with pytest.raises(ConfigError, match=r"^audit\.adaptive: unknown value 'true'; allowed: off, on, both"):
+        fconfig.load(None, ["audit.adaptive=true"])
     with pytest.raises(ConfigError, match=r"^audit\.calibrate: expected true or false, got 'yes'"):
         fconfig.load(None, ["audit.calibrate=yes"])
 

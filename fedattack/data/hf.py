@@ -44,24 +44,28 @@ def is_hf(name: str) -> bool:
 
 @contextlib.contextmanager
 def _hub_access(allowed: bool):
-    """Hub offline mode (read only the cache) unless downloads are allowed; quiet progress bars."""
+    """Hub offline mode (read only the cache) unless downloads are allowed; quiet progress bars, and
+    no log of each retry (the one-line error says why the download failed)."""
     import datasets
     import datasets.config as dconfig
     import huggingface_hub.constants as hconstants
+    from huggingface_hub.utils import logging as hlogging
 
     old = dconfig.HF_HUB_OFFLINE, hconstants.HF_HUB_OFFLINE
     bars = datasets.is_progress_bar_enabled()
-    verbosity = datasets.logging.get_verbosity()
+    verbosity = datasets.logging.get_verbosity(), hlogging.get_verbosity()
     if not allowed:
         dconfig.HF_HUB_OFFLINE = hconstants.HF_HUB_OFFLINE = True
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+    hlogging.set_verbosity_error()
     try:
         yield
     finally:
         dconfig.HF_HUB_OFFLINE, hconstants.HF_HUB_OFFLINE = old
         datasets.enable_progress_bars() if bars else None
-        datasets.logging.set_verbosity(verbosity)
+        datasets.logging.set_verbosity(verbosity[0])
+        hlogging.set_verbosity(verbosity[1])
 
 
 def _saved_to_disk(path: Path) -> bool:

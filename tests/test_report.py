@@ -645,3 +645,11 @@ def test_a_run_without_an_audit_says_so_from_first_line_to_last(tmp_path):
     progress = Progress(console=Console(file=out, width=400), status_every=0)
     progress.header(fconfig.load(None, ["audit.attacks=[]"]), tmp_path)
     assert "audit off (audit.attacks=[])" in out.getvalue()
+
+
+def test_status_lines_half_a_minute_apart_never_read_the_same():
+    from fedattack.report.console import duration
+
+    said = [duration(s) for s in range(90, 600, 30)]
+    assert said[:3] == ["1 min 30 s", "2 min", "2 min 30 s"] and len(set(said)) == len(said)
+    assert duration(45) == "45 s" and duration(1200) == "20 min" and duration(7200) == "2.0 h"

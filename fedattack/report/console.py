@@ -42,8 +42,13 @@ def _f(x: float | None, fmt: str) -> str:
 
 
 def duration(seconds: float) -> str:
+    """A time span in words, to the second under 90 s, to the half minute under 10 min (so that
+    status lines 30 s apart never read the same), then to the minute and the tenth of an hour."""
     if seconds < 90:
         return f"{seconds:.0f} s"
+    if seconds < 600:
+        half = round(seconds / 30)
+        return f"{half // 2} min" + (" 30 s" if half % 2 else "")
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"

@@ -348,7 +348,7 @@ def test_sweep_time_left_counts_the_time_already_spent():
     from fedattack.sweep import _estimate
 
     assert _estimate(4, None, 1, 30.0) == "; no run finished yet"
-    assert _estimate(4, 100.0, 1, 300.0) == "; about 2 min left"  # 3 done in 300 s, one to go
+    assert _estimate(4, 100.0, 1, 300.0) == "; about 1 min 30 s left"  # 3 done in 300 s, one to go: 100 s
     assert _estimate(4, 20.0, 1, 20.0) == "; about 60 s left"
     assert _estimate(4, 100.0, 2, 20.0) == "; about 3 min left"  # two at a time
     assert _estimate(4, 100.0, 1, 500.0) == "; past the estimate from the finished runs"

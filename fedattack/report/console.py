@@ -129,7 +129,8 @@ class Progress:
         """The run's first line: what runs, under which defense and server mode, and where it goes."""
         running = self.auditing(cfg)
         mode = server_words(cfg.server.mode)
-        audit = f"audit off ({self.audit_off})" if self.audit_off else f"auditing with {', '.join(running) or 'nothing'}"
+        audit = (f"audit off ({self.audit_off})" if self.audit_off
+                 else f"auditing with {', '.join(running) or 'nothing'}")
         self.print(f"fedattack: {cfg.fl.num_clients} clients, {counted(cfg.fl.rounds, 'round')} of {cfg.fl.strategy}, "
                    f"{cfg.fl.clients_per_round} per round; defense: {describe_defenses(cfg.to_dict())}; "
                    f"server: {mode}; {audit}; run directory {run_dir}")

@@ -636,9 +636,12 @@ def test_a_run_without_an_audit_says_so_from_first_line_to_last(tmp_path):
     out = io.StringIO()
     progress = Progress(console=Console(file=out, width=400), status_every=0)
     progress.header(fconfig.load(None, ["audit.every=0"]), tmp_path)
-    progress.summary_table(Summary(header=RunHeader(), attacks={}, rounds=5, final_test_acc=0.8, client_errors=0,
-                                   defense="none", epsilon=None))
+    summary = Summary(header=RunHeader(), attacks={}, rounds=5, final_test_acc=0.8, client_errors=0, defense="none",
+                      epsilon=None)
+    progress.summary_table(summary)
     text = out.getvalue()
+    from fedattack.report.html import headline
+    assert "No client update was audited (no attack job ran)." in headline(summary, [], [])
     assert "audit off (audit.every=0)" in text and "auditing with" not in text
     assert "no update was audited (audit.every=0)" in text and "leaked" not in text  # nor an empty table
     out = io.StringIO()

@@ -152,7 +152,7 @@ def _torchvision_split(cls, root: Path, train: bool, download: bool, name: str, 
 
     if issubclass(cls, MNIST):
         _check_idx_files(cls, root, train)
-    before = {root, *root.rglob("*")} if root.is_dir() else set()
+    before = {root, *root.rglob("*")} if download and root.is_dir() else set()  # what a failed download keeps
     try:
         return cls(root=str(root), train=train, download=download)
     except RuntimeError as exc:

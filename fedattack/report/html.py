@@ -149,7 +149,8 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
                else "No sum of updates was scored: SecAgg+ hides each client's update in its round's sum, and no "
                     "configured attack runs on a sum.")
     elif h is None or h.audited_updates == 0:
-        big = "No client update was scored (no attack produced images)."
+        big = ("No client update was scored (no attack produced images)." if results
+               else "No client update was audited (no attack job ran).")
     else:
         cls = "leak" if h.leaked_updates else "safe"
         what = "aggregate updates (each round's sum under SecAgg+)" if sums else "client updates"

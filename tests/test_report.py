@@ -389,7 +389,7 @@ def test_a_secagg_run_without_aggregate_attacks_says_why_no_update_was_attacked(
                      r"cpa needs a fully connected layer on the flattened input, as the built-in mlp has\)", text)
     # the defense is found by what it does, not by its name's letters
     lookalike = RunHeader(defense="nosecagg(sigma=0.1)", defenses=("nosecagg",))
-    assert "No client update was scored" in headline(summarize([], [RoundResult(round=1)], lookalike), [], [])
+    assert "No client update was audited" in headline(summarize([], [RoundResult(round=1)], lookalike), [], [])
     # a user's app under SecAgg+ records what its server saw, not a defense
     app = unescape(headline(summarize([], [RoundResult(round=1)], RunHeader(configured_attacks=("idlg",), sums=True)),
                             [], []))
@@ -400,7 +400,7 @@ def test_a_secagg_run_without_aggregate_attacks_says_why_no_update_was_attacked(
                                [], []))
     assert "No sum of updates was scored (no attack on the sum produced images)." in failed
     plain = summarize([], [RoundResult(round=1)], RunHeader())
-    assert "No client update was scored" in headline(plain, [], [])
+    assert "No client update was audited" in headline(plain, [], [])
 
 
 def test_a_secagg_run_that_attacked_the_sum_says_so_and_names_only_the_attacks_that_ran():

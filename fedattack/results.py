@@ -353,7 +353,7 @@ class RunHeader:
                    defense=describe_defenses(raw),
                    defenses=tuple(str(d) for d in client.get("defenses") or ()), configured_rounds=int(fl.get("rounds", 0)),
                    num_clients=int(fl.get("num_clients", 0)), clients_per_round=int(fl.get("clients_per_round", 0)),
-                   configured_attacks=tuple(str(a) for a in audit.get("attacks") or ()),
+                   configured_attacks=tuple(attacks) if audit.get("every", 1) else (),  # audit.every=0: none ran
                    success_ssim=float(audit.get("success_ssim", 0.5)),
                    success_margin=float(audit.get("success_margin", 0.5)), protocol=protocol,
                    budgets=tuple(b for a in attacks if a not in idle and (b := _budget(a, raw.get(a)))),

@@ -642,6 +642,8 @@ def test_a_run_without_an_audit_says_so_from_first_line_to_last(tmp_path):
     text = out.getvalue()
     from fedattack.report.html import headline
     assert "No client update was audited (no attack job ran)." in headline(summary, [], [])
+    off = RunHeader.from_config(fconfig.load(None, ["audit.every=0"]).to_dict())
+    assert off.configured_attacks == () and RunHeader.from_config(fconfig.load(None).to_dict()).configured_attacks
     assert "audit off (audit.every=0)" in text and "auditing with" not in text
     assert "no update was audited (audit.every=0)" in text and "leaked" not in text  # nor an empty table
     out = io.StringIO()

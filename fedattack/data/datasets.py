@@ -152,12 +152,15 @@ def _torchvision_split(cls, root: Path, train: bool, download: bool, name: str, 
 
     if issubclass(cls, MNIST):
         _check_idx_files(cls, root, train)
-    before = {root, *root.rglob("*")} if download and root.is_dir() else set()  # what a failed download keeps
+    # the folders a download may make (torchvision's <root>/<Class>/raw, root and its missing parents)
+    made = [p for p in (root / cls.__name__ / "raw", root / cls.__name__, root, *root.parents) if not p.exists()]
     try:
         return cls(root=str(root), train=train, download=download)
     except RuntimeError as exc:
         if download and "download" in str(exc).lower():  # torchvision's message lists every mirror it tried
-            _remove_new_empty_folders(root, before)
+            for p in made:  # deepest first: those the failed download left empty
+                if p.is_dir() and not any(p.iterdir()):
+                    p.rmdir()
             why = first_line(exc).rstrip(":")
             raise DataError(f"data.download: downloading {name} to {root} failed ({why}); without internet, put "
                             f"the files there yourself ({hint})") from None
@@ -173,13 +176,6 @@ def _torchvision_split(cls, root: Path, train: bool, download: bool, name: str, 
     except (AssertionError, ValueError, TypeError, EOFError, OSError, IndexError) as exc:
         why = first_line(exc) or type(exc).__name__
         raise DataError(f"data.root: {name}'s files under {root} could not be read ({why}); {hint}") from None
-
-
-def _remove_new_empty_folders(root: Path, before: set[Path]) -> None:
-    """Remove the folders a failed download created (`root` and below, not in `before`) that stayed empty."""
-    for p in sorted([root, *root.rglob("*")] if root.is_dir() else [], key=lambda q: len(q.parts), reverse=True):
-        if p not in before and p.is_dir() and not any(p.iterdir()):
-            p.rmdir()
 
 
 def _wrap_torchvision(ds: Any, spec: DataSpec, where: str) -> ImageData:

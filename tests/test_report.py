@@ -636,6 +636,7 @@ def test_a_run_without_an_audit_says_so_from_first_line_to_last(tmp_path):
     out = io.StringIO()
     progress = Progress(console=Console(file=out, width=400), status_every=0)
     progress.header(fconfig.load(None, ["audit.every=0"]), tmp_path)
+    progress.round_done(RoundResult(round=1, replies=2, train_loss=0.5, test_acc=0.8), 0, 0)
     summary = Summary(header=RunHeader(), attacks={}, rounds=5, final_test_acc=0.8, client_errors=0, defense="none",
                       epsilon=None)
     progress.summary_table(summary)
@@ -645,6 +646,7 @@ def test_a_run_without_an_audit_says_so_from_first_line_to_last(tmp_path):
     off = RunHeader.from_config(fconfig.load(None, ["audit.every=0"]).to_dict())
     assert off.configured_attacks == () and RunHeader.from_config(fconfig.load(None).to_dict()).configured_attacks
     assert "audit off (audit.every=0)" in text and "auditing with" not in text
+    assert "test acc 0.800  audit off  " in text and "jobs done" not in text  # not "audit 0/0 jobs done"
     assert "no update was audited (audit.every=0)" in text and "leaked" not in text  # nor an empty table
     out = io.StringIO()
     progress = Progress(console=Console(file=out, width=400), status_every=0)

@@ -141,10 +141,10 @@ class Progress:
             if submitted and self._first_submit is None:
                 self._first_submit = time.monotonic()
         line = Text()
+        audit = "audit off" if self.audit_off else f"audit {done}/{submitted} jobs done"
         line.append(f"round {row.round}", style="bold")
         line.append(f"  updates {row.replies} (errors {row.errors})  train loss {_f(row.train_loss, '.3f')}  "
-                    f"test acc {_f(row.test_acc, '.3f')}  audit {done}/{submitted} jobs done  "
-                    f"{_f(row.seconds, '.1f')} s")
+                    f"test acc {_f(row.test_acc, '.3f')}  {audit}  {_f(row.seconds, '.1f')} s")
         self.print(line)
         if row.error:
             self.print(Text(f"  a client failed: {row.error}", style="yellow"))

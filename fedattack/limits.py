@@ -37,8 +37,8 @@ from fedattack.threat import ModelSpec
 MODEL_CONTRACT = ("a model factory is called as fn(in_shape, num_classes, act, width=...), act being a "
                   "zero-argument callable that returns a new activation module (call act() per layer)")
 OWN_CLASS_CONTRACT = ("a model class of your own that takes no arguments is built as cls() and must take the "
-                      "dataset's images and return their logits; set data.image_size (and use a dataset of as "
-                      "many classes) to match it")
+                      "dataset's images and return their logits; set data.image_size and data.channels (and use a "
+                      "dataset of as many classes) to match it")
 MEMORY_SHARE = 0.8  # of the memory available now that one training batch may need
 GIB = 1024 ** 3
 REAL_TRACE_VALUES = 3 * 256 * 256  # image size (values) up to which `footprint` runs the model for real

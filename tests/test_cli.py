@@ -378,6 +378,15 @@ def test_a_model_class_of_the_users_own_that_takes_no_arguments_is_audited_repro
     assert json.loads((tmp_path / "a" / "summary.json").read_text())["model"] == "tests.plugins.models:QuickstartNet"
 
 
+def test_a_model_class_of_the_users_own_on_images_of_other_channels_names_data_channels(tmp_path, capsys):
+    out = tmp_path / "attack"  # QuickstartNet takes colour images; lfw-subset is grey
+    assert main(["attack", "model.name=tests.plugins.models:QuickstartNet", "data.name=lfw-subset",
+                 "audit.attacks=[idlg]", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedattack: error: model.name: ") and "data.channels" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("factory", ["lazy_cnn", "pooled_to_one"])
 def test_lazy_layers_and_batchnorm_on_a_one_pixel_map_are_audited(tmp_path, factory):
     out = tmp_path / "attack"

@@ -21,6 +21,7 @@ from fedattack.experiment import Experiment, build
 from fedattack.limits import check_memory, check_model
 from fedattack.models import float_params
 from fedattack.report.console import Progress, server_words
+from fedattack.report.exposure import image_rows
 from fedattack.report.summary import run_header, summarize
 from fedattack.results import JobResult
 from fedattack.schema import Config
@@ -127,7 +128,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     finally:
         if dispatcher.pending():
             dispatcher.abandon()
-    summary = auditor.summary or summarize(results, [], run_header(cfg.to_dict()), interrupted=interruption([]))
+    summary = auditor.summary or unsaved_summary(one, results, result.indices, auditor.store_args["batch_norm"])
     progress.summary_table(summary, title="fedattack attack")
     req = shutdown.requested()
     if req is not None and auditor.store is not None:
@@ -136,3 +137,13 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
                         f"{auditor.store.dir / 'leakage.csv'}; report {auditor.store.dir / 'report.html'}")
     shutdown.check()
     return results
+
+
+def unsaved_summary(cfg: Config, results: list[JobResult], indices, batch_norm: bool):
+    """The summary a run directory would give (its exposure and caveats), for an attack without
+    `--out`: the victim's samples are owned by `victim.client`."""
+    owners = {int(i): cfg.victim.client for i in indices}
+    images = [row for res in results for row in image_rows(res, owners)]
+    header = replace(run_header(cfg.to_dict()), batch_norm=batch_norm)
+    return summarize(results, [], header, images=images, sizes={cfg.victim.client: len(owners)},
+                     interrupted=interruption([]))

@@ -106,6 +106,17 @@ def test_attack_mode_writes_the_run_files_and_report_rerenders(tmp_path, capsys)
     assert "notes.txt is a file, not a directory; give a run's or a sweep's directory" in capsys.readouterr().err
 
 
+def test_attack_mode_says_the_same_after_its_table_with_or_without_a_run_directory(tmp_path, capsys):
+    said = []
+    for out in ([], ["--out", str(tmp_path / "a")]):
+        assert main(["attack", "model.name=convnet", "model.width=4", "audit.attacks=[idlg]", "idlg.iterations=1",
+                     "victim.indices=[0,1]", *out]) == 0
+        printed = capsys.readouterr().out
+        said.append([line for line in printed[printed.index("└"):].splitlines()[1:] if not line.startswith("report:")])
+    assert said[0] == said[1] and said[0][0] == "0 of 1 audited updates leaked; 0 of 2 training samples recovered (0.0%)"
+    assert any("BatchNorm" in line for line in said[0])  # the caveat for a model that trains BatchNorm layers
+
+
 def test_attack_mode_on_one_image_counts_it_as_one_and_says_why_rgap_fails(tmp_path, capsys):
     out = tmp_path / "one"
     code = main(["attack", "audit.attacks=[rgap,invgrad]", "invgrad.iterations=2", "victim.indices=[3]",

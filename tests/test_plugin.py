@@ -195,6 +195,10 @@ def test_without_the_client_record_the_audit_runs_unscored_and_says_why(tmp_path
     assert 0 <= npz["images"].min() and npz["images"].max() <= 1
     html = (tmp_path / "run" / "report.html").read_text()
     assert "Scores unavailable" in html and "no audit record" in html
+    assert "No client update was scored: the attacks ran without the private images" in html  # not "no attack produced"
+    assert "No attack recovered" not in html and ">labels only<" not in html and "top: private image" not in html
+    assert html.count("reconstructed, unscored") == 4 and ">0 of 2<" not in html  # no measured "0 of 2 leaked"
+    assert rows[0]["num_images"] == str(len(npz["images"])) != "0"  # the images its attack reconstructed
     from fedattack.report.store import load_run
 
     assert all(not r.scored for r in load_run(tmp_path / "run").results)  # the reason survives the CSV

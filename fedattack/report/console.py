@@ -253,7 +253,8 @@ class Progress:
         for name, a in summary.attacks.items():
             add_plain_row(table, [name, a.jobs, a.failed, _f(a.psnr, ".2f"), _f(a.baseline_psnr, ".2f"),
                                   _f(a.margin, "+.2f"), _f(a.ssim, ".2f"), _f(a.label_acc, ".2f"),
-                                  f"{a.leaked}/{a.jobs - a.failed}" if a.jobs > a.failed else "-",
+                                  f"{a.leaked}/{a.jobs - a.failed}" if a.jobs > a.failed and a.success_rate is not None
+                                  else "-",
                                   _f(a.seconds, ".1f")])
         self.console.print(table)
         for attack, (count, first) in self.failures.items():  # shown with --quiet as well

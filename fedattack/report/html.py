@@ -98,6 +98,8 @@ def verdict(r: JobResult, margin: float, held: int = 0) -> tuple[str, str]:
     if r.status != "ok":
         return f"{r.status}", "muted"
     s = r.score
+    if r.unscored:
+        return ("reconstructed, unscored" if r.recon_pixels is not None or s.num_images else "unscored"), "muted"
     if math.isnan(s.psnr):
         return "labels only", "muted"
     if r.success:
@@ -148,6 +150,9 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         big = ("No sum of updates was scored (no attack on the sum produced images)." if running
                else "No sum of updates was scored: SecAgg+ hides each client's update in its round's sum, and no "
                     "configured attack runs on a sum.")
+    elif (h is None or h.audited_updates == 0) and unscored_only(results):
+        big = ("No client update was scored: the attacks ran without the private images to score against "
+               "(why: below). Their reconstructions are shown unmeasured.")
     elif h is None or h.audited_updates == 0:
         big = ("No client update was scored (no attack produced images)." if results
                else "No client update was audited (no attack job ran).")
@@ -163,7 +168,7 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         items.append(f"The server recovered <b>{h.exposed_samples} of {h.samples}</b> training samples "
                      f"(<b>{share}</b> of all clients' data) over {counted(rounds_done, 'round')}; "
                      f"{counted(h.audited_samples, 'sample')} appeared in audited updates (exposure.csv).")
-    if h is not None and h.strongest_attack:
+    if h is not None and h.strongest_attack and not unscored_only(results):
         a = summary.attacks.get(h.strongest_attack)
         if a is not None and a.leaked:
             items.append(f"Strongest attack: <b>{esc(h.strongest_attack)}</b> &mdash; leaked {a.leaked} of "
@@ -217,6 +222,12 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
                  + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
                  f"<p class='note'>{rules}</p><p class='note'>Run: {facts}</p></div>")
     return "".join(parts)
+
+
+def unscored_only(results: list[JobResult]) -> bool:
+    """Whether every attack that finished ran without ground truth (an app's clients sent none)."""
+    ok = [r for r in results if r.ok]
+    return bool(ok) and all(r.unscored for r in ok)
 
 
 def _scope(header: RunHeader, results: list[JobResult]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -357,7 +368,7 @@ def attack_table(summary: Summary) -> str:
                      (num(a.baseline_psnr), "n"), (num(a.margin, 2, sign=True), "n"), (num(a.ssim), "n"),
                      (num(a.baseline_ssim), "n"), (num(a.lpips), "n"),
                      (num(a.label_acc, 3, pct=True) if a.label_acc is not None else DASH, "n"),
-                     (f"{a.leaked} of {scored}" if scored else DASH, "n"),
+                     (f"{a.leaked} of {scored}" if scored and a.success_rate is not None else DASH, "n"),
                      (f"{a.recovered} of {a.images}" if scored and a.images else DASH, "n"),  # labels only: none
                      (num(a.seconds, 1), "n")])
     head = ["attack", "jobs", "failed", "PSNR (dB)", "blank-guess PSNR (dB)", "margin (dB)", "SSIM",
@@ -437,8 +448,10 @@ def gallery(run_dir: Path, r: JobResult, images: list[ImageRow], header: RunHead
     leaked = (f" &middot; <span class='leak'>leaked {r.score.recovered} of {r.score.num_images}</span>"
               if r.success else "")
     shown = f"; the first {n} of {total} images shown" if geometry is not None and total > n else ""
+    rows = ("the reconstruction only (unscored: no private image to show beside it)" if r.unscored
+            else f"top: private image; bottom: reconstruction{shown}")
     return (f"<div class='gallery'><div class='cap'>{caption}{leaked}</div>{body}"
-            f"<div class='note'>top: private image; bottom: reconstruction{shown}</div></div>")
+            f"<div class='note'>{rows}</div></div>")
 
 
 def galleries(run_dir: Path, results: list[JobResult], images: list[ImageRow], header: RunHeader) -> str:

@@ -152,6 +152,7 @@ def _scored(job: AttackJob, recon, truth: Truth | None, seconds: float, device: 
         return JobResult(round=job.round, client=job.client, attack=job.attack, defense=job.defense, status="ok",
                          seconds=seconds, adaptive=job.adaptive, scope=job.scope, device=str(device),
                          epsilon=job.epsilon, unscored=job.unscored or "no ground truth", recon_pixels=recon_px,
+                         score=Score(num_images=0 if recon_px is None else len(recon_px)),
                          recon_labels=labels, recon_features=features)
     s = score(recon, truth, spec_data, job.success_ssim, job.success_margin, lpips_fn(job.lpips_weights))
     truth_px = spec_data.to_pixels(truth.images.float().cpu()).numpy()

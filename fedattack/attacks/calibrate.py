@@ -93,7 +93,8 @@ def simulate_cases(obs: Observation, images: torch.Tensor, labels: torch.Tensor,
     (model-input space), starting from the global weights `obs` holds."""
     n = client_size(obs)
     if n > len(labels):
-        raise ValueError(f"calibration needs {n} images per simulated client; the calibration data has {len(labels)}")
+        raise AttackFailure(f"calibration simulates clients as large as this one, {n} images, and its data holds "
+                            f"{len(labels)}; give it at least {n}")
     rng = np.random.default_rng(seed)
     fm = functional_model(obs, torch.device("cpu"))
     known = [(spec, d) for d in obs.protocol.defenses if (spec := DEFENSES.find(d.name)) is not None]

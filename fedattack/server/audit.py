@@ -58,7 +58,7 @@ from fedattack.client.train import schedule
 from fedattack.config import from_dict
 from fedattack.data import load_dataset
 from fedattack.defenses import DEFENSES
-from fedattack.errors import ConfigError, FedattackError
+from fedattack.errors import AttackFailure, ConfigError, FedattackError
 from fedattack.experiment import Experiment
 from fedattack.models import batch_norm_layers, build_model
 from fedattack.models.generator import check_checkpoint
@@ -380,7 +380,7 @@ class Auditor:
                             restart_factor=opts.calibration_restart_factor, job_seconds=opts.job_timeout)
         except Exception as exc:  # noqa: BLE001 - a calibration that fails leaves the configured parameters
             # (a stop request is a KeyboardInterrupt, and passes)
-            record["skipped"] = f"{type(exc).__name__}: {exc}"
+            record["skipped"] = str(exc) if isinstance(exc, AttackFailure) else f"{type(exc).__name__}: {exc}"
             say(f"calibration of {attack} skipped ({record['skipped']}); it runs with its configured parameters",
                 WARNING)
             self._record_calibration(record)

@@ -351,7 +351,8 @@ def test_the_console_names_each_calibration_stage(tmp_path, capfd):
                      "audit.calibration_budget=2", "client.batch_size=2", "client.local_steps=1", "seed=3"])
     captured = capfd.readouterr()
     shown = " ".join((captured.out + captured.err).split())  # rich wraps long lines
-    assert code == 0 and "calibrating test-switch: setting 2 of 2:" in shown
+    assert code == 0 and "calibrating test-switch: setting 1 of 2 (the configured values):" in shown
+    assert "calibrating test-switch: setting 2 of 2:" in shown
     assert "calibrating test-switch: rebalance=False:" in shown and "setting ?" not in shown
 
 

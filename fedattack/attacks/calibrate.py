@@ -253,6 +253,8 @@ def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int,
         raise AttackFailure(f"with its configured parameters it failed on every simulated update ({errors[0]})")
     base = float(np.mean(per_case)) if per_case else float("nan")
     trials = [{"values": start, "psnr": round(base, 3), "per_case": [round(v, 3) for v in per_case]}]
+    if on_trial is not None:
+        on_trial({}, base)  # the configured values: the first of the budget's settings
     best_values, best, best_cases = dict(start), base, per_case
     if space and budget > 1:
         import nevergrad as ng

@@ -355,7 +355,7 @@ class Auditor:
         record: dict[str, Any] = {"attack": attack, "protocol": asdict(observation.protocol),
                                   "data": f"{calibration_source(self.plan.record)}, {len(images)} images"}
         say = self.on_calibration
-        tried = iter(range(2, opts.calibration_budget + 1))
+        tried = iter(range(1, opts.calibration_budget + 1))
 
         def on_trial(values: dict, psnr: float) -> None:
             key, value = next(iter(values.items())) if len(values) == 1 else (None, None)
@@ -364,7 +364,9 @@ class Auditor:
             elif key in SWITCHES:  # an on/off setting tried flipped, after the tuning
                 say(f"calibrating {attack}: {key}={value}: {psnr:.1f} dB")
             else:
-                say(f"calibrating {attack}: setting {next(tried, '?')} of {opts.calibration_budget}: {psnr:.1f} dB")
+                which = " (the configured values)" if not values else ""
+                say(f"calibrating {attack}: setting {next(tried, '?')} of {opts.calibration_budget}{which}: "
+                    f"{psnr:.1f} dB")
 
         try:
             cases, held_out = judges(observation, images, labels, cases=opts.calibration_cases,

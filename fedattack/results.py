@@ -298,7 +298,12 @@ def _budget(attack: str, params: Any) -> str:
         return ""
     if params.get("optimizer") == "cmaes" and "budget" in params:
         return f"{attack} {params['budget']} loss evaluations (CMA-ES)"
-    return f"{attack} {params['iterations']} iterations" if "iterations" in params else ""
+    if "iterations" not in params:
+        return ""
+    evals = params.get("max_iter")  # L-BFGS: objective evaluations per step (dlg, idlg)
+    per_step = ("" if evals is None or params.get("optimizer", "lbfgs") != "lbfgs" else
+                " (L-BFGS, one evaluation each)" if evals == 1 else f" (L-BFGS, up to {evals} evaluations each)")
+    return f"{attack} {params['iterations']} iterations{per_step}"
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,7 @@ def test_a_run_where_nothing_leaked_names_the_attack_budgets_it_rests_on(tmp_pat
     store.add_round(RoundResult(round=1, replies=2, audited_clients=1, jobs=2))
     head, console = _finish(store, width=200)
     head = head[:head.index("Clients &times; rounds")]
-    budgets = "configured budgets (idlg 300 iterations, invgrad 250 iterations)"
+    budgets = "configured budgets (idlg 300 iterations (L-BFGS, one evaluation each), invgrad 250 iterations)"
     assert (budgets in head) == (budgets in console) == (not leaks), (head, console)
     chosen = "or at the counts calibration chose"  # calibration may have raised the configured budgets
     assert (chosen in head) == (chosen in console) == calibrated
@@ -465,7 +465,7 @@ def test_the_budgets_name_what_calibration_raised(tmp_path, chosen, says):
     store.add_result(_result(1, 0, "invgrad", [10, 11], "flat"))
     store.add_round(RoundResult(round=1, replies=2, audited_clients=1, jobs=2))
     for text in _finish(store):
-        assert "configured budgets (idlg 300 iterations, invgrad 250 iterations)" in text
+        assert "configured budgets (idlg 300 iterations (L-BFGS, one evaluation each), invgrad 250 iterations)" in text
         assert "or at the counts calibration chose" not in text  # calibration.json says what it chose
         assert (says in text) if says else "calibration raised" not in text
 
@@ -551,7 +551,8 @@ def test_an_attack_that_failed_every_job_is_named_and_left_out_of_the_budgets(tm
     store.add_result(_result(1, 0, "invgrad", [10, 11], "failed"))
     store.add_round(RoundResult(round=1, replies=2, audited_clients=1, jobs=2))
     for text in _finish(store):
-        assert "configured budgets (idlg 300 iterations)" in text  # invgrad tried nothing at its budget
+        # invgrad tried nothing at its budget
+        assert "configured budgets (idlg 300 iterations (L-BFGS, one evaluation each))" in text
         assert "Every job of invgrad failed: it measures nothing in this run" in " ".join(text.split())
 
 

@@ -231,6 +231,12 @@ def test_the_budget_in_words_counts_what_the_attack_spends():
     assert RunHeader.from_config(raw).budgets == ("ggl 200 loss evaluations (CMA-ES)", "invgrad 300 iterations")
     raw["ggl"]["optimizer"] = "adam"
     assert RunHeader.from_config(raw).budgets[0] == "ggl 2500 iterations"
+    dlg = {"audit": {"attacks": ["dlg", "idlg"]}, "dlg": {"iterations": 300, "max_iter": 20, "optimizer": "lbfgs"},
+           "idlg": {"iterations": 300, "max_iter": 1, "optimizer": "lbfgs"}}  # an L-BFGS step: up to max_iter
+    assert RunHeader.from_config(dlg).budgets == ("dlg 300 iterations (L-BFGS, up to 20 evaluations each)",
+                                                  "idlg 300 iterations (L-BFGS, one evaluation each)")
+    dlg["dlg"]["optimizer"] = "adam"
+    assert RunHeader.from_config(dlg).budgets[0] == "dlg 300 iterations"
 
 
 def test_a_results_file_names_are_portable_where_an_attack_is_an_import_path():

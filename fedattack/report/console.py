@@ -45,7 +45,7 @@ def duration(seconds: float) -> str:
     """A time span in words, to the second under 90 s, to the half minute under 10 min (so that
     status lines 30 s apart never read the same), then to the minute and the tenth of an hour."""
     if seconds < 90:
-        return f"{seconds:.0f} s"
+        return f"{max(0.0, seconds):.0f} s"
     if seconds < 600:
         half = round(seconds / 30)
         return f"{half // 2} min" + (" 30 s" if half % 2 else "")
@@ -208,7 +208,8 @@ class Progress:
                 msg += (f"; about {duration(left * mean / self.concurrency)} left "
                         f"({mean:.0f} s per job, {self.concurrency} at a time)")
             else:
-                waited = time.monotonic() - (self._first_submit or time.monotonic())
+                now = time.monotonic()
+                waited = max(0.0, now - (self._first_submit or now))
                 msg += f"; none finished in {duration(waited)} so far, no estimate yet"
         return msg
 

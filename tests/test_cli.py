@@ -406,6 +406,14 @@ def test_lazy_layers_and_batchnorm_on_a_one_pixel_map_are_audited(tmp_path, fact
     assert [r["status"] for r in csv.DictReader((out / "leakage.csv").open())] == ["ok"]
 
 
+def test_an_lbfgs_attack_that_blows_up_at_its_first_step_is_a_failed_row_not_its_start(tmp_path):
+    out = tmp_path / "attack"
+    assert main(["attack", "audit.attacks=[dlg]", "dlg.lr=1e12", "dlg.iterations=5", "victim.indices=[3]",
+                 "--out", str(out), "--quiet"]) == 0
+    (row,) = csv.DictReader((out / "leakage.csv").open())
+    assert row["status"] == "failed" and "every restart diverged" in row["error"], row
+
+
 def test_a_stuck_attack_is_failed_at_its_time_limit(tmp_path):
     out = tmp_path / "attack"
     code = main(["attack", f"audit.attacks=[{FAILING}:stuck,idlg]", "idlg.iterations=1", "audit.job_timeout=1",

@@ -558,13 +558,15 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_it
 
         steps, best, best_at = 0, math.inf, [v.detach().clone() for v in variables]
         losses: list[tuple[int, float]] = []  # this start's (evaluations so far, loss), one per step
-        used = 1
+        used, improved, blew_up = 1, False, False
         while steps < iterations:
             before = [v.detach().clone() for v in variables]
             loss = float(opt.step(closure).detach())  # the objective at `before`
             if math.isfinite(loss) and loss < best:
+                improved = improved or steps > 0
                 best, best_at = loss, before
             if not math.isfinite(loss) or (tol and loss / scale <= tol):
+                blew_up = not math.isfinite(loss)
                 break
             steps += 1
             losses.append((evals[0], loss))
@@ -586,7 +588,8 @@ def run_lbfgs(problem: Matching, u: Unknowns, iterations: int, lr: float, max_it
             if yr is not None:
                 u.y_logits.data[r] = yr.detach()
             value = problem.mismatch(xr, labels()).detach().cpu()
-        final[r] = value if torch.isfinite(value) else float("inf")
+        # a start that blew up before any step improved on it diverged from the start
+        final[r] = value if torch.isfinite(value) and (improved or not blew_up) else float("inf")
     return final, taken, starts
 
 
@@ -604,7 +607,7 @@ def stalled(losses: list[tuple[int, float]], max_iter: int) -> bool:
 
 def best_restart(final: torch.Tensor) -> int:
     if not torch.isfinite(final).any():
-        raise FloatingPointError("every restart diverged")
+        raise FloatingPointError("every restart diverged (try a smaller lr)")
     return int(torch.argmin(finite_or_inf(final.cpu())))
 
 

@@ -348,7 +348,8 @@ def calibration_section(run_dir: Path) -> str:
     skipped = ("<p><b>Calibration was asked for and skipped every time</b>: the attacks ran with their configured "
                "parameters (the table says why).</p>" if all(r.get("skipped") for r in records) else "")
     return ("<h2>Calibration</h2>" + skipped + "<p class='note'>Before attacking, the server tunes each attack on "
-            f"client updates it simulates with its own data{data}, never the clients': the same model, protocol and update defenses. "
+            f"client updates it simulates with its own data{data}, never the clients': the same model, protocol and "
+            "update defenses. "
             "PSNR: mean over the simulated updates, configured &rarr; best found; a choice is used only where it "
             "also beats the configured values on as many fresh simulated updates; then on/off settings are tried "
             "flipped, each kept only where its mean is better there and it wins on the fresh updates; then the "

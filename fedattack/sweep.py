@@ -241,7 +241,7 @@ def rerender(out_dir: Path, progress: Progress | None = None) -> report.Answer:
     _place(runs, out_dir)
     answer, table = _write_answer(cfg, key, [r for r, _ in runs], sorted({r.seed for r, _ in runs}), reference,
                                   out_dir)
-    print_table(table, f"sweep of {key}", progress)
+    print_table(table, f"sweep of {key}", progress, order=None if cfg.sweep.defense else mapped_values(cfg, key))
     progress.answer(f"answer: {answer.sentence()}")
     progress.answer(f"report: {out_dir / 'sweep.html'}")
     return answer
@@ -341,7 +341,7 @@ def run_sweep(cfg: Config, *, out_dir: Path, quiet: bool = False, verbose: bool 
     finally:
         stop.set()
     answer, table = _write_answer(cfg, key, [r for r, _ in runs], seeds, reference, out_dir)
-    print_table(table, f"sweep of {key}", progress)
+    print_table(table, f"sweep of {key}", progress, order=None if cfg.sweep.defense else mapped_values(cfg, key))
     progress.answer(f"answer: {answer.sentence()}")
     progress.answer(f"report: {out_dir / 'sweep.html'}")
     return answer
@@ -393,7 +393,13 @@ def _write_answer(cfg: Config, key: str, swept: list, seeds: list[int], referenc
     return answer, table
 
 
-def print_table(table: list[dict], title: str, progress: Progress) -> None:
+def print_table(table: list[dict], title: str, progress: Progress, order: list | None = None) -> None:
+    """The per-run table; with `order` (a key sweep's mapped values), its rows in that order, the
+    reference run in its value's place as sweep.html has it."""
+    if order is not None:
+        place = {report.fmt_value(v): i for i, v in enumerate(order)}
+        table = sorted(table, key=lambda r: place.get(r["value"], len(place)))
+
     def f(x, fmt):
         return "-" if x is None or (isinstance(x, float) and x != x) else format(x, fmt)
 

@@ -80,6 +80,17 @@ def test_the_configured_value_of_a_swept_key_is_mapped_beside_the_swept_ones(tmp
     assert [(r["value"], r["reference"]) for r in table] == [("1", False), ("4", False), ("2", True)]
     points = report.per_value(table, [1, 2, 4])
     assert [p["value"] for p in points["idlg"]] == [1, 2, 4]  # the reference measured 2: it is on the map
+    import io
+
+    from rich.console import Console
+
+    from fedattack.report.console import Progress
+    from fedattack.sweep import print_table
+
+    out = io.StringIO()
+    print_table(table, "sweep", Progress(console=Console(file=out, width=200)), order=[1, 2, 4])
+    printed = [line.split()[1] for line in out.getvalue().splitlines() if line.startswith("│")]
+    assert printed == ["1", "reference", "4"]  # the console lists the reference in its place, as sweep.html does
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -4,6 +4,7 @@ are clear errors."""
 from __future__ import annotations
 
 import pickle
+import re
 import struct
 
 import numpy as np
@@ -188,6 +189,32 @@ def test_an_unreadable_image_is_found_when_the_folder_is_loaded(tmp_path):
     load_dataset.cache_clear()
     with pytest.raises(DataError, match=r"^data.root: .*b/2.png is not an image PIL can read \(UnidentifiedImage"):
         load_dataset(cfg, seed=0)
+    cut.unlink()
+    jpeg = tmp_path / "a" / "3.jpg"  # verify reads a JPEG's header only: the cut is found by decoding it
+    Image.fromarray(rng.integers(0, 256, size=(64, 64, 3), dtype=np.uint8)).save(jpeg, quality=90)
+    load_dataset.cache_clear()
+    assert len(load_dataset(cfg, seed=0).train) > 0
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    load_dataset.cache_clear()
+    with pytest.raises(DataError, match=r"^data.root: .*a/3.jpg is not an image PIL can read \(OSError\)"):
+        load_dataset(cfg, seed=0)
+
+
+def test_an_image_folder_of_one_class_or_with_an_empty_class_is_one_line(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "cats").mkdir()
+    for i in range(4):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(tmp_path / "cats" / f"{i}.png")
+    cfg = _cfg("data.name=imagefolder", f"data.root={tmp_path}").data
+    load_dataset.cache_clear()
+    with pytest.raises(DataError, match=r"^data.root: .* holds one class folder \(cats\); a classifier needs at "
+                                        r"least 2 classes"):  # every update would be zero
+        load_dataset(cfg, seed=0)
+    (tmp_path / "dogs").mkdir()
+    load_dataset.cache_clear()
+    with pytest.raises(DataError, match=r"^data.root: a class folder holds no images \(.*dogs"):
+        load_dataset(cfg, seed=0)
 
 
 def test_images_of_more_than_8_bits_are_scaled_not_clipped(tmp_path):
@@ -334,3 +361,7 @@ def test_a_failed_download_is_one_line_and_leaves_no_folders(tmp_path, monkeypat
     assert message.startswith(f"data.download: downloading mnist to {root} failed (") and "\n" not in message
     assert "without internet, put the files there yourself" in message
     assert not (tmp_path / "new").exists()  # the folders the download made stayed empty and are gone
+    load_dataset.cache_clear()  # CIFAR downloads from one address: urllib's own error, as the same one line
+    with pytest.raises(DataError, match=rf"^data.download: downloading cifar10 to {re.escape(str(root))} failed "):
+        load_dataset(_cfg("data.name=cifar10", f"data.root={root}", "data.download=true").data, seed=0)
+    assert not (tmp_path / "new").exists()

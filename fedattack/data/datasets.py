@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
+from urllib.error import URLError
 
 import numpy as np
 import torch
@@ -154,16 +155,19 @@ def _torchvision_split(cls, root: Path, train: bool, download: bool, name: str, 
         _check_idx_files(cls, root, train)
     # the folders a download may make (torchvision's <root>/<Class>/raw, root and its missing parents)
     made = [p for p in (root / cls.__name__ / "raw", root / cls.__name__, root, *root.parents) if not p.exists()]
+    def download_failed(exc: BaseException) -> DataError:
+        for p in made:  # deepest first: those the failed download left empty
+            if p.is_dir() and not any(p.iterdir()):
+                p.rmdir()
+        why = first_line(exc).rstrip(":")
+        return DataError(f"data.download: downloading {name} to {root} failed ({why}); without internet, put "
+                         f"the files there yourself ({hint})")
+
     try:
         return cls(root=str(root), train=train, download=download)
     except RuntimeError as exc:
         if download and "download" in str(exc).lower():  # torchvision's message lists every mirror it tried
-            for p in made:  # deepest first: those the failed download left empty
-                if p.is_dir() and not any(p.iterdir()):
-                    p.rmdir()
-            why = first_line(exc).rstrip(":")
-            raise DataError(f"data.download: downloading {name} to {root} failed ({why}); without internet, put "
-                            f"the files there yourself ({hint})") from None
+            raise download_failed(exc) from None
         if hasattr(cls, "base_folder") and _cifar_files_present(cls, root):
             raise DataError(f"data.root: {root / cls.base_folder} holds {name}'s files, but they do not match the "
                             "official release's checksums (torchvision checks them); extract the original "
@@ -174,6 +178,8 @@ def _torchvision_split(cls, root: Path, train: bool, download: bool, name: str, 
         raise DataError(f"data.root: {name}'s files under {root} could not be read ({first_line(exc)}); {hint}"
                         ) from None
     except (AssertionError, ValueError, TypeError, EOFError, OSError, IndexError) as exc:
+        if download and isinstance(exc, URLError):  # CIFAR's download has no mirrors: urllib's own error
+            raise download_failed(exc) from None
         why = first_line(exc) or type(exc).__name__
         raise DataError(f"data.root: {name}'s files under {root} could not be read ({why}); {hint}") from None
 
@@ -209,7 +215,8 @@ def _torchvision_dataset(name: str, cls_name: str, channels: int, classes: int, 
     return loader
 
 
-_MNIST_HINT = "put the four raw idx files in <root>/{}/raw/ or set data.download=true on a machine with internet"
+_MNIST_HINT = ("put the four raw idx files, un-gzipped (train-images-idx3-ubyte, ...), in <root>/{}/raw/ or set "
+               "data.download=true on a machine with internet")
 DATASETS.register("mnist", _torchvision_dataset(
     "mnist", "MNIST", 1, 10, (0.1307,), (0.3081,), _MNIST_HINT.format("MNIST")))
 DATASETS.register("fashion-mnist", _torchvision_dataset(
@@ -231,13 +238,18 @@ def _unreadable(path: str, exc: BaseException) -> DataError:
 def _check_image(path: str) -> None:
     """Open the file and check its structure without decoding it (PIL's verify: a PNG's chunk
     checksums, so a cut or damaged file is found), a fraction of a millisecond for a small image;
+    a JPEG, whose header alone verify reads, is decoded at 1/8 scale (a cut file ends early);
     32-bit images (modes I and F) are decoded to check that their values have a known scale."""
     from PIL import Image
 
     try:
         with Image.open(path) as img:
-            mode = img.mode
+            mode, fmt = img.mode, img.format
             img.verify()
+        if fmt == "JPEG":  # verify reads a JPEG's header only: decode it at 1/8 scale, which reads every byte
+            with Image.open(path) as img:
+                img.draft(img.mode, (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
         if mode in ("I", "F"):  # 32 bits a pixel: read now whether its values have a known scale
             with Image.open(path) as img:
                 pil_pixels(img, 1, path)
@@ -255,7 +267,12 @@ def imagefolder(cfg, seed: int) -> Splits:
     try:
         ds = ImageFolder(str(root))
     except (OSError, RuntimeError) as exc:  # missing, not a folder, unreadable, no images
-        raise DataError(f"data.root: no images found under {root} ({exc}); {hint}") from None
+        said = first_line(exc)
+        what = ("a class folder holds no images" if "for the classes" in said else f"no images found under {root}")
+        raise DataError(f"data.root: {what} ({said}); {hint}") from None
+    if len(ds.classes) < 2:  # one class: cross-entropy is 0 whatever the model, so every update is zero
+        raise DataError(f"data.root: {root} holds one class folder ({ds.classes[0]}); a classifier needs at least "
+                        f"2 classes: {hint}")
     for path, _ in ds.samples:  # every file now, not when a client first trains on it
         _check_image(path)
     targets = np.asarray(ds.targets, dtype=np.int64)

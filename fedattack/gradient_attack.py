@@ -134,7 +134,8 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     if req is not None and auditor.store is not None:
         n = len(results)
         progress.answer(f"fedattack: stopped by {req.reason}: {counted(n, 'finished result')} in "
-                        f"{auditor.store.dir / 'leakage.csv'}; report {auditor.store.dir / 'report.html'}")
+                        f"{auditor.store.dir / 'leakage.csv'}; {counted(shutdown.abandoned(), 'unfinished job')} "
+                        f"cancelled; report {auditor.store.dir / 'report.html'}")
     shutdown.check()
     return results
 

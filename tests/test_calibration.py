@@ -356,6 +356,24 @@ def test_the_console_names_each_calibration_stage(tmp_path, capfd):
     assert "calibrating test-switch: rebalance=False:" in shown and "setting ?" not in shown
 
 
+def test_a_stopped_attack_command_says_how_many_jobs_it_cancelled(tmp_path, capsys):
+    from fedattack import shutdown
+
+    def stopping(obs, params, ctx):
+        shutdown.request("SIGINT")
+        return _flat(obs, params, ctx)
+
+    spec = AttackSpec("test-stop", stopping, _FlatParams, "test")
+    try:
+        with ATTACKS.temporarily(spec.name, spec):
+            main(["attack", "--out", str(tmp_path / "run"), "audit.attacks=[test-stop,idlg]", "client.batch_size=2",
+                  "client.local_steps=1"])
+    finally:
+        shutdown.reset()
+    said = " ".join(capsys.readouterr().out.split())
+    assert "fedattack: stopped by SIGINT: 1 finished result in " in said and "; 1 unfinished job cancelled;" in said
+
+
 def test_a_calibration_judge_holds_at_least_the_images_asked_for():
     assert case_count(2, 1, 8) == 8 and case_count(2, 3, 8) == 3 and case_count(2, 4, 8) == 2
     assert case_count(2, 16, 8) == 2 and case_count(5, 1, 1) == 5

@@ -364,10 +364,11 @@ def test_a_stopped_attack_command_says_how_many_jobs_it_cancelled(tmp_path, caps
         return _flat(obs, params, ctx)
 
     spec = AttackSpec("test-stop", stopping, _FlatParams, "test")
+    quick = AttackSpec("test-flat", _flat, _FlatParams, "test")  # cancelled, and never left running at exit
     try:
-        with ATTACKS.temporarily(spec.name, spec):
-            main(["attack", "--out", str(tmp_path / "run"), "audit.attacks=[test-stop,idlg]", "client.batch_size=2",
-                  "client.local_steps=1"])
+        with ATTACKS.temporarily(spec.name, spec), ATTACKS.temporarily(quick.name, quick):
+            main(["attack", "--out", str(tmp_path / "run"), "audit.attacks=[test-stop,test-flat]",
+                  "client.batch_size=2", "client.local_steps=1"])
     finally:
         shutdown.reset()
     said = " ".join(capsys.readouterr().out.split())

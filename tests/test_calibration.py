@@ -372,7 +372,12 @@ def test_a_stopped_attack_command_says_how_many_jobs_it_cancelled(tmp_path, caps
     finally:
         shutdown.reset()
     said = " ".join(capsys.readouterr().out.split())
-    assert "fedattack: stopped by SIGINT: 1 finished result in " in said and "; 1 unfinished job cancelled;" in said
+    import re
+
+    # the stop may land before or after the first job's result is collected: every job is counted once
+    found = re.search(r"fedattack: stopped by SIGINT: (\d) finished results? in \S+; (\d) unfinished jobs? cancelled;",
+                      said)
+    assert found and int(found[1]) + int(found[2]) == 2 and int(found[2]) >= 1, said
 
 
 def test_a_calibration_judge_holds_at_least_the_images_asked_for():

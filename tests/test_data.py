@@ -292,6 +292,25 @@ def test_a_label_outside_the_classes_is_refused_when_loaded(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("name, says", [
+    ("flattened", r"images of shape \(6, 48\); a dataset gives \(N, H, W\) or \(N, H, W, C\) images with C 1 or 3"),
+    ("four_channels", r"images of shape \(6, 8, 8, 4\)"),
+    ("more_labels", r"6 images and 8 labels; a dataset gives one label per image"),
+    ("bytes_as_floats", r"pixel values 0\.\d+\.\.25\d\.\d+; a dataset gives floats in \[0, 1\] or uint8"),
+    ("fractional_labels", r"labels of type float64 with non-integer values"),
+    ("fetch_too_short", r"tests\.plugins\.datasets:fetch_too_short's training split: fetching sample 7 of 8 \(one per "
+                        r"label\) raised IndexError"),
+])
+def test_a_dataset_of_ones_own_that_breaks_the_image_contract_is_one_line(tmp_path, capsys, name, says):
+    from fedattack.cli import main
+
+    out = tmp_path / "run"
+    code = main(["attack", f"data.name=tests.plugins.datasets:{name}", "audit.attacks=[idlg]", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and re.search(rf"^fedattack: error: data\.name: .*{says}", err), err
+    assert not out.exists()
+
+
 def test_cifar_files_that_fail_the_checksums_are_not_called_missing(tmp_path):
     """A correctly laid out but unofficial cifar-10-batches-py (a subset, say) fails torchvision's MD5
     check: the message says so, not "not found"."""

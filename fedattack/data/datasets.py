@@ -313,6 +313,28 @@ def check_labels(splits: Splits, field: str, name: str) -> None:
                             f"dataset's classes 0..{n - 1}")
 
 
+def check_images(splits: Splits, field: str, name: str) -> None:
+    """The first and last image of each split are what the model's inputs are made from: a
+    (C, H, W) tensor, C 1 or 3, of finite values in [0, 1] (a dataset of the user's own may build
+    its ImageData any way); a fetch that fails there is one line too."""
+    for split, data in (("training", splits.train), ("test", splits.test)):
+        for i in sorted({0, len(data) - 1} - {-1}):
+            try:
+                x = data.fetch(i)
+            except FedattackError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any error of the user's fetch
+                raise DataError(f"{field}: {name}'s {split} split: fetching sample {i} of {len(data)} (one per "
+                                f"label) raised {type(exc).__name__}: {first_line(exc)[:160]}") from None
+            shape = tuple(getattr(x, "shape", ()))
+            ok = isinstance(x, torch.Tensor) and x.ndim == 3 and shape[0] in (1, 3)
+            if not ok or not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
+                what = (f"a {type(x).__name__} of shape {shape}" if not ok else
+                        f"values {float(x.min()):g}..{float(x.max()):g}")
+                raise DataError(f"{field}: {name}'s {split} split: sample {i} is {what}; an image is a float tensor "
+                                "(C, H, W), C 1 or 3, of finite values in [0, 1]")
+
+
 @lru_cache(maxsize=4)
 def load_dataset(cfg: DataConfig, *, seed: int = 0) -> Splits:
     """Load the configured dataset's train and test splits; cached per process under
@@ -320,6 +342,7 @@ def load_dataset(cfg: DataConfig, *, seed: int = 0) -> Splits:
     the dataset's classes."""
     splits, field = _load(cfg, seed)
     check_labels(splits, field, cfg.name)
+    check_images(splits, field, cfg.name)
     return splits
 
 

@@ -98,17 +98,31 @@ def image_spec(cfg, native_channels: int, num_classes: int, mean, std) -> DataSp
 
 
 def from_array(images: np.ndarray, targets: np.ndarray, spec: DataSpec) -> ImageData:
-    """images: (N, H, W) or (N, H, W, C) floats in [0, 1] or uint8."""
+    """images: (N, H, W) or (N, H, W, C) (or (N, C, H, W)), C 1 or 3, floats in [0, 1] or uint8;
+    one label per image. Anything else is a DataError naming data.name (a dataset of the user's own)."""
     arr = torch.as_tensor(images)
+    targets = np.asarray(targets)
     if arr.dtype == torch.uint8:
         arr = arr.float() / 255.0
     arr = arr.float()
     if arr.ndim == 3:
         arr = arr[:, None]
-    elif arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
+    elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
         arr = arr.permute(0, 3, 1, 2)
+    if arr.ndim != 4 or arr.shape[1] not in (1, 3):
+        raise DataError(f"data.name: images of shape {tuple(images.shape)}; a dataset gives (N, H, W) or "
+                        "(N, H, W, C) images with C 1 or 3")
+    if len(arr) != len(targets):
+        raise DataError(f"data.name: {len(arr)} images and {len(targets)} labels; a dataset gives one label per image")
+    if targets.size and (not np.issubdtype(targets.dtype, np.number) or (targets != np.round(targets)).any()):
+        raise DataError(f"data.name: labels of type {targets.dtype} with non-integer values; a dataset gives integer "
+                        "class labels")
+    if len(arr) and not (torch.isfinite(arr).all() and arr.min() >= 0 and arr.max() <= 1):
+        raise DataError(f"data.name: pixel values {float(arr.min()):g}..{float(arr.max()):g}"
+                        f"{' (or not finite)' if not torch.isfinite(arr).all() else ''}; a dataset gives floats "
+                        "in [0, 1] or uint8")
     arr = arr.contiguous()
-    return ImageData(fetch=lambda i: arr[i], targets=np.asarray(targets, dtype=np.int64), spec=spec)
+    return ImageData(fetch=lambda i: arr[i], targets=targets.astype(np.int64), spec=spec)
 
 
 def stratified_split(targets: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

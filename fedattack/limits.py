@@ -21,11 +21,13 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
+from fedattack.client.train import local_train
 from fedattack.defenses import DEFENSES
 from fedattack.errors import ConfigError, first_line
 from fedattack.experiment import Experiment
@@ -198,6 +200,10 @@ def check_defenses(exp: Experiment) -> None:
         model = build_model(exp.model_spec)
         for check, params in checks:
             check(model, params)
+    if any(":" in d for d in exp.cfg.client.defenses):  # a defense of the user's own: its hooks on one step
+        cfg = exp.cfg
+        one = replace(cfg, client=replace(cfg.client, local_steps=1, batch_size=min(2, len(exp.train))))
+        local_train(build_model(exp.model_spec), exp.train, np.arange(one.client.batch_size), one, rnd=1, client=0)
 
 
 def check_machine(exp: Experiment) -> None:

@@ -416,6 +416,22 @@ def test_an_lbfgs_attack_that_blows_up_at_its_first_step_is_a_failed_row_not_its
     assert row["status"] == "failed" and "every restart diverged" in row["error"], row
 
 
+@pytest.mark.parametrize("command", ["attack", "run"])
+@pytest.mark.parametrize("defense, says", [
+    ("raises_on_update", "raises_on_update's on_update raised ZeroDivisionError: division by zero"),
+    ("loses_a_tensor", "loses_a_tensor's on_update returned dict; it returns the update it was given, a dict of every "
+                       "parameter's tensor, each of its own shape"),
+])
+def test_a_defense_of_ones_own_that_breaks_its_hooks_is_one_line_before_anything_runs(tmp_path, capsys, command,
+                                                                                      defense, says):
+    out = tmp_path / "run"
+    code = main([command, f"client.defenses=[tests.plugins.defense:{defense}]", "audit.attacks=[idlg]",
+                 "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"fedattack: error: client.defenses: tests.plugins.defense:{says}", err
+    assert not out.exists()
+
+
 def test_a_stuck_attack_is_failed_at_its_time_limit(tmp_path):
     out = tmp_path / "attack"
     code = main(["attack", f"audit.attacks=[{FAILING}:stuck,idlg]", "idlg.iterations=1", "audit.job_timeout=1",

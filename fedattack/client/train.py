@@ -7,7 +7,7 @@ the partition is large enough (the realistic FedAvg "a few local steps" setting)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -15,7 +15,8 @@ import torch.nn.functional as F
 
 from fedattack.config import proximal_mu
 from fedattack.data import ImageData
-from fedattack.defenses import DEFENSES, DefenseContext
+from fedattack.defenses import DEFENSES, DefenseContext, DefenseSpec
+from fedattack.errors import ConfigError, FedattackError, first_line
 from fedattack.models import float_params
 from fedattack.schema import Config
 
@@ -68,7 +69,7 @@ def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, 
     Defenses run in the order of `client.defenses`, each at its hooks. `protocol_defenses`
     False leaves out the client-side step of protocol-level defenses (Flower's DP mods),
     which the ClientApp applies through Flower's own mods around this function."""
-    specs = [(DEFENSES.get(d), cfg.defense(d)) for d in cfg.client.defenses]
+    specs = [(plugin_hooks(DEFENSES.get(d), d), cfg.defense(d)) for d in cfg.client.defenses]
     if not protocol_defenses:
         specs = [(s, p) for s, p in specs if s.where != "protocol"]
     batches = schedule(partition, cfg, rnd, client)
@@ -116,6 +117,45 @@ def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, 
     return TrainResult(update=update, indices=[int(i) for i in used], steps=len(batches),
                        loss=float(np.mean(losses)) if losses else float("nan"),
                        num_examples=len(used), metrics=dict(ctx.metrics))
+
+
+def plugin_hooks(spec: DefenseSpec, name: str) -> DefenseSpec:
+    """A defense of the user's own (an import path) with its data and update hooks checked: an
+    exception, or a batch or update not of the kind given, is a ConfigError naming
+    client.defenses and the hook (the built-in defenses' hooks are called as they are)."""
+    if ":" not in name:
+        return spec
+
+    def fault(hook: str, what: str) -> ConfigError:
+        return ConfigError("client.defenses", f"{name}'s {hook} {what}")
+
+    def call(hook: str, fn, *args):
+        try:
+            return fn(*args)
+        except FedattackError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the user's hook may raise anything
+            raise fault(hook, f"raised {type(exc).__name__}: {first_line(exc)[:160]}") from None
+
+    def on_batch(x, y, params, ctx):
+        out = call("on_batch", spec.on_batch, x, y, params, ctx)
+        if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)
+                and out[0].shape[1:] == x.shape[1:] and len(out[0]) == len(out[1])):
+            raise fault("on_batch", f"returned {type(out).__name__}; it returns (x, y), the batch's images of "
+                                    f"shape (n, {', '.join(map(str, x.shape[1:]))}) and their n labels")
+        return out
+
+    def on_update(update, params, ctx):
+        out = call("on_update", spec.on_update, update, params, ctx)
+        bad = (not isinstance(out, dict) or set(out) != set(update)
+               or any(not isinstance(out[k], torch.Tensor) or out[k].shape != v.shape for k, v in update.items()))
+        if bad:
+            raise fault("on_update", f"returned {type(out).__name__}; it returns the update it was given, a dict of "
+                                     "every parameter's tensor, each of its own shape")
+        return out
+
+    return replace(spec, on_batch=on_batch if spec.on_batch is not None else None,
+                   on_update=on_update if spec.on_update is not None else None)
 
 
 def client_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:

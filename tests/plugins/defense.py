@@ -22,7 +22,9 @@ drop_head = DefenseSpec(name="drop-head", params=NoParams, paper="a test's own",
 
 
 def _unreadable(x, y, params=None, ctx=None):
-    raise ValueError("this client's images cannot be read")
+    if len(ctx.partition) > 2:  # not the server's check of the hooks on 2 images before the run starts
+        raise ValueError("this client's images cannot be read")
+    return x, y
 
 
 # a client whose training always fails, as one with broken data does
@@ -44,3 +46,18 @@ class ScaleParams:
 # a defense with a parameter, for sweeps over a plug-in's section by its import path
 scale = DefenseSpec(name="scale", params=ScaleParams, paper="a test's own", where="update",
                     on_update=lambda update, params=None, ctx=None: {k: params.factor * v for k, v in update.items()})
+
+
+def _raises(update, params=None, ctx=None):
+    raise ZeroDivisionError("division by zero")
+
+
+def _loses_a_tensor(update, params=None, ctx=None):
+    return dict(list(update.items())[1:])
+
+
+# defenses whose hooks break their contract on any client: refused before a run starts
+raises_on_update = DefenseSpec(name="raises", params=NoParams, paper="a test's own", where="update",
+                               on_update=_raises)
+loses_a_tensor = DefenseSpec(name="loses-a-tensor", params=NoParams, paper="a test's own", where="update",
+                             on_update=_loses_a_tensor)

@@ -193,7 +193,9 @@ def local_gpus() -> int:
 
 def check_defenses(exp: Experiment) -> None:
     """Each configured defense can act on the model (`DefenseSpec.check_model`: dpsgd and
-    BatchNorm, soteria without a Linear head), checked here rather than inside the first client."""
+    BatchNorm, soteria without a Linear head), checked here rather than inside the first client;
+    a defense of the user's own runs its hooks on one local step of two training images
+    (fedattack.client.train.plugin_hooks says what a broken one is told)."""
     checks = [(spec.check_model, exp.cfg.defense(d)) for d in exp.cfg.client.defenses
               if (spec := DEFENSES.get(d)).check_model is not None]
     if checks:

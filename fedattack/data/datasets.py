@@ -155,6 +155,7 @@ def _torchvision_split(cls, root: Path, train: bool, download: bool, name: str, 
         _check_idx_files(cls, root, train)
     # the folders a download may make (torchvision's <root>/<Class>/raw, root and its missing parents)
     made = [p for p in (root / cls.__name__ / "raw", root / cls.__name__, root, *root.parents) if not p.exists()]
+
     def download_failed(exc: BaseException) -> DataError:
         for p in made:  # deepest first: those the failed download left empty
             if p.is_dir() and not any(p.iterdir()):

@@ -101,7 +101,7 @@ def from_array(images: np.ndarray, targets: np.ndarray, spec: DataSpec) -> Image
     """images: (N, H, W) or (N, H, W, C) (or (N, C, H, W)), C 1 or 3, floats in [0, 1] or uint8;
     one label per image. Anything else is a DataError naming data.name (a dataset of the user's own)."""
     arr = torch.as_tensor(images)
-    targets = np.asarray(targets)
+    given, targets = tuple(arr.shape), np.asarray(targets)
     if arr.dtype == torch.uint8:
         arr = arr.float() / 255.0
     arr = arr.float()
@@ -110,7 +110,7 @@ def from_array(images: np.ndarray, targets: np.ndarray, spec: DataSpec) -> Image
     elif arr.ndim == 4 and arr.shape[-1] in (1, 3) and arr.shape[1] not in (1, 3):
         arr = arr.permute(0, 3, 1, 2)
     if arr.ndim != 4 or arr.shape[1] not in (1, 3):
-        raise DataError(f"data.name: images of shape {tuple(images.shape)}; a dataset gives (N, H, W) or "
+        raise DataError(f"data.name: images of shape {given}; a dataset gives (N, H, W) or "
                         "(N, H, W, C) images with C 1 or 3")
     if len(arr) != len(targets):
         raise DataError(f"data.name: {len(arr)} images and {len(targets)} labels; a dataset gives one label per image")

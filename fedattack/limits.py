@@ -21,13 +21,11 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from fedattack.client.train import local_train
 from fedattack.defenses import DEFENSES
 from fedattack.errors import ConfigError, first_line
 from fedattack.experiment import Experiment
@@ -193,19 +191,13 @@ def local_gpus() -> int:
 
 def check_defenses(exp: Experiment) -> None:
     """Each configured defense can act on the model (`DefenseSpec.check_model`: dpsgd and
-    BatchNorm, soteria without a Linear head), checked here rather than inside the first client;
-    a defense of the user's own runs its hooks on one local step of two training images
-    (fedattack.client.train.plugin_hooks says what a broken one is told)."""
+    BatchNorm, soteria without a Linear head), checked here rather than inside the first client."""
     checks = [(spec.check_model, exp.cfg.defense(d)) for d in exp.cfg.client.defenses
               if (spec := DEFENSES.get(d)).check_model is not None]
     if checks:
         model = build_model(exp.model_spec)
         for check, params in checks:
             check(model, params)
-    if any(":" in d for d in exp.cfg.client.defenses):  # a defense of the user's own: its hooks on one step
-        cfg = exp.cfg
-        one = replace(cfg, client=replace(cfg.client, local_steps=1, batch_size=min(2, len(exp.train))))
-        local_train(build_model(exp.model_spec), exp.train, np.arange(one.client.batch_size), one, rnd=1, client=0)
 
 
 def check_machine(exp: Experiment) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from flwr.serverapp import ServerApp
 
 from fedattack.client.app import make_client_app
+from fedattack.client.train import try_plugin_defenses
 from fedattack.config import defense_sections_in_force
 from fedattack.errors import ConfigError, FedattackError, first_line
 from fedattack.experiment import Experiment, build
@@ -167,6 +168,7 @@ def prepare(cfg: Config, *, out_dir: str | Path, progress: Progress | None = Non
     defense_sections_in_force(cfg, sweeping=False)
     exp = build(cfg)
     check_machine(exp)
+    try_plugin_defenses(exp.initial_model, exp.train, cfg)
     with quiet_logs("flwr"):
         audit = audit_strategy(cfg, exp, out_dir=out_dir, progress=progress or Progress())
     return exp, audit

@@ -7,6 +7,7 @@ the partition is large enough (the realistic FedAvg "a few local steps" setting)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -156,6 +157,15 @@ def plugin_hooks(spec: DefenseSpec, name: str) -> DefenseSpec:
 
     return replace(spec, on_batch=on_batch if spec.on_batch is not None else None,
                    on_update=on_update if spec.on_update is not None else None)
+
+
+def try_plugin_defenses(build: Callable[[], torch.nn.Module], data: ImageData, cfg: Config) -> None:
+    """Run the hooks of every defense of the user's own (`plugin_hooks`) on one local step of
+    two training images of a model `build` makes, so that a broken one is one line before a run
+    starts (nothing is built where every defense is a built-in one)."""
+    if any(":" in d for d in cfg.client.defenses):
+        one = replace(cfg, client=replace(cfg.client, local_steps=1, batch_size=min(2, len(data))))
+        local_train(build(), data, np.arange(one.client.batch_size), one, rnd=1, client=0)
 
 
 def client_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:

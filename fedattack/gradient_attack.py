@@ -21,8 +21,9 @@ from fedattack.experiment import Experiment, build
 from fedattack.limits import check_memory, check_model
 from fedattack.models import float_params
 from fedattack.report.console import Progress, server_words
-from fedattack.report.exposure import image_rows
-from fedattack.report.summary import run_header, summarize
+from fedattack.report.exposure import image_rows, owners_of
+from fedattack.report.store import Run
+from fedattack.report.summary import run_header
 from fedattack.results import JobResult
 from fedattack.schema import Config
 from fedattack.server.audit import Auditor, experiment_plan, make_observation
@@ -143,8 +144,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
 def unsaved_summary(cfg: Config, results: list[JobResult], indices, batch_norm: bool):
     """The summary a run directory would give (its exposure and caveats), for an attack without
     `--out`: the victim's samples are owned by `victim.client`."""
-    owners = {int(i): cfg.victim.client for i in indices}
+    owners, sizes = owners_of({cfg.victim.client: indices})
     images = [row for res in results for row in image_rows(res, owners)]
     header = replace(run_header(cfg.to_dict()), batch_norm=batch_norm)
-    return summarize(results, [], header, images=images, sizes={cfg.victim.client: len(owners)},
-                     interrupted=interruption([]))
+    return Run(header, results, [], images=images, sizes=sizes, interrupted=interruption([])).summary()

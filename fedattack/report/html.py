@@ -99,7 +99,7 @@ def verdict(r: JobResult, margin: float, held: int = 0) -> tuple[str, str]:
         return f"{r.status}", "muted"
     s = r.score
     if r.unscored:
-        return ("reconstructed, unscored" if r.recon_pixels is not None or s.num_images else "unscored"), "muted"
+        return ("reconstructed, unscored" if s.num_images else "unscored"), "muted"
     if math.isnan(s.psnr):
         return "labels only", "muted"
     if r.success:
@@ -146,11 +146,12 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
     items = []
     sums = sums_only(summary)
     idle, running = _scope(header, results) if sums else ((), ())
+    unscored = unscored_only(results)
     if (h is None or h.audited_updates == 0) and sums:
         big = ("No sum of updates was scored (no attack on the sum produced images)." if running
                else "No sum of updates was scored: SecAgg+ hides each client's update in its round's sum, and no "
                     "configured attack runs on a sum.")
-    elif (h is None or h.audited_updates == 0) and unscored_only(results):
+    elif (h is None or h.audited_updates == 0) and unscored:
         big = ("No client update was scored: the attacks ran without the private images to score against "
                "(why: below). Their reconstructions are shown unmeasured.")
     elif h is None or h.audited_updates == 0:
@@ -168,7 +169,7 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         items.append(f"The server recovered <b>{h.exposed_samples} of {h.samples}</b> training samples "
                      f"(<b>{share}</b> of all clients' data) over {counted(rounds_done, 'round')}; "
                      f"{counted(h.audited_samples, 'sample')} appeared in audited updates (exposure.csv).")
-    if h is not None and h.strongest_attack and not unscored_only(results):
+    if h is not None and h.strongest_attack and not unscored:
         a = summary.attacks.get(h.strongest_attack)
         if a is not None and a.leaked:
             items.append(f"Strongest attack: <b>{esc(h.strongest_attack)}</b> &mdash; leaked {a.leaked} of "

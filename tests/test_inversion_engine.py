@@ -220,6 +220,18 @@ def test_distances_over_all_tensors_as_the_papers_define_them(name):
     assert float(DISTANCES[name](dict(reversed(list(extra.items()))), b)) == pytest.approx(float(expected), rel=1e-5)
 
 
+def test_matching_and_defense_specs_refuse_unknown_names_in_one_line():
+    from fedattack.defenses.base import DefenseSpec
+    from fedattack.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^distance: 'cosin' is not one of l2, l1, cosine, layer-cosine$"):
+        matching(None, distance="cosin")
+    with pytest.raises(ConfigError, match=r"^priors: 'tvv' is not one of tv, l2, epoch-invariance$"):
+        matching(None, priors={"tvv": 1.0})
+    with pytest.raises(ConfigError, match=r"^where: 'bogus' is not one of training, update, protocol, model"):
+        DefenseSpec(name="mine", params=object, paper="", where="bogus")
+
+
 RESHUFFLED = ("data.name=photos", "client.local_steps=0", "client.local_epochs=2", "client.batch_size=2")
 
 

@@ -294,6 +294,12 @@ def test_a_model_whose_output_does_not_fit_names_the_output_not_the_input(tmp_pa
         AuditStrategy(FedAvg(), model=TupleNet(), protocol=protocol, out_dir=tmp_path / "b")
     with pytest.raises(ConfigError, match=r"^model: the factory returned str, not a torch.nn.Module$"):
         AuditStrategy(FedAvg(), model=lambda: "x", protocol=protocol, out_dir=tmp_path / "c")
+    with pytest.raises(ConfigError, match=r"^model: building it raised ZeroDivisionError: division by zero$"):
+        AuditStrategy(FedAvg(), model=lambda: 1 / 0, protocol=protocol, out_dir=tmp_path / "c")
+    for attacks, got in [([lambda obs: None], "the function"), ({3: None}, "an int"), ([None], "a NoneType")]:
+        with pytest.raises(ConfigError, match=rf"^attacks: got {got}.*; allowed: registered attack names, 'module:attr' "
+                                              "paths, or what @fedattack.attacks.register_attack returned$"):
+            AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, attacks=attacks, out_dir=tmp_path / "c")
     with pytest.raises(ConfigError, match=r"^attacks: 'idlg' is listed twice"):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, attacks=["idlg", "idlg"], out_dir=tmp_path / "d")
     # named as AuditStrategy's arguments are, not as fedattack's config keys

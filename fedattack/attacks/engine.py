@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from fedattack.defenses.base import DEFENSES, adapt_update
+from fedattack.errors import ConfigError
 from fedattack.models import build_model
 from fedattack.threat import DataSpec, Observation, Protocol
 
@@ -474,6 +475,11 @@ class Matching:
 def matching(obs: Observation, device: torch.device | None = None, distance: str = "cosine",
              priors: dict[str, float] | None = None, adaptive: bool = False) -> Matching:
     """The matching problem of an observation: `distance` by name, priors as {name: weight}."""
+    if distance not in DISTANCES:
+        raise ConfigError("distance", f"{distance!r} is not one of {', '.join(DISTANCES)}")
+    for name in priors or {}:
+        if name not in PRIORS:
+            raise ConfigError("priors", f"{name!r} is not one of {', '.join(PRIORS)}")
     return Matching(trial=trial_update(obs, device, adaptive=adaptive), target=target(obs, device),
                     distance=DISTANCES[distance],
                     priors=tuple((float(w), PRIORS[name]) for name, w in (priors or {}).items() if w))

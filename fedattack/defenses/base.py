@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 import torch
 
+from fedattack.errors import ConfigError
 from fedattack.registry import Registry
 
 
@@ -64,6 +65,9 @@ class DefenseContext:
         return self.lr * max(1, self.steps)
 
 
+WHERE = ("training", "update", "protocol", "model")  # where a defense acts (DefenseSpec.where)
+
+
 @dataclass(frozen=True)
 class DefenseSpec:
     name: str
@@ -83,6 +87,10 @@ class DefenseSpec:
     # (model, params): raises ConfigError naming client.defenses where the defense cannot act on the
     # model; `fedattack run` and sweeps call it before Ray starts, not inside the first client
     check_model: Callable[[torch.nn.Module, Any], None] | None = None
+
+    def __post_init__(self) -> None:
+        if self.where not in WHERE:
+            raise ConfigError("where", f"{self.where!r} is not one of {', '.join(WHERE)} (defense {self.name})")
 
 
 DEFENSES: Registry[DefenseSpec] = Registry("defense", "client.defenses")

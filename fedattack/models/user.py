@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from fedattack.errors import ConfigError
+from fedattack.errors import ConfigError, first_line
 from fedattack.threat import ModelSpec, ModuleSource
 
 # input sizes tried, common ones first, when the model does not fix its input size
@@ -33,7 +33,10 @@ def user_model_spec(model: nn.Module | Callable[[], nn.Module], *, in_shape: tup
     """A ModelSpec for the user's own model; input shape and classes from the model's layers
     where the caller does not give them (see `infer_input_shape`, `infer_num_classes`)."""
     source = module_source(model)
-    built = source.build()
+    try:
+        built = source.build()
+    except Exception as exc:  # the user's own factory: its error, named as the argument
+        raise ConfigError("model", f"building it raised {type(exc).__name__}: {first_line(exc)}") from exc
     if not isinstance(built, nn.Module):
         raise ConfigError("model", f"the factory returned {type(built).__name__}, not a torch.nn.Module")
     module = copy.deepcopy(built).cpu().eval()

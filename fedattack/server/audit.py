@@ -72,6 +72,7 @@ from fedattack.server.dispatch import Dispatcher, make_dispatcher
 from fedattack.server.interrupt import interruption
 from fedattack.server.jobs import AttackJob
 from fedattack.server.protocol import TrainingProtocol
+from fedattack.registry import describe
 from fedattack.server.sampling import SeededSampling
 from fedattack.text import counted, plural
 from fedattack.validate import first_repeat
@@ -1209,8 +1210,11 @@ def in_sent_order(replies: Iterable[Message], sent: Mapping[int, Message]) -> li
 def _attack_name(attack: Any) -> Any:
     """An attack as the audit names it: a registered name, or `module:name` for the object
     `@register_attack` returned in an importable module (the name attack workers import)."""
-    if not isinstance(attack, AttackSpec):
+    if isinstance(attack, str):
         return attack
+    if not isinstance(attack, AttackSpec):
+        raise ConfigError("attacks", f"got {describe(attack)}; allowed: registered attack names, 'module:attr' "
+                                     "paths, or what @fedattack.attacks.register_attack returned")
     module, name = getattr(attack.fn, "__module__", None), getattr(attack.fn, "__name__", "")
     if str(module).startswith("fedattack.") and ATTACKS.find(attack.name) is attack:
         return attack.name  # a built-in one, by its registered name

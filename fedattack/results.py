@@ -326,7 +326,7 @@ class RunHeader:
     success_margin: float = 0.5  # dB: a row leaks only when its PSNR beats the flat baseline by more
     protocol: str = ""  # the clients' local training, in words
     budgets: tuple[str, ...] = ()  # the iteration budgets of the attacks that run, in words ("invgrad 400 iterations")
-    calibrated: bool = False  # audit.calibrate: calibration may have raised those budgets (calibration.json)
+    calibrate: bool = False  # audit.calibrate was on (asked for; calibration.json says what it chose or skipped)
     raised: tuple[str, ...] | None = None  # the budgets calibration raised, in words ("fedavg to 60
     # iterations"), as calibration.json records them; None: not known (no calibration.json)
     batch_norm: bool = False  # the model trains BatchNorm layers (set by the run, which builds the model)
@@ -362,7 +362,7 @@ class RunHeader:
                    success_ssim=float(audit.get("success_ssim", 0.5)),
                    success_margin=float(audit.get("success_margin", 0.5)), protocol=protocol,
                    budgets=tuple(b for a in attacks if a not in idle and (b := _budget(a, raw.get(a)))),
-                   calibrated=bool(audit.get("calibrate", False)),
+                   calibrate=bool(audit.get("calibrate", False)),
                    sums=(raw.get("server") or {}).get("sees") == "sums")
 
 

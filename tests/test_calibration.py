@@ -423,6 +423,9 @@ def test_a_calibration_that_cannot_run_is_recorded_and_the_attack_runs_configure
     assert record["skipped"] == ("calibration simulates clients as large as this one, 48 images, and its data holds "
                                  "40; give it at least 48")
     assert "Calibration was asked for and skipped every time" in (tmp_path / "run" / "report.html").read_text()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["calibrate"] is True and "calibrated" not in summary  # asked for, not a claim that it ran
+    assert summary["raised"] == []  # and it raised no budget
     assert (tmp_path / "run" / "leakage.csv").read_text().count("test-flat") == 1  # the job ran all the same
 
 

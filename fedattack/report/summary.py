@@ -130,7 +130,7 @@ def budget_caveat(header: RunHeader, summary: Summary | None = None) -> str:
     chosen = (f", except where calibration raised them: {', '.join(header.raised)} (calibration.json)"
               if header.raised else
               ", or at the counts calibration chose where it raised them (calibration.json)"
-              if header.calibrated and header.raised is None else "")
+              if header.calibrate and header.raised is None else "")
     return (f"The attacks ran at their configured budgets ({', '.join(budgets)}){chosen}; more iterations, "
             "or more restarts where an optimization stalls at a high mismatch (as L-BFGS can in DLG's setting), "
             "can recover more (docs/attacks.md: the iteration budget).")

@@ -172,6 +172,14 @@ def test_attack_failures_are_results_and_bugs_are_errors_unless_strict(update, s
      "TypeError: attack 'test-contract' returned labels of type tuple"),
     (lambda obs: Reconstruction(images=torch.zeros(2, 1, 8, 8), labels=torch.tensor([1, 3, 0])),
      "ValueError: attack 'test-contract' returned 3 labels for 2 images"),
+    (lambda obs: Reconstruction(images=torch.zeros(2, 1, 8, 8), labels=torch.tensor([1, 4])),
+     "ValueError: attack 'test-contract' returned labels 1 to 4; the model's classes are 0 to 3"),
+    (lambda obs: Reconstruction(images=None, labels=torch.tensor([-1, 2])),
+     "ValueError: attack 'test-contract' returned labels -1 to 2"),
+    (lambda obs: Reconstruction(images=torch.zeros(2, 1, 8, 8), labels=torch.tensor([1.0, 3.0])),
+     "TypeError: attack 'test-contract' returned labels of dtype torch.float32: class ids are integers"),
+    (lambda obs: Reconstruction(images=torch.zeros(2, 1, 8, 8), labels=torch.zeros(2, 10)),
+     "ValueError: attack 'test-contract' returned scores over 10 classes; the model has 4"),
 ])
 def test_an_output_that_breaks_the_reconstruction_contract_is_its_own_jobs_error(update, returned, reason):
     """Scoring such an output raised outside the attack's job and ended the whole run."""

@@ -129,6 +129,16 @@ def checked_output(name: str, rec: Any, obs: Observation) -> Reconstruction:
                             "a tensor of class ids (N,) or class scores (N, classes) is expected")
         if rec.images is not None and len(rec.images) and len(rec.labels) != len(rec.images):
             raise ValueError(f"attack '{name}' returned {len(rec.labels)} labels for {len(rec.images)} images")
+        classes = obs.model.num_classes
+        if rec.labels.dim() == 2 and rec.labels.shape[1] != classes:
+            raise ValueError(f"attack '{name}' returned scores over {rec.labels.shape[1]} classes; the model has {classes}")
+        if rec.labels.dim() == 1 and len(rec.labels):
+            if rec.labels.is_floating_point() or rec.labels.is_complex():
+                raise TypeError(f"attack '{name}' returned labels of dtype {rec.labels.dtype}: class ids are integers")
+            low, high = int(rec.labels.min()), int(rec.labels.max())
+            if low < 0 or high >= classes:
+                raise ValueError(f"attack '{name}' returned labels {low} to {high}; the model's classes are 0 to "
+                                 f"{classes - 1}")
     return rec
 
 

@@ -259,6 +259,7 @@ BAD_INPUTS = [
     ("attack", ["audit.labels=foo"], "audit.labels"),
     ("attack", ["audit.attacks=[idlg,idlg]"], "audit.attacks"),
     ("run", ["audit.attacks=[tests.plugins.failing:boom,boom]"], "audit.attacks"),  # one attack, named twice
+    ("run", ["audit.attacks=[tests.plugins.failing:one_argument]"], "audit.attacks"),
     ("run", ["audit.attacks=[fedattack.attacks.invgrad:invgrad,invgrad]"], "audit.attacks"),
     ("run", ["client.defenses=[tests.plugins.defense:drop_head,drop-head]"], "client.defenses"),
     ("run", ["client.defenses=[secagg]", "fl.clients_per_round=1"], "fl.clients_per_round"),

@@ -9,6 +9,7 @@ client's data (see fedattack.threat).
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -16,7 +17,7 @@ from typing import Any, Callable
 import torch
 
 from fedattack.errors import AttackFailure
-from fedattack.registry import Registry
+from fedattack.registry import Registry, describe
 from fedattack.threat import Observation, Reconstruction
 
 
@@ -89,7 +90,22 @@ class NoParams:
     """An attack or defense without parameters."""
 
 
-ATTACKS: Registry[AttackSpec] = Registry("attack", "audit.attacks")
+def attack_problem(obj: Any) -> str | None:
+    """Why an imported `obj` is not an attack (None if it is): what `@register_attack` returns,
+    around a function that takes (obs, params, ctx), checked where the config is read rather
+    than in the first job."""
+    if not isinstance(obj, AttackSpec):
+        return f"is {describe(obj)}, not an attack (AttackSpec: what @register_attack returns)"
+    try:
+        inspect.signature(obj.fn).bind(None, None, None)
+    except TypeError:
+        return f"is an attack around {describe(obj.fn)}, which does not take (obs, params, ctx)"
+    except ValueError:  # no signature to inspect (a builtin): the job says
+        pass
+    return None
+
+
+ATTACKS: Registry[AttackSpec] = Registry("attack", "audit.attacks", accepts=attack_problem)
 
 
 def needing_malicious_server(names) -> list[str]:

@@ -33,3 +33,8 @@ def stuck(obs, params, ctx):
 
     time.sleep(120)  # abandoned at audit.job_timeout; the thread is a daemon
     raise AttackFailure("woke up")
+
+
+@register_attack("one-argument", paper="test plug-in")
+def one_argument(obs):  # an attack is called with (obs, params, ctx): refused where the config is read
+    raise AssertionError("never called")

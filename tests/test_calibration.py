@@ -279,6 +279,8 @@ def test_a_candidate_replaces_the_configured_values_only_where_it_is_no_worse_on
     assert dominates([11.0, 9.5], [11.0, 9.0])
     assert not dominates([20.0, 8.9], [11.0, 9.0])  # a better mean bought by losing on one case
     assert not dominates([11.0, 9.0], [11.0, 9.0])  # ties keep the configured values
+    assert not dominates([16.018], [16.006]) and not improves([16.02] * 4, [16.0] * 4)  # a gain too small: a tie
+    assert dominates([16.06], [16.006])
     # a loss of a hundredth of a dB beside a 2 dB gain is a tie lost, not a case lost
     assert dominates([18.748, 12.01], [16.8, 12.024]) and not dominates([18.748, 11.9], [16.8, 12.024])
     assert not improves([20.0, 8.9], [11.0, 9.0])  # two cases: the t bound says nothing

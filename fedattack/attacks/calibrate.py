@@ -196,12 +196,13 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
         for k in a)
 
 
+TIE_DB = 0.05  # a difference this small is a tie: no image looks different, and no verdict moves
+
+
 def better_on_mean(candidate: list[float], configured: list[float]) -> bool:
-    """A higher mean PSNR over the cases than the configured values."""
-    return float(np.mean(candidate)) > float(np.mean(configured))
-
-
-TIE_DB = 0.05  # a per-case difference this small is a tie: no image looks different, and no verdict moves
+    """A mean PSNR over the cases at least TIE_DB above the configured values' (a smaller gain
+    is a tie, which keeps the configured values, as a smaller loss on one case is a tie)."""
+    return float(np.mean(candidate)) - float(np.mean(configured)) >= TIE_DB
 
 
 def dominates(candidate: list[float], configured: list[float]) -> bool:
@@ -225,8 +226,9 @@ def gain_lower_bound(candidate: list[float], configured: list[float], confidence
 
 def improves(candidate: list[float], configured: list[float]) -> bool:
     """The candidate beats the configured values: it `dominates` them, or its mean paired gain
-    is above zero at 95% confidence (`gain_lower_bound`, three cases or more)."""
-    return dominates(candidate, configured) or gain_lower_bound(candidate, configured) > 0
+    is above zero at 95% confidence (`gain_lower_bound`, three cases or more) and no tie."""
+    return dominates(candidate, configured) or (better_on_mean(candidate, configured)
+                                                 and gain_lower_bound(candidate, configured) > 0)
 
 
 def calibrate(attack: str, params: Any, cases: CalibrationCases, *, budget: int, ctx: AttackContext,

@@ -310,6 +310,20 @@ def test_the_summary_names_why_jobs_failed_also_when_quiet():
     assert "idlg:" not in out.getvalue()
 
 
+def test_a_run_whose_every_job_failed_says_no_update_was_scored_not_0_of_0():
+    from fedattack.report.summary import Headline, Summary
+    from fedattack.results import RunHeader
+
+    out = io.StringIO()
+    headline = Headline(audited_updates=0, leaked_updates=0, samples=4, audited_samples=0, exposed_samples=0,
+                        exposed_share=0.0, strongest_attack=None, worst_client=None)
+    Progress(console=Console(file=out, width=300), quiet=True, status_every=0).summary_table(
+        Summary(header=RunHeader(), attacks={}, rounds=1, final_test_acc=None, client_errors=0, defense=None,
+                epsilon=None, headline=headline))
+    assert "no update was scored (no attack produced images); 0 of 4 training samples recovered" in out.getvalue()
+    assert "0 of 0" not in out.getvalue()
+
+
 def test_flower_and_ray_warnings_stay_hidden_unless_verbose():
     import warnings
 

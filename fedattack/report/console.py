@@ -263,7 +263,9 @@ class Progress:
         h = summary.headline
         if h is not None and h.samples:
             updates = "aggregate updates (SecAgg+ sums)" if sums_only(summary) else "updates"
-            self.answer(f"{h.leaked_updates} of {h.audited_updates} audited {updates} leaked; "
+            scored = (f"{h.leaked_updates} of {h.audited_updates} audited {updates} leaked" if h.audited_updates
+                      else f"no {updates.split(' (')[0].removesuffix('s')} was scored (no attack produced images)")
+            self.answer(f"{scored}; "
                         f"{h.exposed_samples} of {h.samples} training samples recovered "
                         f"({_f(100 * h.exposed_share if h.exposed_share is not None else None, '.1f')}%)"
                         + (" — the run was interrupted" if summary.interrupted is not None else ""))

@@ -29,7 +29,7 @@ from fedattack.errors import ConfigError
 from fedattack.models import ACTIVATIONS, INITIALIZERS, MODELS, check_width
 from fedattack.models.generator import check_checkpoint
 from fedattack.schema import SECTIONS, Config
-from fedattack.strategies import STRATEGIES, check_replies, check_strategy_args
+from fedattack.strategies import STRATEGIES, check_flower_build, check_replies, check_strategy_args
 from fedattack.validate import check_between, check_choice, check_range, check_seed, first_repeat
 
 # shipped inside the package (an installed wheel has it too); configs/default.yaml at the top of
@@ -38,6 +38,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
 
 # the strategy arguments fedattack sets from fl.* (fedattack.server.strategies.build_strategy)
+RECORD_KEYS = {"weighted_by_key": "num-examples", "arrayrecord_key": "arrays", "configrecord_key": "config"}
 PARTICIPATION_ARGS = {"fraction_train": "fl.clients_per_round and fl.num_clients",
                       "min_train_nodes": "fl.clients_per_round", "min_available_nodes": "fl.num_clients"}
 
@@ -443,8 +444,19 @@ def validate(cfg: Config) -> None:
             if arg in cfg.fl.strategy_args:
                 raise ConfigError(f"fl.strategy_args.{arg}", f"is set from {keys}, which the run's sampling, "
                                                              f"partitions and report follow; set {keys} instead")
+        for arg, key in RECORD_KEYS.items():
+            if cfg.fl.strategy_args.get(arg, key) != key:
+                raise ConfigError(f"fl.strategy_args.{arg}", f"fedattack's clients use '{key}'; allowed: '{key}'")
+        fraction = cfg.fl.strategy_args.get("fraction_evaluate", 0.0)
+        if isinstance(fraction, (int, float)) and not 0 <= fraction <= 1:
+            raise ConfigError("fl.strategy_args.fraction_evaluate", f"is a share of the clients, 0 to 1; got {fraction}")
+        least = cfg.fl.strategy_args.get("min_evaluate_nodes", 0)
+        if isinstance(least, int) and not 0 <= least <= cfg.fl.num_clients:
+            raise ConfigError("fl.strategy_args.min_evaluate_nodes", f"must be 0 to fl.num_clients "
+                                                                     f"({cfg.fl.num_clients}), got {least}")
     check_replies(cfg.fl.strategy, cfg.fl.strategy_args or {}, cfg.fl.clients_per_round)
-    check_range("fl", "client_cpus", cfg.fl.client_cpus, 0)
+    check_flower_build(cfg.fl.strategy, cfg.fl.strategy_args or {})
+    check_range("fl", "client_cpus", cfg.fl.client_cpus, 0, lo_open=True)
     check_range("fl", "client_gpus", cfg.fl.client_gpus, 0)
     check_range("fl", "evaluate_every", cfg.fl.evaluate_every, 0)
     check_range("fl", "timeout", cfg.fl.timeout, 0, lo_open=True)

@@ -14,8 +14,8 @@ from typing import Any
 from flwr.server import strategy as legacy
 from flwr.serverapp import strategy as fs
 
-from fedattack.errors import ConfigError
-from fedattack.registry import Registry, describe, from_standard_library
+from fedattack.errors import ConfigError, first_line
+from fedattack.registry import Registry, article, describe, from_standard_library
 
 MESSAGE_API = "the Message API (a flwr.serverapp.strategy Strategy) is needed"
 
@@ -95,3 +95,47 @@ def check_strategy_args(name: str, args: dict, field: str = "fl.strategy_args", 
             k, v = unknown[0].split(":", 1)
             hint = f" (a mapping needs a space after each colon: {{{k}: {v}}}, quoted on the command line)"
         raise ConfigError(field, f"'{unknown[0]}' is not an argument of {name}{hint}; allowed: {', '.join(allowed)}")
+    for k, v in args.items():
+        problem = _value_problem(params[k].annotation, v, k if str(target.__module__).startswith("flwr.") else "")
+        if problem:
+            raise ConfigError(f"{field}.{k}", problem)
+
+
+def check_flower_build(name: str, args: dict, field: str = "fl.strategy_args") -> None:
+    """Build one of Flower's own strategies with `args` once, so that its own checks
+    (FedTrimmedAvg's beta, QFedAvg's required client_learning_rate) refuse them before anything
+    runs; a strategy of the user's own is not built here (building it may cost or act)."""
+    target = STRATEGIES.find(name)
+    if not (inspect.isclass(target) and str(target.__module__).startswith("flwr.")):
+        return
+    try:
+        target(**args)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(field, f"{name} refuses these arguments: {first_line(exc)}") from None
+
+
+# the ranges of Flower's strategy arguments that Flower itself does not check: (low, high, words)
+FLOWER_RANGES: dict[str, tuple[float, float, str]] = {
+    "num_malicious_nodes": (0, math.inf, ">= 0"), "num_nodes_to_select": (1, math.inf, ">= 1"),
+    "beta_1": (0, 1, "0 to 1"), "beta_2": (0, 1, "0 to 1"), "server_momentum": (0, 1, "0 to 1"),
+    "eta": (0, math.inf, ">= 0"), "eta_l": (0, math.inf, ">= 0"), "tau": (0, math.inf, ">= 0"),
+    "server_learning_rate": (0, math.inf, ">= 0"), "q": (0, math.inf, ">= 0"),
+    "client_learning_rate": (0, math.inf, ">= 0"), "proximal_mu": (0, math.inf, ">= 0"),
+}
+
+
+def _value_problem(annotation: Any, value: Any, name: str = "") -> str | None:
+    """Why a config value does not fit a strategy argument's annotation (None if it does, or
+    where the annotation says nothing checkable)."""
+    if "Callable" in str(annotation):
+        return ("takes a function, which a config cannot give; build the strategy in a module of your own "
+                "(fl.strategy=module:factory)")
+    expected = {float: (int, float), int: (int,), str: (str,), bool: (bool,)}.get(annotation)
+    if expected is None:
+        return None
+    if not isinstance(value, expected) or (annotation is not bool and isinstance(value, bool)):
+        return f"must be {article(annotation.__name__)}, got {value!r}"
+    if name not in FLOWER_RANGES:
+        return None
+    low, high, words = FLOWER_RANGES[name]
+    return None if low <= value <= high else f"must be {words}, got {value!r}"

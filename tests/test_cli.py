@@ -23,6 +23,17 @@ def _run(*args: str, cwd=None):
     (["client.lr=0"], "client.lr"),
     (["partition.alpha=-1"], "partition.alpha"),
     (["fl.num_clients=0"], "fl.num_clients"),
+    (["fl.client_cpus=0"], "fl.client_cpus"),  # Flower's actor pool divides by it
+    # a federated evaluation that samples more clients than exist waited for them forever
+    (["fl.strategy_args={fraction_evaluate: 5}"], "fl.strategy_args.fraction_evaluate: is a share"),
+    (["fl.strategy_args={min_evaluate_nodes: 10}"], "fl.strategy_args.min_evaluate_nodes: must be 0 to"),
+    (["fl.strategy=fedtrimmedavg", "fl.strategy_args={beta: 0.9}"], "fl.strategy_args: fedtrimmedavg refuses"),
+    (["fl.strategy=qfedavg"], "fl.strategy_args: qfedavg refuses these arguments: "),
+    (["fl.strategy=fedadam", "fl.strategy_args={eta: abc}"], "fl.strategy_args.eta: must be a float"),
+    (["fl.strategy=fedadam", "fl.strategy_args={beta_1: 2}"], "fl.strategy_args.beta_1: must be 0 to 1"),
+    (["fl.strategy=krum", "fl.strategy_args={num_malicious_nodes: -1}"], "fl.strategy_args.num_malicious_nodes"),
+    (["fl.strategy_args={weighted_by_key: nope}"], "fl.strategy_args.weighted_by_key: fedattack's clients use"),
+    (["fl.strategy_args={train_metrics_aggr_fn: os.getcwd}"], "fl.strategy_args.train_metrics_aggr_fn: takes a"),
     (["audit.attacks=[nope]"], "audit.attacks"),
     (["model.name=vgg"], "model.name"),
     (["data.name=mnist", "data.root=/nonexistent/fedattack", "audit.attacks=[idlg]"], "data.root"),

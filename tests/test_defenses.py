@@ -474,6 +474,39 @@ def test_localdp_mod_noise_std_in_the_client_app(small_cfg, flower_task):
     assert all(torch.equal(received[k], again[k]) for k in sent)  # seeded per (seed, round, client)
 
 
+@pytest.mark.parametrize("name", ["flowerdp", "localdp"])
+def test_flowers_dp_mods_let_a_zero_update_through(name, flower_task):
+    """A saturated model trains to a zero update, and Flower's clipping divided by its norm:
+    ZeroDivisionError failed the client (a run) or ended `fedattack attack`."""
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+    from fedattack.defenses.base import DefenseContext
+    from fedattack.defenses.flower_dp import (FlowerDPParams, LocalDPParams, ZeroUpdateSafe, client_mods,
+                                              flowerdp_update, localdp_update)
+    from fedattack.testing.cases import case_config
+
+    (mod,) = client_mods(case_config(f"client.defenses=[{name}]"))
+    assert isinstance(mod, ZeroUpdateSafe)
+    sent = {"w": torch.ones(3, 2), "b": torch.zeros(2)}
+    msg = Message(RecordDict({"arrays": ArrayRecord(sent), "config": ConfigRecord({KEY_CLIPPING_NORM: 1.0})}),
+                  dst_node_id=1, message_type="train")
+    unchanged = lambda m, c: Message(RecordDict({"arrays": ArrayRecord(sent), "metrics": MetricRecord({"n": 1})}),
+                                     reply_to=m)
+    ctx = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    with pytest.raises(ZeroDivisionError):  # Flower's own mod, unwrapped
+        mod.mod(msg, ctx, unchanged)
+    got = mod(msg, ctx, unchanged).content["arrays"].to_numpy_ndarrays()
+    moved = max(float(np.abs(g - s.numpy()).max()) for g, s in zip(got, sent.values()))
+    assert moved == 0.0 if name == "flowerdp" else moved > 0  # clipping leaves it; localdp's noise is still added
+    model = torch.nn.Linear(3, 2)
+    zero = {k: torch.zeros_like(v) for k, v in model.named_parameters()}
+    dctx = DefenseContext(model=model, generator=torch.Generator().manual_seed(0))
+    out = (flowerdp_update(zero, FlowerDPParams(), dctx) if name == "flowerdp"
+           else localdp_update(zero, LocalDPParams(), dctx))
+    assert (_norm(out) == 0) == (name == "flowerdp")
+
+
 def test_dpsgd_client_app_reports_epsilon_per_round_and_total(small_cfg, flower_task):
     from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
     from opacus.accountants import RDPAccountant

@@ -27,10 +27,11 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import MetricRecord
+from flwr.app import Array, ArrayRecord, Message, MetricRecord
 from flwr.clientapp.mod import LocalDpMod, fixedclipping_mod
 from flwr.serverapp import GaussianPrivacyEvent, NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping
@@ -80,11 +81,51 @@ def client_mods(cfg) -> list:
     mods = []
     for name in cfg.client.defenses:
         if name == "flowerdp":
-            mods.append(fixedclipping_mod)
+            mods.append(ZeroUpdateSafe(fixedclipping_mod))
         elif name == "localdp":
             p = cfg.defense("localdp")
-            mods.append(LocalDpMod(p.clipping_norm, p.sensitivity, p.epsilon, p.delta))
+            mods.append(ZeroUpdateSafe(LocalDpMod(p.clipping_norm, p.sensitivity, p.epsilon, p.delta), localdp_std(p)))
     return mods
+
+
+@dataclass(frozen=True)
+class ZeroUpdateSafe:
+    """A Flower DP mod that lets a reply whose update is exactly zero through: Flower's clipping
+    divides by the update's norm and raises ZeroDivisionError, where a zero update is inside
+    every bound and clipping leaves it as it is; the mod's noise (`noise_std`, LocalDpMod's) is
+    still added. A saturated model (every unit dead) trains to a zero update."""
+
+    mod: Any
+    noise_std: float = 0.0
+
+    def __call__(self, msg: Message, context: Any, call_next: Any) -> Message:
+        replies: list[Message] = []
+
+        def recorded(m: Message, c: Any) -> Message:
+            replies.append(call_next(m, c))
+            return replies[-1]
+
+        try:
+            return self.mod(msg, context, recorded)
+        except ZeroDivisionError:
+            if not replies or not _zero_update(msg, replies[-1]):
+                raise
+        reply = replies[-1]
+        if self.noise_std > 0:
+            key, arrays = next(iter(reply.content.array_records.items()))
+            values = arrays.to_numpy_ndarrays()
+            add_gaussian_noise_inplace(values, self.noise_std)
+            reply.content.array_records[key] = ArrayRecord({k: Array(np.asarray(v)) for k, v in zip(arrays, values)})
+        return reply
+
+
+def _zero_update(msg: Message, reply: Message) -> bool:
+    """Whether the reply's arrays are the ones the message sent, unchanged."""
+    if len(msg.content.array_records) != 1 or len(reply.content.array_records) != 1:
+        return False
+    sent = next(iter(msg.content.array_records.values()))
+    got = next(iter(reply.content.array_records.values()))
+    return list(sent) == list(got) and all(np.array_equal(sent[k].numpy(), got[k].numpy()) for k in sent)
 
 
 @contextmanager
@@ -106,7 +147,8 @@ def _apply_flower(update: dict[str, torch.Tensor], ctx: DefenseContext, clipping
     new = {k: v.detach() for k, v in (getattr(ctx.model, "_module", ctx.model)).named_parameters()}
     sent = [(new[k] - update[k]).double().cpu().numpy() for k in keys]
     received = [new[k].double().cpu().numpy() for k in keys]
-    compute_clip_model_update(received, sent, clipping_norm)
+    if any(v.any() for v in update.values()):  # a zero update is inside the bound; Flower's clip divides by its norm
+        compute_clip_model_update(received, sent, clipping_norm)
     if noise_std > 0:
         with numpy_seed(int(torch.randint(0, 2**31, (1,), generator=ctx.generator))):
             add_gaussian_noise_inplace(received, noise_std)

@@ -538,18 +538,29 @@ def test_flowerdp_server_wraps_strategy_adds_noise_and_accounts(small_cfg, flowe
 
     from fedattack.server.strategies import build_strategy
 
-    cfg = small_cfg("client.defenses=[flowerdp]", "flowerdp.noise_multiplier=0.8", "flowerdp.clipping_norm=0.5",
-                    "fl.num_clients=4", "fl.clients_per_round=2")
+    cfg_args = ("client.defenses=[flowerdp]", "flowerdp.noise_multiplier=0.8", "flowerdp.clipping_norm=0.5",
+                "fl.num_clients=4", "fl.clients_per_round=2")
+    cfg = small_cfg(*cfg_args)
     strategy = build_strategy(cfg)
     assert isinstance(strategy, DifferentialPrivacyClientSideFixedClipping)
     eps = []
+
+    def replies():
+        return [Message(RecordDict({"arrays": ArrayRecord({"w": torch.zeros(20000)}),
+                                    "metrics": MetricRecord({"num-examples": 4})}),
+                        dst_node_id=1, message_type="train") for _ in range(2)]
+
     for rnd in (1, 2, 3):
-        replies = [Message(RecordDict({"arrays": ArrayRecord({"w": torch.zeros(20000)}),
-                                       "metrics": MetricRecord({"num-examples": 4})}),
-                           dst_node_id=1, message_type="train") for _ in range(2)]
-        arrays, metrics = strategy.aggregate_train(rnd, replies)
+        arrays, metrics = strategy.aggregate_train(rnd, replies())
         eps.append(metrics["flowerdp_epsilon"])
     noise = arrays.to_torch_state_dict()["w"]
+    # the run's seed fixes the noise (it drew from NumPy's unseeded global generator): the same
+    # round again gives the same aggregate, another round or seed another
+    again = build_strategy(cfg).aggregate_train(3, replies())[0].to_torch_state_dict()["w"]
+    other = build_strategy(cfg).aggregate_train(2, replies())[0].to_torch_state_dict()["w"]
+    reseeded = build_strategy(small_cfg(*cfg_args, "seed=7")).aggregate_train(3, replies())[0]
+    assert torch.equal(noise, again) and not torch.equal(noise, other)
+    assert not torch.equal(noise, reseeded.to_torch_state_dict()["w"])
     assert abs(float(noise.std()) / (0.8 * 0.5 / 2) - 1) < 0.03  # Flower's std: z * C / clients per round
     acc = RDPAccountant()
     for _ in range(3):

@@ -183,15 +183,21 @@ def make_accountant(population: int, delta: float):
 class AccountedClientSideFixedClipping(DifferentialPrivacyClientSideFixedClipping):
     """Flower's DifferentialPrivacyClientSideFixedClipping; every noised aggregate is composed
     into `privacy` (a flwr PrivacyAccountant) and its epsilon added to the aggregated train
-    metrics. (Flower's own accounted mode would also demand equal client weights.)"""
+    metrics. (Flower's own accounted mode would also demand equal client weights.) With `seed`,
+    each round's noise is drawn from NumPy's global generator (which Flower's noise uses) seeded
+    from (seed, round), so a run's seed fixes it."""
 
     def __init__(self, strategy, noise_multiplier: float, clipping_norm: float, num_sampled_clients: int,
-                 privacy) -> None:
+                 privacy, seed: int | None = None) -> None:
         super().__init__(strategy, noise_multiplier, clipping_norm, num_sampled_clients)
-        self.privacy = privacy
+        self.privacy, self.seed = privacy, seed
 
     def aggregate_train(self, server_round, replies):
-        arrays, metrics = super().aggregate_train(server_round, replies)
+        if self.seed is None:
+            arrays, metrics = super().aggregate_train(server_round, replies)
+        else:
+            with numpy_seed(int(np.random.default_rng([self.seed, server_round, 3]).integers(2**31))):
+                arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is not None and self.noise_multiplier > 0:
             self.privacy.compose(GaussianPrivacyEvent(self.noise_multiplier, self.num_sampled_clients,
                                                       self.privacy.config.population_size))
@@ -206,7 +212,7 @@ def server_strategy(strategy, cfg):
         return strategy
     p = cfg.defense("flowerdp")
     return AccountedClientSideFixedClipping(strategy, p.noise_multiplier, p.clipping_norm, cfg.fl.clients_per_round,
-                                            make_accountant(cfg.fl.num_clients, p.delta))
+                                            make_accountant(cfg.fl.num_clients, p.delta), seed=cfg.seed)
 
 
 register_defense(DefenseSpec(

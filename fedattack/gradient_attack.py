@@ -82,6 +82,9 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
                                              f"aggregation with `fedattack run client.defenses=[{secagg}]`")
     exp = build(cfg, partitions=False)  # one victim: no federation to partition
     idx = victim_indices(exp)
+    if "mixup" in cfg.client.defenses and len(set(idx)) < 2:
+        raise ConfigError("client.defenses", "mixup mixes each image with another of the client's, and the victim "
+                                             "holds one (victim.indices); give it two or more images")
     check_memory(exp, check_model(exp))
     model = exp.initial_model()
     sent = {**dict(model.state_dict()), **float_params(model)}

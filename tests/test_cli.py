@@ -266,6 +266,7 @@ BAD_INPUTS = [
      "model.name"),
     ("attack", ["model.name=tests.plugins.models:QuickstartNet", "data.name=photos", "model.width=4"], "model.width"),
     ("attack", ["client.defenses=[secagg]"], "client.defenses"),
+    ("attack", ["client.defenses=[mixup]", "victim.indices=[3]"], "client.defenses"),  # its partner: the image itself
     ("run", ["audit.attacks=[idlg,rtf]"], "server.mode"),
     ("attack", ["audit.labels=foo"], "audit.labels"),
     ("attack", ["audit.attacks=[idlg,idlg]"], "audit.attacks"),

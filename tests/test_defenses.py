@@ -639,3 +639,15 @@ def test_the_client_apps_audit_record_counts_the_steps_it_trained(small_cfg, flo
     reply = make_client_app(cfg)(msg, ctx)
     assert not reply.has_error(), reply.error
     assert reply.content[AUDIT_KEY]["batches"] == steps == reply.content["metrics"]["local_steps"]
+
+
+def test_flowerdp_says_its_noise_is_not_what_an_audit_of_updates_faces(tmp_path, capsys):
+    """The console and the report named flowerdp(noise_multiplier=1.0, ...) as in force while
+    rgap recovered the image at 50 dB, the noise being added to the aggregate only."""
+    from fedattack.cli import main
+
+    code = main(["attack", "simulations/dlg_zhu2019.yaml", "client.defenses=[flowerdp]", "audit.attacks=[rgap]",
+                 "--out", str(tmp_path / "run"), "--quiet"])
+    says = "the attacks face the clipping alone (clipping_norm)"
+    assert code == 0 and "note: flowerdp: central DP" in capsys.readouterr().out.replace("\n", " ")
+    assert says in (tmp_path / "run" / "report.html").read_text().replace("&#x27;", "'")

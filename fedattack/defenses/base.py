@@ -87,6 +87,9 @@ class DefenseSpec:
     # (model, params): raises ConfigError naming client.defenses where the defense cannot act on the
     # model; `fedattack run` and sweeps call it before Ray starts, not inside the first client
     check_model: Callable[[torch.nn.Module, Any], None] | None = None
+    # what an audit of client updates faces of this defense, where that is less than its name
+    # promises (flowerdp's noise goes on the aggregate, after the server saw each update)
+    audit_note: str = ""
 
     def __post_init__(self) -> None:
         if self.where not in WHERE:
@@ -99,6 +102,11 @@ DEFENSES: Registry[DefenseSpec] = Registry("defense", "client.defenses")
 def register_defense(spec: DefenseSpec) -> DefenseSpec:
     DEFENSES.register(spec.name, spec, doc=spec.paper)
     return spec
+
+
+def audit_notes(names) -> list[str]:
+    """The `audit_note` of each defense among `names` that has one, named."""
+    return [f"{n}: {spec.audit_note}" for n in names if (spec := DEFENSES.find(n)) is not None and spec.audit_note]
 
 
 def secure_aggregation(names) -> str | None:

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fedattack.attacks.scope import client_only
+from fedattack.defenses import audit_notes
 from fedattack.report import plots
 from fedattack.report.exposure import ALL, best_per_sample, worst_clients
 from fedattack.report.images import PAD, columns
@@ -189,7 +190,9 @@ def headline(summary: Summary, results: list[JobResult], images: list[ImageRow])
         source = " from the sums" if sums else ""
         items.append(f"Worst-exposed client: <b>{esc(who(h.worst_client))}</b> &mdash; {h.worst_client_recovered} "
                      f"of its {counted(h.worst_client_samples, 'sample')} recovered{source} ({num(pct, 3, pct=True)}).")
-    items.append(f"Defense in force: <b>{esc(header.defense)}</b>. Server: {_server(header, sums)}.")
+    items.append(f"Defense in force: <b>{esc(header.defense)}</b>"
+                 + "".join(f" ({esc(note)})" for note in audit_notes(header.defenses))
+                 + f". Server: {_server(header, sums)}.")
     acc = summary.final_test_acc
     measured = acc is not None and not (isinstance(acc, float) and math.isnan(acc))
     items.append((f"Utility: test accuracy <b>{num(acc, 3)}</b> after {rounds_of(rounds_done, header)}" if measured else

@@ -57,7 +57,7 @@ from fedattack.client.record import AUDIT_KEY, TRUTH_KEY, ClientRecord, pop_reco
 from fedattack.client.train import schedule
 from fedattack.config import from_dict
 from fedattack.data import load_dataset
-from fedattack.defenses import DEFENSES
+from fedattack.defenses import DEFENSES, audit_notes
 from fedattack.errors import AttackFailure, ConfigError, FedattackError
 from fedattack.experiment import Experiment
 from fedattack.models import batch_norm_layers, build_model
@@ -225,7 +225,7 @@ class Auditor:
         self.on_calibration: Callable[..., None] = lambda msg, level=INFO: log(level, "fedattack: %s", msg)
         # what the user should know before the first job (a generator trained on other images)
         self.on_note: Callable[[str], None] = lambda msg: log(WARNING, "fedattack: %s", msg)
-        self.notes = generator_fit(plan.attacks, plan.data)
+        self.notes = [*generator_fit(plan.attacks, plan.data), *audit_notes(d.name for d in plan.protocol.settings())]
         model = build_model(plan.model, seed=plan.seed)
         for name, params in plan.attacks.items():  # parameters that name what the model lacks
             spec = ATTACKS.find(name)

@@ -330,6 +330,7 @@ class RunHeader:
     raised: tuple[str, ...] | None = None  # the budgets calibration raised, in words ("fedavg to 60
     # iterations"), as calibration.json records them; None: not known (no calibration.json)
     batch_norm: bool = False  # the model trains BatchNorm layers (set by the run, which builds the model)
+    num_classes: int = 0  # the model's classes (set by the run; 0: not known)
     sums: bool = False  # the server saw sums of updates only (an app's record under SecAgg+: server.sees)
 
     @classmethod

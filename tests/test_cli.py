@@ -105,9 +105,11 @@ def test_attack_mode_writes_the_run_files_and_report_rerenders(tmp_path, capsys)
     # what the victim trained, and a status line promised while its attack runs
     assert "victim: 4 images [0, 1, 2, 3], 2 local steps of batch 2 at lr 0.1; defense: none" in printed
     assert "waiting for 1 attack job; a status line follows" in printed
+    assert json.loads((out / "summary.json").read_text())["num_classes"] == 2  # lfw-subset's: what chance is
     (out / "report.html").unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.html").is_file()
+    assert json.loads((out / "summary.json").read_text())["num_classes"] == 2  # kept by a re-render
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2  # a folder, but neither a run's nor a sweep's

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import shutil
+from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -144,12 +145,12 @@ def test_a_value_the_runs_own_checks_refuse_is_refused_before_the_sweep(tmp_path
     assert len(capsys.readouterr().err.strip().splitlines()) == 1 and not out.exists()
 
 
-def _summary(acc: float, leaked: dict[str, int], margin: float = 1.0) -> Summary:
+def _summary(acc: float, leaked: dict[str, int], margin: float = 1.0, classes: int = 10) -> Summary:
     attacks = {name: AttackSummary(jobs=2, failed=0, psnr=20.0, ssim=0.5, mse=0.01, label_acc=1.0,
                                    success_rate=n / 2, seconds=1.0, scope=["client"], baseline_psnr=19.0,
                                    baseline_ssim=0.3, margin=margin, leaked=n, recovered=n, images=8)
                for name, n in leaked.items()}
-    return Summary(header=RunHeader(), attacks=attacks, rounds=5, final_test_acc=acc, client_errors=0,
+    return Summary(header=RunHeader(num_classes=classes), attacks=attacks, rounds=5, final_test_acc=acc, client_errors=0,
                    defense="none", epsilon=None)
 
 
@@ -208,6 +209,20 @@ def test_a_sweep_where_nothing_leaked_even_without_the_defense_names_no_safe_val
     ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 1.0], seeds=[0], reference="reference run")
     assert not ans.nothing_leaked and ans.safe_found and ans.safe_value == 0.01
     assert "no cost (a change of +0.000" in ans.sentence()  # equal accuracy is no cost, not a cost of 0
+
+
+def test_a_reference_at_chance_has_no_utility_to_lose_and_the_answer_says_so():
+    """A sigmoid LeNet on two classes after a round or two stays at 0.500, with the defense and
+    without: the answer called that 'no cost'."""
+    runs = _runs({(None, 0): (0.50, {"idlg": 1}), (0.01, 0): (0.50, {"idlg": 0})})
+    for r in runs:
+        r.summary = replace(r.summary, header=RunHeader(num_classes=2))
+    ans = report.analyze(runs, key="gaussian.sigma", values=[0.01], seeds=[0], reference="reference run")
+    assert ans.safe_found and ans.at_chance() and "no cost" not in ans.sentence()
+    assert "which is at chance (2 classes): its model did not learn" in ans.sentence()
+    runs[0].summary = replace(runs[0].summary, final_test_acc=0.9)  # it learned: the cost is measured
+    ans = report.analyze(runs, key="gaussian.sigma", values=[0.01], seeds=[0], reference="reference run")
+    assert not ans.at_chance() and "a cost of 0.400" in ans.sentence()
 
 
 class _Tags(HTMLParser):

@@ -111,10 +111,11 @@ def lpips_status(cfg: Config) -> str:
 class RunStore:
     """`partitions`: each client's dataset indices (default: the config's own partitions), for
     exposure; `expected_rounds`: rounds a complete run records (default: fl.rounds);
-    `batch_norm`: whether the model trains BatchNorm layers (default: the config's model's)."""
+    `batch_norm`: whether the model trains BatchNorm layers (default: the config's model's);
+    `num_classes`: the model's classes (0: not known)."""
 
     def __init__(self, out_dir: str | Path, *, cfg: Any, partitions: Mapping[int | str, Iterable[int]] | None = None,
-                 expected_rounds: int | None = None, batch_norm: bool | None = None):
+                 expected_rounds: int | None = None, batch_norm: bool | None = None, num_classes: int = 0):
         """`cfg`: fedattack's Config, or what an audit of a Flower app records (its `to_yaml`,
         `to_dict` and `audit` section; partitions, rounds and BatchNorm then unknown unless given)."""
         exp = build(cfg) if isinstance(cfg, Config) and (partitions is None or batch_norm is None) else None
@@ -128,7 +129,7 @@ class RunStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "images").mkdir(exist_ok=True)
         (self.dir / "config.yaml").write_text(cfg.to_yaml())
-        self.header = replace(run_header(cfg.to_dict()), batch_norm=batch_norm)
+        self.header = replace(run_header(cfg.to_dict()), batch_norm=batch_norm, num_classes=num_classes)
         self.save_images = cfg.audit.save_images
         self.expected_rounds = expected_rounds
         self.owners, self.sizes = owners_of(partitions)
@@ -226,7 +227,8 @@ class RunStore:
                     stop = Interruption(reason=f"{recorded} of {self.expected_rounds} rounds recorded")
             run = load_run(self.dir)
             run = replace(run, interrupted=stop, lpips_note=self.lpips_note,
-                          header=replace(run.header, batch_norm=self.header.batch_norm))  # summary.json keeps it
+                          header=replace(run.header, batch_norm=self.header.batch_norm,  # summary.json keeps them
+                                         num_classes=self.header.num_classes))
             return write_report(self.dir, run)
 
 
@@ -290,7 +292,8 @@ def load_run(run_dir: str | Path) -> Run:
     else:
         stop = summary.get("interrupted")
         interrupted = Interruption.from_dict(stop) if isinstance(stop, dict) else None
-        header = replace(header, batch_norm=bool(summary.get("batch_norm", False)))
+        header = replace(header, batch_norm=bool(summary.get("batch_norm", False)),
+                         num_classes=int(summary.get("num_classes", 0) or 0))
         note = str(summary.get("lpips_note", ""))
     header = replace(header, raised=_raised(run_dir / "calibration.json", raw))
     return Run(header, results, rounds, images=images, sizes=sizes, interrupted=interrupted, lpips_note=note,

@@ -64,10 +64,16 @@ class Answer:
     acc_safe: tuple[float, float] | None = None  # mean, std over seeds
     acc_reference: tuple[float, float] | None = None
     cost: tuple[float, float] | None = None  # paired by seed: safe minus reference
+    num_classes: int = 0  # the reference's model's classes (0: not known)
     failed_runs: list[str] = field(default_factory=list)
     nothing_leaked: bool = False  # no attack recovered an image in any finished run, the reference's included
     strongest_tried: Any = None  # the strongest value with a finished run
     any_tried: bool = False  # some run at a swept value finished
+
+    def at_chance(self) -> bool:
+        """The reference's test accuracy is no better than guessing one of its classes (within
+        0.02): a model that did not learn has no utility to lose."""
+        return bool(self.num_classes and self.acc_reference and self.acc_reference[0] <= 1 / self.num_classes + 0.02)
 
     def sentence(self) -> str:
         """The answer in one paragraph."""
@@ -84,7 +90,11 @@ class Answer:
         else:
             text = (f"The weakest setting at which no attack recovers any image is {self.key} = "
                     f"{fmt_value(self.safe_value)} (and every stronger value tried; {seeds}).")
-            if self.acc_safe and self.acc_reference and self.cost:
+            if self.acc_safe and self.acc_reference and self.at_chance():
+                text += (f" Test accuracy there: {self.acc_safe[0]:.3f}, against {self.acc_reference[0]:.3f} for the "
+                         f"{self.reference}, which is at chance ({self.num_classes} classes): its model did not "
+                         "learn, so the sweep cannot tell what the setting costs (more rounds, fl.rounds, can).")
+            elif self.acc_safe and self.acc_reference and self.cost:
                 spread = (f" ± {self.cost[1]:.3f} (std over seeds, paired by seed)" if len(self.seeds) > 1
                           else " (one seed: no uncertainty; set sweep.seeds=[0,1,2] for one)")
                 text += (f" Test accuracy there: {self.acc_safe[0]:.3f}, against {self.acc_reference[0]:.3f} for the "
@@ -141,6 +151,7 @@ def analyze(runs: list[SweepRun], *, key: str, values: list, seeds: list[int], r
     ref_accs = [r.summary.final_test_acc for r in refs.values() if r.summary.final_test_acc is not None]
     if ref_accs:
         ans.acc_reference = (float(np.mean(ref_accs)), _std(ref_accs))
+        ans.num_classes = max(r.summary.header.num_classes for r in refs.values())
     safe = next((i for i in range(len(values)) if by_value[i] and not any(_leaks(r) for rs in by_value[i:] for r in rs)),
                 None)
     if safe is not None and not ans.nothing_leaked:

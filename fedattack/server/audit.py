@@ -246,7 +246,8 @@ class Auditor:
         self._calibration_lock = threading.Lock()
         self.calibrations: list[dict] = []  # what calibration.json holds
         # RunStore's partitions and expected_rounds, where known, and whether the model trains BatchNorm
-        self.store_args: dict[str, Any] = {"batch_norm": bool(batch_norm_layers(model))}
+        self.store_args: dict[str, Any] = {"batch_norm": bool(batch_norm_layers(model)),
+                                           "num_classes": plan.model.num_classes}
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # jobs are waiting to be handed to the dispatcher

@@ -220,14 +220,14 @@ def test_saved_labels_follow_their_images_in_the_private_images_order(update):
     def half(obs, params, ctx):
         from fedattack.threat import Reconstruction
 
-        return Reconstruction(images=truth.images[1:].clone(), labels=torch.tensor([7]))
+        return Reconstruction(images=truth.images[1:].clone(), labels=torch.tensor([2]))
 
     with ATTACKS.temporarily("test-half", AttackSpec("test-half", half, dict, "test")):
         r = run_job(_job("test-half", obs), truth)
     assert r.status == "ok" and r.recon_pixels.shape == (2, 1, 8, 8)
-    assert r.recon_matched.tolist() == [False, True] and r.recon_labels.tolist() == [-1, 7]
+    assert r.recon_matched.tolist() == [False, True] and r.recon_labels.tolist() == [-1, 2]
     assert np.allclose(r.recon_pixels[1], r.truth_pixels[1], atol=1e-6) and np.allclose(r.recon_pixels[0], 0.5)
-    assert r.labels_text == "7"
+    assert r.labels_text == "2"
 
 
 def test_the_budget_in_words_counts_what_the_attack_spends():

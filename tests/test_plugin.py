@@ -296,6 +296,25 @@ def test_a_model_whose_output_does_not_fit_names_the_output_not_the_input(tmp_pa
         AuditStrategy(FedAvg(), model=lambda: "x", protocol=protocol, out_dir=tmp_path / "c")
     with pytest.raises(ConfigError, match=r"^model: building it raised ZeroDivisionError: division by zero$"):
         AuditStrategy(FedAvg(), model=lambda: 1 / 0, protocol=protocol, out_dir=tmp_path / "c")
+    # arguments of the wrong kind: one line naming the argument, not an error from deep inside
+    from flwr.serverapp.strategy import FedAvg as MessageFedAvg
+
+    afile = tmp_path.parent / f"{tmp_path.name}-afile"
+    afile.write_text("x")
+    for kwargs, says in [(dict(strategy=MessageFedAvg), r"^strategy: got the class .*FedAvg; pass the strategy "
+                                                        r"itself, e.g. FedAvg\(\)$"),
+                         (dict(attacks=None), r"^attacks: expected a list of attacks or a mapping"),
+                         (dict(attacks=5), r"^attacks: expected a list of attacks or a mapping"),
+                         (dict(mean="abc", std=(1.0,)), r"^mean: expected numbers \(one per input channel"),
+                         (dict(mean=(float("nan"),), std=(1.0,)), r"^mean: expected finite numbers"),
+                         (dict(input_shape="abc"), r"^input_shape: expected \(channels, height, width\), got 'abc'$"),
+                         (dict(out_dir=5), r"^out_dir: expected a path \(str or pathlib.Path\), got an int$"),
+                         (dict(out_dir=afile / "sub"), r"^out_dir: cannot create .*afile is not a directory$"),
+                         (dict(on_result=5), r"^on_result: expected a function or None, got an int$"),
+                         (dict(dispatcher="ray"), r"^dispatcher: expected a fedattack Dispatcher or None")]:
+        args = dict(strategy=FedAvg(), model=UserNet(), protocol=protocol, out_dir=tmp_path / "e") | kwargs
+        with pytest.raises(ConfigError, match=says):
+            AuditStrategy(args.pop("strategy"), **args)
     for attacks, got in [([lambda obs: None], "the function"), ({3: None}, "an int"), ([None], "a NoneType")]:
         with pytest.raises(ConfigError, match=rf"^attacks: got {got}.*; allowed: registered attack names, 'module:attr' "
                                               "paths, or what @fedattack.attacks.register_attack returned$"):

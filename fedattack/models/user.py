@@ -45,9 +45,13 @@ def user_model_spec(model: nn.Module | Callable[[], nn.Module], *, in_shape: tup
     if in_shape is None:
         in_shape = infer_input_shape(module, num_classes)
     else:
-        in_shape = tuple(int(v) for v in in_shape)
+        given = in_shape
+        try:
+            in_shape = tuple(int(v) for v in in_shape) if not isinstance(in_shape, str) else ()
+        except (TypeError, ValueError):
+            in_shape = ()
         if len(in_shape) != 3 or min(in_shape) < 1:
-            raise ConfigError("input_shape", f"expected (channels, height, width), got {in_shape}")
+            raise ConfigError("input_shape", f"expected (channels, height, width), got {given!r}")
         problem = _forward_problem(module, in_shape, num_classes)
         if problem and problem.startswith(RETURNS):
             raise _output_error(problem, in_shape)

@@ -30,6 +30,8 @@ images) goes from the reply's audit-only record to the scorer only; no attack re
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
 import threading
 import time
@@ -63,7 +65,7 @@ from fedattack.experiment import Experiment
 from fedattack.models import batch_norm_layers, build_model
 from fedattack.models.generator import check_checkpoint
 from fedattack.models.user import user_model_spec
-from fedattack.report.store import RunStore, default_out_dir
+from fedattack.report.store import RunStore, check_writable, default_out_dir
 from fedattack.report.summary import secagg_scope
 from fedattack.results import (STRETCHED, SWITCHES, JobResult, RoundResult, RoundStats, describe_calibration,
                                unsimulated)
@@ -921,15 +923,29 @@ class AuditStrategy(Strategy):
         problem = strategy_problem(strategy)
         if problem:
             raise ConfigError("strategy", f"{type(strategy).__name__} {problem}")
+        if not isinstance(strategy, Strategy):  # a class or a factory: the registry of fl.strategy takes those
+            raise ConfigError("strategy", f"got {describe(strategy)}; pass the strategy itself, e.g. FedAvg()")
         if isinstance(strategy, AuditStrategy):
             raise ConfigError("strategy", "is already an AuditStrategy; wrap your strategy once")
         if not isinstance(protocol, TrainingProtocol):
             raise ConfigError("protocol", "expected a fedattack.TrainingProtocol, e.g. "
                                           "TrainingProtocol(lr=0.01, local_epochs=1, batch_size=32)")
+        if out_dir is not None and not isinstance(out_dir, (str, os.PathLike)):
+            raise ConfigError("out_dir", f"expected a path (str or pathlib.Path), got {describe(out_dir)}")
         # absolute: the ServerApp runs where its SuperLink was started, not where `flwr run` was
         out = (Path(out_dir) if out_dir else Path(default_out_dir())).absolute()
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise ConfigError("out_dir", f"{out} exists and is not empty; choose a new directory")
+        try:
+            check_writable(out, "out_dir")
+        except FedattackError as exc:
+            raise ConfigError("out_dir", str(exc).removeprefix("out_dir: ")) from None
+        for name, fn in (("on_result", on_result), ("on_round", on_round)):
+            if fn is not None and not callable(fn):
+                raise ConfigError(name, f"expected a function or None, got {describe(fn)}")
+        if dispatcher is not None and not all(callable(getattr(dispatcher, m, None))
+                                              for m in ("submit", "poll", "drain", "pending")):
+            raise ConfigError("dispatcher", f"expected a fedattack Dispatcher or None, got {describe(dispatcher)}")
         spec = model if isinstance(model, ModelSpec) else user_model_spec(model, in_shape=input_shape,
                                                                              num_classes=num_classes)
         data = _data_spec(spec, mean, std)
@@ -1083,7 +1099,14 @@ def _data_spec(spec: ModelSpec, mean: Sequence[float] | None, std: Sequence[floa
     def channels(name: str, values: Sequence[float] | None, default: float) -> tuple[float, ...]:
         if values is None:
             return (default,) * c
-        vals = tuple(float(v) for v in (values if isinstance(values, Sequence) else [values]))
+        if isinstance(values, str):
+            raise ConfigError(name, f"expected numbers (one per input channel, or one for all), got {values!r}")
+        try:
+            vals = tuple(float(v) for v in (values if isinstance(values, Sequence) else [values]))
+        except (TypeError, ValueError):
+            raise ConfigError(name, f"expected numbers (one per input channel, or one for all), got {values!r}") from None
+        if not all(math.isfinite(v) for v in vals):
+            raise ConfigError(name, f"expected finite numbers, got {values!r}")
         if len(vals) == 1:
             vals = vals * c
         if len(vals) != c:
@@ -1160,6 +1183,9 @@ def _audit_section(attacks: Sequence[str] | Mapping[str, Any], *, seed: int, ser
     attack that needs a malicious server against `server_mode` too)."""
     if isinstance(attacks, (str, AttackSpec)):
         attacks = [attacks]
+    if not isinstance(attacks, (Mapping, Sequence)):
+        raise ConfigError("attacks", f"expected a list of attacks or a mapping from attack to parameters, got "
+                                     f"{describe(attacks)}")
     if isinstance(attacks, Mapping):
         attacks = {_attack_name(k): v for k, v in attacks.items()}
     else:

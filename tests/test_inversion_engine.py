@@ -228,6 +228,14 @@ def test_matching_and_defense_specs_refuse_unknown_names_in_one_line():
         matching(None, distance="cosin")
     with pytest.raises(ConfigError, match=r"^priors: 'tvv' is not one of tv, l2, epoch-invariance$"):
         matching(None, priors={"tvv": 1.0})
+    with pytest.raises(ConfigError, match=r"^priors: expected \{prior name: weight\}, got \['tv'\]$"):
+        matching(None, priors=["tv"])
+    with pytest.raises(ConfigError, match=r"^priors.tv: a weight is a finite number >= 0, got -1.0$"):
+        matching(None, priors={"tv": -1.0})
+    from fedattack.attacks.labels import recover_labels
+
+    with pytest.raises(ConfigError, match=r"^n: the number of samples to label, an integer >= 1; got -1$"):
+        recover_labels(None, -1)
     with pytest.raises(ConfigError, match=r"^where: 'bogus' is not one of training, update, protocol, model"):
         DefenseSpec(name="mine", params=object, paper="", where="bogus")
 

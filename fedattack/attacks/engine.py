@@ -477,9 +477,13 @@ def matching(obs: Observation, device: torch.device | None = None, distance: str
     """The matching problem of an observation: `distance` by name, priors as {name: weight}."""
     if distance not in DISTANCES:
         raise ConfigError("distance", f"{distance!r} is not one of {', '.join(DISTANCES)}")
-    for name in priors or {}:
+    if priors is not None and not isinstance(priors, dict):
+        raise ConfigError("priors", f"expected {{prior name: weight}}, got {priors!r}")
+    for name, weight in (priors or {}).items():
         if name not in PRIORS:
             raise ConfigError("priors", f"{name!r} is not one of {', '.join(PRIORS)}")
+        if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
+            raise ConfigError(f"priors.{name}", f"a weight is a finite number >= 0, got {weight!r}")
     return Matching(trial=trial_update(obs, device, adaptive=adaptive), target=target(obs, device),
                     distance=DISTANCES[distance],
                     priors=tuple((float(w), PRIORS[name]) for name, w in (priors or {}).items() if w))

@@ -24,6 +24,7 @@ import torch
 
 from fedattack.attacks.engine import functional_model
 from fedattack.defenses.base import keep_signs, scaled_by
+from fedattack.errors import ConfigError
 from fedattack.registry import Registry, own_function
 from fedattack.threat import Observation
 
@@ -289,6 +290,8 @@ def completions(present: torch.Tensor, expected: torch.Tensor, n: int, k: int,
 
 def recover_labels(obs: Observation, n: int, method: str = "auto") -> tuple[torch.Tensor, str]:
     """Labels for n samples; `auto` picks iDLG for one sample and count estimation for more."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError("n", f"the number of samples to label, an integer >= 1; got {n!r}")
     if method == "auto":
         method = "idlg" if n == 1 else "bias"
     return LABELS.get(method)(obs, n), method

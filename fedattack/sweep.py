@@ -203,6 +203,7 @@ def plan(cfg: Config) -> tuple[str, list[tuple[report.SweepRun, Config]], str]:
     if defense is not None:
         ref_raw = cfg.to_dict()
         ref_raw["client"]["defenses"] = [d for d in ref_raw["client"]["defenses"] if d != defense]
+        ref_raw.pop(defense, None)  # its section goes with it (a defense listed in the config has one)
         ref_cfg = _build(ref_raw, key, None, "the reference")
     else:
         ref_cfg = _build(cfg.to_dict(), key, configured, "the configured value")

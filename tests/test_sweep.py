@@ -235,6 +235,19 @@ class _Tags(HTMLParser):
         self.attrs += [k for k, _ in attrs]
 
 
+@pytest.mark.parametrize("defenses", ["[gaussian]", "[clip,gaussian]"])
+def test_a_defense_listed_in_the_config_is_swept_against_a_reference_without_it(defenses):
+    """A config that lists the swept defense (as the defenses recipe does) was refused: its
+    reference kept the defense's section after dropping the defense."""
+    key, runs, reference = plan(_load("sweep.key=gaussian.sigma", "sweep.values=[0.1,1.0]",
+                                      f"client.defenses={defenses}"))
+    check_runs(key, runs)
+    assert reference == "reference run without gaussian"
+    assert [(c.client.defenses, r.reference) for r, c in runs][-1] == ([d for d in ["clip"] if "clip" in defenses],
+                                                                       True)
+    assert [c.defense("gaussian").sigma for r, c in runs if not r.reference] == [0.1, 1.0]
+
+
 def test_the_reference_is_its_own_run_or_the_configured_value_among_the_swept():
     runs = _runs({(None, 0): (0.9, {"idlg": 2}), (1, 0): (0.9, {"idlg": 1})})
     assert [r.value for r in report.reference_runs(runs)] == [None]

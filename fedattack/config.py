@@ -377,7 +377,6 @@ def proximal_mu(cfg: Config) -> float:
 
 
 def check_proximal(cfg: Config) -> None:
-    check_range("client", "proximal_mu", cfg.client.proximal_mu, 0)
     if cfg.fl.strategy == "fedprox":
         if cfg.client.proximal_mu:
             raise ConfigError("client.proximal_mu", "fl.strategy=fedprox sends its own mu every round; set it as "
@@ -403,6 +402,24 @@ def check_ray_address(address: Any) -> None:
     host, colon, port = (rest if sep else address).rpartition(":")
     if address != "auto" and (not colon or not host or not port.isdigit()):
         raise ConfigError("ray.address", f"expected auto, host:port or ray://host:port, got '{address}'")
+
+
+def check_client(cfg: Config) -> None:
+    """The local training's values (`client.*`), as a config has them or a server's train
+    config changed them (fedattack.client.app.with_protocol)."""
+    check_range("client", "local_epochs", cfg.client.local_epochs, 0, lo_open=True)
+    check_range("client", "local_steps", cfg.client.local_steps, 0)
+    check_range("client", "batch_size", cfg.client.batch_size, 0, lo_open=True)
+    check_range("client", "lr", cfg.client.lr, 0, lo_open=True)
+    check_between("client", "momentum", cfg.client.momentum, 0, 1, hi_open=True)
+    check_choice("client", "optimizer", cfg.client.optimizer, ["sgd", "adam"])
+    check_range("client", "weight_decay", cfg.client.weight_decay, 0)
+    check_range("client", "proximal_mu", cfg.client.proximal_mu, 0)
+    if cfg.client.nesterov and (cfg.client.optimizer != "sgd" or cfg.client.momentum <= 0):
+        raise ConfigError("client.nesterov", "needs client.optimizer=sgd and client.momentum > 0")
+    if cfg.client.momentum and cfg.client.optimizer != "sgd":
+        raise ConfigError("client.momentum", f"is sgd's; {cfg.client.optimizer} keeps its own moment estimates "
+                                             "(allowed: client.momentum=0, or client.optimizer=sgd)")
 
 
 def validate(cfg: Config) -> None:
@@ -460,18 +477,7 @@ def validate(cfg: Config) -> None:
     check_range("fl", "client_gpus", cfg.fl.client_gpus, 0)
     check_range("fl", "evaluate_every", cfg.fl.evaluate_every, 0)
     check_range("fl", "timeout", cfg.fl.timeout, 0, lo_open=True)
-    check_range("client", "local_epochs", cfg.client.local_epochs, 0, lo_open=True)
-    check_range("client", "local_steps", cfg.client.local_steps, 0)
-    check_range("client", "batch_size", cfg.client.batch_size, 0, lo_open=True)
-    check_range("client", "lr", cfg.client.lr, 0, lo_open=True)
-    check_between("client", "momentum", cfg.client.momentum, 0, 1, hi_open=True)
-    check_choice("client", "optimizer", cfg.client.optimizer, ["sgd", "adam"])
-    check_range("client", "weight_decay", cfg.client.weight_decay, 0)
-    if cfg.client.nesterov and (cfg.client.optimizer != "sgd" or cfg.client.momentum <= 0):
-        raise ConfigError("client.nesterov", "needs client.optimizer=sgd and client.momentum > 0")
-    if cfg.client.momentum and cfg.client.optimizer != "sgd":
-        raise ConfigError("client.momentum", f"is sgd's; {cfg.client.optimizer} keeps its own moment estimates "
-                                             "(allowed: client.momentum=0, or client.optimizer=sgd)")
+    check_client(cfg)
     check_proximal(cfg)
     repeated = listed_twice(DEFENSES, cfg.client.defenses)
     if repeated is not None:
@@ -540,4 +546,5 @@ def validate(cfg: Config) -> None:
             check_checkpoint(params.generator, f"{name}.generator")
 
 
-__all__ = ["load", "from_dict", "from_json", "read_yaml", "apply_overrides", "validate", "DEFAULT_CONFIG"]
+__all__ = ["load", "from_dict", "from_json", "read_yaml", "apply_overrides", "validate", "check_client",
+           "DEFAULT_CONFIG"]

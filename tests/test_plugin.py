@@ -495,6 +495,25 @@ def test_clients_take_only_numbers_from_a_message(small_cfg):
     assert view["fl"] == {"strategy": "fedavg"} and view["idlg"] == {"max_iter": 1}
 
 
+@pytest.mark.parametrize("sent, says", [
+    ({"lr": float("nan")}, r"^client.lr: the server sent nan; expected a finite number$"),
+    ({"batch-size": 2.7}, r"^client.batch_size: the server sent 2.7; expected a whole number$"),
+    ({"batch-size": float("nan")}, r"^client.batch_size: the server sent nan"),
+    ({"local-steps": -1}, r"^client.local_steps: the server sent a value this client's config refuses: must be >= 0"),
+    ({"proximal-mu": -1.0}, r"^client.proximal_mu: the server sent a value this client's config refuses"),
+    ({"gaussian.sigma": -1.0}, r"^gaussian.sigma: the server sent a value this client's config refuses"),
+    ({"clip.bound": float("nan")}, r"^clip.bound: the server sent nan; expected a finite number$"),
+])
+def test_numbers_a_message_sends_are_checked_as_the_clients_own_config_is(small_cfg, sent, says):
+    """A server could set values the client's own config refuses (NaN, negative noise, a
+    fractional batch size truncated without a word)."""
+    from fedattack.client.app import with_protocol
+
+    cfg = small_cfg("client.defenses=[gaussian,clip]")
+    with pytest.raises(ConfigError, match=says):
+        with_protocol(cfg, ConfigRecord(sent))
+
+
 @pytest.mark.parametrize("seed", [None, 7])
 def test_the_report_says_whether_an_apps_audit_was_seeded(tmp_path, seed):
     from fedattack.report.store import RunStore

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import shlex
 from functools import lru_cache, partial
 from logging import WARNING
@@ -38,7 +39,7 @@ from flwr.common.logger import log
 from fedattack.client.record import audit_mod, record_samples
 from fedattack.client.secagg import secaggplus_message_mod
 from fedattack.client.train import evaluate, local_train
-from fedattack.config import DEFAULT_CONFIG, apply_overrides, from_dict, read_yaml
+from fedattack.config import DEFAULT_CONFIG, apply_overrides, check_client, from_dict, read_yaml
 from fedattack.data import ImageData
 from fedattack.defenses import DEFENSES
 from fedattack.defenses.flower_dp import client_mods, numpy_seed
@@ -110,7 +111,7 @@ def with_protocol(cfg: Config, record: ConfigRecord | None) -> Config:
     cfg = cfg.copy()
     for key, (name, kind) in PROTOCOL_KEYS.items():
         if key in record and _numeric(record[key]):
-            setattr(cfg.client, name, kind(record[key]))
+            setattr(cfg.client, name, _sent(f"client.{name}", record[key], kind))
     for key, value in record.items():
         defense, _, param = str(key).partition(".")
         if not param or defense not in cfg.client.defenses or not _numeric(value):
@@ -120,15 +121,23 @@ def with_protocol(cfg: Config, record: ConfigRecord | None) -> Config:
         params = cfg.defense(defense)
         kinds = {f.name: f.type for f in dataclasses.fields(params)}
         if param in kinds and any(t in str(kinds[param]) for t in ("int", "float")):
-            setattr(params, param, float(value) if "float" in str(kinds[param]) else int(value))
-    c = cfg.client
-    for name, value, lo, lo_open in (("lr", c.lr, 0, True), ("batch_size", c.batch_size, 1, False),
-                                     ("local_steps", c.local_steps, 0, False), ("local_epochs", c.local_epochs, 1, False)):
-        if value < lo or (lo_open and value == lo):
-            raise ConfigError(f"client.{name}", f"the server sent {value}; must be {'>' if lo_open else '>='} {lo}")
-    if not 0 <= c.momentum < 1:
-        raise ConfigError("client.momentum", f"the server sent {c.momentum}; must be in [0, 1)")
+            setattr(params, param, _sent(f"{defense}.{param}", value, float if "float" in str(kinds[param]) else int))
+    try:  # what the client's own config would refuse (ranges, a defense's own checks), refused from the server too
+        check_client(cfg)
+        for name in cfg.client.defenses:
+            check = getattr(cfg.defense(name), "validate", None)
+            if check is not None:
+                check(name)
+    except ConfigError as exc:
+        raise ConfigError(exc.field, f"the server sent a value this client's config refuses: {exc.message}") from None
     return cfg
+
+
+def _sent(field: str, value: float, kind: type) -> float | int:
+    """A number the server sent for `field`, as `kind`: finite, and whole where `kind` is int."""
+    if not math.isfinite(value) or (kind is int and value != int(value)):
+        raise ConfigError(field, f"the server sent {value}; expected {'a whole' if kind is int else 'a finite'} number")
+    return kind(value)
 
 
 def _numeric(value: Any) -> bool:

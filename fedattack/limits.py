@@ -64,6 +64,22 @@ def footprint(spec: ModelSpec, batch: int = 2) -> Footprint:
     milliseconds for the usual models; the caller builds the model anyway), larger ones on
     PyTorch's meta device, where nothing is allocated (its first linear layer costs 2-4 s of
     one-off set-up). The global random state is left as it was."""
+    c, h, w = spec.in_shape
+    device = "cpu" if c * h * w <= REAL_TRACE_VALUES else "meta"
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        model = build_model(spec)
+        x = torch.zeros(batch, *spec.in_shape)
+    out, outputs = traced(model, x)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), spec.num_classes):
+        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelOutputError(f"it returns {got} for {len(x)} images; a model returns their logits, "
+                               f"a tensor of shape ({len(x)}, {spec.num_classes})")
+    params = sum(p.numel() * p.element_size() for p in model.parameters())
+    return Footprint(per_sample=(x.numel() * x.element_size() + outputs) // len(x), params=params)
+
+
+def traced(model: torch.nn.Module, x: torch.Tensor) -> tuple[Any, int]:
+    """`model(x)` without gradients, and the bytes of every leaf module's outputs on the way."""
     outputs = 0
 
     def count(module: Any, inputs: Any, out: Any) -> None:
@@ -72,11 +88,6 @@ def footprint(spec: ModelSpec, batch: int = 2) -> Footprint:
             if isinstance(t, torch.Tensor):
                 outputs += t.numel() * t.element_size()
 
-    c, h, w = spec.in_shape
-    device = "cpu" if c * h * w <= REAL_TRACE_VALUES else "meta"
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        model = build_model(spec)
-        x = torch.zeros(batch, *spec.in_shape)
     hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
@@ -84,12 +95,7 @@ def footprint(spec: ModelSpec, batch: int = 2) -> Footprint:
     finally:
         for hook in hooks:
             hook.remove()
-    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (len(x), spec.num_classes):
-        got = f"a tensor of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ModelOutputError(f"it returns {got} for {len(x)} images; a model returns their logits, "
-                               f"a tensor of shape ({len(x)}, {spec.num_classes})")
-    params = sum(p.numel() * p.element_size() for p in model.parameters())
-    return Footprint(per_sample=(x.numel() * x.element_size() + outputs) // len(x), params=params)
+    return out, outputs
 
 
 class ModelOutputError(ValueError):

@@ -24,7 +24,9 @@ from fedattack.data import load_dataset
 from fedattack.errors import FedattackError
 from fedattack.experiment import build
 from fedattack.gradient_attack import victim_indices
-from fedattack.models.generator import TrainSettings, make_meta, save_generator, train_generator
+from fedattack.limits import GIB, MEMORY_SHARE, available_memory, traced
+from fedattack.models.generator import (Discriminator, Generator, TrainSettings, make_meta, save_generator,
+                                        train_generator)
 from fedattack.report.store import check_writable
 from fedattack.schema import Config
 from fedattack.text import counted
@@ -181,6 +183,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar or lines")
 
 
+def generator_memory(channels: int, size: int, images: int, settings: TrainSettings) -> int:
+    """Bytes that training a generator and its discriminator on `images` images of
+    channels x size x size takes: the images (twice: as loaded and scaled), weights with their
+    gradients and Adam's moments, and one batch's activations of both networks (three times
+    over: forward, backward, and WGAN-GP's penalty). Traced on PyTorch's meta device, where
+    nothing is allocated."""
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        G = Generator(settings.latent_dim, channels, size, settings.width)
+        D = Discriminator(channels, size, settings.width)
+        z, x = torch.zeros(2, settings.latent_dim), torch.zeros(2, channels, size, size)
+    per_sample = (traced(G, z)[1] + traced(D, x)[1]) // 2
+    weights = sum(p.numel() * p.element_size() for net in (G, D) for p in net.parameters())
+    return 2 * images * x[0].numel() * 4 + 4 * weights + 3 * min(settings.batch_size, images) * per_sample
+
+
+def check_generator_memory(cfg: Config, settings: TrainSettings, *, split: str = "train") -> None:
+    """Refuses, before any image is loaded, a generator that would not fit in this machine's
+    memory (`fedattack run` makes the same check for its model)."""
+    data = load_dataset(cfg.data, seed=cfg.seed)
+    images = data.train if split == "train" else data.test
+    channels, size = images.spec.shape[0], images.spec.shape[-1]
+    need, available = generator_memory(channels, size, len(images), settings), available_memory()
+    if available is not None and need > MEMORY_SHARE * available:
+        raise FedattackError(f"data.image_size: training a generator on {len(images)} images of {size}x{size} needs "
+                             f"about {need / GIB:.1f} GiB; this machine has {available / GIB:.1f} GiB available; "
+                             "lower it (GGL's generators are small: 32 or 64)")
+
+
 def cmd_train_generator(ns: argparse.Namespace) -> int:
     cfg = load_config(ns, command="train-generator")
     settings = TrainSettings(loss=ns.loss, epochs=ns.epochs, batch_size=ns.batch_size, latent_dim=ns.latent_dim,
@@ -201,6 +231,7 @@ def cmd_train_generator(ns: argparse.Namespace) -> int:
         raise FedattackError(f"--lr: must be a finite number > 0, got {ns.lr}")
     labels = _int_list(ns.labels, "--labels")
     exclude = _int_list(ns.exclude, "--exclude")
+    check_generator_memory(cfg, settings, split=ns.split)
     if ns.split == "test" and (exclude or ns.exclude_victims):
         raise FedattackError("--exclude: training-split indices do not apply to --split test")
     pixels, dropped = training_images(cfg, split=ns.split, labels=labels, exclude=exclude,

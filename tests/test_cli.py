@@ -296,6 +296,7 @@ BAD_INPUTS = [
     ("sweep", ["sweep.key=client.local_steps", "sweep.values=[1,2]", "victim.client=1"], "victim.client"),
     ("sweep", ["sweep.key=client.local_steps", "sweep.values=[1,2]", "sweep.parallel=4096"], "sweep.parallel"),
     ("train-generator", ["--out", "{tmp}/gen.pt", "sweep.values=[1]"], "sweep.values"),
+    ("train-generator", ["--out", "{tmp}/gen.pt", "data.image_size=100000"], "data.image_size"),  # was a crash
     ("run", ["audit.attacks=[ggl]", "ggl.generator={tmp}/pickled.pt"], "ggl.generator"),
     ("run", ["{tmp}/list.yaml", "fl.rounds=1"], "config"),
     ("run", ["{tmp}/int.yaml", "fl.rounds=1"], "config"),

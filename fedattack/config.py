@@ -38,6 +38,7 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
 
 # the strategy arguments fedattack sets from fl.* (fedattack.server.strategies.build_strategy)
+MAX_THREADS = 1024  # torch threads one process may ask for (absurd counts crash torch's thread pool)
 RECORD_KEYS = {"weighted_by_key": "num-examples", "arrayrecord_key": "arrays", "configrecord_key": "config"}
 PARTICIPATION_ARGS = {"fraction_train": "fl.clients_per_round and fl.num_clients",
                       "min_train_nodes": "fl.clients_per_round", "min_available_nodes": "fl.num_clients"}
@@ -496,7 +497,7 @@ def validate(cfg: Config) -> None:
     check_range("audit", "max_clients", cfg.audit.max_clients, 0)
     check_range("audit", "gpus_per_job", cfg.audit.gpus_per_job, 0)
     check_range("audit", "max_concurrent", cfg.audit.max_concurrent, 0, lo_open=True)
-    check_range("audit", "threads_per_job", cfg.audit.threads_per_job, 0, lo_open=True)
+    check_range("audit", "threads_per_job", cfg.audit.threads_per_job, 1, MAX_THREADS)
     check_range("audit", "job_timeout", cfg.audit.job_timeout, 0)
     check_range("audit", "calibration_budget", cfg.audit.calibration_budget, 1, 1000)
     check_range("audit", "calibration_cases", cfg.audit.calibration_cases, 1, 100)

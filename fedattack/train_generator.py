@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from fedattack.arguments import load_config
+from fedattack.config import MAX_THREADS
 from fedattack.data import load_dataset
 from fedattack.errors import FedattackError
 from fedattack.experiment import build
@@ -216,8 +217,8 @@ def cmd_train_generator(ns: argparse.Namespace) -> int:
     settings = TrainSettings(loss=ns.loss, epochs=ns.epochs, batch_size=ns.batch_size, latent_dim=ns.latent_dim,
                              width=ns.width, lr=ns.lr, augment=not ns.no_augment)
     settings.validate()
-    if ns.threads < 1:
-        raise FedattackError(f"--threads: must be >= 1, got {ns.threads}")
+    if not 1 <= ns.threads <= MAX_THREADS:
+        raise FedattackError(f"--threads: must be 1 to {MAX_THREADS}, got {ns.threads}")
     torch.set_num_threads(ns.threads)
     out = Path(ns.out)
     if out.is_dir():

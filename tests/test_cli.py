@@ -297,6 +297,8 @@ BAD_INPUTS = [
     ("sweep", ["sweep.key=client.local_steps", "sweep.values=[1,2]", "sweep.parallel=4096"], "sweep.parallel"),
     ("train-generator", ["--out", "{tmp}/gen.pt", "sweep.values=[1]"], "sweep.values"),
     ("train-generator", ["--out", "{tmp}/gen.pt", "data.image_size=100000"], "data.image_size"),  # was a crash
+    ("train-generator", ["--out", "{tmp}/gen.pt", "--threads", "100000"], "--threads"),  # a segfault
+    ("attack", ["audit.threads_per_job=100000"], "audit.threads_per_job"),
     ("run", ["audit.attacks=[ggl]", "ggl.generator={tmp}/pickled.pt"], "ggl.generator"),
     ("run", ["{tmp}/list.yaml", "fl.rounds=1"], "config"),
     ("run", ["{tmp}/int.yaml", "fl.rounds=1"], "config"),

@@ -299,6 +299,8 @@ BAD_INPUTS = [
     ("train-generator", ["--out", "{tmp}/gen.pt", "data.image_size=100000"], "data.image_size"),  # was a crash
     ("train-generator", ["--out", "{tmp}/gen.pt", "--threads", "100000"], "--threads"),  # a segfault
     ("attack", ["audit.threads_per_job=100000"], "audit.threads_per_job"),
+    ("attack", ["audit.attacks=[analytic]", "analytic.layer=abc"], "analytic.layer"),
+    ("attack", ["audit.attacks=[cpa]", "cpa.layer=abc"], "cpa.layer"),  # was a failed row after training
     ("run", ["audit.attacks=[ggl]", "ggl.generator={tmp}/pickled.pt"], "ggl.generator"),
     ("run", ["{tmp}/list.yaml", "fl.rounds=1"], "config"),
     ("run", ["{tmp}/int.yaml", "fl.rounds=1"], "config"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -40,19 +41,31 @@ class AnalyticParams:
     def validate(self, name: str) -> None:
         check_range(name, "rel_threshold", self.rel_threshold, 0, 1)
         for key in ("layer", "feature_layer"):
-            if not getattr(self, key):
-                raise ConfigError(f"{name}.{key}", "must be 'auto' or a layer name, got an empty string")
+            check_layer_name(name, key, getattr(self, key))
 
 
-def check_layers(model: torch.nn.Module, params: AnalyticParams) -> None:
-    """A layer that analytic.layer or analytic.feature_layer names is a fully connected layer
-    with a bias of the model the server sends (under a malicious server, its extension's names)."""
-    names = linear_layers(dict(model.named_parameters()))
-    for key in ("layer", "feature_layer"):
-        value = getattr(params, key)
-        if value not in ("auto", "none") and value not in names:
-            raise ConfigError(f"analytic.{key}", f"no fully connected layer '{value}' with weight and bias in the "
-                                                 f"model; allowed: auto, none, {', '.join(names) or '(none)'}")
+def check_layer_name(name: str, key: str, value: Any) -> None:
+    """A layer parameter is 'auto' or a layer's name: a string, not empty."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name}.{key}", f"must be 'auto' or a layer name, got {value!r}")
+
+
+def layer_check(attack: str, keys: tuple[str, ...], words: tuple[str, ...]) -> Callable[[torch.nn.Module, Any], None]:
+    """An attack's `check_model`: each parameter of `keys` names one of `words` or a fully
+    connected layer with a bias of the model the server sends (under a malicious server, its
+    extension's names)."""
+    def check(model: torch.nn.Module, params: Any) -> None:
+        names = linear_layers(dict(model.named_parameters()))
+        for key in keys:
+            value = getattr(params, key)
+            if value not in words and value not in names:
+                raise ConfigError(f"{attack}.{key}", f"no fully connected layer '{value}' with weight and bias in "
+                                                     f"the model; allowed: {', '.join([*words, *names])}")
+
+    return check
+
+
+check_layers = layer_check("analytic", ("layer", "feature_layer"), ("auto", "none"))
 
 
 def input_layer(obs: Observation) -> str | None:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedattack.attacks.analytic import input_layer, layer_gradient
+from fedattack.attacks.analytic import check_layer_name, input_layer, layer_check, layer_gradient
 from fedattack.attacks.engine import linear_layers
 from fedattack.attacks.base import AttackContext, register_attack
 from fedattack.attacks.engine import functional_model, num_images, total_variation
@@ -74,6 +74,7 @@ class CPAParams:
             check_range(name, key, getattr(self, key), 0)
         check_range(name, "rank_tol", self.rank_tol, 0, 1)
         check_range(name, "tol", self.tol, 0, lo_open=True)
+        check_layer_name(name, "layer", self.layer)
 
 
 # -- separation ---------------------------------------------------------------------------
@@ -223,7 +224,7 @@ NEEDS = "a fully connected layer on the flattened input, as the built-in mlp has
 @register_attack("cpa", params=CPAParams,
                  paper="Kariyappa et al., Cocktail Party Attack: Breaking Aggregation-Based Privacy in Federated "
                        "Learning using Independent Component Analysis, ICML 2023",
-                 scope="any", needs=NEEDS)
+                 scope="any", needs=NEEDS, check_model=layer_check("cpa", ("layer",), ("auto",)))
 def cpa(obs: Observation, params: CPAParams, ctx: AttackContext) -> Reconstruction:
     layer = input_layer(obs) if params.layer == "auto" else params.layer
     if layer is None:

@@ -32,7 +32,7 @@ from fedattack.gradient_attack import run_attack
 from fedattack.models import MODELS
 from fedattack.registry import Registry
 from fedattack.report.console import Progress, library_logs
-from fedattack.report.screenshot import screenshot
+from fedattack.report.screenshot import check_target, screenshot
 from fedattack.report.store import check_out, default_out_dir, load_run, write_report
 from fedattack.server.dispatch import abandoned_threads
 from fedattack.simulate import run
@@ -85,6 +85,8 @@ def cmd_list(ns: argparse.Namespace) -> int:
 
 def cmd_report(ns: argparse.Namespace) -> int:
     run_dir = Path(ns.run_dir)
+    if ns.screenshot:
+        check_target(ns.screenshot)
     if sweep.is_sweep_dir(run_dir):
         sweep.rerender(run_dir)
         if ns.screenshot:

@@ -119,6 +119,23 @@ def test_attack_mode_writes_the_run_files_and_report_rerenders(tmp_path, capsys)
     assert "notes.txt is a file, not a directory; give a run's or a sweep's directory" in capsys.readouterr().err
 
 
+def test_report_refuses_a_damaged_config_and_a_screenshot_it_cannot_write_before_rendering(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["attack", "simulations/dlg_zhu2019.yaml", "audit.attacks=[rgap]", "--out", str(out), "--quiet"]) == 0
+    (out / "report.html").unlink()
+    (tmp_path / "afile").write_text("x")
+    capsys.readouterr()
+    assert main(["report", str(out), "--screenshot", str(tmp_path / "afile" / "shot.png")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("fedattack: error: --screenshot: ") and "\n" not in err
+    assert not (out / "report.html").exists()  # refused before the report was rendered again
+    for damaged in ("x", "client: 5", "fl: {rounds: [", "- 1"):
+        (out / "config.yaml").write_text(damaged)
+        assert main(["report", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"fedattack: error: run_dir: {out / 'config.yaml'} is damaged (") and "\n" not in err
+
+
 def test_attack_mode_says_the_same_after_its_table_with_or_without_a_run_directory(tmp_path, capsys):
     said = []
     for out in ([], ["--out", str(tmp_path / "a")]):

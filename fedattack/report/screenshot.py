@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from fedattack.errors import FedattackError
+from fedattack.report.store import check_writable
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 
@@ -22,13 +23,23 @@ def find_browser() -> str | None:
     return next((path for name in BROWSERS if (path := shutil.which(name))), None)
 
 
+def check_target(png: str | Path) -> None:
+    """What `screenshot` needs, checked before a report is rendered: a browser, and a PNG path
+    that is not a directory and whose folder can be created and written."""
+    if find_browser() is None:
+        raise FedattackError(f"--screenshot: no Chromium or Chrome on the PATH (looked for {', '.join(BROWSERS)}); "
+                             "install one, e.g. apt-get install chromium")
+    target = Path(png).expanduser()
+    if target.is_dir():
+        raise FedattackError(f"--screenshot: {png} is a directory; give a file path such as {target / 'report.png'}")
+    check_writable(target.absolute().parent, "--screenshot")
+
+
 def screenshot(page: str | Path, png: str | Path, *, width: int = 1300, height: int = 2400,
                timeout: float = 120.0) -> Path:
     """Render the HTML file `page` into `png` (width x height pixels, the top of the page)."""
+    check_target(png)
     browser = find_browser()
-    if browser is None:
-        raise FedattackError(f"--screenshot: no Chromium or Chrome on the PATH (looked for {', '.join(BROWSERS)}); "
-                             "install one, e.g. apt-get install chromium")
     page, png = Path(page).resolve(), Path(png).resolve()
     png.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fedattack-chromium-") as profile:

@@ -268,9 +268,7 @@ def load_run(run_dir: str | Path) -> Run:
     if not (run_dir / "leakage.csv").is_file():
         raise FedattackError(f"run_dir: {run_dir} is not a fedattack run directory (no leakage.csv) or sweep "
                              "directory (no sweep.json)")
-    config = run_dir / "config.yaml"
-    raw = yaml.safe_load(config.read_text()) or {} if config.is_file() else {}
-    header = run_header(raw) if raw else RunHeader()
+    raw, header = _recorded(run_dir / "config.yaml")
 
     def job(row: dict[str, str]) -> JobResult:
         path = run_dir / row["traceback"] if row.get("traceback") else None
@@ -286,6 +284,8 @@ def load_run(run_dir: str | Path) -> Run:
         summary = json.loads(saved.read_text()) if saved.is_file() else None
     except ValueError:
         summary = {}
+    if summary is not None and not isinstance(summary, dict):
+        summary = {}
     if summary is None:
         interrupted = Interruption(reason="the run did not finish (no summary.json)")
         note = locate(((raw.get("audit") or {}).get("lpips_weights")) if raw else None)[1]
@@ -298,6 +298,20 @@ def load_run(run_dir: str | Path) -> Run:
     header = replace(header, raised=_raised(run_dir / "calibration.json", raw))
     return Run(header, results, rounds, images=images, sizes=sizes, interrupted=interrupted, lpips_note=note,
                cut=tuple(cut))
+
+
+def _recorded(config: Path) -> tuple[dict, RunHeader]:
+    """A run directory's config.yaml, and the header it gives; a damaged one is one line naming it."""
+    if not config.is_file():
+        return {}, RunHeader()
+    try:
+        raw = yaml.safe_load(config.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise TypeError(f"it holds {type(raw).__name__}, not a mapping of sections")
+        return raw, run_header(raw) if raw else RunHeader()
+    except (yaml.YAMLError, TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise FedattackError(f"run_dir: {config} is damaged ({type(exc).__name__}: {first_line(exc)}); the report "
+                             "reads the config the run recorded there") from None
 
 
 def _raised(path: Path, raw: dict) -> tuple[str, ...] | None:

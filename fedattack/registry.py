@@ -129,6 +129,9 @@ def import_path(path: str, field_name: str) -> Any:
         hint = ("; add the folder that holds it to PYTHONPATH (PYTHONPATH=. where you run from that folder)"
                 if isinstance(exc, ModuleNotFoundError) and exc.name == module_name.split(".")[0] else "")
         raise ConfigError(field_name, f"cannot import '{path}' ({exc}{hint})") from None
+    except SystemExit as exc:  # the module ran a script's exit: not a plug-in to load
+        raise ConfigError(field_name, f"cannot import '{path}': importing it called sys.exit({exc.code!r}); "
+                                      "a plug-in module defines what it names and returns") from None
     except Exception as exc:  # noqa: BLE001 - the user's module failed while it ran: one line, where
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         raise ConfigError(field_name, f"cannot import '{path}': importing it raised {type(exc).__name__}: "

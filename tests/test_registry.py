@@ -112,6 +112,11 @@ def test_a_plugin_module_that_fails_while_it_is_imported_is_one_line_naming_the_
     assert said.startswith("model.name: cannot import 'fails_at_import:net': importing it raised RuntimeError: "
                            "broken at import (") and said.endswith("fails_at_import.py, line 2)")
     assert "\n" not in said
+    # a script's exit at import ended the command with its code and no word
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(0)\n")
+    with pytest.raises(ConfigError, match=r"^model.name: cannot import 'exits_at_import:net': importing it called "
+                                          r"sys.exit\(0\)"):
+        MODELS.get("exits_at_import:net")
 
 
 def test_an_exceptions_first_line_drops_terminal_colours():

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 
+from fedattack.attacks import ATTACKS
 from fedattack.config import load
-from fedattack.errors import FedattackError
+from fedattack.errors import ConfigError, FedattackError
 from fedattack.schema import Config
 
 
@@ -53,4 +54,13 @@ def load_config(ns: argparse.Namespace, *, command: str) -> Config:
             run = " or ".join(f"`fedattack {c}`" for c in owners)
             raise FedattackError(f"{key}: {what} {'is' if what == key else 'are'} read by {run} only, not by "
                                  f"`fedattack {command}` (drop the override or run {run})")
-    return load(config, overrides)
+    cfg = load(config, overrides)
+    listed = {id(ATTACKS.find(a)) for a in cfg.audit.attacks}
+    for item in overrides:  # a setting of an attack that does not run is a typo in the list, or a forgotten one
+        section = item.split("=", 1)[0].strip().split(".", 1)[0]
+        spec = ATTACKS.find(section) if section in ATTACKS.names() else None
+        if spec is not None and id(spec) not in listed and "=" in item and "." in item.split("=", 1)[0]:
+            raise ConfigError(item.split("=", 1)[0].strip(), f"{section} is not in audit.attacks "
+                                                             f"({', '.join(cfg.audit.attacks) or 'none'}): add it "
+                                                             f"(audit.attacks=[...,{section}]) or drop the setting")
+    return cfg

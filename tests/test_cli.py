@@ -318,6 +318,7 @@ BAD_INPUTS = [
     ("attack", ["audit.threads_per_job=100000"], "audit.threads_per_job"),
     ("attack", ["audit.attacks=[analytic]", "analytic.layer=abc"], "analytic.layer"),
     ("attack", ["audit.attacks=[cpa]", "cpa.layer=abc"], "cpa.layer"),  # was a failed row after training
+    ("run", ["audit.attacks=[idlg]", "invgrad.iterations=5"], "invgrad.iterations"),  # was dropped without a word
     ("run", ["audit.attacks=[ggl]", "ggl.generator={tmp}/pickled.pt"], "ggl.generator"),
     ("run", ["{tmp}/list.yaml", "fl.rounds=1"], "config"),
     ("run", ["{tmp}/int.yaml", "fl.rounds=1"], "config"),

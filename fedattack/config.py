@@ -38,10 +38,11 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 
 
 # the strategy arguments fedattack sets from fl.* (fedattack.server.strategies.build_strategy)
-MAX_THREADS = 1024  # torch threads one process may ask for (absurd counts crash torch's thread pool)
-RECORD_KEYS = {"weighted_by_key": "num-examples", "arrayrecord_key": "arrays", "configrecord_key": "config"}
 PARTICIPATION_ARGS = {"fraction_train": "fl.clients_per_round and fl.num_clients",
                       "min_train_nodes": "fl.clients_per_round", "min_available_nodes": "fl.num_clients"}
+# the record keys fedattack's clients reply under, which a strategy's arguments may not change
+RECORD_KEYS = {"weighted_by_key": "num-examples", "arrayrecord_key": "arrays", "configrecord_key": "config"}
+MAX_THREADS = 1024  # torch threads one process may ask for (absurd counts crash torch's thread pool)
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -467,7 +468,8 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"fl.strategy_args.{arg}", f"fedattack's clients use '{key}'; allowed: '{key}'")
         fraction = cfg.fl.strategy_args.get("fraction_evaluate", 0.0)
         if isinstance(fraction, (int, float)) and not 0 <= fraction <= 1:
-            raise ConfigError("fl.strategy_args.fraction_evaluate", f"is a share of the clients, 0 to 1; got {fraction}")
+            raise ConfigError("fl.strategy_args.fraction_evaluate",
+                              f"is a share of the clients, 0 to 1; got {fraction}")
         least = cfg.fl.strategy_args.get("min_evaluate_nodes", 0)
         if isinstance(least, int) and not 0 <= least <= cfg.fl.num_clients:
             raise ConfigError("fl.strategy_args.min_evaluate_nodes", f"must be 0 to fl.num_clients "

@@ -316,8 +316,9 @@ def test_a_model_whose_output_does_not_fit_names_the_output_not_the_input(tmp_pa
         with pytest.raises(ConfigError, match=says):
             AuditStrategy(args.pop("strategy"), **args)
     for attacks, got in [([lambda obs: None], "the function"), ({3: None}, "an int"), ([None], "a NoneType")]:
-        with pytest.raises(ConfigError, match=rf"^attacks: got {got}.*; allowed: registered attack names, 'module:attr' "
-                                              "paths, or what @fedattack.attacks.register_attack returned$"):
+        with pytest.raises(ConfigError, match=rf"^attacks: got {got}.*; allowed: registered attack names, "
+                                              "'module:attr' paths, or what @fedattack.attacks.register_attack "
+                                              "returned$"):
             AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, attacks=attacks, out_dir=tmp_path / "c")
     with pytest.raises(ConfigError, match=r"^attacks: 'idlg' is listed twice"):
         AuditStrategy(FedAvg(), model=UserNet(), protocol=protocol, attacks=["idlg", "idlg"], out_dir=tmp_path / "d")

@@ -150,7 +150,8 @@ def _summary(acc: float, leaked: dict[str, int], margin: float = 1.0, classes: i
                                    success_rate=n / 2, seconds=1.0, scope=["client"], baseline_psnr=19.0,
                                    baseline_ssim=0.3, margin=margin, leaked=n, recovered=n, images=8)
                for name, n in leaked.items()}
-    return Summary(header=RunHeader(num_classes=classes), attacks=attacks, rounds=5, final_test_acc=acc, client_errors=0,
+    return Summary(header=RunHeader(num_classes=classes), attacks=attacks, rounds=5, final_test_acc=acc,
+                   client_errors=0,
                    defense="none", epsilon=None)
 
 

@@ -147,7 +147,8 @@ def checked_output(name: str, rec: Any, obs: Observation) -> Reconstruction:
             raise ValueError(f"attack '{name}' returned {len(rec.labels)} labels for {len(rec.images)} images")
         classes = obs.model.num_classes
         if rec.labels.dim() == 2 and rec.labels.shape[1] != classes:
-            raise ValueError(f"attack '{name}' returned scores over {rec.labels.shape[1]} classes; the model has {classes}")
+            raise ValueError(f"attack '{name}' returned scores over {rec.labels.shape[1]} classes; the model has "
+                             f"{classes}")
         if rec.labels.dim() == 1 and len(rec.labels):
             if rec.labels.is_floating_point() or rec.labels.is_complex():
                 raise TypeError(f"attack '{name}' returned labels of dtype {rec.labels.dtype}: class ids are integers")

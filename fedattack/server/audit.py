@@ -1099,12 +1099,13 @@ def _data_spec(spec: ModelSpec, mean: Sequence[float] | None, std: Sequence[floa
     def channels(name: str, values: Sequence[float] | None, default: float) -> tuple[float, ...]:
         if values is None:
             return (default,) * c
+        wrong = ConfigError(name, f"expected numbers (one per input channel, or one for all), got {values!r}")
         if isinstance(values, str):
-            raise ConfigError(name, f"expected numbers (one per input channel, or one for all), got {values!r}")
+            raise wrong
         try:
             vals = tuple(float(v) for v in (values if isinstance(values, Sequence) else [values]))
         except (TypeError, ValueError):
-            raise ConfigError(name, f"expected numbers (one per input channel, or one for all), got {values!r}") from None
+            raise wrong from None
         if not all(math.isfinite(v) for v in vals):
             raise ConfigError(name, f"expected finite numbers, got {values!r}")
         if len(vals) == 1:

@@ -15,4 +15,4 @@ from fedattack.defenses import (  # noqa: F401 (register their defenses)
 from fedattack.defenses.base import (DEFENSES, DefenseContext, DefenseSpec, audit_notes, register_defense,
                                      secure_aggregation)
 
-__all__ = ["DEFENSES", "DefenseContext", "DefenseSpec", "register_defense", "secure_aggregation"]
+__all__ = ["DEFENSES", "DefenseContext", "DefenseSpec", "audit_notes", "register_defense", "secure_aggregation"]

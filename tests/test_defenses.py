@@ -648,6 +648,6 @@ def test_flowerdp_says_its_noise_is_not_what_an_audit_of_updates_faces(tmp_path,
 
     code = main(["attack", "simulations/dlg_zhu2019.yaml", "client.defenses=[flowerdp]", "audit.attacks=[rgap]",
                  "--out", str(tmp_path / "run"), "--quiet"])
-    says = "the attacks face the clipping alone (clipping_norm)"
+    says = "the attacks face its clipping alone (clipping_norm)"
     assert code == 0 and "note: flowerdp: central DP" in capsys.readouterr().out.replace("\n", " ")
     assert says in (tmp_path / "run" / "report.html").read_text().replace("&#x27;", "'")

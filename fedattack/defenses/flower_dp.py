@@ -218,8 +218,8 @@ def server_strategy(strategy, cfg):
 register_defense(DefenseSpec(
     name="flowerdp", params=FlowerDPParams, where="protocol", protocol="flowerdp", main_param="noise_multiplier",
     on_update=flowerdp_update, adapt=clip_norm_adapt,
-    audit_note="central DP: its noise is added to each round's aggregate, after the server has seen every "
-               "client's clipped update, so the attacks face the clipping alone (clipping_norm); the noise "
+    audit_note="central DP, whose noise is added to each round's aggregate after the server has seen every "
+               "client's clipped update: the attacks face its clipping alone (clipping_norm), and the noise "
                "protects the released model",
     paper="McMahan et al., Learning Differentially Private Recurrent Language Models, ICLR 2018 "
           "(Flower DifferentialPrivacyClientSideFixedClipping + fixedclipping_mod)"))

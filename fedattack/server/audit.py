@@ -65,6 +65,7 @@ from fedattack.experiment import Experiment
 from fedattack.models import batch_norm_layers, build_model
 from fedattack.models.generator import check_checkpoint
 from fedattack.models.user import user_model_spec
+from fedattack.registry import describe
 from fedattack.report.store import RunStore, check_writable, default_out_dir
 from fedattack.report.summary import secagg_scope
 from fedattack.results import (STRETCHED, SWITCHES, JobResult, RoundResult, RoundStats, describe_calibration,
@@ -74,7 +75,6 @@ from fedattack.server.dispatch import Dispatcher, make_dispatcher
 from fedattack.server.interrupt import interruption
 from fedattack.server.jobs import AttackJob
 from fedattack.server.protocol import TrainingProtocol
-from fedattack.registry import describe
 from fedattack.server.sampling import SeededSampling
 from fedattack.text import counted, plural
 from fedattack.validate import first_repeat

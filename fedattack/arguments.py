@@ -46,8 +46,8 @@ ONLY_FOR = {"sweep": ("sweep",), "victim": ("attack",),
 def load_config(ns: argparse.Namespace, *, command: str) -> Config:
     """The validated config the parsed arguments name, for `fedattack <command>`."""
     config, overrides = split_config_and_overrides(ns.items)
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
+    keys = [item.split("=", 1)[0].strip() for item in overrides]  # load() checks each override's form
+    for key in keys:
         section = key.split(".", 1)[0]
         what, owners = (key, ONLY_FOR[key]) if key in ONLY_FOR else (f"{section}.* keys", ONLY_FOR.get(section))
         if owners is not None and command not in owners:
@@ -56,11 +56,9 @@ def load_config(ns: argparse.Namespace, *, command: str) -> Config:
                                  f"`fedattack {command}` (drop the override or run {run})")
     cfg = load(config, overrides)
     listed = {id(ATTACKS.find(a)) for a in cfg.audit.attacks}
-    for item in overrides:  # a setting of an attack that does not run is a typo in the list, or a forgotten one
-        section = item.split("=", 1)[0].strip().split(".", 1)[0]
-        spec = ATTACKS.find(section) if section in ATTACKS.names() else None
-        if spec is not None and id(spec) not in listed and "=" in item and "." in item.split("=", 1)[0]:
-            raise ConfigError(item.split("=", 1)[0].strip(), f"{section} is not in audit.attacks "
-                                                             f"({', '.join(cfg.audit.attacks) or 'none'}): add it "
-                                                             f"(audit.attacks=[...,{section}]) or drop the setting")
+    for key in keys:  # a setting of an attack that does not run is a typo in the list, or a forgotten one
+        section, _, param = key.partition(".")
+        if param and section in ATTACKS.names() and id(ATTACKS.get(section)) not in listed:
+            raise ConfigError(key, f"{section} is not in audit.attacks ({', '.join(cfg.audit.attacks) or 'none'}): "
+                                   f"add it (audit.attacks=[...,{section}]) or drop the setting")
     return cfg

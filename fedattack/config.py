@@ -406,6 +406,14 @@ def check_ray_address(address: Any) -> None:
         raise ConfigError("ray.address", f"expected auto, host:port or ray://host:port, got '{address}'")
 
 
+def check_sections(registry: Any, sections: dict[str, Any]) -> None:
+    """Each plug-in section's own checks (its parameters' `validate(section name)`)."""
+    for name, params in sections.items():
+        check = getattr(params, "validate", None)
+        if check is not None:
+            check(_section_name(registry, name))
+
+
 def check_client(cfg: Config) -> None:
     """The local training's values (`client.*`), as a config has them or a server's train
     config changed them (fedattack.client.app.with_protocol)."""
@@ -530,11 +538,8 @@ def validate(cfg: Config) -> None:
         twice = first_repeat(cfg.victim.indices)
         if twice is not None:
             raise ConfigError("victim.indices", f"{twice} is listed twice; each index is one of the victim's samples")
-    for registry, sections in ((ATTACKS, cfg.attack_params), (DEFENSES, cfg.defense_params)):
-        for name, params in sections.items():
-            check = getattr(params, "validate", None)
-            if check is not None:
-                check(_section_name(registry, name))
+    check_sections(ATTACKS, cfg.attack_params)
+    check_sections(DEFENSES, cfg.defense_params)
     defense_sections_in_force(cfg)  # after the values: a bad value names its own field first
     _secure_aggregation_fits(cfg)
     needs = needing_malicious_server(cfg.audit.attacks)
@@ -550,4 +555,4 @@ def validate(cfg: Config) -> None:
 
 
 __all__ = ["load", "from_dict", "from_json", "read_yaml", "apply_overrides", "validate", "check_client",
-           "DEFAULT_CONFIG"]
+           "check_sections", "DEFAULT_CONFIG"]

@@ -39,7 +39,7 @@ from flwr.common.logger import log
 from fedattack.client.record import audit_mod, record_samples
 from fedattack.client.secagg import secaggplus_message_mod
 from fedattack.client.train import evaluate, local_train
-from fedattack.config import DEFAULT_CONFIG, apply_overrides, check_client, from_dict, read_yaml
+from fedattack.config import DEFAULT_CONFIG, apply_overrides, check_client, check_sections, from_dict, read_yaml
 from fedattack.data import ImageData
 from fedattack.defenses import DEFENSES
 from fedattack.defenses.flower_dp import client_mods, numpy_seed
@@ -124,10 +124,7 @@ def with_protocol(cfg: Config, record: ConfigRecord | None) -> Config:
             setattr(params, param, _sent(f"{defense}.{param}", value, float if "float" in str(kinds[param]) else int))
     try:  # what the client's own config would refuse (ranges, a defense's own checks), refused from the server too
         check_client(cfg)
-        for name in cfg.client.defenses:
-            check = getattr(cfg.defense(name), "validate", None)
-            if check is not None:
-                check(name)
+        check_sections(DEFENSES, {name: cfg.defense(name) for name in cfg.client.defenses})
     except ConfigError as exc:
         raise ConfigError(exc.field, f"the server sent a value this client's config refuses: {exc.message}") from None
     return cfg

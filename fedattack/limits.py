@@ -41,6 +41,8 @@ OWN_CLASS_CONTRACT = ("a model class of your own that takes no arguments is buil
                       "dataset of as many classes) to match it")
 MEMORY_SHARE = 0.8  # of the memory available now that one training batch may need
 GIB = 1024 ** 3
+# a Flower client process (Ray actor) with torch loaded holds about 0.85 GiB; the bound stays below it
+ACTOR_MEMORY = GIB // 2
 REAL_TRACE_VALUES = 3 * 256 * 256  # image size (values) up to which `footprint` runs the model for real
 
 
@@ -221,6 +223,7 @@ def check_machine(exp: Experiment) -> None:
     if cfg.fl.client_cpus > cpus:
         raise ConfigError("fl.client_cpus", f"each client asks for {cfg.fl.client_cpus:g} CPUs but the local Ray "
                                             f"instance has {cpus} (ray.num_cpus or this machine's cores)")
+    check_actors(cpus, cfg.fl.client_cpus, available_memory())
     gpus = local_gpus()
     if cfg.fl.client_gpus > gpus:
         raise ConfigError("fl.client_gpus", f"each client asks for {cfg.fl.client_gpus:g} "
@@ -242,6 +245,19 @@ def quiet_logs(*names: str) -> Iterator[None]:
             lg.disabled = was
 
 
+def check_actors(cpus: float, client_cpus: float, available: int | None) -> None:
+    """Flower starts int(cpus / client_cpus) client processes up front (its actor pool): they must
+    fit in memory, at ACTOR_MEMORY each."""
+    actors = int(cpus / client_cpus)
+    if available is None or actors * ACTOR_MEMORY <= MEMORY_SHARE * available:
+        return
+    fits = max(1, int(MEMORY_SHARE * available // ACTOR_MEMORY))
+    raise ConfigError("fl.client_cpus", f"{client_cpus:g} CPUs per client makes Flower start {actors} client "
+                                        f"processes on {cpus:g} CPUs, about {actors * ACTOR_MEMORY / GIB:.0f} GiB; "
+                                        f"this machine has {available / GIB:.1f} GiB available; allowed: at least "
+                                        f"{cpus / fits:.3g}")
+
+
 def check_cluster(cfg: Config) -> None:
     """On a joined cluster: some alive node fits one client (else Flower's actor pool is empty)."""
     if not cfg.ray.address:
@@ -257,5 +273,5 @@ def check_cluster(cfg: Config) -> None:
                                         f"{cfg.fl.client_cpus:g} CPUs and {cfg.fl.client_gpus:g} GPUs for a client")
 
 
-__all__ = ["quiet_logs", "Footprint", "footprint", "check_model", "check_memory", "check_machine", "check_cluster",
+__all__ = ["quiet_logs", "Footprint", "footprint", "check_model", "check_memory", "check_machine", "check_actors", "check_cluster",
            "available_memory", "MODEL_CONTRACT"]

@@ -255,6 +255,7 @@ BAD_INPUTS = [
     ("attack", ["victim.indices=[abc]"], "victim.indices"),
     ("attack", ["victim.indices=[1.5]"], "victim.indices"),
     ("run", ["fl.client_cpus=1000"], "fl.client_cpus"),
+    ("run", ["fl.client_cpus=0.0001"], "fl.client_cpus"),  # 20,000 client processes on 2 cores
     ("run", ["ray.num_cpus=1000"], "ray.num_cpus"),
     ("attack", ["victim.client=-1"], "victim.client"),
     ("attack", ["client.defenses=[dpsgd,dpsgd]"], "client.defenses"),

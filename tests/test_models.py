@@ -77,3 +77,15 @@ def test_batch_norm_layers_are_found_in_the_models_that_have_them():
     assert batch_norm_layers(build_model(spec("resnet18")))
     assert not batch_norm_layers(build_model(spec("lenet")))
     assert not batch_norm_layers(build_model(spec("quickstart-cnn")))
+
+
+def test_client_processes_must_fit_in_memory():
+    """Flower starts int(cpus / client_cpus) client processes at once: 0.001 CPUs per client on 2
+    cores (2,000 processes) is refused with the smallest share that fits; 1 CPU per client passes."""
+    from fedattack.limits import ACTOR_MEMORY, check_actors
+
+    check_actors(2, 1.0, 4 * ACTOR_MEMORY)
+    check_actors(2, 0.001, None)  # memory unknown: nothing to check against
+    with pytest.raises(ConfigError, match=r"fl.client_cpus: 0.001 CPUs per client .* 2000 client processes.*"
+                                          r"allowed: at least 0.667"):
+        check_actors(2, 0.001, 4 * ACTOR_MEMORY)

@@ -183,7 +183,13 @@ def test_breaking_points_the_answer_and_its_cost_over_seeds():
     runs[-1].summary = _summary(0.52, {"idlg": 1, "dlg": 0})
     ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 0.1, 1.0], seeds=[0, 1], reference="r")
     assert ans.breaking["idlg"] == report.NOT_STOPPED and not ans.safe_found
-    assert "No value of gaussian.sigma stopped every attack: at the strongest setting whose run finished (1.0)" in ans.sentence()
+    assert ans.sentence().startswith("No value of gaussian.sigma stopped every attack: at the strongest setting whose "
+                                     "run finished (1.0) some attack still recovered images under seed 1 (of seeds 0, "
+                                     "1).")  # not seed 0, whose run there leaked nothing
+    runs[-2].summary = _summary(0.50, {"idlg": 0, "dlg": 1})
+    assert "some attack still recovered images (seeds 0, 1)." in report.analyze(
+        runs, key="gaussian.sigma", values=[0.01, 0.1, 1.0], seeds=[0, 1], reference="r").sentence()
+    runs[-2].summary = _summary(0.50, {"idlg": 0, "dlg": 0})
     # the strongest value's runs failed: the answer names the strongest value that ran, not the one configured
     runs[-1].summary = runs[-2].summary = None
     ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 0.1, 1.0], seeds=[0, 1], reference="r")

@@ -68,6 +68,7 @@ class Answer:
     failed_runs: list[str] = field(default_factory=list)
     nothing_leaked: bool = False  # no attack recovered an image in any finished run, the reference's included
     strongest_tried: Any = None  # the strongest value with a finished run
+    leaking_seeds: list[int] = field(default_factory=list)  # the seeds under which some attack leaked there
     any_tried: bool = False  # some run at a swept value finished
 
     def at_chance(self) -> bool:
@@ -85,8 +86,11 @@ class Answer:
         elif not self.any_tried:
             text = f"No run at a value of {self.key} finished ({seeds}): the sweep has no answer."
         elif not self.safe_found:
+            leaking = sorted(self.leaking_seeds)
+            under = (f"({seeds})" if leaking == sorted(self.seeds) else
+                     f"under {plural(len(leaking), 'seed')} {', '.join(map(str, leaking))} (of {seeds})")
             text = (f"No value of {self.key} stopped every attack: at the strongest setting whose run finished "
-                    f"({fmt_value(self.strongest_tried)}) some attack still recovered images ({seeds}).")
+                    f"({fmt_value(self.strongest_tried)}) some attack still recovered images {under}.")
         else:
             text = (f"The weakest setting at which no attack recovers any image is {self.key} = "
                     f"{fmt_value(self.safe_value)} (and every stronger value tried; {seeds}).")
@@ -147,6 +151,7 @@ def analyze(runs: list[SweepRun], *, key: str, values: list, seeds: list[int], r
     tried = [i for i in range(len(values)) if by_value[i]]
     ans.any_tried = bool(tried)
     ans.strongest_tried = values[tried[-1]] if tried else None
+    ans.leaking_seeds = sorted({r.seed for r in by_value[tried[-1]] if _leaks(r)}) if tried else []
     refs = {r.seed: r for r in reference_runs(runs) if r.finished}
     ref_accs = [r.summary.final_test_acc for r in refs.values() if r.summary.final_test_acc is not None]
     if ref_accs:

@@ -179,10 +179,12 @@ def test_breaking_points_the_answer_and_its_cost_over_seeds():
     assert ans.cost[0] == pytest.approx(-0.11) and ans.cost[1] == pytest.approx(math.sqrt(2) * 0.01)
     text = ans.sentence()
     assert "gaussian.sigma = 0.1" in text and "0.770" in text and "0.880" in text and "± 0.014" in text
+    assert report.frontier_legend_title(ans) == "red circle: breaking point"
     # an attack still leaking at the strongest value: not stopped, and no safe value
     runs[-1].summary = _summary(0.52, {"idlg": 1, "dlg": 0})
     ans = report.analyze(runs, key="gaussian.sigma", values=[0.01, 0.1, 1.0], seeds=[0, 1], reference="r")
     assert ans.breaking["idlg"] == report.NOT_STOPPED and not ans.safe_found
+    assert report.frontier_legend_title(ans) is None  # no circle drawn: no legend for one
     assert ans.sentence().startswith("No value of gaussian.sigma stopped every attack: at the strongest setting whose "
                                      "run finished (1.0) some attack still recovered images under seed 1 (of seeds 0, "
                                      "1).")  # not seed 0, whose run there leaked nothing

@@ -301,6 +301,12 @@ def plot_protocol(path: Path, points: dict[str, list[dict]], values: list, key: 
     save(fig, axes, path)
 
 
+def frontier_legend_title(answer: Answer) -> str | None:
+    """The frontier legend explains the red circles only where some attack has a breaking point."""
+    circled = any(v not in (NEVER, NOT_STOPPED) for v in answer.breaking.values())
+    return "red circle: breaking point" if circled else None
+
+
 def plot_frontier(path: Path, points: dict[str, list[dict]], answer: Answer, reference: list[SweepRun]) -> None:
     """Test accuracy against leakage (PSNR margin over the blank guess; recovery rate), one
     line per attack through the values, breaking points circled, the reference as a star in each
@@ -350,7 +356,7 @@ def plot_frontier(path: Path, points: dict[str, list[dict]], answer: Answer, ref
     rows = 1 + len(handles) // 5
     if handles:  # below the plots: inside, it covers the points at the strongest settings
         fig.legend(handles, labels, loc="lower center", ncol=min(5, len(handles)), fontsize=8,
-                   title="red circle: breaking point", title_fontsize=8, frameon=False)
+                   title=frontier_legend_title(answer), title_fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.07 + 0.05 * rows if handles else 0, 1, 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)

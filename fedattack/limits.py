@@ -17,10 +17,7 @@ file is written:
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -230,21 +227,6 @@ def check_machine(exp: Experiment) -> None:
                                             f"{plural(cfg.fl.client_gpus, 'GPU')} but this machine has {gpus}")
 
 
-@contextmanager
-def quiet_logs(*names: str) -> Iterator[None]:
-    """Silence these loggers for a check (Flower logs a warning for every strategy it builds):
-    a bad input is one line."""
-    loggers = [logging.getLogger(n) for n in names]
-    before = [lg.disabled for lg in loggers]
-    for lg in loggers:
-        lg.disabled = True
-    try:
-        yield
-    finally:
-        for lg, was in zip(loggers, before):
-            lg.disabled = was
-
-
 def check_actors(cpus: float, client_cpus: float, available: int | None) -> None:
     """Flower starts int(cpus / client_cpus) client processes up front (its actor pool): they must
     fit in memory, at ACTOR_MEMORY each."""
@@ -273,5 +255,5 @@ def check_cluster(cfg: Config) -> None:
                                         f"{cfg.fl.client_cpus:g} CPUs and {cfg.fl.client_gpus:g} GPUs for a client")
 
 
-__all__ = ["quiet_logs", "Footprint", "footprint", "check_model", "check_memory", "check_machine", "check_actors", "check_cluster",
+__all__ = ["Footprint", "footprint", "check_model", "check_memory", "check_machine", "check_actors", "check_cluster",
            "available_memory", "MODEL_CONTRACT"]

@@ -18,7 +18,8 @@ from fedattack.client.train import try_plugin_defenses
 from fedattack.config import defense_sections_in_force
 from fedattack.errors import ConfigError, FedattackError, first_line
 from fedattack.experiment import Experiment, build
-from fedattack.limits import check_cluster, check_machine, quiet_logs
+from fedattack.limits import check_cluster, check_machine
+from fedattack.logs import quiet_logs
 from fedattack.report.console import Progress, library_logs
 from fedattack.report.summary import Summary
 from fedattack.schema import Config

@@ -15,6 +15,7 @@ from flwr.server import strategy as legacy
 from flwr.serverapp import strategy as fs
 
 from fedattack.errors import ConfigError, first_line
+from fedattack.logs import quiet_logs
 from fedattack.registry import Registry, article, describe, from_standard_library
 
 MESSAGE_API = "the Message API (a flwr.serverapp.strategy Strategy) is needed"
@@ -109,7 +110,8 @@ def check_flower_build(name: str, args: dict, field: str = "fl.strategy_args") -
     if not (inspect.isclass(target) and str(target.__module__).startswith("flwr.")):
         return
     try:
-        target(**args)
+        with quiet_logs("flwr"):  # FedProx warns when built without proximal_mu
+            target(**args)
     except (TypeError, ValueError) as exc:
         raise ConfigError(field, f"{name} refuses these arguments: {first_line(exc)}") from None
 

@@ -65,6 +65,10 @@ def test_subprocess_exit_code_and_no_traceback():
     res = _run("run", "client.lr=-0.5")
     assert res.returncode == 2
     assert res.stderr.strip() == "fedattack: error: client.lr: must be > 0, got -0.5"
+    # the check builds FedProx once, without proximal_mu: Flower's warning about that stays out
+    res = _run("run", "fl.strategy=fedprox", "client.proximal_mu=0.1")
+    assert res.returncode == 2 and res.stderr.strip().startswith("fedattack: error: client.proximal_mu: ")
+    assert res.stderr.strip().count("\n") == 0, res.stderr
 
 
 @pytest.mark.parametrize("argv, says", [
@@ -256,6 +260,7 @@ BAD_INPUTS = [
     ("attack", ["victim.indices=[1.5]"], "victim.indices"),
     ("run", ["fl.client_cpus=1000"], "fl.client_cpus"),
     ("run", ["fl.client_cpus=0.0001"], "fl.client_cpus"),  # 20,000 client processes on 2 cores
+    ("run", ["fl.strategy=fedprox", "client.proximal_mu=0.1"], "client.proximal_mu"),  # not Flower's warning too
     ("run", ["ray.num_cpus=1000"], "ray.num_cpus"),
     ("attack", ["victim.client=-1"], "victim.client"),
     ("attack", ["client.defenses=[dpsgd,dpsgd]"], "client.defenses"),

@@ -23,7 +23,8 @@ PACKAGE = ROOT / "fedattack"
 # `fedattack`, which is its __init__ only: it re-exports the public API (fedattack.api), so it
 # sits on top, and every other module names its layer here
 LAYERS: list[tuple[str, list[str]]] = [
-    ("base", ["fedattack.errors", "fedattack.validate", "fedattack.registry", "fedattack.shutdown", "fedattack.text"]),
+    ("base", ["fedattack.errors", "fedattack.validate", "fedattack.registry", "fedattack.shutdown", "fedattack.text",
+              "fedattack.logs"]),
     ("types", ["fedattack.threat", "fedattack.schema", "fedattack.results"]),
     ("models, data, metrics", ["fedattack.models", "fedattack.data", "fedattack.metrics"]),
     ("plug-ins", ["fedattack.attacks", "fedattack.defenses", "fedattack.strategies"]),

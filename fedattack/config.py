@@ -29,7 +29,8 @@ from fedattack.errors import ConfigError
 from fedattack.models import ACTIVATIONS, INITIALIZERS, MODELS, check_width
 from fedattack.models.generator import check_checkpoint
 from fedattack.schema import SECTIONS, Config
-from fedattack.strategies import STRATEGIES, check_flower_build, check_replies, check_strategy_args
+from fedattack.strategies import (STRATEGIES, check_flower_build, check_instance, check_replies,
+                                  check_strategy_args)
 from fedattack.validate import check_between, check_choice, check_range, check_seed, first_repeat
 
 # shipped inside the package (an installed wheel has it too); configs/default.yaml at the top of
@@ -484,6 +485,7 @@ def validate(cfg: Config) -> None:
                                                                      f"({cfg.fl.num_clients}), got {least}")
     check_replies(cfg.fl.strategy, cfg.fl.strategy_args or {}, cfg.fl.clients_per_round)
     check_flower_build(cfg.fl.strategy, cfg.fl.strategy_args or {})
+    check_instance(cfg.fl.strategy, cfg.fl.num_clients, cfg.fl.clients_per_round)
     check_range("fl", "client_cpus", cfg.fl.client_cpus, 0, lo_open=True)
     check_range("fl", "client_gpus", cfg.fl.client_gpus, 0)
     check_range("fl", "evaluate_every", cfg.fl.evaluate_every, 0)

@@ -102,6 +102,35 @@ def check_strategy_args(name: str, args: dict, field: str = "fl.strategy_args", 
             raise ConfigError(f"{field}.{k}", problem)
 
 
+def check_instance(name: str, num_clients: int, clients_per_round: int) -> None:
+    """A strategy given as an object keeps the sampling it was built with (fedattack sets
+    fraction_train, min_train_nodes and min_available_nodes only on a class or factory): it must
+    sample fl.clients_per_round of the fl.num_clients clients, as the run's header and report say,
+    and wait for no more clients than exist (Flower would wait for them forever)."""
+    target = STRATEGIES.find(name)
+    if not isinstance(target, fs.Strategy) or not hasattr(target, "fraction_train"):
+        return
+    n = num_clients
+
+    def sampled(fraction: float, least: int) -> int:  # Flower's FedAvg.configure_train/configure_evaluate
+        return max(int(n * fraction), least) if fraction else 0
+
+    least = getattr(target, "min_train_nodes", 0)
+    train = sampled(target.fraction_train, least)
+    if train != clients_per_round:
+        raise ConfigError("fl.clients_per_round", f"'{name}' is a strategy object, which keeps the sampling it was "
+                                                  f"built with: {train} of fl.num_clients={n} clients per round "
+                                                  f"(fraction_train={target.fraction_train:g}, min_train_nodes="
+                                                  f"{least}); allowed: fl.clients_per_round={train}, or name its "
+                                                  "class or a factory, which fedattack configures from fl.*")
+    wait = max(getattr(target, "min_available_nodes", 0), train,
+               sampled(getattr(target, "fraction_evaluate", 0.0), getattr(target, "min_evaluate_nodes", 0)))
+    if wait > n:
+        raise ConfigError("fl.num_clients", f"'{name}' is a strategy object that waits for {wait} clients "
+                                            f"(min_available_nodes, min_train_nodes or min_evaluate_nodes) where "
+                                            f"the federation has {n}; allowed: fl.num_clients >= {wait}")
+
+
 def check_flower_build(name: str, args: dict, field: str = "fl.strategy_args") -> None:
     """Build one of Flower's own strategies with `args` once, so that its own checks
     (FedTrimmedAvg's beta, QFedAvg's required client_learning_rate) refuse them before anything

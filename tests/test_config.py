@@ -150,6 +150,24 @@ def test_user_strategy_by_import_path_is_built_with_the_configured_participation
         build_strategy(bad)
 
 
+def test_a_strategy_object_keeps_its_sampling_which_must_be_the_configured_participation():
+    """A strategy given as an object is not rebuilt: FedAvg() sampled all 8 clients while the
+    header and the report said 2 per round. Its sampling must match fl.*, or it is refused."""
+    from fedattack.server.strategies import build_strategy
+
+    path = "fl.strategy=tests.plugins.user_strategy:"
+    with pytest.raises(ConfigError, match=r"^fl\.clients_per_round: .* 8 of fl.num_clients=8 clients per round "
+                                          r"\(fraction_train=1, min_train_nodes=2\); allowed: fl.clients_per_round=8"):
+        fconfig.load(None, ["audit.attacks=[]", path + "EVERY_CLIENT", "fl.num_clients=8", "fl.clients_per_round=2"])
+    fconfig.load(None, ["audit.attacks=[]", path + "EVERY_CLIENT", "fl.num_clients=8", "fl.clients_per_round=8"])
+    cfg = fconfig.load(None, ["audit.attacks=[]", path + "QUARTER_OF_EIGHT", "fl.num_clients=8",
+                              "fl.clients_per_round=2"])
+    assert build_strategy(cfg).fraction_train == 0.25
+    with pytest.raises(ConfigError, match=r"^fl\.num_clients: .* waits for 8 clients .*allowed: fl.num_clients >= 8"):
+        fconfig.load(None, ["audit.attacks=[]", path + "QUARTER_OF_EIGHT", "fl.num_clients=4",
+                            "fl.clients_per_round=2"])
+
+
 def test_scientific_notation_without_a_dot_is_a_number():
     cfg = fconfig.load(None, ["audit.attacks=[idlg]", "client.lr=1e-3"])
     assert cfg.client.lr == 0.001

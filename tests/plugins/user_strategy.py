@@ -26,3 +26,7 @@ class MislabelledKeys(FedAvg):
             content["weights"] = content["arrays"]
             del content["arrays"]
         return messages
+
+
+EVERY_CLIENT = FedAvg()  # an object: it keeps its own sampling (every client, each round)
+QUARTER_OF_EIGHT = FedAvg(fraction_train=0.25, fraction_evaluate=0.0, min_available_nodes=8)

@@ -463,8 +463,13 @@ def test_an_lbfgs_attack_that_blows_up_at_its_first_step_is_a_failed_row_not_its
 @pytest.mark.parametrize("command", ["attack", "run"])
 @pytest.mark.parametrize("defense, says", [
     ("raises_on_update", "raises_on_update's on_update raised ZeroDivisionError: division by zero"),
-    ("loses_a_tensor", "loses_a_tensor's on_update returned dict; it returns the update it was given, a dict of every "
-                       "parameter's tensor, each of its own shape"),
+    ("loses_a_tensor", "loses_a_tensor's on_update returned a dict without 'body.1.weight'; it returns the update it "
+                       "was given, a dict of every parameter's tensor, each of its own shape"),
+    ("drops_a_label", "drops_a_label's on_batch returned images of shape (2, 1, 32, 32) and 1 label; it returns (x, "
+                      "y), the batch's images of shape (n, 1, 32, 32) and their n labels"),
+    ("flattens_a_tensor", "flattens_a_tensor's on_update returned 'body.1.weight' as Tensor of shape (262144,), not "
+                          "(256, 1024); it returns the update it was given, a dict of every parameter's tensor, each "
+                          "of its own shape"),
 ])
 def test_a_defense_of_ones_own_that_breaks_its_hooks_is_one_line_before_anything_runs(tmp_path, capsys, command,
                                                                                       defense, says):

@@ -20,6 +20,7 @@ from fedattack.defenses import DEFENSES, DefenseContext, DefenseSpec
 from fedattack.errors import ConfigError, FedattackError, first_line
 from fedattack.models import float_params
 from fedattack.schema import Config
+from fedattack.text import counted
 
 
 @dataclass
@@ -142,16 +143,27 @@ def plugin_hooks(spec: DefenseSpec, name: str) -> DefenseSpec:
         out = call("on_batch", spec.on_batch, x, y, params, ctx)
         if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)
                 and out[0].shape[1:] == x.shape[1:] and len(out[0]) == len(out[1])):
-            raise fault("on_batch", f"returned {type(out).__name__}; it returns (x, y), the batch's images of "
+            pair = isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)
+            got = (f"images of shape {tuple(out[0].shape)} and {counted(len(out[1]), 'label')}" if pair
+                   else type(out).__name__)
+            raise fault("on_batch", f"returned {got}; it returns (x, y), the batch's images of "
                                     f"shape (n, {', '.join(map(str, x.shape[1:]))}) and their n labels")
         return out
 
     def on_update(update, params, ctx):
         out = call("on_update", spec.on_update, update, params, ctx)
-        bad = (not isinstance(out, dict) or set(out) != set(update)
-               or any(not isinstance(out[k], torch.Tensor) or out[k].shape != v.shape for k, v in update.items()))
-        if bad:
-            raise fault("on_update", f"returned {type(out).__name__}; it returns the update it was given, a dict of "
+        if not isinstance(out, dict):
+            got = type(out).__name__
+        elif set(out) != set(update):
+            missing, extra = sorted(set(update) - set(out)), sorted(set(out) - set(update))
+            got = f"a dict {'without ' + repr(missing[0]) if missing else 'with an unknown key ' + repr(extra[0])}"
+        else:
+            wrong = [k for k, v in update.items() if not isinstance(out[k], torch.Tensor) or out[k].shape != v.shape]
+            k = wrong[0] if wrong else ""
+            got = (f"{k!r} as {type(out[k]).__name__} of shape {tuple(getattr(out[k], 'shape', ()))}, "
+                   f"not {tuple(update[k].shape)}" if wrong else "")
+        if got:
+            raise fault("on_update", f"returned {got}; it returns the update it was given, a dict of "
                                      "every parameter's tensor, each of its own shape")
         return out
 

@@ -56,8 +56,21 @@ def _loses_a_tensor(update, params=None, ctx=None):
     return dict(list(update.items())[1:])
 
 
+def _flattens_one(update, params=None, ctx=None):
+    first = next(iter(update))
+    return {k: v.flatten() if k == first else v for k, v in update.items()}
+
+
+def _drops_a_label(x, y, params=None, ctx=None):
+    return x, y[:-1]
+
+
 # defenses whose hooks break their contract on any client: refused before a run starts
 raises_on_update = DefenseSpec(name="raises", params=NoParams, paper="a test's own", where="update",
                                on_update=_raises)
 loses_a_tensor = DefenseSpec(name="loses-a-tensor", params=NoParams, paper="a test's own", where="update",
                              on_update=_loses_a_tensor)
+drops_a_label = DefenseSpec(name="drops-a-label", params=NoParams, paper="a test's own", where="training",
+                            on_batch=_drops_a_label)
+flattens_a_tensor = DefenseSpec(name="flattens-a-tensor", params=NoParams, paper="a test's own", where="update",
+                                on_update=_flattens_one)

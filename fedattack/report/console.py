@@ -249,7 +249,7 @@ class Progress:
         if self.audit_off and not summary.attacks:  # an empty table would read as "nothing leaked"
             self.answer(f"no update was audited ({self.audit_off})")
             return
-        table = plain_table(title, ["attack", "jobs", "failed", "PSNR dB", "blank-guess PSNR dB", "margin dB",
+        table = plain_table(title, ["attack", "jobs", "failed/error", "PSNR dB", "blank-guess PSNR dB", "margin dB",
                                     "SSIM", "label acc", "updates leaked", "s/job"])
         for name, a in summary.attacks.items():
             add_plain_row(table, [name, a.jobs, a.failed, _f(a.psnr, ".2f"), _f(a.baseline_psnr, ".2f"),

@@ -378,7 +378,7 @@ def attack_table(summary: Summary) -> str:
                      (f"{a.leaked} of {scored}" if scored and a.success_rate is not None else DASH, "n"),
                      (f"{a.recovered} of {a.images}" if scored and a.images else DASH, "n"),  # labels only: none
                      (num(a.seconds, 1), "n")])
-    head = ["attack", "jobs", "failed", "PSNR (dB)", "blank-guess PSNR (dB)", "margin (dB)", "SSIM",
+    head = ["attack", "jobs", "failed/error", "PSNR (dB)", "blank-guess PSNR (dB)", "margin (dB)", "SSIM",
             "blank-guess SSIM", "LPIPS (lower: closer)", "label accuracy", "updates leaked", "images recovered",
             "time per job (s)"]
     note = ("<p class='note'>Means over the updates each attack scored. <i>Blank guess</i>: the best constant grey "

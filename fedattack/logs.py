@@ -4,8 +4,8 @@ library's log lines, so that a bad input is one line."""
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 
 @contextmanager

@@ -352,6 +352,7 @@ def plot_frontier(path: Path, points: dict[str, list[dict]], answer: Answer, ref
     axes[1].set_xlim(left=0, right=max(axes[1].get_xlim()[1], _rate_top(points)))
     for ax in axes:
         ax.grid(alpha=0.3)
+        ax.margins(y=0.12)  # room above the top point for its value labels, stacked upwards by attack
     handles, labels = axes[0].get_legend_handles_labels()
     rows = 1 + len(handles) // 5
     if handles:  # below the plots: inside, it covers the points at the strongest settings

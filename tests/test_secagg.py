@@ -162,3 +162,16 @@ def test_flowers_robust_aggregators_are_named_where_secagg_leaves_them_nothing_t
     assert robust_aggregator(FedMedian()) == "FedMedian"
     assert robust_aggregator(MultiKrum()) == "MultiKrum"
     assert robust_aggregator(FedAvg()) == robust_aggregator(FedProx()) == ""
+
+
+def test_a_secagg_run_repeats_under_its_seed(tmp_path):
+    """SecAgg+'s quantization rounds each update stochastically with NumPy's global generator:
+    unseeded, two runs of one config trained different models."""
+    cfg = fconfig.load(None, ["client.defenses=[secagg]", "fl.num_clients=2", "fl.clients_per_round=2",
+                              "fl.rounds=1", "audit.attacks=[]"])
+    losses = []
+    for name in ("a", "b"):
+        run(cfg, out_dir=tmp_path / name)
+        (row,) = csv.DictReader((tmp_path / name / "rounds.csv").open())
+        losses.append((row["train_loss"], row["test_loss"], row["test_acc"]))
+    assert losses[0] == losses[1] and losses[0][1] not in ("", None)

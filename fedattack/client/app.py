@@ -37,7 +37,7 @@ from flwr.clientapp import ClientApp
 from flwr.common.logger import log
 
 from fedattack.client.record import audit_mod, record_samples
-from fedattack.client.secagg import secaggplus_message_mod
+from fedattack.client.secagg import is_secagg, secaggplus_message_mod
 from fedattack.client.train import evaluate, local_train
 from fedattack.config import DEFAULT_CONFIG, apply_overrides, check_client, check_sections, from_dict, read_yaml
 from fedattack.data import ImageData
@@ -211,7 +211,20 @@ def make_client_app(config: Config | None = None) -> ClientApp:
                 metrics["epsilon"] = metrics["localdp_epsilon"]
         return reply
 
-    @app.train(mods=[secaggplus_message_mod, audit_mod, defense_mods])
+    def seeded_secagg(msg: Message, context: Context, call_next) -> Message:
+        """SecAgg+ (secaggplus_message_mod), whose quantization rounds each update stochastically
+        with NumPy's global generator: seeded from (seed, round, client), as the DP mods' noise is,
+        so that a run repeats (the masks cancel exactly in the sum; the rounding does not)."""
+        if not is_secagg(msg):
+            return call_next(msg, context)
+        cfg = client_experiment(own_config(context, fixed)).cfg
+        group = str(msg.metadata.group_id)  # Flower's SecAgg+ workflow: the round
+        rnd = int(group) if group.isdigit() else 0
+        seed = int(np.random.default_rng([cfg.seed, rnd, _partition_id(context), 3]).integers(2**31))
+        with numpy_seed(seed):
+            return secaggplus_message_mod(msg, context, call_next)
+
+    @app.train(mods=[seeded_secagg, audit_mod, defense_mods])
     def train(msg: Message, context: Context) -> Message:
         exp, cfg, model, key, arrays, rnd = setup(msg, context)
         pid = _partition_id(context)

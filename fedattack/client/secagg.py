@@ -31,9 +31,14 @@ RECORD_KEYS = "fedattack.record-keys"  # FitIns config entry: "<arrayrecord_key>
 WEIGHT_KEY = "fedattack.weight-key"  # FitIns config entry: the strategy's weighted_by_key (the example count's metric)
 
 
+def is_secagg(msg: Message) -> bool:
+    """The message is one of SecAgg+'s stages (it carries their config record)."""
+    return RECORD_KEY_CONFIGS in msg.content.config_records
+
+
 def secaggplus_message_mod(msg: Message, context: Context, call_next) -> Message:
     """Flower client mod: SecAgg+ (Flower's `secaggplus_mod`) around a Message-API train function."""
-    if RECORD_KEY_CONFIGS not in msg.content.config_records:
+    if not is_secagg(msg):
         return call_next(msg, context)
 
     def legacy_train(legacy: Message, ctx: Context) -> Message:

@@ -13,7 +13,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
 
 from fedattack.attacks.scope import client_only, idle_attacks, needs_words, sum_attacks
 from fedattack.defenses import secure_aggregation
@@ -34,8 +33,10 @@ def run_header(raw: dict) -> RunHeader:
 
 
 def _mean(xs: list[float], digits: int = 4) -> float | None:
+    """The mean, rounded; exactly summed (math.fsum), so the order in which jobs finished cannot
+    move it across a rounding boundary between two runs of one config."""
     xs = [x for x in xs if not math.isnan(x)]
-    return round(float(np.mean(xs)), digits) if xs else None
+    return round(math.fsum(xs) / len(xs), digits) if xs else None
 
 
 @dataclass(frozen=True)

@@ -95,7 +95,8 @@ def test_images_recovered_from_the_sum_are_credited_to_their_own_samples_and_cli
         }), reply_to=sent[node]))
     with auditor.session(scope="aggregate"):
         auditor.begin_round(1, scope="aggregate")
-        auditor.observe(1, sent, replies, arrays_key="arrays", config_key="config", weight_key="num-examples",
+        # they arrive in the reverse order: the sum's truth keeps the order they were sent in
+        auditor.observe(1, sent, replies[::-1], arrays_key="arrays", config_key="config", weight_key="num-examples",
                         aggregate=True)
         auditor.end_round(1)
     run = tmp_path / "run"

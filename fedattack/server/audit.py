@@ -561,6 +561,7 @@ class Auditor:
         sum) one per attack on the aggregate. Returns the replies with what their records said."""
         with self._lock:
             stats = self.round_stats(rnd)
+            replies = in_sent_order(replies, sent)  # the loss's mean and the sum's truth in one order
             good = [r for r in replies if not r.has_error()]
             failed = [r for r in replies if r.has_error()]
             stats.replies, stats.errors = len(good), stats.errors + len(failed)

@@ -49,19 +49,19 @@ def test_dlg_in_its_own_setting_stops_at_tol_on_the_matching_iterate():
 
 
 def test_idlg_in_dlgs_setting_replaces_a_stalled_start_within_its_steps():
-    # DLG's setting on 32 px faces (the simulations' dlg_zhu2019.yaml): most single random starts
-    # stall on a plateau from their first steps (faces 0-2 of seed 0: 5.7, 5.8 and 9.6 dB with one
-    # start, measured); a stalled start hands its remaining steps to a fresh one
+    # DLG's setting on 32 px faces (the simulations' dlg_zhu2019.yaml): many single random starts
+    # stall on a plateau from their first steps (faces 0 and 1 of seed 0: about 6 dB with one start,
+    # measured; which faces stall moves with torch's numerics); a stalled start hands its remaining
+    # steps to a fresh one
     setting = ("seed=0", "model.init=uniform", "data.image_size=32", *ONE_IMAGE)
-    starts = []
+    starts, single = [], []
     for face in (0, 1, 2):
         obs, truth = observed_update(*setting, indices=[face])
         rec = attack("idlg", DLGParams(), obs)
         assert psnr_ssim(rec.images, truth, obs)[0] > 30 and rec.info["iterations"] == 300
         starts.append(rec.info["starts"])
-    assert max(starts) > 1
-    obs, truth = observed_update(*setting, indices=[2])
-    assert psnr_ssim(attack("idlg", DLGParams(restart_stalled=False), obs).images, truth, obs)[0] < 20
+        single.append(psnr_ssim(attack("idlg", DLGParams(restart_stalled=False), obs).images, truth, obs)[0])
+    assert min(single) < 20 and max(starts) > 1  # the control: without the hand-over, a start stalls
 
 
 def test_a_start_stalls_where_lbfgs_stops_moving_or_crawls_far_from_a_match():

@@ -13,7 +13,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
-
 from fedattack.attacks.scope import client_only, idle_attacks, needs_words, sum_attacks
 from fedattack.defenses import secure_aggregation
 from fedattack.report.exposure import ALL, exposure, final, worst_clients

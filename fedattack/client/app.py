@@ -78,6 +78,12 @@ def client_view(raw: dict) -> dict:
     return raw
 
 
+def _numpy_seed_of(seed: int, rnd: int, context: Context, *, stream: int) -> int:
+    """The seed of NumPy's global generator for one of Flower's mods (2: DP noise, 3: SecAgg+'s
+    rounding) on this client in round `rnd`."""
+    return int(np.random.default_rng([seed, rnd, _partition_id(context), stream]).integers(2**31))
+
+
 @lru_cache(maxsize=4)
 def client_experiment(view_json: str) -> Experiment:
     """The experiment a client builds from its own config (once per process and config)."""
@@ -201,8 +207,8 @@ def make_client_app(config: Config | None = None) -> ClientApp:
         for mod in mods:  # the first configured defense is innermost: it acts first on the reply
             handler = partial(_through, mod, handler)
         rnd = int(record.get("server-round", 0)) if record is not None else 0
-        seed = int(np.random.default_rng([cfg.seed, rnd, _partition_id(context), 2]).integers(2**31))
-        with numpy_seed(seed):  # Flower's DP noise draws from NumPy's global generator
+        # Flower's DP noise draws from NumPy's global generator
+        with numpy_seed(_numpy_seed_of(cfg.seed, rnd, context, stream=2)):
             reply = handler(msg, context)
         if "localdp" in cfg.client.defenses and not reply.has_error():
             metrics = next(iter(reply.content.metric_records.values()))
@@ -220,8 +226,7 @@ def make_client_app(config: Config | None = None) -> ClientApp:
         cfg = client_experiment(own_config(context, fixed)).cfg
         group = str(msg.metadata.group_id)  # Flower's SecAgg+ workflow: the round
         rnd = int(group) if group.isdigit() else 0
-        seed = int(np.random.default_rng([cfg.seed, rnd, _partition_id(context), 3]).integers(2**31))
-        with numpy_seed(seed):
+        with numpy_seed(_numpy_seed_of(cfg.seed, rnd, context, stream=3)):
             return secaggplus_message_mod(msg, context, call_next)
 
     @app.train(mods=[seeded_secagg, audit_mod, defense_mods])

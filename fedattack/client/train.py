@@ -141,9 +141,8 @@ def plugin_hooks(spec: DefenseSpec, name: str) -> DefenseSpec:
 
     def on_batch(x, y, params, ctx):
         out = call("on_batch", spec.on_batch, x, y, params, ctx)
-        if not (isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)
-                and out[0].shape[1:] == x.shape[1:] and len(out[0]) == len(out[1])):
-            pair = isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)
+        pair = isinstance(out, tuple) and len(out) == 2 and all(isinstance(t, torch.Tensor) for t in out)
+        if not (pair and out[0].shape[1:] == x.shape[1:] and len(out[0]) == len(out[1])):
             got = (f"images of shape {tuple(out[0].shape)} and {counted(len(out[1]), 'label')}" if pair
                    else type(out).__name__)
             raise fault("on_batch", f"returned {got}; it returns (x, y), the batch's images of "
@@ -158,10 +157,10 @@ def plugin_hooks(spec: DefenseSpec, name: str) -> DefenseSpec:
             missing, extra = sorted(set(update) - set(out)), sorted(set(out) - set(update))
             got = f"a dict {'without ' + repr(missing[0]) if missing else 'with an unknown key ' + repr(extra[0])}"
         else:
-            wrong = [k for k, v in update.items() if not isinstance(out[k], torch.Tensor) or out[k].shape != v.shape]
-            k = wrong[0] if wrong else ""
+            k = next((k for k, v in update.items()
+                      if not isinstance(out[k], torch.Tensor) or out[k].shape != v.shape), None)
             got = (f"{k!r} as {type(out[k]).__name__} of shape {tuple(getattr(out[k], 'shape', ()))}, "
-                   f"not {tuple(update[k].shape)}" if wrong else "")
+                   f"not {tuple(update[k].shape)}" if k is not None else "")
         if got:
             raise fault("on_update", f"returned {got}; it returns the update it was given, a dict of "
                                      "every parameter's tensor, each of its own shape")

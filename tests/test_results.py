@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -80,6 +82,40 @@ def test_the_run_directory_reads_back_the_typed_results_it_was_written_from(tmp_
     rows = list(csv.DictReader((tmp_path / "run" / "leakage.csv").open()))
     assert [r["traceback"] for r in rows] == ["", "", "errors/r001_caggregate_cpa.txt"]
     assert rows[2]["error"] == "AttackFailure: nothing to read" and rows[0]["success"] == "True"
+
+
+def _scored(client, attack: str, psnr: tuple[float, float], adaptive: bool = False) -> JobResult:
+    from fedattack.results import ImageScores
+
+    per = ImageScores(match=np.array([0, 1]), psnr=np.array(psnr), ssim=np.array([0.61, 0.2]), mse=np.array([0.01, 0.02]),
+                      baseline_psnr=np.array([15.0, 16.0]), baseline_ssim=np.array([0.3, 0.4]),
+                      recovered=np.array([True, False]), index=np.array([7, 3]), lpips=np.array([np.nan, np.nan]))
+    return _result(client=client, attack=attack, adaptive=adaptive,
+                   score=Score(psnr=float(np.mean(psnr)), ssim=0.4, num_images=2, recovered=1, per_image=per))
+
+
+def test_two_runs_whose_jobs_finish_in_another_order_write_the_same_tables(tmp_path):
+    results = [_scored(1, "invgrad", (30.1, 12.0)), _scored(0, "invgrad", (22.0, 11.0)),
+               _scored(0, "invgrad", (21.0, 14.0), adaptive=True), _scored("aggregate", "cpa", (18.0, 9.0)),
+               _scored(0, "dlg", (12.5, 10.5)), _result(client=1, attack="dlg", status="failed", score=Score(num_images=2),
+                                                       error="AttackFailure: diverged", traceback="Traceback ...")]
+    files = {}
+    for name, order in (("a", results), ("b", results[::-1])):
+        store = RunStore(tmp_path / name, cfg=fconfig.load(None, ["audit.attacks=[dlg,invgrad]", "fl.rounds=1"]))
+        for i, r in enumerate(order):
+            store.add_result(replace(r, seconds=1.0 + i))  # the timings differ from run to run too
+        store.add_round(RoundResult(round=1, train_loss=0.6, test_acc=0.5, replies=2))
+        store.finish()
+        files[name] = {t: (tmp_path / name / t).read_text() for t in ("leakage.csv", "images.csv")}
+    assert files["a"]["images.csv"] == files["b"]["images.csv"]
+    rows = {name: list(csv.DictReader(io.StringIO(f["leakage.csv"]))) for name, f in files.items()}
+    assert [{**r, "seconds": ""} for r in rows["a"]] == [{**r, "seconds": ""} for r in rows["b"]]
+    assert [(r["client"], r["attack"], r["adaptive"]) for r in rows["a"]] == [
+        ("0", "dlg", "False"), ("0", "invgrad", "False"), ("0", "invgrad", "True"), ("1", "dlg", "False"),
+        ("1", "invgrad", "False"), ("aggregate", "cpa", "False")]
+    assert [r["client"] for r in csv.DictReader(io.StringIO(files["a"]["images.csv"]))] == ["0"] * 6 + ["1"] * 2 + [
+        "aggregate"] * 2
+    assert load_run(tmp_path / "a").results[0].attack == "dlg"  # the report reads them in that order
 
 
 def _stored_run(tmp_path):

@@ -209,8 +209,9 @@ class RunStore:
         self.interrupted = interruption
 
     def finish(self, interrupted: Interruption | None = None) -> Summary:
-        """Rebuild exposure.csv and write summary.json and report.html from the rows on disk;
-        return the summary.
+        """Put leakage.csv's and images.csv's rows in one order (they were appended as jobs
+        finished), rebuild exposure.csv and write summary.json and report.html from the rows on
+        disk; return the summary.
 
         The run counts as interrupted where `interrupted` or mark_interrupted says why, where an
         exception is on its way out of the caller (finish called from a `finally`), or where
@@ -226,6 +227,10 @@ class RunStore:
                 elif recorded < self.expected_rounds:
                     stop = Interruption(reason=f"{recorded} of {self.expected_rounds} rounds recorded")
             run = load_run(self.dir)
+            if not run.cut:  # a table with a line cut by a kill stays as it is, for `fedattack report` to name it
+                tables.put_in_order(self.dir / "leakage.csv", tables.LEAKAGE_FIELDS, tables.LEAKAGE_ORDER)
+                tables.put_in_order(self.dir / "images.csv", tables.IMAGE_FIELDS, tables.IMAGE_ORDER)
+                run = load_run(self.dir)
             run = replace(run, interrupted=stop, lpips_note=self.lpips_note,
                           header=replace(run.header, batch_norm=self.header.batch_norm,  # summary.json keeps them
                                          num_classes=self.header.num_classes))

@@ -37,6 +37,10 @@ ROUND_FIELDS = ["round", "train_loss", "test_loss", "test_acc", "replies", "erro
                 "scope", "epsilon", "seconds", "error"]
 IMAGE_FIELDS = ["round", "client", "attack", "adaptive", "position", "index", "owner", "psnr", "ssim",
                 "baseline_psnr", "baseline_ssim", "lpips", "recovered"]
+# The fields that order a finished run's rows (then every other field but the timings: see `put_in_order`)
+LEAKAGE_ORDER = ("round", "client", "attack", "adaptive", "scope")
+IMAGE_ORDER = ("round", "client", "attack", "adaptive", "position")
+TIMING_FIELDS = ("seconds", "device")
 CLIENT_FIELDS = ["client", "samples"]
 EXPOSURE_FIELDS = ["round", "client", "samples", "audited", "recovered", "share", "best_ssim"]
 
@@ -158,6 +162,24 @@ def write(path: Path, fields: list[str], rows: list[dict]) -> None:
         w.writeheader()
         w.writerows(rows)
     os.replace(tmp, path)
+
+
+def _order_key(text: str | None) -> tuple:
+    """Numbers by value, before the other cells in text order (client ids are numbers or names)."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return 1, 0.0, text or ""
+    return (0, value, "") if value == value else (1, 0.0, text)
+
+
+def put_in_order(path: Path, fields: list[str], first: tuple[str, ...]) -> None:
+    """Rewrite a table whose rows were appended as jobs finished (an order that changes from run
+    to run) sorted by the `first` fields, then by every other field but the timings: two runs of
+    one config then write the same file, whatever order their jobs finished in."""
+    rest = [f for f in fields if f not in first and f not in TIMING_FIELDS]
+    rows = read(path)
+    write(path, fields, sorted(rows, key=lambda r: tuple(_order_key(r.get(f)) for f in (*first, *rest))))
 
 
 def read(path: Path) -> list[dict[str, str]]:

@@ -584,6 +584,30 @@ def test_a_matrix_cell_names_an_attack_that_leaked_where_one_did():
     assert "idlg" in matrix([res("idlg", 0.49, 0), res("analytic", 0.40, 0)], 1)
 
 
+def test_on_equal_scores_the_best_is_chosen_by_name_not_by_which_job_finished_first():
+    """rtf and analytic both recover an image exactly (PSNR 100, SSIM 1): the matrix cell and the
+    sample's best reconstruction named whichever job finished first."""
+    from fedattack.report.exposure import best_per_sample
+    from fedattack.report.html import matrix
+    from fedattack.results import ImageRow
+
+    def res(attack, adaptive=False):
+        return JobResult(round=1, client=3, attack=attack, defense="none", status="ok", seconds=1.0, adaptive=adaptive,
+                         score=Score(psnr=100.0, ssim=1.0, num_images=1, recovered=1, baseline_psnr=10.0,
+                                     baseline_ssim=0.1))
+
+    def row(attack, adaptive=False, rnd=1):
+        return ImageRow(round=rnd, client=3, attack=attack, adaptive=adaptive, position=0, index=12, owner=3,
+                        psnr=100.0, ssim=1.0, baseline_psnr=10.0, baseline_ssim=0.1, lpips=0.02, recovered=True)
+
+    jobs = [res("rtf"), res("analytic"), res("analytic", adaptive=True)]
+    cells = {matrix(order, 1) for order in (jobs, jobs[::-1], jobs[1:] + jobs[:1])}
+    assert len(cells) == 1 and "analytic" in cells.pop()
+    rows = [row("rtf"), row("analytic", adaptive=True), row("analytic"), row("analytic", rnd=2)]
+    chosen = {best_per_sample(order)[12] for order in (rows, rows[::-1], rows[2:] + rows[:2])}
+    assert chosen == {row("analytic")}
+
+
 def test_the_calibration_table_names_every_protocol_setting_it_simulated(tmp_path):
     from fedattack.report.html import calibration_section
 

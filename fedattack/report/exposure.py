@@ -44,10 +44,16 @@ def image_rows(res: JobResult, owners: Mapping[int, int | str]) -> list[ImageRow
 
 
 def better(a: ImageRow, b: ImageRow | None) -> bool:
-    """Whether reconstruction `a` of a sample beats `b`: recovered first, then SSIM, then PSNR."""
+    """Whether reconstruction `a` of a sample beats `b`: recovered first, then SSIM, then PSNR; on
+    equal scores (two exact recoveries) the earlier round, then the attack first by name, plain
+    before adaptive: never the one whose job happened to finish first."""
     if b is None:
         return True
-    return (a.recovered, a.ssim, a.psnr) > (b.recovered, b.ssim, b.psnr)
+    scores_a, scores_b = (a.recovered, a.ssim, a.psnr), (b.recovered, b.ssim, b.psnr)
+    if scores_a != scores_b:
+        return scores_a > scores_b
+    return (a.round, a.attack, a.adaptive, str(a.client), a.position) < (b.round, b.attack, b.adaptive, str(b.client),
+                                                                          b.position)
 
 
 def best_per_sample(images: Iterable[ImageRow]) -> dict[int, ImageRow]:

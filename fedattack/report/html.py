@@ -250,6 +250,13 @@ def _colour(ssim: float) -> str:
     return f"rgb(255,{g},{g})"
 
 
+def _beats(a: JobResult, b: JobResult) -> bool:
+    """On one update: leaked first, then SSIM; on a tie the attack first by name, plain before adaptive."""
+    if (a.success, a.score.ssim) != (b.success, b.score.ssim):
+        return (a.success, a.score.ssim) > (b.success, b.score.ssim)
+    return (a.attack, a.adaptive) < (b.attack, b.adaptive)
+
+
 def matrix(results: list[JobResult], rounds: int) -> str:
     """Clients x rounds; each cell the best attack's SSIM on that update (among the attacks that
     leaked, where one did: the attack named is one that leaked), a dot where it leaked."""
@@ -259,7 +266,7 @@ def matrix(results: list[JobResult], rounds: int) -> str:
         if not r.ok or math.isnan(r.score.ssim):
             continue
         key = (r.client, r.round)
-        if key not in best or (r.success, r.score.ssim) > (best[key].success, best[key].score.ssim):
+        if key not in best or _beats(r, best[key]):
             best[key] = r
         if r.success:
             leaked.add(key)

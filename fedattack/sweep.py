@@ -396,7 +396,8 @@ def _write_answer(cfg: Config, key: str, swept: list, seeds: list[int], referenc
 
 def print_table(table: list[dict], title: str, progress: Progress, order: list | None = None) -> None:
     """The per-run table; with `order` (a key sweep's mapped values), its rows in that order, the
-    reference run in its value's place as sweep.html has it."""
+    reference run in its value's place as sweep.html has it. Each attack's breaking point, one
+    value over all seeds, follows on one line (in a column it read as each row's own)."""
     if order is not None:
         place = {report.fmt_value(v): i for i, v in enumerate(order)}
         table = sorted(table, key=lambda r: place.get(r["value"], len(place)))
@@ -405,14 +406,18 @@ def print_table(table: list[dict], title: str, progress: Progress, order: list |
         return "-" if x is None or (isinstance(x, float) and x != x) else format(x, fmt)
 
     t = plain_table(title, ["value", "seed", "attack", "test acc", "PSNR dB", "margin dB", "images recovered",
-                            "updates leaked", "breaking point"])
+                            "updates leaked"])
     for r in table:
         ref = f"reference ({r['value']})" if r.get("value") else "reference"
         add_plain_row(t, [ref if r.get("reference") else r["value"], r["seed"], r["attack"],
                           f(r.get("test_acc"), ".3f"), f(r.get("psnr"), ".2f"), f(r.get("margin"), "+.2f"),
                           f"{r.get('images_recovered', '-')}/{r.get('images', '-')}",
-                          f"{r.get('updates_leaked', '-')}/{r.get('updates', '-')}", r.get("breaking_point", "")])
+                          f"{r.get('updates_leaked', '-')}/{r.get('updates', '-')}"])
     progress.console.print(t)
+    points = {r["attack"]: r["breaking_point"] for r in table if r.get("breaking_point")}
+    if points:
+        progress.console.print("breaking point (the first value from which on the attack recovers no image in any "
+                               "seed): " + "; ".join(f"{a} {p}" for a, p in sorted(points.items())), highlight=False)
 
 
 def cmd_sweep(ns: argparse.Namespace) -> int:

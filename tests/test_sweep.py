@@ -92,6 +92,13 @@ def test_the_configured_value_of_a_swept_key_is_mapped_beside_the_swept_ones(tmp
     print_table(table, "sweep", Progress(console=Console(file=out, width=200)), order=[1, 2, 4])
     printed = [line.split()[1] for line in out.getvalue().splitlines() if line.startswith("│")]
     assert printed == ["1", "reference", "4"]  # the console lists the reference in its place, as sweep.html does
+    assert "breaking" not in out.getvalue()  # no attack has a breaking point in this answer
+    out = io.StringIO()
+    print_table([{**r, "breaking_point": "4"} for r in table], "sweep", Progress(console=Console(file=out, width=200)))
+    lines = out.getvalue().splitlines()
+    assert lines[-1] == ("breaking point (the first value from which on the attack recovers no image in any seed): "
+                         "idlg 4")  # one value over all seeds: not a column beside each run's own numbers
+    assert not any("breaking" in line for line in lines[:-1])
 
 
 @pytest.mark.parametrize("overrides, message", [

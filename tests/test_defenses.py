@@ -235,6 +235,26 @@ def test_precode_model_builds_and_trains(small_cfg):
     assert not torch.allclose(heavy.update["precode.encoder.weight"], result.update["precode.encoder.weight"])
 
 
+def test_precode_draws_its_noise_per_client_whatever_the_callers_generator(small_cfg):
+    """One image in one step: the client's id changes nothing but the draws of PRECODE's bottleneck."""
+    cfg = small_cfg("client.defenses=[precode]", "precode.size=16", "client.batch_size=1", "client.local_steps=1")
+    exp = build(cfg)
+
+    def update(client: int, caller_seed: int) -> torch.Tensor:
+        model = exp.initial_model()
+        torch.manual_seed(caller_seed)
+        before = torch.random.get_rng_state()
+        out = local_train(model, exp.train, np.array([5]), cfg, rnd=1, client=client)
+        assert torch.equal(torch.random.get_rng_state(), before)  # the caller's generator is left as it was
+        return out.update["precode.encoder.weight"]
+
+    first = update(0, caller_seed=0)
+    assert torch.equal(first, update(0, caller_seed=123))
+    assert not torch.allclose(first, update(1, caller_seed=0))
+    assert not torch.allclose(first, local_train(exp.initial_model(), exp.train, np.array([5]), cfg, rnd=2,
+                                                 client=0).update["precode.encoder.weight"])
+
+
 @pytest.mark.parametrize("model", ["quickstart-cnn", "tests.plugins.models:QuickstartNet"])
 def test_soteria_and_precode_find_the_head_of_flowers_quickstart_net(small_cfg, model):
     # Flower's quickstart Net names its layers fc1, fc2, fc3: the head is its last Linear layer

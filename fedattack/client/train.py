@@ -88,9 +88,28 @@ def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, 
     model.train()
     optimizer = client_optimizer(model, cfg)
     loader = [(x_all[[pos[int(i)] for i in b]], y_all[[pos[int(i)] for i in b]]) for b in batches]
+    # What the model and the hooks draw from torch's global generator (dropout, PRECODE's sampling)
+    # is drawn per round and client too, and leaves the caller's generator as it was
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(np.random.default_rng([cfg.seed, rnd, client, 4]).integers(2**31)))
+        for spec, params in specs:
+            if spec.on_train is not None:
+                model, optimizer, loader = spec.on_train(model, optimizer, loader, params, ctx)
+        losses = _steps(model, optimizer, loader, specs, ctx, sent=sent, mu=mu)
+    new = {k: v.detach() for k, v in _unwrap(model).named_parameters()}
+    update = {k: new[k] - sent[k] for k in sent}
     for spec, params in specs:
-        if spec.on_train is not None:
-            model, optimizer, loader = spec.on_train(model, optimizer, loader, params, ctx)
+        if spec.on_update is not None:
+            update = spec.on_update(update, params, ctx)
+    return TrainResult(update=update, indices=[int(i) for i in used], steps=len(batches),
+                       loss=float(np.mean(losses)) if losses else float("nan"),
+                       num_examples=len(used), metrics=dict(ctx.metrics))
+
+
+def _steps(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: list, specs: list,
+           ctx: DefenseContext, *, sent: dict[str, torch.Tensor], mu: float) -> list[float]:
+    """One optimizer step per batch of `loader`, through the defenses' batch and loss hooks
+    (FedProx's proximal term where `mu`); the losses."""
     losses = []
     for x, y in loader:
         for spec, params in specs:
@@ -111,14 +130,7 @@ def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, 
                         p.grad += mu * (p - sent[name])
         optimizer.step()
         losses.append(float(loss.detach()))
-    new = {k: v.detach() for k, v in _unwrap(model).named_parameters()}
-    update = {k: new[k] - sent[k] for k in sent}
-    for spec, params in specs:
-        if spec.on_update is not None:
-            update = spec.on_update(update, params, ctx)
-    return TrainResult(update=update, indices=[int(i) for i in used], steps=len(batches),
-                       loss=float(np.mean(losses)) if losses else float("nan"),
-                       num_examples=len(used), metrics=dict(ctx.metrics))
+    return losses
 
 
 def plugin_hooks(spec: DefenseSpec, name: str) -> DefenseSpec:

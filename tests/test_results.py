@@ -87,7 +87,8 @@ def test_the_run_directory_reads_back_the_typed_results_it_was_written_from(tmp_
 def _scored(client, attack: str, psnr: tuple[float, float], adaptive: bool = False) -> JobResult:
     from fedattack.results import ImageScores
 
-    per = ImageScores(match=np.array([0, 1]), psnr=np.array(psnr), ssim=np.array([0.61, 0.2]), mse=np.array([0.01, 0.02]),
+    per = ImageScores(match=np.array([0, 1]), psnr=np.array(psnr), ssim=np.array([0.61, 0.2]),
+                      mse=np.array([0.01, 0.02]),
                       baseline_psnr=np.array([15.0, 16.0]), baseline_ssim=np.array([0.3, 0.4]),
                       recovered=np.array([True, False]), index=np.array([7, 3]), lpips=np.array([np.nan, np.nan]))
     return _result(client=client, attack=attack, adaptive=adaptive,
@@ -97,8 +98,9 @@ def _scored(client, attack: str, psnr: tuple[float, float], adaptive: bool = Fal
 def test_two_runs_whose_jobs_finish_in_another_order_write_the_same_tables(tmp_path):
     results = [_scored(1, "invgrad", (30.1, 12.0)), _scored(0, "invgrad", (22.0, 11.0)),
                _scored(0, "invgrad", (21.0, 14.0), adaptive=True), _scored("aggregate", "cpa", (18.0, 9.0)),
-               _scored(0, "dlg", (12.5, 10.5)), _result(client=1, attack="dlg", status="failed", score=Score(num_images=2),
-                                                       error="AttackFailure: diverged", traceback="Traceback ...")]
+               _scored(0, "dlg", (12.5, 10.5)),
+               _result(client=1, attack="dlg", status="failed", score=Score(num_images=2),
+                       error="AttackFailure: diverged", traceback="Traceback ...")]
     files = {}
     for name, order in (("a", results), ("b", results[::-1])):
         store = RunStore(tmp_path / name, cfg=fconfig.load(None, ["audit.attacks=[dlg,invgrad]", "fl.rounds=1"]))

@@ -38,7 +38,7 @@ from flwr.common.logger import log
 
 from fedattack.client.record import audit_mod, record_samples
 from fedattack.client.secagg import is_secagg, secaggplus_message_mod
-from fedattack.client.train import evaluate, local_train
+from fedattack.client.train import client_seed, evaluate, local_train
 from fedattack.config import DEFAULT_CONFIG, apply_overrides, check_client, check_sections, from_dict, read_yaml
 from fedattack.data import ImageData
 from fedattack.defenses import DEFENSES
@@ -81,7 +81,7 @@ def client_view(raw: dict) -> dict:
 def _numpy_seed_of(seed: int, rnd: int, context: Context, *, stream: int) -> int:
     """The seed of NumPy's global generator for one of Flower's mods (2: DP noise, 3: SecAgg+'s
     rounding) on this client in round `rnd`."""
-    return int(np.random.default_rng([seed, rnd, _partition_id(context), stream]).integers(2**31))
+    return client_seed(seed, rnd, _partition_id(context), stream=stream)
 
 
 @lru_cache(maxsize=4)

@@ -64,6 +64,12 @@ def soft_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y)
 
 
+def client_seed(seed: int, rnd: int, client: int, *, stream: int) -> int:
+    """The seed of one of a client's random streams in round `rnd`: 1 its defenses' generator,
+    2 Flower's DP noise, 3 SecAgg+'s rounding, 4 torch's global generator in local training."""
+    return int(np.random.default_rng([seed, rnd, client, stream]).integers(2**31))
+
+
 def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, cfg: Config, *, rnd: int,
                 client: int, protocol_defenses: bool = True) -> TrainResult:
     """Train `model` in place on the client's data and return the defended update.
@@ -78,7 +84,7 @@ def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, 
     used = np.unique(np.concatenate(batches))
     x_all, y_all = data.get(used)
     pos = {int(i): k for k, i in enumerate(used)}
-    gen = torch.Generator().manual_seed(int(np.random.default_rng([cfg.seed, rnd, client, 1]).integers(2**31)))
+    gen = torch.Generator().manual_seed(client_seed(cfg.seed, rnd, client, stream=1))
     ctx = DefenseContext(model=model, images=x_all, labels=y_all, num_classes=data.spec.num_classes,
                          generator=gen, round=rnd, steps=len(batches), lr=cfg.client.lr, data=data.spec,
                          dataset=data, partition=np.asarray(partition))
@@ -91,7 +97,7 @@ def local_train(model: torch.nn.Module, data: ImageData, partition: np.ndarray, 
     # What the model and the hooks draw from torch's global generator (dropout, PRECODE's sampling)
     # is drawn per round and client too, and leaves the caller's generator as it was
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(np.random.default_rng([cfg.seed, rnd, client, 4]).integers(2**31)))
+        torch.manual_seed(client_seed(cfg.seed, rnd, client, stream=4))
         for spec, params in specs:
             if spec.on_train is not None:
                 model, optimizer, loader = spec.on_train(model, optimizer, loader, params, ctx)

@@ -23,16 +23,17 @@ pooling's output, 6 x 14 x 14 = 1176 numbers, and the first convolution's own gr
 6 x 3 x 5 x 5 + 6 = 456 more, so one image's update constrains at most 1632 of its 3072 pixel
 directions, however many entries (61,751) it has; units the ReLU switches off constrain nothing
 (so a ReLU LeNet, without pooling, loses directions too, where a sigmoid LeNet keeps them all). On
-the ConvNet, BatchNorm right after the first convolution makes the update blind to one direction:
-the image's contrast about the dataset mean (scaling it leaves the normalized activations
-unchanged, but for BatchNorm's eps). The smoothest fill then takes the contrast away and scores
-below the flat fill, which there shows what the update holds.
+the ConvNet, BatchNorm right after the first convolution makes the update blind to the image's
+contrast about the dataset mean (scaling it leaves the normalized activations unchanged, but for
+BatchNorm's eps): on most victims that one direction is all the update loses (where the `gap`
+is small, the singular values fall off without a clean cut). The smoothest fill then takes the
+contrast away and scores below the flat fill, which there shows what the update holds.
 
-How to read it: `known + flat` is what the update alone gives; `known + smoothest` is what it
-gives with a smoothness prior and a perfect optimizer, near the truth. Where invgrad scores below
-`known + smoothest`, the attack, not the update's information, is what falls short; where the
-oracle itself stays low, no gradient-matching attack with that prior does better. No attack's
-default is derived from this section.
+How to read it: `known + flat` is what the update alone gives, near the truth; `known +
+smoothest` is what it gives with a quadratic smoothness prior and a perfect search. Neither bounds
+a nonlinear attack with another prior, but where `invgrad` scores well below `known + smoothest`,
+the update's information is not what stops it: a better search could gain. No attack's default
+is derived from this section.
 """
 
 from __future__ import annotations

@@ -52,9 +52,10 @@ from fedattack.metrics.images import psnr, ssim
 
 RANK_TOL = 1e-6  # singular values above this share of the largest count toward the rank
 CHUNK = 256  # pixel directions per vectorized forward-mode pass
+ORACLES = ("known + flat", "known + smoothest")
 
 
-def _case(name: str) -> Case:
+def realistic_case(name: str) -> Case:
     return next(c for c in cases(False) if c.name == name)
 
 
@@ -99,7 +100,10 @@ def jacobian(u, pixels: torch.Tensor) -> torch.Tensor:
 
 def null_space(jac: torch.Tensor) -> tuple[int, float, torch.Tensor]:
     """(rank, gap, an orthonormal basis of the null space (d, d - rank)) of jac, from the
-    eigendecomposition of jac^T jac (its eigenvalues are the squared singular values)."""
+    eigendecomposition of jac^T jac (its eigenvalues are the squared singular values). Rows of
+    zeros (update entries no pixel moves, as those of units the ReLU switches off) add nothing to
+    it and are dropped first."""
+    jac = jac[jac.abs().amax(1) > 0]
     evals, evecs = torch.linalg.eigh(jac.T @ jac)
     sv = evals.clamp(min=0).sqrt()
     kept = sv > RANK_TOL * sv[-1]
@@ -127,7 +131,7 @@ def oracles(truth: torch.Tensor, basis: torch.Tensor) -> dict[str, torch.Tensor]
     diff_basis = basis[pairs[:, 0]] - basis[pairs[:, 1]]  # D @ basis, D the neighbour-difference operator
     z = torch.linalg.lstsq(diff_basis, -(x[pairs[:, 0]] - x[pairs[:, 1]]).unsqueeze(1)).solution.squeeze(1)
     known_smooth = x + basis @ z
-    return {"known + flat": known_flat.view_as(truth), "known + smoothest": known_smooth.view_as(truth)}
+    return dict(zip(ORACLES, (known_flat.view_as(truth), known_smooth.view_as(truth))))
 
 
 def scores(images: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
@@ -136,22 +140,30 @@ def scores(images: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
     return (float(np.mean([psnr(x, y) for x, y in zip(a, b)])), float(np.mean([ssim(x, y) for x, y in zip(a, b)])))
 
 
-def victim_row(case: Case, seed: int, iterations: int | None) -> dict:
-    obs, truth, _ = victim(case, seed)
-    t0 = time.perf_counter()
+def identified(obs, truth) -> dict:
+    """For the update of `truth`'s images: the Jacobian's shape, rank and gap, and the (PSNR,
+    SSIM) of the flat image and of each oracle."""
     pixels = obs.data.to_pixels(truth.images.double())
     jac = jacobian(update_function(obs, truth.labels), pixels.reshape(-1))
     rank, gap, basis = null_space(jac)
-    found = {name: scores(img, pixels) for name, img in oracles(pixels, basis).items()}
+    return {"entries": jac.shape[0], "pixels": jac.shape[1], "rank": rank, "gap": gap,
+            "flat": scores(pixels.mean((1, 2, 3), keepdim=True).expand_as(pixels), pixels),
+            **{name: scores(img, pixels) for name, img in oracles(pixels, basis).items()}}
+
+
+def victim_row(case: Case, seed: int, iterations: int | None) -> dict:
+    obs, truth, _ = victim(case, seed)
+    t0 = time.perf_counter()
+    found = identified(obs, truth)
     seconds = time.perf_counter() - t0
     spec = ATTACKS.get("invgrad")
     params = spec.params() if iterations is None else replace(spec.params(), iterations=iterations)
     rec = spec(obs, params, AttackContext(seed=seed))
-    inv = scores(obs.data.to_pixels(rec.images.detach().double()), pixels)
-    flat = scores(pixels.mean((1, 2, 3), keepdim=True).expand_as(pixels), pixels)
-    row = {"case": case.name, "victim": seed, "entries": jac.shape[0], "pixels": jac.shape[1], "rank": rank,
-           "share": rank / jac.shape[1], "gap": f"{gap:.2g}", "flat PSNR": flat[0]}
-    for name, (p, s) in {**found, "invgrad": inv}.items():
+    inv = scores(obs.data.to_pixels(rec.images.detach().double()), obs.data.to_pixels(truth.images.double()))
+    row = {"case": case.name, "victim": seed, "entries": found["entries"], "pixels": found["pixels"],
+           "rank": found["rank"], "share": found["rank"] / found["pixels"], "gap": f"{found['gap']:.2g}",
+           "flat PSNR": found["flat"][0]}
+    for name, (p, s) in [*((name, found[name]) for name in ORACLES), ("invgrad", inv)]:
         row[f"{name} PSNR"], row[f"{name} SSIM"] = p, s
     row["rank s"] = seconds
     return row
@@ -167,7 +179,7 @@ def summary(case: Case, rows: list[dict]) -> dict:
         values = [r[key] for r in rows]
         out[key] = value if isinstance(value, int) and len(set(values)) == 1 else float(np.mean(values))
     out["gap"] = f"{min(float(r['gap']) for r in rows):.2g}"
-    for name in ("known + flat", "known + smoothest", "invgrad"):
+    for name in (*ORACLES, "invgrad"):
         out[f"{name} SSIM>=0.5"] = f"{sum(r[f'{name} SSIM'] >= 0.5 for r in rows)}/{len(rows)}"
     return out
 
@@ -177,8 +189,8 @@ def run(quick: bool = False) -> list[dict]:
     if quick:
         plan, iterations = [lenet_case("sigmoid", size=16, seeds=(0,))], 50
     else:
-        plan, iterations = [_case("1 img, 1 step, quickstart CNN, photos"),
-                            _case("1 img, 1 step, ConvNet (BatchNorm), photos"),
+        plan, iterations = [realistic_case("1 img, 1 step, quickstart CNN, photos"),
+                            realistic_case("1 img, 1 step, ConvNet (BatchNorm), photos"),
                             lenet_case("sigmoid"), lenet_case("relu")], None
     rows = []
     for case in plan:

@@ -133,27 +133,19 @@ def test_render_check_names_each_stale_section(tmp_path, capsys, monkeypatch):
                                                                                 ("baselines", "is missing"))]
 
 
-def _rank_and_oracles(case, seed=0):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_sigmoid_lenet_update_pins_down_every_pixel_and_the_oracles_recover_the_image(seed):
     import torch
 
     from benchmarks import bench_identifiability as ident
     from benchmarks.bench_realistic import victim
 
-    obs, truth, _ = victim(case, seed)
-    pixels = obs.data.to_pixels(truth.images.double())
-    jac = ident.jacobian(ident.update_function(obs, truth.labels), pixels.reshape(-1))
-    rank, _, basis = ident.null_space(jac)
-    found = {name: ident.scores(img, pixels) for name, img in ident.oracles(pixels, basis).items()}
-    flat = ident.scores(pixels.mean((1, 2, 3), keepdim=True).expand_as(pixels), pixels)
-    return rank, jac.shape[1], found, flat, torch.linalg.matrix_rank(jac).item() if jac.shape[1] <= 768 else None
-
-
-@pytest.mark.parametrize("seed", [0, 1])
-def test_a_sigmoid_lenet_update_pins_down_every_pixel_and_the_oracles_recover_the_image(seed):
-    from benchmarks.bench_identifiability import lenet_case
-
-    rank, pixels, found, flat, torch_rank = _rank_and_oracles(lenet_case("sigmoid", size=16, seeds=(seed,)), seed)
-    assert rank == pixels == 768 and torch_rank == rank  # agrees with torch's own rank of the Jacobian
+    obs, truth, _ = victim(ident.lenet_case("sigmoid", size=16, seeds=(seed,)), seed)
+    found = ident.identified(obs, truth)
+    assert found["rank"] == found["pixels"] == 768
+    pixels = obs.data.to_pixels(truth.images.double()).reshape(-1)
+    jac = ident.jacobian(ident.update_function(obs, truth.labels), pixels)
+    assert torch.linalg.matrix_rank(jac).item() == 768  # torch's own rank of the Jacobian agrees
     assert found["known + flat"][0] > 60 and found["known + smoothest"][0] > 60
 
 
@@ -161,8 +153,10 @@ def test_max_pooling_leaves_most_pixel_directions_to_the_prior():
     """Flower's quickstart CNN: after its first pooling the network sees 6 x 14 x 14 numbers, and the
     first convolution's gradient adds 456, so at most 1632 of 3072 directions are constrained; the
     oracle that keeps the constrained part and fills the rest flat is never below the flat image."""
-    from benchmarks.bench_identifiability import _case
+    from benchmarks import bench_identifiability as ident
+    from benchmarks.bench_realistic import victim
 
-    rank, pixels, found, flat, _ = _rank_and_oracles(_case("1 img, 1 step, quickstart CNN, photos"))
-    assert pixels == 3072 and 300 < rank <= 6 * 14 * 14 + 456
-    assert found["known + flat"][0] >= flat[0] and found["known + flat"][0] < 60
+    obs, truth, _ = victim(ident.realistic_case("1 img, 1 step, quickstart CNN, photos"), 0)
+    found = ident.identified(obs, truth)
+    assert found["pixels"] == 3072 and 300 < found["rank"] <= 6 * 14 * 14 + 456
+    assert found["flat"][0] <= found["known + flat"][0] < 60

@@ -45,10 +45,10 @@ import numpy as np
 import torch
 from torch.func import jvp, vmap
 
-from benchmarks.bench_realistic import Case, cases, victim
+from benchmarks.bench_realistic import Case, cases, flat_psnr, victim
 from fedattack.attacks import ATTACKS, AttackContext
 from fedattack.attacks.engine import trial_update
-from fedattack.metrics.images import psnr, ssim
+from fedattack.metrics.images import match_and_score
 
 RANK_TOL = 1e-6  # singular values above this share of the largest count toward the rank
 CHUNK = 256  # pixel directions per vectorized forward-mode pass
@@ -135,19 +135,20 @@ def oracles(truth: torch.Tensor, basis: torch.Tensor) -> dict[str, torch.Tensor]
 
 
 def scores(images: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
-    """Mean PSNR and SSIM of images against the truth, both (n, C, H, W) pixels, in order."""
-    a, b = images.clamp(0, 1).float().numpy(), truth.float().numpy()
-    return (float(np.mean([psnr(x, y) for x, y in zip(a, b)])), float(np.mean([ssim(x, y) for x, y in zip(a, b)])))
+    """Mean PSNR and SSIM of images against the truth, both (n, C, H, W) pixels, matched and
+    scored as the attacks' outputs are (fedattack.metrics.images.match_and_score)."""
+    s = match_and_score(images.clamp(0, 1).float().numpy(), truth.float().numpy())
+    return float(s.psnr.mean()), float(s.ssim.mean())
 
 
 def identified(obs, truth) -> dict:
-    """For the update of `truth`'s images: the Jacobian's shape, rank and gap, and the (PSNR,
-    SSIM) of the flat image and of each oracle."""
+    """For the update of `truth`'s images: the Jacobian's shape, rank and gap, the flat-image
+    baseline's PSNR, and each oracle's (PSNR, SSIM)."""
     pixels = obs.data.to_pixels(truth.images.double())
     jac = jacobian(update_function(obs, truth.labels), pixels.reshape(-1))
     rank, gap, basis = null_space(jac)
     return {"entries": jac.shape[0], "pixels": jac.shape[1], "rank": rank, "gap": gap,
-            "flat": scores(pixels.mean((1, 2, 3), keepdim=True).expand_as(pixels), pixels),
+            "flat": float(flat_psnr(pixels.float().numpy()).mean()),
             **{name: scores(img, pixels) for name, img in oracles(pixels, basis).items()}}
 
 
@@ -162,7 +163,7 @@ def victim_row(case: Case, seed: int, iterations: int | None) -> dict:
     inv = scores(obs.data.to_pixels(rec.images.detach().double()), obs.data.to_pixels(truth.images.double()))
     row = {"case": case.name, "victim": seed, "entries": found["entries"], "pixels": found["pixels"],
            "rank": found["rank"], "share": found["rank"] / found["pixels"], "gap": f"{found['gap']:.2g}",
-           "flat PSNR": found["flat"][0]}
+           "flat PSNR": found["flat"]}
     for name, (p, s) in [*((name, found[name]) for name in ORACLES), ("invgrad", inv)]:
         row[f"{name} PSNR"], row[f"{name} SSIM"] = p, s
     row["rank s"] = seconds

@@ -159,4 +159,4 @@ def test_max_pooling_leaves_most_pixel_directions_to_the_prior():
     obs, truth, _ = victim(ident.realistic_case("1 img, 1 step, quickstart CNN, photos"), 0)
     found = ident.identified(obs, truth)
     assert found["pixels"] == 3072 and 300 < found["rank"] <= 6 * 14 * 14 + 456
-    assert found["flat"][0] <= found["known + flat"][0] < 60
+    assert found["flat"] <= found["known + flat"][0] < 60

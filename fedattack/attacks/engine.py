@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+from fedattack.attacks.pooling import SoftMaxPool2d, soften_max_pools
 from fedattack.defenses.base import DEFENSES, adapt_update
 from fedattack.errors import ConfigError
 from fedattack.models import build_model
@@ -48,9 +49,15 @@ class FunctionalModel:
     module: torch.nn.Module
     params: Params  # the global float parameters (detached)
     buffers: Params
+    pools: tuple[SoftMaxPool2d, ...] = ()  # the module's max-pools, softened by `soften` (pooling.py)
 
     def logits(self, params: Params, x: torch.Tensor) -> torch.Tensor:
         return functional_call(self.module, {**self.buffers, **params}, (x,))
+
+    def soften(self, temperature: float) -> None:
+        """Set the temperature of every softened max-pool (0: the model as the client trains it)."""
+        for pool in self.pools:
+            pool.temperature = float(temperature)
 
 
 def functional_model(obs: Observation, device: torch.device | None = None, train_mode: bool = True
@@ -60,9 +67,12 @@ def functional_model(obs: Observation, device: torch.device | None = None, train
     train_mode=True (default) computes as the client's local training does: BatchNorm
     normalizes with the batch's own statistics (and keeps no running statistics, so the
     function is pure and vectorizes); dropout stays off, since its masks are the client's
-    private randomness. train_mode=False uses the running statistics the server sent."""
+    private randomness. train_mode=False uses the running statistics the server sent. Tiling
+    max-pools are swapped for `pooling.SoftMaxPool2d` at temperature 0 (the same function), for
+    attacks that anneal them (`soften`)."""
     device = device or next(iter(obs.global_params.values())).device
     module = build_model(obs.model).to(device)
+    pools = soften_max_pools(module)
     module.eval()
     if train_mode:
         for m in module.modules():
@@ -72,7 +82,7 @@ def functional_model(obs: Observation, device: torch.device | None = None, train
     kept = dict(module.named_buffers())
     params = {k: v.detach().to(device) for k, v in obs.global_params.items()}
     buffers = {k: v.detach().to(device) for k, v in obs.buffers.items() if k in kept}
-    return FunctionalModel(module, params, buffers)
+    return FunctionalModel(module, params, buffers, pools)
 
 
 def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

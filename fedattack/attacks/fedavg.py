@@ -45,7 +45,7 @@ from fedattack.attacks.engine import DISTANCES, epoch_of_step, matching, num_ima
 from fedattack.attacks.labels import label_hypotheses
 from fedattack.attacks.optimize import (INITS, AdamSchedule, best_restart, centre_info, consensus, init_unknowns,
                                         label_plan, per_epoch_labels, run_adam, screen_labels, subset)
-from fedattack.attacks.optimize import batched_objective, shrink, start_centre
+from fedattack.attacks.optimize import batched_objective, shrink, soft_temperature, start_centre
 from fedattack.threat import Observation, Reconstruction
 from fedattack.validate import check_choice, check_range
 
@@ -63,6 +63,7 @@ class FedAvgParams:
     loss: str = "layer-cosine"
     init: str = "mean"  # mean | leaked-mean (randn around the colour the first layer leaks) | randn | uniform
     shrink: float = 0.0  # pull each output image toward its mean grey (0: none, 1: flat); calibration sets it
+    soft_pool: float = 0.0  # max-pools softened at this temperature where the run starts, hard by its middle
 
     def validate(self, name: str) -> None:
         check_range(name, "iterations", self.iterations, 1)
@@ -76,6 +77,7 @@ class FedAvgParams:
         check_choice(name, "loss", self.loss, sorted(DISTANCES))
         check_choice(name, "init", self.init, list(INITS))
         check_range(name, "shrink", self.shrink, 0, 1)
+        check_range(name, "soft_pool", self.soft_pool, 0)
 
 
 def epochs_of(obs: Observation, n: int) -> int:
@@ -119,13 +121,15 @@ def fedavg(obs: Observation, params: FedAvgParams, ctx: AttackContext) -> Recons
     opt = torch.optim.Adam([u.x], lr=params.lr)
     gamma = params.lr_decay ** (1.0 / max(1, params.iterations))
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
-    for _ in range(params.iterations):
+    for it in range(params.iterations):
+        problem.trial.model.soften(soft_temperature(params.soft_pool, it, params.iterations))
         opt.zero_grad(set_to_none=True)
         batched_objective(problem, u).sum().backward(inputs=[u.x])
         opt.step()
         sched.step()
         with torch.no_grad():
             u.x.clamp_(min=lo, max=hi)
+    problem.trial.model.soften(0.0)
     with torch.no_grad():
         final = batched_objective(problem, u, "mismatch").detach().cpu()
     r = best_restart(final)

@@ -346,7 +346,8 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
 def _run_adam(problem: Matching | Resized, target: Matching, u: Unknowns, sched: AdamSchedule,
               bounds: tuple[torch.Tensor, torch.Tensor], on_step: Callable[[int], None] | None,
               soften: Callable[[float], None]) -> torch.Tensor:
-    soften(soft_temperature(sched.soft_pool, 0, sched.iterations, sched.soft_share))  # the priors' balance below is measured where the run starts
+    # the priors' balance below is measured where the run starts, on the softened model
+    soften(soft_temperature(sched.soft_pool, 0, sched.iterations, sched.soft_share))
     opt = torch.optim.Adam(u.variables(), lr=sched.lr)
     marks = [int(sched.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if sched.decay else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=marks, gamma=0.1)

@@ -318,7 +318,6 @@ class AdamSchedule:
     balanced: bool = False  # prior weights relative to the mismatch: w = the priors' share of the gradient norm at the start
     rebalance: bool = True  # balanced anew where each run starts (False: at the problem's first balanced run only)
     soft_pool: float = 0.0  # start temperature of the model's soft max-pools (pooling.py), annealed; 0: hard
-    soft_share: float = 0.5  # share of the iterations over which that temperature falls linearly to 0
 
 
 def soft_temperature(start: float, it: int, iterations: int, share: float = 0.5) -> float:
@@ -334,20 +333,20 @@ def run_adam(problem: Matching, u: Unknowns, sched: AdamSchedule, bounds: tuple[
     """Optimize all restarts jointly; returns the final per-restart mismatch (R,), on the
     client's own model (max-pools hard, whatever `soft_pool` softened on the way)."""
     target = problem.problem if isinstance(problem, Resized) else problem
-    if sched.soft_pool <= 0:
-        return _run_adam(problem, target, u, sched, bounds, on_step, lambda t: None)
-    soften = target.trial.model.soften
+    soften = target.trial.model.soften if sched.soft_pool > 0 else (lambda t: None)
     try:
-        return _run_adam(problem, target, u, sched, bounds, on_step, soften)
+        _run_adam(problem, target, u, sched, bounds, on_step, soften)
     finally:
         soften(0.0)
+    with torch.no_grad():
+        return batched_objective(problem, u, "mismatch").detach()
 
 
 def _run_adam(problem: Matching | Resized, target: Matching, u: Unknowns, sched: AdamSchedule,
               bounds: tuple[torch.Tensor, torch.Tensor], on_step: Callable[[int], None] | None,
-              soften: Callable[[float], None]) -> torch.Tensor:
+              soften: Callable[[float], None]) -> None:
     # the priors' balance below is measured where the run starts, on the softened model
-    soften(soft_temperature(sched.soft_pool, 0, sched.iterations, sched.soft_share))
+    soften(soft_temperature(sched.soft_pool, 0, sched.iterations))
     opt = torch.optim.Adam(u.variables(), lr=sched.lr)
     marks = [int(sched.iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)] if sched.decay else []
     scheduler = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=marks, gamma=0.1)
@@ -366,7 +365,7 @@ def _run_adam(problem: Matching | Resized, target: Matching, u: Unknowns, sched:
         start_scale = original * target.balance
     target.prior_scale = start_scale
     for it in range(sched.iterations):
-        soften(soft_temperature(sched.soft_pool, it, sched.iterations, sched.soft_share))
+        soften(soft_temperature(sched.soft_pool, it, sched.iterations))
         if sched.prior_decay:
             target.prior_scale = start_scale * 0.1 ** sum(it >= m for m in marks)
         opt.zero_grad(set_to_none=True)
@@ -383,9 +382,6 @@ def _run_adam(problem: Matching | Resized, target: Matching, u: Unknowns, sched:
         if on_step is not None:
             on_step(it)
     target.prior_scale = original
-    soften(0.0)
-    with torch.no_grad():
-        return batched_objective(problem, u, "mismatch").detach()
 
 
 def _balance(problem: Matching | Resized, u: Unknowns) -> float:

@@ -226,7 +226,7 @@ PLANS = {
     "features": Plan(cases=(5, 9), calibrated=(), attacks=("invgrad",),
                      variants=((), (("features", 0.01),), (("features", 0.1),), (("features", 1.0),))),
     "distance": Plan(cases=(5, 9, 6, 10, 0), calibrated=(), attacks=("invgrad",), variants=((), (("loss", "l2"),))),
-    "soft_pool": Plan(cases=(5, 6, 10, 9, 11), calibrated=(), attacks=("invgrad",),
+    "soft_pool": Plan(cases=(5, 6, 10, 9, 11), calibrated=(), attacks=("invgrad", "fedavg"),
                       variants=((("soft_pool", 0.0),), ())),
 }
 

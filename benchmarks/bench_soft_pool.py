@@ -1,5 +1,6 @@
-"""soft_pool: invgrad with its max-pools annealed from soft to hard (`invgrad.soft_pool`, the
-default 0.3) against the hard max-pools throughout (`soft_pool=0`), on the max-pooling models of
+"""soft_pool: invgrad and the FedAvg attack with their max-pools annealed from soft to hard
+(`invgrad.soft_pool`, `fedavg.soft_pool`, default 0.3 in both) against the hard max-pools throughout
+(`soft_pool=0`), on the max-pooling models of
 `realistic`: Flower's quickstart CNN (one photo in one step; four images in two steps of two,
 photos and faces) and the ConvNet with BatchNorm (one photo; four in two steps).
 

@@ -25,7 +25,7 @@ protocol and defense).
 
 On a CPU the ConvNet is run at width 8 and the Dimitrov-scale cases on 16 px images
 (`FEDATTACK_FULL=1`, or a GPU, runs them at width 32 and 32 px): a width-32 ConvNet iteration
-over 16 images and 2 epochs takes about 2-5 s on one core, and 1000 to 2000 iterations per attack.
+over 16 images and 2 epochs takes about 2-5 s on one core, at 2000 to 4000 iterations per attack.
 FEDATTACK_PLAN_CASES (positions in a benchmark's list of cases, e.g. `1,2`) and
 FEDATTACK_PLAN_ATTACKS (e.g. `fedavg,invgrad`, in that order) run part of a benchmark where
 device time is scarce.

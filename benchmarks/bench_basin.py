@@ -21,7 +21,8 @@ over the batch's own images and positions, so a channel that responds little to 
 scaled up, noise and all. The update is then dominated by fine detail an inversion from noise does
 not get right, and the truth lies in a basin narrower than the inversion's steps: `invgrad` stalls
 on that plateau (the `grey_starts` section scores what it reaches). Four images in the batch lower
-the ratio, but not to the other models'.
+the ratio, but not to the other models'. All of this is the update alone: the running statistics a
+client returns with it give the brightness and contrast away (the `bn_stats` section).
 """
 
 from __future__ import annotations

@@ -148,6 +148,9 @@ class Observation:
     update: dict[str, torch.Tensor]  # returned parameters minus global_params
     protocol: Protocol
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)  # e.g. BatchNorm stats
+    # the buffers the client sent back (BatchNorm's running statistics as its local training left
+    # them: Flower apps send the whole state_dict); empty where the server did not see them
+    returned_buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     num_clients: int = 1  # > 1: the update is an aggregate over that many clients (SecAgg)
     server_mode: str = "honest"
     malicious: dict[str, Any] = field(default_factory=dict)  # what a malicious server changed
@@ -168,6 +171,7 @@ class Observation:
             global_params={k: v.to(device) for k, v in self.global_params.items()},
             update={k: v.to(device) for k, v in self.update.items()},
             buffers={k: v.to(device) for k, v in self.buffers.items()},
+            returned_buffers={k: v.to(device) for k, v in self.returned_buffers.items()},
         )
 
 

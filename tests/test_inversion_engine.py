@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedattack.attacks.engine import (cosine_distance, functional_model, leaked_colour, matching, replay, schedule,
+from fedattack.attacks.engine import (RunningStatsRecorder, batch_norm_colour, running_statistics,
+                                      cosine_distance, functional_model, leaked_colour, matching, replay, schedule,
                                       weighted_median)
 from fedattack.attacks.optimize import (AdamSchedule, Unknowns, arrangement_key, batched_objective, epoch_batches,
                                         label_plan, neighbours, random_orders, reshuffles, screen_labels)
@@ -358,3 +359,62 @@ def test_weighted_median_is_the_value_where_half_the_weight_is_reached():
     values = torch.tensor([[1.0, 5.0], [2.0, 4.0], [3.0, 3.0]])
     assert torch.equal(weighted_median(values, torch.tensor([1.0, 1.0, 1.0])), torch.tensor([2.0, 4.0]))
     assert torch.equal(weighted_median(values, torch.tensor([0.1, 0.1, 5.0])), torch.tensor([3.0, 3.0]))
+
+
+BN_CASE = ("data.name=photos", "model.name=convnet", "model.activation=relu", "model.width=8")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["client.local_steps=1", "client.batch_size=1"],
+    ["client.local_steps=3", "client.batch_size=2", "client.momentum=0.9"],
+], ids=["one-step", "momentum"])
+def test_returned_batchnorm_statistics_are_replayed_as_the_client_left_them(overrides):
+    """The client sends its BatchNorm running statistics back with its weights; a replay on its
+    own images in its order folds the same batch statistics into them, and the matched term is
+    small there (the trial takes every step's statistics at the global weights) and large for
+    noise or a flat image."""
+    obs, truth = observed_update("seed=2", *BN_CASE, *overrides)
+    order = training_order(truth, "seed=2", *BN_CASE, *overrides)
+    x, y = truth.images[order], truth.labels[order]
+    fm = functional_model(obs)
+    recorder = RunningStatsRecorder(fm, obs.buffers)
+    replay(fm, x, y, obs.protocol, on_step=recorder)
+    moved = [k for k in obs.buffers if not torch.equal(obs.buffers[k], obs.returned_buffers[k])]
+    assert len(moved) == 15  # 5 BatchNorm layers: mean, variance, batch count
+    for k in moved:
+        assert torch.allclose(recorder.buffers[k].float(), obs.returned_buffers[k].float(), atol=1e-5, rtol=1e-4), k
+    stats = running_statistics(obs, fm)
+    at_truth, noise = float(stats(x)), float(stats(torch.randn_like(x)))
+    flat = float(stats(x.mean((0, 2, 3), keepdim=True).expand_as(x).contiguous()))
+    assert at_truth < 0.05 * min(noise, flat)
+
+
+def test_running_statistics_need_the_returned_buffers_and_batchnorm():
+    from dataclasses import replace
+
+    obs, _ = observed_update("seed=2", *BN_CASE)
+    assert running_statistics(replace(obs, returned_buffers={}), functional_model(obs)) is None
+    assert running_statistics(replace(obs, returned_buffers=obs.buffers), functional_model(obs)) is None
+    lenet, _ = observed_update("seed=2", "data.name=photos")
+    assert not lenet.returned_buffers and running_statistics(lenet, functional_model(lenet)) is None
+    assert not matching(lenet, None, "cosine", {}, bn_stats=1.0).observed
+    assert matching(obs, None, "cosine", {}, bn_stats=1.0).observed
+    assert not matching(obs, None, "cosine", {}, bn_stats=0.0).observed
+
+
+@pytest.mark.parametrize("overrides", [
+    ["client.local_steps=1", "client.batch_size=1"],
+    ["client.local_steps=2", "client.batch_size=2"],
+    ["client.local_steps=0", "client.local_epochs=2", "client.batch_size=4"],
+], ids=["one-image", "steps", "epochs"])
+def test_batchnorm_hides_the_colour_from_the_update_but_not_from_its_running_mean(overrides):
+    """BatchNorm right after the first convolution zeroes its bias gradient, so the update leaks no
+    colour (`leaked_colour` None); the returned running mean does, closer to the client's mean
+    colour than the dataset mean on every seed."""
+    for seed in range(3):
+        obs, truth = observed_update(f"seed={seed}", *BN_CASE, *overrides)
+        fm = functional_model(obs)
+        assert leaked_colour(matching(obs, None, "cosine", {}).target, obs.data) is None
+        guess = batch_norm_colour(running_statistics(obs, fm), obs.data)
+        true_colour = truth.images.mean((0, 2, 3))
+        assert float((guess - true_colour).norm()) < 0.25 * float(true_colour.norm()), seed

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from fedattack.attacks.base import ATTACKS, AttackContext, Choice, LogRange
-from fedattack.attacks.engine import functional_model, replay, schedule
+from fedattack.attacks.engine import RunningStatsRecorder, functional_model, replay, schedule
 from fedattack.attacks.ggl import blas_single_thread
 from fedattack.attacks.optimize import shrink
 from fedattack.defenses.base import DEFENSES, DefenseContext
@@ -107,19 +107,21 @@ def simulate_cases(obs: Observation, images: torch.Tensor, labels: torch.Tensor,
     for c in range(count):
         idx = torch.as_tensor(rng.choice(len(labels), size=n, replace=False))
         x, y = images[idx].float(), labels[idx].long()
+        running = RunningStatsRecorder(fm, obs.buffers)  # the BatchNorm buffers the client returns
         if epochs > 1:  # the client reshuffles every epoch
             orders = [torch.as_tensor(rng.permutation(n)) for _ in range(epochs)]
             update = replay(fm, torch.stack([x[o] for o in orders]), torch.stack([y[o] for o in orders]),
-                            obs.protocol)
+                            obs.protocol, on_step=running)
         else:
-            update = replay(fm, x, y, obs.protocol)
+            update = replay(fm, x, y, obs.protocol, on_step=running)
         update = {k: v.detach() for k, v in update.items()}
         gen = torch.Generator().manual_seed(int(rng.integers(2**31)))
         ctx = DefenseContext(model=None, images=x, labels=y, num_classes=obs.data.num_classes, generator=gen,
                              steps=len(steps), lr=obs.protocol.lr, data=obs.data)
         for spec, setting in update_defenses:
             update = spec.on_update(update, spec.params(**setting.params), ctx)
-        out.append((replace(obs, update=update), Truth(images=x, labels=y, indices=tuple(int(i) for i in idx))))
+        returned = running.buffers if obs.returned_buffers else {}
+        out.append((replace(obs, update=update, returned_buffers=returned), Truth(images=x, labels=y, indices=tuple(int(i) for i in idx))))
     return CalibrationCases(out, unmodelled)
 
 

@@ -13,7 +13,9 @@ single gradient-loss object:
   (the FedAvg attack of Dimitrov et al., where each epoch's batch order is unknown);
 - with `adaptive`, the known defenses' differentiable models applied to the replayed update;
 - the result in gradient units, -update / (lr * steps), the scale at which the papers state
-  their losses.
+  their losses;
+- where the client sent its BatchNorm running statistics back with its weights, the batch
+  statistics they average (`RunningStatistics`), a second observed quantity to match.
 
 `Matching` combines a TrialUpdate with the observed update, a distance (`DISTANCES`) and
 weighted priors (`PRIORS`). Everything is differentiable in the dummy data and vectorizes
@@ -24,8 +26,9 @@ with torch.func.vmap, which is how restarts and label candidates run as one batc
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -190,23 +193,33 @@ CLIENT_OPTIMIZERS: dict[str, ClientOptimizer] = {
 }
 
 
+def step_batches(x: torch.Tensor, protocol: Protocol) -> list[tuple[int, list[int]]]:
+    """(epoch copy, sample positions) of each local step the client takes on x: (n, C, H, W),
+    or (E, n, C, H, W) with one copy of the samples per epoch (copy 0 throughout for the former)."""
+    apart = x.dim() == 5
+    n = x.shape[1] if apart else x.shape[0]
+    steps = schedule(n, protocol.batch_size, protocol.local_steps, protocol.local_epochs)
+    epochs = epoch_of_step(n, protocol) if apart else [0] * len(steps)
+    return list(zip(epochs, steps))
+
+
 def replay(model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, protocol: Protocol,
-           params: Params | None = None) -> Params:
+           params: Params | None = None, on_step: Callable[[Params, torch.Tensor], None] | None = None) -> Params:
     """The client's local training run on dummy data (x, y); returns new - start parameters.
 
     x is (n, C, H, W) with labels y (n,) or (n, classes), every epoch drawing its batches
     from the same samples; or (E, n, C, H, W) with y (E, n[, classes]): one copy of the
     samples per epoch (the FedAvg attack's per-epoch reconstructions). Differentiable in
-    (x, y) and vmappable over a leading restart dimension."""
+    (x, y) and vmappable over a leading restart dimension. `on_step(params, batch)` sees
+    each step's parameters and images before the step (`RunningStatsRecorder`)."""
     start = model.params if params is None else params
     apart = x.dim() == 5
-    n = x.shape[1] if apart else x.shape[0]
     opt = CLIENT_OPTIMIZERS[protocol.optimizer]
-    steps = schedule(n, protocol.batch_size, protocol.local_steps, protocol.local_epochs)
-    epochs = epoch_of_step(n, protocol)
     p, state = dict(start), opt.init(start)
-    for t, (idx, e) in enumerate(zip(steps, epochs), start=1):
+    for t, (e, idx) in enumerate(step_batches(x, protocol), start=1):
         xb, yb = (x[e], y[e]) if apart else (x, y)
+        if on_step is not None:
+            on_step(p, xb[idx])
         g = gradient(model, p, xb[idx], yb[idx])
         if protocol.proximal_mu:  # FedProx's proximal term, differentiated as the client's loss has it
             g = {k: g[k] + protocol.proximal_mu * (p[k] - start[k]) for k in g}
@@ -217,6 +230,151 @@ def replay(model: FunctionalModel, x: torch.Tensor, y: torch.Tensor, protocol: P
 def update_scale(protocol: Protocol) -> float:
     """Update units per gradient unit: lr * steps (-update / scale reads as one gradient)."""
     return protocol.lr * max(1, protocol.local_steps)
+
+
+# -- BatchNorm's running statistics ---------------------------------------------------------
+
+def tracked_batch_norms(module: torch.nn.Module) -> dict[str, float]:
+    """BatchNorm layer name -> its momentum, for the layers whose running statistics are an
+    exponential moving average (momentum None, a cumulative average, is left out)."""
+    return {name: float(m.momentum) for name, m in module.named_modules()
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.momentum is not None}
+
+
+@contextmanager
+def recording_inputs(module: torch.nn.Module, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """The input of each named submodule in the forward passes run inside the block."""
+    record: dict[str, torch.Tensor] = {}
+    modules = dict(module.named_modules())
+    handles = [modules[name].register_forward_hook(lambda m, inp, out, name=name: record.__setitem__(name, inp[0]))
+               for name in names]
+    try:
+        yield record
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def channel_statistics(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and unbiased variance of a BatchNorm input (N, C, ...), as the layer
+    folds them into its running statistics."""
+    dims = [0, *range(2, a.dim())]
+    return a.mean(dims), a.var(dims, unbiased=True)
+
+
+class RunningStatsRecorder:
+    """BatchNorm's running statistics as a replayed local training leaves them (`replay`'s
+    `on_step`): a simulated client's returned buffers, as PyTorch updates them in training."""
+
+    def __init__(self, model: FunctionalModel, buffers: Params):
+        self.model, self.steps = model, 0
+        self.momenta = {k: m for k, m in tracked_batch_norms(model.module).items()
+                        if f"{k}.running_mean" in buffers and f"{k}.running_var" in buffers}
+        self.buffers = {k: v.detach().clone() for k, v in buffers.items()}
+
+    def __call__(self, params: Params, x: torch.Tensor) -> None:
+        with torch.no_grad(), recording_inputs(self.model.module, list(self.momenta)) as record:
+            self.model.logits(params, x)
+        for name, m in self.momenta.items():
+            mean, var = channel_statistics(record[name])
+            for key, stat in ((f"{name}.running_mean", mean), (f"{name}.running_var", var)):
+                self.buffers[key] = (1 - m) * self.buffers[key] + m * stat.detach()
+            count = f"{name}.num_batches_tracked"
+            if count in self.buffers:
+                self.buffers[count] = self.buffers[count] + 1
+
+
+@dataclass(repr=False)  # reprs would print every tensor (vmap asks for one on every call)
+class RunningStatistics:
+    """What the client's returned BatchNorm buffers give away, as a term matched beside the update.
+
+    A client that trains in train mode folds each step's batch statistics into every BatchNorm
+    layer's running mean and variance, `r <- (1 - m) r + m s`; a Flower app sends its whole
+    state_dict, so the server holds the running statistics before and after the local training,
+    and `(r_T - (1 - m)^T r_0) / (1 - (1 - m)^T)` is an average of the T steps' batch
+    statistics, step t weighted by `m (1 - m)^(T - t)`. That fixes each channel's mean and
+    variance over the client's batches: at the first layer the images' colour and contrast, which
+    BatchNorm hides from the update itself. The trial's statistics are taken at the global
+    weights for every step (the client's take them at the weights of that step, which move by a
+    few learning-rate steps), with the same batches as the replay. The error is each channel's
+    mean difference in units of its standard deviation, squared, plus the squared log ratio of
+    the variances, averaged over channels and layers.
+    """
+
+    model: FunctionalModel
+    protocol: Protocol
+    targets: dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer -> the weighted average (mean, var)
+    momenta: dict[str, float]
+
+    def predicted(self, x: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        steps = step_batches(x, self.protocol)
+        sums: dict[str, list] = {}
+        for t, (e, idx) in enumerate(steps):
+            xb = (x[e] if x.dim() == 5 else x)[idx]
+            with recording_inputs(self.model.module, list(self.targets)) as record:
+                self.model.logits(self.model.params, xb)
+            for name, m in self.momenta.items():
+                w = m * (1 - m) ** (len(steps) - 1 - t) / (1 - (1 - m) ** len(steps))
+                mean, var = channel_statistics(record[name])
+                acc = sums.setdefault(name, [0.0, 0.0])
+                acc[0], acc[1] = acc[0] + w * mean, acc[1] + w * var
+        return {name: (a[0], a[1]) for name, a in sums.items()}
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        total = x.new_zeros(())
+        for name, (mean, var) in self.predicted(x).items():
+            t_mean, t_var = self.targets[name]
+            t_var = t_var.clamp(min=1e-8)
+            total = total + torch.mean((mean - t_mean) ** 2 / t_var
+                                       + (torch.log(var.clamp(min=1e-8)) - torch.log(t_var)) ** 2)
+        return total / max(1, len(self.targets))
+
+
+def running_statistics(obs: Observation, model: FunctionalModel) -> RunningStatistics | None:
+    """The RunningStatistics term of an observation whose client returned the running statistics
+    of BatchNorm layers, or None (no BatchNorm, buffers not returned, or not moved by training)."""
+    n = num_images(obs)
+    steps = len(schedule(n, obs.protocol.batch_size, obs.protocol.local_steps, obs.protocol.local_epochs))
+    targets, momenta = {}, {}
+    for name, m in tracked_batch_norms(model.module).items():
+        keys = (f"{name}.running_mean", f"{name}.running_var")
+        if not all(k in obs.buffers and k in obs.returned_buffers for k in keys):
+            continue
+        decay = (1 - m) ** steps
+        (r0m, r0v), (rtm, rtv) = ([src[k].detach().float().to(model_device(model)) for k in keys]
+                                  for src in (obs.buffers, obs.returned_buffers))
+        if torch.equal(r0m, rtm) and torch.equal(r0v, rtv):
+            continue
+        targets[name] = ((rtm - decay * r0m) / (1 - decay), (rtv - decay * r0v) / (1 - decay))
+        momenta[name] = m
+    return RunningStatistics(model, obs.protocol, targets, momenta) if targets else None
+
+
+def model_device(model: FunctionalModel) -> torch.device:
+    return next(iter(model.params.values())).device
+
+
+def batch_norm_colour(stats: RunningStatistics, data: DataSpec) -> torch.Tensor | None:
+    """The client's mean colour (C,) in model-input units, from the running mean of the first
+    BatchNorm layer: its input's channel means are affine in a flat image's colour where only
+    affine layers (a convolution) come before it, so the colour is the least-squares solution of
+    the leaked means (clamped to the pixel range); None where that layer's means do not move
+    with the colour."""
+    first = next(iter(stats.targets))
+    c = data.shape[0]
+    flats = torch.zeros((c + 1, *data.shape), device=model_device(stats.model))
+    for i in range(c):
+        flats[i + 1, i] = 1.0
+    with torch.no_grad(), recording_inputs(stats.model.module, [first]) as record:
+        stats.model.logits(stats.model.params, flats)
+    means = record[first].mean(dim=(2, 3)) if record[first].dim() == 4 else record[first]
+    a = (means[1:] - means[:1]).T.double()  # (channels, C)
+    b = (stats.targets[first][0] - means[0]).double()
+    if torch.linalg.matrix_rank(a) < c:
+        return None
+    colour = torch.linalg.lstsq(a, b[:, None]).solution[:, 0].float()
+    lo, hi = (t.flatten().to(colour.device) for t in data.bounds())
+    return torch.max(torch.min(colour, hi), lo).cpu()
 
 
 # -- the trial update -------------------------------------------------------------------------
@@ -471,9 +629,12 @@ class Matching:
     priors: tuple[tuple[float, Callable[[torch.Tensor], torch.Tensor]], ...] = ()
     prior_scale: float = 1.0  # multiplies every prior weight (an optimizer may anneal it)
     balance: float | None = None  # the priors' balance factor where the last balanced run measured it
+    # further observed quantities matched beside the update, weighted (`RunningStatistics`)
+    observed: tuple[tuple[float, Callable[[torch.Tensor], torch.Tensor]], ...] = ()
 
     def mismatch(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.distance(self.trial(x, y), self.target)
+        d = self.distance(self.trial(x, y), self.target)
+        return d + sum(w * fn(x) for w, fn in self.observed) if self.observed else d
 
     def prior(self, x: torch.Tensor) -> torch.Tensor | float:
         return sum((self.prior_scale * w * fn(x) for w, fn in self.priors if w), 0.0)
@@ -483,8 +644,10 @@ class Matching:
 
 
 def matching(obs: Observation, device: torch.device | None = None, distance: str = "cosine",
-             priors: dict[str, float] | None = None, adaptive: bool = False) -> Matching:
-    """The matching problem of an observation: `distance` by name, priors as {name: weight}."""
+             priors: dict[str, float] | None = None, adaptive: bool = False, bn_stats: float = 0.0) -> Matching:
+    """The matching problem of an observation: `distance` by name, priors as {name: weight};
+    `bn_stats` > 0 also matches the BatchNorm running statistics the client returned, at that
+    weight (`RunningStatistics`), where it returned any."""
     if distance not in DISTANCES:
         raise ConfigError("distance", f"{distance!r} is not one of {', '.join(DISTANCES)}")
     if priors is not None and not isinstance(priors, dict):
@@ -494,9 +657,11 @@ def matching(obs: Observation, device: torch.device | None = None, distance: str
             raise ConfigError("priors", f"{name!r} is not one of {', '.join(PRIORS)}")
         if not isinstance(weight, (int, float)) or not math.isfinite(weight) or weight < 0:
             raise ConfigError(f"priors.{name}", f"a weight is a finite number >= 0, got {weight!r}")
-    return Matching(trial=trial_update(obs, device, adaptive=adaptive), target=target(obs, device),
-                    distance=DISTANCES[distance],
-                    priors=tuple((float(w), PRIORS[name]) for name, w in (priors or {}).items() if w))
+    trial = trial_update(obs, device, adaptive=adaptive)
+    stats = running_statistics(obs, trial.model) if bn_stats > 0 else None
+    return Matching(trial=trial, target=target(obs, device), distance=DISTANCES[distance],
+                    priors=tuple((float(w), PRIORS[name]) for name, w in (priors or {}).items() if w),
+                    observed=((float(bn_stats), stats),) if stats is not None else ())
 
 
 def restart_losses(objective: Callable[..., torch.Tensor], *batched: torch.Tensor) -> torch.Tensor:

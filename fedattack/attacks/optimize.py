@@ -14,8 +14,8 @@ from typing import Callable
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from fedattack.attacks.engine import (Matching, Params, epoch_of_step, finite_or_inf, leaked_colour, restart_losses,
-                                      schedule)
+from fedattack.attacks.engine import (Matching, Params, RunningStatistics, batch_norm_colour, epoch_of_step,
+                                      finite_or_inf, leaked_colour, restart_losses, schedule)
 from fedattack.threat import DataSpec, Protocol
 
 
@@ -196,10 +196,21 @@ def init_images(how: str, shape: tuple[int, ...], data: DataSpec, gen: torch.Gen
 INITS = ("randn", "uniform", "mean", "leaked-mean")
 
 
-def start_centre(init: str, target: Params, data: DataSpec) -> torch.Tensor | None:
-    """The per-channel centre an `init` start is drawn around: the colour the update's first
-    layer leaks (`engine.leaked_colour`) for `leaked-mean`, else None."""
-    return leaked_colour(target, data) if init == "leaked-mean" else None
+def start_centre(init: str, target: Params, data: DataSpec, stats: RunningStatistics | None = None
+                 ) -> torch.Tensor | None:
+    """The per-channel centre an `init` start is drawn around: for `leaked-mean`, the colour the
+    update's first layer leaks (`engine.leaked_colour`) or, where it leaks none (BatchNorm right
+    after it), the colour the returned running statistics give (`engine.batch_norm_colour`, with
+    `stats`); else None."""
+    if init != "leaked-mean":
+        return None
+    colour = leaked_colour(target, data)
+    return colour if colour is not None or stats is None else batch_norm_colour(stats, data)
+
+
+def observed_stats(problem: Matching) -> RunningStatistics | None:
+    """The RunningStatistics a matching problem matches, if any."""
+    return next((fn for _, fn in problem.observed if isinstance(fn, RunningStatistics)), None)
 
 
 def grey_centres(data: DataSpec, k: int) -> list[torch.Tensor]:

@@ -192,7 +192,13 @@ def make_observation(exp: Experiment, param_names: list[str], sent: dict[str, to
     update = {k: received[k].float() - glob[k] for k in param_names}
     buffers = {k: v for k, v in sent.items() if k not in glob}
     return Observation(model=exp.model_spec, data=exp.train.spec, global_params=glob, update=update,
-                       protocol=protocol, buffers=buffers, num_clients=num_clients, server_mode=exp.cfg.server.mode)
+                       protocol=protocol, buffers=buffers, returned_buffers=returned(buffers, received),
+                       num_clients=num_clients, server_mode=exp.cfg.server.mode)
+
+
+def returned(buffers: Mapping[str, Any], received: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The buffers a reply holds back (BatchNorm's running statistics after local training)."""
+    return {k: torch.as_tensor(received[k]) for k in buffers if k in received}
 
 
 @dataclass
@@ -486,7 +492,8 @@ class Auditor:
         update = {k: received[k].float() - glob[k] for k in self.param_names}
         buffers = {k: v for k, v in sent.items() if k not in glob}
         return Observation(model=self.plan.model, data=self.plan.data, global_params=glob, update=update,
-                           protocol=protocol, buffers=buffers, num_clients=num_clients,
+                           protocol=protocol, buffers=buffers, returned_buffers=returned(buffers, received),
+                           num_clients=num_clients,
                            server_mode=self.plan.server_mode)
 
     def check_arrays(self, arrays: Mapping[str, Any]) -> None:

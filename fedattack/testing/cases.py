@@ -37,7 +37,9 @@ def observed_update(*overrides: str, indices: list[int] | None = None) -> tuple[
         need = max(1, cfg.client.local_steps) * cfg.client.batch_size
         indices = list(np.sort(np.random.default_rng(cfg.seed).choice(len(exp.train), need, replace=False)))
     result = local_train(model, exp.train, np.asarray(indices), cfg, rnd=1, client=0)
-    received = {k: sent[k] + result.update[k] if k in result.update else v for k, v in sent.items()}
+    trained = model.state_dict()  # BatchNorm's running statistics as the local training left them
+    received = {k: sent[k] + result.update[k] if k in result.update else trained[k].detach().clone()
+                for k in sent}
     names = [n for n, _ in exp.initial_model().named_parameters()]
     obs = make_observation(exp, names, sent, received,
                            {"num-examples": result.num_examples, "local_steps": result.steps})
@@ -93,7 +95,9 @@ def synthetic_update(labels: list[int], *, num_classes: int = 10, model: str = "
         opt.step()
     update = {k: v.detach() - sent[k] for k, v in net.named_parameters()}
     buffers = {k: v.detach() for k, v in build_model(mspec, seed=seed).named_buffers()}
+    returned = {k: v.detach() for k, v in net.named_buffers()}
     obs = Observation(model=mspec, data=spec, global_params=sent, update=update, buffers=buffers,
+                      returned_buffers=returned,
                       protocol=Protocol(lr=lr, local_steps=steps, local_epochs=1, batch_size=b,
                                         num_examples=len(labels)))
     return obs, Truth(images=x, labels=y)

@@ -1,4 +1,4 @@
-"""bn_stats_epochs: the returned BatchNorm running statistics where the client trains epochs, on Geiping et al.'s ConvNet.
+"""bn_stats_epochs: the returned BatchNorm running statistics over local epochs, on Geiping et al.'s ConvNet.
 
 Sixteen photos in two local epochs of batch 4 (three victims): `fedavg` matching the running
 statistics the client returned (`bn_stats` 1, the default) beside the update alone (`bn_stats=0`),

@@ -121,7 +121,8 @@ def simulate_cases(obs: Observation, images: torch.Tensor, labels: torch.Tensor,
         for spec, setting in update_defenses:
             update = spec.on_update(update, spec.params(**setting.params), ctx)
         returned = running.buffers if obs.returned_buffers else {}
-        out.append((replace(obs, update=update, returned_buffers=returned), Truth(images=x, labels=y, indices=tuple(int(i) for i in idx))))
+        truth = Truth(images=x, labels=y, indices=tuple(int(i) for i in idx))
+        out.append((replace(obs, update=update, returned_buffers=returned), truth))
     return CalibrationCases(out, unmodelled)
 
 

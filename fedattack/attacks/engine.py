@@ -529,15 +529,8 @@ class LeakedFeatures:
     targets: dict[str, torch.Tensor]  # layer name -> its input (F,)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        record: dict[str, torch.Tensor] = {}
-        modules = dict(self.model.module.named_modules())
-        hooks = [modules[name].register_forward_hook(lambda m, inp, out, name=name: record.__setitem__(name, inp[0]))
-                 for name in self.targets]
-        try:
+        with recording_inputs(self.model.module, list(self.targets)) as record:
             self.model.logits(self.model.params, x)
-        finally:
-            for h in hooks:
-                h.remove()
         return sum(((record[k].flatten() - t) ** 2).sum() / ((t ** 2).sum() + 1e-12)
                    for k, t in self.targets.items()) / len(self.targets)
 

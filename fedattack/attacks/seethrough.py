@@ -25,16 +25,14 @@ for 16-64 px images and a few thousand steps on CPU, and can be overridden in co
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 import torch.nn as nn
 from torch.func import vmap
 
 from fedattack.attacks.base import AttackContext, LogRange, register_attack
-from fedattack.attacks.engine import Params, num_images, target, total_variation, trial_update
+from fedattack.attacks.engine import Params, num_images, recording_inputs, target, total_variation, trial_update
 from fedattack.attacks.labels import recover_labels
 from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
@@ -85,23 +83,6 @@ def bn_targets(obs: Observation, module: nn.Module) -> dict[str, tuple[torch.Ten
     return out
 
 
-@contextmanager
-def recording_bn_inputs(module: nn.Module, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
-    """Record the input of each named BatchNorm layer during forward passes inside the block."""
-    record: dict[str, torch.Tensor] = {}
-    handles = []
-    modules = dict(module.named_modules())
-    for name in names:
-        def hook(_m, inputs, _out, name=name):
-            record[name] = inputs[0]
-        handles.append(modules[name].register_forward_hook(hook))
-    try:
-        yield record
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def bn_loss(record: dict[str, torch.Tensor], targets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     total = 0.0
     for name, (mean, var) in targets.items():
@@ -144,7 +125,7 @@ def seethrough(obs: Observation, params: SeeThroughParams, ctx: AttackContext) -
         trial = trial_fn(xg, labels)
         if not targets:
             return trial, xg.new_zeros(())
-        with recording_bn_inputs(fm.module, list(targets)) as record:
+        with recording_inputs(fm.module, list(targets)) as record:
             fm.logits(fm.params, xg)
         return trial, bn_loss(record, targets)
 

@@ -267,7 +267,7 @@ class RunningStatsRecorder:
     `on_step`): a simulated client's returned buffers, as PyTorch updates them in training."""
 
     def __init__(self, model: FunctionalModel, buffers: Params):
-        self.model, self.steps = model, 0
+        self.model = model
         self.momenta = {k: m for k, m in tracked_batch_norms(model.module).items()
                         if f"{k}.running_mean" in buffers and f"{k}.running_var" in buffers}
         self.buffers = {k: v.detach().clone() for k, v in buffers.items()}

@@ -41,8 +41,9 @@ patches), or, with BatchNorm right after that layer, as the running means the cl
 it away (`engine.batch_norm_colour`). `info["init_colour"]` says which. Where nothing gives it away
 (no bias, BatchNorm whose statistics stay with the client, no unit's guess within the pixel range),
 noise around the dataset mean stays noise: the update of a BatchNorm model hides the image's
-contrast entirely and its colour but for the zero padding at the border. There the run is split into `greys` flat grey starts (20% to 80% of the pixel range,
-noise of std 0.1), each of half the iterations, and the lowest loss is kept (`info["grey_starts"]`):
+contrast entirely and its colour but for the zero padding at the border. There the run is split
+into `greys` flat grey starts (20% to 80% of the pixel range, noise of std 0.1), each of half the
+iterations, and the lowest loss is kept (`info["grey_starts"]`):
 on the ConvNet, one photo, 16.1 dB against 10.7 from noise over eight victims (the `grey_starts`
 benchmark), where the border told the right grey after 1000 iterations, not after 100.
 

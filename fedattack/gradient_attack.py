@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fedattack import shutdown
-from fedattack.client.train import local_train
+from fedattack.client.train import local_train, returned_state
 from fedattack.config import defense_sections_in_force
 from fedattack.defenses import secure_aggregation
 from fedattack.errors import ConfigError
@@ -54,15 +54,20 @@ def simulated_round(cfg: Config, indices, *, clients: int = 1) -> tuple[Observat
     model = exp.initial_model()
     names = [n for n, _ in model.named_parameters()]
     sent = {k: v.detach().clone() for k, v in {**model.state_dict(), **float_params(model)}.items()}
-    updates, used, steps = [], [], 1
+    updates, replies, used, steps = [], [], [], 1
     for c, idx in enumerate(np.array_split(np.asarray(indices), clients)):
-        res = local_train(exp.initial_model(), exp.train, idx, cfg, rnd=1, client=c)
+        trained = exp.initial_model()
+        res = local_train(trained, exp.train, idx, cfg, rnd=1, client=c)
         updates.append((res.update, res.num_examples))
+        replies.append(returned_state(trained, sent, res.update))
         used += res.indices
         steps = res.steps
     total = sum(n for _, n in updates)
     mean = {k: sum(u[k] * n for u, n in updates) / total for k in updates[0][0]}
-    received = {k: sent[k] + mean[k] if k in mean else v for k, v in sent.items()}
+    # the buffers as FedAvg averages them (example-weighted; batch counts: the first client's)
+    received = {k: sent[k] + mean[k] if k in mean else
+                sum(r[k] * n for r, (_, n) in zip(replies, updates)) / total if v.is_floating_point() else replies[0][k]
+                for k, v in sent.items()}
     obs = make_observation(exp, names, sent, received, {"num-examples": total, "local_steps": steps},
                            num_clients=clients)
     return obs, exp.train.truth(used), exp
@@ -90,7 +95,7 @@ def run_attack(cfg: Config, *, out_dir: str | Path | None = None, progress: Prog
     sent = {**dict(model.state_dict()), **float_params(model)}
     sent = {k: v.detach().clone() for k, v in sent.items()}
     result = local_train(model, exp.train, idx, cfg, rnd=1, client=cfg.victim.client)
-    received = {k: sent[k] + result.update[k] if k in result.update else v for k, v in sent.items()}
+    received = returned_state(model, sent, result.update)
     results: list[JobResult] = []
 
     def on_result(res: JobResult) -> None:

@@ -38,7 +38,7 @@ from flwr.common.logger import log
 
 from fedattack.client.record import audit_mod, record_samples
 from fedattack.client.secagg import is_secagg, secaggplus_message_mod
-from fedattack.client.train import client_seed, evaluate, local_train
+from fedattack.client.train import client_seed, evaluate, local_train, returned_state
 from fedattack.config import DEFAULT_CONFIG, apply_overrides, check_client, check_sections, from_dict, read_yaml
 from fedattack.data import ImageData
 from fedattack.defenses import DEFENSES
@@ -237,11 +237,7 @@ def make_client_app(config: Config | None = None) -> ClientApp:
                              protocol_defenses=False)
         # the audit-only ground truth, and the steps it was trained in
         record_samples(*exp.train.get(result.indices), indices=result.indices, batches=result.steps)
-        with torch.no_grad():  # send global + defended update, BatchNorm buffers as trained
-            state = {k: v.clone() for k, v in model.state_dict().items()}
-            sent = arrays.to_torch_state_dict()
-            for k, u in result.update.items():
-                state[k] = sent[k] + u
+        state = returned_state(model, arrays.to_torch_state_dict(), result.update)  # BatchNorm buffers as trained
         metrics = {"num-examples": result.num_examples, "train_loss": result.loss, "local_steps": result.steps}
         metrics.update({k: float(v) for k, v in result.metrics.items()})
         if "dp_steps" in metrics:

@@ -224,3 +224,15 @@ def evaluate(model: torch.nn.Module, data: ImageData, batch_size: int = 256,
             total_loss += float(F.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
     return total_loss / max(n, 1), correct / max(n, 1)
+
+
+def returned_state(model: torch.nn.Module, sent: dict[str, torch.Tensor], update: dict[str, torch.Tensor]
+                   ) -> dict[str, torch.Tensor]:
+    """What a client sends back after `local_train(model, ...)`: the weights it was sent plus its
+    (defended) update, and every other entry of its state_dict (BatchNorm's running statistics) as
+    its local training left them, as a Flower app that sends its whole state_dict does."""
+    with torch.no_grad():
+        state = {k: v.detach().clone() for k, v in _unwrap(model).state_dict().items()}
+        for k, u in update.items():
+            state[k] = sent[k] + u
+    return state

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from fedattack import config as fconfig
-from fedattack.client.train import local_train, schedule
+from fedattack.client.train import local_train, returned_state, schedule
 from fedattack.experiment import build
 from fedattack.metrics.images import match_and_score
 from fedattack.models import build_model, float_params
@@ -37,9 +37,7 @@ def observed_update(*overrides: str, indices: list[int] | None = None) -> tuple[
         need = max(1, cfg.client.local_steps) * cfg.client.batch_size
         indices = list(np.sort(np.random.default_rng(cfg.seed).choice(len(exp.train), need, replace=False)))
     result = local_train(model, exp.train, np.asarray(indices), cfg, rnd=1, client=0)
-    trained = model.state_dict()  # BatchNorm's running statistics as the local training left them
-    received = {k: sent[k] + result.update[k] if k in result.update else trained[k].detach().clone()
-                for k in sent}
+    received = returned_state(model, sent, result.update)
     names = [n for n, _ in exp.initial_model().named_parameters()]
     obs = make_observation(exp, names, sent, received,
                            {"num-examples": result.num_examples, "local_steps": result.steps})

@@ -228,9 +228,10 @@ PLANS = {
     "distance": Plan(cases=(5, 9, 6, 10, 0), calibrated=(), attacks=("invgrad",), variants=((), (("loss", "l2"),))),
     "soft_pool": Plan(cases=(5, 6, 10, 9, 11), calibrated=(), attacks=("invgrad", "fedavg"),
                       variants=((("soft_pool", 0.0),), ())),
-    "bn_stats": Plan(cases=(9, 11), calibrated=(), attacks=("invgrad", "fedavg"), variants=((("bn_stats", 0.0),), ())),
+    "bn_stats": Plan(cases=(9, 11), calibrated=(), attacks=("invgrad", "fedavg"),
+                     variants=((("bn_stats", 0.0),), (("bn_stats", 10.0),), ())),
     "bn_stats_epochs": Plan(cases=(2,), calibrated=(), attacks=("fedavg",), cpu_iterations=250,
-                            variants=((("bn_stats", 0.0),), ())),
+                            variants=((("bn_stats", 0.0),), (("bn_stats", 10.0),), ())),
 }
 
 

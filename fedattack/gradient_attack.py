@@ -64,10 +64,11 @@ def simulated_round(cfg: Config, indices, *, clients: int = 1) -> tuple[Observat
         steps = res.steps
     total = sum(n for _, n in updates)
     mean = {k: sum(u[k] * n for u, n in updates) / total for k in updates[0][0]}
-    # the buffers as FedAvg averages them (example-weighted; batch counts: the first client's)
-    received = {k: sent[k] + mean[k] if k in mean else
-                sum(r[k] * n for r, (_, n) in zip(replies, updates)) / total if v.is_floating_point() else replies[0][k]
-                for k, v in sent.items()}
+    received = {k: sent[k] + mean[k] for k in mean}
+    for k, v in sent.items():  # the buffers as FedAvg averages them (example-weighted; batch counts: the first's)
+        if k not in mean:
+            received[k] = (sum(r[k] * n for r, (_, n) in zip(replies, updates)) / total if v.is_floating_point()
+                           else replies[0][k])
     obs = make_observation(exp, names, sent, received, {"num-examples": total, "local_steps": steps},
                            num_clients=clients)
     return obs, exp.train.truth(used), exp

@@ -107,7 +107,8 @@ def simulate_cases(obs: Observation, images: torch.Tensor, labels: torch.Tensor,
     for c in range(count):
         idx = torch.as_tensor(rng.choice(len(labels), size=n, replace=False))
         x, y = images[idx].float(), labels[idx].long()
-        running = RunningStatsRecorder(fm, obs.buffers)  # the BatchNorm buffers the client returns
+        # the BatchNorm buffers the client returns, where the observed one returned any
+        running = RunningStatsRecorder(fm, obs.buffers) if obs.returned_buffers else None
         if epochs > 1:  # the client reshuffles every epoch
             orders = [torch.as_tensor(rng.permutation(n)) for _ in range(epochs)]
             update = replay(fm, torch.stack([x[o] for o in orders]), torch.stack([y[o] for o in orders]),
@@ -120,7 +121,7 @@ def simulate_cases(obs: Observation, images: torch.Tensor, labels: torch.Tensor,
                              steps=len(steps), lr=obs.protocol.lr, data=obs.data)
         for spec, setting in update_defenses:
             update = spec.on_update(update, spec.params(**setting.params), ctx)
-        returned = running.buffers if obs.returned_buffers else {}
+        returned = running.buffers if running is not None else {}
         truth = Truth(images=x, labels=y, indices=tuple(int(i) for i in idx))
         out.append((replace(obs, update=update, returned_buffers=returned), truth))
     return CalibrationCases(out, unmodelled)

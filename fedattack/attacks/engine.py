@@ -273,6 +273,8 @@ class RunningStatsRecorder:
         self.buffers = {k: v.detach().clone() for k, v in buffers.items()}
 
     def __call__(self, params: Params, x: torch.Tensor) -> None:
+        if not self.momenta:  # no BatchNorm whose statistics were sent: nothing to fold
+            return
         with torch.no_grad(), recording_inputs(self.model.module, list(self.momenta)) as record:
             self.model.logits(params, x)
         for name, m in self.momenta.items():

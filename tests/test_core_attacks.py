@@ -53,7 +53,8 @@ def test_idlg_in_dlgs_setting_replaces_a_stalled_start_within_its_steps():
     # DLG's setting on 32 px faces (the simulations' dlg_zhu2019.yaml): many single random starts
     # stall on a plateau from their first steps (faces 0 and 1 of seed 0: about 6 dB with one start,
     # measured; which faces stall moves with torch's numerics); a stalled start hands its remaining
-    # steps to a fresh one
+    # steps to a fresh one. The control runs a third of the steps: a stalled start stays far below
+    # 20 dB (about 6 dB at 300 steps, measured)
     setting = ("seed=0", "model.init=uniform", "data.image_size=32", *ONE_IMAGE)
     starts, single = [], []
     for face in (0, 1, 2):
@@ -61,7 +62,8 @@ def test_idlg_in_dlgs_setting_replaces_a_stalled_start_within_its_steps():
         rec = attack("idlg", DLGParams(), obs)
         assert psnr_ssim(rec.images, truth, obs)[0] > 30 and rec.info["iterations"] == 300
         starts.append(rec.info["starts"])
-        single.append(psnr_ssim(attack("idlg", DLGParams(restart_stalled=False), obs).images, truth, obs)[0])
+        alone = attack("idlg", DLGParams(iterations=100, restart_stalled=False), obs)
+        single.append(psnr_ssim(alone.images, truth, obs)[0])
     assert min(single) < 20 and max(starts) > 1  # the control: without the hand-over, a start stalls
 
 

@@ -165,7 +165,8 @@ def _started(obs: Observation, params: InvGradParams, ctx: AttackContext) -> Rec
     """One inversion from the leaked colour or, where the update does not give it away and
     `greys` > 1, the lowest-loss of `greys` inversions from flat grey starts, each of half the
     iterations (see the docstring)."""
-    stats = running_statistics(obs, functional_model(obs, ctx.device)) if params.bn_stats else None
+    returned = params.bn_stats and obs.returned_buffers
+    stats = running_statistics(obs, functional_model(obs, ctx.device)) if returned else None
     centre = start_centre(params.init, target(obs, ctx.device), obs.data, stats)
     if centre is not None or params.init != "leaked-mean" or params.greys < 2:
         return _invert(obs, params, ctx, centre=centre)

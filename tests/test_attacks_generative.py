@@ -342,6 +342,34 @@ def test_seethrough_priors_beat_plain_gradient_matching():
     assert full.psnr >= plain.psnr + 1.5 and full.psnr >= 12.0, (full.psnr, plain.psnr)
 
 
+def test_seethrough_matches_the_batch_statistics_a_client_returned():
+    """A one-step client that sends its BatchNorm running statistics back gives away its batch's
+    own statistics: the prior's targets are the true images' at the global weights; without
+    returned statistics they are the ones the server sent."""
+    from dataclasses import replace
+
+    from fedattack.attacks.engine import functional_model, recording_inputs
+    from fedattack.attacks.seethrough import bn_targets
+    from fedattack.testing.cases import observed_update
+
+    obs, truth = observed_update("data.name=photos", "model.name=convnet", "model.activation=relu", "model.width=8",
+                                 "client.batch_size=2", "client.local_steps=1")
+    fm = functional_model(obs)
+    told = bn_targets(obs, fm)
+    with recording_inputs(fm.module, list(told)) as record:
+        fm.logits(fm.params, truth.images)
+    assert len(told) >= 2
+    for name, (mean, var) in told.items():
+        dims = [0, *range(2, record[name].dim())]
+        torch.testing.assert_close(mean, record[name].mean(dims), atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(var, record[name].var(dims), atol=1e-4, rtol=1e-3)
+    sent = bn_targets(replace(obs, returned_buffers={}), fm)
+    assert sent.keys() == told.keys()
+    for name, (mean, var) in sent.items():
+        assert torch.equal(mean, obs.buffers[f"{name}.running_mean"].float())
+        assert torch.equal(var, obs.buffers[f"{name}.running_var"].float())
+
+
 # -- grnn -------------------------------------------------------------------------------
 
 def test_grnn_recovers_image_and_label_from_scratch():

@@ -11,7 +11,11 @@ is optimized together:
          + group * ||x - mean_g(x_g)||^2                                 (group consistency)
 
 The BatchNorm prior matches the batch statistics of every BatchNorm layer's input to the
-running statistics the server distributed (`obs.buffers`). Group consistency pulls every
+running statistics the server distributed (`obs.buffers`), as the paper does with a trained
+model's. Where the client sent its own running statistics back (a Flower app's whole
+state_dict), the prior takes the dummy images' statistics over the client's step batches,
+weighted as the running statistics weigh them, and matches what those give away
+(engine.RunningStatistics): on one local step, the client's own batch statistics. Group consistency pulls every
 member toward the members' pixel-wise mean (registration-free: the members are not aligned
 to each other first, unlike the paper's RANSAC-flow registration). The output is the
 group mean. Adam with cosine step-size decay and a short warm-up; Langevin update noise on
@@ -32,7 +36,8 @@ import torch.nn as nn
 from torch.func import vmap
 
 from fedattack.attacks.base import AttackContext, LogRange, register_attack
-from fedattack.attacks.engine import Params, num_images, recording_inputs, target, total_variation, trial_update
+from fedattack.attacks.engine import (FunctionalModel, Params, RunningStatistics, num_images,
+                                      recording_inputs, running_statistics, target, total_variation, trial_update)
 from fedattack.attacks.labels import recover_labels
 from fedattack.validate import check_choice, check_range
 from fedattack.threat import Observation, Reconstruction
@@ -72,10 +77,14 @@ def labels_for(obs: Observation, n: int, method: str) -> tuple[torch.Tensor, str
 
 # -- BatchNorm statistics -------------------------------------------------------------
 
-def bn_targets(obs: Observation, module: nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """BatchNorm layer name -> (running mean, running var) from the buffers the server sent."""
+def bn_targets(obs: Observation, model: FunctionalModel) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """BatchNorm layer name -> (mean, var): the average of the client's batch statistics where it
+    returned its running statistics, the running statistics the server sent elsewhere."""
+    stats = running_statistics(obs, model)
+    if stats is not None:
+        return dict(stats.targets)
     out = {}
-    for name, m in module.named_modules():
+    for name, m in model.module.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             mean, var = obs.buffers.get(f"{name}.running_mean"), obs.buffers.get(f"{name}.running_var")
             if mean is not None and var is not None:
@@ -83,13 +92,28 @@ def bn_targets(obs: Observation, module: nn.Module) -> dict[str, tuple[torch.Ten
     return out
 
 
-def bn_loss(record: dict[str, torch.Tensor], targets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+def batch_statistics(model: FunctionalModel, x: torch.Tensor, names: list[str], stats: RunningStatistics | None
+                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each BatchNorm layer's (mean, var) of the images x: over the client's step batches, weighted
+    as its running statistics weigh them, where it returned those (`stats`); over all of x
+    elsewhere, with the batch's own (biased) variance, as BatchNorm normalizes."""
+    if stats is not None:
+        return stats.predicted(x)
+    with recording_inputs(model.module, names) as record:
+        model.logits(model.params, x)
+    out = {}
+    for name in names:
+        dims = [0, *range(2, record[name].dim())]
+        out[name] = (record[name].mean(dims), record[name].var(dims, unbiased=False))
+    return out
+
+
+def bn_loss(found: dict[str, tuple[torch.Tensor, torch.Tensor]],
+            targets: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
     total = 0.0
     for name, (mean, var) in targets.items():
-        a = record[name]
-        dims = [0] + list(range(2, a.dim()))
-        mu, v = a.mean(dims), a.var(dims, unbiased=False)
-        total = total + torch.norm(mu - mean.to(a.device), 2) + torch.norm(v - var.to(a.device), 2)
+        mu, v = found[name]
+        total = total + torch.norm(mu - mean.to(mu.device), 2) + torch.norm(v - var.to(v.device), 2)
     return total
 
 
@@ -113,7 +137,8 @@ def seethrough(obs: Observation, params: SeeThroughParams, ctx: AttackContext) -
     trial_fn = trial_update(obs, device, adaptive=True)  # the known defenses, modelled
     fm = trial_fn.model
     observed = target(obs, device)
-    targets = bn_targets(obs, fm.module) if params.bn > 0 else {}
+    targets = bn_targets(obs, fm) if params.bn > 0 else {}
+    stats = running_statistics(obs, fm) if targets else None
     lo, hi = (b.to(device) for b in obs.data.bounds(device))
     gen = ctx.generator()
     G = params.group_size
@@ -125,9 +150,7 @@ def seethrough(obs: Observation, params: SeeThroughParams, ctx: AttackContext) -
         trial = trial_fn(xg, labels)
         if not targets:
             return trial, xg.new_zeros(())
-        with recording_inputs(fm.module, list(targets)) as record:
-            fm.logits(fm.params, xg)
-        return trial, bn_loss(record, targets)
+        return trial, bn_loss(batch_statistics(fm, xg, list(targets), stats), targets)
 
     members = vmap(member)
 

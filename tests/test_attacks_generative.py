@@ -355,16 +355,16 @@ def test_seethrough_matches_the_batch_statistics_a_client_returned():
     obs, truth = observed_update("data.name=photos", "model.name=convnet", "model.activation=relu", "model.width=8",
                                  "client.batch_size=2", "client.local_steps=1")
     fm = functional_model(obs)
-    told = bn_targets(obs, fm)
+    told, stats = bn_targets(obs, fm)
     with recording_inputs(fm.module, list(told)) as record:
         fm.logits(fm.params, truth.images)
-    assert len(told) >= 2
+    assert len(told) >= 2 and stats is not None
     for name, (mean, var) in told.items():
         dims = [0, *range(2, record[name].dim())]
         torch.testing.assert_close(mean, record[name].mean(dims), atol=1e-4, rtol=1e-3)
         torch.testing.assert_close(var, record[name].var(dims), atol=1e-4, rtol=1e-3)
-    sent = bn_targets(replace(obs, returned_buffers={}), fm)
-    assert sent.keys() == told.keys()
+    sent, none = bn_targets(replace(obs, returned_buffers={}), fm)
+    assert sent.keys() == told.keys() and none is None
     for name, (mean, var) in sent.items():
         assert torch.equal(mean, obs.buffers[f"{name}.running_mean"].float())
         assert torch.equal(var, obs.buffers[f"{name}.running_var"].float())

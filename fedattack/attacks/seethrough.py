@@ -15,8 +15,8 @@ running statistics the server distributed (`obs.buffers`), as the paper does wit
 model's. Where the client sent its own running statistics back (a Flower app's whole
 state_dict), the prior takes the dummy images' statistics over the client's step batches,
 weighted as the running statistics weigh them, and matches what those give away
-(engine.RunningStatistics): on one local step, the client's own batch statistics. Group consistency pulls every
-member toward the members' pixel-wise mean (registration-free: the members are not aligned
+(engine.RunningStatistics): on one local step, the client's own batch statistics. Group
+consistency pulls every member toward the members' pixel-wise mean (registration-free: the members are not aligned
 to each other first, unlike the paper's RANSAC-flow registration). The output is the
 group mean. Adam with cosine step-size decay and a short warm-up; Langevin update noise on
 the images, as in the paper. Models without BatchNorm run without the BN term.
@@ -77,19 +77,21 @@ def labels_for(obs: Observation, n: int, method: str) -> tuple[torch.Tensor, str
 
 # -- BatchNorm statistics -------------------------------------------------------------
 
-def bn_targets(obs: Observation, model: FunctionalModel) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def bn_targets(obs: Observation, model: FunctionalModel
+               ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], RunningStatistics | None]:
     """BatchNorm layer name -> (mean, var): the average of the client's batch statistics where it
-    returned its running statistics, the running statistics the server sent elsewhere."""
+    returned its running statistics (with the RunningStatistics term that averages the trial's
+    alike), the running statistics the server sent elsewhere (and None)."""
     stats = running_statistics(obs, model)
     if stats is not None:
-        return dict(stats.targets)
+        return dict(stats.targets), stats
     out = {}
     for name, m in model.module.named_modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
             mean, var = obs.buffers.get(f"{name}.running_mean"), obs.buffers.get(f"{name}.running_var")
             if mean is not None and var is not None:
                 out[name] = (mean.detach().clone().float(), var.detach().clone().float())
-    return out
+    return out, None
 
 
 def batch_statistics(model: FunctionalModel, x: torch.Tensor, names: list[str], stats: RunningStatistics | None
@@ -137,8 +139,7 @@ def seethrough(obs: Observation, params: SeeThroughParams, ctx: AttackContext) -
     trial_fn = trial_update(obs, device, adaptive=True)  # the known defenses, modelled
     fm = trial_fn.model
     observed = target(obs, device)
-    targets = bn_targets(obs, fm) if params.bn > 0 else {}
-    stats = running_statistics(obs, fm) if targets else None
+    targets, stats = bn_targets(obs, fm) if params.bn > 0 else ({}, None)
     lo, hi = (b.to(device) for b in obs.data.bounds(device))
     gen = ctx.generator()
     G = params.group_size

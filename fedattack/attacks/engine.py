@@ -255,11 +255,11 @@ def recording_inputs(module: torch.nn.Module, names: list[str]) -> Iterator[dict
             h.remove()
 
 
-def channel_statistics(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and unbiased variance of a BatchNorm input (N, C, ...), as the layer
-    folds them into its running statistics."""
+def channel_statistics(a: torch.Tensor, unbiased: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and variance of a BatchNorm input (N, C, ...): unbiased, as the layer
+    folds them into its running statistics, or biased, as it normalizes the batch."""
     dims = [0, *range(2, a.dim())]
-    return a.mean(dims), a.var(dims, unbiased=True)
+    return a.mean(dims), a.var(dims, unbiased=unbiased)
 
 
 class RunningStatsRecorder:

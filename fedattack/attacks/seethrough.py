@@ -16,9 +16,9 @@ model's. Where the client sent its own running statistics back (a Flower app's w
 state_dict), the prior takes the dummy images' statistics over the client's step batches,
 weighted as the running statistics weigh them, and matches what those give away
 (engine.RunningStatistics): on one local step, the client's own batch statistics. Group
-consistency pulls every member toward the members' pixel-wise mean (registration-free: the members are not aligned
-to each other first, unlike the paper's RANSAC-flow registration). The output is the
-group mean. Adam with cosine step-size decay and a short warm-up; Langevin update noise on
+consistency pulls every member toward the members' pixel-wise mean (registration-free: the
+members are not aligned to each other first, unlike the paper's RANSAC-flow registration).
+The output is the group mean. Adam with cosine step-size decay and a short warm-up; Langevin update noise on
 the images, as in the paper. Models without BatchNorm run without the BN term.
 
 The paper's weights are for ImageNet ResNet-50 at 224 px (20k steps; tv 1e-4, l2 1e-6,
@@ -36,7 +36,7 @@ import torch.nn as nn
 from torch.func import vmap
 
 from fedattack.attacks.base import AttackContext, LogRange, register_attack
-from fedattack.attacks.engine import (FunctionalModel, Params, RunningStatistics, num_images,
+from fedattack.attacks.engine import (FunctionalModel, Params, RunningStatistics, channel_statistics, num_images,
                                       recording_inputs, running_statistics, target, total_variation, trial_update)
 from fedattack.attacks.labels import recover_labels
 from fedattack.validate import check_choice, check_range
@@ -103,11 +103,7 @@ def batch_statistics(model: FunctionalModel, x: torch.Tensor, names: list[str], 
         return stats.predicted(x)
     with recording_inputs(model.module, names) as record:
         model.logits(model.params, x)
-    out = {}
-    for name in names:
-        dims = [0, *range(2, record[name].dim())]
-        out[name] = (record[name].mean(dims), record[name].var(dims, unbiased=False))
-    return out
+    return {name: channel_statistics(record[name], unbiased=False) for name in names}
 
 
 def bn_loss(found: dict[str, tuple[torch.Tensor, torch.Tensor]],
